@@ -1,0 +1,89 @@
+"""Default: APR on an easy Countdown-3, end to end on a 2-core CPU in ~10 minutes."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "default"
+    c.mode = "sft"  # sft | rl
+    c.seed = 0
+
+    c.task = ml_collections.ConfigDict()
+    c.task.num_inputs = 3
+    c.task.min_number = 1
+    c.task.max_number = 20
+    c.task.min_target = 10
+    c.task.max_target = 50
+    c.task.num_train = 20000
+    c.task.num_validation = 200
+    c.task.num_test = 200
+    c.task.seed = 0
+
+    c.trace = ml_collections.ConfigDict()
+    c.trace.kind = "apr"  # apr | sosp
+    c.trace.style = "terse"  # terse | reference
+    c.trace.max_children = 4
+    c.trace.spawn_prob = 1.0
+    c.trace.max_depth = 1  # nesting depth of spawns (1 = children do not spawn)
+    c.trace.beam_size = 4  # successors kept per expanded node
+    c.trace.condition = False  # prefix with child count (apr) / token budget (sosp)
+    c.trace.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = "data_cache"  # relative to the current directory unless absolute
+    c.data.vocab_size = 96
+    c.data.seq_len = 256
+    c.data.packing = True
+    c.data.shuffle_seed = 0
+    c.data.num_workers = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.num_layers = 4
+    c.model.d_model = 128
+    c.model.num_heads = 4
+    c.model.num_kv_heads = 2
+    c.model.d_ff = 384
+    c.model.max_len = 512
+    c.model.tie_embeddings = True
+    c.model.param_dtype = "float32"
+    c.model.compute_dtype = "float32"
+    c.model.attention = "auto"  # auto | xla | cudnn | splash
+    c.model.remat = False
+    c.model.rope_theta = 10000.0
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 32
+    c.train.grad_accum = 1
+    c.train.steps = 1500
+    c.train.lr = 3e-3
+    c.train.warmup_steps = 100
+    c.train.min_lr_ratio = 0.1
+    c.train.weight_decay = 0.01
+    c.train.b1 = 0.9
+    c.train.b2 = 0.98
+    c.train.grad_clip = 1.0
+    c.train.log_every = 25
+    c.train.eval_every = 500
+    c.train.eval_batches = 4
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 3
+    c.train.on_nan = "stop"  # stop | skip
+    c.train.time_limit_minutes = 0.0  # 0: no limit; else stop training (and checkpoint) after this
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_problems = 100
+    c.eval.samples = 1
+    c.eval.temperature = 0.0
+    c.eval.top_p = 1.0
+    c.eval.max_children = 4
+    c.eval.max_rounds = 2
+    c.eval.max_depth = 1
+    c.eval.tokens_per_thread = 256
+    c.eval.batch_problems = 32
+    return c
