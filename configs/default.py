@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.trace.spawn_prob = 1.0
     c.trace.max_depth = 1  # nesting depth of spawns (1 = children do not spawn)
     c.trace.beam_size = 4  # successors kept per expanded node
+    c.trace.max_nodes = 16  # search budget: nodes visited per branch under the root
     c.trace.condition = False  # prefix with child count (apr) / token budget (sosp)
     c.trace.seed = 0
 

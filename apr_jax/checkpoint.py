@@ -1,0 +1,129 @@
+"""Checkpoints: model parameters, optimizer state, data-iterator state, the
+resolved config and the tokenizer, saved together (asynchronously, atomically)
+by orbax under ``WORKDIR/checkpoints/<step>/``.
+
+A checkpoint that cannot be read (truncated, partly written) is skipped with a
+warning naming it, and the previous one is used; nothing is ever deleted here
+except by orbax's keep-the-last-K policy after a newer save succeeded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+ITEMS = ("params", "opt_state", "data", "meta")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or unusable; the message is one line for the user."""
+
+
+class _IteratorSnapshot:
+    """A data iterator's state captured now, so an async save cannot race the
+    training loop that keeps advancing the live iterator."""
+
+    def __init__(self, iterator: Any):
+        self._state = json.dumps(iterator.get_state(), indent=1).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
+
+
+def encode_file(path: str) -> str:
+    with open(path, "rb") as f:
+        return base64.b64encode(f.read()).decode()
+
+
+def decode_to_file(data_b64: str, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(base64.b64decode(data_b64))
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Save and restore training state under ``workdir/checkpoints``."""
+
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    # ---- saving ----------------------------------------------------------
+    def save(self, step: int, params: Any, opt_state: Any, data_iterator: Any,
+             meta: dict[str, Any]) -> None:
+        """Start saving; returns once the arrays are copied off the device."""
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave(opt_state),
+            data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_iterator)),
+            meta=ocp.args.JsonSave(dict(meta, step=step)),
+        )
+        self.manager.save(step, args=args, force=True)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    # ---- reading ---------------------------------------------------------
+    def steps(self) -> list[int]:
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
+
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore_latest(self, abstract_params: Any, abstract_opt_state: Any | None,
+                       data_iterator: Any | None) -> tuple[int, Any, Any, dict] | None:
+        """Restore the newest readable checkpoint, falling back past damaged
+        ones with a warning. Returns (step, params, opt_state, meta) or None
+        when there is no checkpoint; ``data_iterator`` is restored in place."""
+        steps = self.steps()
+        for step in reversed(steps):
+            try:
+                items = dict(params=ocp.args.StandardRestore(abstract_params),
+                             meta=ocp.args.JsonRestore())
+                if abstract_opt_state is not None:
+                    items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+                if data_iterator is not None:
+                    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                _check_finite_tree(restored["params"], step)
+                return step, restored["params"], restored.get("opt_state"), restored["meta"]
+            except Exception as e:  # any unreadable checkpoint: fall back, never delete
+                log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one",
+                            os.path.join(self.directory, str(step)), type(e).__name__,
+                            str(e).splitlines()[0][:200] if str(e) else "")
+                print(f"warning: checkpoint {os.path.join(self.directory, str(step))} is "
+                      f"damaged or incompatible ({type(e).__name__}); falling back", flush=True)
+        if steps:
+            raise CheckpointError(f"no readable checkpoint in {self.directory} "
+                                  f"(tried steps {steps})")
+        return None
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_finite_tree(tree: Any, step: int) -> None:
+    if not bool(_all_finite(tree)):
+        raise CheckpointError(f"checkpoint step {step} holds non-finite parameters")

@@ -1,0 +1,248 @@
+"""Experiment configs: load a `configs/NAME.py`, apply `--config.a.b=value`
+overrides, validate, and report every mistake as one line naming the key.
+
+Follows the Flax examples' command line:
+
+    python -m apr_jax.train --workdir=DIR --config=configs/NAME.py --config.train.lr=1e-3
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "default.py")
+
+# Sections whose values define what a checkpoint *is*; a workdir whose saved
+# config differs here holds another run and is never resumed or overwritten.
+IDENTITY_SECTIONS = ("task", "trace", "data", "model")
+
+CHOICES = {
+    "mode": ("sft", "rl"),
+    "trace.kind": ("apr", "sosp"),
+    "trace.style": ("terse", "reference"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.compute_dtype": ("float32", "bfloat16"),
+    "model.attention": ("auto", "xla", "cudnn", "splash"),
+    "train.on_nan": ("stop", "skip"),
+}
+POSITIVE_INTS = (
+    "task.num_inputs", "task.num_train", "task.num_test", "data.vocab_size", "data.seq_len",
+    "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads", "model.d_ff",
+    "model.max_len", "train.batch_size", "train.grad_accum", "train.steps", "train.log_every",
+    "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "eval.tokens_per_thread", "eval.batch_problems",
+)
+
+
+class ConfigError(ValueError):
+    """A config or command-line mistake, worded for the user in one line."""
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every leaf key of ``config`` as a dotted path."""
+    keys = []
+    for name, value in config.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, ml_collections.ConfigDict):
+            keys.extend(flat_keys(value, path + "."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def _unknown_key(key: str, config: ml_collections.ConfigDict) -> ConfigError:
+    close = difflib.get_close_matches(key, flat_keys(config), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join('config.' + c for c in close)}?" if close else ""
+    return ConfigError(f"unknown config key 'config.{key}'{hint}")
+
+
+def _coerce(key: str, raw: str, current: Any) -> Any:
+    """Parse ``raw`` to the type of the field's current value."""
+    def bad(kind: str) -> ConfigError:
+        return ConfigError(f"config.{key}: expected {kind}, got {raw!r}")
+
+    if isinstance(current, bool):
+        low = raw.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise bad("true or false")
+    if isinstance(current, int):
+        try:
+            return int(raw)
+        except ValueError:
+            try:
+                as_float = float(raw)
+            except ValueError:
+                raise bad("an integer") from None
+            if as_float.is_integer():
+                return int(as_float)
+            raise bad("an integer") from None
+    if isinstance(current, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise bad("a number") from None
+    if isinstance(current, str):
+        return raw
+    if isinstance(current, (tuple, list)):
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            raise bad("a list such as [1, 2]") from None
+        if not isinstance(value, (tuple, list)):
+            raise bad("a list such as [1, 2]")
+        return type(current)(value)
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
+    """Set ``config.<key>`` from the string ``raw``; unknown keys are errors."""
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise _unknown_key(key, config)
+        if i < len(parts) - 1:
+            node = node[part]
+    current = node[parts[-1]]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"config.{key} is a section; set one of its fields, e.g. "
+                          f"config.{key}.{next(iter(current.keys()))}")
+    with node.unlocked() if hasattr(node, "unlocked") else _null():
+        node[parts[-1]] = _coerce(key, raw, current)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """Load ``path`` (a python file with ``get_config()``), apply ``key=value``
+    overrides (keys without the ``config.`` prefix) and validate."""
+    path = path or DEFAULT_CONFIG
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"apr_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a config file with a bug is still a config error
+        raise ConfigError(f"{path}: cannot be loaded: {type(e).__name__}: {e}") from None
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: defines no get_config()")
+    config = module.get_config()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} needs the form config.a.b=value")
+        key, raw = item.split("=", 1)
+        key = key.removeprefix("--").removeprefix("config.")
+        apply_override(config, key, raw)
+    validate(config)
+    return config
+
+
+def get(config: ml_collections.ConfigDict, key: str) -> Any:
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Reject values that would only fail later, deep inside JAX."""
+    keys = set(flat_keys(config))
+    for key, allowed in CHOICES.items():
+        if key in keys and get(config, key) not in allowed:
+            raise ConfigError(f"config.{key}={get(config, key)!r} is not one of {', '.join(allowed)}")
+    for key in POSITIVE_INTS:
+        if key in keys and get(config, key) <= 0:
+            raise ConfigError(f"config.{key}={get(config, key)} must be a positive integer")
+    m = config.model
+    if m.d_model % m.num_heads:
+        raise ConfigError(f"config.model.d_model={m.d_model} is not divisible by "
+                          f"config.model.num_heads={m.num_heads}")
+    if m.num_heads % m.num_kv_heads:
+        raise ConfigError(f"config.model.num_heads={m.num_heads} is not divisible by "
+                          f"config.model.num_kv_heads={m.num_kv_heads}")
+    if config.data.seq_len > m.max_len:
+        raise ConfigError(f"config.data.seq_len={config.data.seq_len} exceeds "
+                          f"config.model.max_len={m.max_len}")
+    if config.train.batch_size % config.train.grad_accum:
+        raise ConfigError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
+                          f"config.train.grad_accum={config.train.grad_accum}")
+    if not 0.0 <= config.train.min_lr_ratio <= 1.0:
+        raise ConfigError(f"config.train.min_lr_ratio={config.train.min_lr_ratio} must be in [0, 1]")
+    if config.train.lr <= 0:
+        raise ConfigError(f"config.train.lr={config.train.lr} must be positive")
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def identity(config: ml_collections.ConfigDict | dict) -> dict:
+    """The part of a config that must match for a checkpoint to be resumed."""
+    d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    return {k: d.get(k) for k in IDENTITY_SECTIONS}
+
+
+def identity_diff(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
+    """Dotted keys whose values differ between a saved config and ``current``."""
+    diffs = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+        elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
+            diffs.append(f"config.{path} (saved {a!r}, now {b!r})")
+
+    walk(identity(saved), identity(current), "")
+    return diffs
+
+
+def parse_command_line(argv: Sequence[str], *, allowed: Sequence[str] = ("workdir", "config")
+                       ) -> tuple[dict[str, str], list[str]]:
+    """Split ``--flag=value`` / ``--flag value`` arguments into plain flags and
+    ``config.*`` overrides. Unknown flags are errors."""
+    flags: dict[str, str] = {}
+    overrides: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; flags look like --name=value")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"flag --{name} needs a value")
+            value = args[i + 1]
+            i += 1
+        if name.startswith("config."):
+            overrides.append(f"{name}={value}")
+        elif name in allowed:
+            flags[name] = value
+        else:
+            close = difflib.get_close_matches(name, list(allowed), n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ""
+            raise ConfigError(f"unknown flag --{name}{hint}")
+        i += 1
+    return flags, overrides

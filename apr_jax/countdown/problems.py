@@ -1,0 +1,157 @@
+"""Countdown problems: generation (solvable only), deduplicated splits, JSONL I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from typing import Any, Mapping
+
+from apr_jax.countdown.solver import is_solvable
+
+MIN_INPUTS, MAX_INPUTS = 2, 6
+_MAX_FAILED_DRAWS = 20_000  # consecutive useless draws before giving up
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    numbers: tuple[int, ...]
+    target: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"numbers": list(self.numbers), "target": self.target}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Problem":
+        """Build from ``{"numbers": [...], "target": t}``; ValueError when malformed."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"problem must be an object, got {type(d).__name__}")
+        for key in ("numbers", "target"):
+            if key not in d:
+                raise ValueError(f"problem is missing key {key!r}")
+        numbers, target = d["numbers"], d["target"]
+        if not isinstance(numbers, (list, tuple)) or len(numbers) < 1:
+            raise ValueError("'numbers' must be a non-empty list of integers")
+        if not all(_is_int(x) and x >= 0 for x in numbers):
+            raise ValueError(f"'numbers' must hold non-negative integers, got {list(numbers)!r}"[:120])
+        if not _is_int(target) or target < 0:
+            raise ValueError(f"'target' must be a non-negative integer, got {target!r}"[:120])
+        return cls(tuple(int(x) for x in numbers), int(target))
+
+    @property
+    def key(self) -> tuple[tuple[int, ...], int]:
+        """Identity for deduplication: (sorted numbers, target)."""
+        return tuple(sorted(self.numbers)), self.target
+
+
+def as_problem(problem: "Problem | Mapping[str, Any]") -> Problem:
+    """Accept a Problem or its dict form (as stored in ``ThreadTree.problem``)."""
+    return problem if isinstance(problem, Problem) else Problem.from_dict(problem)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_ranges(num_inputs: int, min_number: int, max_number: int,
+                  min_target: int, max_target: int) -> None:
+    if not MIN_INPUTS <= num_inputs <= MAX_INPUTS:
+        raise ValueError(f"num_inputs must be in [{MIN_INPUTS}, {MAX_INPUTS}], got {num_inputs}")
+    if not 1 <= min_number <= max_number:
+        raise ValueError(f"need 1 <= min_number <= max_number, got {min_number}, {max_number}")
+    if not 0 <= min_target <= max_target:
+        raise ValueError(f"need 0 <= min_target <= max_target, got {min_target}, {max_target}")
+
+
+def _draw(rng: random.Random, num_inputs: int, min_number: int, max_number: int,
+          min_target: int, max_target: int) -> Problem:
+    numbers = tuple(rng.randint(min_number, max_number) for _ in range(num_inputs))
+    return Problem(numbers, rng.randint(min_target, max_target))
+
+
+def generate_problems(count: int, num_inputs: int = 4, min_number: int = 1,
+                      max_number: int = 99, min_target: int = 10, max_target: int = 100,
+                      seed: int = 0) -> list[Problem]:
+    """``count`` solvable problems (unsolvable draws are redrawn), deterministic by seed."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    ranges = (num_inputs, min_number, max_number, min_target, max_target)
+    _check_ranges(*ranges)
+    rng = random.Random(seed)
+    out: list[Problem] = []
+    failed = 0
+    while len(out) < count:
+        p = _draw(rng, *ranges)
+        if is_solvable(p.numbers, p.target):
+            out.append(p)
+            failed = 0
+        else:
+            failed += 1
+            if failed > _MAX_FAILED_DRAWS:
+                raise ValueError(f"no solvable problem in {_MAX_FAILED_DRAWS} draws; widen the ranges")
+    return out
+
+
+def make_splits(num_train: int, num_validation: int, num_test: int, *, num_inputs: int = 4,
+                min_number: int = 1, max_number: int = 99, min_target: int = 10,
+                max_target: int = 100, seed: int = 0) -> dict[str, list[Problem]]:
+    """Train/validation/test problems, unique within and across splits by
+    (sorted numbers, target). Test is drawn first, then validation, then train,
+    so the held-out sets do not change when ``num_train`` changes."""
+    sizes = {"test": num_test, "validation": num_validation, "train": num_train}
+    if any(n < 0 for n in sizes.values()):
+        raise ValueError(f"split sizes must be >= 0, got {sizes}")
+    ranges = (num_inputs, min_number, max_number, min_target, max_target)
+    _check_ranges(*ranges)
+    total = sum(sizes.values())
+    space = (math.comb(max_number - min_number + num_inputs, num_inputs)
+             * (max_target - min_target + 1))
+    if total > space:
+        raise ValueError(f"{total} unique problems requested but only {space} exist in these ranges")
+    rng = random.Random(seed)
+    seen: set[tuple[tuple[int, ...], int]] = set()
+    splits: dict[str, list[Problem]] = {}
+    for name in ("test", "validation", "train"):
+        split: list[Problem] = []
+        failed = 0
+        while len(split) < sizes[name]:
+            p = _draw(rng, *ranges)
+            if p.key not in seen and is_solvable(p.numbers, p.target):
+                seen.add(p.key)
+                split.append(p)
+                failed = 0
+            else:
+                failed += 1
+                if failed > _MAX_FAILED_DRAWS:
+                    raise ValueError(
+                        f"could not find {total} unique solvable problems "
+                        f"(stuck at {len(seen)}); widen the ranges or ask for fewer")
+        splits[name] = split
+    return {"train": splits["train"], "validation": splits["validation"], "test": splits["test"]}
+
+
+def save_problems(path: str, problems: list[Problem]) -> None:
+    """Write one JSON object per line."""
+    with open(path, "w", encoding="utf-8") as f:
+        for p in problems:
+            f.write(json.dumps(p.to_dict(), separators=(",", ":")) + "\n")
+
+
+def load_problems(path: str) -> list[Problem]:
+    """Read JSONL written by ``save_problems``; blank lines are skipped.
+    Malformed lines raise ``ValueError("path:line: what is wrong")``."""
+    out: list[Problem] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg})") from None
+            try:
+                out.append(Problem.from_dict(d))
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: {e}") from None
+    return out

@@ -1,0 +1,114 @@
+"""The symbolic search behind every trace: heuristic depth-first search.
+
+The root node is expanded, its successors are ordered best-first by a
+heuristic and the best ``beam_size`` are kept. Each kept successor is a
+*branch*; a branch is searched depth-first (children again ordered
+best-first and cut to ``beam_size``) and may visit at most ``max_nodes``
+nodes (leaves included). The search stops at the first leaf equal to the
+target.
+
+SoS+ writes all branches in one thread; APR hands each branch to a child
+thread (and, deeper, each sub-branch to a grandchild with the budget the
+sequential search would have left for it). Both call ``explore`` on the same
+branches with the same budgets, so they solve exactly the same problems and
+return the same solution path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from apr_jax.countdown.ops import combinations
+
+INNER, GOAL, DEAD = 0, 1, -1  # visit status: inner node, leaf == target, leaf != target
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Node:
+    numbers: tuple[int, ...]  # remaining numbers, the newest result last
+    operations: tuple[str, ...]  # path from the root
+    index: tuple[int, ...]  # (0,) for the root; child i of n is n.index + (i,)
+
+    @property
+    def is_leaf(self) -> bool:
+        return len(self.numbers) == 1
+
+
+Visit = tuple[Node, int]  # (node, INNER | GOAL | DEAD)
+
+
+def heuristic(numbers: tuple[int, ...], target: int) -> int:
+    """Lower is better: how far the numbers are from reaching ``target``.
+
+    Each number costs its distance to the target, or (when smaller) how far it
+    is from dividing the target; the state costs the sum over its numbers.
+    """
+    total = 0
+    for n in numbers:
+        cost = n - target if n >= target else target - n
+        if 1 < n < target:
+            r = target % n
+            cost = min(cost, r, n - r)
+        total += cost
+    return total
+
+
+def expand(node: Node, target: int, beam_size: int) -> list[Node]:
+    """The best ``beam_size`` distinct successors of ``node``, best first."""
+    nums = node.numbers
+    n = len(nums)
+    scored: list[tuple[int, int, tuple[int, ...], str]] = []
+    seen: set[tuple[int, ...]] = set()
+    for i in range(n):
+        for j in range(i + 1, n):
+            rest = nums[:i] + nums[i + 1:j] + nums[j + 1:]
+            for value, op in combinations(nums[i], nums[j]):
+                new = rest + (value,)
+                key = tuple(sorted(new))
+                if key in seen:
+                    continue
+                seen.add(key)
+                score = (abs(value - target) if n == 2 else heuristic(new, target))
+                scored.append((score, len(scored), new, op))
+    scored.sort()
+    ops, index = node.operations, node.index
+    return [Node(new, ops + (op,), index + (k,))
+            for k, (_, _, new, op) in enumerate(scored[:beam_size])]
+
+
+def explore(node: Node, target: int, beam_size: int, budget: int,
+            visits: list[Visit]) -> tuple[str, ...] | None:
+    """Depth-first search of ``node``'s subtree visiting at most ``budget`` nodes.
+    Appends every visit to ``visits``; returns the solution path or None."""
+    if budget <= 0:
+        return None
+    if node.is_leaf:
+        goal = node.numbers[0] == target
+        visits.append((node, GOAL if goal else DEAD))
+        return node.operations if goal else None
+    start = len(visits)
+    visits.append((node, INNER))
+    for child in expand(node, target, beam_size):
+        left = budget - (len(visits) - start)
+        if left <= 0:
+            break
+        found = explore(child, target, beam_size, left, visits)
+        if found is not None:
+            return found
+    return None
+
+
+@dataclasses.dataclass
+class Branch:
+    node: Node
+    visits: list[Visit]
+    solution: tuple[str, ...] | None
+
+
+def search_branch(node: Node, target: int, beam_size: int, budget: int) -> Branch:
+    visits: list[Visit] = []
+    return Branch(node, visits, explore(node, target, beam_size, budget, visits))
+
+
+def root_node(numbers: tuple[int, ...]) -> Node:
+    return Node(tuple(numbers), (), (0,))

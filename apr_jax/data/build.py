@@ -1,0 +1,206 @@
+"""Build (or reuse) the cached dataset for a config.
+
+    <config.data.dir>/<hash of task + trace + data.vocab_size>/
+        problems_{train,validation,test}.jsonl
+        tokenizer.model
+        tfds/apr_countdown/1.0.0/...array_record...
+        info.json          <- written last: the completion marker
+
+A directory without ``info.json`` is a half-built cache: it is deleted and
+rebuilt, never used. The build happens in a temporary sibling directory that
+is renamed into place when complete, so readers never see a partial cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any, TextIO
+
+import numpy as np
+
+from apr_jax.countdown.problems import save_problems
+from apr_jax.data.tfds_builder import SPLITS, AprCountdown, resolve_num_workers
+from apr_jax.data.tokenizer import Tokenizer
+from apr_jax.threads import ThreadTree
+
+FORMAT_VERSION = 1  # bump when the cache layout or trace encoding changes
+MARKER = "info.json"
+TOKENIZER_FILE = "tokenizer.model"
+TFDS_SUBDIR = "tfds"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Where a built dataset lives and what it holds (all paths absolute)."""
+
+    dir: str
+    tfds_dir: str
+    tokenizer_path: str
+    problem_paths: dict[str, str]
+    counts: dict[str, int]
+    stats: dict[str, Any]
+    config_hash: str
+
+    def to_json(self) -> str:
+        """JSON with paths relative to ``dir``, so a cache can be moved."""
+        d = dataclasses.asdict(self)
+        d["tfds_dir"] = os.path.relpath(self.tfds_dir, self.dir)
+        d["tokenizer_path"] = os.path.relpath(self.tokenizer_path, self.dir)
+        d["problem_paths"] = {k: os.path.relpath(v, self.dir) for k, v in self.problem_paths.items()}
+        del d["dir"]
+        return json.dumps(d, indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, directory: str) -> "DatasetInfo":
+        """Reads ``directory/info.json``; ValueError if it is not a complete cache."""
+        directory = os.path.abspath(directory)
+        path = os.path.join(directory, MARKER)
+        if not os.path.isfile(path):
+            raise ValueError(f"{directory} is not a complete dataset (no {MARKER})")
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+            return cls(
+                dir=directory,
+                tfds_dir=os.path.join(directory, d["tfds_dir"]),
+                tokenizer_path=os.path.join(directory, d["tokenizer_path"]),
+                problem_paths={k: os.path.join(directory, v) for k, v in d["problem_paths"].items()},
+                counts={k: int(v) for k, v in d["counts"].items()},
+                stats=dict(d["stats"]), config_hash=d["config_hash"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a valid dataset info file ({e})") from None
+
+
+def _section(config: Any, name: str) -> dict[str, Any]:
+    section = config[name]
+    return dict(section.to_dict() if hasattr(section, "to_dict") else section)
+
+
+def config_hash(config: Any) -> str:
+    """12 hex digits identifying ``task`` + ``trace`` + ``data.vocab_size``."""
+    key = {"format": FORMAT_VERSION, "task": _section(config, "task"),
+           "trace": _section(config, "trace"), "vocab_size": int(config["data"]["vocab_size"])}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_dir(config: Any) -> str:
+    """Absolute cache directory of ``config`` (``data.dir`` is relative to cwd)."""
+    return os.path.join(os.path.abspath(config["data"]["dir"]), config_hash(config))
+
+
+def open_split(info: DatasetInfo, split: str):
+    """Random-access source of a split's records (``tree`` bytes, numbers, target)."""
+    import tensorflow_datasets as tfds
+    if split not in info.counts:
+        raise ValueError(f"split {split!r} is not one of {sorted(info.counts)}")
+    return tfds.builder_from_directory(info.tfds_dir).as_data_source(split)
+
+
+def build_dataset(config: Any, *, force: bool = False, log: TextIO | None = sys.stdout
+                  ) -> DatasetInfo:
+    """Builds the dataset of ``config`` unless a complete cache exists."""
+    final_dir = cache_dir(config)
+    if not force and os.path.isfile(os.path.join(final_dir, MARKER)):
+        info = DatasetInfo.load(final_dir)
+        _say(log, f"dataset: reusing {final_dir}")
+        return info
+    if os.path.exists(final_dir):
+        _say(log, f"dataset: removing incomplete or stale cache {final_dir}")
+        shutil.rmtree(final_dir)
+    work_dir = f"{final_dir}.building-{os.getpid()}"
+    if os.path.exists(work_dir):
+        shutil.rmtree(work_dir)
+    os.makedirs(work_dir)
+    try:
+        stats = _build_into(config, work_dir, log)
+        try:
+            os.rename(work_dir, final_dir)
+        except OSError:  # another process finished the same cache first
+            if not os.path.isfile(os.path.join(final_dir, MARKER)):
+                raise
+            shutil.rmtree(work_dir)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    info = DatasetInfo.load(final_dir)
+    _print_summary(log, info, stats, int(config["data"]["seq_len"]))
+    return info
+
+
+def _build_into(config: Any, work_dir: str, log: TextIO | None) -> dict[str, Any]:
+    import tensorflow_datasets as tfds
+    task, trace = _section(config, "task"), _section(config, "trace")
+    num_workers = resolve_num_workers(int(config["data"]["num_workers"]))
+    tfds_root = os.path.join(work_dir, TFDS_SUBDIR)
+    builder = AprCountdown(task=task, trace=trace, num_workers=num_workers,
+                           show_progress=log is not None, data_dir=tfds_root)
+    problem_paths = {}
+    for split, problems in builder.problems().items():
+        problem_paths[split] = os.path.join(work_dir, f"problems_{split}.jsonl")
+        save_problems(problem_paths[split], problems)
+
+    start = time.perf_counter()
+    tfds.disable_progress_bar()
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    trace_seconds = time.perf_counter() - start
+
+    source = builder.as_data_source("train")
+    trees = [ThreadTree.from_json(source[i]["tree"].decode("utf-8")) for i in range(len(source))]
+    texts = [thread.text for tree in trees for thread in tree.threads]
+    tokenizer_path = os.path.join(work_dir, TOKENIZER_FILE)
+    tokenizer = Tokenizer.train(texts, int(config["data"]["vocab_size"]), tokenizer_path)
+    lengths = np.asarray([len(s.tokens) for tree in trees for s in tree.to_sequences(tokenizer)])
+
+    counts = {split: len(builder.problems()[split]) for split in SPLITS}
+    stats = {
+        "traces": sum(counts.values()),
+        "trace_seconds": trace_seconds,
+        "failed": {split: int(builder.stats[split]["failed"]) for split in SPLITS},
+        "tokenizer_vocab_size": tokenizer.vocab_size,
+        "byte_fallback": tokenizer.byte_fallback,
+        "train_sequences": int(lengths.size),
+        "threads_per_tree": float(lengths.size / max(len(trees), 1)),
+        "mean_tokens_per_sequence": float(lengths.mean()) if lengths.size else 0.0,
+        "max_tokens_per_sequence": int(lengths.max()) if lengths.size else 0,
+        "tokens_per_sequence_percentiles": {
+            str(q): float(np.percentile(lengths, q)) if lengths.size else 0.0
+            for q in (50, 90, 99)},
+    }
+    info = DatasetInfo(
+        dir=work_dir, tfds_dir=builder.data_dir, tokenizer_path=tokenizer_path,
+        problem_paths=problem_paths, counts=counts, stats=stats,
+        config_hash=config_hash(config))
+    with open(os.path.join(work_dir, MARKER + ".tmp"), "w", encoding="utf-8") as f:
+        f.write(info.to_json())
+    os.replace(os.path.join(work_dir, MARKER + ".tmp"), os.path.join(work_dir, MARKER))
+    stats["over_seq_len"] = int((lengths > int(config["data"]["seq_len"])).sum())
+    return stats
+
+
+def _say(log: TextIO | None, line: str) -> None:
+    if log is not None:
+        print(line, file=log, flush=True)
+
+
+def _print_summary(log: TextIO | None, info: DatasetInfo, stats: dict[str, Any],
+                   seq_len: int) -> None:
+    if log is None:
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in info.counts.items())
+    failed = ", ".join(f"{k} {v}" for k, v in stats["failed"].items())
+    rate = stats["traces"] / max(stats["trace_seconds"], 1e-9)
+    _say(log, f"dataset: built {info.dir}")
+    _say(log, f"  problems: {counts}; traces/s {rate:.0f}; search failed: {failed}")
+    _say(log, f"  tokenizer: vocab {stats['tokenizer_vocab_size']}"
+              f"{' (byte fallback)' if stats['byte_fallback'] else ''}; "
+              f"train sequences {stats['train_sequences']} "
+              f"({stats['threads_per_tree']:.2f} per tree), mean tokens "
+              f"{stats['mean_tokens_per_sequence']:.1f}, max {stats['max_tokens_per_sequence']}, "
+              f"{stats['over_seq_len']} longer than seq_len {seq_len}")

@@ -1,0 +1,244 @@
+"""grain input pipeline: thread trees -> packed, batched training rows.
+
+    ArrayRecord split -> global shuffle (per-epoch seed) -> this process's
+    shard -> repeat -> parse tree + tokenize (one sequence per thread)
+    -> truncate to L -> pack (or pad) rows -> batches of B rows
+
+Every batch is a dict of int32 [B, L] arrays:
+
+- ``tokens``: token ids, ``pad_id`` (0) on padding.
+- ``loss_mask``: 1 where the token is model-written (the trainer predicts
+  ``tokens[i]`` from ``tokens[:i]`` and shifts itself); 0 on prompts, join
+  blocks, BOS and padding.
+- ``segment_ids``: 1, 2, 3, ... for the sequences packed into a row; 0 on
+  padding.
+- ``positions``: restart at 0 in every segment; 0 on padding.
+
+Packing is next-fit in stream order: a sequence that does not fit in the
+current row starts the next one. The iterator's state is the upstream state
+before the tree being packed plus how many of its sequences are already
+placed, so a restored iterator yields exactly the batches the original
+would have yielded next.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from apr_jax.countdown.problems import Problem, load_problems
+from apr_jax.data.build import DatasetInfo, open_split
+from apr_jax.data.tokenizer import Tokenizer
+from apr_jax.threads import ThreadTree
+
+FEATURES = ("tokens", "loss_mask", "segment_ids", "positions")
+SPLITS = ("train", "validation", "test")
+
+# A tokenized thread: (tokens int32 [n], loss_mask int32 [n]).
+TokenPair = tuple[np.ndarray, np.ndarray]
+
+
+class TokenizeTree:
+    """Record (or tree JSON) -> one (tokens, loss_mask) pair per thread.
+
+    Picklable: the tokenizer loads sentencepiece lazily in each worker.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, record: dict[str, Any] | str | bytes) -> list[TokenPair]:
+        text = record["tree"] if isinstance(record, dict) else record
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        tree = ThreadTree.from_json(text)
+        return [(s.tokens, s.loss_mask) for s in tree.to_sequences(self.tokenizer)]
+
+
+def empty_rows(num_rows: int, seq_len: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    rows = {name: np.zeros((num_rows, seq_len), np.int32) for name in FEATURES}
+    rows["tokens"][:] = pad_id
+    return rows
+
+
+def place(rows: dict[str, np.ndarray], row: int, offset: int, segment_id: int,
+          tokens: np.ndarray, loss_mask: np.ndarray) -> None:
+    """Write one sequence into ``rows[.., row, offset:offset+n]``."""
+    n = len(tokens)
+    end = offset + n
+    rows["tokens"][row, offset:end] = tokens
+    rows["loss_mask"][row, offset:end] = loss_mask
+    rows["segment_ids"][row, offset:end] = segment_id
+    rows["positions"][row, offset:end] = np.arange(n, dtype=np.int32)
+
+
+def pack_sequences(sequences: Sequence[TokenPair], seq_len: int, *, packing: bool,
+                   pad_id: int = 0) -> tuple[dict[str, np.ndarray], int]:
+    """Packs ``sequences`` (in order, next-fit) into as many rows as needed.
+
+    Returns (rows dict of int32 [R, seq_len], number of truncated sequences).
+    A reference implementation of what the iterator does batch by batch.
+    """
+    layout: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    used = seq_len
+    truncated = 0
+    for tokens, mask in sequences:
+        if len(tokens) > seq_len:
+            tokens, mask = tokens[:seq_len], mask[:seq_len]
+            truncated += 1
+        if not packing or used + len(tokens) > seq_len:
+            layout.append([])
+            used = 0
+        layout[-1].append((tokens, mask))
+        used += len(tokens)
+    rows = empty_rows(len(layout), seq_len, pad_id)
+    for r, row in enumerate(layout):
+        offset = 0
+        for k, (tokens, mask) in enumerate(row):
+            place(rows, r, offset, k + 1, tokens, mask)
+            offset += len(tokens)
+    return rows, truncated
+
+
+class PackedBatchIterator(grain.DatasetIterator):
+    """Packs per-thread sequences from a tree iterator into fixed batches.
+
+    ``parent`` yields, per tree, a list of (tokens, loss_mask) pairs. ``stats``
+    counts sequences, truncated sequences, real tokens and rows so far.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, *, batch_size: int, seq_len: int,
+                 packing: bool, pad_id: int = 0):
+        super().__init__(parent)
+        if batch_size <= 0 or seq_len <= 0:
+            raise ValueError(f"batch_size ({batch_size}) and seq_len ({seq_len}) must be positive")
+        self._batch_size = batch_size
+        self._seq_len = seq_len
+        self._packing = packing
+        self._pad_id = pad_id
+        self._tree: list[TokenPair] | None = None  # sequences of the tree being packed
+        self._tree_parent_state: dict[str, Any] | None = None  # upstream state before it
+        self._tree_index = 0  # its sequences already placed
+        self._resume_index = 0
+        self._exhausted = False
+        self.stats = {"sequences": 0, "truncated": 0, "tokens": 0, "rows": 0}
+
+    # ---- upstream ----------------------------------------------------------
+    def _peek(self) -> TokenPair | None:
+        """The next sequence to place, or None when upstream is exhausted."""
+        while self._tree is None or self._tree_index >= len(self._tree):
+            if self._exhausted:
+                return None
+            parent_state = self._parent.get_state()
+            try:
+                tree = next(self._parent)
+            except StopIteration:
+                self._exhausted = True
+                self._tree = None
+                return None
+            self._tree, self._tree_parent_state = tree, parent_state
+            self._tree_index, self._resume_index = self._resume_index, 0
+        tokens, mask = self._tree[self._tree_index]
+        if len(tokens) > self._seq_len:
+            return tokens[:self._seq_len], mask[:self._seq_len]
+        return tokens, mask
+
+    def _advance(self) -> None:
+        tokens, _ = self._tree[self._tree_index]
+        self.stats["sequences"] += 1
+        self.stats["truncated"] += int(len(tokens) > self._seq_len)
+        self.stats["tokens"] += min(len(tokens), self._seq_len)
+        self._tree_index += 1
+
+    # ---- batches -----------------------------------------------------------
+    def _fill_row(self, rows: dict[str, np.ndarray], row: int) -> bool:
+        """Fills one row; False when upstream ran dry before anything was placed."""
+        offset, segment_id = 0, 0
+        while True:
+            seq = self._peek()
+            if seq is None or offset + len(seq[0]) > self._seq_len:
+                break
+            segment_id += 1
+            place(rows, row, offset, segment_id, *seq)
+            offset += len(seq[0])
+            self._advance()
+            if not self._packing:
+                break
+        if segment_id:
+            self.stats["rows"] += 1
+        return segment_id > 0
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows = empty_rows(self._batch_size, self._seq_len, self._pad_id)
+        for row in range(self._batch_size):
+            if not self._fill_row(rows, row):
+                raise StopIteration  # drop the remainder
+        return rows
+
+    # ---- checkpointing -----------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        if self._tree is not None and self._tree_index < len(self._tree):
+            parent_state, index = self._tree_parent_state, self._tree_index
+        else:
+            parent_state, index = self._parent.get_state(), 0
+        return {"parent": parent_state, "tree_index": index, "exhausted": self._exhausted,
+                "stats": dict(self.stats)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._tree, self._tree_parent_state = None, None
+        self._tree_index = 0
+        self._resume_index = int(state["tree_index"])
+        self._exhausted = bool(state["exhausted"])
+        self.stats = {k: int(v) for k, v in state["stats"].items()}
+
+
+def tree_dataset(info: DatasetInfo, split: str, *, process_index: int = 0,
+                 process_count: int = 1, seed: int = 0,
+                 num_epochs: int | None = None) -> grain.MapDataset:
+    """This process's shard of a split, shuffled globally per epoch, repeated."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    if num_epochs is not None and num_epochs <= 0:
+        raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
+    source = open_split(info, split)
+    if len(source) < process_count:
+        raise ValueError(f"split {split!r} has {len(source)} examples, fewer than "
+                         f"{process_count} processes")
+    ds = grain.MapDataset.source(source).shuffle(seed=seed)
+    ds = ds.slice(slice(process_index, None, process_count))
+    return ds.repeat(num_epochs)
+
+
+def make_iterator(config, info: DatasetInfo, split: str, *, batch_size: int,
+                  process_index: int = 0, process_count: int = 1, seed: int | None = None,
+                  num_epochs: int | None = None, num_threads: int = 2) -> PackedBatchIterator:
+    """Checkpointable iterator of this process's batches (see module doc).
+
+    ``num_epochs=None`` repeats forever for ``train`` and reads once otherwise.
+    ``seed=None`` uses ``config.data.shuffle_seed``.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if num_epochs is None and split != "train":
+        num_epochs = 1
+    seed = config.data.shuffle_seed if seed is None else seed
+    tokenizer = Tokenizer(info.tokenizer_path)
+    ds = tree_dataset(info, split, process_index=process_index, process_count=process_count,
+                      seed=seed, num_epochs=num_epochs)
+    ds = ds.map(TokenizeTree(tokenizer))
+    read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(8, 4 * num_threads))
+    trees = ds.to_iter_dataset(read).__iter__()
+    return PackedBatchIterator(trees, batch_size=batch_size, seq_len=config.data.seq_len,
+                               packing=bool(config.data.packing), pad_id=tokenizer.pad_id)
+
+
+def make_problem_source(info: DatasetInfo, split: str) -> list[Problem]:
+    """The problems of a split, in generation order (for evaluation)."""
+    if split not in info.problem_paths:
+        raise ValueError(f"split {split!r} is not one of {sorted(info.problem_paths)}")
+    return load_problems(info.problem_paths[split])

@@ -1,0 +1,48 @@
+"""The pure decode interface the sampler and the engine run on.
+
+A model is anything with the cache API
+``init_cache(batch_size, max_len) -> cache`` and
+``decode(tokens_BxT, positions_BxT, cache) -> (logits_BxTxV, cache)``
+(positions < 0 are padding; a query at position p sees slots <= p of its row).
+``as_decode_model`` turns a Flax NNX module with that API into a
+``DecodeModel``: parameters as a pytree plus a pure function, so the decoding
+loops can be jitted with the parameters as an argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+
+DecodeFn = Callable[[Any, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeModel:
+    """``decode_fn(params, tokens_BxT, positions_BxT, cache) -> (logits, cache)``
+    must be pure; ``init_cache(batch_size, max_len)`` returns zeroed arrays."""
+
+    params: Any
+    decode_fn: DecodeFn
+    init_cache: Callable[[int, int], Any]
+
+
+def as_decode_model(model: Any) -> DecodeModel:
+    """Accept a ``DecodeModel`` or an NNX module with ``decode``/``init_cache``."""
+    if isinstance(model, DecodeModel):
+        return model
+    if not (callable(getattr(model, "decode", None)) and callable(getattr(model, "init_cache", None))):
+        raise ValueError(
+            f"{type(model).__name__} is not a DecodeModel and has no decode/init_cache methods")
+    from flax import nnx
+
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"{type(model).__name__} has decode/init_cache but is not an nnx.Module")
+    graphdef, state = nnx.split(model)
+
+    def decode_fn(params, tokens_BxT, positions_BxT, cache):
+        return nnx.merge(graphdef, params).decode(tokens_BxT, positions_BxT, cache)
+
+    return DecodeModel(params=state, decode_fn=decode_fn, init_cache=model.init_cache)

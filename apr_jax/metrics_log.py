@@ -1,0 +1,87 @@
+"""Training metrics to the console, ``metrics.jsonl`` and TensorBoard, plus a
+progress bar with ETA when attached to a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+
+
+class MetricsLogger:
+    """Writes one JSON object per logged step; only process 0 writes."""
+
+    def __init__(self, workdir: str, total_steps: int, start_step: int = 0,
+                 tensorboard: bool = True, progress: bool | None = None):
+        self.enabled = jax.process_index() == 0
+        self.total_steps = total_steps
+        self._jsonl = None
+        self._tb = None
+        self._bar = None
+        if not self.enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step",
+                             dynamic_ncols=True, leave=False)
+
+    def write(self, step: int, metrics: dict[str, Any], *, console: bool = True) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "time": round(time.time(), 3)}
+        record.update({k: _plain(v) for k, v in metrics.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+        if console:
+            shown = "  ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k != "time")
+            self.print(shown)
+
+    def advance(self, steps: int = 1, **postfix: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+            if postfix:
+                self._bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
+
+    def print(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float):
+        return round(v, 6) if abs(v) >= 1e-4 or v == 0 else float(f"{v:.4g}")
+    return v
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,138 @@
+"""Model hyperparameters, parameter counts, FLOPs per token and device peaks."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+
+DTYPES = ("float32", "bfloat16")
+ATTENTIONS = ("auto", "xla", "cudnn", "splash")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of the Llama-style decoder."""
+
+    vocab_size: int
+    num_layers: int
+    d_model: int
+    num_heads: int
+    num_kv_heads: int
+    d_ff: int
+    max_len: int
+    tie_embeddings: bool = True
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    attention: str = "auto"
+    remat: bool = False
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "num_layers", "d_model", "num_heads",
+                     "num_kv_heads", "d_ff", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"model.num_heads ({self.num_heads}) must be divisible by "
+                f"model.num_kv_heads ({self.num_kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"model head_dim (d_model/num_heads = {self.head_dim}) must be even for rotary")
+        for name in ("param_dtype", "compute_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"model.{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"model.attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"model.rope_theta must be positive, got {self.rope_theta!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @classmethod
+    def from_config(cls, model_cfg: Any, vocab_size: int) -> "ModelConfig":
+        """Builds from the ``model`` section of a config (ConfigDict or mapping)."""
+        get = model_cfg.get if hasattr(model_cfg, "get") else lambda k, d=None: getattr(model_cfg, k, d)
+        kwargs = {}
+        for field in dataclasses.fields(cls):
+            if field.name == "vocab_size":
+                continue
+            value = get(field.name, None)
+            if value is None:
+                if field.default is dataclasses.MISSING:
+                    raise ValueError(f"config.model.{field.name} is missing")
+                continue
+            kwargs[field.name] = value
+        kwargs["rope_theta"] = float(kwargs.get("rope_theta", cls.rope_theta))
+        return cls(vocab_size=int(vocab_size), **kwargs)
+
+
+def num_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
+    """Exact parameter count of ``Transformer(cfg)``.
+
+    ``non_embedding`` leaves out the token embedding and an untied output head
+    (the convention of Kaplan et al.); norms and all block weights stay in.
+    """
+    d, h = cfg.d_model, cfg.head_dim
+    attention = d * cfg.num_heads * h * 2 + d * cfg.num_kv_heads * h * 2  # q, o, k, v
+    mlp = 3 * d * cfg.d_ff
+    per_layer = attention + mlp + 2 * d  # two RMSNorm scales
+    body = cfg.num_layers * per_layer + d  # final norm
+    if non_embedding:
+        return body
+    embedding = cfg.vocab_size * d
+    head = 0 if cfg.tie_embeddings else d * cfg.vocab_size
+    return body + embedding + head
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs (forward + backward) per token at sequence length ``seq_len``.
+
+    ``6 * N_matmul + 6 * num_layers * num_heads * head_dim * seq_len`` where
+    ``N_matmul`` = block matmul weights + the output projection ``d_model * vocab``
+    (norm scales and the embedding lookup do no matmul work). The second term
+    is causal attention: QK^T and AV cost ``2 * 2 * d_attn * seq_len`` FLOPs per
+    token forward without the causal saving; with it half, and x3 for
+    forward + backward. MFU = tokens/s * flops_per_token / (devices * peak).
+    """
+    d, h = cfg.d_model, cfg.head_dim
+    block_matmul = cfg.num_layers * (
+        d * cfg.num_heads * h * 2 + d * cfg.num_kv_heads * h * 2 + 3 * d * cfg.d_ff)
+    n_matmul = block_matmul + d * cfg.vocab_size
+    attention = 6 * cfg.num_layers * cfg.num_heads * h * seq_len
+    return float(6 * n_matmul + attention)
+
+
+# Dense bf16 matrix peak per device (vendor figures). Measured on one H200 with
+# large bf16 matmuls: about 800e12, i.e. ~80% of the 989e12 figure used here.
+_PEAKS = (
+    ("h200", 989e12), ("h100", 989e12), ("gh200", 989e12), ("a100", 312e12),
+    ("l4", 121e12), ("v6 lite", 918e12), ("v6e", 918e12), ("v5 lite", 197e12),
+    ("v5e", 197e12), ("v5p", 459e12), ("v5", 459e12), ("v4", 275e12),
+)
+# Nominal CPU throughput: a 2-core host measures ~45-50 GFLOP/s in JAX.
+CPU_FLOPS_PER_CORE = 25e9
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
+    """Best-effort peak FLOP/s of one device, or None when the kind is unknown.
+
+    On CPU returns a nominal ``25e9 * cores / local devices`` (so eight virtual
+    devices on a 2-core host share the host's ~50 GFLOP/s).
+    """
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        return CPU_FLOPS_PER_CORE * (os.cpu_count() or 1) / max(1, jax.local_device_count())
+    kind = device.device_kind.lower()
+    for name, peak in _PEAKS:
+        if name in kind:
+            return peak
+    return None

@@ -1,0 +1,207 @@
+"""Llama-style decoder (Flax NNX) with a per-row-position KV cache.
+
+Two entry points share the weights:
+
+- ``model(tokens, positions, segment_ids)``: packed training forward.
+- ``model.decode(tokens, positions, cache)``: cached forward for T new tokens
+  per row. Cache slot == token position; each token's K/V is scattered into
+  slot ``positions[b, t]`` (positions < 0 are padding and are dropped), and a
+  query at position p attends to its row's slots 0..p, so entries beyond p
+  left by an earlier thread in the same row are ignored. The scatter updates
+  the stacked cache buffer in place when the cache is a donated jit argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from apr_jax.model import attention
+from apr_jax.model.config import ModelConfig
+from apr_jax.model.layers import RMSNorm, SwiGLU, apply_rotary, dtype_of, make_param, normal
+from apr_jax.sharding import constrain
+
+ACT_BLD = ("activation_batch", "activation_length", "activation_embed")
+ACT_BLNH = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
+ACT_BLKH = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
+CACHE_AXES = ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Keys and values of every layer: ``[num_layers, batch, slots, kv_heads, head_dim]``."""
+
+    k: jax.Array
+    v: jax.Array
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def replace(self, **changes) -> "KVCache":
+        return dataclasses.replace(self, **changes)
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with rotary positions."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        pdt = dtype_of(cfg.param_dtype)
+        self.q_DxNxH = make_param(rngs, normal(d ** -0.5), (d, n, h), ("embed", "heads", "head_dim"), pdt)
+        self.k_DxKxH = make_param(rngs, normal(d ** -0.5), (d, k, h), ("embed", "kv_heads", "head_dim"), pdt)
+        self.v_DxKxH = make_param(rngs, normal(d ** -0.5), (d, k, h), ("embed", "kv_heads", "head_dim"), pdt)
+        self.o_NxHxD = make_param(rngs, normal((2 * cfg.num_layers * n * h) ** -0.5), (n, h, d),
+                                  ("heads", "head_dim", "embed"), pdt)
+        self.rope_theta = cfg.rope_theta
+        self.implementation = cfg.attention
+
+    def project(self, x_BxLxD: jax.Array, positions_BxL: jax.Array):
+        dtype = x_BxLxD.dtype
+        q = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.q_DxNxH.get_value().astype(dtype))
+        k = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.k_DxKxH.get_value().astype(dtype))
+        v = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.v_DxKxH.get_value().astype(dtype))
+        q = constrain(apply_rotary(q, positions_BxL, self.rope_theta), ACT_BLNH)
+        k = constrain(apply_rotary(k, positions_BxL, self.rope_theta), ACT_BLKH)
+        return q, k, constrain(v, ACT_BLKH)
+
+    def output(self, o_BxLxNxH: jax.Array) -> jax.Array:
+        o = constrain(o_BxLxNxH, ACT_BLNH)
+        return jnp.einsum("blnh,nhd->bld", o, self.o_NxHxD.get_value().astype(o.dtype))
+
+    def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+        q, k, v = self.project(x_BxLxD, positions_BxL)
+        impl = attention.resolve_implementation(self.implementation, x_BxLxD.dtype)
+        return self.output(attention.packed_attention(q, k, v, segment_ids_BxL, impl))
+
+    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int):
+        """Writes the new K/V into ``layer`` of the stacked cache, then attends over it."""
+        q, k, v = self.project(x_BxTxD, positions_BxT)
+        num_slots = k_cache.shape[2]
+        # Negative indices would wrap around: send padding to an out-of-range slot.
+        slots_BxT = jnp.where(positions_BxT < 0, num_slots, positions_BxT)
+        rows_BxT = jnp.broadcast_to(jnp.arange(x_BxTxD.shape[0])[:, None], slots_BxT.shape)
+        k_cache = k_cache.at[layer, rows_BxT, slots_BxT].set(k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[layer, rows_BxT, slots_BxT].set(v.astype(v_cache.dtype), mode="drop")
+        k_cache, v_cache = constrain(k_cache, CACHE_AXES), constrain(v_cache, CACHE_AXES)
+        o = attention.cached_attention(q, k_cache[layer].astype(q.dtype),
+                                       v_cache[layer].astype(q.dtype), positions_BxT)
+        return self.output(o), k_cache, v_cache
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: attention then SwiGLU."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        pdt = dtype_of(cfg.param_dtype)
+        self.attn_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs)
+        self.mlp = SwiGLU(cfg.d_model, cfg.d_ff, cfg.num_layers, param_dtype=pdt, rngs=rngs)
+
+    def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+        x = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL)
+        x = constrain(x, ACT_BLD)
+        return constrain(x + self.mlp(self.mlp_norm(x)), ACT_BLD)
+
+    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int):
+        h, k_cache, v_cache = self.attn.decode(self.attn_norm(x_BxTxD), positions_BxT,
+                                               k_cache, v_cache, layer)
+        x = constrain(x_BxTxD + h, ACT_BLD)
+        return constrain(x + self.mlp(self.mlp_norm(x)), ACT_BLD), k_cache, v_cache
+
+
+def _block_forward(block: Block, x, positions, segment_ids):
+    return block(x, positions, segment_ids)
+
+
+_remat_block_forward = nnx.remat(_block_forward)
+
+
+class Transformer(nnx.Module):
+    """Decoder-only language model returning float32 logits."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt = dtype_of(cfg.param_dtype)
+        self.embed_VxD = make_param(rngs, normal(cfg.d_model ** -0.5), (cfg.vocab_size, cfg.d_model),
+                                    ("vocab", "embed"), pdt)
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.head_DxV = make_param(rngs, normal(cfg.d_model ** -0.5), (cfg.d_model, cfg.vocab_size),
+                                       ("embed", "vocab"), pdt)
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return dtype_of(self.cfg.compute_dtype)
+
+    def _embed(self, tokens_BxL: jax.Array) -> jax.Array:
+        _check_tokens(tokens_BxL)
+        # Gather from a replicated table: a sharded-table gather makes the SPMD
+        # partitioner rematerialize the whole table anyway, with a warning.
+        table = constrain(self.embed_VxD.get_value(), (None, None))
+        return constrain(jnp.take(table, tokens_BxL, axis=0).astype(self.compute_dtype), ACT_BLD)
+
+    def _logits(self, x_BxLxD: jax.Array) -> jax.Array:
+        x = self.final_norm(x_BxLxD)
+        if self.cfg.tie_embeddings:
+            logits = jnp.einsum("bld,vd->blv", x, self.embed_VxD.get_value().astype(x.dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            logits = jnp.einsum("bld,dv->blv", x, self.head_DxV.get_value().astype(x.dtype),
+                                preferred_element_type=jnp.float32)
+        return constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+    def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array,
+                 segment_ids_BxL: jax.Array) -> jax.Array:
+        """Packed training forward; returns logits [B, L, vocab] in float32."""
+        _check_same_shape(tokens_BxL, positions=positions_BxL, segment_ids=segment_ids_BxL)
+        x = self._embed(tokens_BxL)
+        forward = _remat_block_forward if self.cfg.remat else _block_forward
+        for block in self.blocks:
+            x = forward(block, x, positions_BxL, segment_ids_BxL)
+        return self._logits(x)
+
+    def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An all-zero cache with ``max_len`` slots per row, in the compute dtype."""
+        if batch_size < 1 or max_len < 1:
+            raise ValueError(f"init_cache needs batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
+        shape = (self.cfg.num_layers, batch_size, max_len, self.cfg.num_kv_heads, self.cfg.head_dim)
+        zeros = jnp.zeros(shape, self.compute_dtype)
+        return KVCache(k=constrain(zeros, CACHE_AXES), v=constrain(zeros, CACHE_AXES))
+
+    def decode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+               cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Cached forward of T new tokens per row; returns (logits [B, T, vocab] f32, cache)."""
+        _check_same_shape(tokens_BxT, positions=positions_BxT)
+        if cache.k.shape[1] != tokens_BxT.shape[0]:
+            raise ValueError(f"cache batch {cache.k.shape[1]} != tokens batch {tokens_BxT.shape[0]}")
+        if cache.k.shape[0] != self.cfg.num_layers:
+            raise ValueError(f"cache has {cache.k.shape[0]} layers, model has {self.cfg.num_layers}")
+        x = self._embed(tokens_BxT)
+        k_cache, v_cache = cache.k, cache.v
+        for layer, block in enumerate(self.blocks):
+            x, k_cache, v_cache = block.decode(x, positions_BxT, k_cache, v_cache, layer)
+        return self._logits(x), KVCache(k=k_cache, v=v_cache)
+
+
+def _check_tokens(tokens: jax.Array) -> None:
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be integers, got {tokens.dtype}")
+
+
+def _check_same_shape(tokens: jax.Array, **others: jax.Array) -> None:
+    for name, array in others.items():
+        if array.shape != tokens.shape:
+            raise ValueError(f"{name} shape {array.shape} != tokens shape {tokens.shape}")

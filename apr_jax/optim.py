@@ -1,0 +1,30 @@
+"""AdamW with linear warm-up, cosine decay and global-norm clipping."""
+
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to
+    ``lr * min_lr_ratio`` at ``steps``."""
+    warmup = min(train.warmup_steps, max(train.steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=train.lr, warmup_steps=warmup,
+        decay_steps=max(train.steps, warmup + 1), end_value=train.lr * train.min_lr_ratio)
+
+
+def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Clipping then AdamW; weight decay skips vectors (norm scales)."""
+    return optax.chain(
+        optax.clip_by_global_norm(train.grad_clip) if train.grad_clip > 0 else optax.identity(),
+        optax.adamw(learning_rate_schedule(train), b1=train.b1, b2=train.b2,
+                    weight_decay=train.weight_decay,
+                    mask=lambda params: _decay_mask(params)),
+    )
+
+
+def _decay_mask(params):
+    import jax
+    return jax.tree.map(lambda p: getattr(p, "ndim", 0) > 1, params)

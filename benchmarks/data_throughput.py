@@ -1,0 +1,83 @@
+"""Data-pipeline throughput: trace generation (per core and multi-process).
+
+    python -m benchmarks.data_throughput [--problems 4000] [--processes 2]
+
+Each measurement is one function returning a dict, so more stages (dataset
+build, tokenization) can be added as further functions called from ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import time
+
+from apr_jax.countdown.problems import Problem, generate_problems
+from apr_jax.countdown.traces import TraceConfig, make_trace
+
+COUNTDOWN = {  # name: (num_inputs, max_number, max_target) with numbers from 1, targets from 10
+    "countdown4": (4, 99, 100),
+    "countdown3": (3, 99, 100),
+}
+
+
+def benchmark_problems(name: str, count: int, seed: int = 0) -> list[Problem]:
+    num_inputs, max_number, max_target = COUNTDOWN[name]
+    return generate_problems(count, num_inputs=num_inputs, max_number=max_number,
+                             max_target=max_target, seed=seed)
+
+
+def _generate(args: tuple[list[Problem], TraceConfig]) -> tuple[int, int, int]:
+    """(traces, total characters, solved) for one chunk of problems."""
+    problems, cfg = args
+    chars = solved = 0
+    for p in problems:
+        tree = make_trace(p, cfg)
+        chars += sum(len(t.text) for t in tree.threads)
+        solved += bool(tree.solution)
+    return len(problems), chars, solved
+
+
+def measure_trace_generation(problems: list[Problem], cfg: TraceConfig) -> dict[str, float]:
+    """Traces per wall second and per CPU second (fair on a busy machine) on one
+    core, mean characters per trace (all threads) and the solve rate."""
+    _generate((problems[:50], cfg))  # warm-up
+    start, cpu_start = time.perf_counter(), time.process_time()
+    n, chars, solved = _generate((problems, cfg))
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"traces_per_s": n / seconds, "traces_per_cpu_s": n / cpu_seconds,
+            "chars_per_trace": chars / n, "solved": solved / n}
+
+
+def measure_parallel_generation(problems: list[Problem], cfg: TraceConfig,
+                                processes: int) -> dict[str, float]:
+    """Traces per second with a pool of ``processes`` workers (pool start-up excluded)."""
+    chunks = [(problems[i::processes * 8], cfg) for i in range(processes * 8)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.map(_generate, [(problems[:10], cfg)] * processes)  # start workers
+        start = time.perf_counter()
+        n = sum(r[0] for r in pool.map(_generate, chunks))
+        seconds = time.perf_counter() - start
+    return {"traces_per_s": n / seconds, "processes": processes}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=4000)
+    parser.add_argument("--processes", type=int, default=2)
+    args = parser.parse_args(argv)
+    for name in COUNTDOWN:
+        problems = benchmark_problems(name, args.problems)
+        for kind in ("apr", "sosp"):
+            cfg = TraceConfig(kind=kind)
+            one = measure_trace_generation(problems, cfg)
+            print(f"{name} {kind:4s} 1 core: {one['traces_per_s']:8.0f} traces/s "
+                  f"({one['traces_per_cpu_s']:.0f} per CPU-s)  "
+                  f"{one['chars_per_trace']:6.0f} chars/trace  solved {one['solved']:.1%}")
+            if name == "countdown4":
+                many = measure_parallel_generation(problems, cfg, args.processes)
+                print(f"{name} {kind:4s} {args.processes} procs: {many['traces_per_s']:8.0f} traces/s")
+
+
+if __name__ == "__main__":
+    main()

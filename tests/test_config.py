@@ -1,0 +1,66 @@
+import glob
+import os
+
+import pytest
+
+from apr_jax import config as config_lib
+from apr_jax.config import ConfigError, load_config, parse_command_line
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
+def test_every_config_loads_and_validates(path):
+    config = load_config(path)
+    assert config.name == os.path.basename(path)[:-3]
+
+
+def test_overrides_are_typed():
+    c = load_config(None, ["config.train.lr=1e-3", "config.train.steps=7",
+                           "config.model.tie_embeddings=false", "config.trace.kind=sosp"])
+    assert c.train.lr == 1e-3 and isinstance(c.train.lr, float)
+    assert c.train.steps == 7 and isinstance(c.train.steps, int)
+    assert c.model.tie_embeddings is False
+    assert c.trace.kind == "sosp"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("config.train.lrr=1", "unknown config key 'config.train.lrr'; did you mean config.train.lr"),
+    ("config.trainn.lr=1", "unknown config key 'config.trainn.lr'"),
+    ("config.train.lr=abc", "config.train.lr: expected a number, got 'abc'"),
+    ("config.train.steps=1.5", "config.train.steps: expected an integer, got '1.5'"),
+    ("config.model.remat=maybe", "config.model.remat: expected true or false"),
+    ("config.trace.kind=tree", "config.trace.kind='tree' is not one of apr, sosp"),
+    ("config.train.steps=0", "config.train.steps=0 must be a positive integer"),
+    ("config.model.num_kv_heads=3", "config.model.num_heads=4 is not divisible by config.model.num_kv_heads=3"),
+    ("config.data.seq_len=4096", "config.data.seq_len=4096 exceeds config.model.max_len"),
+    ("config.train=3", "config.train is a section"),
+])
+def test_bad_overrides_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file not found: nope.py"):
+        load_config("nope.py")
+
+
+def test_command_line_forms():
+    flags, overrides = parse_command_line(
+        ["--workdir=w", "--config", "c.py", "--config.train.lr=2", "--config.train.steps", "3"])
+    assert flags == {"workdir": "w", "config": "c.py"}
+    assert overrides == ["config.train.lr=2", "config.train.steps=3"]
+    with pytest.raises(ConfigError, match="unknown flag --workdri; did you mean --workdir"):
+        parse_command_line(["--workdri=x"])
+    with pytest.raises(ConfigError, match="flag --workdir needs a value"):
+        parse_command_line(["--workdir"])
+
+
+def test_identity_diff_names_changed_fields():
+    a = load_config(None)
+    b = load_config(None, ["config.model.d_model=256", "config.train.steps=5"])
+    diffs = config_lib.identity_diff(a.to_dict(), b)
+    assert diffs == ["config.model.d_model (saved 128, now 256)"]

@@ -1,0 +1,83 @@
+"""Tests for apr_jax.countdown.problems."""
+
+import json
+
+import pytest
+
+from apr_jax.countdown.problems import (Problem, generate_problems, load_problems,
+                                        make_splits, save_problems)
+from apr_jax.countdown.solver import is_solvable
+
+
+def test_generate_is_solvable_in_range_and_deterministic():
+    a = generate_problems(50, num_inputs=4, seed=3)
+    assert a == generate_problems(50, num_inputs=4, seed=3)
+    assert a != generate_problems(50, num_inputs=4, seed=4)
+    for p in a:
+        assert len(p.numbers) == 4 and all(1 <= n <= 99 for n in p.numbers)
+        assert 10 <= p.target <= 100
+        assert is_solvable(p.numbers, p.target)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"num_inputs": 1}, "num_inputs"), ({"num_inputs": 7}, "num_inputs"),
+    ({"min_number": 10, "max_number": 5}, "min_number"), ({"min_number": 0}, "min_number"),
+    ({"min_target": 50, "max_target": 10}, "min_target"),
+])
+def test_generate_rejects_bad_ranges(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        generate_problems(1, **kwargs)
+
+
+def test_generate_gives_up_when_nothing_is_solvable():
+    with pytest.raises(ValueError, match="no solvable problem"):
+        generate_problems(1, num_inputs=2, min_number=1, max_number=2, min_target=90, max_target=99)
+
+
+def test_splits_never_overlap_and_are_unique_within():
+    splits = make_splits(300, 50, 50, num_inputs=3, max_number=20, max_target=50, seed=1)
+    assert [len(splits[k]) for k in ("train", "validation", "test")] == [300, 50, 50]
+    keys = [p.key for split in splits.values() for p in split]
+    assert len(keys) == len(set(keys))
+
+
+def test_splits_deterministic_and_held_out_stable():
+    a = make_splits(100, 20, 20, num_inputs=3, max_number=20, max_target=50, seed=2)
+    b = make_splits(100, 20, 20, num_inputs=3, max_number=20, max_target=50, seed=2)
+    c = make_splits(300, 20, 20, num_inputs=3, max_number=20, max_target=50, seed=2)
+    assert a == b
+    assert a["test"] == c["test"] and a["validation"] == c["validation"]
+
+
+def test_splits_raise_when_space_too_small():
+    with pytest.raises(ValueError, match="only 9 exist"):
+        make_splits(10, 5, 5, num_inputs=2, min_number=1, max_number=2, min_target=1, max_target=3)
+    with pytest.raises(ValueError, match="unique solvable"):
+        make_splits(5, 0, 0, num_inputs=2, min_number=1, max_number=3, min_target=7, max_target=9)
+
+
+def test_save_load_round_trip(tmp_path):
+    problems = generate_problems(20, num_inputs=3, seed=0)
+    path = str(tmp_path / "p.jsonl")
+    save_problems(path, problems)
+    assert load_problems(path) == problems
+    assert Problem.from_dict(problems[0].to_dict()) == problems[0]
+
+
+@pytest.mark.parametrize("line, word", [
+    ("{not json", "bad JSON"),
+    ('{"numbers": [1, 2]}', "target"),
+    ('{"target": 5}', "numbers"),
+    ('{"numbers": [1, "2"], "target": 5}', "integers"),
+    ('{"numbers": [1, true], "target": 5}', "integers"),
+    ('{"numbers": "12", "target": 5}', "list"),
+    ('{"numbers": [1, 2], "target": 5.5}', "target"),
+    ('{"numbers": [1, -2], "target": 5}', "non-negative"),
+    ('[1, 2, 5]', "object"),
+])
+def test_load_errors_name_file_and_line(tmp_path, line, word):
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps({"numbers": [1, 2], "target": 3})
+    path.write_text(good + "\n\n" + line + "\n")
+    with pytest.raises(ValueError, match=rf"bad\.jsonl:3: .*{word}"):
+        load_problems(str(path))

@@ -1,0 +1,199 @@
+"""Tests for apr_jax.model: config, counts, FLOPs, and the packed training forward."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from apr_jax.model import ModelConfig, Transformer, flops_per_token, num_params, peak_flops_per_device
+from apr_jax.model import attention
+
+VOCAB = 64
+
+
+def tiny(**overrides) -> ModelConfig:
+    fields = dict(vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
+                  d_ff=64, max_len=64)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def random_tokens(batch, length, seed=0):
+    return jax.random.randint(jax.random.key(seed), (batch, length), 0, VOCAB)
+
+
+def arange_positions(batch, length):
+    return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+
+
+@nnx.jit
+def forward(model, tokens, positions, segment_ids):
+    return model(tokens, positions, segment_ids)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Transformer(tiny(), rngs=nnx.Rngs(0))
+
+
+# --- config ---------------------------------------------------------------
+
+def test_from_config_reads_default_model_section():
+    from configs.default import get_config
+    cfg = ModelConfig.from_config(get_config().model, vocab_size=96)
+    assert (cfg.vocab_size, cfg.num_layers, cfg.d_model, cfg.num_kv_heads) == (96, 4, 128, 2)
+    assert cfg.head_dim == 32 and cfg.attention == "auto" and isinstance(cfg.rope_theta, float)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("d_model", 30, "model.d_model"),
+    ("num_kv_heads", 3, "model.num_heads"),
+    ("param_dtype", "float16", "model.param_dtype"),
+    ("compute_dtype", "fp32", "model.compute_dtype"),
+    ("attention", "flash", "model.attention"),
+    ("num_layers", 0, "model.num_layers"),
+])
+def test_config_validation_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**{field: value})
+
+
+def test_from_config_missing_field():
+    section = ml_collections.ConfigDict(dict(num_layers=2, d_model=32))
+    with pytest.raises(ValueError, match="config.model.num_heads is missing"):
+        ModelConfig.from_config(section, vocab_size=VOCAB)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_num_params_matches_model(tie):
+    cfg = tiny(tie_embeddings=tie, num_kv_heads=1)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert num_params(cfg) == actual
+    embedding = VOCAB * cfg.d_model * (1 if tie else 2)
+    assert num_params(cfg, non_embedding=True) == actual - embedding
+
+
+def test_flops_per_token_formula():
+    cfg = tiny()
+    n_matmul = num_params(cfg, non_embedding=True) - (2 * cfg.num_layers + 1) * cfg.d_model + cfg.d_model * VOCAB
+    attn = 6 * cfg.num_layers * cfg.d_model * 100
+    assert flops_per_token(cfg, 100) == 6 * n_matmul + attn
+    assert flops_per_token(cfg, 200) > flops_per_token(cfg, 100)
+
+
+def test_peak_flops_on_cpu_is_nominal():
+    peak = peak_flops_per_device()
+    assert peak is not None and 1e9 < peak < 1e12
+
+
+# --- forward --------------------------------------------------------------
+
+def test_forward_shapes_dtype_and_gqa(model):
+    tokens = random_tokens(3, 10)
+    logits = forward(model, tokens, arange_positions(3, 10), jnp.ones((3, 10), jnp.int32))
+    assert logits.shape == (3, 10, VOCAB) and logits.dtype == jnp.float32
+    assert model.blocks[0].attn.q_DxNxH.shape == (32, 4, 8)
+    assert model.blocks[0].attn.k_DxKxH.shape == (32, 2, 8)
+    assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_causality_future_tokens_do_not_change_past(model):
+    tokens = random_tokens(2, 12)
+    changed = tokens.at[:, 7:].set((tokens[:, 7:] + 5) % VOCAB)
+    pos, seg = arange_positions(2, 12), jnp.ones((2, 12), jnp.int32)
+    a, b = forward(model, tokens, pos, seg), forward(model, changed, pos, seg)
+    np.testing.assert_allclose(a[:, :7], b[:, :7], atol=1e-6)
+    assert float(jnp.abs(a[:, 7:] - b[:, 7:]).max()) > 1e-3
+
+
+def test_packing_equals_separate_sequences_and_padding_is_finite(model):
+    first, second = random_tokens(1, 5, seed=1), random_tokens(1, 6, seed=2)
+    tokens = jnp.concatenate([first, second, jnp.zeros((1, 3), jnp.int32)], axis=1)
+    positions = jnp.concatenate([jnp.arange(5), jnp.arange(6), jnp.zeros(3, jnp.int32)])[None]
+    segments = jnp.array([[1] * 5 + [2] * 6 + [0] * 3])
+    packed = forward(model, tokens, positions, segments)
+    alone_1 = forward(model, first, arange_positions(1, 5), jnp.ones((1, 5), jnp.int32))
+    alone_2 = forward(model, second, arange_positions(1, 6), jnp.ones((1, 6), jnp.int32))
+    np.testing.assert_allclose(packed[:, :5], alone_1, atol=1e-5)
+    np.testing.assert_allclose(packed[:, 5:11], alone_2, atol=1e-5)
+    assert bool(jnp.all(jnp.isfinite(packed)))
+
+
+def test_tied_and_untied_heads():
+    tied = Transformer(tiny(tie_embeddings=True), rngs=nnx.Rngs(0))
+    untied = Transformer(tiny(tie_embeddings=False), rngs=nnx.Rngs(0))
+    assert not hasattr(tied, "head_DxV") and untied.head_DxV.shape == (32, VOCAB)
+    tokens = random_tokens(1, 4)
+    args = (tokens, arange_positions(1, 4), jnp.ones((1, 4), jnp.int32))
+    # Tied: the head is the embedding, so its gradient flows into embed_VxD only.
+    grads = nnx.jit(nnx.grad(lambda m: m(*args).sum()))(tied)
+    assert float(jnp.abs(grads.embed_VxD.get_value()).sum()) > 0
+    assert forward(untied, *args).shape == forward(tied, *args).shape
+
+
+def test_bf16_params_and_compute_give_finite_logits():
+    cfg = tiny(param_dtype="bfloat16", compute_dtype="bfloat16")
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    assert model.embed_VxD.get_value().dtype == jnp.bfloat16
+    tokens = random_tokens(2, 8)
+    logits = forward(model, tokens, arange_positions(2, 8), jnp.ones((2, 8), jnp.int32))
+    assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+    reference = forward(Transformer(tiny(), rngs=nnx.Rngs(0)), tokens, arange_positions(2, 8),
+                        jnp.ones((2, 8), jnp.int32))
+    assert float(jnp.abs(logits - reference).max()) < 0.1
+
+
+def test_remat_gives_same_loss_and_grads():
+    tokens = random_tokens(2, 8)
+    args = (tokens, arange_positions(2, 8), jnp.ones((2, 8), jnp.int32))
+    loss = lambda m: jnp.mean(m(*args) ** 2)
+    step = nnx.jit(nnx.value_and_grad(loss))
+    plain = step(Transformer(tiny(), rngs=nnx.Rngs(0)))
+    remat = step(Transformer(tiny(remat=True), rngs=nnx.Rngs(0)))
+    np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1])):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bad_inputs_give_clear_errors(model):
+    tokens = random_tokens(2, 6)
+    with pytest.raises(ValueError, match="positions shape"):
+        model(tokens, arange_positions(2, 5), jnp.ones((2, 6), jnp.int32))
+    with pytest.raises(ValueError, match="tokens must be integers"):
+        model(tokens.astype(jnp.float32), arange_positions(2, 6), jnp.ones((2, 6), jnp.int32))
+
+
+# --- attention kernels ----------------------------------------------------
+
+def test_resolve_implementation_on_cpu():
+    assert attention.resolve_implementation("auto", jnp.float32) == "xla"
+    assert attention.resolve_implementation("cudnn", jnp.float32) == "xla"
+    assert attention.resolve_implementation("splash", jnp.float32) == "splash"
+
+
+def _qkv_and_segments(t=128):
+    keys = jax.random.split(jax.random.key(3), 3)
+    q = jax.random.normal(keys[0], (2, t, 4, 16))
+    k = jax.random.normal(keys[1], (2, t, 2, 16))
+    v = jax.random.normal(keys[2], (2, t, 2, 16))
+    segments = jnp.array([[1] * 50 + [2] * 60 + [0] * (t - 110), [3] * 100 + [0] * (t - 100)])
+    return q, k, v, segments
+
+
+def test_xla_attention_matches_jax_reference():
+    q, k, v, _ = _qkv_and_segments()
+    segments = jnp.ones((2, 128), jnp.int32)
+    ours = attention.xla_attention(q, k, v, attention.segment_mask_BxTxS(segments))
+    reference = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_splash_kernel_matches_xla_in_interpret_mode():
+    q, k, v, segments = _qkv_and_segments()
+    splash = attention.splash_attention(q, k, v, segments, interpret=True)
+    xla = attention.xla_attention(q, k, v, attention.segment_mask_BxTxS(segments))
+    real = segments != 0
+    np.testing.assert_allclose(np.asarray(splash)[real], np.asarray(xla)[real], atol=1e-5)
