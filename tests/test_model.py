@@ -114,12 +114,16 @@ def test_packing_equals_separate_sequences_and_padding_is_finite(model):
     tokens = jnp.concatenate([first, second, jnp.zeros((1, 3), jnp.int32)], axis=1)
     positions = jnp.concatenate([jnp.arange(5), jnp.arange(6), jnp.zeros(3, jnp.int32)])[None]
     segments = jnp.array([[1] * 5 + [2] * 6 + [0] * 3])
-    packed = forward(model, tokens, positions, segments)
-    alone_1 = forward(model, first, arange_positions(1, 5), jnp.ones((1, 5), jnp.int32))
-    alone_2 = forward(model, second, arange_positions(1, 6), jnp.ones((1, 6), jnp.int32))
-    np.testing.assert_allclose(packed[:, :5], alone_1, atol=1e-5)
-    np.testing.assert_allclose(packed[:, 5:11], alone_2, atol=1e-5)
-    assert bool(jnp.all(jnp.isfinite(packed)))
+    # Both segments alone, one per row (the first right-padded), in the same call.
+    alone_tokens = jnp.zeros((2, 14), jnp.int32).at[0, :5].set(first[0]).at[1, :6].set(second[0])
+    alone_segments = jnp.zeros((2, 14), jnp.int32).at[0, :5].set(1).at[1, :6].set(1)
+    logits = forward(model, jnp.concatenate([tokens, alone_tokens]),
+                     jnp.concatenate([positions, arange_positions(2, 14)]),
+                     jnp.concatenate([segments, alone_segments]))
+    packed, alone = logits[:1], logits[1:]
+    np.testing.assert_allclose(packed[0, :5], alone[0, :5], atol=1e-5)
+    np.testing.assert_allclose(packed[0, 5:11], alone[1, :6], atol=1e-5)
+    assert bool(jnp.all(jnp.isfinite(logits)))
 
 
 def test_tied_and_untied_heads():
@@ -186,8 +190,9 @@ def _qkv_and_segments(t=128):
 def test_xla_attention_matches_jax_reference():
     q, k, v, _ = _qkv_and_segments()
     segments = jnp.ones((2, 128), jnp.int32)
-    ours = attention.xla_attention(q, k, v, attention.segment_mask_BxTxS(segments))
-    reference = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+    ours = jax.jit(attention.xla_attention)(q, k, v, attention.segment_mask_BxTxS(segments))
+    reference = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, implementation="xla"))(q, k, v)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
 
 

@@ -171,7 +171,7 @@ class Engine:
         for name, v in out.items():
             if name == "step":
                 continue
-            per_group = v.shape[0] == groups
+            per_group = name in engine_loop.PER_GROUP
             out[name] = v.reshape((len(prompts), K) + ((() if per_group else (S,)) + v.shape[1:]))
         return out
 

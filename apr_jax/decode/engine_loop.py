@@ -61,6 +61,7 @@ from apr_jax.decode.sampler import SamplingConfig, sample_tokens
 
 FREE, RUNNING, WAITING, DONE = 0, 1, 2, 3
 ROLE_PROMPT, ROLE_MODEL, ROLE_JOIN = 0, 1, 2
+PER_GROUP = ("next_free", "dropped_children", "dropped_pool")  # state arrays with one value per group
 STOP = {name: i for i, name in enumerate(threads_lib.STOPS)}
 
 

@@ -41,8 +41,17 @@ def as_decode_model(model: Any) -> DecodeModel:
     if not isinstance(model, nnx.Module):
         raise ValueError(f"{type(model).__name__} has decode/init_cache but is not an nnx.Module")
     graphdef, state = nnx.split(model)
+    return DecodeModel(params=state, decode_fn=NnxDecode(graphdef), init_cache=model.init_cache)
 
-    def decode_fn(params, tokens_BxT, positions_BxT, cache):
-        return nnx.merge(graphdef, params).decode(tokens_BxT, positions_BxT, cache)
 
-    return DecodeModel(params=state, decode_fn=decode_fn, init_cache=model.init_cache)
+@dataclasses.dataclass(frozen=True)
+class NnxDecode:
+    """Pure decode of an NNX module; equal graphdefs compare equal, so jitted
+    loops taking it as a static argument compile once per model structure."""
+
+    graphdef: Any
+
+    def __call__(self, params, tokens_BxT, positions_BxT, cache):
+        from flax import nnx
+
+        return nnx.merge(self.graphdef, params).decode(tokens_BxT, positions_BxT, cache)

@@ -176,8 +176,10 @@ class Transformer(nnx.Module):
         if batch_size < 1 or max_len < 1:
             raise ValueError(f"init_cache needs batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
         shape = (self.cfg.num_layers, batch_size, max_len, self.cfg.num_kv_heads, self.cfg.head_dim)
-        zeros = jnp.zeros(shape, self.compute_dtype)
-        return KVCache(k=constrain(zeros, CACHE_AXES), v=constrain(zeros, CACHE_AXES))
+        # Two separate buffers, so both can be donated to a jitted step.
+        k = constrain(jnp.zeros(shape, self.compute_dtype), CACHE_AXES)
+        v = constrain(jnp.zeros(shape, self.compute_dtype), CACHE_AXES)
+        return KVCache(k=k, v=v)
 
     def decode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                cache: KVCache) -> tuple[jax.Array, KVCache]:

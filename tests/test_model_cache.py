@@ -1,0 +1,131 @@
+"""Tests for the KV-cache API: init_cache / decode equal the full forward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from apr_jax.model import KVCache, ModelConfig, Transformer
+
+VOCAB = 64
+CHUNK = 4
+SLOTS = 16
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = ModelConfig(vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
+                      d_ff=64, max_len=64)
+    return Transformer(cfg, rngs=nnx.Rngs(0))
+
+
+@nnx.jit
+def forward(model, tokens_BxL):
+    b, l = tokens_BxL.shape
+    positions = jnp.broadcast_to(jnp.arange(l), (b, l))
+    return model(tokens_BxL, positions, jnp.ones((b, l), jnp.int32))
+
+
+@nnx.jit
+def decode(model, tokens_BxT, positions_BxT, cache):
+    return model.decode(tokens_BxT, positions_BxT, cache)
+
+
+def run_threads(model, cache, sequences, prompt_lens):
+    """Feeds row b its sequence: prompt in CHUNK-token chunks, then one token a step.
+
+    Rows advance independently (different lengths and phases); finished rows
+    and chunk tails are padding (position -1). Returns per-row logits and cache.
+    """
+    batch = len(sequences)
+    done = [0] * batch
+    logits = [np.zeros((len(s), VOCAB), np.float32) for s in sequences]
+    while any(d < len(s) for d, s in zip(done, sequences)):
+        prefill = any(d < p for d, p in zip(done, prompt_lens))
+        width = CHUNK if prefill else 1
+        tokens = np.full((batch, width), 7, np.int32)  # arbitrary ids under padding
+        positions = np.full((batch, width), -1, np.int32)
+        for b, seq in enumerate(sequences):
+            if prefill:  # rows already past their prompt wait for the others
+                take = max(0, min(width, prompt_lens[b] - done[b]))
+            else:
+                take = min(width, len(seq) - done[b])
+            tokens[b, :take] = seq[done[b]:done[b] + take]
+            positions[b, :take] = np.arange(done[b], done[b] + take)
+        step_logits, cache = decode(model, jnp.asarray(tokens), jnp.asarray(positions), cache)
+        for b in range(batch):
+            valid = positions[b] >= 0
+            logits[b][positions[b][valid]] = np.asarray(step_logits[b])[valid]
+            done[b] += int(valid.sum())
+    return logits, cache
+
+
+def test_init_cache_shapes(model):
+    cache = model.init_cache(3, SLOTS)
+    assert isinstance(cache, KVCache)
+    assert cache.k.shape == (2, 3, SLOTS, 2, 8) and cache.v.shape == cache.k.shape
+    assert cache.k.dtype == jnp.float32 and float(jnp.abs(cache.k).sum()) == 0.0
+    assert (cache.batch_size, cache.max_len) == (3, SLOTS)
+    with pytest.raises(ValueError, match="init_cache"):
+        model.init_cache(0, SLOTS)
+
+
+def test_chunked_prefill_and_decode_equal_full_forward_with_stale_rows(model):
+    rng = np.random.default_rng(0)
+    # First threads: row 2 is long, so it leaves stale entries in slots 6..13.
+    first = [rng.integers(0, VOCAB, n) for n in (9, 5, 14)]
+    logits, cache = run_threads(model, model.init_cache(3, SLOTS), first, prompt_lens=[6, 3, 9])
+    for seq, got in zip(first, logits):
+        np.testing.assert_allclose(got, forward(model, jnp.asarray(seq)[None])[0], atol=1e-4)
+    # Second threads reuse the rows without clearing the cache.
+    second = [rng.integers(0, VOCAB, n) for n in (7, 11, 6)]
+    logits, _ = run_threads(model, cache, second, prompt_lens=[2, 7, 5])
+    for seq, got in zip(second, logits):
+        np.testing.assert_allclose(got, forward(model, jnp.asarray(seq)[None])[0], atol=1e-4)
+
+
+def test_padding_tokens_change_nothing(model):
+    rng = np.random.default_rng(1)
+    tokens = jnp.asarray(rng.integers(0, VOCAB, (2, CHUNK)), jnp.int32)
+    positions = jnp.array([[0, 1, 2, 3], [0, 1, 2, 3]], jnp.int32)
+    _, cache = decode(model, tokens, positions, model.init_cache(2, SLOTS))
+    # Row 0 decodes one token; row 1 sends only padding with garbage token ids.
+    step_tokens = jnp.array([[5, 9, 9, 9], [11, 12, 13, 14]], jnp.int32)
+    step_positions = jnp.array([[4, -1, -1, -1], [-1, -1, -1, -1]], jnp.int32)
+    logits, after = decode(model, step_tokens, step_positions, cache)
+    np.testing.assert_array_equal(after.k[:, 1], cache.k[:, 1])
+    np.testing.assert_array_equal(after.v[:, 1], cache.v[:, 1])
+    np.testing.assert_array_equal(after.k[:, 0, 5:], 0.0)  # nothing written past slot 4
+    assert bool(jnp.all(jnp.isfinite(logits)))
+    full = forward(model, jnp.concatenate([tokens[:1], step_tokens[:1, :1]], axis=1))
+    np.testing.assert_allclose(logits[0, 0], full[0, 4], atol=1e-4)
+
+
+def test_decode_under_jit_donates_cache_in_place(model):
+    graphdef, state = nnx.split(model)
+
+    def step(state, tokens, positions, cache):
+        return nnx.merge(graphdef, state).decode(tokens, positions, cache)
+
+    cache = model.init_cache(2, SLOTS)
+    tokens = jnp.zeros((2, 1), jnp.int32)
+    positions = jnp.array([[0], [3]], jnp.int32)
+    compiled = jax.jit(step, donate_argnums=3).lower(state, tokens, positions, cache).compile()
+    hlo = compiled.as_text()
+    assert "input_output_alias" in hlo
+    cache_type = f"f32[2,2,{SLOTS},2,8]"
+    assert not [line for line in hlo.splitlines() if cache_type in line and " copy(" in line]
+    logits, new_cache = compiled(state, tokens, positions, cache)
+    assert cache.k.is_deleted()  # the buffer was handed to the output
+    reference, _ = decode(model, tokens, positions, model.init_cache(2, SLOTS))
+    np.testing.assert_allclose(logits, reference, atol=1e-6)
+    assert float(jnp.abs(new_cache.k[:, 1, 3]).sum()) > 0 and float(jnp.abs(new_cache.k[:, 1, 0]).sum()) == 0
+
+
+def test_decode_rejects_mismatched_cache(model):
+    cache = model.init_cache(3, SLOTS)
+    with pytest.raises(ValueError, match="cache batch"):
+        model.decode(jnp.zeros((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32), cache)
+    with pytest.raises(ValueError, match="positions shape"):
+        model.decode(jnp.zeros((3, 2), jnp.int32), jnp.zeros((3, 1), jnp.int32), cache)
