@@ -197,6 +197,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
         if config.train.on_nan == "skip":
             skipped += 1
             return
+        checkpointer.wait()
         good = checkpointer.steps()
         raise TrainingError(
             f"loss or gradient became NaN/Inf at step {s}; the update was discarded and training "

@@ -97,7 +97,7 @@ def main() -> None:
     steps = sum(out.steps)
     state = nnx.state(model)
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    dtype_bytes = np.dtype(mcfg.compute_dtype).itemsize if mcfg.compute_dtype == "float32" else 2
+    dtype_bytes = jax.numpy.dtype(mcfg.compute_dtype).itemsize
     kv_bytes = mcfg.num_layers * args.threads * max_context * 2 * mcfg.num_kv_heads * mcfg.head_dim * dtype_bytes
     device = jax.devices()[0]
     bandwidth = args.bandwidth or device_bandwidth(device)

@@ -21,10 +21,19 @@ def model():
 
 
 @nnx.jit
-def forward(model, tokens_BxL):
+def _forward(model, tokens_BxL, segment_ids_BxL):
     b, l = tokens_BxL.shape
-    positions = jnp.broadcast_to(jnp.arange(l), (b, l))
-    return model(tokens_BxL, positions, jnp.ones((b, l), jnp.int32))
+    return model(tokens_BxL, jnp.broadcast_to(jnp.arange(l), (b, l)), segment_ids_BxL)
+
+
+def forward(model, sequences):
+    """Full-forward logits of each sequence alone (rows right-padded to SLOTS)."""
+    tokens = np.zeros((len(sequences), SLOTS), np.int32)
+    segments = np.zeros((len(sequences), SLOTS), np.int32)
+    for row, seq in enumerate(sequences):
+        tokens[row, :len(seq)], segments[row, :len(seq)] = seq, 1
+    logits = _forward(model, jnp.asarray(tokens), jnp.asarray(segments))
+    return [np.asarray(logits[row, :len(seq)]) for row, seq in enumerate(sequences)]
 
 
 @nnx.jit
@@ -76,13 +85,13 @@ def test_chunked_prefill_and_decode_equal_full_forward_with_stale_rows(model):
     # First threads: row 2 is long, so it leaves stale entries in slots 6..13.
     first = [rng.integers(0, VOCAB, n) for n in (9, 5, 14)]
     logits, cache = run_threads(model, model.init_cache(3, SLOTS), first, prompt_lens=[6, 3, 9])
-    for seq, got in zip(first, logits):
-        np.testing.assert_allclose(got, forward(model, jnp.asarray(seq)[None])[0], atol=1e-4)
+    for got, want in zip(logits, forward(model, first)):
+        np.testing.assert_allclose(got, want, atol=1e-4)
     # Second threads reuse the rows without clearing the cache.
     second = [rng.integers(0, VOCAB, n) for n in (7, 11, 6)]
     logits, _ = run_threads(model, cache, second, prompt_lens=[2, 7, 5])
-    for seq, got in zip(second, logits):
-        np.testing.assert_allclose(got, forward(model, jnp.asarray(seq)[None])[0], atol=1e-4)
+    for got, want in zip(logits, forward(model, second)):
+        np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_padding_tokens_change_nothing(model):
@@ -98,8 +107,8 @@ def test_padding_tokens_change_nothing(model):
     np.testing.assert_array_equal(after.v[:, 1], cache.v[:, 1])
     np.testing.assert_array_equal(after.k[:, 0, 5:], 0.0)  # nothing written past slot 4
     assert bool(jnp.all(jnp.isfinite(logits)))
-    full = forward(model, jnp.concatenate([tokens[:1], step_tokens[:1, :1]], axis=1))
-    np.testing.assert_allclose(logits[0, 0], full[0, 4], atol=1e-4)
+    full = forward(model, [np.concatenate([tokens[0], step_tokens[0, :1]])])[0]
+    np.testing.assert_allclose(logits[0, 0], full[4], atol=1e-4)
 
 
 def test_decode_under_jit_donates_cache_in_place(model):

@@ -89,12 +89,14 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(data_dir, tmp_path, 
     workdir = str(tmp_path / "nan")
     args = [f"--workdir={workdir}"] + [f"--{o}" for o in tiny(
         data_dir, "config.train.lr=1e30", "config.train.grad_clip=0.0",
-        "config.train.warmup_steps=0")]
+        "config.train.warmup_steps=4")]
     assert train.main(args) == 1
     err = capsys.readouterr().err.strip()
     assert "loss or gradient became NaN/Inf at step" in err
     assert "last good checkpoint" in err
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    assert steps, "the checkpoint from before the fault must be kept"
+    assert f"last good checkpoint: {steps[-1]}" in err
     for step in steps:
         params = final_params(workdir, step)[1]
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
