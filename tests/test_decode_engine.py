@@ -223,6 +223,23 @@ def test_bad_input_is_a_clear_error():
         Engine("model", BASE)
 
 
+def test_config_from_eval_section_and_pool_size():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+    spec = importlib.util.spec_from_file_location("default_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = EngineConfig.from_eval_config(module.get_config().eval, max_context=512)
+    assert (cfg.max_children, cfg.max_rounds, cfg.max_depth, cfg.tokens_per_thread) == (4, 2, 1, 256)
+    assert cfg.sampling.greedy and cfg.batch_problems == 32 and cfg.max_context == 512
+    assert cfg.threads_per_sample == 1 + 2 * 4
+    assert dataclasses.replace(cfg, max_depth=0).threads_per_sample == 1
+    assert dataclasses.replace(cfg, max_depth=2).threads_per_sample == 64  # 1 + 8 + 64 capped
+    assert dataclasses.replace(cfg, max_threads=5).threads_per_sample == 5
+
+
 # ---- to_thread_trees --------------------------------------------------------
 class _Tok:
     names = {BOS: "<s>", EOS: "</s>", CHILD: "<child>", SO: "<spawn>", SC: "</spawn>", SEP: "<sep>",

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from apr_jax.model import ModelConfig, Transformer, flops_per_token, num_params, peak_flops_per_device
+from apr_jax import sharding
 from apr_jax.model import attention
 
 VOCAB = 64
@@ -180,25 +181,32 @@ def test_resolve_implementation_on_cpu():
 
 def _qkv_and_segments(t=128):
     keys = jax.random.split(jax.random.key(3), 3)
-    q = jax.random.normal(keys[0], (2, t, 4, 16))
-    k = jax.random.normal(keys[1], (2, t, 2, 16))
-    v = jax.random.normal(keys[2], (2, t, 2, 16))
-    segments = jnp.array([[1] * 50 + [2] * 60 + [0] * (t - 110), [3] * 100 + [0] * (t - 100)])
+    q = jax.random.normal(keys[0], (4, t, 4, 16))
+    k = jax.random.normal(keys[1], (4, t, 2, 16))
+    v = jax.random.normal(keys[2], (4, t, 2, 16))
+    segments = jnp.array([[1] * 50 + [2] * 60 + [0] * (t - 110), [3] * 100 + [0] * (t - 100)] * 2)
     return q, k, v, segments
 
 
 def test_xla_attention_matches_jax_reference():
     q, k, v, _ = _qkv_and_segments()
-    segments = jnp.ones((2, 128), jnp.int32)
+    segments = jnp.ones((4, 128), jnp.int32)
     ours = jax.jit(attention.xla_attention)(q, k, v, attention.segment_mask_BxTxS(segments))
     reference = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
         q, k, v, is_causal=True, implementation="xla"))(q, k, v)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
 
 
-def test_splash_kernel_matches_xla_in_interpret_mode():
+@pytest.mark.parametrize("mesh_sizes", [None, (2, 2, 2)])
+def test_splash_kernel_matches_xla_in_interpret_mode(mesh_sizes):
     q, k, v, segments = _qkv_and_segments()
-    splash = attention.splash_attention(q, k, v, segments, interpret=True)
+    run = jax.jit(lambda *args: attention.packed_attention(*args, implementation="splash"))
+    if mesh_sizes is None:
+        splash = run(q, k, v, segments)
+    else:  # under a mesh the kernel runs inside shard_map
+        mesh = sharding.make_mesh(sharding.MeshConfig(*mesh_sizes))
+        with jax.set_mesh(mesh):
+            splash = run(q, k, v, segments)
     xla = attention.xla_attention(q, k, v, attention.segment_mask_BxTxS(segments))
     real = segments != 0
     np.testing.assert_allclose(np.asarray(splash)[real], np.asarray(xla)[real], atol=1e-5)

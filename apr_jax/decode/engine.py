@@ -59,6 +59,19 @@ class EngineConfig:
         if not isinstance(self.sampling, SamplingConfig):
             raise ValueError(f"EngineConfig.sampling must be a SamplingConfig, got {self.sampling!r}")
 
+    @classmethod
+    def from_eval_config(cls, eval_cfg: Any, max_context: int) -> "EngineConfig":
+        """From a config's ``eval`` section (``samples``, ``temperature``,
+        ``top_p``, ``max_children``, ``max_rounds``, ``max_depth``,
+        ``tokens_per_thread``, ``batch_problems``)."""
+        get = eval_cfg.get if hasattr(eval_cfg, "get") else lambda k, d=None: getattr(eval_cfg, k, d)
+        return cls(
+            max_children=int(get("max_children", 4)), max_rounds=int(get("max_rounds", 2)),
+            max_depth=int(get("max_depth", 1)), tokens_per_thread=int(get("tokens_per_thread", 256)),
+            max_context=int(max_context),
+            sampling=SamplingConfig(float(get("temperature", 0.0)), float(get("top_p", 1.0))),
+            samples_per_problem=int(get("samples", 1)), batch_problems=int(get("batch_problems", 0)))
+
     @property
     def threads_per_sample(self) -> int:
         if self.max_threads:

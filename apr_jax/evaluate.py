@@ -1,0 +1,361 @@
+"""`python -m apr_jax.evaluate`: decode held-out problems with the spawn/join
+engine and score them with the project's verifier.
+
+    python -m apr_jax.evaluate --workdir=runs/default --split=test --num=200
+    python -m apr_jax.evaluate --checkpoint=runs/default/checkpoints/1500 \\
+        --problems=problems.jsonl --samples=4 --temperature=0.7 --out=results.jsonl
+    python -m apr_jax.evaluate --workdir=runs/apr,runs/sosp --sweep=tokens=64,128,256
+
+It prints one table row per setting: accuracy, pass@K, cons@K, tokens (total,
+sequential = critical path), children per spawn, share of problems that
+spawned, largest context, wall time and tokens/s. ``--out`` writes one JSON
+line per problem (and setting) with the thread tree; sweeps write PNG plots of
+accuracy against total and against sequential tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from apr_jax import config as config_lib
+from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_to_file
+from apr_jax.countdown.problems import Problem, load_problems
+from apr_jax.countdown.render import conditioning_prefix, problem_prompt
+from apr_jax.countdown.verifier import extract_answer, verify
+from apr_jax.decode.engine import Engine, EngineConfig, to_thread_trees
+from apr_jax.decode.metrics import cons_at_k, pass_at_k
+from apr_jax.decode.protocol_ids import ProtocolIds
+from apr_jax.decode.sampler import SamplingConfig
+
+ACCELERATOR_HINT = ("for real accuracy train on an accelerator: configs/countdown4_apr_h200.py "
+                    "(one GPU) or configs/countdown4_apr_228m.py (TPU pod slice)")
+SWEEP_KINDS = ("children", "budget", "tokens")
+
+
+@dataclasses.dataclass
+class Loaded:
+    config: ml_collections.ConfigDict
+    tokenizer: Any
+    model: nnx.Module
+    step: int
+    source: str
+
+
+def load_for_inference(path: str) -> Loaded:
+    """Load the model, config and tokenizer from a workdir (newest readable
+    checkpoint) or from one checkpoint folder ``WORKDIR/checkpoints/STEP``."""
+    from apr_jax.data.tokenizer import Tokenizer
+    from apr_jax.model.config import ModelConfig
+    from apr_jax.model.transformer import Transformer
+
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint or workdir not found: {path}")
+    step_dir = os.path.basename(path)
+    if step_dir.isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
+        workdir, wanted = os.path.dirname(os.path.dirname(path)), int(step_dir)
+    else:
+        workdir, wanted = path, None
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise CheckpointError(f"{path} holds no checkpoints (expected {workdir}/checkpoints/STEP)")
+    checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
+    steps = checkpointer.steps()
+    if wanted is not None and wanted not in steps:
+        raise CheckpointError(f"checkpoint step {wanted} not found in {workdir}/checkpoints "
+                              f"(have {steps})")
+    candidates = [wanted] if wanted is not None else list(reversed(steps))
+    if not candidates:
+        raise CheckpointError(f"no checkpoint in {workdir}/checkpoints")
+    import orbax.checkpoint as ocp
+    for step in candidates:
+        try:
+            meta = checkpointer.restore_meta(step)
+            config = ml_collections.ConfigDict(meta["config"])
+            tok_path = os.path.join(tempfile.mkdtemp(prefix="apr_tok_"), "tokenizer.model")
+            decode_to_file(meta["tokenizer_b64"], tok_path)
+            tokenizer = Tokenizer(tok_path)
+            model_cfg = ModelConfig.from_config(config.model, tokenizer.vocab_size)
+            abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+            graphdef, state = nnx.split(abstract)
+            target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                  nnx.to_pure_dict(state))
+            params = checkpointer.manager.restore(
+                step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+            nnx.replace_by_pure_dict(state, params)
+            return Loaded(config, tokenizer, nnx.merge(graphdef, state), step,
+                          os.path.join(checkpointer.directory, str(step)))
+        except Exception as e:
+            if wanted is not None or step == candidates[-1]:
+                raise CheckpointError(
+                    f"checkpoint {os.path.join(checkpointer.directory, str(step))} cannot be loaded "
+                    f"with its own config and tokenizer ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+            print(f"warning: checkpoint step {step} is unreadable ({type(e).__name__}); "
+                  f"trying the previous one", file=sys.stderr)
+    raise CheckpointError(f"no readable checkpoint in {workdir}")
+
+
+def engine_config(config: ml_collections.ConfigDict, *, samples: int = 1,
+                  temperature: float | None = None, top_p: float | None = None,
+                  tokens_per_thread: int | None = None) -> EngineConfig:
+    """The engine's limits and sampling from a config's ``eval`` section."""
+    e = config.eval
+    return EngineConfig(
+        max_children=e.max_children, max_rounds=e.max_rounds, max_depth=e.max_depth,
+        tokens_per_thread=tokens_per_thread or e.tokens_per_thread,
+        max_context=config.model.max_len,
+        sampling=SamplingConfig(temperature=e.temperature if temperature is None else temperature,
+                                top_p=e.top_p if top_p is None else top_p),
+        samples_per_problem=samples, batch_problems=e.batch_problems)
+
+
+def evaluate_problems(model: nnx.Module, tokenizer: Any, config: ml_collections.ConfigDict,
+                      problems: Sequence[Problem], *, samples: int = 1,
+                      temperature: float | None = None, top_p: float | None = None,
+                      prefix: str = "", tokens_per_thread: int | None = None,
+                      seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Decode ``samples`` per problem; returns (per-problem rows, summary)."""
+    if not problems:
+        raise ValueError("no problems to evaluate")
+    cfg = engine_config(config, samples=samples, temperature=temperature, top_p=top_p,
+                        tokens_per_thread=tokens_per_thread)
+    engine = Engine(model, cfg, ProtocolIds.from_tokenizer(tokenizer))
+    prompts = [tokenizer.encode(problem_prompt(p, config.trace.style, prefix)) for p in problems]
+    start = time.time()
+    output = engine.run(prompts, jax.random.key(seed))
+    wall = time.time() - start
+    trees = to_thread_trees(output, tokenizer, [p.to_dict() for p in problems])
+
+    rows = []
+    for n, problem in enumerate(problems):
+        per_sample = []
+        for k, result in enumerate(output.samples[n]):
+            tree = trees[n * samples + k]
+            written = tree.threads[0].written_text
+            verdict = verify(written, problem)
+            answer = extract_answer(written)
+            per_sample.append({
+                "solved": verdict.ok, "reason": verdict.reason,
+                "operations": verdict.operations if verdict.ok else (answer or []),
+                "well_formed": result.threads[0].stop == "eos" and answer is not None,
+                "total_tokens": result.written_tokens,
+                "sequential_tokens": result.sequential_tokens,
+                "num_threads": result.num_threads, "max_context": result.max_context_used,
+                "children_per_spawn": result.children_per_spawn,
+                "limits_hit": {k2: v for k2, v in result.limits_hit.items() if v},
+                "tree": tree.to_dict()})
+        correct = [s["solved"] for s in per_sample]
+        first = per_sample[0]
+        rows.append({
+            "numbers": list(problem.numbers), "target": problem.target,
+            "solved": first["solved"], "operations": first["operations"],
+            "reason": first["reason"], "total_tokens": first["total_tokens"],
+            "sequential_tokens": first["sequential_tokens"], "num_threads": first["num_threads"],
+            "max_context": first["max_context"], "pass_at_k": pass_at_k(samples, sum(correct), samples),
+            "cons_at_k": cons_at_k([tuple(s["operations"]) if s["operations"] else None
+                                    for s in per_sample], correct),
+            "tree": first["tree"],
+            "samples": [{k2: v for k2, v in s.items() if k2 != "tree"} | {"tree": s["tree"]}
+                        for s in per_sample[1:]],
+            "_all": per_sample})
+    flat = [s for r in rows for s in r["_all"]]
+    spawns = [c for s in flat for c in s["children_per_spawn"]]
+    total = sum(s["total_tokens"] for s in flat)
+    summary = {
+        "problems": len(problems), "samples": samples,
+        "accuracy": float(np.mean([s["solved"] for s in flat])),
+        f"pass@{samples}": float(np.mean([r["pass_at_k"] for r in rows])),
+        f"cons@{samples}": float(np.mean([r["cons_at_k"] for r in rows])),
+        "well_formed": float(np.mean([s["well_formed"] for s in flat])),
+        "mean_total_tokens": total / len(flat),
+        "max_total_tokens": max(s["total_tokens"] for s in flat),
+        "mean_sequential_tokens": float(np.mean([s["sequential_tokens"] for s in flat])),
+        "mean_children_per_spawn": float(np.mean(spawns)) if spawns else 0.0,
+        "spawned": float(np.mean([s["num_threads"] > 1 for s in flat])),
+        "max_context": max(s["max_context"] for s in flat),
+        "wall_s": wall, "tokens_per_s": total / max(wall, 1e-9),
+    }
+    for r in rows:
+        r.pop("_all")
+    return rows, summary
+
+
+TABLE_COLUMNS = (("setting", "{}"), ("accuracy", "{:.1%}"), ("pass@K", "{:.1%}"),
+                 ("cons@K", "{:.1%}"), ("well_formed", "{:.1%}"), ("tokens", "{:.0f}"),
+                 ("max_tokens", "{:d}"), ("sequential", "{:.0f}"), ("children", "{:.2f}"),
+                 ("spawned", "{:.0%}"), ("max_context", "{:d}"), ("wall_s", "{:.1f}"),
+                 ("tokens/s", "{:.0f}"))
+
+
+def format_table(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """A fixed-width table, one row per (setting, summary)."""
+    lines = []
+    header = [name for name, _ in TABLE_COLUMNS]
+    rows = []
+    for setting, s in results:
+        k = s["samples"]
+        values = [setting, s["accuracy"], s[f"pass@{k}"], s[f"cons@{k}"], s["well_formed"],
+                  s["mean_total_tokens"], s["max_total_tokens"], s["mean_sequential_tokens"],
+                  s["mean_children_per_spawn"], s["spawned"], s["max_context"], s["wall_s"],
+                  s["tokens_per_s"]]
+        rows.append([fmt.format(v) for (_, fmt), v in zip(TABLE_COLUMNS, values)])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        lines.append("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+    return "\n".join(lines)
+
+
+def parse_sweep(spec: str) -> tuple[str, list[int]]:
+    kind, _, values = spec.partition("=")
+    if kind not in SWEEP_KINDS or not values:
+        raise ValueError(f"--sweep={spec!r}: expected KIND=V1,V2,... with KIND one of {SWEEP_KINDS}")
+    try:
+        numbers = [int(v) for v in values.split(",")]
+    except ValueError:
+        raise ValueError(f"--sweep={spec!r}: values must be integers") from None
+    if any(v <= 0 for v in numbers):
+        raise ValueError(f"--sweep={spec!r}: values must be positive")
+    return kind, numbers
+
+
+def sweep_settings(kind: str | None, values: Sequence[int], config: ml_collections.ConfigDict
+                   ) -> list[tuple[str, dict[str, Any]]]:
+    """(label, evaluate_problems kwargs) per sweep point."""
+    if kind is None:
+        prefix = ""
+        if config.trace.condition:
+            prefix = conditioning_prefix(config.trace.kind,
+                                         config.eval.max_children if config.trace.kind == "apr"
+                                         else config.eval.tokens_per_thread)
+        return [("default", {"prefix": prefix})]
+    if kind == "tokens":
+        return [(f"tokens={v}", {"tokens_per_thread": v}) for v in values]
+    wanted = {"children": "apr", "budget": "sosp"}[kind]
+    if config.trace.kind != wanted or not config.trace.condition:
+        raise ValueError(f"--sweep={kind}=... needs a model trained with config.trace.kind={wanted} "
+                         f"and config.trace.condition=true")
+    return [(f"{kind}={v}", {"prefix": conditioning_prefix(wanted, v)}) for v in values]
+
+
+def plot_sweep(series: dict[str, list[dict[str, Any]]], path: str) -> None:
+    """Accuracy against total and against sequential tokens, one line per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for label, points in series.items():
+        for ax, key in zip(axes, ("mean_total_tokens", "mean_sequential_tokens")):
+            ax.plot([p[key] for p in points], [100 * p["accuracy"] for p in points], "o-", label=label)
+    for ax, name in zip(axes, ("total tokens per problem", "sequential tokens (critical path)")):
+        ax.set_xlabel(name)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+FLAGS = ("workdir", "checkpoint", "problems", "split", "num", "samples", "temperature", "top_p",
+         "out", "sweep", "plot", "show", "seed")
+
+
+def _int(flags: dict[str, str], name: str, default: int) -> int:
+    try:
+        value = int(flags.get(name, default))
+    except ValueError:
+        raise ValueError(f"--{name} must be an integer, got {flags[name]!r}") from None
+    if value < 0 or (value == 0 and name in ("num", "samples")):
+        raise ValueError(f"--{name} must be positive, got {value}")
+    return value
+
+
+def _float(flags: dict[str, str], name: str) -> float | None:
+    if name not in flags:
+        return None
+    try:
+        return float(flags[name])
+    except ValueError:
+        raise ValueError(f"--{name} must be a number, got {flags[name]!r}") from None
+
+
+def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: int) -> list[Problem]:
+    if "problems" in flags:
+        problems = load_problems(flags["problems"])
+    else:
+        from apr_jax.data.build import build_dataset
+        from apr_jax.data.pipeline import make_problem_source
+        split = flags.get("split", "test")
+        if split not in ("train", "validation", "test"):
+            raise ValueError(f"--split={split!r} is not one of train, validation, test")
+        problems = make_problem_source(build_dataset(config, log=None), split)
+    return problems[:num]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        flags, overrides = config_lib.parse_command_line(argv, allowed=FLAGS)
+        sources = [s for s in flags.get("workdir", "").split(",") if s]
+        if "checkpoint" in flags:
+            sources.append(flags["checkpoint"])
+        if not sources:
+            raise ValueError("give --workdir=DIR or --checkpoint=DIR/checkpoints/STEP")
+        num, samples = _int(flags, "num", 100), _int(flags, "samples", 1)
+        show, seed = _int(flags, "show", 0), _int(flags, "seed", 0)
+        temperature, top_p = _float(flags, "temperature"), _float(flags, "top_p")
+        sweep_kind, sweep_values = parse_sweep(flags["sweep"]) if "sweep" in flags else (None, [])
+        out = open(flags["out"], "w") if "out" in flags else None
+        table, series = [], {}
+        for source in sources:
+            loaded = load_for_inference(source)
+            config = loaded.config
+            for item in overrides:
+                key, raw = item.split("=", 1)
+                config_lib.apply_override(config, key.removeprefix("config."), raw)
+            problems = problems_for(flags, config, num)
+            label = f"{config.name}@{loaded.step}"
+            print(f"evaluating {loaded.source} ({config.trace.kind}) on {len(problems)} problems",
+                  flush=True)
+            for setting, kwargs in sweep_settings(sweep_kind, sweep_values, config):
+                rows, summary = evaluate_problems(
+                    loaded.model, loaded.tokenizer, config, problems, samples=samples,
+                    temperature=temperature, top_p=top_p, seed=seed, **kwargs)
+                table.append((f"{label} {setting}", summary))
+                series.setdefault(label, []).append(summary)
+                if out:
+                    for row in rows:
+                        out.write(json.dumps({"model": label, "setting": setting, **row}) + "\n")
+                for row in rows[:show]:
+                    from apr_jax.threads import ThreadTree
+                    print(ThreadTree.from_dict(row["tree"]).render())
+                    print()
+        print(format_table(table))
+        if out:
+            out.close()
+        if sweep_kind is not None:
+            plot = flags.get("plot") or (os.path.splitext(flags["out"])[0] + ".png" if "out" in flags
+                                         else "sweep.png")
+            plot_sweep(series, plot)
+            print(f"plot: {plot}")
+    except (ValueError, CheckpointError, config_lib.ConfigError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
