@@ -123,7 +123,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     per_process_batch = check_batch(config, mesh)
     check_workdir(workdir, config)
 
-    info = build_dataset(config)
+    info = build_dataset(config, log=sys.stdout if jax.process_index() == 0 else None)
     tokenizer = Tokenizer(info.tokenizer_path)
     model_cfg, model, optimizer = build_model_and_optimizer(config, tokenizer.vocab_size, mesh)
     graphdef, state = nnx.split((model, optimizer))
@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             raise config_lib.ConfigError(f"config.mode={config.mode!r}: only 'sft' training is available")
         run(config, workdir)
     except (config_lib.ConfigError, CheckpointError, TrainingError, ValueError) as e:
+        if os.environ.get("APR_JAX_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (config_lib.ConfigError, ValueError)) else 1
     return 0

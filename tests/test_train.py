@@ -90,8 +90,9 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(data_dir, tmp_path, 
     args = [f"--workdir={workdir}"] + [f"--{o}" for o in tiny(
         data_dir, "config.train.lr=1e30", "config.train.grad_clip=0.0",
         "config.train.warmup_steps=4")]
-    assert train.main(args) == 1
+    code = train.main(args)
     err = capsys.readouterr().err.strip()
+    assert code == 1, err
     assert "loss or gradient became NaN/Inf at step" in err
     assert "last good checkpoint" in err
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())

@@ -13,8 +13,10 @@ is renamed into place when complete, so readers never see a partial cache.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -33,6 +35,7 @@ FORMAT_VERSION = 1  # bump when the cache layout or trace encoding changes
 MARKER = "info.json"
 TOKENIZER_FILE = "tokenizer.model"
 TFDS_SUBDIR = "tfds"
+TOKENIZER_SAMPLE_TREES = 10_000  # training trees the tokenizer and stats look at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +105,15 @@ def open_split(info: DatasetInfo, split: str):
     return tfds.builder_from_directory(info.tfds_dir).as_data_source(split)
 
 
-def build_dataset(config: Any, *, force: bool = False, log: TextIO | None = sys.stdout
+def build_dataset(config: Any, *, force: bool = False, log: TextIO | None | str = "stdout"
                   ) -> DatasetInfo:
-    """Builds the dataset of ``config`` unless a complete cache exists."""
+    """Builds the dataset of ``config`` unless a complete cache exists.
+
+    Progress and the summary go to ``log`` (default: the current stdout; None
+    for silence).
+    """
+    if log == "stdout":
+        log = sys.stdout
     final_dir = cache_dir(config)
     if not force and os.path.isfile(os.path.join(final_dir, MARKER)):
         info = DatasetInfo.load(final_dir)
@@ -147,12 +156,16 @@ def _build_into(config: Any, work_dir: str, log: TextIO | None) -> dict[str, Any
 
     start = time.perf_counter()
     tfds.disable_progress_bar()
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS's own chatter
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     trace_seconds = time.perf_counter() - start
 
+    # The tokenizer and the length statistics use an evenly spaced sample.
     source = builder.as_data_source("train")
-    trees = [ThreadTree.from_json(source[i]["tree"].decode("utf-8")) for i in range(len(source))]
+    step = max(1, len(source) // TOKENIZER_SAMPLE_TREES)
+    trees = [ThreadTree.from_json(source[i]["tree"].decode("utf-8"))
+             for i in range(0, len(source), step)]
     texts = [thread.text for tree in trees for thread in tree.threads]
     tokenizer_path = os.path.join(work_dir, TOKENIZER_FILE)
     tokenizer = Tokenizer.train(texts, int(config["data"]["vocab_size"]), tokenizer_path)
@@ -165,7 +178,8 @@ def _build_into(config: Any, work_dir: str, log: TextIO | None) -> dict[str, Any
         "failed": {split: int(builder.stats[split]["failed"]) for split in SPLITS},
         "tokenizer_vocab_size": tokenizer.vocab_size,
         "byte_fallback": tokenizer.byte_fallback,
-        "train_sequences": int(lengths.size),
+        "sampled_trees": len(trees),
+        "sampled_sequences": int(lengths.size),
         "threads_per_tree": float(lengths.size / max(len(trees), 1)),
         "mean_tokens_per_sequence": float(lengths.mean()) if lengths.size else 0.0,
         "max_tokens_per_sequence": int(lengths.max()) if lengths.size else 0,
@@ -200,7 +214,7 @@ def _print_summary(log: TextIO | None, info: DatasetInfo, stats: dict[str, Any],
     _say(log, f"  problems: {counts}; traces/s {rate:.0f}; search failed: {failed}")
     _say(log, f"  tokenizer: vocab {stats['tokenizer_vocab_size']}"
               f"{' (byte fallback)' if stats['byte_fallback'] else ''}; "
-              f"train sequences {stats['train_sequences']} "
-              f"({stats['threads_per_tree']:.2f} per tree), mean tokens "
+              f"{stats['threads_per_tree']:.2f} sequences per tree; tokens per sequence: mean "
               f"{stats['mean_tokens_per_sequence']:.1f}, max {stats['max_tokens_per_sequence']}, "
-              f"{stats['over_seq_len']} longer than seq_len {seq_len}")
+              f"{stats['over_seq_len']}/{stats['sampled_sequences']} sampled longer than "
+              f"seq_len {seq_len}")

@@ -15,6 +15,8 @@ import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -61,9 +63,8 @@ def generate_traces(problems: Sequence[Problem], trace: Mapping[str, Any], *,
                     ) -> Iterator[tuple[int, str | None, bool, str]]:
     """Yields ``trace_one`` results for ``problems`` in order.
 
-    ``num_workers`` <= 1 runs in this process; more uses a spawn-context pool
-    (safe when JAX threads are running). ``progress`` names a tqdm bar shown
-    only when stderr is a terminal.
+    ``num_workers`` <= 1 runs in this process; more uses a process pool.
+    ``progress`` names a tqdm bar shown only when stderr is a terminal.
     """
     trace = _as_dict(trace)
     TraceConfig.from_config(trace)  # bad trace config: fail here, in one line
@@ -77,12 +78,37 @@ def generate_traces(problems: Sequence[Problem], trace: Mapping[str, Any], *,
             results = map(trace_one, jobs)
             yield from _with_bar(results, bar)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(num_workers, len(jobs) // _CHUNK)) as pool:
-                yield from _with_bar(pool.imap(trace_one, jobs, chunksize=_CHUNK), bar)
+            workers = min(num_workers, len(jobs) // _CHUNK)
+            try:
+                with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+                    yield from _with_bar(pool.map(trace_one, jobs, chunksize=_CHUNK), bar)
+            except BrokenProcessPool:
+                raise RuntimeError(
+                    "a trace worker process died; if the calling script has no "
+                    "'if __name__ == \"__main__\":' guard, add one or set "
+                    "data.num_workers=1") from None
     finally:
         if bar is not None:
             bar.close()
+
+
+def _jax_backends_running() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):
+        return True
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork is fastest, but forking a process whose JAX backend runs threads
+    can deadlock; then spawn (the calling script needs an
+    ``if __name__ == "__main__"`` guard)."""
+    if sys.platform != "linux" or _jax_backends_running():
+        return multiprocessing.get_context("spawn")
+    return multiprocessing.get_context("fork")
 
 
 def _with_bar(results, bar):

@@ -1,0 +1,67 @@
+"""Mean tokens per trace: our sentencepiece tokenizer vs UTF-8 bytes.
+
+    python -m benchmarks.tokens_per_trace [--train 600] [--test 200] [--vocab-size 96]
+
+A trace's tokens are those of all its thread sequences as ``to_sequences``
+builds them (BOS, segments, EOS), so join blocks count in the parent. The
+byte-level figure frames each thread the same way (one id per UTF-8 byte).
+The tokenizer is trained per row on that row's training traces and measured
+on held-out ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import os
+
+from apr_jax.countdown.problems import make_splits
+from apr_jax.countdown.traces import TraceConfig, make_trace
+from apr_jax.data.tokenizer import Tokenizer
+
+TASKS = {  # name: make_splits ranges
+    "countdown3": dict(num_inputs=3, max_number=20, min_target=10, max_target=50),
+    "countdown4": dict(num_inputs=4, max_number=99, min_target=10, max_target=100),
+}
+
+
+def byte_tokens(tree) -> int:
+    return sum(len(t.text.encode("utf-8")) + 1 + (t.stop == "eos") for t in tree.threads)
+
+
+def measure(task: str, kind: str, style: str, num_train: int, num_test: int,
+            vocab_size: int, model_type: str = "bpe") -> dict[str, float]:
+    splits = make_splits(num_train, 0, num_test, seed=0, **TASKS[task])
+    cfg = TraceConfig(kind=kind, style=style)
+    train = [make_trace(p, cfg) for p in splits["train"]]
+    test = [make_trace(p, cfg) for p in splits["test"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = Tokenizer.train([t.text for tree in train for t in tree.threads], vocab_size,
+                              os.path.join(tmp, "m.model"), model_type=model_type)
+    tokens = [sum(len(s.tokens) for s in tree.to_sequences(tok)) for tree in test]
+    return {"tokens": sum(tokens) / len(test),
+            "bytes": sum(byte_tokens(tree) for tree in test) / len(test),
+            "threads": sum(len(tree.threads) for tree in test) / len(test),
+            "vocab": tok.vocab_size}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=600)
+    parser.add_argument("--test", type=int, default=200)
+    parser.add_argument("--vocab-size", type=int, default=96)
+    parser.add_argument("--model-type", default="bpe", choices=("bpe", "unigram"))
+    args = parser.parse_args(argv)
+    print(f"{'task':11s} {'kind':4s} {'style':9s} {'tokens':>8s} {'bytes':>8s} "
+          f"{'ratio':>6s} {'threads':>7s} {'vocab':>5s}")
+    for task in TASKS:
+        for kind in ("sosp", "apr"):
+            for style in ("terse", "reference"):
+                r = measure(task, kind, style, args.train, args.test, args.vocab_size,
+                            args.model_type)
+                print(f"{task:11s} {kind:4s} {style:9s} {r['tokens']:8.1f} {r['bytes']:8.1f} "
+                      f"{r['bytes'] / r['tokens']:6.2f} {r['threads']:7.2f} {r['vocab']:5d}")
+
+
+if __name__ == "__main__":
+    main()

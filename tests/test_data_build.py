@@ -1,0 +1,107 @@
+"""Dataset cache: contents, reuse, rebuild of a half-built cache, hashing."""
+
+import io
+import os
+
+import pytest
+
+from apr_jax.config import load_config
+from apr_jax.countdown.problems import load_problems, make_splits
+from apr_jax.countdown.traces import TraceConfig, make_trace
+from apr_jax.data import build
+from apr_jax.data.build import DatasetInfo, build_dataset, cache_dir, config_hash, open_split
+from apr_jax.data.tfds_builder import generate_traces
+from apr_jax.data.tokenizer import Tokenizer
+from apr_jax.threads import ThreadTree
+
+
+def _config(data_dir, *extra):
+    return load_config(None, [
+        "task.num_train=200", "task.num_validation=30", "task.num_test=20",
+        f"data.dir={data_dir}", "data.num_workers=1", *extra])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    config = _config(tmp_path_factory.mktemp("data"))
+    log = io.StringIO()
+    return config, build_dataset(config, log=log), log.getvalue()
+
+
+def test_build_writes_a_complete_dataset(built):
+    config, info, log = built
+    assert info.dir == cache_dir(config) and os.path.basename(info.dir) == config_hash(config)
+    assert info.counts == {"train": 200, "validation": 30, "test": 20}
+    splits = make_splits(200, 30, 20, num_inputs=3, max_number=20, min_target=10, max_target=50)
+    for split, problems in splits.items():
+        assert load_problems(info.problem_paths[split]) == problems
+        source = open_split(info, split)
+        assert len(source) == len(problems)
+        record = source[0]
+        tree = ThreadTree.from_json(record["tree"].decode())
+        assert list(record["numbers"]) == tree.problem["numbers"]
+        assert int(record["target"]) == tree.problem["target"]
+        cfg = TraceConfig.from_config(config.trace)
+        assert tree.to_json() == make_trace(tree.problem, cfg).to_json()
+    tok = Tokenizer(info.tokenizer_path)
+    assert tok.vocab_size <= config.data.vocab_size
+    assert info.stats["mean_tokens_per_sequence"] > 10
+    assert sum(info.stats["failed"].values()) >= 0
+    assert "traces/s" in log and "search failed" in log and "mean" in log
+    assert DatasetInfo.load(info.dir) == info
+    assert not [d for d in os.listdir(os.path.dirname(info.dir)) if ".building-" in d]
+
+
+def test_second_build_reuses_the_cache(built, monkeypatch):
+    config, info, _ = built
+    marker = os.path.join(info.dir, build.MARKER)
+    mtime = os.path.getmtime(marker)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the cache was rebuilt")
+
+    monkeypatch.setattr(build, "_build_into", no_build)
+    log = io.StringIO()
+    again = build_dataset(config, log=log)
+    assert again == info and "reusing" in log.getvalue()
+    assert os.path.getmtime(marker) == mtime
+
+
+def test_half_built_cache_is_rebuilt(tmp_path):
+    config = _config(tmp_path, "task.num_train=80")
+    info = build_dataset(config, log=None)
+    os.remove(os.path.join(info.dir, build.MARKER))
+    with open(os.path.join(info.dir, "stray"), "w") as f:
+        f.write("left over")
+    with pytest.raises(ValueError, match="not a complete dataset"):
+        DatasetInfo.load(info.dir)
+    log = io.StringIO()
+    rebuilt = build_dataset(config, log=log)
+    assert "removing incomplete" in log.getvalue() and "built" in log.getvalue()
+    assert not os.path.exists(os.path.join(rebuilt.dir, "stray"))
+    assert rebuilt.counts == info.counts
+    assert len(open_split(rebuilt, "train")) == 80
+
+
+def test_failed_build_leaves_no_cache(tmp_path):
+    config = _config(tmp_path, "data.vocab_size=20")
+    with pytest.raises(ValueError, match="vocab_size 20 is too small"):
+        build_dataset(config, log=None)
+    assert os.listdir(tmp_path) == []
+
+
+def test_hash_covers_task_trace_and_vocab_only(tmp_path):
+    base = config_hash(_config(tmp_path))
+    assert config_hash(_config(tmp_path, "train.lr=0.1", "data.seq_len=64")) == base
+    for change in ("trace.kind=sosp", "task.num_train=201", "data.vocab_size=97",
+                   "trace.style=reference"):
+        assert config_hash(_config(tmp_path, change)) != base
+
+
+def test_parallel_traces_match_serial():
+    problems = make_splits(130, 0, 0, num_inputs=3, max_number=20, max_target=50)["train"]
+    trace = {"kind": "apr", "style": "terse"}
+    serial = list(generate_traces(problems, trace, num_workers=1))
+    parallel = list(generate_traces(problems, trace, num_workers=2))
+    assert parallel == serial
+    assert [r[0] for r in serial] == list(range(len(problems)))
