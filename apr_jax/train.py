@@ -261,9 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         flags, overrides = config_lib.parse_command_line(argv)
         config = config_lib.load_config(flags.get("config"), overrides)
         workdir = flags.get("workdir") or default_workdir(config)
-        if config.mode != "sft":
-            raise config_lib.ConfigError(f"config.mode={config.mode!r}: only 'sft' training is available")
-        run(config, workdir)
+        if config.mode == "rl":
+            from apr_jax.rl.train_rl import run_rl
+            run_rl(config, workdir)
+        else:
+            run(config, workdir)
     except (config_lib.ConfigError, CheckpointError, TrainingError, ValueError) as e:
         if os.environ.get("APR_JAX_DEBUG"):
             raise

@@ -1,9 +1,10 @@
 """Data-pipeline throughput: trace generation (per core and multi-process).
 
-    python -m benchmarks.data_throughput [--problems 4000] [--processes 2]
+    python -m benchmarks.data_throughput [--problems 4000] [--processes 2] [--build-problems 8000]
 
-Each measurement is one function returning a dict, so more stages (dataset
-build, tokenization) can be added as further functions called from ``main``.
+Each measurement is one function returning a dict, so more stages can be
+added as further functions called from ``main``. ``measure_dataset_build``
+times the cached dataset build and the grain pipeline.
 """
 
 from __future__ import annotations
@@ -61,10 +62,46 @@ def measure_parallel_generation(problems: list[Problem], cfg: TraceConfig,
     return {"traces_per_s": n / seconds, "processes": processes}
 
 
+def measure_dataset_build(num_train: int, num_workers: int) -> dict[str, float]:
+    """Cold build (traces, TFDS ArrayRecord, tokenizer) and cached rebuild of the
+    default config with ``num_train`` problems, plus the grain pipeline's
+    packed-batch throughput on the result."""
+    import tempfile
+
+    from apr_jax.config import load_config
+    from apr_jax.data.build import build_dataset
+    from apr_jax.data.pipeline import make_iterator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(None, [f"data.dir={tmp}", f"task.num_train={num_train}",
+                                    f"data.num_workers={num_workers}"])
+        start = time.perf_counter()
+        info = build_dataset(config, log=None)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        build_dataset(config, log=None)
+        cached = time.perf_counter() - start
+        batch_size, num_batches = config.train.batch_size, 100
+        iterator = make_iterator(config, info, "train", batch_size=batch_size)
+        next(iterator)  # start the reader threads
+        start = time.perf_counter()
+        for _ in range(num_batches):
+            next(iterator)
+        seconds = time.perf_counter() - start
+        rows = num_batches * batch_size
+        filled = iterator.stats["tokens"] / max(iterator.stats["rows"], 1) / config.data.seq_len
+    traces = sum(info.counts.values())
+    return {"build_s": cold, "cached_s": cached, "traces_per_s": traces / cold,
+            "batches_per_s": num_batches / seconds,
+            "tokens_per_s": rows * config.data.seq_len / seconds, "fill": filled}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=4000)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--build-problems", type=int, default=8000,
+                        help="training problems for the dataset-build timing (0 skips it)")
     args = parser.parse_args(argv)
     for name in COUNTDOWN:
         problems = benchmark_problems(name, args.problems)
@@ -77,6 +114,13 @@ def main(argv: list[str] | None = None) -> None:
             if name == "countdown4":
                 many = measure_parallel_generation(problems, cfg, args.processes)
                 print(f"{name} {kind:4s} {args.processes} procs: {many['traces_per_s']:8.0f} traces/s")
+    if args.build_problems:
+        b = measure_dataset_build(args.build_problems, args.processes)
+        print(f"dataset build (default config, {args.build_problems} train problems, "
+              f"{args.processes} workers): {b['build_s']:.1f} s cold "
+              f"({b['traces_per_s']:.0f} traces/s end to end), {b['cached_s']:.2f} s cached")
+        print(f"grain pipeline: {b['batches_per_s']:.0f} batches/s, "
+              f"{b['tokens_per_s']:.0f} row tokens/s, rows {b['fill']:.1%} filled by packing")
 
 
 if __name__ == "__main__":

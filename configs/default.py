@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.task.max_number = 20
     c.task.min_target = 10
     c.task.max_target = 50
-    c.task.num_train = 20000
+    c.task.num_train = 8000  # about all the unique solvable problems in these ranges
     c.task.num_validation = 200
     c.task.num_test = 200
     c.task.seed = 0
@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_heads = 4
     c.model.num_kv_heads = 2
     c.model.d_ff = 384
-    c.model.max_len = 512
+    c.model.max_len = 256
     c.model.tie_embeddings = True
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "float32"
@@ -85,6 +85,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.max_children = 4
     c.eval.max_rounds = 2
     c.eval.max_depth = 1
-    c.eval.tokens_per_thread = 256
-    c.eval.batch_problems = 32
+    c.eval.tokens_per_thread = 192
+    c.eval.batch_problems = 50
     return c

@@ -105,3 +105,12 @@ def test_parallel_traces_match_serial():
     parallel = list(generate_traces(problems, trace, num_workers=2))
     assert parallel == serial
     assert [r[0] for r in serial] == list(range(len(problems)))
+
+
+def test_empty_split_is_allowed_but_not_iterable(tmp_path):
+    from apr_jax.data.pipeline import make_iterator
+    config = _config(tmp_path, "task.num_train=40", "task.num_validation=0")
+    info = build_dataset(config, log=None)
+    assert info.counts["validation"] == 0 and len(open_split(info, "validation")) == 0
+    with pytest.raises(ValueError, match="split 'validation' is empty"):
+        make_iterator(config, info, "validation", batch_size=2)

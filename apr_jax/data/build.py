@@ -102,6 +102,8 @@ def open_split(info: DatasetInfo, split: str):
     import tensorflow_datasets as tfds
     if split not in info.counts:
         raise ValueError(f"split {split!r} is not one of {sorted(info.counts)}")
+    if info.counts[split] == 0:
+        return []  # TFDS does not write empty splits
     return tfds.builder_from_directory(info.tfds_dir).as_data_source(split)
 
 
@@ -175,7 +177,7 @@ def _build_into(config: Any, work_dir: str, log: TextIO | None) -> dict[str, Any
     stats = {
         "traces": sum(counts.values()),
         "trace_seconds": trace_seconds,
-        "failed": {split: int(builder.stats[split]["failed"]) for split in SPLITS},
+        "failed": {split: int(builder.stats.get(split, {}).get("failed", 0)) for split in SPLITS},
         "tokenizer_vocab_size": tokenizer.vocab_size,
         "byte_fallback": tokenizer.byte_fallback,
         "sampled_trees": len(trees),

@@ -206,6 +206,8 @@ def tree_dataset(info: DatasetInfo, split: str, *, process_index: int = 0,
     if num_epochs is not None and num_epochs <= 0:
         raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
     source = open_split(info, split)
+    if not len(source):
+        raise ValueError(f"split {split!r} is empty (config.task.num_{split}=0)")
     if len(source) < process_count:
         raise ValueError(f"split {split!r} has {len(source)} examples, fewer than "
                          f"{process_count} processes")

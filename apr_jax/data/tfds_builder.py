@@ -169,7 +169,8 @@ class AprCountdown(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
-        return {name: self._generate_examples(name) for name in SPLITS}
+        # TFDS cannot write an empty split; an empty split is simply absent.
+        return {name: self._generate_examples(name) for name in SPLITS if self.problems()[name]}
 
     def _generate_examples(self, split: str):
         problems = self.problems()[split]
