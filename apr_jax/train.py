@@ -252,7 +252,35 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
         logger.close()
     last["step"] = step
     last["preempted"] = stop.signal is not None
+    if step >= total_steps and stop.signal is None and config.eval.num_problems > 0:
+        trained_model, _ = nnx.merge(graphdef, state)
+        last.update(final_evaluation(config, workdir, info, trained_model, tokenizer, step))
     return last
+
+
+def final_evaluation(config: ml_collections.ConfigDict, workdir: str, info: Any,
+                     model: nnx.Module, tokenizer: Any, step: int) -> dict[str, float]:
+    """Decode held-out test problems with the engine, print the table and an
+    honest summary, and write ``results_test.jsonl`` in the workdir."""
+    from apr_jax.data.pipeline import make_problem_source
+    from apr_jax.evaluate import ACCELERATOR_HINT, evaluate_problems, format_table, sweep_settings
+
+    problems = make_problem_source(info, "test")[:config.eval.num_problems]
+    (setting, kwargs), = sweep_settings(None, [], config)
+    rows, summary = evaluate_problems(model, tokenizer, config, problems,
+                                      samples=config.eval.samples, seed=config.seed, **kwargs)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results_test.jsonl"), "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, **{f"test_{k}": v for k, v in summary.items()}}) + "\n")
+        print(f"held-out test ({len(problems)} problems, {config.trace.kind}):")
+        print(format_table([(f"{config.name}@{step}", summary)]))
+        print(f"solved {summary['accuracy']:.1%} of held-out problems; "
+              f"{summary['well_formed']:.1%} of outputs were well formed (ended with an answer line)")
+        print(ACCELERATOR_HINT)
+    return {f"test_{k}": v for k, v in summary.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

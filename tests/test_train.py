@@ -19,6 +19,7 @@ TINY = [
     "config.data.seq_len=128", "config.data.num_workers=1", "config.train.batch_size=8",
     "config.train.steps=6", "config.train.warmup_steps=2", "config.train.log_every=2",
     "config.train.eval_every=4", "config.train.eval_batches=1", "config.train.checkpoint_every=2",
+    "config.eval.num_problems=4", "config.eval.batch_problems=4", "config.eval.tokens_per_thread=24",
 ]
 
 
@@ -43,7 +44,16 @@ def test_train_writes_metrics_and_resumes_exactly(data_dir, tmp_path):
     straight = str(tmp_path / "straight")
     train.run(config, straight)
     lines = [json.loads(l) for l in open(os.path.join(straight, "metrics.jsonl"))]
-    assert [l["step"] for l in lines] == [2, 4, 6]
+    # Three logged steps, then the held-out evaluation's summary.
+    assert [l["step"] for l in lines] == [2, 4, 6, 6]
+    assert 0.0 <= lines[-1]["test_accuracy"] <= 1.0 and lines[-1]["test_problems"] == 4
+    lines = lines[:3]
+    results = [json.loads(l) for l in open(os.path.join(straight, "results_test.jsonl"))]
+    assert len(results) == 4
+    for row in results:
+        assert {"numbers", "target", "solved", "operations", "total_tokens", "sequential_tokens",
+                "num_threads", "max_context", "tree"} <= set(row)
+        assert row["total_tokens"] <= row["num_threads"] * 24
     assert all(np.isfinite(l["loss"]) for l in lines)
     assert "val_loss" in lines[1] and "tokens_per_s" in lines[0] and "lr" in lines[0]
     assert lines[-1]["loss"] < lines[0]["loss"]
