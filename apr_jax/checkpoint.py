@@ -58,6 +58,7 @@ class Checkpointer:
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=not read_only, read_only=read_only,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
@@ -96,6 +97,7 @@ class Checkpointer:
         ones with a warning. Returns (step, params, opt_state, meta) or None
         when there is no checkpoint; ``data_iterator`` is restored in place."""
         steps = self.steps()
+        damaged: list[int] = []
         for step in reversed(steps):
             try:
                 items = dict(params=ocp.args.StandardRestore(abstract_params),
@@ -106,8 +108,11 @@ class Checkpointer:
                     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
                 _check_finite_tree(restored["params"], step)
+                if damaged and not self.read_only:
+                    self._move_aside(damaged)
                 return step, restored["params"], restored.get("opt_state"), restored["meta"]
             except Exception as e:  # any unreadable checkpoint: fall back, never delete
+                damaged.append(step)
                 log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one",
                             os.path.join(self.directory, str(step)), type(e).__name__,
                             str(e).splitlines()[0][:200] if str(e) else "")
@@ -117,6 +122,24 @@ class Checkpointer:
             raise CheckpointError(f"no readable checkpoint in {self.directory} "
                                   f"(tried steps {steps})")
         return None
+
+    def _move_aside(self, steps: list[int]) -> None:
+        """Move damaged checkpoints newer than the restored one out of the way
+        (to ``WORKDIR/damaged_checkpoints``), so the resumed run can save those
+        steps again; they are kept for inspection, never deleted."""
+        self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                source = os.path.join(self.directory, str(step))
+                target = os.path.join(aside, str(step))
+                suffix = 1
+                while os.path.exists(target):
+                    target, suffix = os.path.join(aside, f"{step}.{suffix}"), suffix + 1
+                os.rename(source, target)
+                print(f"warning: moved damaged checkpoint {source} to {target}", flush=True)
+        self.manager.reload()
 
 
 @jax.jit

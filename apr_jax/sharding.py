@@ -13,6 +13,8 @@ import dataclasses
 import logging
 import math
 import os
+import sys
+import threading
 from typing import Any, Callable, Sequence
 
 import jax
@@ -201,29 +203,68 @@ def constrain(x: jax.Array, logical_axes: LogicalAxes) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, mesh, x.shape))
 
 
+DISTRIBUTED_TIMEOUT_S = 300.0
+
+
+def _startup_watchdog(timeout_s: float, what: str) -> threading.Timer:
+    """A timer that ends the process with one clear line if start-up hangs.
+
+    A coordinator that waits past its own deadline aborts inside C++ with a
+    stack dump; this fires first and says what is wrong."""
+    def fire() -> None:
+        sys.stderr.write(
+            f"error: multi-process start-up timed out after {timeout_s:.0f}s: {what} did not "
+            f"all join; start the same command on every worker of the slice at once (launch/run.sh "
+            f"does, with --worker=all), or set APR_JAX_DISTRIBUTED_TIMEOUT=seconds\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(timeout_s, fire)
+    timer.daemon = True
+    return timer
+
+
 def initialize_distributed(force: bool = False) -> bool:
     """Starts multi-process JAX when the environment asks for it; returns True if it did.
 
     Uses JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID when all
-    three are set; ``force`` calls ``jax.distributed.initialize()`` with JAX's
-    own detection (TPU pod slices, SLURM, ...). Otherwise a no-op.
+    three are set; ``force`` (or APR_JAX_DISTRIBUTED=auto, as launch/run.sh sets
+    on pod slices) calls ``jax.distributed.initialize()`` with JAX's own
+    detection (TPU pod slices, SLURM, ...). Otherwise a no-op. If the processes
+    have not all joined within APR_JAX_DISTRIBUTED_TIMEOUT seconds (default
+    300), the process exits with one line saying so instead of hanging.
     """
     if jax.distributed.is_initialized():
         return False
+    force = force or os.environ.get("APR_JAX_DISTRIBUTED", "") == "auto"
+    raw_timeout = os.environ.get("APR_JAX_DISTRIBUTED_TIMEOUT", "") or str(DISTRIBUTED_TIMEOUT_S)
+    try:
+        timeout_s = float(raw_timeout)
+    except ValueError:
+        timeout_s = -1.0
+    if not timeout_s > 0:
+        raise ValueError(f"APR_JAX_DISTRIBUTED_TIMEOUT must be a positive number of seconds, "
+                         f"got {raw_timeout!r}")
     names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
     present = [n for n in names if os.environ.get(n)]
     if present and len(present) != len(names):
         missing = sorted(set(names) - set(present))
         raise ValueError(f"multi-process start-up needs {', '.join(missing)} as well as {', '.join(present)}")
-    if present:
-        jax.distributed.initialize(
-            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]))
-    elif force:
-        jax.distributed.initialize()
-    else:
+    if not present and not force:
         return False
+    kwargs: dict[str, Any] = {}
+    what = "the processes of this slice"
+    if present:
+        kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                      process_id=int(os.environ["JAX_PROCESS_ID"]))
+        what = f"the {kwargs['num_processes']} processes of coordinator {kwargs['coordinator_address']}"
+    watchdog = _startup_watchdog(timeout_s, what)
+    watchdog.start()
+    try:  # JAX's own deadline is later, so the watchdog's clear message comes first.
+        jax.distributed.initialize(initialization_timeout=int(timeout_s) + 30, **kwargs)
+    finally:
+        watchdog.cancel()
     logging.info("jax.distributed: process %d of %d, %d local devices",
                  jax.process_index(), jax.process_count(), jax.local_device_count())
     return True

@@ -44,10 +44,17 @@ class _StopFlag:
 
     def __init__(self):
         self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         for sig in (signal.SIGTERM,):
-            signal.signal(sig, self._handle)
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        """Give the signals back (once everything is saved, SIGTERM may kill)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum
@@ -187,6 +194,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     skipped = 0
     last: dict[str, Any] = {}
     pending = None  # (step, metrics) of the previous step, checked one step late
+    out_of_time = False
     last_saved = start_step if restored is not None else -1
 
     def check_finite(entry) -> None:
@@ -210,6 +218,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
                 break
             if time.time() > deadline:
                 logger.print(f"time limit of {config.train.time_limit_minutes} min reached at step {step}")
+                out_of_time = True
                 break
             batch_np = next(train_iter)
             window_tokens += int((batch_np["segment_ids"] > 0).sum()) * jax.process_count()
@@ -250,9 +259,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     finally:
         checkpointer.close()
         logger.close()
+        stop.uninstall()
     last["step"] = step
     last["preempted"] = stop.signal is not None
-    if step >= total_steps and stop.signal is None and config.eval.num_problems > 0:
+    finished = step >= total_steps or out_of_time
+    if finished and stop.signal is None and config.eval.num_problems > 0:
         trained_model, _ = nnx.merge(graphdef, state)
         last.update(final_evaluation(config, workdir, info, trained_model, tokenizer, step))
     return last

@@ -144,19 +144,10 @@ class Engine:
         self.ids = ids if ids is not None else ProtocolIds()
 
     def _spec(self, longest_prompt: int) -> engine_loop.LoopSpec:
-        cfg = self.cfg
-        return engine_loop.LoopSpec(
-            ids=self.ids, slots=cfg.threads_per_sample, max_children=cfg.max_children,
-            max_context=cfg.max_context,
-            prefill_width=min(bucket_length(longest_prompt), cfg.max_context),
-            sampling=cfg.sampling)
+        return loop_spec(self.cfg, self.ids, longest_prompt)
 
     def _limits(self) -> engine_loop.Limits:
-        cfg = self.cfg
-        return engine_loop.Limits(
-            max_rounds=jnp.int32(cfg.max_rounds), max_depth=jnp.int32(cfg.max_depth),
-            tokens_per_thread=jnp.int32(cfg.tokens_per_thread),
-            max_steps=jnp.int32(cfg.threads_per_sample * cfg.max_context))
+        return loop_limits(self.cfg)
 
     def run_arrays(self, prompts: Sequence[Sequence[int]], key: jax.Array,
                    active: Sequence[bool] | None = None) -> dict[str, np.ndarray]:
@@ -206,10 +197,34 @@ class Engine:
             arrays = self.run_arrays(padded, jax.random.fold_in(key, b),
                                      active=[i < len(chunk) for i in range(batch)])
             steps.append(int(arrays["step"]))
-            for n in range(len(chunk)):
-                samples.append([_sample_result(arrays, n, k, start + n)
-                                for k in range(self.cfg.samples_per_problem)])
+            samples.extend(sample_results(arrays, len(chunk), first_problem=start))
         return EngineOutput(samples=samples, steps=steps)
+
+
+def loop_spec(cfg: EngineConfig, ids: ProtocolIds, longest_prompt: int) -> engine_loop.LoopSpec:
+    """The static loop shape for prompts of up to ``longest_prompt`` tokens (BOS included)."""
+    return engine_loop.LoopSpec(
+        ids=ids, slots=cfg.threads_per_sample, max_children=cfg.max_children,
+        max_context=cfg.max_context,
+        prefill_width=min(bucket_length(longest_prompt), cfg.max_context),
+        sampling=cfg.sampling)
+
+
+def loop_limits(cfg: EngineConfig) -> engine_loop.Limits:
+    """The loop's traced limits (changing them does not recompile)."""
+    return engine_loop.Limits(
+        max_rounds=jnp.int32(cfg.max_rounds), max_depth=jnp.int32(cfg.max_depth),
+        tokens_per_thread=jnp.int32(cfg.tokens_per_thread),
+        max_steps=jnp.int32(cfg.threads_per_sample * cfg.max_context))
+
+
+def sample_results(arrays: dict[str, np.ndarray], num_problems: int, first_problem: int = 0
+                   ) -> list[list[SampleResult]]:
+    """``[problem][sample]`` results of the first ``num_problems`` problems of
+    loop-state arrays shaped as ``Engine.run_arrays`` returns them."""
+    samples = arrays["next_free"].shape[1]
+    return [[_sample_result(arrays, n, k, first_problem + n) for k in range(samples)]
+            for n in range(num_problems)]
 
 
 def _sample_result(a: dict[str, np.ndarray], n: int, k: int, problem_index: int) -> SampleResult:

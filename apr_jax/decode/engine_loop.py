@@ -40,6 +40,10 @@ again; a join block that does not fit is truncated and the parent stops with
 ``context_limit``; a parent already at its token limit stops with
 ``token_limit`` after the join.
 
+Log-probabilities: ``logp[r, j]`` is the log-probability of the token the
+model wrote at ``buf[r, j]`` under the distribution it was sampled from
+(``token_logprobs``); 0 for prompt, join and padding tokens.
+
 Termination: every running row makes progress each step and a group's rows
 can feed at most ``S * L`` tokens in total, so the loop ends when all roots are
 done or after ``S * L`` steps (rows still unfinished then keep stop
@@ -57,7 +61,7 @@ import jax.numpy as jnp
 from apr_jax import threads as threads_lib
 from apr_jax.decode.model_api import DecodeFn
 from apr_jax.decode.protocol_ids import ProtocolIds
-from apr_jax.decode.sampler import SamplingConfig, sample_tokens
+from apr_jax.decode.sampler import SamplingConfig, sample_tokens, top_p_mask
 
 FREE, RUNNING, WAITING, DONE = 0, 1, 2, 3
 ROLE_PROMPT, ROLE_MODEL, ROLE_JOIN = 0, 1, 2
@@ -91,6 +95,18 @@ jax.tree_util.register_dataclass(
     Limits, data_fields=["max_rounds", "max_depth", "tokens_per_thread", "max_steps"], meta_fields=[])
 
 
+def token_logprobs(logits_BxV: jax.Array, tokens_B: jax.Array, cfg: SamplingConfig) -> jax.Array:
+    """Log-probability of ``tokens_B`` under the distribution ``sample_tokens``
+    draws from (temperature-scaled, top-p truncated; plain softmax if greedy)."""
+    logits_BxV = logits_BxV.astype(jnp.float32)
+    if not cfg.greedy:
+        logits_BxV = logits_BxV / cfg.temperature
+        if cfg.top_p < 1.0:
+            logits_BxV = top_p_mask(logits_BxV, cfg.top_p)
+    logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+    return jnp.take_along_axis(logp_BxV, tokens_B[:, None], axis=-1)[:, 0]
+
+
 def init_state(spec: LoopSpec, prompt_buf_RxL, prompt_len_R, active_G, cache):
     """State with each active group's root holding its prompt as forced tokens."""
     R, L = prompt_buf_RxL.shape
@@ -103,6 +119,7 @@ def init_state(spec: LoopSpec, prompt_buf_RxL, prompt_len_R, active_G, cache):
         "cache": cache,
         "buf": prompt_buf_RxL.astype(jnp.int32),
         "role": jnp.zeros((R, L), jnp.int8),
+        "logp": jnp.zeros((R, L), jnp.float32),  # sampling-time log-prob of model tokens
         "length": jnp.where(is_root_R, prompt_len_R, 0).astype(jnp.int32),
         "fed": i32(0),
         "status": jnp.where(root_active_R, RUNNING, jnp.where(is_root_R, DONE, FREE)).astype(jnp.int32),
@@ -149,6 +166,8 @@ def _feed_and_sample(spec, decode_fn, params, key, s, limits: Limits):
     dest_R = jnp.where(write_R, at_R, L)  # L: dropped
     buf = s["buf"].at[rows_R, dest_R].set(x_R, mode="drop")
     role = s["role"].at[rows_R, dest_R].set(ROLE_MODEL, mode="drop")
+    logp = s["logp"].at[rows_R, dest_R].set(
+        token_logprobs(logits_Rx1xV[:, 0], x_R, spec.sampling), mode="drop")
     length_R = s["length"] + write_R
     written_R = s["written"] + write_R
     is_child_R = s["depth"] > 0
@@ -174,7 +193,7 @@ def _feed_and_sample(spec, decode_fn, params, key, s, limits: Limits):
     ends_R = stop_R >= 0
     status_R = jnp.where(ends_R, DONE, jnp.where(spawn_R, WAITING, s["status"]))
     block_open_R = s["spawn_open"]  # the <spawn> that this step's </spawn> closes
-    s = {**s, "cache": cache, "buf": buf, "role": role, "fed": fed_R, "length": length_R,
+    s = {**s, "cache": cache, "buf": buf, "role": role, "logp": logp, "fed": fed_R, "length": length_R,
          "written": written_R, "status": status_R, "stop": jnp.where(ends_R, stop_R, s["stop"]),
          "spawn_open": spawn_open_R, "return_open": return_open_R}
     return s, spawn_R, block_open_R, at_R
@@ -232,6 +251,7 @@ def _spawn(spec: LoopSpec, s, spawn_R, block_open_R, block_close_R):
         **s,
         "buf": jnp.where(new_R[:, None], child_RxL, buf),
         "role": jnp.where(new_R[:, None], jnp.int8(ROLE_PROMPT), s["role"]),
+        "logp": jnp.where(new_R[:, None], 0.0, s["logp"]),
         "length": for_new(jnp.minimum(2 + mlen_R, L), s["length"]),
         "fed": for_new(0, s["fed"]),
         "status": for_new(RUNNING, s["status"]),
@@ -303,6 +323,7 @@ def _join(spec: LoopSpec, s, ready_R, limits: Limits):
         **s,
         "buf": jnp.where(in_join_RxL, tok_RxL, buf),
         "role": jnp.where(in_join_RxL, jnp.int8(ROLE_JOIN), s["role"]),
+        "logp": jnp.where(in_join_RxL, 0.0, s["logp"]),
         "length": jnp.where(ready_R, jnp.minimum(s["length"] + total_R, L), s["length"]),
         "status": status_R,
         "stop": stop_R,

@@ -1,0 +1,258 @@
+"""Ahead-of-time compile of the train step for a named TPU slice, on any host.
+
+    python -m apr_jax.aot --config=configs/countdown4_apr_228m.py --topology=v4-32,v5p-64
+
+XLA compiles exactly the program ``python -m apr_jax.train`` would run on that
+slice (same model, optimizer, mesh, shardings, batch and attention kernel) and
+reports the memory it plans per device, so a sharding that does not fit shows
+up before anyone pays for the slice. Nothing is executed and no TPU is needed,
+but the TPU compiler is: it ships in the ``libtpu`` wheel (the ``tpu`` extra).
+On a host without TPUs, keep it out of site-packages (an installed libtpu makes
+every JAX start probe for TPU hardware) and point ``TPU_LIBRARY_PATH`` at it:
+
+    pip install --target ~/.cache/apr_jax/libtpu "libtpu==0.0.42.*"   # jax 0.10.2
+    TPU_LIBRARY_PATH=~/.cache/apr_jax/libtpu/libtpu/libtpu.so python -m apr_jax.aot ...
+
+``--libtpu=PATH`` does the same as ``TPU_LIBRARY_PATH``. Without libtpu the
+command says so in one line; a CPU-only jaxlib cannot compile for TPU at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Iterator, Sequence
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from apr_jax import config as config_lib
+from apr_jax import sharding
+from apr_jax.model.config import ModelConfig, num_params
+from apr_jax.model.transformer import Transformer
+from apr_jax.optim import learning_rate_schedule, make_optimizer
+from apr_jax.train_step import make_train_step
+
+GIB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class TopologySpec:
+    """A TPU slice as the compiler sees it."""
+
+    accelerator_type: str  # the gcloud name, e.g. "v4-32"
+    chip: str  # compiler's chip name: v4, v5p, v5e, v6e
+    shape: str  # chips per axis, e.g. "2x2x4"
+    chip_config: str  # "megacore" (one device per chip on v4/v5p) or "default"
+    chips_per_host: tuple[int, int, int]
+    hbm_bytes_per_device: int
+
+    @property
+    def num_devices(self) -> int:
+        return math.prod(int(x) for x in self.shape.split("x"))
+
+    @property
+    def num_hosts(self) -> int:
+        return max(1, self.num_devices // math.prod(self.chips_per_host))
+
+
+# Chips per slice -> chip grid. v4/v5p names count TensorCores (2 per chip);
+# v5e ("v5litepod") and v6e names count chips.
+_GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+            256: "4x8x8", 512: "8x8x8"}
+_GRID_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+_FAMILIES = {  # prefix: (chip, cores per chip, grids, chip config, HBM GiB per device)
+    "v4": ("v4", 2, _GRID_3D, "megacore", 32),
+    "v5p": ("v5p", 2, _GRID_3D, "megacore", 95),
+    "v5litepod": ("v5e", 1, _GRID_2D, "default", 16),
+    "v6e": ("v6e", 1, _GRID_2D, "default", 32),
+}
+
+
+def known_accelerator_types() -> list[str]:
+    names = []
+    for prefix, (_, cores, grids, _, _) in _FAMILIES.items():
+        names += [f"{prefix}-{chips * cores}" for chips in grids]
+    return names
+
+
+def topology_spec(accelerator_type: str) -> TopologySpec:
+    """The compiler's view of a gcloud accelerator type; ValueError if unknown."""
+    prefix, _, count = accelerator_type.rpartition("-")
+    family = _FAMILIES.get(prefix)
+    if family is None or not count.isdigit() or int(count) % family[1] or \
+            int(count) // family[1] not in family[2]:
+        raise ValueError(f"unknown TPU accelerator type {accelerator_type!r}; known: "
+                         f"{', '.join(known_accelerator_types())}")
+    chip, cores, grids, chip_config, hbm_gib = family
+    shape = grids[int(count) // cores]
+    host = (2, 2, 1)  # four chips per host ...
+    if shape.count("x") == 1 and int(count) <= 8:  # ... except single-host v5e/v6e slices
+        host = (*(int(x) for x in shape.split("x")), 1)
+    return TopologySpec(accelerator_type, chip, shape, chip_config, host, hbm_gib * GIB)
+
+
+def libtpu_path(explicit: str | None = None) -> str | None:
+    """The TPU compiler library: ``explicit``, TPU_LIBRARY_PATH, or an installed libtpu."""
+    if explicit:
+        path = os.path.expanduser(explicit)
+        if not os.path.isfile(path):
+            raise ValueError(f"--libtpu={explicit}: no such file")
+        return path
+    env = os.environ.get("TPU_LIBRARY_PATH")
+    if env and os.path.isfile(os.path.expanduser(env)):
+        return os.path.expanduser(env)
+    try:
+        import libtpu  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return libtpu.get_library_path()
+
+
+def topology_devices(spec: TopologySpec, libtpu: str | None = None) -> list[jax.Device]:
+    """Compile-only devices of the slice (needs libtpu, not a TPU)."""
+    from jax.experimental import topologies
+
+    path = libtpu_path(libtpu)
+    if path is None:
+        raise RuntimeError(
+            "compiling for TPU needs the TPU compiler (libtpu), which CPU-only jaxlib lacks; "
+            "install it with `pip install --target ~/.cache/apr_jax/libtpu \"libtpu==0.0.42.*\"` "
+            "and pass --libtpu=~/.cache/apr_jax/libtpu/libtpu/libtpu.so (or set TPU_LIBRARY_PATH)")
+    os.environ["TPU_LIBRARY_PATH"] = path
+    # libtpu reads these when it initialises; on a host without TPUs they would
+    # otherwise be looked up from the (absent) TPU VM metadata.
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", spec.accelerator_type)
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    topology = topologies.get_topology_desc(
+        f"{spec.chip}:{spec.shape}", "tpu", chip_config_name=spec.chip_config,
+        chips_per_host_bounds=spec.chips_per_host, num_slices=1, wrap=(False, False, False))
+    return list(topology.devices)
+
+
+@contextlib.contextmanager
+def target_backend(platform: str) -> Iterator[None]:
+    """Model code that picks kernels by ``jax.default_backend()`` (attention
+    "auto") sees the target platform while tracing, not the compiling host."""
+    with mock.patch.object(jax, "default_backend", lambda: platform):
+        yield
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: jax.sharding.Mesh):
+    """(graphdef, abstract state, state shardings) of train.py's (model, optimizer)."""
+    model_cfg = ModelConfig.from_config(config.model, vocab_size)
+
+    def make():
+        model = Transformer(model_cfg, rngs=nnx.Rngs(config.seed))
+        return model, nnx.Optimizer(model, make_optimizer(config.train), wrt=nnx.Param)
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    shardings = sharding.model_state_shardings(abstract, mesh)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            abstract, shardings)
+    return graphdef, abstract, shardings
+
+
+def abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
+    shape_BxL = (config.train.batch_size, config.data.seq_len)
+    batch_sharding = sharding.batch_sharding(mesh)
+    return {name: jax.ShapeDtypeStruct(shape_BxL, jnp.int32, sharding=batch_sharding)
+            for name in ("tokens", "loss_mask", "segment_ids", "positions")}
+
+
+def compile_train_step(config: ml_collections.ConfigDict, vocab_size: int,
+                       devices: Sequence[jax.Device]) -> jax.stages.Compiled:
+    """Lowers and compiles train.py's step for ``devices`` without running it."""
+    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh), devices)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = config.train.batch_size // config.train.grad_accum
+    if micro % shards:
+        raise ValueError(f"config.train.batch_size={config.train.batch_size} (microbatch {micro}) "
+                         f"does not divide over the {shards} data-parallel devices of the mesh "
+                         f"{dict(mesh.shape)}")
+    graphdef, state, shardings = abstract_train_state(config, vocab_size, mesh)
+    step = make_train_step(graphdef, shardings, sharding.batch_sharding(mesh),
+                           grad_accum=config.train.grad_accum,
+                           learning_rate=learning_rate_schedule(config.train))
+    with target_backend(devices[0].platform), jax.set_mesh(mesh):  # as train.py calls it
+        return step.lower(state, abstract_batch(config, mesh)).compile()
+
+
+def memory_report(compiled: jax.stages.Compiled) -> dict[str, int]:
+    """Bytes XLA plans per device: inputs, outputs, temporaries, aliased
+    (donated inputs reused as outputs) and their peak sum."""
+    m = compiled.memory_analysis()
+    report = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
+              "temporaries": int(m.temp_size_in_bytes), "aliased": int(m.alias_size_in_bytes),
+              "code": int(m.generated_code_size_in_bytes)}
+    report["total"] = (report["arguments"] + report["outputs"] - report["aliased"]
+                       + report["temporaries"] + report["code"])
+    return report
+
+
+def check_topology(config: ml_collections.ConfigDict, accelerator_type: str,
+                   libtpu: str | None = None) -> dict[str, Any]:
+    """Compile for one slice; returns its per-device memory plan and verdict."""
+    spec = topology_spec(accelerator_type)
+    devices = topology_devices(spec, libtpu)
+    started = time.time()
+    compiled = compile_train_step(config, config.data.vocab_size, devices)
+    memory = memory_report(compiled)
+    return {"topology": accelerator_type, "devices": len(devices), "hosts": spec.num_hosts,
+            "device_kind": devices[0].device_kind, "compile_s": round(time.time() - started, 1),
+            "memory": memory, "hbm_per_device": spec.hbm_bytes_per_device,
+            "fits": memory["total"] <= spec.hbm_bytes_per_device}
+
+
+def format_result(result: dict[str, Any]) -> str:
+    m = {k: v / GIB for k, v in result["memory"].items()}
+    verdict = "fits" if result["fits"] else "DOES NOT FIT"
+    return (f"{result['topology']}: {result['devices']} x {result['device_kind']} "
+            f"({result['hosts']} hosts), per device: arguments {m['arguments']:.2f} GiB, "
+            f"temporaries {m['temporaries']:.2f} GiB, outputs {m['outputs']:.2f} GiB "
+            f"(aliased {m['aliased']:.2f}), total {m['total']:.2f} GiB of "
+            f"{result['hbm_per_device'] / GIB:.0f} GiB HBM: {verdict} "
+            f"[compiled in {result['compile_s']}s]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        flags, overrides = config_lib.parse_command_line(
+            argv, allowed=("config", "topology", "libtpu", "json"))
+        if not flags.get("topology"):
+            raise ValueError("--topology is required, e.g. --topology=v4-32,v5p-64")
+        config = config_lib.load_config(flags.get("config"), overrides)
+        names = [t.strip() for t in flags["topology"].split(",") if t.strip()]
+        for name in names:
+            topology_spec(name)  # every name checked before the first compile
+        model_cfg = ModelConfig.from_config(config.model, config.data.vocab_size)
+        print(f"{config.name}: {num_params(model_cfg) / 1e6:.1f}M parameters, batch "
+              f"{config.train.batch_size} x {config.data.seq_len}, mesh {config.mesh.to_dict()}",
+              flush=True)
+        results = []
+        for name in names:
+            results.append(check_topology(config, name, flags.get("libtpu")))
+            print(format_result(results[-1]), flush=True)
+        if flags.get("json"):
+            with open(flags["json"], "w") as f:
+                json.dump(results, f, indent=1)
+    except (config_lib.ConfigError, ValueError, RuntimeError) as e:
+        if os.environ.get("APR_JAX_DEBUG"):
+            raise
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    return 0 if all(r["fits"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

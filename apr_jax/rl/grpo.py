@@ -1,0 +1,248 @@
+"""GRPO: group-relative advantages, the clipped policy loss with a KL penalty
+to a frozen reference model, and the jitted multi-epoch update.
+
+Conventions (``R`` thread rows of ``L`` tokens, ``N`` rollouts, ``P`` groups):
+- a *group* is the G rollouts of one prompt; a rollout's advantage is its
+  reward minus its group's mean (divided by the group's std when
+  ``std_normalize``); a group whose rewards are all equal gets 0, never NaN;
+- every thread row of a rollout carries that rollout's advantage;
+- ``logp_RxL[:, j]`` is the log-probability of token ``j`` given tokens
+  ``< j`` (column 0 is 0); the loss counts only model-written tokens;
+- the loss is averaged over each rollout's model-written tokens (all its
+  threads together), then over the rollouts that wrote any token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from apr_jax.rl.rollout import RolloutBatch
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpoConfig:
+    clip_low: float = 0.2  # ratio lower bound 1 - clip_low
+    clip_high: float = 0.2  # ratio upper bound 1 + clip_high
+    kl_coef: float = 0.001  # weight of the k3 KL estimate to the reference model
+    std_normalize: bool = True
+    inner_epochs: int = 1  # passes over each rollout batch
+    minibatches: int = 1  # optimizer updates per pass (whole rollouts per minibatch)
+    microbatches: int = 1  # gradient-accumulation chunks per minibatch (rows)
+    temperature: float = 1.0  # the sampling temperature; log-probs are of logits / temperature
+
+    def __post_init__(self):
+        if not (self.clip_low >= 0 and self.clip_high >= 0):
+            raise ValueError(f"clip_low/clip_high must be >= 0, got {self.clip_low}, {self.clip_high}")
+        if not self.kl_coef >= 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        for name in ("inner_epochs", "minibatches", "microbatches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise ValueError(f"RL needs a sampling temperature > 0, got {self.temperature}")
+
+
+# ---- advantages ------------------------------------------------------------------
+def group_advantages(rewards_PxG: jax.Array, std_normalize: bool = True, eps: float = 1e-6
+                     ) -> jax.Array:
+    """Reward minus the group mean (over G samples of a prompt), optionally
+    over the group std; equal rewards give exactly 0."""
+    rewards_PxG = jnp.asarray(rewards_PxG, jnp.float32)
+    centered = rewards_PxG - rewards_PxG.mean(axis=1, keepdims=True)
+    if std_normalize:
+        std = jnp.sqrt(jnp.mean(centered ** 2, axis=1, keepdims=True))
+        centered = jnp.where(std > eps, centered / jnp.maximum(std, eps), 0.0)
+    return centered
+
+
+def rollout_token_weights(mask_RxL: jax.Array, rollout_R: jax.Array, num_rollouts: int) -> jax.Array:
+    """Per-token weights making ``sum(w * x)`` the mean over rollouts (that
+    wrote any token) of each rollout's mean over its model-written tokens."""
+    tokens_R = mask_RxL.sum(axis=1)
+    tokens_N = jax.ops.segment_sum(tokens_R, rollout_R, num_segments=num_rollouts)
+    counted = jnp.maximum((tokens_N > 0).sum(), 1)
+    per_token_R = jnp.where(tokens_N[rollout_R] > 0, 1.0 / jnp.maximum(tokens_N[rollout_R], 1), 0.0)
+    return mask_RxL * (per_token_R / counted)[:, None]
+
+
+# ---- log-probs and loss ------------------------------------------------------------
+def target_logprobs(logits_RxLxV: jax.Array, tokens_RxL: jax.Array, temperature: float = 1.0
+                    ) -> jax.Array:
+    """``out[:, j]`` = log p(tokens[:, j] | tokens[:, :j]) from the logits at
+    ``j - 1`` scaled by 1 / temperature; column 0 is 0."""
+    logp_RxLxV = jax.nn.log_softmax(logits_RxLxV[:, :-1].astype(jnp.float32) / temperature, axis=-1)
+    picked = jnp.take_along_axis(logp_RxLxV, tokens_RxL[:, 1:, None], axis=-1)[..., 0]
+    return jnp.pad(picked, ((0, 0), (1, 0)))
+
+
+def grpo_token_terms(logp_RxL: jax.Array, old_logp_RxL: jax.Array, ref_logp_RxL: jax.Array | None,
+                     adv_R: jax.Array, cfg: GrpoConfig) -> dict[str, jax.Array]:
+    """Per-token clipped policy loss, k3 KL estimate and clip indicator."""
+    ratio = jnp.exp(logp_RxL - old_logp_RxL)
+    adv = adv_R[:, None]
+    clipped = jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    policy = -jnp.minimum(ratio * adv, clipped * adv)
+    clip_active = ((adv > 0) & (ratio > 1.0 + cfg.clip_high)) | ((adv < 0) & (ratio < 1.0 - cfg.clip_low))
+    if ref_logp_RxL is None:
+        kl = jnp.zeros_like(logp_RxL)
+    else:
+        log_r = ref_logp_RxL - logp_RxL
+        kl = jnp.exp(log_r) - log_r - 1.0
+    return {"loss": policy + cfg.kl_coef * kl, "policy_loss": policy, "kl": kl,
+            "clip_fraction": clip_active.astype(jnp.float32), "ratio": ratio}
+
+
+def grpo_loss(logp_RxL, old_logp_RxL, ref_logp_RxL, adv_R, weights_RxL, cfg: GrpoConfig
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The weighted loss and its weighted per-token statistics."""
+    terms = grpo_token_terms(logp_RxL, old_logp_RxL, ref_logp_RxL, adv_R, cfg)
+    stats = {k: (v * weights_RxL).sum() for k, v in terms.items()}
+    return stats["loss"], stats
+
+
+# ---- the update ---------------------------------------------------------------------
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class UpdateBatch:
+    """What the update needs from a rollout plus the per-rollout advantages."""
+
+    tokens_RxL: jax.Array
+    positions_RxL: jax.Array
+    segment_ids_RxL: jax.Array
+    mask_RxL: jax.Array  # float32 model-written tokens of valid rows
+    old_logp_RxL: jax.Array
+    valid_R: jax.Array
+    rollout_R: jax.Array
+    adv_N: jax.Array  # float32 [N]
+
+    @classmethod
+    def from_rollout(cls, batch: RolloutBatch, adv_N: jax.Array) -> "UpdateBatch":
+        return cls(batch.tokens_RxL, batch.positions_RxL, batch.segment_ids_RxL,
+                   batch.model_mask_RxL, batch.logp_RxL, batch.valid_R, batch.rollout_R,
+                   jnp.asarray(adv_N, jnp.float32))
+
+
+def _minibatch_order(valid_R: jax.Array, rollout_R: jax.Array, num_rollouts: int, minibatches: int
+                     ) -> jax.Array:
+    """Row order grouping whole rollouts into minibatches and, inside each,
+    putting valid rows first so all-padding microbatches can be skipped."""
+    mb_R = rollout_R // (num_rollouts // minibatches)
+    return jnp.argsort(mb_R * 2 + (~valid_R).astype(jnp.int32), stable=True)
+
+
+def make_grpo_update(graphdef: nnx.GraphDef, cfg: GrpoConfig, *, num_rollouts: int,
+                     learning_rate: optax.Schedule | None = None, state_shardings: Any = None
+                     ) -> Callable[[Any, Any, UpdateBatch], tuple[Any, dict[str, jax.Array]]]:
+    """Returns ``update(state, ref_params, batch) -> (state, metrics)``, jitted
+    and donating ``state`` (an NNX (model, optimizer) state as in training).
+
+    Runs ``inner_epochs`` passes of ``minibatches`` optimizer updates each; a
+    step whose loss or gradient is not finite leaves the state unchanged.
+    ``ref_params`` (the frozen reference model's ``nnx.Param`` state, as
+    ``nnx.split(model, nnx.Param, ...)[1]``) is unused when ``kl_coef == 0``."""
+    if num_rollouts % cfg.minibatches:
+        raise ValueError(f"{num_rollouts} rollouts do not split into {cfg.minibatches} minibatches")
+
+    def forward_logp(model_graphdef, params, rest, rows):
+        model = nnx.merge(model_graphdef, params, rest)
+        logits = model(rows["tokens"], rows["positions"], rows["segment_ids"])
+        return target_logprobs(logits, rows["tokens"], cfg.temperature)
+
+    def micro_split(x, micro):
+        return x.reshape((micro, x.shape[0] // micro) + x.shape[1:])
+
+    def update(state, ref_params, batch: UpdateBatch):
+        R = batch.tokens_RxL.shape[0]
+        M, A = cfg.minibatches, cfg.microbatches
+        if R % (M * A):
+            raise ValueError(f"{R} rows do not split into {M} minibatches x {A} microbatches")
+        order = _minibatch_order(batch.valid_R, batch.rollout_R, num_rollouts, M)
+        rows = {"tokens": batch.tokens_RxL, "positions": batch.positions_RxL,
+                "segment_ids": batch.segment_ids_RxL, "mask": batch.mask_RxL,
+                "old_logp": batch.old_logp_RxL, "valid": batch.valid_R,
+                "adv": batch.adv_N[batch.rollout_R]}
+        rows = jax.tree.map(lambda x: x[order], rows)
+        rollout_R = batch.rollout_R[order]
+
+        model, _ = nnx.merge(graphdef, state)
+        model_graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+
+        # Reference log-probs, once per batch, skipping all-padding microbatches.
+        chunks = M * A
+        if cfg.kl_coef > 0:
+            def ref_chunk(chunk):
+                return jax.lax.cond(
+                    jnp.any(chunk["valid"]),
+                    lambda c: forward_logp(model_graphdef, ref_params, rest, c),
+                    lambda c: jnp.zeros(c["tokens"].shape, jnp.float32), chunk)
+            ref_logp = jax.lax.map(ref_chunk, jax.tree.map(lambda x: micro_split(x, chunks), rows))
+            rows["ref_logp"] = ref_logp.reshape(rows["tokens"].shape)
+
+        # Per-token weights: the per-rollout mean, over each minibatch's rollouts.
+        mb_rows = jax.tree.map(lambda x: micro_split(x, M), rows)
+        mb_rollout = micro_split(rollout_R, M)
+        mb_rows["weights"] = jax.vmap(rollout_token_weights, in_axes=(0, 0, None))(
+            mb_rows["mask"], mb_rollout, num_rollouts)
+        mb_rows = jax.tree.map(lambda x: micro_split_1(x, A), mb_rows)  # [M, A, rows, ...]
+
+        def micro_loss(params, micro):
+            logp = forward_logp(model_graphdef, params, rest, micro)
+            return grpo_loss(logp, micro["old_logp"], micro.get("ref_logp"), micro["adv"],
+                             micro["weights"], cfg)
+
+        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+        stat_names = ("loss", "policy_loss", "kl", "clip_fraction", "ratio")
+
+        def minibatch_step(state, minibatch):
+            old_state = jax.tree.map(lambda x: x, state)
+            model, optimizer = nnx.merge(graphdef, state)
+            _, params, _ = nnx.split(model, nnx.Param, ...)
+
+            def accumulate(carry, micro):
+                grads, stats = carry
+                zero = (jax.tree.map(jnp.zeros_like, params), {k: jnp.zeros(()) for k in stat_names})
+
+                def compute(m):
+                    (_, s), g = grad_fn(params, m)
+                    return g, s
+                g, s = jax.lax.cond(jnp.any(micro["valid"]), compute, lambda m: zero, micro)
+                return (jax.tree.map(jnp.add, grads, g), {k: stats[k] + s[k] for k in stat_names}), None
+
+            init = (jax.tree.map(jnp.zeros_like, params), {k: jnp.zeros(()) for k in stat_names})
+            (grads, stats), _ = jax.lax.scan(accumulate, init, minibatch)
+            grad_norm = optax.global_norm(grads)
+            finite = jnp.isfinite(stats["loss"]) & jnp.isfinite(grad_norm)
+            optimizer.update(model, grads)
+            new_state = nnx.state((model, optimizer))
+            new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, old_state)
+            stats = {**stats, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
+            if learning_rate is not None:
+                stats["lr"] = learning_rate(optimizer.step[...] - 1)
+            return new_state, stats
+
+        def epoch(state, _):
+            return jax.lax.scan(minibatch_step, state, mb_rows)
+
+        state, stats = jax.lax.scan(epoch, state, None, length=cfg.inner_epochs)
+        # stats: [epochs, minibatches]; the mean over all updates (lr: the last).
+        metrics = {k: v.mean() for k, v in stats.items() if k not in ("finite", "lr")}
+        if "lr" in stats:
+            metrics["lr"] = stats["lr"][-1, -1]
+        metrics["finite"] = jnp.all(stats["finite"] > 0)
+        return state, metrics
+
+    jit_kwargs: dict[str, Any] = {"donate_argnums": (0,)}
+    if state_shardings is not None:
+        jit_kwargs.update(in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, None))
+    return jax.jit(update, **jit_kwargs)
+
+
+def micro_split_1(x: jax.Array, micro: int) -> jax.Array:
+    """[M, rows, ...] -> [M, micro, rows / micro, ...]."""
+    return x.reshape((x.shape[0], micro, x.shape[1] // micro) + x.shape[2:])

@@ -1,0 +1,185 @@
+"""Pure, jitted, fixed-shape rollouts on the spawn/join engine.
+
+    rollout = make_rollout(decode_fn, init_cache, engine_cfg, ids, prompt_width)
+    batch = rollout(params, key, PromptBatch(tokens_PxT, length_P))
+
+Each of the P prompts is sampled G times (``engine_cfg.samples_per_problem``);
+each sample (a *rollout*) owns S thread slots (``engine_cfg.threads_per_sample``),
+so the batch always has ``R = P * G * S`` rows of ``L = max_context`` tokens,
+whatever the number of children the model spawned: unused slots are rows with
+``valid == False``. Row ``r`` belongs to rollout ``r // S`` (problem
+``r // (G * S)``) and is thread ``r % S`` of it (0 = the root). One shape, so
+XLA compiles the rollout, and the update that consumes it, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from apr_jax.decode import engine_loop
+from apr_jax.decode.engine import EngineConfig, loop_limits, loop_spec
+from apr_jax.decode.model_api import DecodeFn
+from apr_jax.decode.protocol_ids import ProtocolIds
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PromptBatch:
+    """Root prompts without BOS, right-padded: int32 [P, T] and lengths [P]."""
+
+    tokens_PxT: jax.Array
+    length_P: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RolloutBatch:
+    """Every thread of every rollout as one row (see the module docstring)."""
+
+    tokens_RxL: jax.Array  # int32: the thread's context exactly as the engine built it
+    role_RxL: jax.Array  # int8: 0 prompt, 1 model-written, 2 join (engine-copied)
+    logp_RxL: jax.Array  # float32: sampling-time log-prob of each model-written token
+    length_R: jax.Array  # int32: tokens in the row
+    valid_R: jax.Array  # bool: the slot holds a thread
+    rollout_R: jax.Array  # int32: which rollout (problem * G + sample)
+    thread_R: jax.Array  # int32: which thread of its rollout (0 = root)
+    parent_R: jax.Array  # int32: parent thread (-1 for the root)
+    depth_R: jax.Array
+    stop_R: jax.Array  # index into threads.STOPS
+    written_R: jax.Array  # model-written tokens
+    rounds_R: jax.Array  # spawns the thread made
+    spawn_round_R: jax.Array  # which of its parent's spawns created it
+    threads_N: jax.Array  # int32 [P * G]: slots used by each rollout
+    dropped_children_N: jax.Array
+    dropped_pool_N: jax.Array
+
+    @property
+    def model_mask_RxL(self) -> jax.Array:
+        """1.0 on model-written tokens of valid rows; prompts, joins and padding are 0."""
+        j_1xL = jnp.arange(self.tokens_RxL.shape[1])[None]
+        keep = ((self.role_RxL == engine_loop.ROLE_MODEL) & self.valid_R[:, None]
+                & (j_1xL < self.length_R[:, None]))
+        return keep.astype(jnp.float32)
+
+    @property
+    def segment_ids_RxL(self) -> jax.Array:
+        """1 on each valid row's tokens, 0 on padding (one sequence per row)."""
+        j_1xL = jnp.arange(self.tokens_RxL.shape[1])[None]
+        return ((j_1xL < self.length_R[:, None]) & self.valid_R[:, None]).astype(jnp.int32)
+
+    @property
+    def positions_RxL(self) -> jax.Array:
+        return jnp.broadcast_to(jnp.arange(self.tokens_RxL.shape[1], dtype=jnp.int32),
+                                self.tokens_RxL.shape)
+
+
+def engine_arrays(batch: RolloutBatch, num_prompts: int) -> dict[str, np.ndarray]:
+    """The batch on the host, shaped as ``Engine.run_arrays`` returns the loop
+    state ([problem, sample, thread, ...]), for ``engine.sample_results``."""
+    host = jax.device_get(batch)
+    n = host.threads_N.shape[0]
+    samples = n // num_prompts
+    slots = host.tokens_RxL.shape[0] // n
+
+    def per_row(x):
+        return np.asarray(x).reshape((num_prompts, samples, slots) + x.shape[1:])
+
+    def per_rollout(x):
+        return np.asarray(x).reshape(num_prompts, samples)
+
+    return {
+        "buf": per_row(host.tokens_RxL), "role": per_row(host.role_RxL),
+        "logp": per_row(host.logp_RxL), "length": per_row(host.length_R),
+        "parent": per_row(host.parent_R), "depth": per_row(host.depth_R),
+        "stop": per_row(host.stop_R), "written": per_row(host.written_R),
+        "rounds": per_row(host.rounds_R), "spawn_round": per_row(host.spawn_round_R),
+        "next_free": per_rollout(host.threads_N),
+        "dropped_children": per_rollout(host.dropped_children_N),
+        "dropped_pool": per_rollout(host.dropped_pool_N),
+    }
+
+
+def _initial_rows(ids: ProtocolIds, prompts: PromptBatch, samples: int, slots: int, max_context: int):
+    """Root rows ``<bos> prompt`` at slot 0 of every rollout; other slots empty."""
+    P, T = prompts.tokens_PxT.shape
+    L = max_context
+    j_1xL = jnp.arange(L)[None]
+    body_PxL = jnp.pad(prompts.tokens_PxT.astype(jnp.int32), ((0, 0), (1, max(0, L - 1 - T))))[:, :L]
+    root_PxL = jnp.where(j_1xL == 0, ids.bos,
+                         jnp.where(j_1xL <= prompts.length_P[:, None], body_PxL, ids.pad))
+    rows_per_prompt = samples * slots
+    is_root_R = (jnp.arange(P * rows_per_prompt) % slots) == 0
+    buf_RxL = jnp.where(is_root_R[:, None], jnp.repeat(root_PxL, rows_per_prompt, axis=0), ids.pad)
+    length_R = jnp.where(is_root_R, jnp.repeat(1 + prompts.length_P, rows_per_prompt), 0)
+    return buf_RxL, length_R.astype(jnp.int32)
+
+
+def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg: EngineConfig,
+                 ids: ProtocolIds, prompt_width: int, *, chunks: int = 1
+                 ) -> Callable[[Any, jax.Array, PromptBatch], RolloutBatch]:
+    """Returns ``rollout(params, key, prompts) -> RolloutBatch``, pure and jitted.
+
+    ``prompt_width`` is the static prompt width T (tokens without BOS); the
+    prompts are split into ``chunks`` sequential engine runs (``lax.map``) to
+    bound the KV-cache memory; the rollout is the same function of the key
+    whatever the split, up to which key each chunk uses."""
+    G, S, L = cfg.samples_per_problem, cfg.threads_per_sample, cfg.max_context
+    if prompt_width + 2 > L:
+        raise ValueError(f"prompt width {prompt_width} leaves no room in max_context {L}")
+    if chunks < 1:
+        raise ValueError(f"rollout chunks must be >= 1, got {chunks}")
+    spec = loop_spec(cfg, ids, prompt_width + 1)
+
+    def run_chunk(params, key, buf_RxL, length_R):
+        R = buf_RxL.shape[0]
+        limits = loop_limits(cfg)
+        active_G = jnp.ones((R // S,), bool)
+        state = engine_loop.run_loop(params, buf_RxL, length_R, active_G, init_cache(R, L), key,
+                                     limits, spec=spec, decode_fn=decode_fn)
+        state.pop("cache")
+        return state
+
+    def rollout(params, key: jax.Array, prompts: PromptBatch) -> RolloutBatch:
+        P, T = prompts.tokens_PxT.shape
+        if T != prompt_width:
+            raise ValueError(f"prompts are {T} tokens wide; this rollout was built for {prompt_width}")
+        if P % chunks:
+            raise ValueError(f"{P} prompts do not split into {chunks} rollout chunks")
+        buf_RxL, length_R = _initial_rows(ids, prompts, G, S, L)
+        if chunks == 1:
+            s = run_chunk(params, key, buf_RxL, length_R)
+        else:
+            keys = jax.random.split(key, chunks)
+            per_chunk = jax.lax.map(
+                lambda xs: run_chunk(params, xs[0], xs[1], xs[2]),
+                (keys, buf_RxL.reshape(chunks, -1, L), length_R.reshape(chunks, -1)))
+            s = {k: v if k == "step" else v.reshape((-1,) + v.shape[2:]) for k, v in per_chunk.items()}
+        R = P * G * S
+        row_R = jnp.arange(R, dtype=jnp.int32)
+        rollout_R = row_R // S
+        thread_R = row_R % S
+        return RolloutBatch(
+            tokens_RxL=s["buf"], role_RxL=s["role"], logp_RxL=s["logp"], length_R=s["length"],
+            valid_R=thread_R < s["next_free"][rollout_R], rollout_R=rollout_R, thread_R=thread_R,
+            parent_R=s["parent"], depth_R=s["depth"], stop_R=s["stop"], written_R=s["written"],
+            rounds_R=s["rounds"], spawn_round_R=s["spawn_round"], threads_N=s["next_free"],
+            dropped_children_N=s["dropped_children"], dropped_pool_N=s["dropped_pool"])
+
+    return jax.jit(rollout)
+
+
+def encode_prompts(token_lists: list[list[int]], width: int, pad_id: int = 0) -> PromptBatch:
+    """Host-side: token-id lists (without BOS) -> a PromptBatch of static width."""
+    tokens = np.full((len(token_lists), width), pad_id, np.int32)
+    for i, ids in enumerate(token_lists):
+        if len(ids) > width:
+            raise ValueError(f"prompt {i} has {len(ids)} tokens; the rollout's prompt width is {width}")
+        if not ids:
+            raise ValueError(f"prompt {i} is empty")
+        tokens[i, :len(ids)] = ids
+    return PromptBatch(tokens, np.asarray([len(t) for t in token_lists], np.int32))

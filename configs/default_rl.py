@@ -1,0 +1,57 @@
+"""GRPO on top of the default SFT run (``runs/default``): Countdown-3 APR on a
+2-core CPU. Train the SFT model first (``python -m apr_jax.train``), then
+
+    python -m apr_jax.train --config=configs/default_rl.py --workdir=runs/default_rl
+
+The ``train`` section here holds the RL optimizer and loop settings (lr, steps
+in RL steps, logging, checkpoints); the engine limits are the ``eval`` section's."""
+
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import default  # noqa: E402
+
+
+def rl_section() -> ml_collections.ConfigDict:
+    """The RL settings with the reference study's GRPO defaults."""
+    rl = ml_collections.ConfigDict()
+    rl.init_from = "runs/default"  # SFT workdir (newest checkpoint) or WORKDIR/checkpoints/STEP
+    rl.split = "train"  # problems to roll out
+    rl.prompts_per_step = 8
+    rl.samples_per_prompt = 4  # G: the group of each prompt
+    rl.temperature = 1.0
+    rl.inner_epochs = 1  # passes over each rollout batch
+    rl.minibatches = 1  # optimizer updates per pass (whole rollouts per minibatch)
+    rl.clip_low = 0.2
+    rl.clip_high = 0.2
+    rl.kl_coef = 0.001  # k3 KL to the frozen SFT model
+    rl.std_normalize = True  # divide advantages by the group's reward std
+    rl.format_penalty = 0.0  # subtracted when the root ends without an answer line
+    rl.latency_bonus = 0.0  # x (1 - sequential / total tokens) for correct rollouts
+    rl.condition_penalty = 0.0  # x relative miss of the requested child count
+    rl.condition_children = ()  # child counts to request when trace.condition (empty: eval.max_children)
+    rl.max_threads = 0  # thread slots per rollout; 0 = the engine's full tree
+    rl.rollout_chunks = 1  # sequential engine runs per step (bounds KV-cache memory)
+    return rl
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = default.get_config()
+    c.name = "default_rl"
+    c.mode = "rl"
+    c.rl = rl_section()
+    c.rl.init_from = "runs/default"
+
+    c.train.steps = 100  # RL steps
+    c.train.lr = 1e-4
+    c.train.warmup_steps = 5
+    c.train.min_lr_ratio = 1.0  # constant after warm-up
+    c.train.weight_decay = 0.0
+    c.train.grad_accum = 1  # microbatches per update
+    c.train.log_every = 5
+    c.train.checkpoint_every = 25
+    c.eval.num_problems = 0
+    return c
