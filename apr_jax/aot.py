@@ -205,15 +205,27 @@ def check_topology(config: ml_collections.ConfigDict, accelerator_type: str,
     spec = topology_spec(accelerator_type)
     devices = topology_devices(spec, libtpu)
     started = time.time()
-    compiled = compile_train_step(config, config.data.vocab_size, devices)
+    result = {"topology": accelerator_type, "devices": len(devices), "hosts": spec.num_hosts,
+              "device_kind": devices[0].device_kind, "hbm_per_device": spec.hbm_bytes_per_device}
+    try:
+        compiled = compile_train_step(config, config.data.vocab_size, devices)
+    except jax.errors.JaxRuntimeError as e:  # the compiler itself refuses a plan over HBM
+        if not str(e).startswith("RESOURCE_EXHAUSTED"):
+            raise
+        result.update(compile_s=round(time.time() - started, 1), memory=None, fits=False,
+                      error=str(e).splitlines()[0])
+        return result
     memory = memory_report(compiled)
-    return {"topology": accelerator_type, "devices": len(devices), "hosts": spec.num_hosts,
-            "device_kind": devices[0].device_kind, "compile_s": round(time.time() - started, 1),
-            "memory": memory, "hbm_per_device": spec.hbm_bytes_per_device,
-            "fits": memory["total"] <= spec.hbm_bytes_per_device}
+    result.update(compile_s=round(time.time() - started, 1), memory=memory,
+                  fits=memory["total"] <= spec.hbm_bytes_per_device)
+    return result
 
 
 def format_result(result: dict[str, Any]) -> str:
+    if result["memory"] is None:
+        return (f"{result['topology']}: {result['devices']} x {result['device_kind']} "
+                f"({result['hosts']} hosts): DOES NOT FIT: {result['error']} "
+                f"[compiled in {result['compile_s']}s]")
     m = {k: v / GIB for k, v in result["memory"].items()}
     verdict = "fits" if result["fits"] else "DOES NOT FIT"
     return (f"{result['topology']}: {result['devices']} x {result['device_kind']} "

@@ -60,13 +60,13 @@ def load_for_inference(path: str) -> Loaded:
     from apr_jax.model.transformer import Transformer
 
     path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint or workdir not found: {path}")
     step_dir = os.path.basename(path)
     if step_dir.isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
         workdir, wanted = os.path.dirname(os.path.dirname(path)), int(step_dir)
     else:
         workdir, wanted = path, None
+    if not os.path.exists(workdir):
+        raise CheckpointError(f"checkpoint or workdir not found: {workdir}")
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise CheckpointError(f"{path} holds no checkpoints (expected {workdir}/checkpoints/STEP)")
     checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
@@ -109,15 +109,13 @@ def load_for_inference(path: str) -> Loaded:
 def engine_config(config: ml_collections.ConfigDict, *, samples: int = 1,
                   temperature: float | None = None, top_p: float | None = None,
                   tokens_per_thread: int | None = None) -> EngineConfig:
-    """The engine's limits and sampling from a config's ``eval`` section."""
-    e = config.eval
-    return EngineConfig(
-        max_children=e.max_children, max_rounds=e.max_rounds, max_depth=e.max_depth,
-        tokens_per_thread=tokens_per_thread or e.tokens_per_thread,
-        max_context=config.model.max_len,
-        sampling=SamplingConfig(temperature=e.temperature if temperature is None else temperature,
-                                top_p=e.top_p if top_p is None else top_p),
-        samples_per_problem=samples, batch_problems=e.batch_problems)
+    """The engine's limits and sampling from a config's ``eval`` section, with
+    this evaluation's overrides."""
+    base = EngineConfig.from_eval_config(config.eval, config.model.max_len)
+    sampling = SamplingConfig(base.sampling.temperature if temperature is None else temperature,
+                              base.sampling.top_p if top_p is None else top_p)
+    return dataclasses.replace(base, samples_per_problem=samples, sampling=sampling,
+                               tokens_per_thread=tokens_per_thread or base.tokens_per_thread)
 
 
 def evaluate_problems(model: nnx.Module, tokenizer: Any, config: ml_collections.ConfigDict,

@@ -181,7 +181,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
                            num_epochs=config.train.eval_batches)
         sums = np.zeros(3)
         for batch_np in itertools.islice(it, config.train.eval_batches):
-            out = eval_step(state, sharding.global_batch_from_process(batch_np, mesh))
+            with jax.set_mesh(mesh):  # as for train_step below
+                out = eval_step(state, sharding.global_batch_from_process(batch_np, mesh))
             sums += np.array([float(out["loss_sum"]), float(out["count"]), float(out["correct"])])
         return {"val_loss": sums[0] / max(sums[1], 1), "val_token_accuracy": sums[2] / max(sums[1], 1)}
 
@@ -223,7 +224,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
             batch_np = next(train_iter)
             window_tokens += int((batch_np["segment_ids"] > 0).sum()) * jax.process_count()
             batch = sharding.global_batch_from_process(batch_np, mesh)
-            state, metrics = train_step(state, batch)
+            with jax.set_mesh(mesh):  # traced with the mesh: shard_map kernels, constraints
+                state, metrics = train_step(state, batch)
             step += 1
             window_steps += 1
             if pending is not None:

@@ -117,7 +117,8 @@ def reference_run(config) -> tuple[list[float], dict]:
     for _ in range(config.train.steps):
         local = [next(it) for it in iterators]
         batch = {k: np.concatenate([b[k] for b in local]) for k in local[0]}
-        state, metrics = step_fn(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
+        with jax.set_mesh(mesh):  # as train.py calls the step
+            state, metrics = step_fn(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
         losses.append(float(metrics["loss"]))
     return losses, jax.device_get(nnx.to_pure_dict(state[0]))
 

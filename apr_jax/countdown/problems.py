@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 from typing import Any, Mapping
 
@@ -142,6 +143,8 @@ def load_problems(path: str) -> list[Problem]:
     """Read JSONL written by ``save_problems``; blank lines are skipped.
     Malformed lines raise ``ValueError("path:line: what is wrong")``."""
     out: list[Problem] = []
+    if not os.path.isfile(path):
+        raise ValueError(f"problem file not found: {path}")
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():

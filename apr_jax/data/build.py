@@ -104,7 +104,11 @@ def open_split(info: DatasetInfo, split: str):
         raise ValueError(f"split {split!r} is not one of {sorted(info.counts)}")
     if info.counts[split] == 0:
         return []  # TFDS does not write empty splits
-    return tfds.builder_from_directory(info.tfds_dir).as_data_source(split)
+    try:
+        return tfds.builder_from_directory(info.tfds_dir).as_data_source(split)
+    except Exception as e:  # missing or damaged files of a once complete cache
+        raise ValueError(f"dataset {info.dir} is damaged: cannot open split {split!r} "
+                         f"({type(e).__name__}); delete that directory to rebuild it") from None
 
 
 def build_dataset(config: Any, *, force: bool = False, log: TextIO | None | str = "stdout"

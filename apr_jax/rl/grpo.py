@@ -216,7 +216,7 @@ def make_grpo_update(graphdef: nnx.GraphDef, cfg: GrpoConfig, *, num_rollouts: i
 
             init = (jax.tree.map(jnp.zeros_like, params), {k: jnp.zeros(()) for k in stat_names})
             (grads, stats), _ = jax.lax.scan(accumulate, init, minibatch)
-            grad_norm = optax.global_norm(grads)
+            grad_norm = optax.tree.norm(grads)
             finite = jnp.isfinite(stats["loss"]) & jnp.isfinite(grad_norm)
             optimizer.update(model, grads)
             new_state = nnx.state((model, optimizer))

@@ -1,0 +1,96 @@
+# Shared helpers for the launch scripts (sourced, not run).
+# Every setting is a flag or an APR_* environment variable; --dry-run prints
+# the exact commands instead of running them. GCLOUD names the gcloud binary.
+
+GCLOUD="${GCLOUD:-gcloud}"
+DRY_RUN="${APR_DRY_RUN:-0}"
+LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$LAUNCH_DIR")"
+
+die() {
+  echo "error: $*" >&2
+  exit 2
+}
+
+# Quote one argument for a copy-pasteable command line.
+quote_arg() {
+  if [[ "$1" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+print_command() {
+  local out="" arg
+  for arg in "$@"; do out+="$(quote_arg "$arg") "; done
+  echo "${out% }"
+}
+
+# Runs a command, or prints it under --dry-run.
+run() {
+  if [[ "$DRY_RUN" == 1 ]]; then
+    print_command "$@"
+  else
+    "$@"
+  fi
+}
+
+# Splits --flag=value / --flag value into FLAG_NAME and FLAG_VALUE; sets
+# FLAG_SHIFT to the number of arguments consumed.
+parse_flag() {
+  FLAG_NAME="${1%%=*}"
+  FLAG_NAME="${FLAG_NAME#--}"
+  if [[ "$1" == *=* ]]; then
+    FLAG_VALUE="${1#*=}"
+    FLAG_SHIFT=1
+  elif [[ $# -ge 2 && "$2" != --* ]]; then
+    FLAG_VALUE="$2"
+    FLAG_SHIFT=2
+  else
+    die "flag --$FLAG_NAME needs a value"
+  fi
+}
+
+require() {  # require VALUE FLAG ENV
+  [[ -n "$1" ]] || die "missing --$2 (or set $3)"
+}
+
+# Accelerator type -> number of TPU VM workers (hosts). Names count
+# TensorCores on v4/v5p (2 per chip) and chips on v5e/v6e; 4 chips per host,
+# except single-host v5e/v6e slices of up to 8 chips.
+KNOWN_ACCELERATORS="v4-8 v4-16 v4-32 v4-64 v4-128 v4-256 v4-512 v4-1024 \
+v5p-8 v5p-16 v5p-32 v5p-64 v5p-128 v5p-256 v5p-512 v5p-1024 \
+v5litepod-1 v5litepod-4 v5litepod-8 v5litepod-16 v5litepod-32 v5litepod-64 v5litepod-128 v5litepod-256 \
+v6e-1 v6e-4 v6e-8 v6e-16 v6e-32 v6e-64 v6e-128 v6e-256"
+
+check_accelerator() {
+  local t
+  for t in $KNOWN_ACCELERATORS; do [[ "$t" == "$1" ]] && return 0; done
+  die "unknown accelerator type '$1'; known: $KNOWN_ACCELERATORS"
+}
+
+accelerator_hosts() {
+  check_accelerator "$1"
+  local family="${1%-*}" count="${1##*-}"
+  case "$family" in
+    v4|v5p) echo $(( count / 2 <= 4 ? 1 : count / 8 )) ;;
+    *) echo $(( count <= 8 ? 1 : count / 4 )) ;;
+  esac
+}
+
+default_runtime() {
+  case "${1%-*}" in
+    v4) echo "tpu-ubuntu2204-base" ;;
+    v5p) echo "v2-alpha-tpuv5" ;;
+    v5litepod) echo "v2-alpha-tpuv5-lite" ;;
+    v6e) echo "v2-alpha-tpuv6e" ;;
+  esac
+}
+
+# gcloud flags naming the node: zone, and project when given.
+location_flags() {
+  LOCATION=("--zone=$ZONE")
+  [[ -n "$PROJECT" ]] && LOCATION+=("--project=$PROJECT")
+  return 0
+}

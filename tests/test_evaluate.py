@@ -1,0 +1,93 @@
+"""`python -m apr_jax.evaluate` on a tiny trained checkpoint."""
+
+import json
+import os
+
+import pytest
+
+from apr_jax import evaluate, train
+from apr_jax.config import load_config
+from apr_jax.countdown.problems import Problem, save_problems
+
+TINY = [
+    "config.task.num_train=120", "config.task.num_validation=8", "config.task.num_test=8",
+    "config.model.num_layers=1", "config.model.d_model=32", "config.model.num_heads=2",
+    "config.model.num_kv_heads=1", "config.model.d_ff=64", "config.model.max_len=96",
+    "config.data.seq_len=96", "config.data.num_workers=1", "config.train.batch_size=8",
+    "config.train.steps=2", "config.train.log_every=1", "config.train.eval_every=2",
+    "config.train.eval_batches=1", "config.train.checkpoint_every=2", "config.eval.num_problems=0",
+    "config.eval.batch_problems=4", "config.eval.tokens_per_thread=16",
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    config = load_config(None, TINY + [f"config.data.dir={root / 'data'}"])
+    train.run(config, str(root / "run"))
+    return str(root / "run")
+
+
+def test_cli_prints_table_writes_results_and_plot(workdir, tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    problems = tmp_path / "problems.jsonl"
+    save_problems(str(problems), [Problem((3, 5, 7), 22), Problem((2, 4, 9), 17)])
+    code = evaluate.main([f"--workdir={workdir}", f"--problems={problems}", "--samples=2",
+                          "--temperature=1.0", f"--out={out}", "--sweep=tokens=4,12", "--show=1"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "accuracy" in printed and "pass@K" in printed and "sequential" in printed
+    assert "[thread 0 depth 0" in printed  # --show renders a thread tree
+    rows = [json.loads(l) for l in open(out)]
+    assert len(rows) == 4  # 2 problems x 2 sweep settings
+    for row in rows:
+        assert {"numbers", "target", "solved", "operations", "total_tokens", "sequential_tokens",
+                "num_threads", "max_context", "tree", "pass_at_k", "cons_at_k"} <= set(row)
+        assert len(row["samples"]) == 1  # the second sample; the first is the row itself
+    by_setting = {r["setting"]: r for r in rows}
+    assert by_setting["tokens=4"]["total_tokens"] <= 4 * by_setting["tokens=4"]["num_threads"]
+    assert os.path.getsize(tmp_path / "results.png") > 1000
+
+
+def test_checkpoint_flag_and_split(workdir, capsys):
+    code = evaluate.main([f"--checkpoint={workdir}/checkpoints/2", "--split=test", "--num=3"])
+    assert code == 0
+    assert "evaluating" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num=3"], "give --workdir=DIR or --checkpoint=DIR/checkpoints/STEP"),
+    (["--workdir=/nonexistent/run"], "checkpoint or workdir not found: /nonexistent/run"),
+    (["--checkpoint={w}/checkpoints/7"], "checkpoint step 7 not found"),
+    (["--workdir={w}", "--sweep=widths=1"], "--sweep='widths=1': expected KIND=V1,V2"),
+    (["--workdir={w}", "--num=abc"], "--num must be an integer"),
+    (["--workdir={w}", "--frobnicate=1"], "unknown flag --frobnicate"),
+    (["--workdir={w}", "--sweep=children=1,2"], "needs a model trained with config.trace.kind=apr and config.trace.condition=true"),
+])
+def test_bad_input_is_one_line(workdir, capsys, argv, message):
+    argv = [a.format(w=workdir) for a in argv]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_malformed_problem_file_names_file_and_line(workdir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"numbers": [1, 2, 3], "target": 6}\n{"numbers": [1, 2], "target": \n')
+    assert evaluate.main([f"--workdir={workdir}", f"--problems={bad}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{bad}:2:" in err and len(err.splitlines()) == 1
+
+
+def test_checkpoint_whose_params_do_not_match_its_config(workdir, tmp_path, capsys):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(workdir, broken)
+    meta_path = broken / "checkpoints" / "2" / "meta" / "metadata"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["model"]["d_model"] = 64
+    meta_path.write_text(json.dumps(meta))
+    assert evaluate.main([f"--workdir={broken}", "--num=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot be loaded with its own config and tokenizer" in err
+    assert len(err.splitlines()) == 1
