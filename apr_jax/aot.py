@@ -8,13 +8,13 @@ reports the memory it plans per device, so a sharding that does not fit shows
 up before anyone pays for the slice. Nothing is executed and no TPU is needed,
 but the TPU compiler is: it ships in the ``libtpu`` wheel (the ``tpu`` extra).
 On a host without TPUs, keep it out of site-packages (an installed libtpu makes
-every JAX start probe for TPU hardware) and point ``TPU_LIBRARY_PATH`` at it:
+every JAX start probe for TPU hardware) and install it aside:
 
     pip install --target ~/.cache/apr_jax/libtpu "libtpu==0.0.42.*"   # jax 0.10.2
-    TPU_LIBRARY_PATH=~/.cache/apr_jax/libtpu/libtpu/libtpu.so python -m apr_jax.aot ...
+    python -m apr_jax.aot ...   # finds it there; or set TPU_LIBRARY_PATH / --libtpu=PATH
 
-``--libtpu=PATH`` does the same as ``TPU_LIBRARY_PATH``. Without libtpu the
-command says so in one line; a CPU-only jaxlib cannot compile for TPU at all.
+Without libtpu the command says so in one line: a CPU-only jaxlib cannot
+compile for TPU at all. ``--topology=cpu`` compiles for this host's devices.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class TopologySpec:
 # v5e ("v5litepod") and v6e names count chips.
 _GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
             256: "4x8x8", 512: "8x8x8"}
-_GRID_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+_GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 _FAMILIES = {  # prefix: (chip, cores per chip, grids, chip config, HBM GiB per device)
     "v4": ("v4", 2, _GRID_3D, "megacore", 32),
     "v5p": ("v5p", 2, _GRID_3D, "megacore", 95),
@@ -100,8 +100,12 @@ def topology_spec(accelerator_type: str) -> TopologySpec:
     return TopologySpec(accelerator_type, chip, shape, chip_config, host, hbm_gib * GIB)
 
 
+DEFAULT_LIBTPU = "~/.cache/apr_jax/libtpu/libtpu/libtpu.so"
+
+
 def libtpu_path(explicit: str | None = None) -> str | None:
-    """The TPU compiler library: ``explicit``, TPU_LIBRARY_PATH, or an installed libtpu."""
+    """The TPU compiler library: ``explicit``, TPU_LIBRARY_PATH, an installed
+    libtpu module, or ``DEFAULT_LIBTPU``; None when there is none."""
     if explicit:
         path = os.path.expanduser(explicit)
         if not os.path.isfile(path):
@@ -113,7 +117,8 @@ def libtpu_path(explicit: str | None = None) -> str | None:
     try:
         import libtpu  # type: ignore[import-not-found]
     except ImportError:
-        return None
+        default = os.path.expanduser(DEFAULT_LIBTPU)
+        return default if os.path.isfile(default) else None
     return libtpu.get_library_path()
 
 
@@ -126,17 +131,36 @@ def topology_devices(spec: TopologySpec, libtpu: str | None = None) -> list[jax.
         raise RuntimeError(
             "compiling for TPU needs the TPU compiler (libtpu), which CPU-only jaxlib lacks; "
             "install it with `pip install --target ~/.cache/apr_jax/libtpu \"libtpu==0.0.42.*\"` "
-            "and pass --libtpu=~/.cache/apr_jax/libtpu/libtpu/libtpu.so (or set TPU_LIBRARY_PATH)")
-    os.environ["TPU_LIBRARY_PATH"] = path
+            "(found there by default), or pass --libtpu=PATH / set TPU_LIBRARY_PATH")
     # libtpu reads these when it initialises; on a host without TPUs they would
-    # otherwise be looked up from the (absent) TPU VM metadata.
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", spec.accelerator_type)
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    topology = topologies.get_topology_desc(
-        f"{spec.chip}:{spec.shape}", "tpu", chip_config_name=spec.chip_config,
-        chips_per_host_bounds=spec.chips_per_host, num_slices=1, wrap=(False, False, False))
+    # otherwise be looked up from the (absent) TPU VM metadata. Set only while
+    # the plugin starts, so nothing leaks into later (sub)processes.
+    settings = {"TPU_LIBRARY_PATH": path}
+    if not (os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")):
+        # No TPU VM here: no metadata to look up and no chips to guard, so
+        # several compile-only processes may load libtpu at once.
+        settings.update(TPU_ACCELERATOR_TYPE=spec.accelerator_type, TPU_WORKER_HOSTNAMES="localhost",
+                        TPU_SKIP_MDS_QUERY="1", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+    with _environment(settings):
+        topology = topologies.get_topology_desc(
+            f"{spec.chip}:{spec.shape}", "tpu", chip_config_name=spec.chip_config,
+            chips_per_host_bounds=spec.chips_per_host, num_slices=1, wrap=(False, False, False))
     return list(topology.devices)
+
+
+@contextlib.contextmanager
+def _environment(settings: dict[str, str]) -> Iterator[None]:
+    """Environment variables set for a block, then restored."""
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -201,12 +225,16 @@ def memory_report(compiled: jax.stages.Compiled) -> dict[str, int]:
 
 def check_topology(config: ml_collections.ConfigDict, accelerator_type: str,
                    libtpu: str | None = None) -> dict[str, Any]:
-    """Compile for one slice; returns its per-device memory plan and verdict."""
-    spec = topology_spec(accelerator_type)
-    devices = topology_devices(spec, libtpu)
+    """Compile for one slice ("cpu": this host's devices); returns its
+    per-device memory plan and whether it fits the device memory."""
+    if accelerator_type == "cpu":
+        devices, hosts, hbm = jax.devices("cpu"), 1, None
+    else:
+        spec = topology_spec(accelerator_type)
+        devices, hosts, hbm = topology_devices(spec, libtpu), spec.num_hosts, spec.hbm_bytes_per_device
     started = time.time()
-    result = {"topology": accelerator_type, "devices": len(devices), "hosts": spec.num_hosts,
-              "device_kind": devices[0].device_kind, "hbm_per_device": spec.hbm_bytes_per_device}
+    result = {"topology": accelerator_type, "devices": len(devices), "hosts": hosts,
+              "device_kind": devices[0].device_kind, "hbm_per_device": hbm}
     try:
         compiled = compile_train_step(config, config.data.vocab_size, devices)
     except jax.errors.JaxRuntimeError as e:  # the compiler itself refuses a plan over HBM
@@ -217,8 +245,12 @@ def check_topology(config: ml_collections.ConfigDict, accelerator_type: str,
         return result
     memory = memory_report(compiled)
     result.update(compile_s=round(time.time() - started, 1), memory=memory,
-                  fits=memory["total"] <= spec.hbm_bytes_per_device)
+                  fits=hbm is None or memory["total"] <= hbm)
     return result
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / GIB:.2f} GiB" if num_bytes >= GIB // 10 else f"{num_bytes / 2 ** 20:.1f} MiB"
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -226,13 +258,14 @@ def format_result(result: dict[str, Any]) -> str:
         return (f"{result['topology']}: {result['devices']} x {result['device_kind']} "
                 f"({result['hosts']} hosts): DOES NOT FIT: {result['error']} "
                 f"[compiled in {result['compile_s']}s]")
-    m = {k: v / GIB for k, v in result["memory"].items()}
+    m = {k: _size(v) for k, v in result["memory"].items()}
     verdict = "fits" if result["fits"] else "DOES NOT FIT"
     return (f"{result['topology']}: {result['devices']} x {result['device_kind']} "
-            f"({result['hosts']} hosts), per device: arguments {m['arguments']:.2f} GiB, "
-            f"temporaries {m['temporaries']:.2f} GiB, outputs {m['outputs']:.2f} GiB "
-            f"(aliased {m['aliased']:.2f}), total {m['total']:.2f} GiB of "
-            f"{result['hbm_per_device'] / GIB:.0f} GiB HBM: {verdict} "
+            f"({result['hosts']} hosts), per device: arguments {m['arguments']}, "
+            f"temporaries {m['temporaries']}, outputs {m['outputs']} "
+            f"(aliased {m['aliased']}), total {m['total']}"
+            + (f" of {result['hbm_per_device'] / GIB:.0f} GiB HBM: {verdict}"
+               if result["hbm_per_device"] else "") + " "
             f"[compiled in {result['compile_s']}s]")
 
 
@@ -246,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         config = config_lib.load_config(flags.get("config"), overrides)
         names = [t.strip() for t in flags["topology"].split(",") if t.strip()]
         for name in names:
-            topology_spec(name)  # every name checked before the first compile
+            if name != "cpu":
+                topology_spec(name)  # every name checked before the first compile
         model_cfg = ModelConfig.from_config(config.model, config.data.vocab_size)
-        print(f"{config.name}: {num_params(model_cfg) / 1e6:.1f}M parameters, batch "
+        print(f"{config.name}: {num_params(model_cfg) / 1e6:.2f}M parameters, batch "
               f"{config.train.batch_size} x {config.data.seq_len}, mesh {config.mesh.to_dict()}",
               flush=True)
         results = []

@@ -113,6 +113,8 @@ class Checkpointer:
                 return step, restored["params"], restored.get("opt_state"), restored["meta"]
             except Exception as e:  # any unreadable checkpoint: fall back, never delete
                 damaged.append(step)
+                if len(damaged) == 1:
+                    newest_error = f"{type(e).__name__}: {_first_sentence(str(e))}"
                 log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one",
                             os.path.join(self.directory, str(step)), type(e).__name__,
                             str(e).splitlines()[0][:200] if str(e) else "")
@@ -120,7 +122,7 @@ class Checkpointer:
                       f"damaged or incompatible ({type(e).__name__}); falling back", flush=True)
         if steps:
             raise CheckpointError(f"no readable checkpoint in {self.directory} "
-                                  f"(tried steps {steps})")
+                                  f"(tried steps {steps}; step {steps[-1]}: {newest_error})")
         return None
 
     def _move_aside(self, steps: list[int]) -> None:
@@ -140,6 +142,12 @@ class Checkpointer:
                 os.rename(source, target)
                 print(f"warning: moved damaged checkpoint {source} to {target}", flush=True)
         self.manager.reload()
+
+
+def _first_sentence(message: str, limit: int = 160) -> str:
+    """The start of an exception message, short enough for a one-line error."""
+    first = (message.splitlines() or [""])[0].split(". ")[0]
+    return first[:limit]
 
 
 @jax.jit

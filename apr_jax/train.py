@@ -67,7 +67,11 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
 def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuse a workdir that holds a run of another config; record ours."""
     path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
+    checkpoints = os.path.join(workdir, "checkpoints")
+    # A config.json without checkpoints is from a start that failed (bad input):
+    # it holds no run yet, so the corrected config replaces it.
+    if os.path.exists(path) and os.path.isdir(checkpoints) and any(
+            name.isdigit() for name in os.listdir(checkpoints)):
         try:
             with open(path) as f:
                 saved = json.load(f)

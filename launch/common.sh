@@ -94,3 +94,20 @@ location_flags() {
   [[ -n "$PROJECT" ]] && LOCATION+=("--project=$PROJECT")
   return 0
 }
+
+# Shell commands that install gcsfuse (once) and mount BUCKET at /mnt/gcs/BUCKET.
+bucket_mount_command() {
+  local mount="/mnt/gcs/$1"
+  echo "set -e; if ! command -v gcsfuse >/dev/null; then \
+curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null; \
+echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null; \
+sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse; fi; \
+sudo mkdir -p $mount && sudo chown \$USER $mount; \
+mountpoint -q $mount || gcsfuse --implicit-dirs --rename-dir-limit=200000 $1 $mount"
+}
+
+# gs://BUCKET/PATH -> the path where setup.sh mounted it on every worker.
+mounted_path() {
+  local rest="${1#gs://}"
+  echo "/mnt/gcs/$rest"
+}

@@ -224,15 +224,13 @@ def test_bad_input_is_a_clear_error():
 
 
 def test_config_from_eval_section_and_pool_size():
-    import importlib.util
-    import pathlib
+    from apr_jax.config import load_config
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
-    spec = importlib.util.spec_from_file_location("default_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = EngineConfig.from_eval_config(module.get_config().eval, max_context=512)
-    assert (cfg.max_children, cfg.max_rounds, cfg.max_depth, cfg.tokens_per_thread) == (4, 2, 1, 256)
+    config = load_config(None, ["config.eval.tokens_per_thread=200", "config.eval.batch_problems=32",
+                                "config.eval.max_children=4", "config.eval.max_rounds=2",
+                                "config.eval.temperature=0.0"])
+    cfg = EngineConfig.from_eval_config(config.eval, max_context=512)
+    assert (cfg.max_children, cfg.max_rounds, cfg.max_depth, cfg.tokens_per_thread) == (4, 2, 1, 200)
     assert cfg.sampling.greedy and cfg.batch_problems == 32 and cfg.max_context == 512
     assert cfg.threads_per_sample == 1 + 2 * 4
     assert dataclasses.replace(cfg, max_depth=0).threads_per_sample == 1

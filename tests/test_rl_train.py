@@ -2,6 +2,7 @@
 briefly SFT-trained tiny model: the reward rises, resume is exact, and a bad
 SFT checkpoint is one clear line."""
 
+import fcntl
 import json
 import os
 
@@ -32,15 +33,25 @@ RL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 @pytest.fixture(scope="module")
 def sft(tmp_path_factory):
-    """A tiny model trained 150 SFT steps: it knows the trace format, rarely the answer."""
-    root = tmp_path_factory.mktemp("rl")
-    data = str(root / "data")
-    config = load_config(None, TOY + [
-        f"config.data.dir={data}", "config.train.batch_size=16", "config.train.steps=150",
-        "config.train.warmup_steps=10", "config.train.log_every=150", "config.train.eval_every=1000",
-        "config.train.eval_batches=1", "config.train.checkpoint_every=1000"])
-    train.run(config, str(root / "sft"))
-    return {"data": data, "sft": str(root / "sft")}
+    """A tiny model trained 150 SFT steps: it knows the trace format, rarely the
+    answer. Trained once per test session, shared by the xdist workers."""
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist every worker's base sits in one per-session folder.
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "rl_sft_shared"
+    root.mkdir(exist_ok=True)
+    data, workdir = str(root / "data"), str(root / "sft")
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").exists():
+            config = load_config(None, TOY + [
+                f"config.data.dir={data}", "config.train.batch_size=16", "config.train.steps=150",
+                "config.train.warmup_steps=10", "config.train.log_every=150",
+                "config.train.eval_every=1000", "config.train.eval_batches=1",
+                "config.train.checkpoint_every=1000"])
+            train.run(config, workdir)
+            (root / "done").write_text("ok")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return {"data": data, "sft": workdir}
 
 
 def rl_overrides(sft, *extra):

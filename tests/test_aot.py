@@ -1,0 +1,112 @@
+"""apr_jax.aot: named TPU slices, the abstract train state's shardings (equal to
+what train.py builds), ahead-of-time compiles with per-device memory plans for
+this host's CPUs and, where libtpu is available, for TPU slices without a TPU."""
+
+import json
+import os
+import subprocess
+
+import jax
+import pytest
+from flax import nnx
+
+from apr_jax import aot, sharding, train
+from apr_jax.config import load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "config.model.num_layers=2", "config.model.d_model=32", "config.model.num_heads=2",
+    "config.model.num_kv_heads=1", "config.model.d_ff=64", "config.model.max_len=128",
+    "config.data.seq_len=128", "config.train.batch_size=32",
+]
+HAVE_LIBTPU = aot.libtpu_path() is not None
+
+
+def test_topology_specs_of_named_slices():
+    v4 = aot.topology_spec("v4-32")
+    assert (v4.chip, v4.shape, v4.num_devices, v4.num_hosts) == ("v4", "2x2x4", 16, 4)
+    v5p = aot.topology_spec("v5p-64")
+    assert (v5p.shape, v5p.num_devices, v5p.num_hosts, v5p.chip_config) == ("2x4x4", 32, 8, "megacore")
+    v5e = aot.topology_spec("v5litepod-8")
+    assert (v5e.chip, v5e.shape, v5e.num_hosts, v5e.chips_per_host) == ("v5e", "2x4", 1, (2, 4, 1))
+    with pytest.raises(ValueError, match=r"unknown TPU accelerator type 'v4-33'; known: v4-8, v4-16"):
+        aot.topology_spec("v4-33")
+    with pytest.raises(ValueError, match="unknown TPU accelerator type 'tpu'"):
+        aot.topology_spec("tpu")
+
+
+def test_launch_scripts_agree_on_hosts_per_slice():
+    script = ("source launch/common.sh; for t in $KNOWN_ACCELERATORS; do "
+              "echo $t $(accelerator_hosts $t); done")
+    out = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    hosts = dict(line.split() for line in out if line)
+    assert sorted(hosts) == sorted(aot.known_accelerator_types())
+    for name, count in hosts.items():
+        assert aot.topology_spec(name).num_hosts == int(count), name
+
+
+def test_abstract_state_shardings_match_the_trainer():
+    config = load_config(None, TINY + ["config.mesh.data=2", "config.mesh.fsdp=4"])
+    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
+    _, model, optimizer = train.build_model_and_optimizer(config, 96, mesh)
+    real = nnx.state((model, optimizer))
+    _, abstract, shardings = aot.abstract_train_state(config, 96, mesh)
+    real_leaves = jax.tree.leaves(real)
+    abstract_leaves = jax.tree.leaves(abstract)
+    assert len(real_leaves) == len(abstract_leaves)
+    fsdp_sharded = 0
+    for r, a in zip(real_leaves, abstract_leaves):
+        assert (r.shape, r.dtype) == (a.shape, a.dtype)
+        assert r.sharding.is_equivalent_to(a.sharding, r.ndim), (r.shape, r.sharding, a.sharding)
+        fsdp_sharded += "fsdp" in str(a.sharding.spec)
+    assert fsdp_sharded > 10  # parameters and both Adam moments
+
+
+def test_cpu_compile_reports_memory_per_device(capsys, tmp_path):
+    report = tmp_path / "aot.json"
+    assert aot.main(["--topology=cpu", f"--json={report}", *(f"--{o}" for o in TINY)]) == 0
+    out = capsys.readouterr().out
+    assert "default: 0.02M parameters, batch 32 x 128" in out
+    line = [l for l in out.splitlines() if l.startswith("cpu:")][0]
+    assert line.startswith("cpu: 8 x cpu (1 hosts), per device: arguments ")
+    [result] = json.loads(report.read_text())
+    memory = result["memory"]
+    assert result["fits"] and memory["arguments"] > 0 and memory["temporaries"] > 0
+    # The donated state is aliased into the outputs: only metrics are new.
+    assert memory["aliased"] > 0.9 * memory["outputs"]
+    assert memory["total"] == (memory["arguments"] + memory["outputs"] - memory["aliased"]
+                               + memory["temporaries"] + memory["code"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    ([], "error: --topology is required, e.g. --topology=v4-32,v5p-64"),
+    (["--topology=v4-32,v9-8"], "error: unknown TPU accelerator type 'v9-8'"),
+    (["--topology=cpu", "--config.train.batch_size=12"], "does not divide over the 8 data-parallel"),
+    (["--topology=v4-8", "--libtpu=/nope/libtpu.so"], "error: --libtpu=/nope/libtpu.so: no such file"),
+    (["--topolgy=v4-8"], "error: unknown flag --topolgy; did you mean --topology?"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert aot.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_missing_libtpu_is_explained(monkeypatch):
+    monkeypatch.setenv("TPU_LIBRARY_PATH", "")
+    monkeypatch.setattr(aot, "DEFAULT_LIBTPU", "/nonexistent/libtpu.so")
+    monkeypatch.setitem(__import__("sys").modules, "libtpu", None)
+    with pytest.raises(RuntimeError, match="compiling for TPU needs the TPU compiler"):
+        aot.topology_devices(aot.topology_spec("v4-8"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu not installed (see apr_jax/aot.py)")
+def test_tpu_slice_compiles_without_a_tpu():
+    config = load_config(None, TINY + ["config.model.attention=auto", "config.mesh.data=1",
+                                       "config.mesh.fsdp=-1"])
+    result = aot.check_topology(config, "v5p-64")
+    assert result["devices"] == 32 and result["hosts"] == 8
+    assert result["device_kind"].startswith("TPU v5")
+    assert result["fits"] and 0 < result["memory"]["total"] < 2 ** 30
+    assert "v5p-64: 32 x TPU v5" in aot.format_result(result)
