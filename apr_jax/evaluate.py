@@ -88,7 +88,10 @@ def load_for_inference(path: str) -> Loaded:
             model_cfg = ModelConfig.from_config(config.model, tokenizer.vocab_size)
             abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
             graphdef, state = nnx.split(abstract)
-            target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+            # An explicit target sharding lets orbax read checkpoints written
+            # by any topology (e.g. a multi-host slice) into this process.
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                                   nnx.to_pure_dict(state))
             params = checkpointer.manager.restore(
                 step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]

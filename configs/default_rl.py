@@ -50,8 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.warmup_steps = 5
     c.train.min_lr_ratio = 1.0  # constant after warm-up
     c.train.weight_decay = 0.0
-    c.train.grad_accum = 1  # microbatches per update
+    c.train.grad_accum = 4  # microbatches per update (all-padding ones are skipped)
     c.train.log_every = 5
     c.train.checkpoint_every = 25
+    c.train.time_limit_minutes = 0.0
     c.eval.num_problems = 0
     return c

@@ -105,8 +105,12 @@ def test_missing_libtpu_is_explained(monkeypatch):
 def test_tpu_slice_compiles_without_a_tpu():
     config = load_config(None, TINY + ["config.model.attention=auto", "config.mesh.data=1",
                                        "config.mesh.fsdp=-1"])
-    result = aot.check_topology(config, "v5p-64")
-    assert result["devices"] == 32 and result["hosts"] == 8
-    assert result["device_kind"].startswith("TPU v5")
-    assert result["fits"] and 0 < result["memory"]["total"] < 2 ** 30
-    assert "v5p-64: 32 x TPU v5" in aot.format_result(result)
+    spec = aot.topology_spec("v5p-64")
+    devices = aot.topology_devices(spec)
+    assert len(devices) == 32 and devices[0].device_kind.startswith("TPU v5")
+    assert len({d.process_index for d in devices}) == spec.num_hosts == 8
+    compiled = aot.compile_train_step(config, 96, devices)
+    # "auto" attention follows the target: the splash (Mosaic) kernel, under shard_map.
+    assert "tpu_custom_call" in compiled.as_text()
+    memory = aot.memory_report(compiled)
+    assert 0 < memory["arguments"] < memory["total"] < 2 ** 30

@@ -165,8 +165,6 @@ def test_two_processes_match_one_process_with_eight_devices(two_process_run):
                  jax.device_get(restored), params)
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.load_for_inference restores params without "
-                   "target shardings, so orbax refuses a checkpoint saved by another topology")
 def test_load_for_inference_reads_two_process_checkpoint(two_process_run):
     _, workdir, _ = two_process_run
     assert load_for_inference(workdir).step == STEPS

@@ -195,7 +195,7 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | No
     target = nnx.to_pure_dict(state[0])
     nnx.replace_by_pure_dict(state[0], jax.device_put(sft_params, jax.tree.map(lambda x: x.sharding, target)))
     model_graphdef = nnx.split(nnx.merge(graphdef, state)[0])[0]
-    param_graphdef, ref_params, _ = nnx.split(nnx.merge(model_graphdef, state[0]), nnx.Param, ...)
+    _, ref_params, _ = nnx.split(nnx.merge(model_graphdef, state[0]), nnx.Param, ...)
     ref_params = jax.jit(lambda t: jax.tree.map(jnp.copy, t))(ref_params)
     del loaded.model
 
