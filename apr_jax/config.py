@@ -197,10 +197,18 @@ def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
 
+# Where the data cache lives and how it is built do not change what is trained.
+IDENTITY_EXEMPT = {"data": ("dir", "num_workers")}
+
+
 def identity(config: ml_collections.ConfigDict | dict) -> dict:
     """The part of a config that must match for a checkpoint to be resumed."""
     d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-    return {k: d.get(k) for k in IDENTITY_SECTIONS}
+    out = {k: dict(d.get(k) or {}) for k in IDENTITY_SECTIONS}
+    for section, keys in IDENTITY_EXEMPT.items():
+        for key in keys:
+            out[section].pop(key, None)
+    return out
 
 
 def identity_diff(saved: dict, current: ml_collections.ConfigDict) -> list[str]:

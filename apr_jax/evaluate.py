@@ -326,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             config = loaded.config
             for item in overrides:
                 key, raw = item.split("=", 1)
-                config_lib.apply_override(config, key.removeprefix("config."), raw)
+                key = key.removeprefix("config.")
+                if not key.startswith("eval."):
+                    raise ValueError(f"--config.{key}: only config.eval.* can change at evaluation; "
+                                     f"the rest comes from the checkpoint")
+                config_lib.apply_override(config, key, raw)
             problems = problems_for(flags, config, num)
             label = f"{config.name}@{loaded.step}"
             print(f"evaluating {loaded.source} ({config.trace.kind}) on {len(problems)} problems",

@@ -105,6 +105,21 @@ def check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> i
     return batch // jax.process_count()
 
 
+def build_data_once(config: ml_collections.ConfigDict) -> Any:
+    """Process 0 builds (or finds) the cached dataset; the others wait for it,
+    so processes sharing a filesystem never build the same cache at once."""
+    from apr_jax.data.build import build_dataset
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        info = build_dataset(config, log=sys.stdout)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("apr_jax: dataset built")
+    if jax.process_index() != 0:
+        info = build_dataset(config, log=None)
+    return info
+
+
 def abstract_like(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
@@ -125,7 +140,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
 
     ``stop_at`` ends this run early at that step (checkpointed, resumable), as a
     preemption would, without changing the schedule of the whole run."""
-    from apr_jax.data.build import build_dataset
     from apr_jax.data.pipeline import make_iterator
     from apr_jax.data.tokenizer import Tokenizer
 
@@ -134,7 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     per_process_batch = check_batch(config, mesh)
     check_workdir(workdir, config)
 
-    info = build_dataset(config, log=sys.stdout if jax.process_index() == 0 else None)
+    info = build_data_once(config)
     tokenizer = Tokenizer(info.tokenizer_path)
     model_cfg, model, optimizer = build_model_and_optimizer(config, tokenizer.vocab_size, mesh)
     graphdef, state = nnx.split((model, optimizer))

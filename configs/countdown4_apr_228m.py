@@ -45,6 +45,9 @@ def get_config():
     c.mesh.tensor = 1
 
     c.train.batch_size = 256
+    # Two microbatches of 128 x 4096: XLA plans 23 GiB per chip on a v4-32
+    # (`python -m apr_jax.aot`); a single 256-row step needs 31.4 GiB.
+    c.train.grad_accum = 2
     c.train.steps = 19_000
     c.train.lr = 5e-5
     c.train.warmup_steps = 500

@@ -3,7 +3,6 @@ big batch, and a tiny batch can be memorised."""
 
 import jax
 import numpy as np
-import pytest
 from flax import nnx
 
 from apr_jax import sharding

@@ -30,7 +30,7 @@ import re
 from typing import Sequence
 
 from apr_jax.countdown.problems import Problem
-from apr_jax.countdown.search import DEAD, GOAL, INNER, Node, Visit
+from apr_jax.countdown.search import GOAL, INNER, Node, Visit
 from apr_jax.countdown.verifier import NO_SOLUTION, REFERENCE_MARKER, TERSE_MARKER
 
 STYLES = ("terse", "reference")

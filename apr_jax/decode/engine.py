@@ -154,7 +154,7 @@ class Engine:
         """Decode one batch (``active[n]`` False: problem n is padding, left
         idle); the final loop state as numpy arrays with rows reshaped to
         [problem, sample, thread, ...]."""
-        cfg, S, L, K = self.cfg, self.cfg.threads_per_sample, self.cfg.max_context, self.cfg.samples_per_problem
+        S, L, K = self.cfg.threads_per_sample, self.cfg.max_context, self.cfg.samples_per_problem
         groups = len(prompts) * K
         buf = np.full((groups * S, L), self.ids.pad, np.int32)
         length = np.zeros((groups * S,), np.int32)

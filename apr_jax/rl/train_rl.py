@@ -20,7 +20,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from typing import Any
 
@@ -44,7 +43,8 @@ from apr_jax.rl.grpo import GrpoConfig, UpdateBatch, group_advantages, make_grpo
 from apr_jax.rl.prompts import PromptStream
 from apr_jax.rl.reward import RewardConfig, score_rollouts
 from apr_jax.rl.rollout import encode_prompts, engine_arrays, make_rollout
-from apr_jax.train import TrainingError, _StopFlag, abstract_like, build_model_and_optimizer, check_workdir
+from apr_jax.train import (TrainingError, _StopFlag, abstract_like, build_data_once,
+                            build_model_and_optimizer, check_workdir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +171,6 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | No
            ) -> dict[str, Any]:
     """GRPO per ``config`` in ``workdir``; returns the last logged metrics.
     ``stop_at`` ends this run at that step (checkpointed, resumable)."""
-    from apr_jax.data.build import build_dataset
     from apr_jax.data.pipeline import make_problem_source
     from apr_jax.data.tokenizer import Tokenizer
 
@@ -181,7 +180,7 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | No
     _check_rl_workdir(workdir)
     check_workdir(workdir, config)
 
-    info = build_dataset(config, log=sys.stdout if jax.process_index() == 0 else None)
+    info = build_data_once(config)
     loaded = load_sft(config, settings, workdir, Tokenizer(info.tokenizer_path))
     tokenizer = loaded.tokenizer
     ids = ProtocolIds.from_tokenizer(tokenizer)
