@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 16
     c.train.grad_accum = 1
-    c.train.steps = 600
+    c.train.steps = 800
     c.train.lr = 3e-3
     c.train.warmup_steps = 40
     c.train.min_lr_ratio = 0.1
@@ -70,9 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.b2 = 0.98
     c.train.grad_clip = 1.0
     c.train.log_every = 25
-    c.train.eval_every = 200
+    c.train.eval_every = 400
     c.train.eval_batches = 4
-    c.train.checkpoint_every = 200
+    c.train.checkpoint_every = 400
     c.train.keep_checkpoints = 3
     c.train.on_nan = "stop"  # stop | skip
     c.train.time_limit_minutes = 6.5  # 0: no limit; else stop training (checkpointed) after this

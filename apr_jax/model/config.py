@@ -118,19 +118,41 @@ _PEAKS = (
     ("l4", 121e12), ("v6 lite", 918e12), ("v6e", 918e12), ("v5 lite", 197e12),
     ("v5e", 197e12), ("v5p", 459e12), ("v5", 459e12), ("v4", 275e12),
 )
-# Nominal CPU throughput: a 2-core host measures ~45-50 GFLOP/s in JAX.
-CPU_FLOPS_PER_CORE = 25e9
+def measured_cpu_matmul_flops(size: int = 1024, repeats: int = 3) -> float:
+    """FLOP/s of a float32 ``size x size`` matmul on this host, best of
+    ``repeats`` (about a second). CPUs have no published peak that JAX can
+    reach, so CPU MFU is relative to this measured matmul rate."""
+    import time
+
+    import jax.numpy as jnp
+
+    cpu = jax.devices("cpu")[0]
+    a = jax.device_put(jnp.ones((size, size), jnp.float32), cpu)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+_CPU_PEAK: list[float] = []
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
     """Best-effort peak FLOP/s of one device, or None when the kind is unknown.
 
-    On CPU returns a nominal ``25e9 * cores / local devices`` (so eight virtual
-    devices on a 2-core host share the host's ~50 GFLOP/s).
+    Accelerators: the dense bf16 figure above. CPU: the host's measured
+    float32 matmul rate (``measured_cpu_matmul_flops``, once per process)
+    shared by its local devices.
     """
     device = device or jax.devices()[0]
     if device.platform == "cpu":
-        return CPU_FLOPS_PER_CORE * (os.cpu_count() or 1) / max(1, jax.local_device_count())
+        if not _CPU_PEAK:
+            _CPU_PEAK.append(measured_cpu_matmul_flops())
+        return _CPU_PEAK[0] / max(1, jax.local_device_count())
     kind = device.device_kind.lower()
     for name, peak in _PEAKS:
         if name in kind:
