@@ -1,4 +1,4 @@
-"""Every row of the bad-input table in docs/bad_input.md, tried for real.
+"""Every row of the bad-input table in the README's Bad input section, tried for real.
 
 The table is the source of truth: each row's id names a case below, and the
 message the case produces must equal the row's "What you see" column (with
@@ -27,8 +27,7 @@ from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.decode.engine import Engine, EngineConfig, to_thread_trees
 from apr_jax.decode.model_api import DecodeModel
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
-                   "bad_input.md")
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 TINY = [
     "config.task.num_train=240", "config.task.num_validation=16", "config.task.num_test=16",
     "config.model.num_layers=2", "config.model.d_model=32", "config.model.num_heads=2",
