@@ -40,7 +40,7 @@ location_flags
 
 ARCHIVE="${TMPDIR:-/tmp}/apr_jax_src_$NAME.tar.gz"
 run tar -czf "$ARCHIVE" -C "$SOURCE" --exclude=.git --exclude=runs --exclude=data_cache \
-  --exclude=__pycache__ --exclude='*.egg-info' .
+  --exclude=.venv --exclude=.pytest_cache --exclude=__pycache__ --exclude='*.egg-info' .
 run "$GCLOUD" compute tpus tpu-vm scp "$ARCHIVE" "$NAME:/tmp/apr_jax_src.tar.gz" \
   --worker=all "${LOCATION[@]}"
 run "$GCLOUD" compute tpus tpu-vm ssh "$NAME" --worker=all "${LOCATION[@]}" \

@@ -87,7 +87,8 @@ def test_setup_installs_on_every_worker_and_mounts_the_bucket(tmp_path):
                             f"--config={config}", "--dry-run", env={"TMPDIR": "/tmp"})
     assert code == 0, err
     assert out[0] == (f"tar -czf /tmp/apr_jax_src_apr.tar.gz -C {REPO} --exclude=.git --exclude=runs "
-                      "--exclude=data_cache --exclude=__pycache__ '--exclude=*.egg-info' .")
+                      "--exclude=data_cache --exclude=.venv --exclude=.pytest_cache "
+                      "--exclude=__pycache__ '--exclude=*.egg-info' .")
     assert out[1] == ("gcloud compute tpus tpu-vm scp /tmp/apr_jax_src_apr.tar.gz "
                       "apr:/tmp/apr_jax_src.tar.gz --worker=all --zone=us-central2-b")
     assert out[2].startswith("gcloud compute tpus tpu-vm ssh apr --worker=all --zone=us-central2-b "
