@@ -147,6 +147,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     per_process_batch = check_batch(config, mesh)
     check_workdir(workdir, config)
+    peak = peak_flops_per_device()  # measured on CPU: do it before data threads start
 
     info = build_data_once(config)
     tokenizer = Tokenizer(info.tokenizer_path)
@@ -183,7 +184,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
     eval_step = make_eval_step(graphdef, state_shardings, batch_shardings)
     seq_len = config.data.seq_len
     flops_per_step = flops_per_token(model_cfg, seq_len) * config.train.batch_size * seq_len
-    peak = peak_flops_per_device()
 
     def meta() -> dict[str, Any]:
         return {"config": config.to_dict(), "tokenizer_b64": encode_file(info.tokenizer_path)}
