@@ -30,19 +30,16 @@ from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.evaluate import load_for_inference
 from apr_jax.optim import learning_rate_schedule
 from apr_jax.train_step import make_train_step
+from tiny import TINY_RUN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 STOP_AT = 3
 PROCESSES = 2
-TINY = [
-    "config.task.num_train=160", "config.task.num_validation=16", "config.task.num_test=16",
-    "config.model.num_layers=2", "config.model.d_model=32", "config.model.num_heads=2",
-    "config.model.num_kv_heads=1", "config.model.d_ff=64", "config.model.max_len=128",
-    "config.data.seq_len=128", "config.data.num_workers=1", "config.train.batch_size=8",
-    f"config.train.steps={STEPS}", "config.train.warmup_steps=2", "config.train.log_every=1",
-    "config.train.eval_every=100", "config.train.eval_batches=1",
-    "config.train.checkpoint_every=2", "config.eval.num_problems=0", "config.mesh.data=8",
+TINY = TINY_RUN + [
+    "config.task.num_train=160", f"config.train.steps={STEPS}", "config.train.warmup_steps=2",
+    "config.train.log_every=1", "config.train.eval_every=100", "config.train.checkpoint_every=2",
+    "config.eval.num_problems=0", "config.mesh.data=8",
 ]
 
 # Each worker stops at STOP_AT (checkpointed, like a preemption), then the

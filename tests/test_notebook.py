@@ -6,17 +6,14 @@ import os
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from tiny import TINY_RUN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "launch", "colab_tpu_demo.ipynb")
-TINY = [
-    "config.task.num_train=160", "config.task.num_validation=16", "config.task.num_test=16",
-    "config.model.num_layers=2", "config.model.d_model=32", "config.model.num_heads=2",
-    "config.model.num_kv_heads=1", "config.model.d_ff=64", "config.model.max_len=128",
-    "config.data.seq_len=128", "config.data.num_workers=1", "config.train.batch_size=8",
-    "config.train.warmup_steps=2", "config.train.log_every=2", "config.train.eval_every=4",
-    "config.train.eval_batches=1", "config.train.checkpoint_every=4",
-    "config.eval.tokens_per_thread=48", "config.eval.max_children=2", "config.eval.max_rounds=1",
+TINY = TINY_RUN + [
+    "config.task.num_train=160", "config.train.warmup_steps=2", "config.train.log_every=2",
+    "config.train.eval_every=4", "config.train.checkpoint_every=4", "config.eval.tokens_per_thread=48",
+    "config.eval.max_children=2", "config.eval.max_rounds=1",
 ]
 
 

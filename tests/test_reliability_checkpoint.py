@@ -21,14 +21,11 @@ from apr_jax.data.build import build_dataset
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.evaluate import load_for_inference
+from tiny import TINY_RUN
 
-TINY = [
-    "config.task.num_train=240", "config.task.num_validation=16", "config.task.num_test=16",
-    "config.model.num_layers=2", "config.model.d_model=32", "config.model.num_heads=2",
-    "config.model.num_kv_heads=1", "config.model.d_ff=64", "config.model.max_len=128",
-    "config.data.seq_len=128", "config.data.num_workers=1", "config.train.batch_size=8",
-    "config.train.steps=6", "config.train.warmup_steps=2", "config.train.log_every=2",
-    "config.train.eval_every=6", "config.train.eval_batches=1", "config.train.checkpoint_every=2",
+TINY = TINY_RUN + [
+    "config.task.num_train=240", "config.train.steps=6", "config.train.warmup_steps=2",
+    "config.train.log_every=2", "config.train.eval_every=6", "config.train.checkpoint_every=2",
     "config.eval.num_problems=0",
 ]
 

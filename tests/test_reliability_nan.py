@@ -12,14 +12,11 @@ import pytest
 
 from apr_jax import train
 from apr_jax.checkpoint import Checkpointer
+from tiny import TINY_RUN
 
-TINY = [
-    "config.task.num_train=240", "config.task.num_validation=16", "config.task.num_test=16",
-    "config.model.num_layers=2", "config.model.d_model=32", "config.model.num_heads=2",
-    "config.model.num_kv_heads=1", "config.model.d_ff=64", "config.model.max_len=128",
-    "config.data.seq_len=128", "config.data.num_workers=1", "config.train.batch_size=8",
-    "config.train.steps=6", "config.train.log_every=2", "config.train.eval_every=6",
-    "config.train.eval_batches=1", "config.train.checkpoint_every=2", "config.eval.num_problems=0",
+TINY = TINY_RUN + [
+    "config.task.num_train=240", "config.train.steps=6", "config.train.log_every=2",
+    "config.train.eval_every=6", "config.train.checkpoint_every=2", "config.eval.num_problems=0",
     # A learning rate that overflows the parameters once warm-up lets it act.
     "config.train.lr=1e30", "config.train.grad_clip=0.0", "config.train.warmup_steps=4",
 ]
