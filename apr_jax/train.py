@@ -60,6 +60,25 @@ class _StopFlag:
         self.signal = signum
 
 
+def save_last_step(step: int, last_saved: int, save: Any, checkpointer: Checkpointer,
+                   logger: MetricsLogger, stop: _StopFlag) -> None:
+    """Checkpoint ``step`` unless it already is, wait for the write to land,
+    and on a stop signal tell the user how to resume."""
+    if step != last_saved:
+        save(step)
+    checkpointer.wait()
+    if stop.signal is not None:
+        logger.print(f"received signal {stop.signal}: saved step {step} to "
+                     f"{checkpointer.directory}; rerun the same command to resume")
+
+
+def close_run(checkpointer: Checkpointer, logger: MetricsLogger, stop: _StopFlag) -> None:
+    """Finish pending writes, close logs and give SIGTERM back to its old handler."""
+    checkpointer.close()
+    logger.close()
+    stop.uninstall()
+
+
 def default_workdir(config: ml_collections.ConfigDict) -> str:
     return os.path.join("runs", config.name)
 
@@ -270,16 +289,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
                 last_saved = step
         if pending is not None:
             check_finite(pending)
-        if step != last_saved:
-            save(step)
-        checkpointer.wait()
-        if stop.signal is not None:
-            logger.print(f"received signal {stop.signal}: saved step {step} to "
-                         f"{checkpointer.directory}; rerun the same command to resume")
+        save_last_step(step, last_saved, save, checkpointer, logger, stop)
     finally:
-        checkpointer.close()
-        logger.close()
-        stop.uninstall()
+        close_run(checkpointer, logger, stop)
     last["step"] = step
     last["preempted"] = stop.signal is not None
     finished = step >= total_steps or out_of_time

@@ -44,7 +44,8 @@ from apr_jax.rl.prompts import PromptStream
 from apr_jax.rl.reward import RewardConfig, score_rollouts
 from apr_jax.rl.rollout import encode_prompts, engine_arrays, make_rollout
 from apr_jax.train import (TrainingError, _StopFlag, abstract_like, build_data_once,
-                            build_model_and_optimizer, check_workdir)
+                            build_model_and_optimizer, check_workdir, close_run,
+                            save_last_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,15 +294,9 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | No
                 if step % config.train.checkpoint_every == 0:
                     save(step)
                     last_saved = step
-        if step != last_saved:
-            save(step)
-        checkpointer.wait()
-        if stop.signal is not None:
-            logger.print(f"received signal {stop.signal}: saved step {step} to "
-                         f"{checkpointer.directory}; rerun the same command to resume")
+        save_last_step(step, last_saved, save, checkpointer, logger, stop)
     finally:
-        checkpointer.close()
-        logger.close()
+        close_run(checkpointer, logger, stop)
     last["step"] = step
     last["preempted"] = stop.signal is not None
     return last
