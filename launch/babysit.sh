@@ -27,10 +27,7 @@ while [[ $# -gt 0 ]]; do
     -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
   esac
   parse_flag "$@"
-  case "$FLAG_NAME" in
-    name) NAME="$FLAG_VALUE" ;;
-    zone) ZONE="$FLAG_VALUE" ;;
-    project) PROJECT="$FLAG_VALUE" ;;
+  take_slice_flag || case "$FLAG_NAME" in
     accelerator-type|runtime-version|pricing) CREATE+=("--$FLAG_NAME=$FLAG_VALUE") ;;
     bucket|source) SETUP+=("--$FLAG_NAME=$FLAG_VALUE") ;;
     config) SETUP+=("--config=$FLAG_VALUE"); RUN+=("--config=$FLAG_VALUE") ;;

@@ -52,6 +52,17 @@ parse_flag() {
   fi
 }
 
+# Takes the flags every script shares (--name, --zone, --project) from the
+# last parse_flag; returns 1 for any other flag.
+take_slice_flag() {
+  case "$FLAG_NAME" in
+    name) NAME="$FLAG_VALUE" ;;
+    zone) ZONE="$FLAG_VALUE" ;;
+    project) PROJECT="$FLAG_VALUE" ;;
+    *) return 1 ;;
+  esac
+}
+
 require() {  # require VALUE FLAG ENV
   [[ -n "$1" ]] || die "missing --$2 (or set $3)"
 }

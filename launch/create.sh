@@ -20,10 +20,7 @@ while [[ $# -gt 0 ]]; do
     -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
   esac
   parse_flag "$@"
-  case "$FLAG_NAME" in
-    name) NAME="$FLAG_VALUE" ;;
-    zone) ZONE="$FLAG_VALUE" ;;
-    project) PROJECT="$FLAG_VALUE" ;;
+  take_slice_flag || case "$FLAG_NAME" in
     accelerator-type) ACCELERATOR="$FLAG_VALUE" ;;
     runtime-version) RUNTIME="$FLAG_VALUE" ;;
     pricing) PRICING="$FLAG_VALUE" ;;

@@ -15,12 +15,7 @@ while [[ $# -gt 0 ]]; do
     -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
   esac
   parse_flag "$@"
-  case "$FLAG_NAME" in
-    name) NAME="$FLAG_VALUE" ;;
-    zone) ZONE="$FLAG_VALUE" ;;
-    project) PROJECT="$FLAG_VALUE" ;;
-    *) die "unknown flag --$FLAG_NAME (see --help)" ;;
-  esac
+  take_slice_flag || die "unknown flag --$FLAG_NAME (see --help)"
   shift "$FLAG_SHIFT"
 done
 require "$NAME" name APR_TPU_NAME

@@ -28,10 +28,7 @@ while [[ $# -gt 0 ]]; do
     -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
   esac
   parse_flag "$@"
-  case "$FLAG_NAME" in
-    name) NAME="$FLAG_VALUE" ;;
-    zone) ZONE="$FLAG_VALUE" ;;
-    project) PROJECT="$FLAG_VALUE" ;;
+  take_slice_flag || case "$FLAG_NAME" in
     workdir) WORKDIR="$FLAG_VALUE" ;;
     config) CONFIG="$FLAG_VALUE" ;;
     log-dir) LOG_DIR="$FLAG_VALUE" ;;
