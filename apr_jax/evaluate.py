@@ -167,8 +167,7 @@ def evaluate_problems(model: nnx.Module, tokenizer: Any, config: ml_collections.
             "cons_at_k": cons_at_k([tuple(s["operations"]) if s["operations"] else None
                                     for s in per_sample], correct),
             "tree": first["tree"],
-            "samples": [{k2: v for k2, v in s.items() if k2 != "tree"} | {"tree": s["tree"]}
-                        for s in per_sample[1:]],
+            "samples": per_sample[1:],
             "_all": per_sample})
     flat = [s for r in rows for s in r["_all"]]
     spawns = [c for s in flat for c in s["children_per_spawn"]]

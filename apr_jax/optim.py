@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 import optax
 
@@ -21,10 +22,10 @@ def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransforma
         optax.clip_by_global_norm(train.grad_clip) if train.grad_clip > 0 else optax.identity(),
         optax.adamw(learning_rate_schedule(train), b1=train.b1, b2=train.b2,
                     weight_decay=train.weight_decay,
-                    mask=lambda params: _decay_mask(params)),
+                    mask=_decay_mask),
     )
 
 
 def _decay_mask(params):
-    import jax
+    """Decay matrices only, not norm scales or other vectors."""
     return jax.tree.map(lambda p: getattr(p, "ndim", 0) > 1, params)
