@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 from typing import Any
 
@@ -20,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-log = logging.getLogger(__name__)
 
 ITEMS = ("params", "opt_state", "data", "meta")
 
@@ -60,7 +58,8 @@ class Checkpointer:
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only,
+            max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+            create=not read_only, read_only=read_only,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
@@ -113,13 +112,11 @@ class Checkpointer:
                 return step, restored["params"], restored.get("opt_state"), restored["meta"]
             except Exception as e:  # any unreadable checkpoint: fall back, never delete
                 damaged.append(step)
+                error = f"{type(e).__name__}: {_first_sentence(str(e))}".rstrip(": ")
                 if len(damaged) == 1:
-                    newest_error = f"{type(e).__name__}: {_first_sentence(str(e))}"
-                log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one",
-                            os.path.join(self.directory, str(step)), type(e).__name__,
-                            str(e).splitlines()[0][:200] if str(e) else "")
+                    newest_error = error
                 print(f"warning: checkpoint {os.path.join(self.directory, str(step))} is "
-                      f"damaged or incompatible ({type(e).__name__}); falling back", flush=True)
+                      f"damaged or incompatible ({error}); falling back", flush=True)
         if steps:
             raise CheckpointError(f"no readable checkpoint in {self.directory} "
                                   f"(tried steps {steps}; step {steps[-1]}: {newest_error})")

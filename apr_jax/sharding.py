@@ -284,3 +284,13 @@ def global_batch_from_process(local_batch: dict[str, np.ndarray], mesh: Mesh) ->
         global_shape = (array.shape[0] * jax.process_count(), *array.shape[1:])
         out[name] = jax.make_array_from_process_local_data(sharding, array, global_shape)
     return out
+
+
+def replicated_host_to_global(tree: Any, shardings: Any) -> Any:
+    """Host values that every process holds in full (numpy or single-device
+    arrays) -> global arrays with ``shardings``, each process filling its own
+    devices' shards; works on one process and across several."""
+    def put(value, sharding):
+        host = np.asarray(jax.device_get(value))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree.map(put, tree, shardings)

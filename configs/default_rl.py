@@ -29,6 +29,7 @@ def rl_section() -> ml_collections.ConfigDict:
     rl.clip_high = 0.2
     rl.kl_coef = 0.001  # k3 KL to the frozen SFT model
     rl.std_normalize = True  # divide advantages by the group's reward std
+    rl.skip_flat_groups = False  # update only on groups whose rewards differ (saves the flat ones' compute)
     rl.format_penalty = 0.0  # subtracted when the root ends without an answer line
     rl.latency_bonus = 0.0  # x (1 - sequential / total tokens) for correct rollouts
     rl.condition_penalty = 0.0  # x relative miss of the requested child count
@@ -44,9 +45,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.mode = "rl"
     c.rl = rl_section()
     c.rl.init_from = "runs/default"
+    c.rl.samples_per_prompt = 8
+    c.rl.temperature = 0.6  # sampled accuracy 10% (pass@4 31%) here vs 6% (21%) at 1.0
+    c.rl.skip_flat_groups = True
+    c.rl.max_threads = 5  # root + one spawn of 4 children: what the SFT model writes
 
-    c.train.steps = 100  # RL steps
-    c.train.lr = 1e-4
+    c.train.steps = 60  # RL steps
+    c.train.lr = 5e-5
     c.train.warmup_steps = 5
     c.train.min_lr_ratio = 1.0  # constant after warm-up
     c.train.weight_decay = 0.0

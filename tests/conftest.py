@@ -1,6 +1,38 @@
-"""Test set-up: eight virtual CPU devices so multi-device code runs on a laptop."""
+"""Test set-up: eight virtual CPU devices so multi-device code runs on a
+laptop, and the toy SFT model the RL tests start from."""
 
+import fcntl
 import os
+
+import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@pytest.fixture(scope="session")
+def sft(tmp_path_factory):
+    """The toy RL setting's (tests/rl_toy.py) starting point: a tiny model
+    trained 150 SFT steps; it knows the trace format, rarely the answer.
+    Trained once per test session, shared by the xdist workers."""
+    from apr_jax import train
+    from apr_jax.config import load_config
+    from rl_toy import TOY
+
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist every worker's base sits in one per-session folder.
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "rl_sft_shared"
+    root.mkdir(exist_ok=True)
+    data, workdir = str(root / "data"), str(root / "sft")
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").exists():
+            config = load_config(None, TOY + [
+                f"config.data.dir={data}", "config.train.batch_size=16", "config.train.steps=150",
+                "config.train.warmup_steps=10", "config.train.log_every=150",
+                "config.train.eval_every=1000", "config.train.eval_batches=1",
+                "config.train.checkpoint_every=1000"])
+            train.run(config, workdir)
+            (root / "done").write_text("ok")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return {"data": data, "sft": workdir}

@@ -11,8 +11,6 @@ devices each, a local coordinator, gloo collectives) train as one mesh of 8.
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 
@@ -30,12 +28,11 @@ from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.evaluate import load_for_inference
 from apr_jax.optim import learning_rate_schedule
 from apr_jax.train_step import make_train_step
+from local_cluster import PROCESSES, free_port, run_processes, worker_env
 from tiny import TINY_RUN
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 STOP_AT = 3
-PROCESSES = 2
 TINY = TINY_RUN + [
     "config.task.num_train=160", f"config.train.steps={STEPS}", "config.train.warmup_steps=2",
     "config.train.log_every=1", "config.train.eval_every=100", "config.train.checkpoint_every=2",
@@ -53,44 +50,6 @@ config = load_config(None, sys.argv[2:])
 assert train.run(config, sys.argv[1], stop_at={stop_at})["step"] == {stop_at}
 assert train.run(config, sys.argv[1])["step"] == {steps}
 """.format(stop_at=STOP_AT, steps=STEPS)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def worker_env(port: int, process_id: int, num_processes: int, timeout_s: int,
-               cache_dir: str = "") -> dict:
-    env = dict(os.environ)
-    if cache_dir:  # the resumed run reuses the programs the first run compiled
-        env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(num_processes),
-               JAX_PROCESS_ID=str(process_id), APR_JAX_DISTRIBUTED_TIMEOUT=str(timeout_s),
-               PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
-    return env
-
-
-def run_processes(argvs_envs: list[tuple[list[str], dict]], timeout_s: float) -> list[tuple]:
-    """Starts every process, waits for all; kills all and fails on a hang."""
-    procs = [subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for argv, env in argvs_envs]
-    deadline = time.time() + timeout_s
-    results = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=max(1.0, deadline - time.time()))
-            results.append((p.returncode, out, err))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.communicate()
-        pytest.fail(f"processes still running after {timeout_s}s (a collective or barrier hangs)")
-    return results
 
 
 def config_args(data_dir: str) -> list[str]:

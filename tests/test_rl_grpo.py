@@ -9,8 +9,10 @@ from flax import nnx
 
 from apr_jax.model.config import ModelConfig
 from apr_jax.model.transformer import Transformer
-from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, grpo_loss, grpo_token_terms,
-                             make_grpo_update, rollout_token_weights, target_logprobs)
+from apr_jax.decode import engine_loop
+from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal, grpo_loss,
+                             grpo_token_terms, make_grpo_update, rollout_token_weights, target_logprobs)
+from apr_jax.rl.rollout import RolloutBatch
 
 
 def test_group_advantages_by_hand():
@@ -23,6 +25,33 @@ def test_group_advantages_by_hand():
     # A group whose samples all got the same reward: exactly zero, never NaN.
     assert np.all(normed[1] == 0) and np.isfinite(normed).all()
     assert np.all(np.asarray(group_advantages(np.zeros((2, 3)))) == 0)
+
+
+def test_flat_groups_are_dropped_from_the_update_batch():
+    rewards = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    assert groups_with_signal(rewards).tolist() == [False, True, False]
+    # Six rollouts (3 groups x 2 samples), two thread slots each; slot 1 of rollout 3 unused.
+    R, L = 12, 4
+    rollout_R = np.arange(R) // 2
+    valid_R = np.ones(R, bool)
+    valid_R[7] = False
+    role_RxL = np.full((R, L), engine_loop.ROLE_MODEL, np.int8)
+    role_RxL[:, 0] = 0
+    z = np.zeros(R, np.int32)
+    batch = RolloutBatch(
+        tokens_RxL=np.ones((R, L), np.int32), role_RxL=role_RxL, logp_RxL=np.zeros((R, L), np.float32),
+        length_R=np.full(R, L, np.int32), valid_R=valid_R, rollout_R=rollout_R, thread_R=np.arange(R) % 2,
+        parent_R=z - 1, depth_R=z, stop_R=z, written_R=z, rounds_R=z, spawn_round_R=z,
+        threads_N=np.array([2, 2, 2, 1, 2, 2]), dropped_children_N=np.zeros(6), dropped_pool_N=np.zeros(6))
+    keep_N = np.repeat(groups_with_signal(rewards), 2)
+    kept = UpdateBatch.from_rollout(batch, np.zeros(6), keep_N)
+    assert np.asarray(kept.valid_R).tolist() == [False] * 4 + [True, True, True, False] + [False] * 4
+    np.testing.assert_array_equal(np.asarray(kept.mask_RxL).sum(axis=1), [0] * 4 + [3, 3, 3, 0] + [0] * 4)
+    everything = UpdateBatch.from_rollout(batch, np.zeros(6))
+    assert np.asarray(everything.valid_R).tolist() == valid_R.tolist()
+    # Only the kept group's rollouts share the per-rollout mean.
+    w = np.asarray(rollout_token_weights(kept.mask_RxL, jnp.asarray(rollout_R), 6))
+    np.testing.assert_allclose(w.sum(axis=1), [0] * 4 + [0.25, 0.25, 0.5, 0] + [0] * 4)
 
 
 def test_rollout_token_weights_average_per_rollout_then_over_rollouts():

@@ -2,60 +2,16 @@
 briefly SFT-trained tiny model: the reward rises, resume is exact, and a bad
 SFT checkpoint is one clear line."""
 
-import fcntl
 import json
-import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from apr_jax import train
 from apr_jax.config import ConfigError, load_config
 from apr_jax.rl.train_rl import RLSettings, run_rl
-
-TOY = [
-    "config.task.num_inputs=3", "config.task.max_number=6", "config.task.min_target=1",
-    "config.task.max_target=12", "config.task.num_train=160", "config.task.num_validation=8",
-    "config.task.num_test=8", "config.trace.max_children=2", "config.trace.beam_size=2",
-    "config.trace.max_nodes=4", "config.model.num_layers=2", "config.model.d_model=64",
-    "config.model.num_heads=2", "config.model.num_kv_heads=1", "config.model.d_ff=128",
-    "config.model.max_len=64", "config.data.seq_len=64", "config.data.num_workers=1",
-    "config.data.vocab_size=64", "config.eval.num_problems=0", "config.eval.max_children=2",
-    "config.eval.max_rounds=1", "config.eval.tokens_per_thread=40",
-]
-RL = ["config.rl.prompts_per_step=8", "config.rl.samples_per_prompt=4", "config.train.lr=3e-3",
-      "config.train.warmup_steps=0", "config.rl.format_penalty=1.0", "config.rl.kl_coef=0.0",
-      "config.train.log_every=1"]
-RL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default_rl.py")
-
-
-@pytest.fixture(scope="module")
-def sft(tmp_path_factory):
-    """A tiny model trained 150 SFT steps: it knows the trace format, rarely the
-    answer. Trained once per test session, shared by the xdist workers."""
-    base = tmp_path_factory.getbasetemp()
-    # Under xdist every worker's base sits in one per-session folder.
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "rl_sft_shared"
-    root.mkdir(exist_ok=True)
-    data, workdir = str(root / "data"), str(root / "sft")
-    with open(root / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "done").exists():
-            config = load_config(None, TOY + [
-                f"config.data.dir={data}", "config.train.batch_size=16", "config.train.steps=150",
-                "config.train.warmup_steps=10", "config.train.log_every=150",
-                "config.train.eval_every=1000", "config.train.eval_batches=1",
-                "config.train.checkpoint_every=1000"])
-            train.run(config, workdir)
-            (root / "done").write_text("ok")
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    return {"data": data, "sft": workdir}
-
-
-def rl_overrides(sft, *extra):
-    return TOY + RL + [f"config.data.dir={sft['data']}", f"config.rl.init_from={sft['sft']}", *extra]
+from rl_toy import RL_CONFIG, final_params, rl_overrides
 
 
 def test_grpo_raises_mean_reward(sft, tmp_path):
@@ -69,13 +25,6 @@ def test_grpo_raises_mean_reward(sft, tmp_path):
     rewards = [r["reward"] for r in rows]
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     assert last > first + 0.3, rewards
-
-
-def final_params(workdir):
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("params",))
-    step = manager.latest_step()
-    params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
-    return step, jax.device_get(params["params"])
 
 
 def test_resume_mid_rl_gives_the_same_parameters(sft, tmp_path):

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -59,6 +60,13 @@ def group_advantages(rewards_PxG: jax.Array, std_normalize: bool = True, eps: fl
         std = jnp.sqrt(jnp.mean(centered ** 2, axis=1, keepdims=True))
         centered = jnp.where(std > eps, centered / jnp.maximum(std, eps), 0.0)
     return centered
+
+
+def groups_with_signal(rewards_PxG: np.ndarray) -> np.ndarray:
+    """bool [P]: the groups whose samples did not all get the same reward
+    (the others have zero advantage everywhere)."""
+    rewards_PxG = np.asarray(rewards_PxG)
+    return rewards_PxG.max(axis=1) > rewards_PxG.min(axis=1)
 
 
 def rollout_token_weights(mask_RxL: jax.Array, rollout_R: jax.Array, num_rollouts: int) -> jax.Array:
@@ -122,9 +130,17 @@ class UpdateBatch:
     adv_N: jax.Array  # float32 [N]
 
     @classmethod
-    def from_rollout(cls, batch: RolloutBatch, adv_N: jax.Array) -> "UpdateBatch":
+    def from_rollout(cls, batch: RolloutBatch, adv_N: jax.Array, keep_N: jax.Array | None = None
+                     ) -> "UpdateBatch":
+        """``keep_N`` (bool [N], optional) drops whole rollouts from the update:
+        their rows become invalid, so they carry no loss, no KL and no weight
+        in the per-rollout mean, and all-dropped microbatches are skipped."""
+        valid_R, mask_RxL = batch.valid_R, batch.model_mask_RxL
+        if keep_N is not None:
+            valid_R = valid_R & jnp.asarray(keep_N, bool)[batch.rollout_R]
+            mask_RxL = mask_RxL * valid_R[:, None]
         return cls(batch.tokens_RxL, batch.positions_RxL, batch.segment_ids_RxL,
-                   batch.model_mask_RxL, batch.logp_RxL, batch.valid_R, batch.rollout_R,
+                   mask_RxL, batch.logp_RxL, valid_R, batch.rollout_R,
                    jnp.asarray(adv_N, jnp.float32))
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from apr_jax.countdown.problems import Problem
 from apr_jax.countdown.verifier import extract_answer, verify
 from apr_jax.decode.engine import EngineOutput, sample_results, to_thread_trees
+from apr_jax.rl.grpo import groups_with_signal
 from apr_jax.threads import ThreadTree
 
 
@@ -59,7 +60,7 @@ class Scored:
             "threads": float(self.num_threads.mean()),
             "children_per_spawn": float(np.mean(self.children_per_spawn)) if self.children_per_spawn else 0.0,
             "spawned": float((self.num_threads > 1).mean()),
-            "groups_with_signal": float((self.rewards.std(axis=1) > 0).mean()),
+            "groups_with_signal": float(groups_with_signal(self.rewards).mean()),
         }
 
 

@@ -39,7 +39,8 @@ from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig
 from apr_jax.metrics_log import MetricsLogger
 from apr_jax.optim import learning_rate_schedule
-from apr_jax.rl.grpo import GrpoConfig, UpdateBatch, group_advantages, make_grpo_update
+from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal,
+                             make_grpo_update)
 from apr_jax.rl.prompts import PromptStream
 from apr_jax.rl.reward import RewardConfig, score_rollouts
 from apr_jax.rl.rollout import encode_prompts, engine_arrays, make_rollout
@@ -59,6 +60,7 @@ class RLSettings:
     max_threads: int
     rollout_chunks: int
     condition_children: tuple[int, ...]
+    skip_flat_groups: bool
     grpo: GrpoConfig
     reward: RewardConfig
 
@@ -104,7 +106,7 @@ class RLSettings:
                    samples_per_prompt=int(rl.samples_per_prompt), split=str(rl.split),
                    max_threads=int(rl.max_threads), rollout_chunks=int(rl.rollout_chunks),
                    condition_children=tuple(int(c) for c in rl.condition_children),
-                   grpo=grpo, reward=reward)
+                   skip_flat_groups=bool(rl.skip_flat_groups), grpo=grpo, reward=reward)
 
     def engine_config(self, config: ml_collections.ConfigDict) -> EngineConfig:
         e = config.eval
@@ -193,7 +195,8 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | No
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     sft_params = nnx.to_pure_dict(nnx.state(loaded.model))
     target = nnx.to_pure_dict(state[0])
-    nnx.replace_by_pure_dict(state[0], jax.device_put(sft_params, jax.tree.map(lambda x: x.sharding, target)))
+    nnx.replace_by_pure_dict(state[0], sharding.replicated_host_to_global(
+        sft_params, jax.tree.map(lambda x: x.sharding, target)))
     model_graphdef = nnx.split(nnx.merge(graphdef, state)[0])[0]
     _, ref_params, _ = nnx.split(nnx.merge(model_graphdef, state[0]), nnx.Param, ...)
     ref_params = jax.jit(lambda t: jax.tree.map(jnp.copy, t))(ref_params)
@@ -245,7 +248,7 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | No
                 if config.train.time_limit_minutes > 0 else math.inf)
     step, last_saved, last = start_step, (start_step if restored is not None else -1), {}
     window: dict[str, list[float]] = {}
-    skipped = 0
+    skipped = skipped_updates = 0
     try:
         with jax.set_mesh(mesh):
             while step < min(total_steps, stop_at or total_steps):
@@ -264,9 +267,16 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | No
                 scored = score_rollouts(arrays, tokenizer, chosen, settings.reward,
                                         asked if condition_kind == "apr" else None)
                 adv_N = np.asarray(group_advantages(scored.rewards, settings.grpo.std_normalize)).reshape(-1)
+                keep_N = None
+                if settings.skip_flat_groups:
+                    keep_N = np.repeat(groups_with_signal(scored.rewards), G)
                 t2 = time.time()
-                state, metrics = update(state, ref_params, UpdateBatch.from_rollout(batch, adv_N))
-                metrics = jax.device_get(metrics)
+                if keep_N is None or keep_N.any():
+                    state, metrics = update(state, ref_params, UpdateBatch.from_rollout(batch, adv_N, keep_N))
+                    metrics = jax.device_get(metrics)
+                else:  # no group has signal: nothing to learn from this batch
+                    metrics = {"finite": True}
+                    skipped_updates += 1
                 t3 = time.time()
                 step += 1
                 if not bool(metrics["finite"]):
@@ -289,6 +299,8 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | No
                     last = {k: float(np.mean(v)) for k, v in window.items()}
                     if skipped:
                         last["skipped_steps"] = skipped
+                    if skipped_updates:
+                        last["steps_without_signal"] = skipped_updates
                     logger.write(step, last)
                     window = {}
                 if step % config.train.checkpoint_every == 0:
