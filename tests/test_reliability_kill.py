@@ -4,7 +4,8 @@ SIGTERM at seeded random moments, and restarted with the same command until
 the run finishes. The final state must equal an uninterrupted run's, and every
 step, including the ones redone after a restart, must have trained on the same
 batch as the uninterrupted run (its logged loss, gradient norm and token
-accuracy match exactly), so no batch is ever repeated or skipped."""
+accuracy match exactly), so no batch is ever repeated or skipped. A GRPO run
+goes through the same: its rollouts and final policy match exactly."""
 
 import json
 import os
@@ -58,9 +59,12 @@ def env(tmp_path_factory):
     return {"root": root, "data_dir": data_dir, "environ": environ}
 
 
-def start(env, workdir, log_path):
-    args = [sys.executable, "-m", "apr_jax.train", f"--workdir={workdir}",
-            f"--config.data.dir={env['data_dir']}"] + [f"--{o}" for o in OVERRIDES]
+def start(env, workdir, log_path, args=None):
+    """Start ``python -m apr_jax.train`` on ``workdir``; ``args`` replaces the
+    SFT flags (config and overrides)."""
+    if args is None:
+        args = [f"--config.data.dir={env['data_dir']}"] + [f"--{o}" for o in OVERRIDES]
+    args = [sys.executable, "-m", "apr_jax.train", f"--workdir={workdir}", *args]
     log = open(log_path, "a")
     log.write(f"\n==== start {time.strftime('%X')}\n")
     log.flush()
@@ -108,11 +112,11 @@ def wait_for(proc, ready, timeout_s, poll_s):
     raise AssertionError(f"no trigger within {timeout_s}s")
 
 
-def interrupt(env, workdir, log_path, sig_name, moment, rng):
+def interrupt(env, workdir, log_path, sig_name, moment, rng, args=None):
     """Start the run, wait for ``moment``, send the signal; returns a record."""
     before = len(metric_lines(workdir))
     stale: set[str] = set()
-    proc, log = start(env, workdir, log_path)
+    proc, log = start(env, workdir, log_path, args)
     try:
         if moment == "step":  # a few steps into this attempt, at a random instant
             wanted = before + rng.randint(1, 4)
@@ -140,8 +144,8 @@ def interrupt(env, workdir, log_path, sig_name, moment, rng):
         log.close()
 
 
-def run_to_end(env, workdir, log_path):
-    proc, log = start(env, workdir, log_path)
+def run_to_end(env, workdir, log_path, args=None):
+    proc, log = start(env, workdir, log_path, args)
     try:
         rc = proc.wait(timeout=180)
     finally:
@@ -215,3 +219,38 @@ def test_killed_and_restarted_run_equals_uninterrupted_run(env):
         jax.tree.map(np.testing.assert_array_equal, opt_a, opt_b)
         assert data_a == data_b
         assert data_b["stats"]["rows"] == step * BATCH
+
+
+RL_STEPS = 8
+
+
+def test_killed_and_restarted_rl_run_equals_uninterrupted_run(env, sft):
+    """GRPO under SIGKILL (mid-step and mid-save) and SIGTERM: the restarted
+    run draws the same prompts and sampler keys, so every step's rollouts and
+    the final policy equal an uninterrupted run's."""
+    from rl_toy import RL_CONFIG, rl_overrides
+
+    args = [f"--config={RL_CONFIG}"] + [f"--{o}" for o in rl_overrides(
+        sft, f"config.train.steps={RL_STEPS}", "config.train.checkpoint_every=2", "config.rl.kl_coef=0.01")]
+    root = env["root"]
+    straight, killed = str(root / "rl_straight"), str(root / "rl_killed")
+    run_to_end(env, straight, str(root / "rl_straight.log"), args)
+    rng = random.Random(7)
+    log_path = str(root / "rl_killed.log")
+    records = [interrupt(env, killed, log_path, sig, moment, rng, args)
+               for sig, moment in (("SIGKILL", "step"), ("SIGKILL", "save"), ("SIGTERM", "step"))]
+    run_to_end(env, killed, log_path, args)
+    log_text = open(log_path).read()
+    assert sum(r["hit"] for r in records) >= 2, records
+    assert len(re.findall(r"resumed from step (\d+)", log_text)) >= 2, log_text[-3000:]
+
+    reference = {m["step"]: m for m in metric_lines(straight)}
+    final = metric_lines(killed)
+    assert [m["step"] for m in final] == sorted(reference) == list(range(1, RL_STEPS + 1))
+    for m in final:
+        for key in ("reward", "total_tokens", "loss", "grad_norm"):
+            assert m[key] == reference[m["step"]][key], (m["step"], key)
+    params_a, opt_a, _ = restore(straight, RL_STEPS)
+    params_b, opt_b, _ = restore(killed, RL_STEPS)
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    jax.tree.map(np.testing.assert_array_equal, opt_a, opt_b)
