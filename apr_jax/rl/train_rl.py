@@ -57,6 +57,7 @@ class RLSettings:
     prompts_per_step: int
     samples_per_prompt: int
     split: str
+    prompt_pool: int
     max_threads: int
     rollout_chunks: int
     condition_children: tuple[int, ...]
@@ -77,6 +78,8 @@ class RLSettings:
         if int(rl.samples_per_prompt) < 2:
             raise ConfigError(f"config.rl.samples_per_prompt={rl.samples_per_prompt} must be >= 2 "
                               f"(GRPO compares the samples of one prompt)")
+        if int(rl.prompt_pool) < 0:
+            raise ConfigError(f"config.rl.prompt_pool={rl.prompt_pool} must be >= 0 (0 = the whole split)")
         if int(rl.max_threads) < 0:
             raise ConfigError(f"config.rl.max_threads={rl.max_threads} must be >= 0 (0 = derived)")
         if rl.split not in ("train", "validation", "test"):
@@ -105,6 +108,7 @@ class RLSettings:
                               f"config.rl.rollout_chunks={rl.rollout_chunks}")
         return cls(init_from=str(rl.init_from), prompts_per_step=int(rl.prompts_per_step),
                    samples_per_prompt=int(rl.samples_per_prompt), split=str(rl.split),
+                   prompt_pool=int(rl.prompt_pool),
                    max_threads=int(rl.max_threads), rollout_chunks=int(rl.rollout_chunks),
                    condition_children=tuple(int(c) for c in rl.condition_children),
                    skip_flat_groups=bool(rl.skip_flat_groups), grpo=grpo, reward=reward)
@@ -204,6 +208,8 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | No
     del loaded.model
 
     problems = make_problem_source(info, settings.split)
+    if settings.prompt_pool:
+        problems = problems[:settings.prompt_pool]
     condition_kind, condition_values = None, ()
     if config.trace.condition:
         condition_kind = config.trace.kind
