@@ -35,7 +35,6 @@ def rl_section() -> ml_collections.ConfigDict:
     rl.format_penalty = 0.0  # subtracted when the root ends without an answer line
     rl.latency_bonus = 0.0  # x (1 - sequential / total tokens) for correct rollouts
     rl.condition_penalty = 0.0  # x relative miss of the requested child count
-    rl.arithmetic_bonus = 0.0  # x share of written operations a<op>b=c that are exact
     rl.condition_children = ()  # child counts to request when trace.condition (empty: eval.max_children)
     rl.max_threads = 0  # thread slots per rollout; 0 = the engine's full tree
     rl.rollout_chunks = 1  # sequential engine runs per step (bounds KV-cache memory)

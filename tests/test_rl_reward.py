@@ -1,10 +1,8 @@
-"""Reward terms: correctness, format penalty, latency bonus, child-count
-conditioning, arithmetic shaping."""
+"""Reward terms: correctness, format penalty, latency bonus, child-count conditioning."""
 
 import numpy as np
 import pytest
 
-from apr_jax.countdown.ops import count_exact_operations
 from apr_jax.rl.reward import RewardConfig, Scored, rollout_reward
 
 
@@ -32,18 +30,6 @@ def test_format_latency_and_condition_terms():
     assert np.isclose(reward(cfg, children=10, asked_children=2), 1.12 - 0.4)  # capped at the full penalty
 
 
-def test_arithmetic_bonus_pays_the_share_of_exact_operations():
-    spawn = "<spawn>16 7 -> 23 | 19-12=7<sep>12 3 -> 23 | 19-16=2<sep>28 1 -> 23 | 16+12=28</spawn>"
-    assert count_exact_operations(spawn) == (2, 3)  # 19-16=2 is wrong
-    assert count_exact_operations("> 5-9=0 x\n> 9/2=4 x\n> 9*2=18 x\n") == (1, 3)  # no negatives or fractions
-    assert count_exact_operations("ans none") == (0, 0)
-    assert count_exact_operations("1234567+1=1234568") == (0, 1)  # over-long numbers never count
-    cfg = RewardConfig(arithmetic_bonus=0.3)
-    assert np.isclose(reward(cfg, correct=False, exact_share=2 / 3), 0.2)
-    assert np.isclose(reward(cfg, exact_share=1.0), 1.3)
-    assert reward(RewardConfig(), correct=False, exact_share=1.0) == 0.0  # off by default
-
-
 def test_negative_terms_are_rejected():
     with pytest.raises(ValueError, match="format_penalty must be >= 0"):
         RewardConfig(format_penalty=-1.0)
@@ -53,8 +39,7 @@ def test_summary_statistics():
     s = Scored(rewards=np.array([[1.0, 0.0], [1.0, 1.0]]), correct=np.array([[1, 0], [1, 1]], bool),
                well_formed=np.ones((2, 2), bool), total_tokens=np.array([[10, 20], [30, 40]]),
                sequential_tokens=np.array([[10, 10], [10, 10]]), num_threads=np.array([[1, 3], [1, 1]]),
-               exact_operations=np.array([[1.0, 0.5], [0.0, 0.5]]), children_per_spawn=[2, 4], trees=[])
+               children_per_spawn=[2, 4], trees=[])
     out = s.summary()
     assert out["reward"] == 0.75 and out["accuracy"] == 0.75 and out["total_tokens"] == 25
     assert out["children_per_spawn"] == 3 and out["spawned"] == 0.25 and out["groups_with_signal"] == 0.5
-    assert out["exact_operations"] == 0.5

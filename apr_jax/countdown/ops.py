@@ -54,14 +54,3 @@ def exact_result(a: int, op: str, b: int) -> int | None:
     if op == "/":
         return a // b if b and not a % b else None
     raise ValueError(f"unknown operator {op!r}")
-
-
-def count_exact_operations(text: str) -> tuple[int, int]:
-    """(exact, total) over every ``a<op>b=c`` written anywhere in ``text``; an
-    operation is exact when ``c`` is the allowed result of ``a op b``."""
-    exact = total = 0
-    for m in _OP_RE.finditer(text):
-        total += 1
-        if all(len(p) <= MAX_DIGITS for p in m.group(1, 3, 4)):
-            exact += exact_result(int(m.group(1)), m.group(2), int(m.group(3))) == int(m.group(4))
-    return exact, total

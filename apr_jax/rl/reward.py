@@ -5,15 +5,10 @@
              + latency_bonus * (1 - sequential / total tokens)   if correct
              - condition_penalty * min(1, |children - asked| / max(asked, 1))
                                   if the prompt asked for a child count
-             + arithmetic_bonus * (share of the operations a<op>b=c written
-                                  in all threads that are exact)
 
 The latency term (ThreadWeaver-style) pays a correct rollout for the share of
 its tokens that ran in parallel: 0 for a single thread, approaching the full
-bonus when the critical path is short compared with all tokens written. The
-arithmetic term is dense shaping: a small model fails mostly on wrong
-arithmetic in its spawn line, and this pays every rollout for exact steps
-(whether or not they lead to the target).
+bonus when the critical path is short compared with all tokens written.
 """
 
 from __future__ import annotations
@@ -23,7 +18,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apr_jax.countdown.ops import count_exact_operations
 from apr_jax.countdown.problems import Problem
 from apr_jax.countdown.verifier import extract_answer, verify
 from apr_jax.decode.engine import EngineOutput, sample_results, to_thread_trees
@@ -36,10 +30,9 @@ class RewardConfig:
     format_penalty: float = 0.0
     latency_bonus: float = 0.0
     condition_penalty: float = 0.0
-    arithmetic_bonus: float = 0.0
 
     def __post_init__(self):
-        for name in ("format_penalty", "latency_bonus", "condition_penalty", "arithmetic_bonus"):
+        for name in ("format_penalty", "latency_bonus", "condition_penalty"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -54,7 +47,6 @@ class Scored:
     total_tokens: np.ndarray
     sequential_tokens: np.ndarray
     num_threads: np.ndarray
-    exact_operations: np.ndarray  # share of written operations that are exact
     children_per_spawn: list[int]  # every spawn of every rollout
     trees: list[ThreadTree]  # problem-major
 
@@ -69,16 +61,13 @@ class Scored:
             "children_per_spawn": float(np.mean(self.children_per_spawn)) if self.children_per_spawn else 0.0,
             "spawned": float((self.num_threads > 1).mean()),
             "groups_with_signal": float(groups_with_signal(self.rewards).mean()),
-            "exact_operations": float(self.exact_operations.mean()),
         }
 
 
 def rollout_reward(*, correct: bool, well_formed: bool, total_tokens: int, sequential_tokens: int,
-                   children: int, asked_children: int | None, cfg: RewardConfig,
-                   exact_share: float = 0.0) -> float:
-    """One rollout's reward (module docstring); ``exact_share`` is the share of
-    its written operations that are exact."""
-    reward = float(correct) + cfg.arithmetic_bonus * exact_share
+                   children: int, asked_children: int | None, cfg: RewardConfig) -> float:
+    """One rollout's reward (module docstring)."""
+    reward = float(correct)
     if not well_formed:
         reward -= cfg.format_penalty
     if correct and cfg.latency_bonus and total_tokens > 0:
@@ -106,24 +95,21 @@ def score_rollouts(arrays: dict[str, np.ndarray], tokenizer: Any, problems: Sequ
     shape = (P, G)
     out = {k: np.zeros(shape, dtype) for k, dtype in (
         ("rewards", np.float32), ("correct", bool), ("well_formed", bool), ("total_tokens", np.int32),
-        ("sequential_tokens", np.int32), ("num_threads", np.int32), ("exact_operations", np.float32))}
+        ("sequential_tokens", np.int32), ("num_threads", np.int32))}
     spawns: list[int] = []
     for n, problem in enumerate(problems):
         for k, result in enumerate(results[n]):
-            tree = trees[n * G + k]
-            written = tree.threads[0].written_text
+            written = trees[n * G + k].threads[0].written_text
             correct = verify(written, problem).ok
-            exact, total = map(sum, zip(*(count_exact_operations(t.written_text) for t in tree.threads)))
             well_formed = result.root.stop == "eos" and extract_answer(written) is not None
             out["rewards"][n, k] = rollout_reward(
                 correct=correct, well_formed=well_formed, total_tokens=result.written_tokens,
                 sequential_tokens=result.sequential_tokens, children=result.num_threads - 1,
-                asked_children=asked[n], cfg=cfg, exact_share=exact / total if total else 0.0)
+                asked_children=asked[n], cfg=cfg)
             out["correct"][n, k] = correct
             out["well_formed"][n, k] = well_formed
             out["total_tokens"][n, k] = result.written_tokens
             out["sequential_tokens"][n, k] = result.sequential_tokens
             out["num_threads"][n, k] = result.num_threads
-            out["exact_operations"][n, k] = exact / total if total else 0.0
             spawns.extend(result.children_per_spawn)
     return Scored(children_per_spawn=spawns, trees=trees, **out)

@@ -96,8 +96,7 @@ class RLSettings:
                 temperature=float(rl.temperature))
             reward = RewardConfig(format_penalty=float(rl.format_penalty),
                                   latency_bonus=float(rl.latency_bonus),
-                                  condition_penalty=float(rl.condition_penalty),
-                                  arithmetic_bonus=float(rl.arithmetic_bonus))
+                                  condition_penalty=float(rl.condition_penalty))
         except ValueError as e:
             raise ConfigError(f"config.rl: {e}") from None
         if int(rl.prompts_per_step) % grpo.minibatches:
