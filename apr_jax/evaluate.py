@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                                      f"the rest comes from the checkpoint")
                 config_lib.apply_override(config, key, raw)
             problems = problems_for(flags, config, num)
-            label = f"{config.name}@{loaded.step}"
+            run_name = os.path.basename(os.path.dirname(os.path.dirname(loaded.source)))
+            label = f"{run_name}@{loaded.step}"  # the workdir's name: runs of one config differ
             print(f"evaluating {loaded.source} ({config.trace.kind}) on {len(problems)} problems",
                   flush=True)
             for setting, kwargs in sweep_settings(sweep_kind, sweep_values, config):

@@ -1,0 +1,109 @@
+"""`python -m apr_jax.failures RESULTS.jsonl`: where an APR model's wrong
+answers go wrong, from the thread trees that training (``results_test.jsonl``)
+or ``python -m apr_jax.evaluate --out`` writes (terse trace style).
+
+Each unsolved problem falls in the first class that applies:
+
+- ``no spawn``: the root never spawned children;
+- ``solvable child``: some child started from a correct, solvable state (its
+  message's operations are exact and its numbers are what they leave), so the
+  search or the answer failed later;
+- ``spawn errors``: no child started from a solvable state and some message
+  has wrong arithmetic or wrong remaining numbers;
+- ``unsolvable choices``: every child started correctly, from unsolvable states.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import sys
+from typing import Any, Iterable, Sequence
+
+from apr_jax.countdown.ops import exact_result, parse_operation
+from apr_jax.countdown.solver import is_solvable
+
+CLASSES = ("no spawn", "solvable child", "spawn errors", "unsolvable choices")
+_MESSAGE_RE = re.compile(r"<child>(?:[bc][0-9]+ )?([0-9]+(?: [0-9]+)*) -> ([0-9]+) \| ([^\n]*)", re.ASCII)
+
+
+def child_start(message: str, numbers: Sequence[int], target: int) -> str:
+    """``solvable``, ``unsolvable`` or ``error`` for one child's message: its
+    operations applied to the problem's numbers must be exact and leave the
+    numbers the message lists."""
+    m = _MESSAGE_RE.match(message)
+    if m is None or int(m.group(2)) != target:
+        return "error"
+    left = collections.Counter(numbers)
+    for text in m.group(3).split():
+        try:
+            a, op, b, c = parse_operation(text)
+        except ValueError:
+            return "error"
+        if exact_result(a, op, b) != c or left[a] < 1 or left[b] < 1 + (a == b):
+            return "error"
+        left[a] -= 1
+        left[b] -= 1
+        left[c] += 1
+    state = sorted(int(x) for x in m.group(1).split())
+    if state != sorted(left.elements()):
+        return "error"
+    return "solvable" if is_solvable(state, target) else "unsolvable"
+
+
+def classify(row: dict[str, Any]) -> str | None:
+    """The failure class of one result row (None when it was solved)."""
+    if row["solved"]:
+        return None
+    threads = row["tree"]["threads"]
+    messages = [t["segments"][0]["text"] for t in threads if t["parent"] == 0]
+    if not messages:
+        return "no spawn"
+    starts = {child_start(m, row["numbers"], row["target"]) for m in messages}
+    if "solvable" in starts:
+        return "solvable child"
+    return "spawn errors" if "error" in starts else "unsolvable choices"
+
+
+def breakdown(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per model/setting: problems, solved, and the count of each failure class."""
+    out: dict[str, dict[str, int]] = {}
+    for row in rows:
+        name = " ".join(str(row[k]) for k in ("model", "setting") if k in row) or "results"
+        counts = out.setdefault(name, {"problems": 0, "solved": 0, **{c: 0 for c in CLASSES}})
+        counts["problems"] += 1
+        kind = classify(row)
+        counts["solved" if kind is None else kind] += 1
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: python -m apr_jax.failures RESULTS.jsonl", file=sys.stderr)
+        return 2
+    path = argv[0]
+    try:
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        table = breakdown(rows)
+    except OSError as e:
+        print(f"error: cannot read {path}: {e.strerror}", file=sys.stderr)
+        return 1
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
+        print(f"error: {path} is not a results file with thread trees ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return 1
+    columns = ("problems", "solved", *CLASSES)
+    width = max(len(n) for n in table)
+    print(f"{'':{width}}  " + "  ".join(f"{c:>18}" for c in columns))
+    for name, counts in table.items():
+        cells = [f"{counts['problems']:>18}"] + [
+            f"{counts[c]:>9} ({counts[c] / counts['problems']:6.1%})" for c in columns[1:]]
+        print(f"{name:{width}}  " + "  ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
