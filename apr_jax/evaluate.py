@@ -34,7 +34,7 @@ from apr_jax.countdown.problems import Problem, load_problems
 from apr_jax.countdown.render import conditioning_prefix, problem_prompt
 from apr_jax.countdown.verifier import extract_answer, verify
 from apr_jax.decode.engine import Engine, EngineConfig, to_thread_trees
-from apr_jax.decode.metrics import cons_at_k, pass_at_k
+from apr_jax.decode.metrics import cons_at_k, pass_at_k, sign_test_p
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig
 
@@ -217,6 +217,21 @@ def format_table(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def paired_comparisons(solved_by_label: dict[str, list[bool]]) -> list[str]:
+    """One line per later run against the first, on the same problems: how
+    many only each solved, and the sign test's p."""
+    labels = list(solved_by_label)
+    lines = []
+    for other in labels[1:]:
+        first, second = solved_by_label[labels[0]], solved_by_label[other]
+        only_other = sum(b and not a for a, b in zip(first, second))
+        only_first = sum(a and not b for a, b in zip(first, second))
+        lines.append(f"{other} vs {labels[0]}: {only_other} problems solved only by {other}, "
+                     f"{only_first} only by {labels[0]} (sign test p = "
+                     f"{sign_test_p(only_other, only_first):.2f})")
+    return lines
+
+
 def parse_sweep(spec: str) -> tuple[str, list[int]]:
     kind, _, values = spec.partition("=")
     if kind not in SWEEP_KINDS or not values:
@@ -319,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         temperature, top_p = _float(flags, "temperature"), _float(flags, "top_p")
         sweep_kind, sweep_values = parse_sweep(flags["sweep"]) if "sweep" in flags else (None, [])
         out = open(flags["out"], "w") if "out" in flags else None
-        table, series = [], {}
+        table, series, solved_by_label = [], {}, {}
         for source in sources:
             loaded = load_for_inference(source)
             config = loaded.config
@@ -340,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                     loaded.model, loaded.tokenizer, config, problems, samples=samples,
                     temperature=temperature, top_p=top_p, seed=seed, **kwargs)
                 table.append((f"{label} {setting}", summary))
+                if sweep_kind is None:
+                    solved_by_label[label] = [bool(r["solved"]) for r in rows]
                 series.setdefault(label, []).append(summary)
                 if out:
                     for row in rows:
@@ -349,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(ThreadTree.from_dict(row["tree"]).render())
                     print()
         print(format_table(table))
+        for line in paired_comparisons(solved_by_label):
+            print(line)
         if out:
             out.close()
         if sweep_kind is not None:

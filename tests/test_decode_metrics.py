@@ -88,3 +88,12 @@ def test_tree_sequential_tokens_from_spawn_blocks_and_meta():
     broken.threads[0].children = [1, 2]
     with pytest.raises(ValueError, match="spawn blocks name 3 children"):
         metrics.tree_spawns(broken)
+
+
+def test_sign_test_p_by_hand():
+    assert metrics.sign_test_p(0, 0) == 1.0
+    assert metrics.sign_test_p(3, 3) == 1.0  # an even split is no evidence
+    assert math.isclose(metrics.sign_test_p(10, 0), 2 / 2 ** 10)
+    assert math.isclose(metrics.sign_test_p(1, 4), 2 * (1 + 5) / 2 ** 5)
+    assert metrics.sign_test_p(28, 19) == metrics.sign_test_p(19, 28)
+    assert 0.2 < metrics.sign_test_p(28, 19) < 0.3

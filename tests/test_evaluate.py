@@ -91,3 +91,12 @@ def test_checkpoint_whose_params_do_not_match_its_config(workdir, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert "cannot be loaded with its own config and tokenizer" in err
     assert len(err.splitlines()) == 1
+
+
+def test_paired_comparisons_count_problems_only_one_run_solved():
+    lines = evaluate.paired_comparisons({"sft@800": [True, False, False, True, False],
+                                         "rl@60": [True, True, True, False, False],
+                                         "other@5": [True, False, False, True, False]})
+    assert lines[0] == "rl@60 vs sft@800: 2 problems solved only by rl@60, 1 only by sft@800 (sign test p = 1.00)"
+    assert lines[1].startswith("other@5 vs sft@800: 0 problems solved only by other@5, 0 only")
+    assert evaluate.paired_comparisons({"one@1": [True]}) == []

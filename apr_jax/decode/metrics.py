@@ -1,8 +1,10 @@
-"""Host-side evaluation arithmetic: pass@k, cons@k and sequential tokens."""
+"""Host-side evaluation arithmetic: pass@k, cons@k, sequential tokens and the
+paired sign test."""
 
 from __future__ import annotations
 
 import collections
+import math
 from typing import Callable, Hashable, Sequence
 
 from apr_jax import protocol
@@ -43,6 +45,16 @@ def cons_at_k(answers: Sequence[Hashable | None], correct_flags: Sequence[bool])
         if answer is not None and counts[answer] == best:
             return bool(flag)
     raise AssertionError("unreachable")
+
+
+def sign_test_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact sign test on paired outcomes: the chance of a split at
+    least this uneven between problems only A solved and only B solved, if
+    A and B were equally good."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
 def spawns_from_parents(parent: Sequence[int], spawn_round: Sequence[int]) -> list[list[list[int]]]:
