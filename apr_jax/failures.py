@@ -15,14 +15,13 @@ Each unsolved problem falls in the first class that applies:
 
 from __future__ import annotations
 
-import collections
 import json
 import re
 import sys
 from typing import Any, Iterable, Sequence
 
-from apr_jax.countdown.ops import exact_result, parse_operation
 from apr_jax.countdown.solver import is_solvable
+from apr_jax.countdown.verifier import remaining_numbers
 
 CLASSES = ("no spawn", "solvable child", "spawn errors", "unsolvable choices")
 _MESSAGE_RE = re.compile(r"<child>(?:[bc][0-9]+ )?([0-9]+(?: [0-9]+)*) -> ([0-9]+) \| ([^\n]*)", re.ASCII)
@@ -35,19 +34,12 @@ def child_start(message: str, numbers: Sequence[int], target: int) -> str:
     m = _MESSAGE_RE.match(message)
     if m is None or int(m.group(2)) != target:
         return "error"
-    left = collections.Counter(numbers)
-    for text in m.group(3).split():
-        try:
-            a, op, b, c = parse_operation(text)
-        except ValueError:
-            return "error"
-        if exact_result(a, op, b) != c or left[a] < 1 or left[b] < 1 + (a == b):
-            return "error"
-        left[a] -= 1
-        left[b] -= 1
-        left[c] += 1
+    try:
+        left = remaining_numbers(m.group(3).split(), numbers)
+    except ValueError:
+        return "error"
     state = sorted(int(x) for x in m.group(1).split())
-    if state != sorted(left.elements()):
+    if state != left:
         return "error"
     return "solvable" if is_solvable(state, target) else "unsolvable"
 

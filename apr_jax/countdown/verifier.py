@@ -70,25 +70,32 @@ def verify_operations(operations: Sequence[str],
     ops = [str(o) for o in operations]
     if len(ops) > MAX_OPERATIONS:
         return Verdict(False, f"more than {MAX_OPERATIONS} operations", ops)
-    available = collections.Counter(problem.numbers)
-    for text in ops:
-        try:
-            a, op, b, c = parse_operation(text)
-        except ValueError as e:
-            return Verdict(False, str(e), ops)
-        result = exact_result(a, op, b)
-        if result is None:
-            return Verdict(False, f"{text} is not allowed (negative, fraction or division by zero)", ops)
-        if result != c:
-            return Verdict(False, f"{text} is wrong arithmetic ({a}{op}{b} is {result})", ops)
-        for x in (a, b):
-            if available[x] < 1:
-                return Verdict(False, f"{text} uses {x}, which is not available", ops)
-            available[x] -= 1
-        available[c] += 1
-    left = sorted(available.elements())
+    try:
+        left = remaining_numbers(ops, problem.numbers)
+    except ValueError as e:
+        return Verdict(False, str(e), ops)
     if len(left) != 1:
         return Verdict(False, f"numbers left unused: {left}"[:120], ops)
     if left[0] != problem.target:
         return Verdict(False, f"reaches {left[0]}, not the target {problem.target}", ops)
     return Verdict(True, "ok", ops)
+
+
+def remaining_numbers(operations: Sequence[str], numbers: Sequence[int]) -> list[int]:
+    """The sorted numbers left after applying ``operations`` to ``numbers`` in
+    order; ValueError names the first operation that is malformed, not
+    exact, not allowed or uses a number that is not available."""
+    available = collections.Counter(numbers)
+    for text in operations:
+        a, op, b, c = parse_operation(text)
+        result = exact_result(a, op, b)
+        if result is None:
+            raise ValueError(f"{text} is not allowed (negative, fraction or division by zero)")
+        if result != c:
+            raise ValueError(f"{text} is wrong arithmetic ({a}{op}{b} is {result})")
+        for x in (a, b):
+            if available[x] < 1:
+                raise ValueError(f"{text} uses {x}, which is not available")
+            available[x] -= 1
+        available[c] += 1
+    return sorted(available.elements())
