@@ -20,8 +20,7 @@ def rl_section() -> ml_collections.ConfigDict:
     rl = ml_collections.ConfigDict()
     rl.init_from = "runs/default"  # SFT workdir (newest checkpoint) or WORKDIR/checkpoints/STEP
     rl.split = "train"  # problems to roll out
-    rl.prompt_pool = 0  # roll out only the split's first N problems (0 = all); N = prompts_per_step
-    # re-trains the same prompts every step: a check that the reward can rise at all
+    rl.prompt_pool = 0  # roll out only the split's first N problems (0 = all); small N checks learning
     rl.prompts_per_step = 8
     rl.samples_per_prompt = 4  # G: the group of each prompt
     rl.temperature = 1.0

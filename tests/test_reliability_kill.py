@@ -23,6 +23,7 @@ import pytest
 
 from apr_jax.config import load_config
 from apr_jax.data.build import build_dataset
+from rl_toy import RL_CONFIG, rl_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, BATCH = 30, 8
@@ -228,8 +229,6 @@ def test_killed_and_restarted_rl_run_equals_uninterrupted_run(env, sft):
     """GRPO under SIGKILL (mid-step and mid-save) and SIGTERM: the restarted
     run draws the same prompts and sampler keys, so every step's rollouts and
     the final policy equal an uninterrupted run's."""
-    from rl_toy import RL_CONFIG, rl_overrides
-
     args = [f"--config={RL_CONFIG}"] + [f"--{o}" for o in rl_overrides(
         sft, f"config.train.steps={RL_STEPS}", "config.train.checkpoint_every=2", "config.rl.kl_coef=0.01")]
     root = env["root"]
