@@ -163,7 +163,8 @@ def evaluate_problems(model: nnx.Module, tokenizer: Any, config: ml_collections.
             "solved": first["solved"], "operations": first["operations"],
             "reason": first["reason"], "total_tokens": first["total_tokens"],
             "sequential_tokens": first["sequential_tokens"], "num_threads": first["num_threads"],
-            "max_context": first["max_context"], "pass_at_k": pass_at_k(samples, sum(correct), samples),
+            "max_context": first["max_context"], "solve_rate": float(np.mean(correct)),
+            "pass_at_k": pass_at_k(samples, sum(correct), samples),
             "cons_at_k": cons_at_k([tuple(s["operations"]) if s["operations"] else None
                                     for s in per_sample], correct),
             "tree": first["tree"],
@@ -217,18 +218,26 @@ def format_table(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def paired_comparisons(solved_by_label: dict[str, list[bool]]) -> list[str]:
-    """One line per later run against the first, on the same problems: how
-    many only each solved, and the sign test's p."""
-    labels = list(solved_by_label)
+def paired_comparisons(solve_rates: dict[str, dict[Any, float]]) -> list[str]:
+    """One line per later run against the first, on the problems both were
+    evaluated on: how many each solved more often (with one sample: solved
+    and the other did not), and the sign test's p. ``solve_rates[label]``
+    maps a problem to the share of its samples that run solved."""
+    labels = list(solve_rates)
     lines = []
     for other in labels[1:]:
-        first, second = solved_by_label[labels[0]], solved_by_label[other]
-        only_other = sum(b and not a for a, b in zip(first, second))
-        only_first = sum(a and not b for a, b in zip(first, second))
-        lines.append(f"{other} vs {labels[0]}: {only_other} problems solved only by {other}, "
-                     f"{only_first} only by {labels[0]} (sign test p = "
-                     f"{sign_test_p(only_other, only_first):.2f})")
+        first, second = solve_rates[labels[0]], solve_rates[other]
+        shared = [key for key in first if key in second]
+        if not shared:
+            lines.append(f"{other} vs {labels[0]}: no problems in common, not compared")
+            continue
+        more_other = sum(second[k] > first[k] for k in shared)
+        more_first = sum(first[k] > second[k] for k in shared)
+        single = all(r in (0.0, 1.0) for k in shared for r in (first[k], second[k]))
+        what = ("solved only by", "only by") if single else ("solved more often by", "more often by")
+        lines.append(f"{other} vs {labels[0]}: {more_other} problems {what[0]} {other}, "
+                     f"{more_first} {what[1]} {labels[0]} (sign test p = "
+                     f"{sign_test_p(more_other, more_first):.2f})")
     return lines
 
 
@@ -334,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         temperature, top_p = _float(flags, "temperature"), _float(flags, "top_p")
         sweep_kind, sweep_values = parse_sweep(flags["sweep"]) if "sweep" in flags else (None, [])
         out = open(flags["out"], "w") if "out" in flags else None
-        table, series, solved_by_label = [], {}, {}
+        table, series, solve_rates = [], {}, {}
         for source in sources:
             loaded = load_for_inference(source)
             config = loaded.config
@@ -356,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                     temperature=temperature, top_p=top_p, seed=seed, **kwargs)
                 table.append((f"{label} {setting}", summary))
                 if sweep_kind is None:
-                    solved_by_label[label] = [bool(r["solved"]) for r in rows]
+                    solve_rates[label] = {(tuple(r["numbers"]), r["target"]): r["solve_rate"]
+                                          for r in rows}
                 series.setdefault(label, []).append(summary)
                 if out:
                     for row in rows:
@@ -366,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(ThreadTree.from_dict(row["tree"]).render())
                     print()
         print(format_table(table))
-        for line in paired_comparisons(solved_by_label):
+        for line in paired_comparisons(solve_rates):
             print(line)
         if out:
             out.close()

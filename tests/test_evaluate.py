@@ -42,7 +42,7 @@ def test_cli_prints_table_writes_results_and_plot(workdir, tmp_path, capsys):
     assert len(rows) == 4  # 2 problems x 2 sweep settings
     for row in rows:
         assert {"numbers", "target", "solved", "operations", "total_tokens", "sequential_tokens",
-                "num_threads", "max_context", "tree", "pass_at_k", "cons_at_k"} <= set(row)
+                "num_threads", "max_context", "tree", "pass_at_k", "cons_at_k", "solve_rate"} <= set(row)
         assert len(row["samples"]) == 1  # the second sample; the first is the row itself
     by_setting = {r["setting"]: r for r in rows}
     assert by_setting["tokens=4"]["total_tokens"] <= 4 * by_setting["tokens=4"]["num_threads"]
@@ -93,10 +93,26 @@ def test_checkpoint_whose_params_do_not_match_its_config(workdir, tmp_path, caps
     assert len(err.splitlines()) == 1
 
 
+def _rates(values: list[float]) -> dict:
+    return {((n, 1, 1), 10): v for n, v in enumerate(values)}
+
+
 def test_paired_comparisons_count_problems_only_one_run_solved():
-    lines = evaluate.paired_comparisons({"sft@800": [True, False, False, True, False],
-                                         "rl@60": [True, True, True, False, False],
-                                         "other@5": [True, False, False, True, False]})
+    lines = evaluate.paired_comparisons({"sft@800": _rates([1, 0, 0, 1, 0]),
+                                         "rl@60": _rates([1, 1, 1, 0, 0]),
+                                         "other@5": _rates([1, 0, 0, 1, 0])})
     assert lines[0] == "rl@60 vs sft@800: 2 problems solved only by rl@60, 1 only by sft@800 (sign test p = 1.00)"
     assert lines[1].startswith("other@5 vs sft@800: 0 problems solved only by other@5, 0 only")
-    assert evaluate.paired_comparisons({"one@1": [True]}) == []
+    assert evaluate.paired_comparisons({"one@1": _rates([1])}) == []
+
+
+def test_paired_comparisons_with_samples_compare_solve_rates_on_shared_problems():
+    sft = _rates([0.25, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0])
+    rl = _rates([0.5, 0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25])
+    rl[((99, 1, 1), 10)] = 1.0  # only rl saw this problem: not paired
+    lines = evaluate.paired_comparisons({"sft@800": sft, "rl@60": rl})
+    # 7 problems better under rl, 0 under sft, one tie: p = 2 / 2**7
+    assert lines == ["rl@60 vs sft@800: 7 problems solved more often by rl@60, 0 more often by "
+                     "sft@800 (sign test p = 0.02)"]
+    assert evaluate.paired_comparisons({"a@1": _rates([1.0]), "b@1": {((7, 7, 7), 3): 1.0}}) == [
+        "b@1 vs a@1: no problems in common, not compared"]
