@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 from typing import Any
 
@@ -50,6 +51,14 @@ def decode_to_file(data_b64: str, path: str) -> None:
     os.replace(tmp, path)
 
 
+class _DropReadOnlyNotice(logging.Filter):
+    """Orbax announces every read-only manager with a warning; reading a
+    finished run is routine, so that line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
 class Checkpointer:
     """Save and restore training state under ``workdir/checkpoints``."""
 
@@ -61,7 +70,12 @@ class Checkpointer:
             max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
             create=not read_only, read_only=read_only,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        notice_filter, absl_logger = _DropReadOnlyNotice(), logging.getLogger("absl")
+        absl_logger.addFilter(notice_filter)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        finally:
+            absl_logger.removeFilter(notice_filter)
 
     # ---- saving ----------------------------------------------------------
     def save(self, step: int, params: Any, opt_state: Any, data_iterator: Any,

@@ -28,7 +28,7 @@ def workdir(tmp_path_factory):
     return str(root / "run")
 
 
-def test_cli_prints_table_writes_results_and_plot(workdir, tmp_path, capsys):
+def test_cli_prints_table_writes_results_and_plot(workdir, tmp_path, capsys, caplog):
     out = tmp_path / "results.jsonl"
     problems = tmp_path / "problems.jsonl"
     save_problems(str(problems), [Problem((3, 5, 7), 22), Problem((2, 4, 9), 17)])
@@ -47,6 +47,7 @@ def test_cli_prints_table_writes_results_and_plot(workdir, tmp_path, capsys):
     by_setting = {r["setting"]: r for r in rows}
     assert by_setting["tokens=4"]["total_tokens"] <= 4 * by_setting["tokens=4"]["num_threads"]
     assert os.path.getsize(tmp_path / "results.png") > 1000
+    assert not [r for r in caplog.records if "read only" in r.getMessage()]  # no orbax notice
 
 
 def test_checkpoint_flag_and_split(workdir, capsys):
