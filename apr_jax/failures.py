@@ -24,7 +24,7 @@ from apr_jax.countdown.solver import is_solvable
 from apr_jax.countdown.verifier import remaining_numbers
 
 CLASSES = ("no spawn", "solvable child", "spawn errors", "unsolvable choices")
-_MESSAGE_RE = re.compile(r"<child>(?:[bc][0-9]+ )?([0-9]+(?: [0-9]+)*) -> ([0-9]+) \| ([^\n]*)", re.ASCII)
+_MESSAGE_RE = re.compile(r"<child>(?:[bc][0-9]+ )?([^\n|]*) \| ([0-9]+(?: [0-9]+)*) -> ([0-9]+)", re.ASCII)
 
 
 def child_start(message: str, numbers: Sequence[int], target: int) -> str:
@@ -32,13 +32,13 @@ def child_start(message: str, numbers: Sequence[int], target: int) -> str:
     operations applied to the problem's numbers must be exact and leave the
     numbers the message lists."""
     m = _MESSAGE_RE.match(message)
-    if m is None or int(m.group(2)) != target:
+    if m is None or int(m.group(3)) != target:
         return "error"
     try:
-        left = remaining_numbers(m.group(3).split(), numbers)
+        left = remaining_numbers(m.group(1).split(), numbers)
     except ValueError:
         return "error"
-    state = sorted(int(x) for x in m.group(1).split())
+    state = sorted(int(x) for x in m.group(2).split())
     if state != left:
         return "error"
     return "solvable" if is_solvable(state, target) else "unsolvable"

@@ -93,7 +93,7 @@ def test_apr_root_spawns_and_children_return():
     returns = root.segments[2].text[len(protocol.JOIN_OPEN):-len(protocol.JOIN_CLOSE)].split(protocol.SEP)
     assert returns[0] == "53-22=31 31/31=1 26+1=27" and "none" in returns
     child = tree.threads[1]
-    assert child.segments[0].text == protocol.child_prompt("26 31 31 -> 27 | 53-22=31")
+    assert child.segments[0].text == protocol.child_prompt("53-22=31 | 26 31 31 -> 27")
     assert child.segments[1].text.endswith(protocol.return_block("53-22=31 31/31=1 26+1=27"))
 
 

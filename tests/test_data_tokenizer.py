@@ -66,7 +66,7 @@ def test_special_and_protocol_ids_are_fixed(terse_tokenizer):
 
 def test_child_prompt_is_child_id_then_message(terse_tokenizer):
     tok = terse_tokenizer
-    message = "12 3 -> 23 | 19-16=3"
+    message = "19-16=3 | 12 3 -> 23"
     assert tok.encode(protocol.child_prompt(message)) == [tok.protocol_ids["<child>"]] + tok.encode(message)
 
 

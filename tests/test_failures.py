@@ -14,19 +14,19 @@ def row(*messages, solved=False):
 
 
 def test_child_start_checks_arithmetic_numbers_and_solvability():
-    assert child_start("<child>16 7 -> 23 | 19-12=7", NUMBERS, TARGET) == "solvable"
-    assert child_start("<child>19 192 -> 23 | 16*12=192", NUMBERS, TARGET) == "unsolvable"
-    assert child_start("<child>16 2 -> 23 | 19-12=2", NUMBERS, TARGET) == "error"  # wrong arithmetic
-    assert child_start("<child>16 8 -> 23 | 19-12=7", NUMBERS, TARGET) == "error"  # wrong numbers left
-    assert child_start("<child>16 7 -> 24 | 19-12=7", NUMBERS, TARGET) == "error"  # wrong target
-    assert child_start("<child>16 0 -> 23 | 12-12=0", NUMBERS, TARGET) == "error"  # 12 used twice
-    assert child_start("<child>c4 16 7 -> 23 | 19-12=7", NUMBERS, TARGET) == "solvable"  # prefix
+    assert child_start("<child>19-12=7 | 16 7 -> 23", NUMBERS, TARGET) == "solvable"
+    assert child_start("<child>16*12=192 | 19 192 -> 23", NUMBERS, TARGET) == "unsolvable"
+    assert child_start("<child>19-12=2 | 16 2 -> 23", NUMBERS, TARGET) == "error"  # wrong arithmetic
+    assert child_start("<child>19-12=7 | 16 8 -> 23", NUMBERS, TARGET) == "error"  # wrong numbers left
+    assert child_start("<child>19-12=7 | 16 7 -> 24", NUMBERS, TARGET) == "error"  # wrong target
+    assert child_start("<child>12-12=0 | 16 0 -> 23", NUMBERS, TARGET) == "error"  # 12 used twice
+    assert child_start("<child>c4 19-12=7 | 16 7 -> 23", NUMBERS, TARGET) == "solvable"  # prefix
     assert child_start("<child>garbage", NUMBERS, TARGET) == "error"
 
 
 def test_classes_take_the_first_that_applies():
-    good, wrong, dead = ("<child>16 7 -> 23 | 19-12=7", "<child>16 2 -> 23 | 19-12=2",
-                         "<child>19 192 -> 23 | 16*12=192")
+    good, wrong, dead = ("<child>19-12=7 | 16 7 -> 23", "<child>19-12=2 | 16 2 -> 23",
+                         "<child>16*12=192 | 19 192 -> 23")
     assert classify(row(good, solved=True)) is None
     assert classify(row()) == "no spawn"
     assert classify(row(wrong, good)) == "solvable child"
@@ -40,7 +40,7 @@ def test_classes_take_the_first_that_applies():
 
 def test_command_prints_the_table_and_one_line_errors(tmp_path, capsys):
     path = tmp_path / "results.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in [row(solved=True), row("<child>16 2 -> 23 | 19-12=2")]))
+    path.write_text("\n".join(json.dumps(r) for r in [row(solved=True), row("<child>19-12=2 | 16 2 -> 23")]))
     assert main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "spawn errors" in out and "1 ( 50.0%)" in out

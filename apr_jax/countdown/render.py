@@ -14,8 +14,10 @@ terse (default), one short line per visited node, depth shown by ``>`` marks
     >>> 26+1=27 goal             goal line
     ans 53-22=31 31/31=1 26+1=27 final answer (``ans none`` when not found)
 
-A child message is ``26 31 31 -> 27 | 53-22=31`` (remaining numbers, target,
-operations so far); a child returns the full path or ``none``.
+A child message is ``53-22=31 | 26 31 31 -> 27`` (operations so far, then the
+remaining numbers and the target): a spawning thread writes each operation
+before its result, as in its search lines, rather than guessing the result
+first. A child returns the full path or ``none``.
 
 reference: the wording of the reference study (``Current State: ...``,
 ``Exploring Operation: ...``, ``Generated Node #0,0: ...``, ``Moving to Node
@@ -157,7 +159,7 @@ def render_generated(nodes: Sequence[Node], target: int, style: str) -> str:
 def child_message(node: Node, target: int, style: str) -> str:
     """Everything a child needs: its numbers, the target and the path so far."""
     if style == "terse":
-        return f"{_nums(node.numbers, ' ')} -> {target} | {' '.join(node.operations)}"
+        return f"{' '.join(node.operations)} | {_nums(node.numbers, ' ')} -> {target}"
     return _state(target, node.numbers, node.operations)
 
 

@@ -31,7 +31,7 @@ from apr_jax.data.tfds_builder import SPLITS, AprCountdown, resolve_num_workers
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.threads import ThreadTree
 
-FORMAT_VERSION = 1  # bump when the cache layout or trace encoding changes
+FORMAT_VERSION = 2  # bump when the cache layout or trace encoding changes
 MARKER = "info.json"
 TOKENIZER_FILE = "tokenizer.model"
 TFDS_SUBDIR = "tfds"

@@ -121,8 +121,9 @@ def _with_bar(results, bar):
 class AprCountdown(tfds.core.GeneratorBasedBuilder):
     """Countdown problems with their SoS+ or APR thread trees."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Thread trees as JSON text with problem numbers and target."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Thread trees as JSON text with problem numbers and target.",
+                     "2.0.0": "Terse child messages put the operations before the numbers."}
 
     @tfds.core.utils.classproperty
     @classmethod
