@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl = rl_section()
     c.rl.init_from = "runs/default"
     c.rl.samples_per_prompt = 8
-    c.rl.temperature = 0.6  # sampled accuracy 10% (pass@4 31%) here vs 6% (21%) at 1.0
+    c.rl.temperature = 0.6  # the default SFT model solves 39% of test samples here (pass@4 61%)
     c.rl.skip_flat_groups = True
     c.rl.max_threads = 5  # root + one spawn of 4 children: what the SFT model writes
 
