@@ -218,7 +218,7 @@ def format_table(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def paired_comparisons(solve_rates: dict[str, dict[Any, float]]) -> list[str]:
+def paired_comparisons(solve_rates: dict[str, dict[Problem, float]]) -> list[str]:
     """One line per later run against the first, on the problems both were
     evaluated on: how many each solved more often (with one sample: solved
     and the other did not), and the sign test's p. ``solve_rates[label]``
@@ -365,8 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                     temperature=temperature, top_p=top_p, seed=seed, **kwargs)
                 table.append((f"{label} {setting}", summary))
                 if sweep_kind is None:
-                    solve_rates[label] = {(tuple(r["numbers"]), r["target"]): r["solve_rate"]
-                                          for r in rows}
+                    solve_rates[label] = {p: r["solve_rate"] for p, r in zip(problems, rows)}
                 series.setdefault(label, []).append(summary)
                 if out:
                     for row in rows:

@@ -95,7 +95,7 @@ def test_checkpoint_whose_params_do_not_match_its_config(workdir, tmp_path, caps
 
 
 def _rates(values: list[float]) -> dict:
-    return {((n, 1, 1), 10): v for n, v in enumerate(values)}
+    return {Problem((n, 1, 1), 10): v for n, v in enumerate(values)}
 
 
 def test_paired_comparisons_count_problems_only_one_run_solved():
@@ -110,10 +110,10 @@ def test_paired_comparisons_count_problems_only_one_run_solved():
 def test_paired_comparisons_with_samples_compare_solve_rates_on_shared_problems():
     sft = _rates([0.25, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0])
     rl = _rates([0.5, 0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25])
-    rl[((99, 1, 1), 10)] = 1.0  # only rl saw this problem: not paired
+    rl[Problem((99, 1, 1), 10)] = 1.0  # only rl saw this problem: not paired
     lines = evaluate.paired_comparisons({"sft@800": sft, "rl@60": rl})
     # 7 problems better under rl, 0 under sft, one tie: p = 2 / 2**7
     assert lines == ["rl@60 vs sft@800: 7 problems solved more often by rl@60, 0 more often by "
                      "sft@800 (sign test p = 0.02)"]
-    assert evaluate.paired_comparisons({"a@1": _rates([1.0]), "b@1": {((7, 7, 7), 3): 1.0}}) == [
+    assert evaluate.paired_comparisons({"a@1": _rates([1.0]), "b@1": {Problem((7, 7, 7), 3): 1.0}}) == [
         "b@1 vs a@1: no problems in common, not compared"]
