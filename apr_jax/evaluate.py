@@ -2,6 +2,7 @@
 engine and score them with the project's verifier.
 
     python -m apr_jax.evaluate --workdir=runs/default --split=test --num=200
+    python -m apr_jax.evaluate --workdir=runs/default,runs/default_rl --split=unseen --num=1000
     python -m apr_jax.evaluate --checkpoint=runs/default/checkpoints/1500 \\
         --problems=problems.jsonl --samples=4 --temperature=0.7 --out=results.jsonl
     python -m apr_jax.evaluate --workdir=runs/apr,runs/sosp --sweep=tokens=64,128,256
@@ -10,7 +11,9 @@ It prints one table row per setting: accuracy, pass@K, cons@K, tokens (total,
 sequential = critical path), children per spawn, share of problems that
 spawned, largest context, wall time and tokens/s. ``--out`` writes one JSON
 line per problem (and setting) with the thread tree; sweeps write PNG plots of
-accuracy against total and against sequential tokens.
+accuracy against total and against sequential tokens. ``--split=unseen`` takes
+solvable problems in the task's ranges that are in no split (never trained on,
+RL included): more held-out problems than the test split where the space allows.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from flax import nnx
 
 from apr_jax import config as config_lib
 from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_to_file
-from apr_jax.countdown.problems import Problem, load_problems
+from apr_jax.countdown.problems import Problem, load_problems, unseen_problems
 from apr_jax.countdown.render import conditioning_prefix, problem_prompt
 from apr_jax.countdown.verifier import extract_answer, verify
 from apr_jax.decode.engine import Engine, EngineConfig, to_thread_trees
@@ -293,6 +296,7 @@ def plot_sweep(series: dict[str, list[dict[str, Any]]], path: str) -> None:
     plt.close(fig)
 
 
+SPLIT_CHOICES = ("train", "validation", "test", "unseen")  # unseen: in no split of the dataset
 FLAGS = ("workdir", "checkpoint", "problems", "split", "num", "samples", "temperature", "top_p",
          "out", "sweep", "plot", "show", "seed")
 
@@ -323,9 +327,20 @@ def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: 
         from apr_jax.data.build import build_dataset
         from apr_jax.data.pipeline import make_problem_source
         split = flags.get("split", "test")
-        if split not in ("train", "validation", "test"):
-            raise ValueError(f"--split={split!r} is not one of train, validation, test")
-        problems = make_problem_source(build_dataset(config, log=None), split)
+        if split not in SPLIT_CHOICES:
+            raise ValueError(f"--split={split!r} is not one of {', '.join(SPLIT_CHOICES)}")
+        info = build_dataset(config, log=None)
+        if split != "unseen":
+            return make_problem_source(info, split)[:num]
+        seen = {p.key for s in info.problem_paths for p in make_problem_source(info, s)}
+        task = config.task
+        problems = unseen_problems(
+            num, seen, num_inputs=task.num_inputs, min_number=task.min_number,
+            max_number=task.max_number, min_target=task.min_target,
+            max_target=task.max_target, seed=task.seed)
+        if not problems:
+            raise ValueError("--split=unseen: every solvable problem in the task's ranges "
+                             "is in a split already")
     return problems[:num]
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from apr_jax.countdown.problems import (Problem, generate_problems, load_problems,
-                                        make_splits, save_problems)
+                                        make_splits, save_problems, unseen_problems)
 from apr_jax.countdown.solver import is_solvable
 
 
@@ -54,6 +54,31 @@ def test_splits_raise_when_space_too_small():
         make_splits(10, 5, 5, num_inputs=2, min_number=1, max_number=2, min_target=1, max_target=3)
     with pytest.raises(ValueError, match="unique solvable"):
         make_splits(5, 0, 0, num_inputs=2, min_number=1, max_number=3, min_target=7, max_target=9)
+
+
+SMALL = dict(num_inputs=2, min_number=1, max_number=6, min_target=1, max_target=12)
+
+
+def test_unseen_lists_every_solvable_problem_outside_the_splits():
+    splits = make_splits(20, 5, 5, **SMALL, seed=0)
+    seen = {p.key for split in splits.values() for p in split}
+    everything = {((a, b), t) for a in range(1, 7) for b in range(a, 7) for t in range(1, 13)
+                  if is_solvable((a, b), t)}
+    unseen = unseen_problems(1000, seen, **SMALL, seed=0)
+    keys = [p.key for p in unseen]
+    assert len(keys) == len(set(keys))  # unique
+    assert set(keys) == everything - seen  # all of the rest, none of the splits
+    assert unseen[:7] == unseen_problems(7, seen, **SMALL, seed=0)  # deterministic, capped
+    assert unseen != unseen_problems(1000, seen, **SMALL, seed=1)
+
+
+def test_unseen_samples_a_large_space_without_the_excluded():
+    drawn = generate_problems(30, num_inputs=4, seed=0)
+    seen = {p.key for p in drawn}
+    ranges = dict(num_inputs=4, min_number=1, max_number=99, min_target=10, max_target=100)
+    unseen = unseen_problems(40, seen, **ranges, seed=0)  # the seed that drew ``drawn``
+    assert len({p.key for p in unseen}) == 40 and not {p.key for p in unseen} & seen
+    assert all(is_solvable(p.numbers, p.target) for p in unseen)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -56,6 +56,20 @@ def test_checkpoint_flag_and_split(workdir, capsys):
     assert "evaluating" in capsys.readouterr().out
 
 
+def test_unseen_split_avoids_every_split(workdir, tmp_path, capsys):
+    out = tmp_path / "unseen.jsonl"
+    code = evaluate.main([f"--workdir={workdir}", "--split=unseen", "--num=5", f"--out={out}"])
+    assert code == 0, capsys.readouterr().err
+    data_dir = os.path.join(os.path.dirname(workdir), "data")  # the fixture's
+    config = load_config(None, TINY + [f"config.data.dir={data_dir}"])
+    from apr_jax.data.build import build_dataset
+    from apr_jax.data.pipeline import make_problem_source
+    info = build_dataset(config, log=None)
+    seen = {p.key for s in info.problem_paths for p in make_problem_source(info, s)}
+    evaluated = {Problem(tuple(r["numbers"]), r["target"]).key for r in map(json.loads, open(out))}
+    assert len(evaluated) == 5 and not evaluated & seen
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--num=3"], "give --workdir=DIR or --checkpoint=DIR/checkpoints/STEP"),
     (["--workdir=/nonexistent/run"], "checkpoint or workdir not found: /nonexistent/run"),

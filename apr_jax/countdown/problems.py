@@ -1,8 +1,10 @@
-"""Countdown problems: generation (solvable only), deduplicated splits, JSONL I/O."""
+"""Countdown problems: generation (solvable only), deduplicated splits, problems
+outside given splits, JSONL I/O."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -13,6 +15,7 @@ from apr_jax.countdown.solver import is_solvable
 
 MIN_INPUTS, MAX_INPUTS = 2, 6
 _MAX_FAILED_DRAWS = 20_000  # consecutive useless draws before giving up
+_ENUMERATE_LIMIT = 300_000  # problem spaces up to this size are listed, not sampled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +133,47 @@ def make_splits(num_train: int, num_validation: int, num_test: int, *, num_input
                         f"(stuck at {len(seen)}); widen the ranges or ask for fewer")
         splits[name] = split
     return {"train": splits["train"], "validation": splits["validation"], "test": splits["test"]}
+
+
+def unseen_problems(count: int, exclude: set[tuple[tuple[int, ...], int]], *, num_inputs: int,
+                    min_number: int, max_number: int, min_target: int, max_target: int,
+                    seed: int = 0) -> list[Problem]:
+    """Up to ``count`` unique solvable problems in the ranges whose ``key`` is not
+    in ``exclude``, deterministic by seed. A small space is listed in full, so
+    fewer than ``count`` come back when it runs out; a large one is sampled."""
+    ranges = (num_inputs, min_number, max_number, min_target, max_target)
+    _check_ranges(*ranges)
+    rng = random.Random(seed)
+    space = (math.comb(max_number - min_number + num_inputs, num_inputs)
+             * (max_target - min_target + 1))
+    out: list[Problem] = []
+    if space <= _ENUMERATE_LIMIT:
+        keys = [(numbers, target)
+                for numbers in itertools.combinations_with_replacement(
+                    range(min_number, max_number + 1), num_inputs)
+                for target in range(min_target, max_target + 1)]
+        rng.shuffle(keys)
+        for numbers, target in keys:
+            if len(out) == count:
+                break
+            if (numbers, target) not in exclude and is_solvable(numbers, target):
+                order = list(numbers)
+                rng.shuffle(order)  # drawn problems do not list their numbers sorted either
+                out.append(Problem(tuple(order), target))
+        return out
+    seen = set(exclude)
+    failed = 0
+    while len(out) < count:
+        p = _draw(rng, *ranges)
+        if p.key not in seen and is_solvable(p.numbers, p.target):
+            seen.add(p.key)
+            out.append(p)
+            failed = 0
+        else:
+            failed += 1
+            if failed > _MAX_FAILED_DRAWS:
+                break
+    return out
 
 
 def save_problems(path: str, problems: list[Problem]) -> None:
