@@ -2,7 +2,8 @@
 engine and score them with the project's verifier.
 
     python -m apr_jax.evaluate --workdir=runs/default --split=test --num=200
-    python -m apr_jax.evaluate --workdir=runs/default,runs/default_rl --split=unseen --num=1000
+    python -m apr_jax.evaluate --workdir=runs/default,runs/default_rl \\
+        --split=test,validation,unseen --num=1000
     python -m apr_jax.evaluate --checkpoint=runs/default/checkpoints/1500 \\
         --problems=problems.jsonl --samples=4 --temperature=0.7 --out=results.jsonl
     python -m apr_jax.evaluate --workdir=runs/apr,runs/sosp --sweep=tokens=64,128,256
@@ -11,7 +12,8 @@ It prints one table row per setting: accuracy, pass@K, cons@K, tokens (total,
 sequential = critical path), children per spawn, share of problems that
 spawned, largest context, wall time and tokens/s. ``--out`` writes one JSON
 line per problem (and setting) with the thread tree; sweeps write PNG plots of
-accuracy against total and against sequential tokens. ``--split=unseen`` takes
+accuracy against total and against sequential tokens. ``--split`` takes
+comma-separated splits (``--num`` problems from each); ``unseen`` is the
 solvable problems in the task's ranges that are in no split (never trained on,
 RL included): more held-out problems than the test split where the space allows.
 """
@@ -321,27 +323,33 @@ def _float(flags: dict[str, str], name: str) -> float | None:
 
 
 def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: int) -> list[Problem]:
+    """``--problems`` (its first ``num``), or the first ``num`` of each split named in
+    ``--split`` (comma-separated, concatenated in that order)."""
     if "problems" in flags:
-        problems = load_problems(flags["problems"])
-    else:
-        from apr_jax.data.build import build_dataset
-        from apr_jax.data.pipeline import make_problem_source
-        split = flags.get("split", "test")
+        return load_problems(flags["problems"])[:num]
+    from apr_jax.data.build import build_dataset
+    from apr_jax.data.pipeline import make_problem_source
+    splits = flags.get("split", "test").split(",")
+    for split in splits:
         if split not in SPLIT_CHOICES:
             raise ValueError(f"--split={split!r} is not one of {', '.join(SPLIT_CHOICES)}")
-        info = build_dataset(config, log=None)
+    info = build_dataset(config, log=None)
+    problems = []
+    for split in splits:
         if split != "unseen":
-            return make_problem_source(info, split)[:num]
+            problems += make_problem_source(info, split)[:num]
+            continue
         seen = {p.key for s in info.problem_paths for p in make_problem_source(info, s)}
         task = config.task
-        problems = unseen_problems(
+        unseen = unseen_problems(
             num, seen, num_inputs=task.num_inputs, min_number=task.min_number,
             max_number=task.max_number, min_target=task.min_target,
             max_target=task.max_target, seed=task.seed)
-        if not problems:
+        if not unseen:
             raise ValueError("--split=unseen: every solvable problem in the task's ranges "
                              "is in a split already")
-    return problems[:num]
+        problems += unseen
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,18 +56,20 @@ def test_checkpoint_flag_and_split(workdir, capsys):
     assert "evaluating" in capsys.readouterr().out
 
 
-def test_unseen_split_avoids_every_split(workdir, tmp_path, capsys):
-    out = tmp_path / "unseen.jsonl"
-    code = evaluate.main([f"--workdir={workdir}", "--split=unseen", "--num=5", f"--out={out}"])
+def test_split_list_and_unseen_split(workdir, tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    code = evaluate.main([f"--workdir={workdir}", "--split=test,unseen", "--num=5", f"--out={out}"])
     assert code == 0, capsys.readouterr().err
     data_dir = os.path.join(os.path.dirname(workdir), "data")  # the fixture's
     config = load_config(None, TINY + [f"config.data.dir={data_dir}"])
     from apr_jax.data.build import build_dataset
     from apr_jax.data.pipeline import make_problem_source
     info = build_dataset(config, log=None)
-    seen = {p.key for s in info.problem_paths for p in make_problem_source(info, s)}
-    evaluated = {Problem(tuple(r["numbers"]), r["target"]).key for r in map(json.loads, open(out))}
-    assert len(evaluated) == 5 and not evaluated & seen
+    splits = {s: [p.key for p in make_problem_source(info, s)] for s in info.problem_paths}
+    evaluated = [Problem(tuple(r["numbers"]), r["target"]).key for r in map(json.loads, open(out))]
+    assert evaluated[:5] == splits["test"][:5]  # the test split first, in its order
+    unseen = set(evaluated[5:])
+    assert len(unseen) == 5 and not unseen & {k for keys in splits.values() for k in keys}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -76,6 +78,7 @@ def test_unseen_split_avoids_every_split(workdir, tmp_path, capsys):
     (["--checkpoint={w}/checkpoints/7"], "checkpoint step 7 not found"),
     (["--workdir={w}", "--sweep=widths=1"], "--sweep='widths=1': expected KIND=V1,V2"),
     (["--workdir={w}", "--num=abc"], "--num must be an integer"),
+    (["--workdir={w}", "--split=test,dev"], "--split='dev' is not one of train, validation, test, unseen"),
     (["--workdir={w}", "--frobnicate=1"], "unknown flag --frobnicate"),
     (["--workdir={w}", "--sweep=children=1,2"], "needs a model trained with config.trace.kind=apr and config.trace.condition=true"),
 ])
