@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.skip_flat_groups = True
     c.rl.max_threads = 5  # root + one spawn of 4 children: what the SFT model writes
 
-    c.train.steps = 80  # RL steps
+    c.train.steps = 80  # RL steps: ~49 min here; greedy held-out 45.6% -> 50.7% (README)
     c.train.lr = 1e-4
     c.train.warmup_steps = 5
     c.train.min_lr_ratio = 1.0  # constant after warm-up
