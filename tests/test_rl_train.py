@@ -63,6 +63,6 @@ def test_rl_settings_errors_name_the_key():
     config = load_config(RL_CONFIG, ["config.rl.prompt_pool=-1"])
     with pytest.raises(ConfigError, match="config.rl.prompt_pool=-1 must be >= 0"):
         RLSettings.from_config(config)
-    config = load_config(RL_CONFIG, ["config.rl.minibatches=3"])
+    config = load_config(RL_CONFIG, ["config.rl.prompts_per_step=8", "config.rl.minibatches=3"])
     with pytest.raises(ConfigError, match="prompts_per_step=8 is not divisible by config.rl.minibatches=3"):
         RLSettings.from_config(config)
