@@ -97,6 +97,31 @@ def generate_problems(count: int, num_inputs: int = 4, min_number: int = 1,
     return out
 
 
+def _space_size(num_inputs: int, min_number: int, max_number: int,
+                min_target: int, max_target: int) -> int:
+    """How many (number multiset, target) problems the ranges hold, solvable or not."""
+    return (math.comb(max_number - min_number + num_inputs, num_inputs)
+            * (max_target - min_target + 1))
+
+
+def _draw_unique(rng: random.Random, ranges: tuple[int, ...],
+                 seen: set[tuple[tuple[int, ...], int]], count: int) -> list[Problem]:
+    """Up to ``count`` solvable problems drawn from ``ranges`` whose keys are not in
+    ``seen`` (their keys are added to it); fewer when ``_MAX_FAILED_DRAWS`` draws
+    in a row find nothing new."""
+    out: list[Problem] = []
+    failed = 0
+    while len(out) < count and failed <= _MAX_FAILED_DRAWS:
+        p = _draw(rng, *ranges)
+        if p.key not in seen and is_solvable(p.numbers, p.target):
+            seen.add(p.key)
+            out.append(p)
+            failed = 0
+        else:
+            failed += 1
+    return out
+
+
 def make_splits(num_train: int, num_validation: int, num_test: int, *, num_inputs: int = 4,
                 min_number: int = 1, max_number: int = 99, min_target: int = 10,
                 max_target: int = 100, seed: int = 0) -> dict[str, list[Problem]]:
@@ -109,29 +134,18 @@ def make_splits(num_train: int, num_validation: int, num_test: int, *, num_input
     ranges = (num_inputs, min_number, max_number, min_target, max_target)
     _check_ranges(*ranges)
     total = sum(sizes.values())
-    space = (math.comb(max_number - min_number + num_inputs, num_inputs)
-             * (max_target - min_target + 1))
+    space = _space_size(*ranges)
     if total > space:
         raise ValueError(f"{total} unique problems requested but only {space} exist in these ranges")
     rng = random.Random(seed)
     seen: set[tuple[tuple[int, ...], int]] = set()
     splits: dict[str, list[Problem]] = {}
     for name in ("test", "validation", "train"):
-        split: list[Problem] = []
-        failed = 0
-        while len(split) < sizes[name]:
-            p = _draw(rng, *ranges)
-            if p.key not in seen and is_solvable(p.numbers, p.target):
-                seen.add(p.key)
-                split.append(p)
-                failed = 0
-            else:
-                failed += 1
-                if failed > _MAX_FAILED_DRAWS:
-                    raise ValueError(
-                        f"could not find {total} unique solvable problems "
-                        f"(stuck at {len(seen)}); widen the ranges or ask for fewer")
-        splits[name] = split
+        splits[name] = _draw_unique(rng, ranges, seen, sizes[name])
+        if len(splits[name]) < sizes[name]:
+            raise ValueError(
+                f"could not find {total} unique solvable problems "
+                f"(stuck at {len(seen)}); widen the ranges or ask for fewer")
     return {"train": splits["train"], "validation": splits["validation"], "test": splits["test"]}
 
 
@@ -144,10 +158,8 @@ def unseen_problems(count: int, exclude: set[tuple[tuple[int, ...], int]], *, nu
     ranges = (num_inputs, min_number, max_number, min_target, max_target)
     _check_ranges(*ranges)
     rng = random.Random(seed)
-    space = (math.comb(max_number - min_number + num_inputs, num_inputs)
-             * (max_target - min_target + 1))
     out: list[Problem] = []
-    if space <= _ENUMERATE_LIMIT:
+    if _space_size(*ranges) <= _ENUMERATE_LIMIT:
         keys = [(numbers, target)
                 for numbers in itertools.combinations_with_replacement(
                     range(min_number, max_number + 1), num_inputs)
@@ -161,19 +173,7 @@ def unseen_problems(count: int, exclude: set[tuple[tuple[int, ...], int]], *, nu
                 rng.shuffle(order)  # drawn problems do not list their numbers sorted either
                 out.append(Problem(tuple(order), target))
         return out
-    seen = set(exclude)
-    failed = 0
-    while len(out) < count:
-        p = _draw(rng, *ranges)
-        if p.key not in seen and is_solvable(p.numbers, p.target):
-            seen.add(p.key)
-            out.append(p)
-            failed = 0
-        else:
-            failed += 1
-            if failed > _MAX_FAILED_DRAWS:
-                break
-    return out
+    return _draw_unique(rng, ranges, set(exclude), count)
 
 
 def save_problems(path: str, problems: list[Problem]) -> None:
