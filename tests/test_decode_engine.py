@@ -24,16 +24,17 @@ ROOT = [20, 21]  # root prompt; scripts of the root are keyed by 20
 
 
 # ---- scripted model --------------------------------------------------------
-# The cache is the row's token history. A thread is keyed by the first token of
+# The cache is each lane's token history. A thread is keyed by the first token of
 # its prompt (the root) or of its spawn message (a child; <child> itself for an
 # empty message); after the token at position p it emits table[key, p].
 
-def _scripted_decode(table, tokens_BxT, positions_BxT, hist):
+def _scripted_decode(table, tokens_BxT, positions_BxT, hist, lanes_B, kv_len):
     B, T = tokens_BxT.shape
-    rows = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-    hist = hist.at[rows, jnp.where(positions_BxT < 0, hist.shape[1], positions_BxT)].set(
+    lanes_BxT = jnp.broadcast_to(lanes_B[:, None], (B, T))
+    hist = hist.at[lanes_BxT, jnp.where(positions_BxT < 0, hist.shape[1], positions_BxT)].set(
         tokens_BxT, mode="drop")
-    key_BxT = jnp.where((hist[:, 1:2] == CHILD) & (positions_BxT >= 2), hist[:, 2:3], hist[:, 1:2])
+    mine = hist[lanes_B]
+    key_BxT = jnp.where((mine[:, 1:2] == CHILD) & (positions_BxT >= 2), mine[:, 2:3], mine[:, 1:2])
     next_BxT = table[key_BxT, jnp.clip(positions_BxT, 0, P - 1)]
     return jax.nn.one_hot(next_BxT, V) * 10.0, hist
 
@@ -274,17 +275,17 @@ def test_to_thread_trees():
 TOY = ToyConfig(vocab_size=V, d_model=32, num_layers=2, num_heads=2, d_ff=64)
 
 
-def _toy_decode(params, tokens, positions, cache):
-    return toy_decode(TOY, params, tokens, positions, cache)
+def _toy_decode(params, tokens, positions, cache, lanes, kv_len):
+    return toy_decode(TOY, params, tokens, positions, cache, lanes, kv_len)
 
 
 def _toy_cache(batch, max_len):
     return toy_init_cache(TOY, batch, max_len)
 
 
-def _biased_decode(params, tokens, positions, cache):
+def _biased_decode(params, tokens, positions, cache, lanes, kv_len):
     """Random model pushed towards protocol tokens, so spawns happen often."""
-    logits, cache = toy_decode(TOY, params["toy"], tokens, positions, cache)
+    logits, cache = toy_decode(TOY, params["toy"], tokens, positions, cache, lanes, kv_len)
     return logits + params["bias"], cache
 
 

@@ -40,9 +40,9 @@ def random_model(seed: int, protocol_boost: float):
     return dataclasses.replace(BASE_MODEL_BIASED, params=(params, jnp.asarray(bias_V)))
 
 
-def _biased_decode(params_and_bias, tokens_BxT, positions_BxT, cache):
+def _biased_decode(params_and_bias, tokens_BxT, positions_BxT, cache, lanes_B, kv_len):
     params, bias_V = params_and_bias
-    logits, cache = BASE_MODEL.decode_fn(params, tokens_BxT, positions_BxT, cache)
+    logits, cache = BASE_MODEL.decode_fn(params, tokens_BxT, positions_BxT, cache, lanes_B, kv_len)
     return logits + bias_V, cache
 
 
@@ -52,14 +52,17 @@ BASE_MODEL_BIASED = dataclasses.replace(BASE_MODEL, decode_fn=_biased_decode)
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**20), boost=st.sampled_from([0.0, 2.0, 4.0]),
        sampling=st.sampled_from(SAMPLINGS), max_rounds=st.integers(0, 3),
-       max_depth=st.integers(0, 2), tokens_per_thread=st.integers(1, 24),
+       max_depth=st.integers(0, 2), tokens_per_thread=st.integers(1, 24), small_pool=st.booleans(),
        prompts=st.lists(st.lists(st.integers(13, TOY.vocab_size - 1), min_size=1, max_size=7),
                         min_size=2, max_size=2))
 def test_random_models_give_well_formed_trees_within_limits(
-        seed, boost, sampling, max_rounds, max_depth, tokens_per_thread, prompts):
+        seed, boost, sampling, max_rounds, max_depth, tokens_per_thread, small_pool, prompts):
     cfg = EngineConfig(max_children=MAX_CHILDREN, max_rounds=max_rounds, max_depth=max_depth,
                        tokens_per_thread=tokens_per_thread, max_context=MAX_CONTEXT,
-                       sampling=sampling, samples_per_problem=SAMPLES, max_threads=MAX_THREADS)
+                       sampling=sampling, samples_per_problem=SAMPLES, max_threads=MAX_THREADS,
+                       prefill_chunk=4, buckets=1)
+    if small_pool:  # one sample in flight at a time
+        cfg = dataclasses.replace(cfg, lanes=cfg.lanes_per_group)
     out = Engine(random_model(seed, boost), cfg, IDS).run(prompts, jax.random.key(seed))
     assert len(out.samples) == len(prompts)
     for n, per_problem in enumerate(out.samples):

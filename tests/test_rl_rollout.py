@@ -1,6 +1,8 @@
 """The pure fixed-shape rollout: layout of thread rows, masks, sampling-time
 log-probabilities and determinism, on a scripted and a random toy model."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,13 +30,14 @@ def scripted_model():
     table[30, 2:5] = [RO, 40 - 20, RC]
     table[31, 2:5] = [RO, 41 - 20, RC]
 
-    def decode_fn(tab, tokens_BxT, positions_BxT, hist):
+    def decode_fn(tab, tokens_BxT, positions_BxT, hist, lanes_B, kv_len):
         B, T = tokens_BxT.shape
-        rows = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-        hist = hist.at[rows, jnp.where(positions_BxT < 0, hist.shape[1], positions_BxT)].set(
+        lanes = jnp.broadcast_to(lanes_B[:, None], (B, T))
+        hist = hist.at[lanes, jnp.where(positions_BxT < 0, hist.shape[1], positions_BxT)].set(
             tokens_BxT, mode="drop")
-        is_child = hist[:, 1:2] == CHILD
-        key_BxT = jnp.where(is_child, hist[:, 2:3], hist[:, 1:2])
+        mine = hist[lanes_B]
+        is_child = mine[:, 1:2] == CHILD
+        key_BxT = jnp.where(is_child, mine[:, 2:3], mine[:, 1:2])
         pos = jnp.clip(positions_BxT, 0, 23)
         # After the join block the root writes 16 then EOS.
         after_join = (~is_child) & (tokens_BxT == JC)
@@ -94,10 +97,16 @@ def test_sampling_logprobs_match_teacher_forcing_and_key_determinism():
     assert mask.sum() > 20
     np.testing.assert_allclose(a.logp_RxL[mask], forced[mask], atol=1e-4)
 
-    # Chunked rollouts keep the shapes (one compile, bounded memory).
-    chunked = make_rollout(model.decode_fn, model.init_cache, cfg, ProtocolIds(), prompt_width=3, chunks=2)
-    d = jax.device_get(chunked(model.params, jax.random.key(7), prompts))
-    assert d.tokens_RxL.shape == a.tokens_RxL.shape and d.threads_N.shape == a.threads_N.shape
+    # Rollouts split into chunks, fed one forced token per step, or squeezed
+    # through the smallest lane pool sample the same rows: each token's key
+    # depends only on its thread and position.
+    for changes, chunks in (({}, 2), ({"prefill_chunk": 1}, 1), ({"lanes": 3, "buckets": 1}, 1)):
+        other = make_rollout(model.decode_fn, model.init_cache, dataclasses.replace(cfg, **changes),
+                             ProtocolIds(), prompt_width=3, chunks=chunks)
+        d = jax.device_get(other(model.params, jax.random.key(7), prompts))
+        for name in ("tokens_RxL", "role_RxL", "length_R", "valid_R", "stop_R", "parent_R"):
+            np.testing.assert_array_equal(getattr(d, name), getattr(a, name), err_msg=f"{changes} {name}")
+        np.testing.assert_allclose(d.logp_RxL, a.logp_RxL, atol=1e-5)
 
 
 def test_bad_prompts_are_one_line_errors():

@@ -11,17 +11,27 @@ in batches of ``batch_problems`` (the last batch padded with idle groups, so
 one shape compiles once); all threads of a batch advance together in one
 compiled ``lax.while_loop`` (see ``engine_loop``), spawn and join included.
 
-Thread pool: each sample owns ``max_threads`` rows (root + children), never
+Thread rows: each sample owns ``max_threads`` rows (root + children), never
 reused. The default is the full tree ``sum_d (max_rounds*max_children)^d`` for
 ``d <= max_depth``, capped at ``max(64, 1 + max_rounds*max_children)``;
 messages that find no free row are dropped and counted (``dropped_pool``).
 ``max_depth = 0`` is sequential decoding: ``</spawn>`` is ordinary text.
+
+KV lanes: the cache holds ``lanes`` rows of ``max_context`` slots (default:
+every sample of the batch at once). A sample in flight reserves
+``lanes_per_group`` lanes (the live threads of a full spawn tree: one per
+depth level's ``max_children``, capped at ``max_threads``); samples start in
+order as lanes free up, so a large batch streams through a small pool.
+Forced tokens (prompts, join blocks) are fed ``prefill_chunk`` per step; each
+step's rows and cache reads are bucketed into ``buckets`` halvings of the
+pool and of ``max_context``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +39,7 @@ import numpy as np
 
 from apr_jax import threads as threads_lib
 from apr_jax.decode import engine_loop, metrics
-from apr_jax.decode.model_api import as_decode_model
+from apr_jax.decode.model_api import DecodeFn, as_decode_model
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig, bucket_length, check_prompts
 
@@ -48,16 +58,25 @@ class EngineConfig:
     samples_per_problem: int = 1
     max_threads: int = 0  # rows per sample; 0 = derived (module docstring)
     batch_problems: int = 0  # problems per compiled call; 0 = all at once
+    lanes: int = 0  # KV-cache lanes; 0 = every sample of a batch at once
+    prefill_chunk: int = 16  # forced tokens fed per thread per step
+    buckets: int = 3  # row and KV-length buckets: the pool and max_context halved this many times
 
     def __post_init__(self):
         for name, low in (("max_children", 1), ("max_rounds", 0), ("max_depth", 0),
                           ("tokens_per_thread", 1), ("max_context", 4),
-                          ("samples_per_problem", 1), ("max_threads", 0), ("batch_problems", 0)):
+                          ("samples_per_problem", 1), ("max_threads", 0), ("batch_problems", 0),
+                          ("lanes", 0), ("prefill_chunk", 1), ("buckets", 1)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise ValueError(f"EngineConfig.{name} must be an int >= {low}, got {value!r}")
         if not isinstance(self.sampling, SamplingConfig):
             raise ValueError(f"EngineConfig.sampling must be a SamplingConfig, got {self.sampling!r}")
+        if self.lanes and self.lanes < self.lanes_per_group:
+            raise ValueError(
+                f"EngineConfig.lanes={self.lanes} cannot hold one problem: a sample needs "
+                f"{self.lanes_per_group} lanes (root + max_children={self.max_children} per level "
+                f"up to max_depth={self.max_depth}, capped at max_threads={self.threads_per_sample})")
 
     @classmethod
     def from_eval_config(cls, eval_cfg: Any, max_context: int) -> "EngineConfig":
@@ -81,6 +100,18 @@ class EngineConfig:
         fan = self.max_rounds * self.max_children
         full = sum(fan ** d for d in range(self.max_depth + 1))
         return int(min(full, max(64, 1 + fan)))
+
+    @property
+    def lanes_per_group(self) -> int:
+        """Most threads of one sample alive at once: a waiting parent's children
+        all run or wait, one spawn round at a time."""
+        live = 1 if self.max_rounds == 0 else sum(self.max_children ** d for d in range(self.max_depth + 1))
+        return int(min(live, self.threads_per_sample))
+
+    def lanes_for(self, num_groups: int) -> int:
+        """The pool size for a batch of ``num_groups`` samples."""
+        need = num_groups * self.lanes_per_group
+        return int(min(self.lanes, need) if self.lanes else need)
 
 
 @dataclasses.dataclass
@@ -117,6 +148,7 @@ class SampleResult:
 class EngineOutput:
     samples: list[list[SampleResult]]  # [problem][sample]
     steps: list[int]  # loop iterations of each batch
+    counters: dict[str, float] = dataclasses.field(default_factory=dict)  # engine_loop.COUNTERS, summed
 
     def flat(self) -> list[SampleResult]:
         return [s for per_problem in self.samples for s in per_problem]
@@ -132,7 +164,16 @@ class EngineOutput:
             "mean_children_per_spawn": float(np.mean(spawns)) if spawns else 0.0,
             "max_context_used": int(max(s.max_context_used for s in flat)),
             "steps": int(sum(self.steps)),
+            **efficiency(self.counters),
         }
+
+
+def efficiency(counters: dict[str, float]) -> dict[str, float]:
+    """Token-forwards computed per token fed, and KV slots read per live slot."""
+    if not counters or not counters.get("tokens_fed"):
+        return {}
+    return {"forwards_per_token": counters["forwards_computed"] / counters["tokens_fed"],
+            "kv_read_per_live": counters["kv_slots_read"] / max(counters["kv_slots_live"], 1.0)}
 
 
 class Engine:
@@ -143,41 +184,21 @@ class Engine:
         self.cfg = cfg
         self.ids = ids if ids is not None else ProtocolIds()
 
-    def _spec(self, longest_prompt: int) -> engine_loop.LoopSpec:
-        return loop_spec(self.cfg, self.ids, longest_prompt)
-
-    def _limits(self) -> engine_loop.Limits:
-        return loop_limits(self.cfg)
-
     def run_arrays(self, prompts: Sequence[Sequence[int]], key: jax.Array,
-                   active: Sequence[bool] | None = None) -> dict[str, np.ndarray]:
-        """Decode one batch (``active[n]`` False: problem n is padding, left
+                   num_active: int | None = None) -> dict[str, np.ndarray]:
+        """Decode one batch (problems from ``num_active`` on are padding, left
         idle); the final loop state as numpy arrays with rows reshaped to
-        [problem, sample, thread, ...]."""
-        S, L, K = self.cfg.threads_per_sample, self.cfg.max_context, self.cfg.samples_per_problem
-        groups = len(prompts) * K
-        buf = np.full((groups * S, L), self.ids.pad, np.int32)
-        length = np.zeros((groups * S,), np.int32)
+        [problem, sample, thread, ...] (see ``state_arrays``)."""
+        width = bucket_length(max(len(p) for p in prompts))
+        tokens = np.full((len(prompts), width), self.ids.pad, np.int32)
         for n, prompt in enumerate(prompts):
-            for k in range(K):
-                row = (n * K + k) * S
-                buf[row, 0] = self.ids.bos
-                buf[row, 1:1 + len(prompt)] = prompt
-                length[row] = 1 + len(prompt)
-        active = np.repeat(np.ones(len(prompts), bool) if active is None else np.asarray(active, bool), K)
-        spec = self._spec(max(len(p) for p in prompts) + 1)
-        cache = self.model.init_cache(groups * S, L)
-        state = engine_loop.run_loop(
-            self.model.params, jnp.asarray(buf), jnp.asarray(length), jnp.asarray(active), cache, key,
-            self._limits(), spec=spec, decode_fn=self.model.decode_fn)
-        state.pop("cache")
-        out = {name: np.asarray(v) for name, v in state.items()}
-        for name, v in out.items():
-            if name == "step":
-                continue
-            per_group = name in engine_loop.PER_GROUP
-            out[name] = v.reshape((len(prompts), K) + ((() if per_group else (S,)) + v.shape[1:]))
-        return out
+            tokens[n, :len(prompt)] = prompt
+        decode = make_decoder(self.model.decode_fn, self.model.init_cache, self.cfg, self.ids,
+                              len(prompts), min(width, self.cfg.max_context - 2))
+        state = decode(self.model.params, jnp.asarray(tokens[:, :self.cfg.max_context - 2]),
+                       jnp.asarray([len(p) for p in prompts], jnp.int32),
+                       jnp.int32(len(prompts) if num_active is None else num_active), key, jnp.int32(0))
+        return state_arrays(state, len(prompts))
 
     def run(self, prompts: Sequence[Sequence[int]], key: jax.Array | None = None) -> EngineOutput:
         """Decode ``samples_per_problem`` samples of every prompt."""
@@ -191,31 +212,91 @@ class Engine:
         batch = self.cfg.batch_problems or len(prompts)
         samples: list[list[SampleResult]] = []
         steps = []
+        counters = dict.fromkeys(engine_loop.COUNTERS, 0.0)
         for b, start in enumerate(range(0, len(prompts), batch)):
             chunk = prompts[start:start + batch]
-            padded = chunk + [[]] * (batch - len(chunk))
-            arrays = self.run_arrays(padded, jax.random.fold_in(key, b),
-                                     active=[i < len(chunk) for i in range(batch)])
+            padded = chunk + [[self.ids.pad]] * (batch - len(chunk))
+            arrays = self.run_arrays(padded, jax.random.fold_in(key, b), num_active=len(chunk))
             steps.append(int(arrays["step"]))
+            for name, value in zip(engine_loop.COUNTERS, arrays["counters"]):
+                counters[name] += float(value)
             samples.extend(sample_results(arrays, len(chunk), first_problem=start))
-        return EngineOutput(samples=samples, steps=steps)
+        return EngineOutput(samples=samples, steps=steps, counters=counters)
 
 
-def loop_spec(cfg: EngineConfig, ids: ProtocolIds, longest_prompt: int) -> engine_loop.LoopSpec:
-    """The static loop shape for prompts of up to ``longest_prompt`` tokens (BOS included)."""
+def loop_spec(cfg: EngineConfig, ids: ProtocolIds, num_groups: int) -> engine_loop.LoopSpec:
+    """The static loop shape for a batch of ``num_groups`` samples."""
+    lanes = cfg.lanes_for(num_groups)
     return engine_loop.LoopSpec(
         ids=ids, slots=cfg.threads_per_sample, max_children=cfg.max_children,
-        max_context=cfg.max_context,
-        prefill_width=min(bucket_length(longest_prompt), cfg.max_context),
+        max_context=cfg.max_context, lanes=lanes, lanes_per_group=cfg.lanes_per_group,
+        prefill_chunk=min(cfg.prefill_chunk, cfg.max_context),
+        row_buckets=halvings(lanes, cfg.buckets, minimum=1),
+        kv_buckets=halvings(cfg.max_context, cfg.buckets, minimum=8),
         sampling=cfg.sampling)
 
 
-def loop_limits(cfg: EngineConfig) -> engine_loop.Limits:
-    """The loop's traced limits (changing them does not recompile)."""
+def halvings(size: int, count: int, minimum: int) -> tuple[int, ...]:
+    """``size``, ``size/2``, ... (rounded up, at least ``minimum``), ``count``
+    of them at most, ascending and distinct."""
+    return tuple(sorted({max(min(minimum, size), -(-size // 2 ** i)) for i in range(count)}))
+
+
+def loop_limits(cfg: EngineConfig, num_groups: int) -> engine_loop.Limits:
+    """The loop's traced limits (changing them does not recompile). The step
+    cap is the waves of groups the pool runs, times a group's most tokens."""
+    in_flight = cfg.lanes_for(num_groups) // cfg.lanes_per_group
+    waves = -(-num_groups // in_flight)
     return engine_loop.Limits(
         max_rounds=jnp.int32(cfg.max_rounds), max_depth=jnp.int32(cfg.max_depth),
         tokens_per_thread=jnp.int32(cfg.tokens_per_thread),
-        max_steps=jnp.int32(cfg.threads_per_sample * cfg.max_context))
+        max_steps=jnp.int32(min(waves * cfg.threads_per_sample * cfg.max_context, 2 ** 31 - 1)))
+
+
+def make_decoder(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg: EngineConfig,
+                 ids: ProtocolIds, num_prompts: int, prompt_width: int) -> Callable[..., engine_loop.LoopState]:
+    """The one decoding function of evaluation and RL rollouts:
+    ``decode(params, prompt_PxT, prompt_len_P, num_active, key, first_thread)
+    -> LoopState`` for ``num_prompts`` prompts of (static) width ``prompt_width``
+    (without BOS), ``samples_per_problem`` samples each. Pure; jitted once per
+    shape (the cache is built inside, under the caller's mesh if any)."""
+    if prompt_width + 2 > cfg.max_context:
+        raise ValueError(f"prompt width {prompt_width} leaves no room in max_context {cfg.max_context}")
+    groups = num_prompts * cfg.samples_per_problem
+    return functools.partial(
+        _decode_jit, limits=loop_limits(cfg, groups),
+        spec=loop_spec(cfg, ids, groups), samples=cfg.samples_per_problem,
+        decode_fn=decode_fn, init_cache=init_cache)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "samples", "decode_fn", "init_cache"))
+def _decode_jit(params, prompt_PxT, prompt_len_P, num_active, key, first_thread, limits, *,
+                spec, samples, decode_fn, init_cache) -> engine_loop.LoopState:
+    return engine_loop.run_loop(params, prompt_PxT, prompt_len_P, num_active, key, limits, first_thread,
+                                spec=spec, samples=samples, decode_fn=decode_fn, init_cache=init_cache)
+
+
+def state_arrays(state: engine_loop.LoopState, num_prompts: int) -> dict[str, np.ndarray]:
+    """A loop state on the host as numpy arrays keyed by field name without its
+    shape suffix, per-row fields shaped [problem, sample, thread, ...] and
+    per-group ones [problem, sample] (the cache and lane fields left out)."""
+    host = jax.device_get(dataclasses.replace(state, cache=None))
+    groups = host.next_free_G.shape[0]
+    samples = groups // num_prompts
+    slots = host.buf_RxL.shape[0] // groups
+    out = {}
+    for field in dataclasses.fields(host):
+        name, value = field.name, getattr(host, field.name)
+        if name.endswith("_N") or name == "cache":
+            continue
+        base, _, suffix = name.rpartition("_")
+        if suffix in ("R", "RxL"):
+            out[base] = np.asarray(value).reshape((num_prompts, samples, slots) + value.shape[1:])
+        elif suffix == "G":
+            out[base] = np.asarray(value).reshape(num_prompts, samples)
+        else:
+            out[name] = np.asarray(value)
+    return out
 
 
 def sample_results(arrays: dict[str, np.ndarray], num_problems: int, first_problem: int = 0

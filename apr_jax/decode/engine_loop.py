@@ -1,17 +1,37 @@
 """The on-device multi-thread decoding loop: spawn and join inside one
-``lax.while_loop``, fixed shapes, no host round trips.
+``lax.while_loop``, fixed shapes, no host round trips, and a step that costs
+what is alive rather than what was allocated.
 
-Rows. Every sample of every problem (a *group*) owns ``S`` rows (slots) of one
-flat batch of ``R = G * S`` rows. Slot 0 is the root; children take the next
-free slots in spawn order and keep them for the whole run (slots are never
-reused, so every thread's tokens survive to the output). A spawn that finds
-too few free slots gets fewer children (the rest are dropped and counted).
+Threads. Every sample of every problem (a *group*) owns ``S`` thread rows
+(slots) of one flat batch of ``R = G * S`` rows; this is the output layout.
+Slot 0 is the root; children take the next free slots in spawn order and keep
+them (slots are never reused, so every thread's tokens survive to the output).
+A spawn that finds too few free slots gets fewer children (the rest are
+dropped and counted in ``dropped_pool``).
 
 Per row a token buffer ``buf_RxL`` holds the thread's whole context. Tokens at
 ``[fed, length)`` are the *forced queue*: written by the engine (prompt, child
-prompt, join block) or just sampled, and not yet fed to the model. Every step
-each running row feeds ``buf[fed]`` at position ``fed``; when that empties the
-queue, the logits are sampled and the token appended (role ``model``).
+prompt, join block) or just sampled, and not yet fed to the model.
+
+KV lanes. The cache is a pool of ``N`` lanes, separate from the thread rows. A
+thread holds one lane from the moment it starts until it is done (a waiting
+parent keeps its lane); the lane then returns to the pool and the next thread
+writes over it from slot 0 (queries never look past their own position, so
+stale slots do not matter). Groups are admitted in order while the pool has
+room for one more group's worst case (``lanes_per_group`` lanes: the live
+threads of a full spawn tree, capped at ``S``), so a spawn always finds lanes,
+and a finished group's lanes take the next group at once (continuous batching).
+
+A step. Running threads with exactly one queued token (the one just sampled)
+are gathered into a *decode* call of width 1; those with more (prompts, join
+blocks) into a *prefill* call that feeds up to ``C = prefill_chunk`` tokens.
+Each call's rows are compacted into the smallest of a few row buckets and the
+cache is read only up to the smallest KV-length bucket that holds every
+selected row's positions (one compiled branch per bucket pair, chosen with
+``lax.switch``); free, waiting and finished threads cost nothing. When a feed
+empties a thread's queue the logits at its last token are sampled and the token
+appended (role ``model``), with a key that depends only on the thread and the
+position, so the result does not depend on batching, chunking or lanes.
 
 What each sampled token does (``x`` written by a running thread):
 - ``<eos>``: the thread ends, stop ``eos`` (a child ending so is joined as
@@ -44,16 +64,18 @@ Log-probabilities: ``logp[r, j]`` is the log-probability of the token the
 model wrote at ``buf[r, j]`` under the distribution it was sampled from
 (``token_logprobs``); 0 for prompt, join and padding tokens.
 
-Termination: every running row makes progress each step and a group's rows
-can feed at most ``S * L`` tokens in total, so the loop ends when all roots are
-done or after ``S * L`` steps (rows still unfinished then keep stop
-``running``).
+Termination: a group in flight always has a running thread (a waiting parent's
+children are running or were joined this step), every running thread feeds at
+least one token per step, and a group feeds at most ``S * L`` tokens, so the
+loop ends when every group's root is done, or at ``max_steps`` (threads still
+unfinished then keep stop ``running``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -65,8 +87,8 @@ from apr_jax.decode.sampler import SamplingConfig, sample_tokens, top_p_mask
 
 FREE, RUNNING, WAITING, DONE = 0, 1, 2, 3
 ROLE_PROMPT, ROLE_MODEL, ROLE_JOIN = 0, 1, 2
-PER_GROUP = ("next_free", "dropped_children", "dropped_pool")  # state arrays with one value per group
 STOP = {name: i for i, name in enumerate(threads_lib.STOPS)}
+COUNTERS = ("forwards_computed", "tokens_fed", "kv_slots_read", "kv_slots_live", "model_calls")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,13 +96,18 @@ class LoopSpec:
     """Static shape/behaviour of one compiled loop."""
 
     ids: ProtocolIds
-    slots: int  # S: rows per group
+    slots: int  # S: thread rows per group
     max_children: int  # K
     max_context: int  # L
-    prefill_width: int  # root prompts (minus last token) are prefilled in one call this wide
+    lanes: int  # N: KV-cache lanes
+    lanes_per_group: int  # lanes reserved for each group in flight
+    prefill_chunk: int  # C: forced tokens fed per thread per step
+    row_buckets: tuple[int, ...]  # ascending; the last is N
+    kv_buckets: tuple[int, ...]  # ascending; the last is L
     sampling: SamplingConfig
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """Limits passed as traced scalars, so changing them does not recompile."""
@@ -91,8 +118,42 @@ class Limits:
     max_steps: jax.Array
 
 
-jax.tree_util.register_dataclass(
-    Limits, data_fields=["max_rounds", "max_depth", "tokens_per_thread", "max_steps"], meta_fields=[])
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LoopState:
+    """The while-loop carry. ``_R`` fields are per thread row, ``_N`` per KV
+    lane, ``_G`` per group; ``counters`` are float32 totals (``COUNTERS``)."""
+
+    step: jax.Array
+    cache: Any
+    buf_RxL: jax.Array  # int32 tokens
+    role_RxL: jax.Array  # int8 ROLE_*
+    logp_RxL: jax.Array  # float32 sampling-time log-prob of model tokens
+    length_R: jax.Array
+    fed_R: jax.Array  # tokens already in the thread's lane
+    status_R: jax.Array
+    stop_R: jax.Array
+    parent_R: jax.Array  # parent slot, -1 for the root
+    depth_R: jax.Array
+    rounds_R: jax.Array  # spawns this thread made
+    spawn_round_R: jax.Array  # which of its parent's spawns created it
+    written_R: jax.Array
+    spawn_open_R: jax.Array  # buffer index of the open <spawn>, -1 if none
+    return_open_R: jax.Array  # buffer index of the last <return>, -1 if none
+    child_lo_R: jax.Array  # first slot of the current spawn's children
+    child_n_R: jax.Array
+    lane_R: jax.Array  # the lane the thread holds (or last held); -1 never had one
+    lane_row_N: jax.Array  # the row holding (or that last held) the lane; -1 never used
+    lane_busy_N: jax.Array  # bool
+    next_free_G: jax.Array
+    dropped_children_G: jax.Array  # messages over max_children
+    dropped_pool_G: jax.Array  # messages that found no free slot
+    admitted: jax.Array  # groups admitted so far (in order)
+    num_groups: jax.Array  # groups to decode; the trailing rest stay idle
+    counters: jax.Array  # float32 [len(COUNTERS)]
+
+    def replace(self, **changes) -> "LoopState":
+        return dataclasses.replace(self, **changes)
 
 
 def token_logprobs(logits_BxV: jax.Array, tokens_B: jax.Array, cfg: SamplingConfig) -> jax.Array:
@@ -107,81 +168,191 @@ def token_logprobs(logits_BxV: jax.Array, tokens_B: jax.Array, cfg: SamplingConf
     return jnp.take_along_axis(logp_BxV, tokens_B[:, None], axis=-1)[:, 0]
 
 
-def init_state(spec: LoopSpec, prompt_buf_RxL, prompt_len_R, active_G, cache):
-    """State with each active group's root holding its prompt as forced tokens."""
+def _drop_index(valid: jax.Array, index: jax.Array, size: int) -> jax.Array:
+    """``index`` where valid, else ``size`` (out of range: a dropped scatter)."""
+    return jnp.where(valid, index, size)
+
+
+def compact(member_X: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """Indices of the members of ``member_X`` in order, padded with 0 to
+    ``size`` entries (at most ``size`` members are kept), and their count."""
+    rank_X = jnp.cumsum(member_X) - 1
+    index_M = jnp.zeros((size,), jnp.int32).at[_drop_index(member_X, rank_X, size)].set(
+        jnp.arange(member_X.shape[0], dtype=jnp.int32), mode="drop")
+    return index_M, jnp.minimum(jnp.sum(member_X), size).astype(jnp.int32)
+
+
+def _take_lanes(s: LoopState, want_X: jax.Array, rows_X: jax.Array) -> tuple[LoopState, jax.Array]:
+    """Give free lanes, lowest first, to the wanting entries in order; returns
+    the lane of each entry (-1 where not wanted or none was free)."""
+    N = s.lane_busy_N.shape[0]
+    free_list_N, free_count = compact(~s.lane_busy_N, N)
+    rank_X = jnp.cumsum(want_X) - 1
+    got_X = want_X & (rank_X < free_count)
+    lane_X = jnp.where(got_X, free_list_N[jnp.clip(rank_X, 0, N - 1)], -1)
+    at_X = _drop_index(got_X, lane_X, N)
+    R = s.lane_R.shape[0]
+    return s.replace(
+        lane_row_N=s.lane_row_N.at[at_X].set(rows_X, mode="drop"),
+        lane_busy_N=s.lane_busy_N.at[at_X].set(True, mode="drop"),
+        lane_R=s.lane_R.at[_drop_index(got_X, rows_X, R)].set(lane_X, mode="drop")), lane_X
+
+
+def init_state(spec: LoopSpec, prompt_buf_RxL: jax.Array, prompt_len_R: jax.Array,
+               num_groups: jax.Array, cache: Any) -> LoopState:
+    """Roots hold their prompts as forced tokens; no group is admitted yet."""
     R, L = prompt_buf_RxL.shape
-    S = spec.slots
-    is_root_R = (jnp.arange(R) % S) == 0
-    root_active_R = is_root_R & jnp.repeat(active_G, S)
+    G, N = R // spec.slots, spec.lanes
+    is_root_R = (jnp.arange(R) % spec.slots) == 0
     i32 = functools.partial(jnp.full, (R,), dtype=jnp.int32)
-    return {
-        "step": jnp.int32(0),
-        "cache": cache,
-        "buf": prompt_buf_RxL.astype(jnp.int32),
-        "role": jnp.zeros((R, L), jnp.int8),
-        "logp": jnp.zeros((R, L), jnp.float32),  # sampling-time log-prob of model tokens
-        "length": jnp.where(is_root_R, prompt_len_R, 0).astype(jnp.int32),
-        "fed": i32(0),
-        "status": jnp.where(root_active_R, RUNNING, jnp.where(is_root_R, DONE, FREE)).astype(jnp.int32),
-        "stop": i32(STOP["running"]),
-        "parent": i32(-1),
-        "depth": i32(0),
-        "rounds": i32(0),  # spawns this thread made
-        "spawn_round": i32(-1),  # which of its parent's spawns created this thread
-        "written": i32(0),
-        "spawn_open": i32(-1),  # buffer index of the open <spawn>
-        "return_open": i32(-1),  # buffer index of the last <return>
-        "child_lo": i32(0),  # first slot of the current spawn's children
-        "child_n": i32(0),
-        "next_free": jnp.ones((R // S,), jnp.int32),
-        "dropped_children": jnp.zeros((R // S,), jnp.int32),  # over max_children
-        "dropped_pool": jnp.zeros((R // S,), jnp.int32),  # no free slot left
-    }
+    return LoopState(
+        step=jnp.int32(0), cache=cache, buf_RxL=prompt_buf_RxL.astype(jnp.int32),
+        role_RxL=jnp.zeros((R, L), jnp.int8), logp_RxL=jnp.zeros((R, L), jnp.float32),
+        length_R=jnp.where(is_root_R, prompt_len_R, 0).astype(jnp.int32), fed_R=i32(0),
+        status_R=i32(FREE), stop_R=i32(STOP["running"]), parent_R=i32(-1), depth_R=i32(0),
+        rounds_R=i32(0), spawn_round_R=i32(-1), written_R=i32(0), spawn_open_R=i32(-1),
+        return_open_R=i32(-1), child_lo_R=i32(0), child_n_R=i32(0), lane_R=i32(-1),
+        lane_row_N=jnp.full((N,), -1, jnp.int32), lane_busy_N=jnp.zeros((N,), bool),
+        next_free_G=jnp.ones((G,), jnp.int32), dropped_children_G=jnp.zeros((G,), jnp.int32),
+        dropped_pool_G=jnp.zeros((G,), jnp.int32), admitted=jnp.int32(0),
+        num_groups=jnp.minimum(num_groups, G).astype(jnp.int32),
+        counters=jnp.zeros((len(COUNTERS),), jnp.float32))
 
 
-def prefill(spec: LoopSpec, decode_fn: DecodeFn, params, s):
-    """Feed every root prompt except its last token in one call."""
-    T = spec.prefill_width
-    t_1xT = jnp.arange(T)[None]
-    pos_RxT = jnp.where(t_1xT < s["length"][:, None] - 1, t_1xT, -1)
-    _, cache = decode_fn(params, s["buf"][:, :T], pos_RxT, s["cache"])
-    return {**s, "cache": cache, "fed": jnp.maximum(s["length"] - 1, 0)}
+def admit(spec: LoopSpec, s: LoopState) -> LoopState:
+    """Start the next groups' roots while the pool can hold their worst case."""
+    S = spec.slots
+    G = s.next_free_G.shape[0]
+    g_G = jnp.arange(G)
+    in_flight = jnp.sum((g_G < s.admitted) & (s.status_R[::S] != DONE))
+    room = spec.lanes // spec.lanes_per_group - in_flight
+    count = jnp.clip(room, 0, s.num_groups - s.admitted)
+    new_G = (g_G >= s.admitted) & (g_G < s.admitted + count)
+    new_R = jnp.zeros_like(s.status_R, bool).at[g_G * S].set(new_G)
+    s, _ = _take_lanes(s, new_R, jnp.arange(new_R.shape[0], dtype=jnp.int32))
+    return s.replace(status_R=jnp.where(new_R, RUNNING, s.status_R), admitted=s.admitted + count)
 
 
-def _feed_and_sample(spec, decode_fn, params, key, s, limits: Limits):
-    """One model step for all rows; append sampled tokens; classify events."""
+def free_lanes(s: LoopState) -> LoopState:
+    """Return the lanes of finished threads to the pool."""
+    row_N = jnp.maximum(s.lane_row_N, 0)
+    done_N = s.lane_busy_N & (s.status_R[row_N] == DONE)
+    return s.replace(lane_busy_N=s.lane_busy_N & ~done_N)
+
+
+def sample_rows(key: jax.Array, thread_B: jax.Array, at_B: jax.Array, logits_BxV: jax.Array,
+                cfg: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    """One token per row and its log-prob; row b's key depends only on its
+    thread id and the buffer index the token goes to."""
+    if cfg.greedy:
+        x_B = sample_tokens(key, logits_BxV, cfg)
+    else:
+        def one(t, at, logits_V):
+            k = jax.random.fold_in(jax.random.fold_in(key, t), at)
+            return sample_tokens(k, logits_V[None], cfg)[0]
+        x_B = jax.vmap(one)(thread_B, at_B, logits_BxV)
+    return x_B, token_logprobs(logits_BxV, x_B, cfg)
+
+
+def _bucket(sizes: tuple[int, ...], need: jax.Array) -> jax.Array:
+    """Index of the smallest of ``sizes`` (ascending) that is >= ``need``."""
+    return jnp.minimum(jnp.sum(jnp.asarray(sizes) < need), len(sizes) - 1)
+
+
+def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, member_N: jax.Array,
+                width: int):
+    """Feed up to ``width`` queued tokens of each member lane's thread in one
+    bucketed model call; returns (cache, fed_N, logits_NxV at each member's
+    last fed token, counters)."""
+    N, L = spec.lanes, spec.max_context
+    row_N = jnp.maximum(s.lane_row_N, 0)
+    n_feed_N = jnp.where(member_N, jnp.minimum(s.length_R[row_N] - s.fed_R[row_N], width), 0)
+    lanes_M, count = compact(member_N, N)
+    kv_need = jnp.max(jnp.where(member_N, s.fed_R[row_N] + n_feed_N, 0))
+    nkv = len(spec.kv_buckets)
+    branch = jnp.where(count == 0, 0, 1 + _bucket(spec.row_buckets, count) * nkv
+                       + _bucket(spec.kv_buckets, kv_need))
+    logits_shape = jax.eval_shape(
+        lambda c: decode_fn(params, jnp.zeros((1, 1), jnp.int32), jnp.full((1, 1), -1, jnp.int32), c,
+                            jnp.zeros((1,), jnp.int32), spec.kv_buckets[0])[0], s.cache)
+    V = logits_shape.shape[-1]
+
+    def skip(cache):
+        return (cache, jnp.zeros((N, V), jnp.float32), jnp.zeros((len(COUNTERS),), jnp.float32))
+
+    def run(B: int, kv_len: int):
+        def call(cache):
+            lanes_B = lanes_M[:B]
+            valid_B = jnp.arange(B) < count
+            rows_B = row_N[lanes_B]
+            n_B = jnp.where(valid_B, n_feed_N[lanes_B], 0)
+            fed_B = s.fed_R[rows_B]
+            t_1xT = jnp.arange(width)[None]
+            at_BxT = fed_B[:, None] + t_1xT
+            pos_BxT = jnp.where(t_1xT < n_B[:, None], at_BxT, -1)
+            tok_BxT = s.buf_RxL[rows_B[:, None], jnp.minimum(at_BxT, L - 1)]
+            logits_BxTxV, cache = decode_fn(params, tok_BxT, pos_BxT, cache, lanes_B, kv_len)
+            last_BxV = logits_BxTxV[jnp.arange(B), jnp.maximum(n_B - 1, 0)].astype(jnp.float32)
+            logits_NxV = jnp.zeros((N, V), jnp.float32).at[_drop_index(valid_B, lanes_B, N)].set(
+                last_BxV, mode="drop")
+            live = jnp.sum(jnp.where(valid_B, fed_B + n_B, 0))
+            counters = jnp.stack([jnp.float32(B * width), jnp.sum(n_B).astype(jnp.float32),
+                                  jnp.float32(B * kv_len), live.astype(jnp.float32), jnp.float32(1)])
+            return cache, logits_NxV, counters
+        return call
+
+    branches = [skip] + [run(B, kv) for B in spec.row_buckets for kv in spec.kv_buckets]
+    cache, logits_NxV, counters = jax.lax.switch(branch, branches, s.cache)
+    return cache, n_feed_N, logits_NxV, counters
+
+
+def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, s: LoopState,
+                     limits: Limits):
+    """Feed every running thread (decode and prefill calls); append sampled
+    tokens where a queue emptied; classify what they do."""
     ids, L = spec.ids, spec.max_context
-    R = s["buf"].shape[0]
+    R = s.buf_RxL.shape[0]
+    row_N = jnp.maximum(s.lane_row_N, 0)
+    run_N = s.lane_busy_N & (s.status_R[row_N] == RUNNING)
+    queue_N = s.length_R[row_N] - s.fed_R[row_N]
+    chunked = spec.prefill_chunk > 1
+    single_N = run_N & ((queue_N == 1) | (not chunked))
+    cache, fed_N, logits_NxV, counters = _model_call(spec, decode_fn, params, s, single_N, 1)
+    s = s.replace(cache=cache, counters=s.counters + counters)
+    if chunked:
+        many_N = run_N & (queue_N > 1)
+        cache, fed2_N, logits2_NxV, counters = _model_call(spec, decode_fn, params, s, many_N,
+                                                           spec.prefill_chunk)
+        s = s.replace(cache=cache, counters=s.counters + counters)
+        fed_N = jnp.where(many_N, fed2_N, fed_N)
+        logits_NxV = jnp.where(many_N[:, None], logits2_NxV, logits_NxV)
+    x_N, lp_N = sample_rows(key, first_thread + row_N, s.length_R[row_N], logits_NxV, spec.sampling)
+
+    at_N = _drop_index(run_N, row_N, R)
+    fed_R = s.fed_R.at[at_N].add(fed_N, mode="drop")
+    x_R = jnp.zeros((R,), jnp.int32).at[at_N].set(x_N, mode="drop")
+    lp_R = jnp.zeros((R,), jnp.float32).at[at_N].set(lp_N, mode="drop")
     rows_R = jnp.arange(R)
-    running_R = s["status"] == RUNNING
-    feed_tok_R = s["buf"][rows_R, jnp.minimum(s["fed"], L - 1)]
-    feed_pos_R = jnp.where(running_R, s["fed"], -1)
-    logits_Rx1xV, cache = decode_fn(params, feed_tok_R[:, None], feed_pos_R[:, None], s["cache"])
-    fed_R = s["fed"] + running_R
-    ready_R = running_R & (fed_R == s["length"])
-    x_R = sample_tokens(jax.random.fold_in(key, s["step"]), logits_Rx1xV[:, 0], spec.sampling)
-    full_R = ready_R & (s["length"] >= L)
+    running_R = s.status_R == RUNNING
+    ready_R = running_R & (fed_R == s.length_R)
+    full_R = ready_R & (s.length_R >= L)
     write_R = ready_R & ~full_R
-    at_R = s["length"]  # where x goes
+    at_R = s.length_R  # where x goes
     dest_R = jnp.where(write_R, at_R, L)  # L: dropped
-    buf = s["buf"].at[rows_R, dest_R].set(x_R, mode="drop")
-    role = s["role"].at[rows_R, dest_R].set(ROLE_MODEL, mode="drop")
-    logp = s["logp"].at[rows_R, dest_R].set(
-        token_logprobs(logits_Rx1xV[:, 0], x_R, spec.sampling), mode="drop")
-    length_R = s["length"] + write_R
-    written_R = s["written"] + write_R
-    is_child_R = s["depth"] > 0
+    length_R = s.length_R + write_R
+    written_R = s.written_R + write_R
+    is_child_R = s.depth_R > 0
 
     def wrote(token_id):
         return write_R & (x_R == token_id)
 
-    close_R = wrote(ids.spawn_close) & (s["spawn_open"] >= 0) & (limits.max_depth > 0)
-    depth_refused_R = close_R & (s["depth"] >= limits.max_depth)
-    round_refused_R = close_R & ~depth_refused_R & (s["rounds"] >= limits.max_rounds)
+    close_R = wrote(ids.spawn_close) & (s.spawn_open_R >= 0) & (limits.max_depth > 0)
+    depth_refused_R = close_R & (s.depth_R >= limits.max_depth)
+    round_refused_R = close_R & ~depth_refused_R & (s.rounds_R >= limits.max_rounds)
     spawn_R = close_R & ~depth_refused_R & ~round_refused_R
-    spawn_open_R = jnp.where(wrote(ids.spawn_open), at_R, s["spawn_open"])
+    spawn_open_R = jnp.where(wrote(ids.spawn_open), at_R, s.spawn_open_R)
     spawn_open_R = jnp.where(close_R, -1, spawn_open_R)
-    return_open_R = jnp.where(wrote(ids.return_open) & is_child_R, at_R, s["return_open"])
+    return_open_R = jnp.where(wrote(ids.return_open) & is_child_R, at_R, s.return_open_R)
 
     stop_R = jnp.select(
         [wrote(ids.eos), wrote(ids.return_close) & is_child_R, depth_refused_R, round_refused_R,
@@ -191,168 +362,194 @@ def _feed_and_sample(spec, decode_fn, params, key, s, limits: Limits):
          -1, STOP["token_limit"], STOP["context_limit"]],
         default=-1)
     ends_R = stop_R >= 0
-    status_R = jnp.where(ends_R, DONE, jnp.where(spawn_R, WAITING, s["status"]))
-    block_open_R = s["spawn_open"]  # the <spawn> that this step's </spawn> closes
-    s = {**s, "cache": cache, "buf": buf, "role": role, "logp": logp, "fed": fed_R, "length": length_R,
-         "written": written_R, "status": status_R, "stop": jnp.where(ends_R, stop_R, s["stop"]),
-         "spawn_open": spawn_open_R, "return_open": return_open_R}
+    block_open_R = s.spawn_open_R  # the <spawn> that this step's </spawn> closes
+    s = s.replace(
+        buf_RxL=s.buf_RxL.at[rows_R, dest_R].set(x_R, mode="drop"),
+        role_RxL=s.role_RxL.at[rows_R, dest_R].set(ROLE_MODEL, mode="drop"),
+        logp_RxL=s.logp_RxL.at[rows_R, dest_R].set(lp_R, mode="drop"),
+        fed_R=fed_R, length_R=length_R, written_R=written_R,
+        status_R=jnp.where(ends_R, DONE, jnp.where(spawn_R, WAITING, s.status_R)),
+        stop_R=jnp.where(ends_R, stop_R, s.stop_R),
+        spawn_open_R=spawn_open_R, return_open_R=return_open_R)
     return s, spawn_R, block_open_R, at_R
 
 
-def _spawn(spec: LoopSpec, s, spawn_R, block_open_R, block_close_R):
-    """Create one child per message of each spawn block closed this step."""
-    ids, S, K, L = spec.ids, spec.slots, spec.max_children, spec.max_context
-    R = s["buf"].shape[0]
-    G = R // S
-    buf = s["buf"]
+def _spawn(spec: LoopSpec, s: LoopState, spawn_R, block_open_R, block_close_R) -> LoopState:
+    """Create one child per message of each spawn block closed this step. The
+    spawners (at most one per lane) are handled in row order, ``N`` at a time."""
+    ids, S, K, L, N = spec.ids, spec.slots, spec.max_children, spec.max_context, spec.lanes
+    R = s.buf_RxL.shape[0]
+    sp_N, count = compact(spawn_R, N)
+    valid_N = jnp.arange(N) < count
+    buf_NxL = s.buf_RxL[sp_N]
     j_1xL = jnp.arange(L)[None]
-    in_block_RxL = spawn_R[:, None] & (j_1xL > block_open_R[:, None]) & (j_1xL < block_close_R[:, None])
-    is_sep_RxL = in_block_RxL & (buf == ids.sep)
-    msg_id_RxL = jnp.cumsum(is_sep_RxL, axis=1)
-    n_msgs_R = jnp.where(spawn_R, 1 + is_sep_RxL.sum(axis=1), 0)
-    req_R = jnp.minimum(n_msgs_R, K)
+    in_block_NxL = (valid_N[:, None] & (j_1xL > block_open_R[sp_N][:, None])
+                    & (j_1xL < block_close_R[sp_N][:, None]))
+    is_sep_NxL = in_block_NxL & (buf_NxL == ids.sep)
+    msg_id_NxL = jnp.cumsum(is_sep_NxL, axis=1)
+    n_msgs_N = jnp.where(valid_N, 1 + is_sep_NxL.sum(axis=1), 0)
+    req_N = jnp.minimum(n_msgs_N, K)
 
-    # Allocate contiguous free slots per group, in slot order of the spawners.
-    req_GxS = req_R.reshape(G, S)
-    offset_GxS = jnp.cumsum(req_GxS, axis=1) - req_GxS
-    free_G = S - s["next_free"]
-    granted_GxS = jnp.clip(free_G[:, None] - offset_GxS, 0, req_GxS)
-    child_lo_GxS = s["next_free"][:, None] + offset_GxS
+    # Contiguous free slots per group, in row order of its spawners.
+    group_N = sp_N // S
+    excl_N = jnp.cumsum(req_N) - req_N
+    first_N = valid_N & ((jnp.arange(N) == 0) | (group_N != jnp.roll(group_N, 1)))
+    offset_N = excl_N - jax.lax.cummax(jnp.where(first_N, excl_N, 0))
+    next_free_N = s.next_free_G[group_N]
+    granted_N = jnp.where(valid_N, jnp.clip(S - next_free_N - offset_N, 0, req_N), 0)
+    child_lo_N = next_free_N + offset_N
 
-    # Message k of row r: tokens [start, start + len) of its buffer.
+    # Message k of spawner n: tokens [start, start + len) of its buffer.
     k_K = jnp.arange(K)
-    in_msg_RxLxK = (msg_id_RxL[:, :, None] == k_K) & in_block_RxL[:, :, None]
-    msg_len_RxK = jnp.sum(in_msg_RxLxK & ~is_sep_RxL[:, :, None], axis=1)
-    sep_at_RxK = jnp.sum(jnp.where(in_msg_RxLxK & is_sep_RxL[:, :, None], j_1xL[:, :, None], 0), axis=1)
-    msg_start_RxK = jnp.where(k_K == 0, block_open_R[:, None], sep_at_RxK) + 1
+    in_msg_NxLxK = (msg_id_NxL[:, :, None] == k_K) & in_block_NxL[:, :, None]
+    msg_len_NxK = jnp.sum(in_msg_NxLxK & ~is_sep_NxL[:, :, None], axis=1)
+    sep_at_NxK = jnp.sum(jnp.where(in_msg_NxLxK & is_sep_NxL[:, :, None], j_1xL[:, :, None], 0), axis=1)
+    msg_start_NxK = jnp.where(k_K == 0, block_open_R[sp_N][:, None], sep_at_NxK) + 1
 
-    # Which spawner (and which of its messages) each new slot belongs to.
-    f_S = jnp.arange(S)
-    owns_GxFxS = ((child_lo_GxS[:, None, :] <= f_S[None, :, None])
-                  & (f_S[None, :, None] < (child_lo_GxS + granted_GxS)[:, None, :]))
-    new_R = owns_GxFxS.any(axis=-1).reshape(R)
-    owner_GxF = jnp.argmax(owns_GxFxS, axis=-1)
-    k_GxF = f_S[None] - jnp.take_along_axis(child_lo_GxS, owner_GxF, axis=1)
-    owner_R = (owner_GxF + (jnp.arange(G) * S)[:, None]).reshape(R)
-    k_R = jnp.clip(k_GxF.reshape(R), 0, K - 1)
-    start_R = msg_start_RxK[owner_R, k_R]
-    mlen_R = msg_len_RxK[owner_R, k_R]
-
-    src_RxL = buf[owner_R[:, None], jnp.clip(start_R[:, None] + j_1xL - 2, 0, L - 1)]
-    child_RxL = jnp.where(j_1xL == 0, ids.bos, jnp.where(j_1xL == 1, ids.child,
-                          jnp.where(j_1xL < 2 + mlen_R[:, None], src_RxL, ids.pad)))
-
-    def for_new(new_value, old):
-        return jnp.where(new_R, new_value, old)
-
-    spawn_lo_R = child_lo_GxS.reshape(R)
-    spawn_n_R = granted_GxS.reshape(R)
-    return {
-        **s,
-        "buf": jnp.where(new_R[:, None], child_RxL, buf),
-        "role": jnp.where(new_R[:, None], jnp.int8(ROLE_PROMPT), s["role"]),
-        "logp": jnp.where(new_R[:, None], 0.0, s["logp"]),
-        "length": for_new(jnp.minimum(2 + mlen_R, L), s["length"]),
-        "fed": for_new(0, s["fed"]),
-        "status": for_new(RUNNING, s["status"]),
-        "stop": for_new(STOP["running"], s["stop"]),
-        "parent": for_new(owner_R % S, s["parent"]),
-        "depth": for_new(s["depth"][owner_R] + 1, s["depth"]),
-        "spawn_round": for_new(s["rounds"][owner_R], s["spawn_round"]),
-        "written": for_new(0, s["written"]),
-        "spawn_open": for_new(-1, s["spawn_open"]),
-        "return_open": for_new(-1, s["return_open"]),
-        "rounds": s["rounds"] + spawn_R,
-        "child_lo": jnp.where(spawn_R, spawn_lo_R, s["child_lo"]),
-        "child_n": jnp.where(spawn_R, spawn_n_R, s["child_n"]),
-        "next_free": s["next_free"] + granted_GxS.sum(axis=1),
-        "dropped_children": s["dropped_children"] + (n_msgs_R - req_R).reshape(G, S).sum(axis=1),
-        "dropped_pool": s["dropped_pool"] + (req_GxS - granted_GxS).sum(axis=1),
-    }
+    # The new children (never more than the free lanes, so N entries), in order.
+    is_new_NxK = k_K[None] < granted_N[:, None]
+    new_M, _ = compact(is_new_NxK.reshape(-1), N)
+    new_valid_M = jnp.arange(N) < jnp.minimum(granted_N.sum(), N)
+    owner_M, k_M = new_M // K, new_M % K
+    row_M = group_N[owner_M] * S + child_lo_N[owner_M] + k_M
+    mlen_M = msg_len_NxK[owner_M, k_M]
+    src_MxL = buf_NxL[owner_M[:, None], jnp.clip(msg_start_NxK[owner_M, k_M][:, None] + j_1xL - 2, 0, L - 1)]
+    child_MxL = jnp.where(j_1xL == 0, ids.bos, jnp.where(j_1xL == 1, ids.child,
+                          jnp.where(j_1xL < 2 + mlen_M[:, None], src_MxL, ids.pad)))
+    at_M = _drop_index(new_valid_M, row_M, R)
+    s, _ = _take_lanes(s, new_valid_M, row_M)
+    spawner_M = sp_N[owner_M]
+    at_N = _drop_index(valid_N, sp_N, R)
+    G = s.next_free_G.shape[0]
+    at_group_N = _drop_index(valid_N, group_N, G)
+    return s.replace(
+        buf_RxL=s.buf_RxL.at[at_M].set(child_MxL, mode="drop"),
+        length_R=s.length_R.at[at_M].set(jnp.minimum(2 + mlen_M, L), mode="drop"),
+        status_R=s.status_R.at[at_M].set(RUNNING, mode="drop"),
+        parent_R=s.parent_R.at[at_M].set(spawner_M % S, mode="drop"),
+        depth_R=s.depth_R.at[at_M].set(s.depth_R[spawner_M] + 1, mode="drop"),
+        spawn_round_R=s.spawn_round_R.at[at_M].set(s.rounds_R[spawner_M], mode="drop"),
+        rounds_R=s.rounds_R.at[at_N].add(1, mode="drop"),
+        child_lo_R=s.child_lo_R.at[at_N].set(child_lo_N, mode="drop"),
+        child_n_R=s.child_n_R.at[at_N].set(granted_N, mode="drop"),
+        next_free_G=s.next_free_G.at[at_group_N].add(granted_N, mode="drop"),
+        dropped_children_G=s.dropped_children_G.at[at_group_N].add(n_msgs_N - req_N, mode="drop"),
+        dropped_pool_G=s.dropped_pool_G.at[at_group_N].add(req_N - granted_N, mode="drop"))
 
 
-def join_ready(spec: LoopSpec, s):
+def join_ready(spec: LoopSpec, s: LoopState) -> jax.Array:
     """Waiting rows whose children of the current spawn are all done."""
     S = spec.slots
-    G = s["buf"].shape[0] // S
-    done_GxS = (s["status"] == DONE).reshape(G, S).astype(jnp.int32)
+    G = s.buf_RxL.shape[0] // S
+    done_GxS = (s.status_R == DONE).reshape(G, S).astype(jnp.int32)
     cum_Gx1S = jnp.concatenate([jnp.zeros((G, 1), jnp.int32), jnp.cumsum(done_GxS, axis=1)], axis=1)
-    lo_GxS = s["child_lo"].reshape(G, S)
-    n_GxS = s["child_n"].reshape(G, S)
+    lo_GxS = s.child_lo_R.reshape(G, S)
+    n_GxS = s.child_n_R.reshape(G, S)
     done_count_GxS = (jnp.take_along_axis(cum_Gx1S, jnp.clip(lo_GxS + n_GxS, 0, S), axis=1)
                       - jnp.take_along_axis(cum_Gx1S, jnp.clip(lo_GxS, 0, S), axis=1))
-    return (s["status"] == WAITING) & (done_count_GxS == n_GxS).reshape(-1)
+    return (s.status_R == WAITING) & (done_count_GxS == n_GxS).reshape(-1)
 
 
-def _join(spec: LoopSpec, s, ready_R, limits: Limits):
-    """Append each ready parent's join block and let it run again."""
-    ids, S, K, L = spec.ids, spec.slots, spec.max_children, spec.max_context
-    R = s["buf"].shape[0]
-    buf = s["buf"]
+def _join(spec: LoopSpec, s: LoopState, ready_R, limits: Limits) -> LoopState:
+    """Append each ready parent's join block and let it run again. The parents
+    (each holds a lane) are handled ``N`` at a time."""
+    ids, S, K, L, N = spec.ids, spec.slots, spec.max_children, spec.max_context, spec.lanes
+    R = s.buf_RxL.shape[0]
+    p_N, count = compact(ready_R, N)
+    valid_N = jnp.arange(N) < count
     k_K = jnp.arange(K)
-    group_base_R = (jnp.arange(R) // S) * S
-    child_RxK = group_base_R[:, None] + jnp.clip(s["child_lo"][:, None] + k_K, 0, S - 1)
-    valid_RxK = k_K < s["child_n"][:, None]
-    returned_RxK = s["stop"][child_RxK] == STOP["return"]
-    c_len_RxK = s["length"][child_RxK]
-    c_ret_RxK = s["return_open"][child_RxK]
-    m_start_RxK = jnp.where(c_ret_RxK >= 0, c_ret_RxK + 1, c_len_RxK - 1)
-    m_len_RxK = jnp.where(returned_RxK, c_len_RxK - 1 - m_start_RxK, 1)
-    piece_RxK = jnp.where(valid_RxK, 1 + m_len_RxK, jnp.where(k_K == 0, 1, 0))
-    off_RxK = jnp.cumsum(piece_RxK, axis=1) - piece_RxK
-    total_R = piece_RxK.sum(axis=1) + 1
+    child_NxK = (p_N // S * S)[:, None] + jnp.clip(s.child_lo_R[p_N][:, None] + k_K, 0, S - 1)
+    n_N = s.child_n_R[p_N]
+    has_NxK = k_K < n_N[:, None]
+    returned_NxK = s.stop_R[child_NxK] == STOP["return"]
+    c_len_NxK = s.length_R[child_NxK]
+    c_ret_NxK = s.return_open_R[child_NxK]
+    m_start_NxK = jnp.where(c_ret_NxK >= 0, c_ret_NxK + 1, c_len_NxK - 1)
+    m_len_NxK = jnp.where(returned_NxK, c_len_NxK - 1 - m_start_NxK, 1)
+    piece_NxK = jnp.where(has_NxK, 1 + m_len_NxK, jnp.where(k_K == 0, 1, 0))
+    off_NxK = jnp.cumsum(piece_NxK, axis=1) - piece_NxK
+    total_N = piece_NxK.sum(axis=1) + 1
 
-    t_RxL = jnp.arange(L)[None] - s["length"][:, None]  # position inside the join block
-    starts_RxLxK = (off_RxK[:, None, :] <= t_RxL[:, :, None]) & (piece_RxK[:, None, :] > 0)
-    kt_RxL = jnp.clip(starts_RxLxK.sum(axis=-1) - 1, 0, K - 1)
-    within_RxL = t_RxL - jnp.take_along_axis(off_RxK, kt_RxL, axis=1)
-    src_row_RxL = jnp.take_along_axis(child_RxK, kt_RxL, axis=1)
-    src_col_RxL = jnp.take_along_axis(m_start_RxK, kt_RxL, axis=1) + within_RxL - 1
-    src_RxL = buf[src_row_RxL, jnp.clip(src_col_RxL, 0, L - 1)]
-    body_RxL = jnp.where(jnp.take_along_axis(returned_RxK, kt_RxL, axis=1), src_RxL, ids.trunc)
-    delim_RxL = jnp.where(kt_RxL == 0, ids.join_open, ids.sep)
-    tok_RxL = jnp.where(t_RxL == total_R[:, None] - 1, ids.join_close,
-                        jnp.where(within_RxL == 0, delim_RxL, body_RxL))
-    in_join_RxL = ready_R[:, None] & (t_RxL >= 0) & (t_RxL < total_R[:, None])
+    t_1xL = jnp.arange(L)[None]  # position inside the join block
+    starts_NxLxK = (off_NxK[:, None, :] <= t_1xL[:, :, None]) & (piece_NxK[:, None, :] > 0)
+    kt_NxL = jnp.clip(starts_NxLxK.sum(axis=-1) - 1, 0, K - 1)
+    within_NxL = t_1xL - jnp.take_along_axis(off_NxK, kt_NxL, axis=1)
+    src_row_NxL = jnp.take_along_axis(child_NxK, kt_NxL, axis=1)
+    src_col_NxL = jnp.take_along_axis(m_start_NxK, kt_NxL, axis=1) + within_NxL - 1
+    src_NxL = s.buf_RxL[src_row_NxL, jnp.clip(src_col_NxL, 0, L - 1)]
+    body_NxL = jnp.where(jnp.take_along_axis(returned_NxK, kt_NxL, axis=1), src_NxL, ids.trunc)
+    delim_NxL = jnp.where(kt_NxL == 0, ids.join_open, ids.sep)
+    tok_NxL = jnp.where(t_1xL == total_N[:, None] - 1, ids.join_close,
+                        jnp.where(within_NxL == 0, delim_NxL, body_NxL))
+    length_N = s.length_R[p_N]
+    col_NxL = length_N[:, None] + t_1xL
+    write_NxL = valid_N[:, None] & (t_1xL < total_N[:, None]) & (col_NxL < L)
+    row_NxL = jnp.where(write_NxL, p_N[:, None], R)
 
-    truncated_R = ready_R & (s["length"] + total_R > L)
-    over_R = ready_R & ~truncated_R & (s["written"] >= limits.tokens_per_thread)
-    stop_R = jnp.where(truncated_R, STOP["context_limit"], jnp.where(over_R, STOP["token_limit"], s["stop"]))
-    status_R = jnp.where(truncated_R | over_R, DONE, jnp.where(ready_R, RUNNING, s["status"]))
-    return {
-        **s,
-        "buf": jnp.where(in_join_RxL, tok_RxL, buf),
-        "role": jnp.where(in_join_RxL, jnp.int8(ROLE_JOIN), s["role"]),
-        "logp": jnp.where(in_join_RxL, 0.0, s["logp"]),
-        "length": jnp.where(ready_R, jnp.minimum(s["length"] + total_R, L), s["length"]),
-        "status": status_R,
-        "stop": stop_R,
-    }
+    total_R = jnp.zeros((R,), jnp.int32).at[_drop_index(valid_N, p_N, R)].set(total_N, mode="drop")
+    truncated_R = ready_R & (s.length_R + total_R > L)
+    over_R = ready_R & ~truncated_R & (s.written_R >= limits.tokens_per_thread)
+    return s.replace(
+        buf_RxL=s.buf_RxL.at[row_NxL, col_NxL].set(tok_NxL, mode="drop"),
+        role_RxL=s.role_RxL.at[row_NxL, col_NxL].set(ROLE_JOIN, mode="drop"),
+        length_R=jnp.where(ready_R, jnp.minimum(s.length_R + total_R, L), s.length_R),
+        status_R=jnp.where(truncated_R | over_R, DONE, jnp.where(ready_R, RUNNING, s.status_R)),
+        stop_R=jnp.where(truncated_R, STOP["context_limit"],
+                         jnp.where(over_R, STOP["token_limit"], s.stop_R)))
 
 
-def step(spec: LoopSpec, decode_fn: DecodeFn, params, key, limits: Limits, s):
-    """One loop iteration: feed/sample every row, then spawn, then join."""
-    s, spawn_R, block_open_R, block_close_R = _feed_and_sample(spec, decode_fn, params, key, s, limits)
+def step(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, limits: Limits,
+         s: LoopState) -> LoopState:
+    """One loop iteration: feed/sample the running threads, spawn, join, free
+    finished threads' lanes, admit waiting groups."""
+    s, spawn_R, block_open_R, block_close_R = _feed_and_sample(spec, decode_fn, params, key,
+                                                               first_thread, s, limits)
     s = jax.lax.cond(jnp.any(spawn_R),
                      lambda st: _spawn(spec, st, spawn_R, block_open_R, block_close_R),
                      lambda st: st, s)
     ready_R = join_ready(spec, s)
     s = jax.lax.cond(jnp.any(ready_R), lambda st: _join(spec, st, ready_R, limits), lambda st: st, s)
-    return {**s, "step": s["step"] + 1}
+    s = admit(spec, free_lanes(s))
+    return s.replace(step=s.step + 1)
 
 
-def roots_running(spec: LoopSpec, s) -> jax.Array:
-    return jnp.any(s["status"][:: spec.slots] != DONE)
+def groups_running(spec: LoopSpec, s: LoopState) -> jax.Array:
+    """Some group is not yet admitted, or an admitted group's root is not done."""
+    g_G = jnp.arange(s.next_free_G.shape[0])
+    return (s.admitted < s.num_groups) | jnp.any((g_G < s.admitted) & (s.status_R[:: spec.slots] != DONE))
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "decode_fn"), donate_argnames=("cache",))
-def run_loop(params, prompt_buf_RxL, prompt_len_R, active_G, cache, key, limits: Limits, *,
-             spec: LoopSpec, decode_fn: DecodeFn):
-    """Prefill the roots, then decode until every root is done or the step cap.
-    Returns the final state (the cache included, so its donated buffer is reused)."""
-    s = init_state(spec, prompt_buf_RxL, prompt_len_R, active_G, cache)
-    s = prefill(spec, decode_fn, params, s)
+def initial_rows(ids: ProtocolIds, prompt_PxT: jax.Array, prompt_len_P: jax.Array, samples: int,
+                 slots: int, max_context: int) -> tuple[jax.Array, jax.Array]:
+    """Thread rows ``[P * samples * slots, L]``: ``<bos> prompt`` at slot 0 of
+    every sample (prompts without BOS, right-padded), other slots empty."""
+    P, T = prompt_PxT.shape
+    L = max_context
+    j_1xL = jnp.arange(L)[None]
+    body_PxL = jnp.pad(prompt_PxT.astype(jnp.int32), ((0, 0), (1, max(0, L - 1 - T))))[:, :L]
+    root_PxL = jnp.where(j_1xL == 0, ids.bos, jnp.where(j_1xL <= prompt_len_P[:, None], body_PxL, ids.pad))
+    rows_per_prompt = samples * slots
+    is_root_R = (jnp.arange(P * rows_per_prompt) % slots) == 0
+    buf_RxL = jnp.where(is_root_R[:, None], jnp.repeat(root_PxL, rows_per_prompt, axis=0), ids.pad)
+    length_R = jnp.where(is_root_R, jnp.repeat(1 + prompt_len_P, rows_per_prompt), 0)
+    return buf_RxL.astype(jnp.int32), length_R.astype(jnp.int32)
+
+
+def run_loop(params, prompt_PxT: jax.Array, prompt_len_P: jax.Array, num_prompts: jax.Array,
+             key: jax.Array, limits: Limits, first_thread: jax.Array, *, spec: LoopSpec, samples: int,
+             decode_fn: DecodeFn, init_cache: Callable[[int, int], Any]) -> LoopState:
+    """Decode ``samples`` samples of the first ``num_prompts`` prompts (the rest
+    are padding, left idle) until every root is done or ``max_steps``.
+
+    Pure and traceable (the caller jits it): the cache is made inside, so under
+    a mesh it is laid out by the model's sharding rules. ``first_thread`` is
+    the global id of this call's first thread row; sampling keys depend on it,
+    so splitting a batch into several calls does not change the samples."""
+    buf_RxL, length_R = initial_rows(spec.ids, prompt_PxT, prompt_len_P, samples, spec.slots,
+                                     spec.max_context)
+    cache = init_cache(spec.lanes, spec.max_context)
+    s = admit(spec, init_state(spec, buf_RxL, length_R, num_prompts * samples, cache))
     return jax.lax.while_loop(
-        lambda st: (st["step"] < limits.max_steps) & roots_running(spec, st),
-        lambda st: step(spec, decode_fn, params, key, limits, st),
+        lambda st: (st.step < limits.max_steps) & groups_running(spec, st),
+        lambda st: step(spec, decode_fn, params, key, first_thread, limits, st),
         s)

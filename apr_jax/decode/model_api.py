@@ -1,9 +1,16 @@
 """The pure decode interface the sampler and the engine run on.
 
 A model is anything with the cache API
-``init_cache(batch_size, max_len) -> cache`` and
-``decode(tokens_BxT, positions_BxT, cache) -> (logits_BxTxV, cache)``
-(positions < 0 are padding; a query at position p sees slots <= p of its row).
+``init_cache(num_lanes, max_len) -> cache`` and
+``decode(tokens_BxT, positions_BxT, cache, lanes_B, kv_len) -> (logits_BxTxV, cache)``.
+The cache is a pool of lanes (its batch axis). Row b reads and writes lane
+``lanes_B[b]``; its token at position p >= 0 goes to slot p of that lane
+(positions < 0 are padding: nothing written, logits ignored), and a query at
+position p sees slots <= p of its lane. ``kv_len`` is a static int bounding
+every position fed, so a model reads only slots ``[0, kv_len)``. A lane reused
+by a new thread is rewritten from slot 0 upward; stale slots past a query's
+position never matter. ``lanes_B=None, kv_len=None`` mean one lane per row and
+the whole cache.
 ``as_decode_model`` turns a Flax NNX module with that API into a
 ``DecodeModel``: parameters as a pytree plus a pure function, so the decoding
 loops can be jitted with the parameters as an argument.
@@ -16,13 +23,14 @@ from typing import Any, Callable
 
 import jax
 
-DecodeFn = Callable[[Any, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+DecodeFn = Callable[..., tuple[jax.Array, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeModel:
-    """``decode_fn(params, tokens_BxT, positions_BxT, cache) -> (logits, cache)``
-    must be pure; ``init_cache(batch_size, max_len)`` returns zeroed arrays."""
+    """``decode_fn(params, tokens_BxT, positions_BxT, cache, lanes_B, kv_len) ->
+    (logits, cache)`` must be pure; ``init_cache(num_lanes, max_len)`` returns
+    zeroed arrays."""
 
     params: Any
     decode_fn: DecodeFn
@@ -51,7 +59,7 @@ class NnxDecode:
 
     graphdef: Any
 
-    def __call__(self, params, tokens_BxT, positions_BxT, cache):
+    def __call__(self, params, tokens_BxT, positions_BxT, cache, lanes_B=None, kv_len=None):
         from flax import nnx
 
-        return nnx.merge(self.graphdef, params).decode(tokens_BxT, positions_BxT, cache)
+        return nnx.merge(self.graphdef, params).decode(tokens_BxT, positions_BxT, cache, lanes_B, kv_len)

@@ -81,8 +81,9 @@ def _generate_jit(params, prompt_BxT, prompt_len_B, cache, key, *, decode_fn: De
                   sampling: SamplingConfig, stop_ids: tuple[int, ...], max_new_tokens: int,
                   pad_id: int):
     B, T = prompt_BxT.shape
+    lanes_B, kv_len = jnp.arange(B, dtype=jnp.int32), T + max_new_tokens
     positions_BxT = jnp.where(jnp.arange(T)[None] < prompt_len_B[:, None], jnp.arange(T)[None], -1)
-    logits_BxTxV, cache = decode_fn(params, prompt_BxT, positions_BxT, cache)
+    logits_BxTxV, cache = decode_fn(params, prompt_BxT, positions_BxT, cache, lanes_B, kv_len)
     last_BxV = logits_BxTxV[jnp.arange(B), prompt_len_B - 1]
     first_B = sample_tokens(jax.random.fold_in(key, 0), last_BxV, sampling)
     stop_S = jnp.asarray(stop_ids, jnp.int32)
@@ -97,7 +98,7 @@ def _generate_jit(params, prompt_BxT, prompt_len_B, cache, key, *, decode_fn: De
         count_B = count_B + (~done_B).astype(jnp.int32)
         done_B = done_B | jnp.any(tok_B[:, None] == stop_S[None], axis=-1)
         pos_Bx1 = jnp.where(done_B, -1, prompt_len_B + i)[:, None]
-        logits_Bx1xV, cache = decode_fn(params, tok_B[:, None], pos_Bx1, cache)
+        logits_Bx1xV, cache = decode_fn(params, tok_B[:, None], pos_Bx1, cache, lanes_B, kv_len)
         tok_B = sample_tokens(jax.random.fold_in(key, i + 1), logits_Bx1xV[:, 0], sampling)
         return i + 1, tok_B, done_B, out_BxN, count_B, cache
 

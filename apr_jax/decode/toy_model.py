@@ -2,8 +2,9 @@
 
 Used by the decoding tests and the throughput benchmark so they do not depend
 on the full Flax model: pre-norm attention + MLP blocks with rotary positions,
-a fixed-size KV cache written at each token's own position (slot == position),
-and dense masked attention over the whole cache row.
+a fixed-size KV cache of lanes written at each token's own position of its lane
+(slot == position), and dense masked attention over the lane's first ``kv_len``
+slots.
 """
 
 from __future__ import annotations
@@ -75,24 +76,28 @@ def _rope(x_BxTxHxK, positions_BxT):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxHxK.dtype)
 
 
-def decode(cfg: ToyConfig, params: dict, tokens_BxT, positions_BxT, cache):
-    """Write K/V at each token's position, attend to slots <= position."""
+def decode(cfg: ToyConfig, params: dict, tokens_BxT, positions_BxT, cache, lanes_B=None, kv_len=None):
+    """Write K/V at each token's position of its lane, attend to slots <= position
+    (only slots < ``kv_len`` are read). Lanes default to one per row."""
     B, T = tokens_BxT.shape
     S = cache["k"].shape[2]
-    rows_BxT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+    lanes_B = jnp.arange(B) if lanes_B is None else lanes_B
+    kv_len = S if kv_len is None else kv_len
+    lanes_BxT = jnp.broadcast_to(lanes_B[:, None], (B, T))
     slots_BxT = jnp.where(positions_BxT < 0, S, positions_BxT)  # padding -> dropped
-    mask_BxTxS = jnp.arange(S)[None, None, :] <= positions_BxT[:, :, None]
+    mask_BxTxS = jnp.arange(kv_len)[None, None, :] <= positions_BxT[:, :, None]
     x_BxTxD = params["embed_VxD"][tokens_BxT]
     ks, vs = cache["k"], cache["v"]
     for n in range(cfg.num_layers):
         h = _rms_norm(x_BxTxD) @ params["wqkv_NxDx3D"][n]
         q, k, v = (a.reshape(B, T, cfg.num_heads, cfg.head_dim) for a in jnp.split(h, 3, axis=-1))
         q, k = _rope(q, positions_BxT), _rope(k, positions_BxT)
-        ks = ks.at[n, rows_BxT, slots_BxT].set(k, mode="drop")
-        vs = vs.at[n, rows_BxT, slots_BxT].set(v, mode="drop")
-        scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q, ks[n]) / jnp.sqrt(cfg.head_dim)
+        ks = ks.at[n, lanes_BxT, slots_BxT].set(k, mode="drop")
+        vs = vs.at[n, lanes_BxT, slots_BxT].set(v, mode="drop")
+        k_BxSxHxK, v_BxSxHxK = ks[n, lanes_B, :kv_len], vs[n, lanes_B, :kv_len]
+        scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q, k_BxSxHxK) / jnp.sqrt(cfg.head_dim)
         scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, _NEG)
-        attn = jnp.einsum("bhts,bshk->bthk", jax.nn.softmax(scores_BxHxTxS, axis=-1), vs[n])
+        attn = jnp.einsum("bhts,bshk->bthk", jax.nn.softmax(scores_BxHxTxS, axis=-1), v_BxSxHxK)
         x_BxTxD = x_BxTxD + attn.reshape(B, T, -1) @ params["wo_NxDxD"][n]
         x_BxTxD = x_BxTxD + jax.nn.gelu(_rms_norm(x_BxTxD) @ params["w1_NxDxF"][n]) @ params["w2_NxFxD"][n]
     logits_BxTxV = (_rms_norm(x_BxTxD) @ params["unembed_DxV"]).astype(jnp.float32)
@@ -103,7 +108,7 @@ def make_toy_model(cfg: ToyConfig, key: jax.Array) -> DecodeModel:
     """Random-weight toy decoder as a ``DecodeModel``."""
     return DecodeModel(
         params=init_params(cfg, key),
-        decode_fn=lambda p, t, pos, c: decode(cfg, p, t, pos, c),
+        decode_fn=lambda p, t, pos, c, lanes=None, kv_len=None: decode(cfg, p, t, pos, c, lanes, kv_len),
         init_cache=lambda b, n: init_cache(cfg, b, n),
     )
 

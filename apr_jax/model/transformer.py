@@ -3,11 +3,12 @@
 Two entry points share the weights:
 
 - ``model(tokens, positions, segment_ids)``: packed training forward.
-- ``model.decode(tokens, positions, cache)``: cached forward for T new tokens
-  per row. Cache slot == token position; each token's K/V is scattered into
-  slot ``positions[b, t]`` (positions < 0 are padding and are dropped), and a
-  query at position p attends to its row's slots 0..p, so entries beyond p
-  left by an earlier thread in the same row are ignored. The scatter updates
+- ``model.decode(tokens, positions, cache, lanes, kv_len)``: cached forward for
+  T new tokens per row, row b in cache lane ``lanes[b]``. Cache slot == token
+  position; each token's K/V is scattered into slot ``positions[b, t]`` of its
+  lane (positions < 0 are padding and are dropped), and a query at position p
+  attends to its lane's slots 0..p (reading only the first ``kv_len``), so
+  entries beyond p left by an earlier thread in the same lane are ignored. The scatter updates
   the stacked cache buffer in place when the cache is a donated jit argument.
 """
 
@@ -82,18 +83,19 @@ class Attention(nnx.Module):
         impl = attention.resolve_implementation(self.implementation, x_BxLxD.dtype)
         return self.output(attention.packed_attention(q, k, v, segment_ids_BxL, impl))
 
-    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int):
-        """Writes the new K/V into ``layer`` of the stacked cache, then attends over it."""
+    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int):
+        """Writes the new K/V into ``layer`` of the stacked cache at each row's
+        lane, then attends over that lane's first ``kv_len`` slots."""
         q, k, v = self.project(x_BxTxD, positions_BxT)
         num_slots = k_cache.shape[2]
         # Negative indices would wrap around: send padding to an out-of-range slot.
         slots_BxT = jnp.where(positions_BxT < 0, num_slots, positions_BxT)
-        rows_BxT = jnp.broadcast_to(jnp.arange(x_BxTxD.shape[0])[:, None], slots_BxT.shape)
-        k_cache = k_cache.at[layer, rows_BxT, slots_BxT].set(k.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[layer, rows_BxT, slots_BxT].set(v.astype(v_cache.dtype), mode="drop")
+        lanes_BxT = jnp.broadcast_to(lanes_B[:, None], slots_BxT.shape)
+        k_cache = k_cache.at[layer, lanes_BxT, slots_BxT].set(k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[layer, lanes_BxT, slots_BxT].set(v.astype(v_cache.dtype), mode="drop")
         k_cache, v_cache = constrain(k_cache, CACHE_AXES), constrain(v_cache, CACHE_AXES)
-        o = attention.cached_attention(q, k_cache[layer].astype(q.dtype),
-                                       v_cache[layer].astype(q.dtype), positions_BxT)
+        o = attention.cached_attention(q, k_cache[layer, lanes_B, :kv_len].astype(q.dtype),
+                                       v_cache[layer, lanes_B, :kv_len].astype(q.dtype), positions_BxT)
         return self.output(o), k_cache, v_cache
 
 
@@ -112,9 +114,9 @@ class Block(nnx.Module):
         x = constrain(x, ACT_BLD)
         return constrain(x + self.mlp(self.mlp_norm(x)), ACT_BLD)
 
-    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int):
+    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int):
         h, k_cache, v_cache = self.attn.decode(self.attn_norm(x_BxTxD), positions_BxT,
-                                               k_cache, v_cache, layer)
+                                               k_cache, v_cache, layer, lanes_B, kv_len)
         x = constrain(x_BxTxD + h, ACT_BLD)
         return constrain(x + self.mlp(self.mlp_norm(x)), ACT_BLD), k_cache, v_cache
 
@@ -171,28 +173,37 @@ class Transformer(nnx.Module):
             x = forward(block, x, positions_BxL, segment_ids_BxL)
         return self._logits(x)
 
-    def init_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """An all-zero cache with ``max_len`` slots per row, in the compute dtype."""
-        if batch_size < 1 or max_len < 1:
-            raise ValueError(f"init_cache needs batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
-        shape = (self.cfg.num_layers, batch_size, max_len, self.cfg.num_kv_heads, self.cfg.head_dim)
+    def init_cache(self, num_lanes: int, max_len: int) -> KVCache:
+        """An all-zero cache of ``num_lanes`` lanes of ``max_len`` slots, in the compute dtype."""
+        if num_lanes < 1 or max_len < 1:
+            raise ValueError(f"init_cache needs num_lanes >= 1 and max_len >= 1, got {num_lanes}, {max_len}")
+        shape = (self.cfg.num_layers, num_lanes, max_len, self.cfg.num_kv_heads, self.cfg.head_dim)
         # Two separate buffers, so both can be donated to a jitted step.
         k = constrain(jnp.zeros(shape, self.compute_dtype), CACHE_AXES)
         v = constrain(jnp.zeros(shape, self.compute_dtype), CACHE_AXES)
         return KVCache(k=k, v=v)
 
-    def decode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-               cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """Cached forward of T new tokens per row; returns (logits [B, T, vocab] f32, cache)."""
+    def decode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
+               lanes_B: jax.Array | None = None, kv_len: int | None = None) -> tuple[jax.Array, KVCache]:
+        """Cached forward of T new tokens per row, row b in cache lane
+        ``lanes_B[b]`` (default: lane b), attending over slots ``< kv_len``
+        (default: all); returns (logits [B, T, vocab] f32, cache)."""
         _check_same_shape(tokens_BxT, positions=positions_BxT)
-        if cache.k.shape[1] != tokens_BxT.shape[0]:
-            raise ValueError(f"cache batch {cache.k.shape[1]} != tokens batch {tokens_BxT.shape[0]}")
+        if lanes_B is None:
+            if cache.k.shape[1] != tokens_BxT.shape[0]:
+                raise ValueError(f"cache batch {cache.k.shape[1]} != tokens batch {tokens_BxT.shape[0]}")
+            lanes_B = jnp.arange(tokens_BxT.shape[0], dtype=jnp.int32)
+        elif lanes_B.shape != tokens_BxT.shape[:1]:
+            raise ValueError(f"lanes shape {lanes_B.shape} != tokens batch {tokens_BxT.shape[:1]}")
+        kv_len = cache.max_len if kv_len is None else int(kv_len)
+        if not 1 <= kv_len <= cache.max_len:
+            raise ValueError(f"kv_len {kv_len} is outside [1, {cache.max_len}]")
         if cache.k.shape[0] != self.cfg.num_layers:
             raise ValueError(f"cache has {cache.k.shape[0]} layers, model has {self.cfg.num_layers}")
         x = self._embed(tokens_BxT)
         k_cache, v_cache = cache.k, cache.v
         for layer, block in enumerate(self.blocks):
-            x, k_cache, v_cache = block.decode(x, positions_BxT, k_cache, v_cache, layer)
+            x, k_cache, v_cache = block.decode(x, positions_BxT, k_cache, v_cache, layer, lanes_B, kv_len)
         return self._logits(x), KVCache(k=k_cache, v=v_cache)
 
 

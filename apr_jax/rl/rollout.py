@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from apr_jax.decode import engine_loop
-from apr_jax.decode.engine import EngineConfig, loop_limits, loop_spec
+from apr_jax.decode.engine import EngineConfig, make_decoder
 from apr_jax.decode.model_api import DecodeFn
 from apr_jax.decode.protocol_ids import ProtocolIds
 
@@ -104,21 +104,6 @@ def engine_arrays(batch: RolloutBatch, num_prompts: int) -> dict[str, np.ndarray
     }
 
 
-def _initial_rows(ids: ProtocolIds, prompts: PromptBatch, samples: int, slots: int, max_context: int):
-    """Root rows ``<bos> prompt`` at slot 0 of every rollout; other slots empty."""
-    P, T = prompts.tokens_PxT.shape
-    L = max_context
-    j_1xL = jnp.arange(L)[None]
-    body_PxL = jnp.pad(prompts.tokens_PxT.astype(jnp.int32), ((0, 0), (1, max(0, L - 1 - T))))[:, :L]
-    root_PxL = jnp.where(j_1xL == 0, ids.bos,
-                         jnp.where(j_1xL <= prompts.length_P[:, None], body_PxL, ids.pad))
-    rows_per_prompt = samples * slots
-    is_root_R = (jnp.arange(P * rows_per_prompt) % slots) == 0
-    buf_RxL = jnp.where(is_root_R[:, None], jnp.repeat(root_PxL, rows_per_prompt, axis=0), ids.pad)
-    length_R = jnp.where(is_root_R, jnp.repeat(1 + prompts.length_P, rows_per_prompt), 0)
-    return buf_RxL, length_R.astype(jnp.int32)
-
-
 def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg: EngineConfig,
                  ids: ProtocolIds, prompt_width: int, *, chunks: int = 1
                  ) -> Callable[[Any, jax.Array, PromptBatch], RolloutBatch]:
@@ -126,23 +111,14 @@ def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg
 
     ``prompt_width`` is the static prompt width T (tokens without BOS); the
     prompts are split into ``chunks`` sequential engine runs (``lax.map``) to
-    bound the KV-cache memory; the rollout is the same function of the key
-    whatever the split, up to which key each chunk uses."""
+    bound the thread rows' memory (the KV cache is bounded by
+    ``cfg.lanes``). Sampling keys depend only on the key, the thread row and
+    the position, so the rollout is the same whatever the split."""
     G, S, L = cfg.samples_per_problem, cfg.threads_per_sample, cfg.max_context
     if prompt_width + 2 > L:
         raise ValueError(f"prompt width {prompt_width} leaves no room in max_context {L}")
     if chunks < 1:
         raise ValueError(f"rollout chunks must be >= 1, got {chunks}")
-    spec = loop_spec(cfg, ids, prompt_width + 1)
-
-    def run_chunk(params, key, buf_RxL, length_R):
-        R = buf_RxL.shape[0]
-        limits = loop_limits(cfg)
-        active_G = jnp.ones((R // S,), bool)
-        state = engine_loop.run_loop(params, buf_RxL, length_R, active_G, init_cache(R, L), key,
-                                     limits, spec=spec, decode_fn=decode_fn)
-        state.pop("cache")
-        return state
 
     def rollout(params, key: jax.Array, prompts: PromptBatch) -> RolloutBatch:
         P, T = prompts.tokens_PxT.shape
@@ -150,25 +126,32 @@ def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg
             raise ValueError(f"prompts are {T} tokens wide; this rollout was built for {prompt_width}")
         if P % chunks:
             raise ValueError(f"{P} prompts do not split into {chunks} rollout chunks")
-        buf_RxL, length_R = _initial_rows(ids, prompts, G, S, L)
+        per_chunk = P // chunks
+        decode = make_decoder(decode_fn, init_cache, cfg, ids, per_chunk, prompt_width)
+
+        def run_chunk(c, tokens_PxT, length_P):
+            return decode(params, tokens_PxT, length_P, jnp.int32(per_chunk), key, c * per_chunk * G * S)
+
         if chunks == 1:
-            s = run_chunk(params, key, buf_RxL, length_R)
+            s = run_chunk(jnp.int32(0), prompts.tokens_PxT, prompts.length_P)
         else:
-            keys = jax.random.split(key, chunks)
-            per_chunk = jax.lax.map(
-                lambda xs: run_chunk(params, xs[0], xs[1], xs[2]),
-                (keys, buf_RxL.reshape(chunks, -1, L), length_R.reshape(chunks, -1)))
-            s = {k: v if k == "step" else v.reshape((-1,) + v.shape[2:]) for k, v in per_chunk.items()}
+            per = jax.lax.map(lambda xs: run_chunk(*xs),
+                              (jnp.arange(chunks, dtype=jnp.int32),
+                               prompts.tokens_PxT.reshape(chunks, per_chunk, T),
+                               prompts.length_P.reshape(chunks, per_chunk)))
+            s = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]) if v.ndim > 1 else v,
+                             per.replace(cache=None, step=per.step.max(),
+                                         counters=per.counters.sum(axis=0)))
         R = P * G * S
         row_R = jnp.arange(R, dtype=jnp.int32)
         rollout_R = row_R // S
         thread_R = row_R % S
         return RolloutBatch(
-            tokens_RxL=s["buf"], role_RxL=s["role"], logp_RxL=s["logp"], length_R=s["length"],
-            valid_R=thread_R < s["next_free"][rollout_R], rollout_R=rollout_R, thread_R=thread_R,
-            parent_R=s["parent"], depth_R=s["depth"], stop_R=s["stop"], written_R=s["written"],
-            rounds_R=s["rounds"], spawn_round_R=s["spawn_round"], threads_N=s["next_free"],
-            dropped_children_N=s["dropped_children"], dropped_pool_N=s["dropped_pool"])
+            tokens_RxL=s.buf_RxL, role_RxL=s.role_RxL, logp_RxL=s.logp_RxL, length_R=s.length_R,
+            valid_R=thread_R < s.next_free_G[rollout_R], rollout_R=rollout_R, thread_R=thread_R,
+            parent_R=s.parent_R, depth_R=s.depth_R, stop_R=s.stop_R, written_R=s.written_R,
+            rounds_R=s.rounds_R, spawn_round_R=s.spawn_round_R, threads_N=s.next_free_G,
+            dropped_children_N=s.dropped_children_G, dropped_pool_N=s.dropped_pool_G)
 
     return jax.jit(rollout)
 
