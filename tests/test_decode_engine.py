@@ -358,3 +358,68 @@ def test_engine_runs_the_flax_transformer():
     for n, p in enumerate(prompts):
         root = out.samples[n][0].root
         assert root.tokens[1 + len(p):] == list(plain.tokens[n, : plain.lengths[n]])
+
+
+# ---- lanes: reuse, continuous batching, the cache -----------------------------
+def test_lanes_stream_problems_through_a_small_pool():
+    """Five problems x two samples, each spawning two children, through five
+    lanes (one sample in flight at a time): every tree equals its solo run."""
+    scripts = {20: {2: [SO, 30, SEP, 31, SC], 14: [16, EOS]}, 22: {1: [SO, 31, SC], 9: [EOS]},
+               30: {2: [15, RO, 40, RC]}, 31: {2: [RO, 41, 42, RC]}}
+    prompts = [ROOT, [22], ROOT, [22], ROOT]
+    cfg = dataclasses.replace(BASE, samples_per_problem=2, max_depth=1, prefill_chunk=3)
+    alone = [Engine(scripted(scripts), cfg).run([p]).samples[0][0] for p in prompts[:2]]
+    out = Engine(scripted(scripts), dataclasses.replace(cfg, lanes=cfg.lanes_per_group)).run(prompts)
+    assert cfg.lanes_per_group == 3  # root + max_children at max_depth 1
+    for n, per_problem in enumerate(out.samples):
+        for s in per_problem:
+            assert [t.tokens for t in s.threads] == [t.tokens for t in alone[n % 2].threads]
+            assert [t.roles for t in s.threads] == [t.roles for t in alone[n % 2].threads]
+            assert s.limits_hit["dropped_pool"] == 0
+    assert out.steps[0] > 5 * max(Engine(scripted(scripts), cfg).run(prompts).steps)
+
+
+def test_every_lane_holds_a_fresh_forward_of_its_last_thread(toy_params):
+    """After a run with lanes reused many times, each lane's keys and values
+    up to its last thread's fed length equal a fresh forward of that thread's
+    buffer (a stale or skipped write would show here)."""
+    from apr_jax.decode.engine import make_decoder
+
+    bias = np.zeros((V,), np.float32)
+    bias[[SO, SC, SEP, RO, RC]] = 3.0
+    bias[EOS] = 1.0
+    params = {"toy": toy_params, "bias": jnp.asarray(bias)}
+    cfg = EngineConfig(max_children=3, max_rounds=2, max_depth=1, tokens_per_thread=12,
+                       max_context=40, max_threads=7, lanes=4, prefill_chunk=4, buckets=2,
+                       sampling=SamplingConfig(temperature=1.0))
+    rng = np.random.default_rng(1)
+    prompts = [list(rng.integers(13, V, size=int(rng.integers(1, 8)))) for _ in range(6)]
+    tokens = np.zeros((6, 8), np.int32)
+    for n, p in enumerate(prompts):
+        tokens[n, :len(p)] = p
+    decode = make_decoder(_biased_decode, _toy_cache, cfg, ProtocolIds(), 6, 8)
+    s = jax.device_get(decode(params, jnp.asarray(tokens), jnp.asarray([len(p) for p in prompts]),
+                              jnp.int32(6), jax.random.key(0), jnp.int32(0)))
+    assert int(s.next_free_G.sum()) > 2 * cfg.lanes  # lanes were reused
+    assert np.sum(s.lane_row_N >= 0) >= 2
+    for lane, row in enumerate(s.lane_row_N):
+        if row < 0:  # never used
+            continue
+        fed = int(s.fed_R[row])
+        buf = jnp.asarray(s.buf_RxL[row:row + 1, :fed])
+        fresh = toy_init_cache(TOY, 1, fed)
+        _, fresh = toy_decode(TOY, toy_params, buf, jnp.arange(fed)[None], fresh)
+        for name in ("k", "v"):
+            np.testing.assert_allclose(s.cache[name][:, lane, :fed], fresh[name][:, 0], atol=1e-5,
+                                       err_msg=f"lane {lane} {name}")
+
+
+def test_a_pool_that_cannot_hold_one_problem_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"EngineConfig.lanes=4 cannot hold one problem: a sample needs 5 lanes"):
+        EngineConfig(max_children=4, max_depth=1, lanes=4)
+    with pytest.raises(ValueError, match="EngineConfig.prefill_chunk must be an int >= 1"):
+        EngineConfig(prefill_chunk=0)
+    with pytest.raises(ValueError, match="EngineConfig.buckets must be an int >= 1"):
+        EngineConfig(buckets=0)
+    assert EngineConfig(max_children=4, max_depth=1, lanes=5).lanes_per_group == 5
+    assert EngineConfig(max_children=4, max_depth=2, max_threads=9).lanes_per_group == 9
