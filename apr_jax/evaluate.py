@@ -20,6 +20,7 @@ RL included): more held-out problems than the test split where the space allows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -130,8 +131,10 @@ def evaluate_problems(model: nnx.Module, tokenizer: Any, config: ml_collections.
                       problems: Sequence[Problem], *, samples: int = 1,
                       temperature: float | None = None, top_p: float | None = None,
                       prefix: str = "", tokens_per_thread: int | None = None,
-                      seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Decode ``samples`` per problem; returns (per-problem rows, summary)."""
+                      seed: int = 0, mesh: jax.sharding.Mesh | None = None
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Decode ``samples`` per problem; returns (per-problem rows, summary).
+    Under ``mesh`` the engine's cache is laid out by the model's sharding rules."""
     if not problems:
         raise ValueError("no problems to evaluate")
     cfg = engine_config(config, samples=samples, temperature=temperature, top_p=top_p,
@@ -139,7 +142,8 @@ def evaluate_problems(model: nnx.Module, tokenizer: Any, config: ml_collections.
     engine = Engine(model, cfg, ProtocolIds.from_tokenizer(tokenizer))
     prompts = [tokenizer.encode(problem_prompt(p, config.trace.style, prefix)) for p in problems]
     start = time.time()
-    output = engine.run(prompts, jax.random.key(seed))
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        output = engine.run(prompts, jax.random.key(seed))
     wall = time.time() - start
     trees = to_thread_trees(output, tokenizer, [p.to_dict() for p in problems])
 
@@ -323,10 +327,11 @@ def _float(flags: dict[str, str], name: str) -> float | None:
 
 
 def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: int) -> list[Problem]:
-    """``--problems`` (its first ``num``), or the first ``num`` of each split named in
-    ``--split`` (comma-separated, concatenated in that order)."""
+    """``--problems`` (every problem, or its first ``--num``), or the first ``num``
+    of each split named in ``--split`` (comma-separated, concatenated in that order)."""
     if "problems" in flags:
-        return load_problems(flags["problems"])[:num]
+        problems = load_problems(flags["problems"])
+        return problems[:num] if "num" in flags else problems
     from apr_jax.data.build import build_dataset
     from apr_jax.data.pipeline import make_problem_source
     splits = flags.get("split", "test").split(",")

@@ -63,5 +63,6 @@ def get_config():
     c.eval.max_children = 10
     c.eval.max_rounds = 2
     c.eval.tokens_per_thread = 4096
-    c.eval.batch_problems = 64
+    c.eval.batch_problems = 256
+    c.eval.lanes = 256  # 23 samples of 11 live threads in flight; the rest stream in as lanes free
     return c

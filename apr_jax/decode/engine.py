@@ -82,14 +82,17 @@ class EngineConfig:
     def from_eval_config(cls, eval_cfg: Any, max_context: int) -> "EngineConfig":
         """From a config's ``eval`` section (``samples``, ``temperature``,
         ``top_p``, ``max_children``, ``max_rounds``, ``max_depth``,
-        ``tokens_per_thread``, ``batch_problems``)."""
+        ``tokens_per_thread``, ``batch_problems``, ``lanes``, ``prefill_chunk``,
+        ``buckets``)."""
         get = eval_cfg.get if hasattr(eval_cfg, "get") else lambda k, d=None: getattr(eval_cfg, k, d)
         return cls(
             max_children=int(get("max_children", 4)), max_rounds=int(get("max_rounds", 2)),
             max_depth=int(get("max_depth", 1)), tokens_per_thread=int(get("tokens_per_thread", 256)),
             max_context=int(max_context),
             sampling=SamplingConfig(float(get("temperature", 0.0)), float(get("top_p", 1.0))),
-            samples_per_problem=int(get("samples", 1)), batch_problems=int(get("batch_problems", 0)))
+            samples_per_problem=int(get("samples", 1)), batch_problems=int(get("batch_problems", 0)),
+            lanes=int(get("lanes", 0)), prefill_chunk=int(get("prefill_chunk", 16)),
+            buckets=int(get("buckets", 3)))
 
     @property
     def threads_per_sample(self) -> int:
