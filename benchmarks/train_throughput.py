@@ -16,13 +16,12 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax.model.config import flops_per_token, num_params, peak_flops_per_device
 from apr_jax.optim import learning_rate_schedule
-from apr_jax.train import build_model_and_optimizer
+from apr_jax.train_state import build_model_and_optimizer, shardings_of, split
 from apr_jax.train_step import make_train_step
 
 
@@ -32,8 +31,8 @@ def main(argv: list[str]) -> None:
     steps, vocab = int(flags.get("steps", 20)), int(flags.get("vocab", config.data.vocab_size))
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     model_cfg, model, optimizer = build_model_and_optimizer(config, vocab, mesh)
-    graphdef, state = nnx.split((model, optimizer))
-    step_fn = make_train_step(graphdef, jax.tree.map(lambda x: x.sharding, state),
+    graphs, state = split(model, optimizer)
+    step_fn = make_train_step(graphs, shardings_of(state),
                               sharding.batch_sharding(mesh), grad_accum=config.train.grad_accum,
                               learning_rate=learning_rate_schedule(config.train))
     B, L = config.train.batch_size, config.data.seq_len
