@@ -37,8 +37,8 @@ from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.decode.engine import EngineConfig
 from apr_jax.decode.model_api import NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
-from apr_jax.decode.sampler import SamplingConfig
 from apr_jax.evaluate import Loaded, load_for_inference
+from apr_jax.evaluate import engine_config as eval_engine_config
 from apr_jax.loop import LoopSettings, TrainingError, run_loop
 from apr_jax.optim import learning_rate_schedule
 from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal,
@@ -113,12 +113,11 @@ class RLSettings:
                    skip_flat_groups=bool(rl.skip_flat_groups), grpo=grpo, reward=reward)
 
     def engine_config(self, config: ml_collections.ConfigDict) -> EngineConfig:
-        e = config.eval
-        return EngineConfig(
-            max_children=int(e.max_children), max_rounds=int(e.max_rounds), max_depth=int(e.max_depth),
-            tokens_per_thread=int(e.tokens_per_thread), max_context=int(config.model.max_len),
-            sampling=SamplingConfig(temperature=self.grpo.temperature, top_p=1.0),
-            samples_per_problem=self.samples_per_prompt, max_threads=self.max_threads)
+        """The evaluation engine's limits (``eval`` section) with this run's
+        sampling, group size and thread slots; one compiled call per chunk."""
+        cfg = eval_engine_config(config, samples=self.samples_per_prompt,
+                                 temperature=self.grpo.temperature, top_p=1.0)
+        return dataclasses.replace(cfg, max_threads=self.max_threads, batch_problems=0)
 
     @property
     def updates_per_step(self) -> int:
