@@ -1,5 +1,6 @@
 import glob
 import os
+import sys
 
 import pytest
 
@@ -64,3 +65,11 @@ def test_identity_diff_names_changed_fields():
     b = load_config(None, ["config.model.d_model=256", "config.train.steps=5"])
     diffs = config_lib.identity_diff(a.to_dict(), b)
     assert diffs == ["config.model.d_model (saved 128, now 256)"]
+
+
+def test_configs_build_on_each_other_without_touching_sys_path():
+    path, modules = list(sys.path), set(sys.modules)
+    config = load_config(os.path.join(ROOT, "configs", "countdown4_apr_228m_rl.py"))
+    assert sys.path == path and not {"default", "default_rl"} & (set(sys.modules) - modules)
+    assert config.mode == "rl" and config.model.num_layers == 18 and "init_from" in config.rl
+
