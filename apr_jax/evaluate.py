@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Sequence
 
@@ -34,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from apr_jax import config as config_lib
-from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_to_file
+from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_bytes
 from apr_jax.countdown.problems import Problem, load_problems, unseen_problems
 from apr_jax.countdown.render import conditioning_prefix, problem_prompt
 from apr_jax.countdown.verifier import extract_answer, verify
@@ -87,9 +86,7 @@ def load_for_inference(path: str) -> Loaded:
         try:
             meta = checkpointer.restore_meta(step)
             config = ml_collections.ConfigDict(meta["config"])
-            tok_path = os.path.join(tempfile.mkdtemp(prefix="apr_tok_"), "tokenizer.model")
-            decode_to_file(meta["tokenizer_b64"], tok_path)
-            tokenizer = Tokenizer(tok_path)
+            tokenizer = Tokenizer(model_proto=decode_bytes(meta["tokenizer_b64"]))
             model_cfg = ModelConfig.from_config(config.model, tokenizer.vocab_size)
             abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
             graphdef, state = nnx.split(abstract)
