@@ -268,3 +268,23 @@ def parse_command_line(argv: Sequence[str], *, allowed: Sequence[str] = ("workdi
         i += 1
     return flags, overrides
 
+
+def int_flag(flags: dict[str, str], name: str, default: int, *, zero_ok: bool = True) -> int:
+    """The integer flag ``--name`` (``default`` when absent); one-line errors."""
+    try:
+        value = int(flags.get(name, default))
+    except ValueError:
+        raise ConfigError(f"--{name} must be an integer, got {flags[name]!r}") from None
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"--{name} must be positive, got {value}")
+    return value
+
+
+def float_flag(flags: dict[str, str], name: str) -> float | None:
+    """The number flag ``--name``, or None when absent; one-line errors."""
+    if name not in flags:
+        return None
+    try:
+        return float(flags[name])
+    except ValueError:
+        raise ConfigError(f"--{name} must be a number, got {flags[name]!r}") from None

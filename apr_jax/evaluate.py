@@ -300,25 +300,6 @@ FLAGS = ("workdir", "checkpoint", "problems", "split", "num", "samples", "temper
          "out", "sweep", "plot", "show", "seed")
 
 
-def _int(flags: dict[str, str], name: str, default: int) -> int:
-    try:
-        value = int(flags.get(name, default))
-    except ValueError:
-        raise ValueError(f"--{name} must be an integer, got {flags[name]!r}") from None
-    if value < 0 or (value == 0 and name in ("num", "samples")):
-        raise ValueError(f"--{name} must be positive, got {value}")
-    return value
-
-
-def _float(flags: dict[str, str], name: str) -> float | None:
-    if name not in flags:
-        return None
-    try:
-        return float(flags[name])
-    except ValueError:
-        raise ValueError(f"--{name} must be a number, got {flags[name]!r}") from None
-
-
 def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: int) -> list[Problem]:
     """``--problems`` (its first ``num``), or the first ``num`` of each split named in
     ``--split`` (comma-separated, concatenated in that order)."""
@@ -358,9 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             sources.append(flags["checkpoint"])
         if not sources:
             raise ValueError("give --workdir=DIR or --checkpoint=DIR/checkpoints/STEP")
-        num, samples = _int(flags, "num", 100), _int(flags, "samples", 1)
-        show, seed = _int(flags, "show", 0), _int(flags, "seed", 0)
-        temperature, top_p = _float(flags, "temperature"), _float(flags, "top_p")
+        num = config_lib.int_flag(flags, "num", 100, zero_ok=False)
+        samples = config_lib.int_flag(flags, "samples", 1, zero_ok=False)
+        show, seed = config_lib.int_flag(flags, "show", 0), config_lib.int_flag(flags, "seed", 0)
+        temperature = config_lib.float_flag(flags, "temperature")
+        top_p = config_lib.float_flag(flags, "top_p")
         sweep_kind, sweep_values = parse_sweep(flags["sweep"]) if "sweep" in flags else (None, [])
         out = open(flags["out"], "w") if "out" in flags else None
         table, series, solve_rates = [], {}, {}

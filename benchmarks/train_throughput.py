@@ -28,7 +28,8 @@ from apr_jax.train_step import make_train_step
 def main(argv: list[str]) -> None:
     flags, overrides = config_lib.parse_command_line(argv, allowed=("config", "steps", "vocab"))
     config = config_lib.load_config(flags.get("config"), overrides)
-    steps, vocab = int(flags.get("steps", 20)), int(flags.get("vocab", config.data.vocab_size))
+    steps = config_lib.int_flag(flags, "steps", 20, zero_ok=False)
+    vocab = config_lib.int_flag(flags, "vocab", config.data.vocab_size, zero_ok=False)
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     model_cfg, model, optimizer = build_model_and_optimizer(config, vocab, mesh)
     graphs, state = split(model, optimizer)
