@@ -36,9 +36,9 @@ from flax import nnx
 
 from apr_jax import config as config_lib
 from apr_jax import sharding
+from apr_jax import train_state
 from apr_jax.model.config import ModelConfig, num_params
-from apr_jax.model.transformer import Transformer
-from apr_jax.optim import learning_rate_schedule, make_optimizer
+from apr_jax.optim import learning_rate_schedule
 from apr_jax.train_step import make_train_step
 
 GIB = 2 ** 30
@@ -171,19 +171,18 @@ def target_backend(platform: str) -> Iterator[None]:
         yield
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: jax.sharding.Mesh):
-    """(graphdef, abstract state, state shardings) of train.py's (model, optimizer)."""
-    model_cfg = ModelConfig.from_config(config.model, vocab_size)
-
+def abstract_train_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: jax.sharding.Mesh
+                         ) -> tuple[train_state.Graphs, train_state.TrainState, train_state.TrainState]:
+    """(graphs, abstract state, state shardings) of the trainer's model and optimizer."""
     def make():
-        model = Transformer(model_cfg, rngs=nnx.Rngs(config.seed))
-        return model, nnx.Optimizer(model, make_optimizer(config.train), wrt=nnx.Param)
+        model = train_state.new_model(config, vocab_size)
+        return model, train_state.new_optimizer(model, config)
 
-    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    graphs, abstract = train_state.split(*nnx.eval_shape(make))
     shardings = sharding.model_state_shardings(abstract, mesh)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             abstract, shardings)
-    return graphdef, abstract, shardings
+    return graphs, abstract, shardings
 
 
 def abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
@@ -203,8 +202,8 @@ def compile_train_step(config: ml_collections.ConfigDict, vocab_size: int,
         raise ValueError(f"config.train.batch_size={config.train.batch_size} (microbatch {micro}) "
                          f"does not divide over the {shards} data-parallel devices of the mesh "
                          f"{dict(mesh.shape)}")
-    graphdef, state, shardings = abstract_train_state(config, vocab_size, mesh)
-    step = make_train_step(graphdef, shardings, sharding.batch_sharding(mesh),
+    graphs, state, shardings = abstract_train_state(config, vocab_size, mesh)
+    step = make_train_step(graphs, shardings, sharding.batch_sharding(mesh),
                            grad_accum=config.train.grad_accum,
                            learning_rate=learning_rate_schedule(config.train))
     with target_backend(devices[0].platform), jax.set_mesh(mesh):  # as train.py calls it

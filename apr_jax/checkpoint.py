@@ -44,11 +44,9 @@ def encode_file(path: str) -> str:
         return base64.b64encode(f.read()).decode()
 
 
-def decode_to_file(data_b64: str, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(base64.b64decode(data_b64))
-    os.replace(tmp, path)
+def decode_bytes(data_b64: str) -> bytes:
+    """The bytes ``encode_file`` stored (e.g. a tokenizer's serialized model)."""
+    return base64.b64decode(data_b64)
 
 
 class _DropReadOnlyNotice(logging.Filter):

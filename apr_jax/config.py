@@ -13,6 +13,7 @@ import difflib
 import importlib.util
 import json
 import os
+import types
 from typing import Any, Iterable, Sequence
 
 import ml_collections
@@ -133,16 +134,28 @@ class _null:
         return False
 
 
+def config_module(path: str) -> types.ModuleType:
+    """Run the config file ``path`` as a fresh module (not put on ``sys.path``)."""
+    spec = importlib.util.spec_from_file_location(f"apr_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sibling(config_file: str, name: str) -> types.ModuleType:
+    """The config module ``name`` in the folder of ``config_file``: how one
+    config builds on another, e.g. ``sibling(__file__, "default").get_config()``."""
+    return config_module(os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"))
+
+
 def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """Load ``path`` (a python file with ``get_config()``), apply ``key=value``
     overrides (keys without the ``config.`` prefix) and validate."""
     path = path or DEFAULT_CONFIG
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"apr_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        module = config_module(path)
     except Exception as e:  # a config file with a bug is still a config error
         raise ConfigError(f"{path}: cannot be loaded: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
@@ -254,3 +267,24 @@ def parse_command_line(argv: Sequence[str], *, allowed: Sequence[str] = ("workdi
             raise ConfigError(f"unknown flag --{name}{hint}")
         i += 1
     return flags, overrides
+
+
+def int_flag(flags: dict[str, str], name: str, default: int, *, zero_ok: bool = True) -> int:
+    """The integer flag ``--name`` (``default`` when absent); one-line errors."""
+    try:
+        value = int(flags.get(name, default))
+    except ValueError:
+        raise ConfigError(f"--{name} must be an integer, got {flags[name]!r}") from None
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"--{name} must be positive, got {value}")
+    return value
+
+
+def float_flag(flags: dict[str, str], name: str) -> float | None:
+    """The number flag ``--name``, or None when absent; one-line errors."""
+    if name not in flags:
+        return None
+    try:
+        return float(flags[name])
+    except ValueError:
+        raise ConfigError(f"--{name} must be a number, got {flags[name]!r}") from None

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Sequence
 
@@ -35,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from apr_jax import config as config_lib
-from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_to_file
+from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_bytes
 from apr_jax.countdown.problems import Problem, load_problems, unseen_problems
 from apr_jax.countdown.render import conditioning_prefix, problem_prompt
 from apr_jax.countdown.verifier import extract_answer, verify
@@ -88,9 +87,7 @@ def load_for_inference(path: str) -> Loaded:
         try:
             meta = checkpointer.restore_meta(step)
             config = ml_collections.ConfigDict(meta["config"])
-            tok_path = os.path.join(tempfile.mkdtemp(prefix="apr_tok_"), "tokenizer.model")
-            decode_to_file(meta["tokenizer_b64"], tok_path)
-            tokenizer = Tokenizer(tok_path)
+            tokenizer = Tokenizer(model_proto=decode_bytes(meta["tokenizer_b64"]))
             model_cfg = ModelConfig.from_config(config.model, tokenizer.vocab_size)
             abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
             graphdef, state = nnx.split(abstract)
@@ -307,25 +304,6 @@ FLAGS = ("workdir", "checkpoint", "problems", "split", "num", "samples", "temper
          "out", "sweep", "plot", "show", "seed")
 
 
-def _int(flags: dict[str, str], name: str, default: int) -> int:
-    try:
-        value = int(flags.get(name, default))
-    except ValueError:
-        raise ValueError(f"--{name} must be an integer, got {flags[name]!r}") from None
-    if value < 0 or (value == 0 and name in ("num", "samples")):
-        raise ValueError(f"--{name} must be positive, got {value}")
-    return value
-
-
-def _float(flags: dict[str, str], name: str) -> float | None:
-    if name not in flags:
-        return None
-    try:
-        return float(flags[name])
-    except ValueError:
-        raise ValueError(f"--{name} must be a number, got {flags[name]!r}") from None
-
-
 def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: int) -> list[Problem]:
     """``--problems`` (every problem, or its first ``--num``), or the first ``num``
     of each split named in ``--split`` (comma-separated, concatenated in that order)."""
@@ -366,9 +344,11 @@ def main(argv: list[str] | None = None) -> int:
             sources.append(flags["checkpoint"])
         if not sources:
             raise ValueError("give --workdir=DIR or --checkpoint=DIR/checkpoints/STEP")
-        num, samples = _int(flags, "num", 100), _int(flags, "samples", 1)
-        show, seed = _int(flags, "show", 0), _int(flags, "seed", 0)
-        temperature, top_p = _float(flags, "temperature"), _float(flags, "top_p")
+        num = config_lib.int_flag(flags, "num", 100, zero_ok=False)
+        samples = config_lib.int_flag(flags, "samples", 1, zero_ok=False)
+        show, seed = config_lib.int_flag(flags, "show", 0), config_lib.int_flag(flags, "seed", 0)
+        temperature = config_lib.float_flag(flags, "temperature")
+        top_p = config_lib.float_flag(flags, "top_p")
         sweep_kind, sweep_values = parse_sweep(flags["sweep"]) if "sweep" in flags else (None, [])
         out = open(flags["out"], "w") if "out" in flags else None
         table, series, solve_rates = [], {}, {}

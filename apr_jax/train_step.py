@@ -1,4 +1,4 @@
-"""Pure, jitted SFT train and eval steps over an NNX (model, optimizer) state.
+"""Pure, jitted SFT train and eval steps over a ``TrainState``.
 
 The step takes the whole state as one pytree (donated, sharded as it already
 is) and a global batch sharded over the batch axes. Gradient accumulation
@@ -18,6 +18,8 @@ import optax
 from flax import nnx
 
 from apr_jax.loss import masked_lm_loss
+from apr_jax.train_state import Graphs, TrainState
+from apr_jax.update import apply_gradients, summed_gradients
 
 Batch = dict[str, jax.Array]
 
@@ -39,54 +41,43 @@ def make_loss_fn(model_graphdef: nnx.GraphDef, rest: Any) -> Callable:
     return loss_fn
 
 
-def make_train_step(graphdef: nnx.GraphDef, state_shardings: Any, batch_shardings: Any,
+def _split_params(graphs: Graphs, state: TrainState) -> tuple[nnx.GraphDef, Any, Any]:
+    return nnx.split(nnx.merge(graphs.model, state.model), nnx.Param, ...)
+
+
+def make_train_step(graphs: Graphs, state_shardings: TrainState, batch_shardings: Any,
                     *, grad_accum: int = 1, learning_rate: optax.Schedule | None = None
-                    ) -> Callable[[Any, Batch], tuple[Any, dict[str, jax.Array]]]:
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``step(state, batch) -> (state, metrics)``, jitted and donating state."""
 
-    def step(state, batch: Batch):
-        # merge() shares Variables with ``state``; keep an unaliased copy of the
-        # old values for the non-finite guard below.
-        old_state = jax.tree.map(lambda x: x, state)
-        model, optimizer = nnx.merge(graphdef, state)
-        model_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    def step(state: TrainState, batch: Batch):
+        model_graphdef, params, rest = _split_params(graphs, state)
         grad_fn = jax.value_and_grad(make_loss_fn(model_graphdef, rest), has_aux=True)
         if grad_accum == 1:
             (loss_sum, (count, correct)), grads = grad_fn(params, batch)
         else:
-            def body(carry, micro):
-                (l, (c, k)), g = grad_fn(params, micro)
-                acc_l, acc_c, acc_k, acc_g = carry
-                return (acc_l + l, acc_c + c, acc_k + k, jax.tree.map(jnp.add, acc_g, g)), None
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            init = (jnp.zeros(()), jnp.zeros(()), jnp.zeros(()), zeros)
-            (loss_sum, count, correct, grads), _ = jax.lax.scan(
-                body, init, _split_microbatches(batch, grad_accum))
+            (loss_sum, (count, correct)), grads = summed_gradients(
+                grad_fn, params, _split_microbatches(batch, grad_accum))
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         loss = loss_sum / denom
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        optimizer.update(model, grads)
-        new_state = nnx.state((model, optimizer))
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "token_accuracy": correct / denom,
-                   "loss_tokens": count, "finite": finite}
-        if learning_rate is not None:
-            metrics["lr"] = learning_rate(optimizer.step[...] - 1)
-        return new_state, metrics
+        state, update = apply_gradients(graphs, state, grads, loss, learning_rate)
+        metrics = {"loss": loss, "grad_norm": update["grad_norm"], "token_accuracy": correct / denom,
+                   "loss_tokens": count, "finite": update["finite"]}
+        if "lr" in update:
+            metrics["lr"] = update["lr"]
+        return state, metrics
 
     return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
-def make_eval_step(graphdef: nnx.GraphDef, state_shardings: Any, batch_shardings: Any
-                   ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+def make_eval_step(graphs: Graphs, state_shardings: TrainState, batch_shardings: Any
+                   ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
     """Returns ``eval_step(state, batch) -> {loss_sum, count, correct}``."""
 
-    def eval_step(state, batch: Batch):
-        model, _ = nnx.merge(graphdef, state)
-        model_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    def eval_step(state: TrainState, batch: Batch):
+        model_graphdef, params, rest = _split_params(graphs, state)
         loss_sum, (count, correct) = make_loss_fn(model_graphdef, rest)(params, batch)
         return {"loss_sum": loss_sum, "count": count, "correct": correct}
 

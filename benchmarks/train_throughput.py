@@ -16,24 +16,24 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax.model.config import flops_per_token, num_params, peak_flops_per_device
 from apr_jax.optim import learning_rate_schedule
-from apr_jax.train import build_model_and_optimizer
+from apr_jax.train_state import build_model_and_optimizer, shardings_of, split
 from apr_jax.train_step import make_train_step
 
 
 def main(argv: list[str]) -> None:
     flags, overrides = config_lib.parse_command_line(argv, allowed=("config", "steps", "vocab"))
     config = config_lib.load_config(flags.get("config"), overrides)
-    steps, vocab = int(flags.get("steps", 20)), int(flags.get("vocab", config.data.vocab_size))
+    steps = config_lib.int_flag(flags, "steps", 20, zero_ok=False)
+    vocab = config_lib.int_flag(flags, "vocab", config.data.vocab_size, zero_ok=False)
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     model_cfg, model, optimizer = build_model_and_optimizer(config, vocab, mesh)
-    graphdef, state = nnx.split((model, optimizer))
-    step_fn = make_train_step(graphdef, jax.tree.map(lambda x: x.sharding, state),
+    graphs, state = split(model, optimizer)
+    step_fn = make_train_step(graphs, shardings_of(state),
                               sharding.batch_sharding(mesh), grad_accum=config.train.grad_accum,
                               learning_rate=learning_rate_schedule(config.train))
     B, L = config.train.batch_size, config.data.seq_len

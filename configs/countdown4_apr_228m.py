@@ -2,11 +2,9 @@
 (18 layers, d=1024, 16 heads, 4096 context), batch 256, lr 5e-5 cosine,
 19k steps, 500k training problems. For TPU pod slices (FSDP over the slice)."""
 
-import os
-import sys
+from apr_jax.config import sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default  # noqa: E402
+default = sibling(__file__, "default")
 
 
 def get_config():

@@ -6,12 +6,10 @@ starts from ``runs/countdown4_apr_228m`` (configs/countdown4_apr_228m.py).
         --workdir=runs/countdown4_apr_228m_rl
 """
 
-import os
-import sys
+from apr_jax.config import sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import countdown4_apr_228m  # noqa: E402
-import default_rl  # noqa: E402
+countdown4_apr_228m = sibling(__file__, "countdown4_apr_228m")
+default_rl = sibling(__file__, "default_rl")
 
 
 def get_config():

@@ -3,11 +3,9 @@ on one H200: a ~40M decoder with packed 1024-token rows in bf16, trained for
 at most 10 minutes (the step count is an upper bound; the time limit stops it),
 then evaluated on 1,000 held-out problems."""
 
-import os
-import sys
+from apr_jax.config import sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default  # noqa: E402
+default = sibling(__file__, "default")
 
 
 def get_config():

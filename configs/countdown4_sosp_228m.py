@@ -1,11 +1,9 @@
 """The reference study's SoS+ (sequential) baseline at 228M: the same model
 and schedule as countdown4_apr_228m, one long thread per problem."""
 
-import os
-import sys
+from apr_jax.config import sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import countdown4_apr_228m  # noqa: E402
+countdown4_apr_228m = sibling(__file__, "countdown4_apr_228m")
 
 
 def get_config():

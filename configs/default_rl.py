@@ -6,13 +6,11 @@
 The ``train`` section here holds the RL optimizer and loop settings (lr, steps
 in RL steps, logging, checkpoints); the engine limits are the ``eval`` section's."""
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default  # noqa: E402
+from apr_jax.config import sibling
+
+default = sibling(__file__, "default")
 
 
 def rl_section() -> ml_collections.ConfigDict:

@@ -10,7 +10,7 @@ import jax
 import pytest
 from flax import nnx
 
-from apr_jax import aot, sharding, train
+from apr_jax import aot, sharding, train_state
 from apr_jax.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +49,7 @@ def test_launch_scripts_agree_on_hosts_per_slice():
 def test_abstract_state_shardings_match_the_trainer():
     config = load_config(None, TINY + ["config.mesh.data=2", "config.mesh.fsdp=4"])
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
-    _, model, optimizer = train.build_model_and_optimizer(config, 96, mesh)
+    _, model, optimizer = train_state.build_model_and_optimizer(config, 96, mesh)
     real = nnx.state((model, optimizer))
     _, abstract, shardings = aot.abstract_train_state(config, 96, mesh)
     real_leaves = jax.tree.leaves(real)

@@ -14,9 +14,9 @@ import contextlib
 import jax
 import jax.numpy as jnp
 import pytest
-from flax import nnx
 
-from apr_jax import evaluate, sharding, train
+from apr_jax import evaluate, sharding, train, train_state
+from apr_jax.workdir import check_workdir
 from apr_jax.checkpoint import Checkpointer, encode_file
 from apr_jax.config import load_config
 from apr_jax.countdown.problems import Problem
@@ -65,13 +65,13 @@ def ctx(tmp_path_factory):
     config = load_config(None, TINY + [f"config.data.dir={root}/data"])
     info = build_dataset(config, log=None)
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
-    _, model, optimizer = train.build_model_and_optimizer(
+    _, model, optimizer = train_state.build_model_and_optimizer(
         config, Tokenizer(info.tokenizer_path).vocab_size, mesh)
-    _, state = nnx.split((model, optimizer))
+    _, state = train_state.split(model, optimizer)
     workdir = str(root / "run")
-    train.check_workdir(workdir, config)
+    check_workdir(workdir, config)
     checkpointer = Checkpointer(workdir)
-    checkpointer.save(1, nnx.to_pure_dict(state[0]), nnx.to_pure_dict(state[1]),
+    checkpointer.save(1, *state.checkpoint_trees(),
                       make_iterator(config, info, "train", batch_size=8),
                       {"config": config.to_dict(), "tokenizer_b64": encode_file(info.tokenizer_path)})
     checkpointer.close()

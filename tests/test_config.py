@@ -1,5 +1,6 @@
 import glob
 import os
+import sys
 
 import pytest
 
@@ -64,3 +65,28 @@ def test_identity_diff_names_changed_fields():
     b = load_config(None, ["config.model.d_model=256", "config.train.steps=5"])
     diffs = config_lib.identity_diff(a.to_dict(), b)
     assert diffs == ["config.model.d_model (saved 128, now 256)"]
+
+
+def test_configs_build_on_each_other_without_touching_sys_path():
+    path, modules = list(sys.path), set(sys.modules)
+    config = load_config(os.path.join(ROOT, "configs", "countdown4_apr_228m_rl.py"))
+    assert sys.path == path and not {"default", "default_rl"} & (set(sys.modules) - modules)
+    assert config.mode == "rl" and config.model.num_layers == 18 and "init_from" in config.rl
+
+
+@pytest.mark.parametrize("flags, call, message", [
+    ({"num": "abc"}, lambda f: config_lib.int_flag(f, "num", 1), "--num must be an integer, got 'abc'"),
+    ({"num": "0"}, lambda f: config_lib.int_flag(f, "num", 1, zero_ok=False), "--num must be positive, got 0"),
+    ({"seed": "-1"}, lambda f: config_lib.int_flag(f, "seed", 0), "--seed must be positive, got -1"),
+    ({"top_p": "x"}, lambda f: config_lib.float_flag(f, "top_p"), "--top_p must be a number, got 'x'"),
+])
+def test_typed_flags_are_one_line_errors(flags, call, message):
+    with pytest.raises(ConfigError) as e:
+        call(flags)
+    assert str(e.value) == message
+
+
+def test_typed_flags_read_values_and_defaults():
+    assert config_lib.int_flag({"num": "7"}, "num", 1) == 7 and config_lib.int_flag({}, "num", 3) == 3
+    assert config_lib.int_flag({"show": "0"}, "show", 2) == 0
+    assert config_lib.float_flag({"top_p": "0.5"}, "top_p") == 0.5 and config_lib.float_flag({}, "top_p") is None

@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 
 import pytest
 
@@ -134,3 +135,11 @@ def test_paired_comparisons_with_samples_compare_solve_rates_on_shared_problems(
                      "sft@800 (sign test p = 0.02)"]
     assert evaluate.paired_comparisons({"a@1": _rates([1.0]), "b@1": {Problem((7, 7, 7), 3): 1.0}}) == [
         "b@1 vs a@1: no problems in common, not compared"]
+
+
+def test_loading_a_checkpoint_leaves_no_temporary_files(workdir, tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    loaded = evaluate.load_for_inference(workdir)
+    assert loaded.tokenizer.encode("1+2") and not list(scratch.iterdir())

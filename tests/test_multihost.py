@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from apr_jax import sharding, train
+from apr_jax import sharding, train, train_state
 from apr_jax.checkpoint import Checkpointer
 from apr_jax.config import load_config
 from apr_jax.data.build import build_dataset
@@ -61,9 +61,9 @@ def reference_run(config) -> tuple[list[float], dict]:
     info = build_dataset(config)
     tokenizer = Tokenizer(info.tokenizer_path)
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
-    _, model, optimizer = train.build_model_and_optimizer(config, tokenizer.vocab_size, mesh)
-    graphdef, state = nnx.split((model, optimizer))
-    step_fn = make_train_step(graphdef, jax.tree.map(lambda x: x.sharding, state),
+    _, model, optimizer = train_state.build_model_and_optimizer(config, tokenizer.vocab_size, mesh)
+    graphs, state = train_state.split(model, optimizer)
+    step_fn = make_train_step(graphs, train_state.shardings_of(state),
                               sharding.batch_sharding(mesh), grad_accum=config.train.grad_accum,
                               learning_rate=learning_rate_schedule(config.train))
     per_process = config.train.batch_size // PROCESSES
@@ -76,7 +76,7 @@ def reference_run(config) -> tuple[list[float], dict]:
         with jax.set_mesh(mesh):  # as train.py calls the step
             state, metrics = step_fn(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
         losses.append(float(metrics["loss"]))
-    return losses, jax.device_get(nnx.to_pure_dict(state[0]))
+    return losses, jax.device_get(nnx.to_pure_dict(state.model))
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,9 @@ def test_two_processes_match_one_process_with_eight_devices(two_process_run):
     # The two-process checkpoint (params and optimizer state) restores in this
     # single process, onto its own eight-device mesh.
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
-    _, model, optimizer = train.build_model_and_optimizer(
+    _, model, optimizer = train_state.build_model_and_optimizer(
         config, Tokenizer(build_dataset(config).tokenizer_path).vocab_size, mesh)
-    abstract = [train.abstract_like(nnx.to_pure_dict(nnx.state(x))) for x in (model, optimizer)]
+    abstract = [train_state.abstract_like(nnx.to_pure_dict(nnx.state(x))) for x in (model, optimizer)]
     checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
     step, restored, opt_state, meta = checkpointer.restore_latest(*abstract, None)
     assert step == STEPS and meta["config"]["name"] == config.name

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from apr_jax import sharding, train
+from apr_jax import sharding, train, train_state
 from apr_jax.checkpoint import Checkpointer
 from apr_jax.config import load_config
 from apr_jax.data.build import build_dataset
@@ -54,15 +54,14 @@ def restore(config, workdir, *, read_only=False):
     """Checkpointer.restore_latest as train.run calls it."""
     info = build_dataset(config, log=None)
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
-    _, model, optimizer = train.build_model_and_optimizer(
+    _, model, optimizer = train_state.build_model_and_optimizer(
         config, Tokenizer(info.tokenizer_path).vocab_size, mesh)
-    _, state = nnx.split((model, optimizer))
+    _, state = train_state.split(model, optimizer)
     iterator = make_iterator(config, info, "train", batch_size=config.train.batch_size)
     checkpointer = Checkpointer(workdir, read_only=read_only)
     try:
         restored = checkpointer.restore_latest(
-            train.abstract_like(nnx.to_pure_dict(state[0])),
-            train.abstract_like(nnx.to_pure_dict(state[1])), iterator)
+            *map(train_state.abstract_like, state.checkpoint_trees()), iterator)
     finally:
         checkpointer.close()
     return restored, iterator

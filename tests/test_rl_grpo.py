@@ -1,5 +1,7 @@
 """GRPO arithmetic on hand-made batches, and the jitted update on a tiny model."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ from apr_jax.decode import engine_loop
 from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal, grpo_loss,
                              grpo_token_terms, make_grpo_update, rollout_token_weights, target_logprobs)
 from apr_jax.rl.rollout import RolloutBatch
+from apr_jax import train_state
 
 
 def test_group_advantages_by_hand():
@@ -145,8 +148,8 @@ def _batch(tokens, valid, mask, adv, old_logp):
 @pytest.mark.parametrize("kl_coef", [0.0, 0.05])
 def test_update_ignores_prompt_tokens_and_padding_rows(kl_coef):
     model, optimizer = _tiny_model()
-    graphdef, state = nnx.split((model, optimizer))
-    _, ref_params, _ = nnx.split(model, nnx.Param, ...)
+    graphs, state = train_state.split(model, optimizer)
+    state = dataclasses.replace(state, ref=train_state.frozen_params(state.model, graphs))
     rng = np.random.default_rng(0)
     R, L = 8, 16
     tokens = rng.integers(3, 24, (R, L)).astype(np.int32)
@@ -157,9 +160,9 @@ def test_update_ignores_prompt_tokens_and_padding_rows(kl_coef):
     old = np.where(mask > 0, -3.0, 0.0).astype(np.float32)
     adv = np.array([1.0, -1.0, 0.5, -0.5])
     cfg = GrpoConfig(kl_coef=kl_coef, inner_epochs=2, minibatches=2, microbatches=2)
-    update = make_grpo_update(graphdef, cfg, num_rollouts=4)
+    update = make_grpo_update(graphs, cfg, num_rollouts=4)
     copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731  (the update donates its state)
-    state_a, m_a = update(copy(state), ref_params, _batch(tokens, valid, mask, adv, old))
+    state_a, m_a = update(copy(state), _batch(tokens, valid, mask, adv, old))
     assert bool(m_a["finite"]) and np.isfinite(float(m_a["loss"]))
 
     # Change what must not matter: tokens after the written span, the old
@@ -168,17 +171,17 @@ def test_update_ignores_prompt_tokens_and_padding_rows(kl_coef):
     tokens_b[:, 13:] = rng.integers(3, 24, (R, 3))
     tokens_b[~valid] = rng.integers(3, 24, (int((~valid).sum()), L))
     old_b[mask == 0] = 5.0
-    state_b, m_b = update(copy(state), ref_params, _batch(tokens_b, valid, mask, adv, old_b))
+    state_b, m_b = update(copy(state), _batch(tokens_b, valid, mask, adv, old_b))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 nnx.to_pure_dict(state_a[0]), nnx.to_pure_dict(state_b[0]))
+                 nnx.to_pure_dict(state_a.model), nnx.to_pure_dict(state_b.model))
 
     # Zero advantages and no KL: nothing to learn, parameters unchanged.
     if kl_coef == 0:
-        state_c, _ = update(copy(state), ref_params, _batch(tokens, valid, mask, np.zeros(4), old))
-        jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(state_c[0]), nnx.to_pure_dict(state[0]))
+        state_c, _ = update(copy(state), _batch(tokens, valid, mask, np.zeros(4), old))
+        jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(state_c.model), nnx.to_pure_dict(state.model))
     else:
-        changed = jax.tree.map(lambda a, b: not np.allclose(a, b), nnx.to_pure_dict(state_a[0]),
-                               nnx.to_pure_dict(state[0]))
+        changed = jax.tree.map(lambda a, b: not np.allclose(a, b), nnx.to_pure_dict(state_a.model),
+                               nnx.to_pure_dict(state.model))
         assert any(jax.tree.leaves(changed))
 
 
@@ -188,6 +191,6 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="inner_epochs"):
         GrpoConfig(inner_epochs=0)
     model, optimizer = _tiny_model()
-    graphdef, _ = nnx.split((model, optimizer))
+    graphs, _ = train_state.split(model, optimizer)
     with pytest.raises(ValueError, match="do not split into 3 minibatches"):
-        make_grpo_update(graphdef, GrpoConfig(minibatches=3), num_rollouts=4)
+        make_grpo_update(graphs, GrpoConfig(minibatches=3), num_rollouts=4)

@@ -8,7 +8,7 @@ from flax import nnx
 from apr_jax import sharding
 from apr_jax.config import load_config
 from apr_jax.optim import learning_rate_schedule
-from apr_jax.train import build_model_and_optimizer
+from apr_jax.train_state import build_model_and_optimizer, shardings_of, split
 from apr_jax.train_step import make_train_step
 
 VOCAB = 64
@@ -31,15 +31,15 @@ def run_steps(overrides, devices, batch, steps=2):
     config = load_config(None, TINY + overrides)
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh), devices=devices)
     _, model, optimizer = build_model_and_optimizer(config, VOCAB, mesh)
-    graphdef, state = nnx.split((model, optimizer))
-    step = make_train_step(graphdef, jax.tree.map(lambda x: x.sharding, state),
+    graphs, state = split(model, optimizer)
+    step = make_train_step(graphs, shardings_of(state),
                            sharding.batch_sharding(mesh), grad_accum=config.train.grad_accum,
                            learning_rate=learning_rate_schedule(config.train))
     losses = []
     for _ in range(steps):
         state, metrics = step(state, sharding.global_batch_from_process(batch, mesh))
         losses.append(float(metrics["loss"]))
-    params = jax.device_get(nnx.to_pure_dict(state[0]))
+    params = jax.device_get(nnx.to_pure_dict(state.model))
     return losses, params, state
 
 
@@ -53,7 +53,7 @@ def test_sharded_step_matches_single_device():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                  mesh_params, single_params)
     # Parameters really are split over the fsdp axis.
-    embed = nnx.to_pure_dict(state[0])["embed_VxD"]
+    embed = nnx.to_pure_dict(state.model)["embed_VxD"]
     assert len({str(s.index) for s in embed.addressable_shards}) > 1
 
 
@@ -82,16 +82,15 @@ def test_non_finite_step_leaves_state_unchanged():
                                        "config.mesh.data=1"])
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh), jax.devices()[:1])
     _, model, optimizer = build_model_and_optimizer(config, VOCAB, mesh)
-    graphdef, state = nnx.split((model, optimizer))
-    step = make_train_step(graphdef, jax.tree.map(lambda x: x.sharding, state),
-                           sharding.batch_sharding(mesh))
+    graphs, state = split(model, optimizer)
+    step = make_train_step(graphs, shardings_of(state), sharding.batch_sharding(mesh))
     finite = []
     for _ in range(4):
-        before = jax.device_get(nnx.to_pure_dict(state[0]))
+        before = jax.device_get(nnx.to_pure_dict(state.model))
         state, metrics = step(state, sharding.global_batch_from_process(batch, mesh))
         finite.append(bool(metrics["finite"]))
         if not finite[-1]:
-            after = jax.device_get(nnx.to_pure_dict(state[0]))
+            after = jax.device_get(nnx.to_pure_dict(state.model))
             jax.tree.map(np.testing.assert_array_equal, after, before)
             break
     assert not all(finite), "a 1e30 learning rate should produce a non-finite step"

@@ -224,3 +224,18 @@ def _print_summary(log: TextIO | None, info: DatasetInfo, stats: dict[str, Any],
               f"{stats['mean_tokens_per_sequence']:.1f}, max {stats['max_tokens_per_sequence']}, "
               f"{stats['over_seq_len']}/{stats['sampled_sequences']} sampled longer than "
               f"seq_len {seq_len}")
+
+
+def build_dataset_once(config: Any) -> DatasetInfo:
+    """Process 0 builds (or finds) the cached dataset; the others wait for it,
+    so processes sharing a filesystem never build the same cache at once."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        info = build_dataset(config, log=sys.stdout)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("apr_jax: dataset built")
+    if jax.process_index() != 0:
+        info = build_dataset(config, log=None)
+    return info

@@ -24,6 +24,8 @@ import optax
 from flax import nnx
 
 from apr_jax.rl.rollout import RolloutBatch
+from apr_jax.train_state import Graphs, TrainState
+from apr_jax.update import apply_gradients, summed_gradients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,16 +154,15 @@ def _minibatch_order(valid_R: jax.Array, rollout_R: jax.Array, num_rollouts: int
     return jnp.argsort(mb_R * 2 + (~valid_R).astype(jnp.int32), stable=True)
 
 
-def make_grpo_update(graphdef: nnx.GraphDef, cfg: GrpoConfig, *, num_rollouts: int,
+def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
                      learning_rate: optax.Schedule | None = None, state_shardings: Any = None
-                     ) -> Callable[[Any, Any, UpdateBatch], tuple[Any, dict[str, jax.Array]]]:
-    """Returns ``update(state, ref_params, batch) -> (state, metrics)``, jitted
-    and donating ``state`` (an NNX (model, optimizer) state as in training).
+                     ) -> Callable[[TrainState, UpdateBatch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Returns ``update(state, batch) -> (state, metrics)``, jitted and
+    donating ``state``, whose ``ref`` holds the frozen reference model's
+    ``nnx.Param`` state (unused, and may be None, when ``kl_coef == 0``).
 
     Runs ``inner_epochs`` passes of ``minibatches`` optimizer updates each; a
-    step whose loss or gradient is not finite leaves the state unchanged.
-    ``ref_params`` (the frozen reference model's ``nnx.Param`` state, as
-    ``nnx.split(model, nnx.Param, ...)[1]``) is unused when ``kl_coef == 0``."""
+    step whose loss or gradient is not finite leaves the state unchanged."""
     if num_rollouts % cfg.minibatches:
         raise ValueError(f"{num_rollouts} rollouts do not split into {cfg.minibatches} minibatches")
 
@@ -173,7 +174,7 @@ def make_grpo_update(graphdef: nnx.GraphDef, cfg: GrpoConfig, *, num_rollouts: i
     def micro_split(x, micro):
         return x.reshape((micro, x.shape[0] // micro) + x.shape[1:])
 
-    def update(state, ref_params, batch: UpdateBatch):
+    def update(state: TrainState, batch: UpdateBatch):
         R = batch.tokens_RxL.shape[0]
         M, A = cfg.minibatches, cfg.microbatches
         if R % (M * A):
@@ -185,9 +186,7 @@ def make_grpo_update(graphdef: nnx.GraphDef, cfg: GrpoConfig, *, num_rollouts: i
                 "adv": batch.adv_N[batch.rollout_R]}
         rows = jax.tree.map(lambda x: x[order], rows)
         rollout_R = batch.rollout_R[order]
-
-        model, _ = nnx.merge(graphdef, state)
-        model_graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+        model_graphdef, _, rest = nnx.split(nnx.merge(graphs.model, state.model), nnx.Param, ...)
 
         # Reference log-probs, once per batch, skipping all-padding microbatches.
         chunks = M * A
@@ -195,7 +194,7 @@ def make_grpo_update(graphdef: nnx.GraphDef, cfg: GrpoConfig, *, num_rollouts: i
             def ref_chunk(chunk):
                 return jax.lax.cond(
                     jnp.any(chunk["valid"]),
-                    lambda c: forward_logp(model_graphdef, ref_params, rest, c),
+                    lambda c: forward_logp(model_graphdef, state.ref, rest, c),
                     lambda c: jnp.zeros(c["tokens"].shape, jnp.float32), chunk)
             ref_logp = jax.lax.map(ref_chunk, jax.tree.map(lambda x: micro_split(x, chunks), rows))
             rows["ref_logp"] = ref_logp.reshape(rows["tokens"].shape)
@@ -213,49 +212,31 @@ def make_grpo_update(graphdef: nnx.GraphDef, cfg: GrpoConfig, *, num_rollouts: i
                              micro["weights"], cfg)
 
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-        stat_names = ("loss", "policy_loss", "kl", "clip_fraction", "ratio")
 
-        def minibatch_step(state, minibatch):
-            old_state = jax.tree.map(lambda x: x, state)
-            model, optimizer = nnx.merge(graphdef, state)
-            _, params, _ = nnx.split(model, nnx.Param, ...)
-
-            def accumulate(carry, micro):
-                grads, stats = carry
-                zero = (jax.tree.map(jnp.zeros_like, params), {k: jnp.zeros(()) for k in stat_names})
-
-                def compute(m):
-                    (_, s), g = grad_fn(params, m)
-                    return g, s
-                g, s = jax.lax.cond(jnp.any(micro["valid"]), compute, lambda m: zero, micro)
-                return (jax.tree.map(jnp.add, grads, g), {k: stats[k] + s[k] for k in stat_names}), None
-
-            init = (jax.tree.map(jnp.zeros_like, params), {k: jnp.zeros(()) for k in stat_names})
-            (grads, stats), _ = jax.lax.scan(accumulate, init, minibatch)
-            grad_norm = optax.tree.norm(grads)
-            finite = jnp.isfinite(stats["loss"]) & jnp.isfinite(grad_norm)
-            optimizer.update(model, grads)
-            new_state = nnx.state((model, optimizer))
-            new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, old_state)
-            stats = {**stats, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
-            if learning_rate is not None:
-                stats["lr"] = learning_rate(optimizer.step[...] - 1)
-            return new_state, stats
+        def minibatch_step(state: TrainState, minibatch):
+            _, params, _ = nnx.split(nnx.merge(graphs.model, state.model), nnx.Param, ...)
+            (_, stats), grads = summed_gradients(grad_fn, params, minibatch,
+                                                 active=lambda micro: jnp.any(micro["valid"]))
+            state, update_metrics = apply_gradients(graphs, state, grads, stats["loss"], learning_rate)
+            return state, {**stats, **update_metrics}
 
         def epoch(state, _):
             return jax.lax.scan(minibatch_step, state, mb_rows)
 
-        state, stats = jax.lax.scan(epoch, state, None, length=cfg.inner_epochs)
+        # The reference stays out of the scan's carry.
+        trained = TrainState(state.model, state.opt)
+        trained, stats = jax.lax.scan(epoch, trained, None, length=cfg.inner_epochs)
+        state = TrainState(trained.model, trained.opt, state.ref)
         # stats: [epochs, minibatches]; the mean over all updates (lr: the last).
         metrics = {k: v.mean() for k, v in stats.items() if k not in ("finite", "lr")}
         if "lr" in stats:
             metrics["lr"] = stats["lr"][-1, -1]
-        metrics["finite"] = jnp.all(stats["finite"] > 0)
+        metrics["finite"] = jnp.all(stats["finite"])
         return state, metrics
 
     jit_kwargs: dict[str, Any] = {"donate_argnums": (0,)}
     if state_shardings is not None:
-        jit_kwargs.update(in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, None))
+        jit_kwargs.update(in_shardings=(state_shardings, None), out_shardings=(state_shardings, None))
     return jax.jit(update, **jit_kwargs)
 
 

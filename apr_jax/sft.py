@@ -1,0 +1,169 @@
+"""Supervised training: the SFT task for the shared loop, and the held-out
+evaluation at the end of a finished run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from apr_jax import sharding
+from apr_jax import train_state as ts
+from apr_jax.checkpoint import encode_file
+from apr_jax.data.build import DatasetInfo, build_dataset_once
+from apr_jax.data.pipeline import make_iterator
+from apr_jax.data.tokenizer import Tokenizer
+from apr_jax.loop import LoopSettings, TrainingError, run_loop
+from apr_jax.model.config import flops_per_token, num_params, peak_flops_per_device
+from apr_jax.optim import learning_rate_schedule
+from apr_jax.train_step import make_eval_step, make_train_step
+from apr_jax.workdir import check_workdir
+
+
+def check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+    """The per-process batch size; one clear error when the batch does not divide."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch = config.train.batch_size
+    micro = batch // config.train.grad_accum
+    if micro % shards:
+        raise TrainingError(
+            f"config.train.batch_size={batch} (microbatch {micro} with grad_accum="
+            f"{config.train.grad_accum}) does not divide over the {shards} data-parallel devices "
+            f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
+    if batch % jax.process_count():
+        raise TrainingError(f"config.train.batch_size={batch} does not divide over "
+                            f"{jax.process_count()} processes")
+    return batch // jax.process_count()
+
+
+class SFTTask:
+    """Next-token training on the packed trace dataset."""
+
+    check_lag = 1  # the next step is dispatched before this one's finite flag is read
+    nan_label = ""
+    nan_advice = ("try a lower config.train.lr, a longer config.train.warmup_steps, "
+                  "or config.train.on_nan=skip")
+
+    def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo, vocab_size: int,
+                 mesh: jax.sharding.Mesh, per_process_batch: int, peak_flops: float | None):
+        self.config, self.info, self.mesh = config, info, mesh
+        self.per_process_batch = per_process_batch
+        self.model_cfg, model, optimizer = ts.build_model_and_optimizer(config, vocab_size, mesh)
+        self.graphs, self.state = ts.split(model, optimizer)
+        shardings = ts.shardings_of(self.state)
+        batch_shardings = sharding.batch_sharding(mesh)
+        self.data = make_iterator(config, info, "train", batch_size=per_process_batch,
+                                  process_index=jax.process_index(), process_count=jax.process_count())
+        self.train_step = make_train_step(self.graphs, shardings, batch_shardings,
+                                          grad_accum=config.train.grad_accum,
+                                          learning_rate=learning_rate_schedule(config.train))
+        self.eval_step = make_eval_step(self.graphs, shardings, batch_shardings)
+        seq_len = config.data.seq_len
+        self.flops_per_step = flops_per_token(self.model_cfg, seq_len) * config.train.batch_size * seq_len
+        self.peak_flops = peak_flops
+        self._window_start: float | None = None  # set by the first step
+        self._window_tokens = self._window_steps = 0
+
+    # ---- what the loop reads --------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "tokenizer_b64": encode_file(self.info.tokenizer_path)}
+
+    def describe(self) -> str:
+        return (f"model: {num_params(self.model_cfg) / 1e6:.2f}M parameters "
+                f"({num_params(self.model_cfg, non_embedding=True) / 1e6:.2f}M non-embedding); "
+                f"mesh {dict(self.mesh.shape)}; {jax.device_count()} {jax.devices()[0].platform} devices")
+
+    # ---- steps --------------------------------------------------------------
+    def step(self) -> dict[str, Any]:
+        if self._window_start is None:
+            self._window_start = time.time()
+        batch_np = next(self.data)
+        self._window_tokens += int((batch_np["segment_ids"] > 0).sum()) * jax.process_count()
+        batch = sharding.global_batch_from_process(batch_np, self.mesh)
+        with jax.set_mesh(self.mesh):  # traced with the mesh: shard_map kernels, constraints
+            self.state, metrics = self.train_step(self.state, batch)
+        self._window_steps += 1
+        return metrics
+
+    def row(self, step: int, metrics: dict[str, Any]) -> dict[str, float]:
+        host = jax.device_get(metrics)
+        elapsed = time.time() - self._window_start
+        row = {k: float(v) for k, v in host.items() if k not in ("finite", "loss_tokens")}
+        row["tokens_per_s"] = self._window_tokens / elapsed
+        row["steps_per_s"] = self._window_steps / elapsed
+        if self.peak_flops:
+            row["mfu"] = (self.flops_per_step * self._window_steps / elapsed
+                          / (self.peak_flops * jax.device_count()))
+        if step % self.config.train.eval_every == 0 or step == self.config.train.steps:
+            row.update(self.validate())
+        self._window_start, self._window_tokens, self._window_steps = time.time(), 0, 0
+        return row
+
+    def validate(self) -> dict[str, float]:
+        """Loss and token accuracy on ``eval_batches`` validation batches."""
+        config = self.config
+        # Repeat the split so every process runs the same number of steps.
+        it = make_iterator(config, self.info, "validation", batch_size=self.per_process_batch,
+                           process_index=jax.process_index(), process_count=jax.process_count(),
+                           num_epochs=config.train.eval_batches)
+        sums = np.zeros(3)
+        for batch_np in itertools.islice(it, config.train.eval_batches):
+            with jax.set_mesh(self.mesh):  # as for the train step
+                out = self.eval_step(self.state, sharding.global_batch_from_process(batch_np, self.mesh))
+            sums += np.array([float(out["loss_sum"]), float(out["count"]), float(out["correct"])])
+        return {"val_loss": sums[0] / max(sums[1], 1), "val_token_accuracy": sums[2] / max(sums[1], 1)}
+
+
+def run_sft(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None
+            ) -> dict[str, Any]:
+    """Train per ``config`` in ``workdir``; returns the last logged metrics.
+
+    ``stop_at`` ends this run early at that step (checkpointed, resumable), as a
+    preemption would, without changing the schedule of the whole run."""
+    sharding.initialize_distributed()
+    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
+    per_process_batch = check_batch(config, mesh)
+    check_workdir(workdir, config)
+    peak = peak_flops_per_device()  # measured on CPU: do it before data threads start
+
+    info = build_dataset_once(config)
+    tokenizer = Tokenizer(info.tokenizer_path)
+    task = SFTTask(config, info, tokenizer.vocab_size, mesh, per_process_batch, peak)
+    result = run_loop(task, LoopSettings.from_config(config.train), workdir, stop_at=stop_at)
+    last = dict(result.last, step=result.step, preempted=result.preempted)
+    finished = result.step >= config.train.steps or result.out_of_time
+    if finished and not result.preempted and config.eval.num_problems > 0:
+        model, _ = task.graphs.merge(task.state)
+        last.update(final_evaluation(config, workdir, info, model, tokenizer, result.step))
+    return last
+
+
+def final_evaluation(config: ml_collections.ConfigDict, workdir: str, info: DatasetInfo,
+                     model: Any, tokenizer: Tokenizer, step: int) -> dict[str, float]:
+    """Decode held-out test problems with the engine, print the table and an
+    honest summary, and write ``results_test.jsonl`` in the workdir."""
+    from apr_jax.data.pipeline import make_problem_source
+    from apr_jax.evaluate import ACCELERATOR_HINT, evaluate_problems, format_table, sweep_settings
+
+    problems = make_problem_source(info, "test")[:config.eval.num_problems]
+    (setting, kwargs), = sweep_settings(None, [], config)
+    rows, summary = evaluate_problems(model, tokenizer, config, problems,
+                                      samples=config.eval.samples, seed=config.seed, **kwargs)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results_test.jsonl"), "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, **{f"test_{k}": v for k, v in summary.items()}}) + "\n")
+        print(f"held-out test ({len(problems)} problems, {config.trace.kind}):")
+        print(format_table([(f"{config.name}@{step}", summary)]))
+        print(f"solved {summary['accuracy']:.1%} of held-out problems; "
+              f"{summary['well_formed']:.1%} of outputs were well formed (ended with an answer line)")
+        print(ACCELERATOR_HINT)
+    return {f"test_{k}": v for k, v in summary.items()}

@@ -1,0 +1,50 @@
+"""A run's workdir: where it lives by default and what it may hold."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+
+from apr_jax import config as config_lib
+from apr_jax.loop import TrainingError
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+    return os.path.join("runs", config.name)
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuse a workdir that holds a run of another config (or, for RL,
+    another mode); record ours."""
+    path = os.path.join(workdir, "config.json")
+    if config.mode == "rl" and os.path.exists(path):
+        try:
+            with open(path) as f:
+                mode = json.load(f).get("mode")
+        except (OSError, json.JSONDecodeError):
+            mode = "rl"  # reported below
+        if mode != "rl":
+            raise TrainingError(f"workdir {workdir} holds a {mode} run; use another --workdir for RL")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    # A config.json without checkpoints is from a start that failed (bad input):
+    # it holds no run yet, so the corrected config replaces it.
+    if os.path.exists(path) and os.path.isdir(checkpoints) and any(
+            name.isdigit() for name in os.listdir(checkpoints)):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise TrainingError(f"{path} is unreadable ({e}); move it away to start over") from None
+        diffs = config_lib.identity_diff(saved, config)
+        if diffs:
+            raise TrainingError(f"workdir {workdir} holds a run of a different config: "
+                                f"{'; '.join(diffs[:3])}; use another --workdir")
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(config_lib.to_json(config))
+        os.replace(tmp, path)
