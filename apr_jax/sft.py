@@ -140,21 +140,24 @@ def run_sft(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | N
     finished = result.step >= config.train.steps or result.out_of_time
     if finished and not result.preempted and config.eval.num_problems > 0:
         model, _ = task.graphs.merge(task.state)
-        last.update(final_evaluation(config, workdir, info, model, tokenizer, result.step))
+        last.update(final_evaluation(config, workdir, info, model, tokenizer, result.step, mesh))
     return last
 
 
 def final_evaluation(config: ml_collections.ConfigDict, workdir: str, info: DatasetInfo,
-                     model: Any, tokenizer: Tokenizer, step: int) -> dict[str, float]:
-    """Decode held-out test problems with the engine, print the table and an
-    honest summary, and write ``results_test.jsonl`` in the workdir."""
+                     model: Any, tokenizer: Tokenizer, step: int,
+                     mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+    """Decode held-out test problems with the engine (its cache built inside
+    jit under the run's ``mesh``), print the table and an honest summary, and
+    write ``results_test.jsonl`` in the workdir."""
     from apr_jax.data.pipeline import make_problem_source
     from apr_jax.evaluate import ACCELERATOR_HINT, evaluate_problems, format_table, sweep_settings
 
     problems = make_problem_source(info, "test")[:config.eval.num_problems]
     (setting, kwargs), = sweep_settings(None, [], config)
     rows, summary = evaluate_problems(model, tokenizer, config, problems,
-                                      samples=config.eval.samples, seed=config.seed, **kwargs)
+                                      samples=config.eval.samples, seed=config.seed, mesh=mesh,
+                                      **kwargs)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results_test.jsonl"), "w") as f:
             for row in rows:

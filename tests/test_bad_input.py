@@ -266,6 +266,13 @@ def _(ctx):
     return str(e.value)
 
 
+@case("B36")
+def _(ctx):
+    with pytest.raises(ValueError) as e:
+        EngineConfig(max_children=4, max_depth=1, lanes=4)
+    return str(e.value)
+
+
 ROWS = doc_rows()
 SHAPES_VARY = ("B18",)
 
