@@ -217,10 +217,10 @@ def _(ctx): return reason(None)
 # ---- adversarial model output (engine) -------------------------------------------
 def cycling_model(tokens, vocab=32):
     """A model that writes ``tokens`` over and over, whatever its context."""
-    def decode(table, tokens_BxT, positions_BxT, cache):
+    def decode(table, tokens_BxT, positions_BxT, cache, lanes_B, kv_len):
         nxt = table[jnp.clip(positions_BxT, 0, None) % table.shape[0]]
         return jax.nn.one_hot(nxt, vocab) * 10.0, cache
-    return DecodeModel(jnp.asarray(tokens, jnp.int32), decode, lambda b, l: jnp.zeros((b,)))
+    return DecodeModel(jnp.asarray(tokens, jnp.int32), decode, lambda b, l: jnp.zeros((b, l)))
 
 
 ENGINE = EngineConfig(max_children=2, max_rounds=2, max_depth=1, tokens_per_thread=10, max_context=32)

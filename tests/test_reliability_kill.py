@@ -230,7 +230,8 @@ def test_killed_and_restarted_rl_run_equals_uninterrupted_run(env, sft):
     run draws the same prompts and sampler keys, so every step's rollouts and
     the final policy equal an uninterrupted run's."""
     args = [f"--config={RL_CONFIG}"] + [f"--{o}" for o in rl_overrides(
-        sft, f"config.train.steps={RL_STEPS}", "config.train.checkpoint_every=2", "config.rl.kl_coef=0.01")]
+        sft, f"config.train.steps={RL_STEPS}", "config.train.checkpoint_every=2", "config.rl.kl_coef=0.01",
+        "config.rl.skip_flat_groups=false")]  # every step updates, so every row has a loss
     root = env["root"]
     straight, killed = str(root / "rl_straight"), str(root / "rl_killed")
     run_to_end(env, straight, str(root / "rl_straight.log"), args)

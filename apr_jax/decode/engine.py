@@ -227,7 +227,8 @@ class Engine:
         return EngineOutput(samples=samples, steps=steps, counters=counters)
 
 
-def loop_spec(cfg: EngineConfig, ids: ProtocolIds, num_groups: int) -> engine_loop.LoopSpec:
+def loop_spec(cfg: EngineConfig, ids: ProtocolIds, num_groups: int,
+              init_cache: Callable[[int, int], Any]) -> engine_loop.LoopSpec:
     """The static loop shape for a batch of ``num_groups`` samples."""
     lanes = cfg.lanes_for(num_groups)
     return engine_loop.LoopSpec(
@@ -236,7 +237,7 @@ def loop_spec(cfg: EngineConfig, ids: ProtocolIds, num_groups: int) -> engine_lo
         prefill_chunk=min(cfg.prefill_chunk, cfg.max_context),
         row_buckets=halvings(lanes, cfg.buckets, minimum=1),
         kv_buckets=halvings(cfg.max_context, cfg.buckets, minimum=8),
-        sampling=cfg.sampling)
+        sampling=cfg.sampling, cache_axes=engine_loop.cache_axes(init_cache))
 
 
 def halvings(size: int, count: int, minimum: int) -> tuple[int, ...]:
@@ -267,8 +268,8 @@ def make_decoder(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg
         raise ValueError(f"prompt width {prompt_width} leaves no room in max_context {cfg.max_context}")
     groups = num_prompts * cfg.samples_per_problem
     return functools.partial(
-        _decode_jit, limits=loop_limits(cfg, groups),
-        spec=loop_spec(cfg, ids, groups), samples=cfg.samples_per_problem,
+        _decode_jit, limits=loop_limits(cfg, groups), spec=loop_spec(cfg, ids, groups, init_cache),
+        samples=cfg.samples_per_problem,
         decode_fn=decode_fn, init_cache=init_cache)
 
 

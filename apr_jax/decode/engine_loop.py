@@ -105,6 +105,7 @@ class LoopSpec:
     row_buckets: tuple[int, ...]  # ascending; the last is N
     kv_buckets: tuple[int, ...]  # ascending; the last is L
     sampling: SamplingConfig
+    cache_axes: tuple[int, ...]  # lane axis of each cache leaf (``cache_axes``)
 
 
 @jax.tree_util.register_dataclass
@@ -259,51 +260,98 @@ def _bucket(sizes: tuple[int, ...], need: jax.Array) -> jax.Array:
     return jnp.minimum(jnp.sum(jnp.asarray(sizes) < need), len(sizes) - 1)
 
 
+def cache_axes(init_cache: Callable[[int, int], Any]) -> tuple[int, ...]:
+    """The lane axis of every cache leaf (its slot axis is the next one), found
+    by building abstract caches of different sizes."""
+    a, b, c = (jax.eval_shape(functools.partial(init_cache, n, length))
+               for n, length in ((3, 17), (5, 17), (3, 19)))
+    axes = []
+    for x, y, z in zip(*(jax.tree.leaves(v) for v in (a, b, c))):
+        lane = [i for i, (p, q) in enumerate(zip(x.shape, y.shape)) if p != q]
+        slot = [i for i, (p, q) in enumerate(zip(x.shape, z.shape)) if p != q]
+        if len(lane) != 1 or slot != [lane[0] + 1]:
+            raise ValueError(f"cache leaf of shape {x.shape} has no [lanes, slots] axis pair")
+        axes.append(lane[0])
+    return tuple(axes)
+
+
+def _lane_index(axis: int, *index) -> tuple:
+    return (slice(None),) * axis + tuple(index)
+
+
 def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, member_N: jax.Array,
                 width: int):
     """Feed up to ``width`` queued tokens of each member lane's thread in one
     bucketed model call; returns (cache, fed_N, logits_NxV at each member's
-    last fed token, counters)."""
-    N, L = spec.lanes, spec.max_context
+    last fed token, counters).
+
+    Each bucket's branch only reads the cache: it gathers its rows' lanes up
+    to its KV length into a small cache, runs the model on that, and returns
+    the new slots; they are written into the pool after the ``lax.switch``, in
+    place (a branch that wrote the pool would make XLA copy all of it)."""
+    N, L, T = spec.lanes, spec.max_context, width
     row_N = jnp.maximum(s.lane_row_N, 0)
-    n_feed_N = jnp.where(member_N, jnp.minimum(s.length_R[row_N] - s.fed_R[row_N], width), 0)
+    fed_N = s.fed_R[row_N]
+    n_feed_N = jnp.where(member_N, jnp.minimum(s.length_R[row_N] - fed_N, width), 0)
     lanes_M, count = compact(member_N, N)
-    kv_need = jnp.max(jnp.where(member_N, s.fed_R[row_N] + n_feed_N, 0))
+    kv_need = jnp.max(jnp.where(member_N, fed_N + n_feed_N, 0))
     nkv = len(spec.kv_buckets)
     branch = jnp.where(count == 0, 0, 1 + _bucket(spec.row_buckets, count) * nkv
                        + _bucket(spec.kv_buckets, kv_need))
+    leaves, treedef = jax.tree.flatten(s.cache)
+    axes = spec.cache_axes
+    t_1xT = jnp.arange(T)[None]
+
+    def new_slots_shape(leaf, axis):
+        shape = list(leaf.shape)
+        shape[axis:axis + 2] = [N, T]
+        return jax.ShapeDtypeStruct(tuple(shape), leaf.dtype)
+
     logits_shape = jax.eval_shape(
         lambda c: decode_fn(params, jnp.zeros((1, 1), jnp.int32), jnp.full((1, 1), -1, jnp.int32), c,
                             jnp.zeros((1,), jnp.int32), spec.kv_buckets[0])[0], s.cache)
     V = logits_shape.shape[-1]
 
-    def skip(cache):
-        return (cache, jnp.zeros((N, V), jnp.float32), jnp.zeros((len(COUNTERS),), jnp.float32))
+    def skip(leaves):
+        new = [jnp.zeros(new_slots_shape(x, a).shape, x.dtype) for x, a in zip(leaves, axes)]
+        return new, jnp.zeros((N, V), jnp.float32), jnp.zeros((len(COUNTERS),), jnp.float32)
 
     def run(B: int, kv_len: int):
-        def call(cache):
+        def call(leaves):
             lanes_B = lanes_M[:B]
             valid_B = jnp.arange(B) < count
             rows_B = row_N[lanes_B]
             n_B = jnp.where(valid_B, n_feed_N[lanes_B], 0)
-            fed_B = s.fed_R[rows_B]
-            t_1xT = jnp.arange(width)[None]
+            fed_B = fed_N[lanes_B]
             at_BxT = fed_B[:, None] + t_1xT
             pos_BxT = jnp.where(t_1xT < n_B[:, None], at_BxT, -1)
             tok_BxT = s.buf_RxL[rows_B[:, None], jnp.minimum(at_BxT, L - 1)]
-            logits_BxTxV, cache = decode_fn(params, tok_BxT, pos_BxT, cache, lanes_B, kv_len)
+            small = [jnp.take(jax.lax.slice_in_dim(x, 0, kv_len, axis=a + 1), lanes_B, axis=a, mode="clip")
+                     for x, a in zip(leaves, axes)]
+            logits_BxTxV, small = decode_fn(params, tok_BxT, pos_BxT, jax.tree.unflatten(treedef, small),
+                                            jnp.arange(B, dtype=jnp.int32), kv_len)
+            at_N = _drop_index(valid_B, lanes_B, N)
+            new = []
+            for x, a in zip(jax.tree.leaves(small), axes):
+                slot_index = jnp.minimum(at_BxT, kv_len - 1).reshape((1,) * a + (B, T) + (1,) * (x.ndim - a - 2))
+                slots = jnp.take_along_axis(x, slot_index, axis=a + 1)  # [.., B, T, ..]
+                new.append(jnp.zeros(new_slots_shape(x, a).shape, x.dtype).at[_lane_index(a, at_N)].set(
+                    slots, mode="drop"))
             last_BxV = logits_BxTxV[jnp.arange(B), jnp.maximum(n_B - 1, 0)].astype(jnp.float32)
-            logits_NxV = jnp.zeros((N, V), jnp.float32).at[_drop_index(valid_B, lanes_B, N)].set(
-                last_BxV, mode="drop")
+            logits_NxV = jnp.zeros((N, V), jnp.float32).at[at_N].set(last_BxV, mode="drop")
             live = jnp.sum(jnp.where(valid_B, fed_B + n_B, 0))
             counters = jnp.stack([jnp.float32(B * width), jnp.sum(n_B).astype(jnp.float32),
                                   jnp.float32(B * kv_len), live.astype(jnp.float32), jnp.float32(1)])
-            return cache, logits_NxV, counters
+            return new, logits_NxV, counters
         return call
 
     branches = [skip] + [run(B, kv) for B in spec.row_buckets for kv in spec.kv_buckets]
-    cache, logits_NxV, counters = jax.lax.switch(branch, branches, s.cache)
-    return cache, n_feed_N, logits_NxV, counters
+    new, logits_NxV, counters = jax.lax.switch(branch, branches, leaves)
+    lanes_NxT = jnp.broadcast_to(jnp.arange(N)[:, None], (N, T))
+    slots_NxT = jnp.where(t_1xT < n_feed_N[:, None], fed_N[:, None] + t_1xT, L)  # L: dropped
+    leaves = [x.at[_lane_index(a, lanes_NxT, slots_NxT)].set(y, mode="drop")
+              for x, y, a in zip(leaves, new, axes)]
+    return jax.tree.unflatten(treedef, leaves), n_feed_N, logits_NxV, counters
 
 
 def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, s: LoopState,
