@@ -6,9 +6,9 @@ Default mode (as before): the engine in sequential mode (``max_depth=0``) on
 ``apr_jax.model`` Transformer; EOS is mapped to an id outside the vocabulary so
 every thread writes exactly ``--new_tokens`` tokens. Timing excludes
 compilation (a warm-up run first). Roofline: each loop step reads every weight
-once plus the whole fixed-size KV cache, so
-    bytes_per_step = param_bytes + layers * rows * max_context * 2 * kv_heads * head_dim * dtype_bytes
-and the ideal step time is bytes_per_step / bandwidth (H200 4.8e12 B/s, H100
+once per model call plus the live KV slots (the engine's counters), so
+    bytes = param_bytes * model_calls + kv_slots_live * layers * 2 * kv_heads * head_dim * dtype_bytes
+and the ideal time is bytes / bandwidth (H200 4.8e12 B/s, H100
 3.35e12, A100 2.0e12, TPU v5e 8.1e11, TPU v4 1.2e12, CPU nominal 2e10;
 override with --bandwidth).
 
@@ -133,11 +133,11 @@ def throughput(args) -> None:
     steps = sum(out.steps)
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model)))
     dtype_bytes = jax.numpy.dtype(mcfg.compute_dtype).itemsize
-    kv_bytes = (mcfg.num_layers * args.threads * max_context * 2 * mcfg.num_kv_heads * mcfg.head_dim
-                * dtype_bytes)
+    slot_bytes = mcfg.num_layers * 2 * mcfg.num_kv_heads * mcfg.head_dim * dtype_bytes
+    kv_bytes = out.counters["kv_slots_live"] * slot_bytes  # the live slots: the least any decoder reads
     device = jax.devices()[0]
     bandwidth = args.bandwidth or device_bandwidth(device)
-    ideal_step_s = (param_bytes + kv_bytes) / bandwidth
+    ideal_s = (param_bytes * out.counters["model_calls"] + kv_bytes) / bandwidth
     result = {
         "device": device.device_kind, "d_model": mcfg.d_model, "layers": mcfg.num_layers,
         "heads": mcfg.num_heads, "threads": args.threads, "prompt_len": args.prompt_len,
@@ -145,8 +145,9 @@ def throughput(args) -> None:
         "tokens": tokens, "steps": steps, "seconds": round(seconds, 3),
         "compile_and_first_run_s": round(compile_and_run_s, 2),
         "tokens_per_s": round(tokens / seconds, 1), "ms_per_step": round(1e3 * seconds / steps, 3),
-        "param_bytes": param_bytes, "kv_cache_bytes": kv_bytes, "bandwidth_Bps": bandwidth,
-        "roofline_fraction": round(ideal_step_s / (seconds / steps), 4),
+        "param_bytes": param_bytes, "kv_live_bytes": kv_bytes, "bandwidth_Bps": bandwidth,
+        "kv_read_per_live": round(out.counters["kv_slots_read"] / out.counters["kv_slots_live"], 2),
+        "roofline_fraction": round(ideal_s / seconds, 4),
     }
     print(json.dumps(result))
     print(f"{tokens / seconds:,.0f} tokens/s, {1e3 * seconds / steps:.2f} ms/step "

@@ -53,7 +53,7 @@ def scripted(scripts):
 
 
 BASE = EngineConfig(max_children=2, max_rounds=2, max_depth=2, tokens_per_thread=12,
-                    max_context=32, max_threads=8)
+                    max_context=32, max_threads=8, buckets=1)
 
 
 def run_scripted(scripts, **limits):
@@ -297,7 +297,7 @@ def toy_params():
 def test_no_spawning_equals_plain_sampler(toy_params):
     model = DecodeModel(toy_params, _toy_decode, _toy_cache)
     prompts = [[5 + i, 20, 30 + i] for i in range(3)] + [[40, 41, 42, 43, 44, 45]]
-    cfg = EngineConfig(max_depth=0, tokens_per_thread=16, max_context=32)
+    cfg = EngineConfig(max_depth=0, tokens_per_thread=16, max_context=32, buckets=1)
     out = Engine(model, cfg).run(prompts)
     plain = generate(model, [[BOS] + p for p in prompts], max_new_tokens=16, stop_ids=(EOS,))
     for n, p in enumerate(prompts):
@@ -312,7 +312,7 @@ def test_random_model_never_crashes_and_respects_limits(toy_params):
     bias[EOS] = 1.0
     model = DecodeModel({"toy": toy_params, "bias": jnp.asarray(bias)}, _biased_decode, _toy_cache)
     cfg = EngineConfig(max_children=3, max_rounds=2, max_depth=2, tokens_per_thread=12,
-                       max_context=40, max_threads=12, sampling=SamplingConfig(temperature=1.0))
+                       max_context=40, max_threads=12, sampling=SamplingConfig(temperature=1.0), buckets=1)
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(13, V, size=int(rng.integers(1, 8)))) for _ in range(50)]
     out = Engine(model, cfg).run(prompts, jax.random.key(3))

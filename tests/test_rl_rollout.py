@@ -18,7 +18,7 @@ from apr_jax.rl.rollout import encode_prompts, engine_arrays, make_rollout
 
 BOS, EOS, CHILD, SO, SC, SEP, JO, JC, RO, RC = 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 V = 32
-CFG = EngineConfig(max_children=3, max_rounds=1, max_depth=1, tokens_per_thread=10, max_context=24,
+CFG = EngineConfig(max_children=3, max_rounds=1, max_depth=1, tokens_per_thread=10, max_context=24, buckets=1,
                    sampling=SamplingConfig(temperature=1.0), samples_per_problem=2, max_threads=4)
 
 
@@ -118,3 +118,27 @@ def test_bad_prompts_are_one_line_errors():
     rollout = make_rollout(model.decode_fn, model.init_cache, CFG, ProtocolIds(), prompt_width=4)
     with pytest.raises(ValueError, match="built for 4"):
         rollout(model.params, jax.random.key(0), encode_prompts([[20]], width=5))
+
+
+def test_sharded_rollout_decodes_shard_local_and_equals_one_device():
+    """Under a data x fsdp mesh each shard decodes its prompts with its own
+    lanes; the rows equal the single-device rollout's (keys follow threads)."""
+    from apr_jax import sharding
+
+    model = make_toy_model(ToyConfig(vocab_size=V, d_model=16, num_heads=2, num_layers=1, d_ff=32),
+                           jax.random.key(3))
+    cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=12, max_context=20,
+                       sampling=SamplingConfig(temperature=0.7), samples_per_problem=2, max_threads=3,
+                       buckets=1)
+    prompts = encode_prompts([[20 + i, 21, 22][: 1 + i % 3] for i in range(8)], width=3)
+    one = jax.device_get(make_rollout(model.decode_fn, model.init_cache, cfg, ProtocolIds(), 3)(
+        model.params, jax.random.key(7), prompts))
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=4, fsdp=2))
+    with jax.set_mesh(mesh):
+        rollout = make_rollout(model.decode_fn, model.init_cache, cfg, ProtocolIds(), 3)
+        hlo = rollout.lower(model.params, jax.random.key(7), prompts).as_text()
+        many = jax.device_get(rollout(model.params, jax.random.key(7), prompts))
+    assert "shard_map" in hlo or "sdy.manual_computation" in hlo
+    for name in ("tokens_RxL", "role_RxL", "length_R", "valid_R", "stop_R", "threads_N"):
+        np.testing.assert_array_equal(getattr(many, name), getattr(one, name), err_msg=name)
+    np.testing.assert_allclose(many.logp_RxL, one.logp_RxL, atol=1e-5)

@@ -36,8 +36,9 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
-from apr_jax import threads as threads_lib
+from apr_jax import sharding, threads as threads_lib
 from apr_jax.decode import engine_loop, metrics
 from apr_jax.decode.model_api import DecodeFn, as_decode_model
 from apr_jax.decode.protocol_ids import ProtocolIds
@@ -276,8 +277,46 @@ def make_decoder(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg
 @functools.partial(jax.jit, static_argnames=("spec", "samples", "decode_fn", "init_cache"))
 def _decode_jit(params, prompt_PxT, prompt_len_P, num_active, key, first_thread, limits, *,
                 spec, samples, decode_fn, init_cache) -> engine_loop.LoopState:
-    return engine_loop.run_loop(params, prompt_PxT, prompt_len_P, num_active, key, limits, first_thread,
-                                spec=spec, samples=samples, decode_fn=decode_fn, init_cache=init_cache)
+    """``run_loop``, shard-local under a mesh: each of the mesh's batch shards
+    decodes its slice of the prompts with its own lanes (no gathers across
+    devices in the loop). Scalars come back with one entry per shard."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = () if mesh.empty else tuple(a for a in sharding.BATCH_AXES if mesh.shape.get(a, 1) > 1)
+    shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    P = prompt_PxT.shape[0]
+    if shards == 1 or P % shards:
+        return _per_shard(engine_loop.run_loop(params, prompt_PxT, prompt_len_P, num_active, key, limits,
+                                               first_thread, spec=spec, samples=samples,
+                                               decode_fn=decode_fn, init_cache=init_cache))
+    per = P // shards
+    lanes = max(spec.lanes // shards, spec.lanes_per_group)
+    local_spec = dataclasses.replace(spec, lanes=lanes,
+                                     row_buckets=halvings(lanes, len(spec.row_buckets), minimum=1))
+    local_limits = dataclasses.replace(limits, max_steps=limits.max_steps * shards)
+
+    def local(params, prompt_PxT, prompt_len_P, num_active, key, first_thread):
+        i = jax.lax.axis_index(axes)
+        s = engine_loop.run_loop(
+            params, prompt_PxT, prompt_len_P, jnp.clip(num_active - i * per, 0, per), key, local_limits,
+            first_thread + i * per * samples * spec.slots, spec=local_spec, samples=samples,
+            decode_fn=decode_fn, init_cache=init_cache)
+        return _per_shard(s)
+
+    rows = PartitionSpec(axes)
+    out_specs = engine_loop.LoopState(**{
+        f.name: rows for f in dataclasses.fields(engine_loop.LoopState) if f.name != "cache"},
+        cache=jax.tree.unflatten(jax.tree.structure(jax.eval_shape(functools.partial(init_cache, 1, 1))),
+                                 [PartitionSpec(*(None,) * a, axes) for a in spec.cache_axes]))
+    replicated = PartitionSpec()
+    return jax.shard_map(local, in_specs=(replicated, rows, rows, replicated, replicated, replicated),
+                         out_specs=out_specs, check_vma=False)(
+        params, prompt_PxT, prompt_len_P, num_active, key, first_thread)
+
+
+def _per_shard(s: engine_loop.LoopState) -> engine_loop.LoopState:
+    """The loop's scalars with a leading shard axis of 1."""
+    return s.replace(step=s.step[None], admitted=s.admitted[None], num_groups=s.num_groups[None],
+                     counters=s.counters[None])
 
 
 def state_arrays(state: engine_loop.LoopState, num_prompts: int) -> dict[str, np.ndarray]:
@@ -300,6 +339,8 @@ def state_arrays(state: engine_loop.LoopState, num_prompts: int) -> dict[str, np
             out[base] = np.asarray(value).reshape(num_prompts, samples)
         else:
             out[name] = np.asarray(value)
+    out["step"] = out["step"].max()  # one entry per shard
+    out["counters"] = out["counters"].sum(axis=0)
     return out
 
 

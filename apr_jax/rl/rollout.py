@@ -139,9 +139,7 @@ def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg
                               (jnp.arange(chunks, dtype=jnp.int32),
                                prompts.tokens_PxT.reshape(chunks, per_chunk, T),
                                prompts.length_P.reshape(chunks, per_chunk)))
-            s = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]) if v.ndim > 1 else v,
-                             per.replace(cache=None, step=per.step.max(),
-                                         counters=per.counters.sum(axis=0)))
+            s = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), per.replace(cache=None))
         R = P * G * S
         row_R = jnp.arange(R, dtype=jnp.int32)
         rollout_R = row_R // S
