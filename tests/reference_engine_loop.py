@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from apr_jax import threads as threads_lib
 from apr_jax.decode.model_api import DecodeFn
 from apr_jax.decode.protocol_ids import ProtocolIds
-from apr_jax.decode.sampler import SamplingConfig, sample_tokens, top_p_mask
+from apr_jax.decode.engine_loop import token_logprobs
+from apr_jax.decode.sampler import SamplingConfig, sample_tokens
 
 FREE, RUNNING, WAITING, DONE = 0, 1, 2, 3
 ROLE_PROMPT, ROLE_MODEL, ROLE_JOIN = 0, 1, 2
@@ -48,18 +49,6 @@ class Limits:
 
 jax.tree_util.register_dataclass(
     Limits, data_fields=["max_rounds", "max_depth", "tokens_per_thread", "max_steps"], meta_fields=[])
-
-
-def token_logprobs(logits_BxV: jax.Array, tokens_B: jax.Array, cfg: SamplingConfig) -> jax.Array:
-    """Log-probability of ``tokens_B`` under the distribution ``sample_tokens``
-    draws from (temperature-scaled, top-p truncated; plain softmax if greedy)."""
-    logits_BxV = logits_BxV.astype(jnp.float32)
-    if not cfg.greedy:
-        logits_BxV = logits_BxV / cfg.temperature
-        if cfg.top_p < 1.0:
-            logits_BxV = top_p_mask(logits_BxV, cfg.top_p)
-    logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
-    return jnp.take_along_axis(logp_BxV, tokens_B[:, None], axis=-1)[:, 0]
 
 
 def init_state(spec: LoopSpec, prompt_buf_RxL, prompt_len_R, active_G, cache):
