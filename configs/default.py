@@ -88,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.tokens_per_thread = 192
     c.eval.batch_problems = 50
     c.eval.lanes = 0  # KV-cache lanes; 0 = every sample of a batch at once
-    c.eval.prefill_chunk = 16  # prompt and join tokens fed per thread per step
-    c.eval.buckets = 3  # live-row and KV-length buckets (halvings) the engine compiles
+    c.eval.prefill_chunk = 8  # prompt and join tokens fed per thread per step
+    c.eval.row_buckets = 6  # live-row buckets (halvings of the lane pool) the engine compiles
+    c.eval.kv_buckets = 3  # KV-length buckets (halvings of the context)
     return c

@@ -18,7 +18,8 @@ TOY = [
     "config.model.max_len=64", "config.data.seq_len=64", "config.data.num_workers=1",
     "config.data.vocab_size=64", "config.eval.num_problems=0", "config.eval.max_children=2",
     "config.eval.max_rounds=1", "config.eval.tokens_per_thread=40",
-    "config.eval.buckets=1",  # one compiled branch per engine call keeps compiles short
+    "config.eval.row_buckets=1",
+    "config.eval.kv_buckets=1",  # one compiled branch per engine call keeps compiles short
 ]
 RL = ["config.rl.prompts_per_step=8", "config.rl.samples_per_prompt=4", "config.train.lr=3e-3",
       "config.train.warmup_steps=0", "config.rl.format_penalty=1.0", "config.rl.kl_coef=0.0",

@@ -53,7 +53,7 @@ def scripted(scripts):
 
 
 BASE = EngineConfig(max_children=2, max_rounds=2, max_depth=2, tokens_per_thread=12,
-                    max_context=32, max_threads=8, buckets=1)
+                    max_context=32, max_threads=8, row_buckets=1, kv_buckets=1)
 
 
 def run_scripted(scripts, **limits):
@@ -297,7 +297,7 @@ def toy_params():
 def test_no_spawning_equals_plain_sampler(toy_params):
     model = DecodeModel(toy_params, _toy_decode, _toy_cache)
     prompts = [[5 + i, 20, 30 + i] for i in range(3)] + [[40, 41, 42, 43, 44, 45]]
-    cfg = EngineConfig(max_depth=0, tokens_per_thread=16, max_context=32, buckets=1)
+    cfg = EngineConfig(max_depth=0, tokens_per_thread=16, max_context=32, row_buckets=1, kv_buckets=1)
     out = Engine(model, cfg).run(prompts)
     plain = generate(model, [[BOS] + p for p in prompts], max_new_tokens=16, stop_ids=(EOS,))
     for n, p in enumerate(prompts):
@@ -312,7 +312,7 @@ def test_random_model_never_crashes_and_respects_limits(toy_params):
     bias[EOS] = 1.0
     model = DecodeModel({"toy": toy_params, "bias": jnp.asarray(bias)}, _biased_decode, _toy_cache)
     cfg = EngineConfig(max_children=3, max_rounds=2, max_depth=2, tokens_per_thread=12,
-                       max_context=40, max_threads=12, sampling=SamplingConfig(temperature=1.0), buckets=1)
+                       max_context=40, max_threads=12, sampling=SamplingConfig(temperature=1.0), row_buckets=1, kv_buckets=1)
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(13, V, size=int(rng.integers(1, 8)))) for _ in range(50)]
     out = Engine(model, cfg).run(prompts, jax.random.key(3))
@@ -390,7 +390,7 @@ def test_every_lane_holds_a_fresh_forward_of_its_last_thread(toy_params):
     bias[EOS] = 1.0
     params = {"toy": toy_params, "bias": jnp.asarray(bias)}
     cfg = EngineConfig(max_children=3, max_rounds=2, max_depth=1, tokens_per_thread=12,
-                       max_context=40, max_threads=7, lanes=4, prefill_chunk=4, buckets=2,
+                       max_context=40, max_threads=7, lanes=4, prefill_chunk=4, row_buckets=2, kv_buckets=2,
                        sampling=SamplingConfig(temperature=1.0))
     rng = np.random.default_rng(1)
     prompts = [list(rng.integers(13, V, size=int(rng.integers(1, 8)))) for _ in range(6)]
@@ -419,7 +419,9 @@ def test_a_pool_that_cannot_hold_one_problem_is_a_one_line_error():
         EngineConfig(max_children=4, max_depth=1, lanes=4)
     with pytest.raises(ValueError, match="EngineConfig.prefill_chunk must be an int >= 1"):
         EngineConfig(prefill_chunk=0)
-    with pytest.raises(ValueError, match="EngineConfig.buckets must be an int >= 1"):
-        EngineConfig(buckets=0)
+    with pytest.raises(ValueError, match="EngineConfig.row_buckets must be an int >= 1"):
+        EngineConfig(row_buckets=0)
+    with pytest.raises(ValueError, match="EngineConfig.kv_buckets must be an int >= 1"):
+        EngineConfig(kv_buckets=0)
     assert EngineConfig(max_children=4, max_depth=1, lanes=5).lanes_per_group == 5
     assert EngineConfig(max_children=4, max_depth=2, max_threads=9).lanes_per_group == 9

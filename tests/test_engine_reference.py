@@ -30,7 +30,7 @@ SEEDS = (2, 5, 6, 8)  # between them: children that return, end with eos, hit th
 TIE = 1e-3
 TOY = ToyConfig(vocab_size=96, d_model=32, num_layers=2, num_heads=2, d_ff=64)
 CFG = EngineConfig(max_children=4, max_rounds=2, max_depth=1, tokens_per_thread=24, max_context=64,
-                   samples_per_problem=2, buckets=1)
+                   samples_per_problem=2, row_buckets=1, kv_buckets=1)
 
 
 def _decode(params, tokens, positions, cache, lanes=None, kv_len=None):
@@ -117,9 +117,9 @@ def assert_same_or_near_tie(model, expected, got):
 @pytest.mark.parametrize("changes", [
     {},
     {"prefill_chunk": 1},
-    {"prefill_chunk": 5, "buckets": 3},
+    {"prefill_chunk": 5, "row_buckets": 3, "kv_buckets": 2},
     {"lanes": 5, "prefill_chunk": 64},  # one sample in flight at a time
-    {"lanes": 12, "buckets": 2, "batch_problems": 7},
+    {"lanes": 12, "row_buckets": 2, "kv_buckets": 2, "batch_problems": 7},
 ])
 def test_greedy_threads_equal_the_reference_loop(setting, changes):
     ids, prompts, runs = setting

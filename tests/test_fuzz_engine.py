@@ -60,7 +60,7 @@ def test_random_models_give_well_formed_trees_within_limits(
     cfg = EngineConfig(max_children=MAX_CHILDREN, max_rounds=max_rounds, max_depth=max_depth,
                        tokens_per_thread=tokens_per_thread, max_context=MAX_CONTEXT,
                        sampling=sampling, samples_per_problem=SAMPLES, max_threads=MAX_THREADS,
-                       prefill_chunk=4, buckets=1)
+                       prefill_chunk=4, row_buckets=1, kv_buckets=1)
     if small_pool:  # one sample in flight at a time
         cfg = dataclasses.replace(cfg, lanes=cfg.lanes_per_group)
     out = Engine(random_model(seed, boost), cfg, IDS).run(prompts, jax.random.key(seed))

@@ -18,7 +18,7 @@ from apr_jax.rl.rollout import encode_prompts, engine_arrays, make_rollout
 
 BOS, EOS, CHILD, SO, SC, SEP, JO, JC, RO, RC = 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 V = 32
-CFG = EngineConfig(max_children=3, max_rounds=1, max_depth=1, tokens_per_thread=10, max_context=24, buckets=1,
+CFG = EngineConfig(max_children=3, max_rounds=1, max_depth=1, tokens_per_thread=10, max_context=24, row_buckets=1, kv_buckets=1,
                    sampling=SamplingConfig(temperature=1.0), samples_per_problem=2, max_threads=4)
 
 
@@ -100,7 +100,7 @@ def test_sampling_logprobs_match_teacher_forcing_and_key_determinism():
     # Rollouts split into chunks, fed one forced token per step, or squeezed
     # through the smallest lane pool sample the same rows: each token's key
     # depends only on its thread and position.
-    for changes, chunks in (({}, 2), ({"prefill_chunk": 1}, 1), ({"lanes": 3, "buckets": 1}, 1)):
+    for changes, chunks in (({}, 2), ({"prefill_chunk": 1}, 1), ({"lanes": 3, "row_buckets": 1, "kv_buckets": 1}, 1)):
         other = make_rollout(model.decode_fn, model.init_cache, dataclasses.replace(cfg, **changes),
                              ProtocolIds(), prompt_width=3, chunks=chunks)
         d = jax.device_get(other(model.params, jax.random.key(7), prompts))
@@ -129,7 +129,7 @@ def test_sharded_rollout_decodes_shard_local_and_equals_one_device():
                            jax.random.key(3))
     cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=12, max_context=20,
                        sampling=SamplingConfig(temperature=0.7), samples_per_problem=2, max_threads=3,
-                       buckets=1)
+                       row_buckets=1, kv_buckets=1)
     prompts = encode_prompts([[20 + i, 21, 22][: 1 + i % 3] for i in range(8)], width=3)
     one = jax.device_get(make_rollout(model.decode_fn, model.init_cache, cfg, ProtocolIds(), 3)(
         model.params, jax.random.key(7), prompts))

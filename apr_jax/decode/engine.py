@@ -23,8 +23,9 @@ every sample of the batch at once). A sample in flight reserves
 depth level's ``max_children``, capped at ``max_threads``); samples start in
 order as lanes free up, so a large batch streams through a small pool.
 Forced tokens (prompts, join blocks) are fed ``prefill_chunk`` per step; each
-step's rows and cache reads are bucketed into ``buckets`` halvings of the
-pool and of ``max_context``.
+step's live rows are bucketed into ``row_buckets`` halvings of the pool and
+its cache reads into ``kv_buckets`` halvings of ``max_context`` (one compiled
+branch per pair).
 """
 
 from __future__ import annotations
@@ -60,14 +61,16 @@ class EngineConfig:
     max_threads: int = 0  # rows per sample; 0 = derived (module docstring)
     batch_problems: int = 0  # problems per compiled call; 0 = all at once
     lanes: int = 0  # KV-cache lanes; 0 = every sample of a batch at once
-    prefill_chunk: int = 16  # forced tokens fed per thread per step
-    buckets: int = 3  # row and KV-length buckets: the pool and max_context halved this many times
+    prefill_chunk: int = 8  # forced tokens fed per thread per step
+    row_buckets: int = 6  # live-row buckets: the pool halved this many times
+    kv_buckets: int = 3  # KV-length buckets: max_context halved this many times
 
     def __post_init__(self):
         for name, low in (("max_children", 1), ("max_rounds", 0), ("max_depth", 0),
                           ("tokens_per_thread", 1), ("max_context", 4),
                           ("samples_per_problem", 1), ("max_threads", 0), ("batch_problems", 0),
-                          ("lanes", 0), ("prefill_chunk", 1), ("buckets", 1)):
+                          ("lanes", 0), ("prefill_chunk", 1), ("row_buckets", 1),
+                          ("kv_buckets", 1)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise ValueError(f"EngineConfig.{name} must be an int >= {low}, got {value!r}")
@@ -84,7 +87,7 @@ class EngineConfig:
         """From a config's ``eval`` section (``samples``, ``temperature``,
         ``top_p``, ``max_children``, ``max_rounds``, ``max_depth``,
         ``tokens_per_thread``, ``batch_problems``, ``lanes``, ``prefill_chunk``,
-        ``buckets``)."""
+        ``row_buckets``, ``kv_buckets``; absent keys take the defaults above)."""
         get = eval_cfg.get if hasattr(eval_cfg, "get") else lambda k, d=None: getattr(eval_cfg, k, d)
         return cls(
             max_children=int(get("max_children", 4)), max_rounds=int(get("max_rounds", 2)),
@@ -92,8 +95,9 @@ class EngineConfig:
             max_context=int(max_context),
             sampling=SamplingConfig(float(get("temperature", 0.0)), float(get("top_p", 1.0))),
             samples_per_problem=int(get("samples", 1)), batch_problems=int(get("batch_problems", 0)),
-            lanes=int(get("lanes", 0)), prefill_chunk=int(get("prefill_chunk", 16)),
-            buckets=int(get("buckets", 3)))
+            lanes=int(get("lanes", cls.lanes)), prefill_chunk=int(get("prefill_chunk", cls.prefill_chunk)),
+            row_buckets=int(get("row_buckets", cls.row_buckets)),
+            kv_buckets=int(get("kv_buckets", cls.kv_buckets)))
 
     @property
     def threads_per_sample(self) -> int:
@@ -236,8 +240,8 @@ def loop_spec(cfg: EngineConfig, ids: ProtocolIds, num_groups: int,
         ids=ids, slots=cfg.threads_per_sample, max_children=cfg.max_children,
         max_context=cfg.max_context, lanes=lanes, lanes_per_group=cfg.lanes_per_group,
         prefill_chunk=min(cfg.prefill_chunk, cfg.max_context),
-        row_buckets=halvings(lanes, cfg.buckets, minimum=1),
-        kv_buckets=halvings(cfg.max_context, cfg.buckets, minimum=8),
+        row_buckets=halvings(lanes, cfg.row_buckets, minimum=1),
+        kv_buckets=halvings(cfg.max_context, cfg.kv_buckets, minimum=8),
         sampling=cfg.sampling, cache_axes=engine_loop.cache_axes(init_cache))
 
 
