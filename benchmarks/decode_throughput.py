@@ -252,6 +252,8 @@ def replay(setting: ReplaySetting, per_rollout: int) -> dict[str, Any]:
         "setting": setting.name, "problems": len(prompts), "threads": total, "exact_threads": same,
         "max_context": cfg.max_context, "lanes": getattr(cfg, "lanes", None),
         "prefill_chunk": getattr(cfg, "prefill_chunk", None), "batch_problems": cfg.batch_problems,
+        "row_buckets": getattr(cfg, "row_buckets", None), "kv_buckets": getattr(cfg, "kv_buckets", None),
+        "split_by_kv_length": getattr(cfg, "split_by_kv_length", None),
         "batch_steps": int(sum(out.steps)), "longest_critical_path": max(p[0] for p in paths),
         "seconds": round(seconds, 3), "compile_and_first_run_s": round(first_s, 2),
         "written_tokens": int(sum(map(sum, written))), "context_tokens": tokens_fed,
@@ -259,7 +261,9 @@ def replay(setting: ReplaySetting, per_rollout: int) -> dict[str, Any]:
     }
     print(f"[{setting.name}] {len(prompts)} problems, {total} threads ({same} equal to their trace "
           f"rows), max_context {cfg.max_context}, lanes {result['lanes']} "
-          f"(0: all), prefill_chunk {result['prefill_chunk']}, batch_problems {cfg.batch_problems}")
+          f"(0: all), prefill_chunk {result['prefill_chunk']}, batch_problems {cfg.batch_problems}, "
+          f"row/KV buckets {result['row_buckets']}/{result['kv_buckets']}"
+          f"{', split by KV length' if result['split_by_kv_length'] else ''}")
     print(f"  whole run: {result['batch_steps']} loop steps in {len(out.steps)} batch(es); longest critical "
           f"path {result['longest_critical_path']} tokens; {seconds:.2f} s "
           f"({result['written_tokens'] / seconds:,.0f} written tokens/s; "
@@ -371,6 +375,9 @@ def main() -> None:
     p.add_argument("--per_rollout", type=int, default=16, help="problems also decoded one at a time")
     p.add_argument("--lanes", type=int, default=0, help="engine KV lanes; 0: the engine's default")
     p.add_argument("--prefill_chunk", type=int, default=0, help="0: the engine's default")
+    p.add_argument("--row_buckets", type=int, default=0, help="0: the engine's default")
+    p.add_argument("--kv_buckets", type=int, default=0, help="0: the engine's default")
+    p.add_argument("--split_by_kv_length", action="store_true", help="one model call per KV bucket")
     p.add_argument("--compare", action="store_true", help="engine vs plain sampler, two model sizes")
     p.add_argument("--peak_flops", type=float, default=0.0, help="FLOP/s for MFU; 0: from the device")
     args = p.parse_args()
@@ -380,7 +387,8 @@ def main() -> None:
         return
     print(f"device: {jax.devices()[0].device_kind}")
     if args.replay:
-        overrides = {"lanes": args.lanes, "prefill_chunk": args.prefill_chunk}
+        overrides = {k: getattr(args, k) for k in ("lanes", "prefill_chunk", "row_buckets", "kv_buckets",
+                                                    "split_by_kv_length")}
         settings = [replay_setting("countdown3 default test split", os.path.join(CONFIG_DIR, "default.py"),
                                    args.c3_problems or None, 400, True, overrides)]
         if args.c4_problems:

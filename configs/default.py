@@ -91,4 +91,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.prefill_chunk = 8  # prompt and join tokens fed per thread per step
     c.eval.row_buckets = 6  # live-row buckets (halvings of the lane pool) the engine compiles
     c.eval.kv_buckets = 3  # KV-length buckets (halvings of the context)
+    c.eval.split_by_kv_length = False  # one engine call per KV-length bucket: fewer KV reads, more calls
     return c

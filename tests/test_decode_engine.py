@@ -379,6 +379,26 @@ def test_lanes_stream_problems_through_a_small_pool():
     assert out.steps[0] > 5 * max(Engine(scripted(scripts), cfg).run(prompts).steps)
 
 
+def test_split_by_kv_length_reads_fewer_slots_and_writes_the_same_threads():
+    """A long thread (prompt 22 writes until its token limit) runs beside a
+    spawning sample's short children: one call per KV-length bucket keeps the
+    children from reading the long thread's slot count, and changes nothing else."""
+    scripts = {20: {20: [SO, 30, SEP, 31, SC], 31: [16, EOS]},
+               30: {2: [15, RO, 40, RC]}, 31: {2: [RO, 41, 42, RC]}}
+    cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=30, max_context=40,
+                       prefill_chunk=4, row_buckets=4, kv_buckets=3)
+    runs = [Engine(scripted(scripts), dataclasses.replace(cfg, split_by_kv_length=split)).run([ROOT, [22]])
+            for split in (False, True)]
+    for a, b in zip(*(r.samples for r in runs)):
+        assert [t.tokens for t in a[0].threads] == [t.tokens for t in b[0].threads]
+        assert [t.roles for t in a[0].threads] == [t.roles for t in b[0].threads]
+    assert len(runs[0].samples[0][0].threads) == 3 and len(runs[0].samples[1][0].threads[0].tokens) == 32
+    whole, split = (r.counters for r in runs)
+    assert whole["tokens_fed"] == split["tokens_fed"]
+    assert split["kv_slots_live"] <= split["kv_slots_read"] < whole["kv_slots_read"]
+    assert split["model_calls"] > whole["model_calls"]
+
+
 def test_every_lane_holds_a_fresh_forward_of_its_last_thread(toy_params):
     """After a run with lanes reused many times, each lane's keys and values
     up to its last thread's fed length equal a fresh forward of that thread's

@@ -25,7 +25,9 @@ order as lanes free up, so a large batch streams through a small pool.
 Forced tokens (prompts, join blocks) are fed ``prefill_chunk`` per step; each
 step's live rows are bucketed into ``row_buckets`` halvings of the pool and
 its cache reads into ``kv_buckets`` halvings of ``max_context`` (one compiled
-branch per pair).
+branch per pair). With ``split_by_kv_length`` each KV-length bucket gets its
+own call, so a short thread never reads a long thread's slot count: the same
+branches, fewer KV reads, one more weight read per extra non-empty bucket.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class EngineConfig:
     prefill_chunk: int = 8  # forced tokens fed per thread per step
     row_buckets: int = 6  # live-row buckets: the pool halved this many times
     kv_buckets: int = 3  # KV-length buckets: max_context halved this many times
+    split_by_kv_length: bool = False  # one model call per KV-length bucket (module docstring)
 
     def __post_init__(self):
         for name, low in (("max_children", 1), ("max_rounds", 0), ("max_depth", 0),
@@ -74,6 +77,8 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise ValueError(f"EngineConfig.{name} must be an int >= {low}, got {value!r}")
+        if not isinstance(self.split_by_kv_length, (bool, np.bool_)):
+            raise ValueError(f"EngineConfig.split_by_kv_length must be a bool, got {self.split_by_kv_length!r}")
         if not isinstance(self.sampling, SamplingConfig):
             raise ValueError(f"EngineConfig.sampling must be a SamplingConfig, got {self.sampling!r}")
         if self.lanes and self.lanes < self.lanes_per_group:
@@ -87,7 +92,8 @@ class EngineConfig:
         """From a config's ``eval`` section (``samples``, ``temperature``,
         ``top_p``, ``max_children``, ``max_rounds``, ``max_depth``,
         ``tokens_per_thread``, ``batch_problems``, ``lanes``, ``prefill_chunk``,
-        ``row_buckets``, ``kv_buckets``; absent keys take the defaults above)."""
+        ``row_buckets``, ``kv_buckets``, ``split_by_kv_length``; absent keys
+        take the defaults above)."""
         get = eval_cfg.get if hasattr(eval_cfg, "get") else lambda k, d=None: getattr(eval_cfg, k, d)
         return cls(
             max_children=int(get("max_children", 4)), max_rounds=int(get("max_rounds", 2)),
@@ -97,7 +103,8 @@ class EngineConfig:
             samples_per_problem=int(get("samples", 1)), batch_problems=int(get("batch_problems", 0)),
             lanes=int(get("lanes", cls.lanes)), prefill_chunk=int(get("prefill_chunk", cls.prefill_chunk)),
             row_buckets=int(get("row_buckets", cls.row_buckets)),
-            kv_buckets=int(get("kv_buckets", cls.kv_buckets)))
+            kv_buckets=int(get("kv_buckets", cls.kv_buckets)),
+            split_by_kv_length=bool(get("split_by_kv_length", cls.split_by_kv_length)))
 
     @property
     def threads_per_sample(self) -> int:
@@ -242,7 +249,8 @@ def loop_spec(cfg: EngineConfig, ids: ProtocolIds, num_groups: int,
         prefill_chunk=min(cfg.prefill_chunk, cfg.max_context),
         row_buckets=halvings(lanes, cfg.row_buckets, minimum=1),
         kv_buckets=halvings(cfg.max_context, cfg.kv_buckets, minimum=8),
-        sampling=cfg.sampling, cache_axes=engine_loop.cache_axes(init_cache))
+        sampling=cfg.sampling, cache_axes=engine_loop.cache_axes(init_cache),
+        split_by_kv_length=cfg.split_by_kv_length)
 
 
 def halvings(size: int, count: int, minimum: int) -> tuple[int, ...]:

@@ -28,7 +28,10 @@ blocks) into a *prefill* call that feeds up to ``C = prefill_chunk`` tokens.
 Each call's rows are compacted into the smallest of a few row buckets and the
 cache is read only up to the smallest KV-length bucket that holds every
 selected row's positions (one compiled branch per bucket pair, chosen with
-``lax.switch``); free, waiting and finished threads cost nothing. When a feed
+``lax.switch``); free, waiting and finished threads cost nothing. With
+``split_by_kv_length`` each call is made once per KV-length bucket, over the
+rows whose own length falls in it (same branches, fewer slots read, one weight
+read per non-empty bucket). When a feed
 empties a thread's queue the logits at its last token are sampled and the token
 appended (role ``model``), with a key that depends only on the thread and the
 position, so the result does not depend on batching, chunking or lanes.
@@ -106,6 +109,7 @@ class LoopSpec:
     kv_buckets: tuple[int, ...]  # ascending; the last is L
     sampling: SamplingConfig
     cache_axes: tuple[int, ...]  # lane axis of each cache leaf (``cache_axes``)
+    split_by_kv_length: bool = False  # one model call per KV-length bucket
 
 
 @jax.tree_util.register_dataclass
@@ -256,8 +260,9 @@ def sample_rows(key: jax.Array, thread_B: jax.Array, at_B: jax.Array, logits_BxV
 
 
 def _bucket(sizes: tuple[int, ...], need: jax.Array) -> jax.Array:
-    """Index of the smallest of ``sizes`` (ascending) that is >= ``need``."""
-    return jnp.minimum(jnp.sum(jnp.asarray(sizes) < need), len(sizes) - 1)
+    """Index of the smallest of ``sizes`` (ascending) that is >= ``need``
+    (elementwise; the last index where none is)."""
+    return jnp.minimum(jnp.sum(jnp.asarray(need)[..., None] > jnp.asarray(sizes), axis=-1), len(sizes) - 1)
 
 
 def cache_axes(init_cache: Callable[[int, int], Any]) -> tuple[int, ...]:
@@ -364,16 +369,24 @@ def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thr
     run_N = s.lane_busy_N & (s.status_R[row_N] == RUNNING)
     queue_N = s.length_R[row_N] - s.fed_R[row_N]
     chunked = spec.prefill_chunk > 1
-    single_N = run_N & ((queue_N == 1) | (not chunked))
-    cache, fed_N, logits_NxV, counters = _model_call(spec, decode_fn, params, s, single_N, 1)
-    s = s.replace(cache=cache, counters=s.counters + counters)
+    calls = [(run_N & ((queue_N == 1) | (not chunked)), 1)]
     if chunked:
-        many_N = run_N & (queue_N > 1)
-        cache, fed2_N, logits2_NxV, counters = _model_call(spec, decode_fn, params, s, many_N,
-                                                           spec.prefill_chunk)
+        calls.append((run_N & (queue_N > 1), spec.prefill_chunk))
+    if spec.split_by_kv_length:
+        calls = [(member_N & (kv_class_N == c), width, dataclasses.replace(spec, kv_buckets=(kv,)))
+                 for member_N, width in calls
+                 for kv_class_N in [_bucket(spec.kv_buckets, s.fed_R[row_N] + jnp.minimum(queue_N, width))]
+                 for c, kv in enumerate(spec.kv_buckets)]
+    else:
+        calls = [(member_N, width, spec) for member_N, width in calls]
+    fed_N = jnp.zeros_like(queue_N)
+    logits_NxV = None
+    for member_N, width, call_spec in calls:
+        cache, fed_c_N, logits_c_NxV, counters = _model_call(call_spec, decode_fn, params, s, member_N, width)
         s = s.replace(cache=cache, counters=s.counters + counters)
-        fed_N = jnp.where(many_N, fed2_N, fed_N)
-        logits_NxV = jnp.where(many_N[:, None], logits2_NxV, logits_NxV)
+        fed_N = jnp.where(member_N, fed_c_N, fed_N)
+        logits_NxV = logits_c_NxV if logits_NxV is None else jnp.where(member_N[:, None], logits_c_NxV,
+                                                                         logits_NxV)
     x_N, lp_N = sample_rows(key, first_thread + row_N, s.length_R[row_N], logits_NxV, spec.sampling)
 
     at_N = _drop_index(run_N, row_N, R)
