@@ -15,8 +15,10 @@ finished answer).
 
 The acceleration term is ThreadWeaver's: acceleration = total tokens /
 critical-path tokens (1 for a single thread), its gain over 1 capped, paid
-only to correct rollouts, so a wrong answer never profits from spawning wide
-and speed never outweighs correctness (weight x cap < 1). The latency term
+only to correct rollouts (as ThreadWeaver does), so a wrong answer never
+profits from spawning wide; with its weight 0.5 and cap 0.2 a correct
+answer earns at most 0.1 more for speed, so speed never outweighs
+correctness. The latency term
 pays a correct rollout for the share of its tokens that ran in parallel:
 0 for a single thread, approaching the full bonus when the critical path is
 short compared with all tokens written.

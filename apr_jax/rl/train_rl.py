@@ -36,21 +36,21 @@ from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax import train_state as ts
 from apr_jax.config import ConfigError
+from apr_jax.countdown.problems import Problem
 from apr_jax.data.build import build_dataset_once
 from apr_jax.data.pipeline import make_problem_source
-from apr_jax.countdown.problems import Problem
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.decode.engine import EngineConfig
-from apr_jax.decode.model_api import NnxDecode
+from apr_jax.decode.model_api import DecodeModel, NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.evaluate import Loaded, evaluate_problems, load_for_inference, sweep_settings
 from apr_jax.evaluate import engine_config as eval_engine_config
 from apr_jax.loop import LoopSettings, TrainingError, run_loop
 from apr_jax.metrics_log import read_metrics
 from apr_jax.optim import learning_rate_schedule
+from apr_jax.rl.diagnostics import TrendWatch
 from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal,
                              make_grpo_update)
-from apr_jax.rl.diagnostics import TrendWatch
 from apr_jax.rl.prompts import PromptStream
 from apr_jax.rl.reward import RewardConfig, score_rollouts
 from apr_jax.rl.rollout import encode_prompts, engine_arrays, make_rollout
@@ -237,9 +237,12 @@ class RLTask:
                                    for t in self.stream.longest_prompt_texts()) // 8) * 8
         self.ids = ids
         self.engine_cfg = settings.engine_config(config)
+        # One decode function and cache builder for rollouts and held-out evaluations:
+        # equal static arguments, so each engine shape compiles once per run.
+        self.decode_fn, self.init_cache = NnxDecode(self.graphs.model), model.init_cache
         P, G = settings.prompts_per_step, settings.samples_per_prompt
         with jax.set_mesh(mesh):
-            self.rollout = make_rollout(NnxDecode(self.graphs.model), model.init_cache, self.engine_cfg,
+            self.rollout = make_rollout(self.decode_fn, self.init_cache, self.engine_cfg,
                                         ids, self.prompt_width, chunks=settings.rollout_chunks)
             self.update = make_grpo_update(self.graphs, settings.grpo, num_rollouts=P * G,
                                            learning_rate=learning_rate_schedule(opt_config.train),
@@ -314,9 +317,9 @@ class RLTask:
     def held_out(self) -> dict[str, float]:
         """Greedy accuracy and decoding statistics of the current policy on the
         held-out slice, as ``eval_*``."""
-        model, _ = self.graphs.merge(self.state)
+        policy = DecodeModel(self.state.model, self.decode_fn, self.init_cache)
         (_, kwargs), = sweep_settings(None, [], self.config)
-        _, summary = evaluate_problems(model, self.tokenizer, self.config, self.eval_problems,
+        _, summary = evaluate_problems(policy, self.tokenizer, self.config, self.eval_problems,
                                        samples=1, temperature=0.0, top_p=1.0, seed=self.config.seed,
                                        mesh=self.mesh, **kwargs)
         return {f"eval_{k}": float(v) for k, v in summary.items() if k not in ("problems", "samples")}
@@ -340,3 +343,18 @@ def held_out_problems(info: Any, settings: RLSettings) -> list[Problem]:
         raise ConfigError(f"config.rl.eval_problems={settings.eval_problems} but the validation split "
                           f"has {len(problems)} problems")
     return problems[:settings.eval_problems]
+
+
+def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None
+           ) -> dict[str, Any]:
+    """GRPO per ``config`` in ``workdir``; returns the last logged metrics.
+    ``stop_at`` ends this run at that step (checkpointed, resumable)."""
+    settings = RLSettings.from_config(config)
+    sharding.initialize_distributed()
+    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
+    check_workdir(workdir, config)
+    info = build_dataset_once(config)
+    loaded = load_sft(config, settings, workdir, Tokenizer(info.tokenizer_path))
+    task = RLTask(config, settings, info, loaded, mesh, workdir)
+    result = run_loop(task, LoopSettings.from_config(config.train), workdir, stop_at=stop_at)
+    return dict(result.last, step=result.step, preempted=result.preempted)
