@@ -33,6 +33,7 @@ CHOICES = {
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.attention": ("auto", "xla", "cudnn", "splash"),
     "train.on_nan": ("stop", "skip"),
+    "rl.advantage": ("grpo", "drgrpo"),
 }
 POSITIVE_INTS = (
     "task.num_inputs", "task.num_train", "task.num_test", "data.vocab_size", "data.seq_len",

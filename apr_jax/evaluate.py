@@ -124,14 +124,15 @@ def engine_config(config: ml_collections.ConfigDict, *, samples: int = 1,
                                tokens_per_thread=tokens_per_thread or base.tokens_per_thread)
 
 
-def evaluate_problems(model: nnx.Module, tokenizer: Any, config: ml_collections.ConfigDict,
+def evaluate_problems(model: Any, tokenizer: Any, config: ml_collections.ConfigDict,
                       problems: Sequence[Problem], *, samples: int = 1,
                       temperature: float | None = None, top_p: float | None = None,
                       prefix: str = "", tokens_per_thread: int | None = None,
                       seed: int = 0, mesh: jax.sharding.Mesh | None = None
                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Decode ``samples`` per problem; returns (per-problem rows, summary).
-    Under ``mesh`` the engine's cache is laid out by the model's sharding rules."""
+    """Decode ``samples`` per problem with ``model`` (an NNX module or a
+    ``DecodeModel``); returns (per-problem rows, summary). Under ``mesh`` the
+    engine's cache is laid out by the model's sharding rules."""
     if not problems:
         raise ValueError("no problems to evaluate")
     cfg = engine_config(config, samples=samples, temperature=temperature, top_p=top_p,

@@ -59,6 +59,9 @@ class Task(Protocol):
     def describe(self) -> str:
         """One line printed when the run starts."""
 
+    def start_row(self) -> dict[str, Any]:
+        """The row logged at step 0 of a fresh run, before any training (empty: none)."""
+
     def step(self) -> dict[str, Any]:
         """Run one training step; its metrics, the finite flag under ``finite``."""
 
@@ -109,6 +112,10 @@ def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int |
     logger.print(task.describe())
     if restored is not None:
         logger.print(f"resumed from step {start_step} in {checkpointer.directory}")
+    else:
+        first = task.start_row()
+        if first:
+            logger.write(0, first)
 
     def save(step: int) -> None:
         checkpointer.save(step, *task.state.checkpoint_trees(), task.data, task.meta())

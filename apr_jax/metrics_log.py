@@ -39,18 +39,25 @@ class MetricsLogger:
                              dynamic_ncols=True, leave=False)
 
     def write(self, step: int, metrics: dict[str, Any], *, console: bool = True) -> None:
+        """One record; ``metrics["warnings"]`` (a list of lines, optional) is
+        kept in the record and printed, one ``warning:`` line each."""
         if not self.enabled:
             return
         record = {"step": int(step), "time": round(time.time(), 3)}
-        record.update({k: _plain(v) for k, v in metrics.items()})
+        record.update({k: _plain(v) for k, v in metrics.items() if k != "warnings"})
+        warnings = [str(w) for w in metrics.get("warnings", ())]
+        if warnings:
+            record["warnings"] = warnings
         self._jsonl.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for k, v in record.items():
                 if k not in ("step", "time") and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
         if console:
-            shown = "  ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k != "time")
+            shown = "  ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k not in ("time", "warnings"))
             self.print(shown)
+        for line in warnings:
+            self.print(f"warning: {line}")
 
     def advance(self, steps: int = 1, **postfix: Any) -> None:
         if self._bar is not None:
@@ -73,6 +80,21 @@ class MetricsLogger:
             self._tb.close()
         if self._jsonl is not None:
             self._jsonl.close()
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (none when it does not exist), lines
+    cut short by a crash left out."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
 
 
 def _drop_records_after(path: str, step: int) -> None:

@@ -79,6 +79,9 @@ class SFTTask:
                 f"({num_params(self.model_cfg, non_embedding=True) / 1e6:.2f}M non-embedding); "
                 f"mesh {dict(self.mesh.shape)}; {jax.device_count()} {jax.devices()[0].platform} devices")
 
+    def start_row(self) -> dict[str, Any]:
+        return {}
+
     # ---- steps --------------------------------------------------------------
     def step(self) -> dict[str, Any]:
         if self._window_start is None:

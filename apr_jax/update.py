@@ -5,7 +5,7 @@ inside their jitted steps."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +19,12 @@ ValueAndGrad = Callable[[Any, Any], tuple[tuple[jax.Array, Any], Any]]
 
 
 def summed_gradients(value_and_grad: ValueAndGrad, params: Any, microbatches: Any, *,
-                     active: Callable[[Any], jax.Array] | None = None) -> tuple[tuple[jax.Array, Any], Any]:
+                     active: Callable[[Any], jax.Array] | None = None,
+                     max_keys: Sequence[str] = ()) -> tuple[tuple[jax.Array, Any], Any]:
     """``((loss, aux), grads)`` summed over the leading axis of ``microbatches``
-    with one scan. A microbatch for which ``active`` is false contributes
-    zeros without being computed (all-padding microbatches)."""
+    with one scan; the entries ``max_keys`` of a dict ``aux`` (non-negative
+    values) are maxed instead. A microbatch for which ``active`` is false
+    contributes zeros without being computed (all-padding microbatches)."""
     first = jax.tree.map(lambda x: x[0], microbatches)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                          jax.eval_shape(value_and_grad, params, first))
@@ -35,7 +37,12 @@ def summed_gradients(value_and_grad: ValueAndGrad, params: Any, microbatches: An
             out = compute(micro)
         else:
             out = jax.lax.cond(active(micro), compute, lambda m: zeros, micro)
-        return jax.tree.map(jnp.add, total, out), None
+        summed = jax.tree.map(jnp.add, total, out)
+        if max_keys:
+            (loss, aux), grads = summed
+            aux = {**aux, **{k: jnp.maximum(total[0][1][k], out[0][1][k]) for k in max_keys}}
+            summed = ((loss, aux), grads)
+        return summed, None
 
     total, _ = jax.lax.scan(body, zeros, microbatches)
     return total

@@ -40,7 +40,7 @@ def main() -> None:
         parser.error("--steps must be >= 2 (the first step compiles)")
     workdir = args.workdir or tempfile.mkdtemp(prefix="rl_bench_")
     config = load_config(args.config, overrides + [f"config.train.steps={args.steps}",
-                                                   "config.train.log_every=1",
+                                                   "config.train.log_every=1", "config.rl.eval_every=0",
                                                    f"config.train.checkpoint_every={args.steps + 1}"])
     if args.sft_steps and not os.path.isdir(os.path.join(config.rl.init_from, "checkpoints")):
         sft_dir = os.path.join(workdir, "sft")

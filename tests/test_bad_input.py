@@ -130,6 +130,12 @@ def _(ctx): return train_cli(ctx, "--workdirr=x")
 def _(ctx): return train_cli(ctx, "--config=configs/nope.py")
 
 
+@case("B37")
+def _(ctx):
+    rl_config = os.path.join(os.path.dirname(DOC), "configs", "default_rl.py")
+    return train_cli(ctx, f"--config={rl_config}", "--config.rl.max_threads=5")
+
+
 @case("B09")
 def _(ctx):
     path = os.path.join(ctx["root"], "broken.py")

@@ -236,6 +236,8 @@ def test_config_from_eval_section_and_pool_size():
     assert cfg.threads_per_sample == 1 + 2 * 4
     assert dataclasses.replace(cfg, max_depth=0).threads_per_sample == 1
     assert dataclasses.replace(cfg, max_depth=2).threads_per_sample == 64  # 1 + 8 + 64 capped
+    assert cfg.full_tree == 9 and dataclasses.replace(cfg, max_depth=2).full_tree == 73
+    assert dataclasses.replace(cfg, max_rounds=0).full_tree == 1
     assert dataclasses.replace(cfg, max_threads=5).threads_per_sample == 5
 
 

@@ -34,17 +34,21 @@ class ScriptedTask:
     nan_label = "scripted "
     nan_advice = "try something else"
 
-    def __init__(self, bad_steps=(), check_lag=1, signal_at=None):
+    def __init__(self, bad_steps=(), check_lag=1, signal_at=None, start=None):
         model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
         _, self.state = train_state.split(model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param))
         self.data = Counter()
         self.bad_steps, self.check_lag, self.signal_at = set(bad_steps), check_lag, signal_at
+        self.start = start or {}
 
     def meta(self):
         return {}
 
     def describe(self):
         return "scripted task"
+
+    def start_row(self):
+        return {**self.start, "warnings": ["scripted warning"]} if self.start else {}
 
     def step(self):
         self.data.position += 1
@@ -90,6 +94,16 @@ def test_sigterm_saves_and_the_next_run_resumes_there(tmp_path, capsys):
     second = run_loop(task, settings(), str(tmp_path))
     assert second.step == 6 and not second.preempted and task.data.position == 6
     assert [r["step"] for r in logged(tmp_path)] == [2, 4, 6]
+
+
+def test_start_row_is_logged_at_step_zero_of_a_fresh_run_only(tmp_path, capsys):
+    start = {"held_out": 0.5}
+    run_loop(ScriptedTask(signal_at=3, start=start), settings(), str(tmp_path))
+    assert "warning: scripted warning" in capsys.readouterr().out
+    run_loop(ScriptedTask(start=start), settings(), str(tmp_path))
+    rows = logged(tmp_path)
+    assert [r["step"] for r in rows] == [0, 2, 4, 6]
+    assert rows[0]["held_out"] == 0.5 and rows[0]["warnings"] == ["scripted warning"]
 
 
 def test_stop_at_ends_early_and_keeps_the_schedule(tmp_path):

@@ -1,8 +1,7 @@
 """GRPO end to end on a toy Countdown (3 small numbers, 2 children) from a
-briefly SFT-trained tiny model: the reward rises, resume is exact, and a bad
-SFT checkpoint is one clear line."""
-
-import json
+briefly SFT-trained tiny model: the reward rises, the diagnostics and the
+periodic held-out evaluation are logged, resume is exact, and a bad SFT
+checkpoint or an inconsistent RL config is one clear line."""
 
 import jax
 import numpy as np
@@ -10,18 +9,30 @@ import pytest
 
 from apr_jax import train
 from apr_jax.config import ConfigError, load_config
+from apr_jax.metrics_log import read_metrics
 from apr_jax.rl.train_rl import RLSettings, run_rl
 from rl_toy import RL_CONFIG, final_params, rl_overrides
 
 
 def test_grpo_raises_mean_reward(sft, tmp_path):
-    config = load_config(RL_CONFIG, rl_overrides(sft, "config.train.steps=30"))
+    config = load_config(RL_CONFIG, rl_overrides(sft, "config.train.steps=30", "config.rl.eval_every=15",
+                                                 "config.rl.eval_problems=8", "config.eval.batch_problems=8"))
     run_rl(config, str(tmp_path / "rl"))
-    rows = [json.loads(line) for line in open(tmp_path / "rl" / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == list(range(1, 31))
-    for key in ("reward", "accuracy", "children_per_spawn", "sequential_tokens", "total_tokens", "kl",
-                "clip_fraction", "padded_slots", "rollout_s", "update_s"):
+    rows = read_metrics(str(tmp_path / "rl" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == list(range(0, 31))
+    # Held-out greedy accuracy of the SFT model at step 0, then every 15 steps.
+    evaluated = [r for r in rows if "eval_accuracy" in r]
+    assert [r["step"] for r in evaluated] == [0, 15, 30]
+    assert all(0 <= r["eval_accuracy"] <= 1 and r["eval_mean_total_tokens"] > 0 for r in evaluated)
+    rows = rows[1:]
+    for key in ("reward", "accuracy", "unfinished_correct", "spawned", "children_per_spawn", "spawn_rounds",
+                "depth", "max_depth", "sequential_tokens", "total_tokens", "acceleration",
+                "limits/token_limit", "limits/dropped_pool", "limits/dropped_children", "kl",
+                "clip_fraction", "ratio_mean", "ratio_max", "padded_slots", "rollout_s", "update_s"):
         assert key in rows[0], key
+    assert any("accuracy_spawned" in r or "accuracy_not_spawned" in r for r in rows)
+    assert all(r["limits/dropped_pool"] == 0 for r in rows)
+    assert all(r["ratio_max"] >= r["ratio_mean"] > 0 for r in rows if "ratio_max" in r)  # steps that updated
     rewards = [r["reward"] for r in rows]
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     assert last > first + 0.3, rewards
@@ -65,4 +76,28 @@ def test_rl_settings_errors_name_the_key():
         RLSettings.from_config(config)
     config = load_config(RL_CONFIG, ["config.rl.prompts_per_step=8", "config.rl.minibatches=3"])
     with pytest.raises(ConfigError, match="prompts_per_step=8 is not divisible by config.rl.minibatches=3"):
+        RLSettings.from_config(config)
+    config = load_config(RL_CONFIG, ["config.rl.eval_every=5", "config.rl.eval_problems=0"])
+    with pytest.raises(ConfigError, match="config.rl.eval_every=5 needs config.rl.eval_problems > 0"):
+        RLSettings.from_config(config)
+    config = load_config(RL_CONFIG, ["config.rl.condition_children=[2, 6]"])
+    with pytest.raises(ConfigError, match=r"condition_children=\[2, 6\] asks for more children than "
+                                          "config.eval.max_children=4"):
+        RLSettings.from_config(config)
+    with pytest.raises(ConfigError, match="config.rl.advantage='ppo' is not one of grpo, drgrpo"):
+        load_config(RL_CONFIG, ["config.rl.advantage=ppo"])
+
+
+def test_thread_slots_must_hold_every_spawn_round():
+    """Fewer slots than root + rounds x children would drop a later spawn."""
+    for path in (RL_CONFIG, RL_CONFIG.replace("default_rl", "countdown4_apr_228m_rl")):
+        RLSettings.from_config(load_config(path))  # the shipped RL configs are consistent
+    config = load_config(RL_CONFIG, ["config.rl.max_threads=5"])
+    with pytest.raises(ConfigError, match=r"config.rl.max_threads=5 gives 5 thread slots per rollout, but "
+                                          r"config.eval.max_rounds=2 spawns of config.eval.max_children=4 up "
+                                          r"to config.eval.max_depth=1 need 9 \(root included\)"):
+        RLSettings.from_config(config)
+    assert RLSettings.from_config(load_config(RL_CONFIG, ["config.rl.max_threads=9"])).max_threads == 9
+    config = load_config(RL_CONFIG, ["config.eval.max_depth=2", "config.eval.max_children=8"])
+    with pytest.raises(ConfigError, match="config.rl.max_threads=0 gives 64 thread slots .* need 273"):
         RLSettings.from_config(config)

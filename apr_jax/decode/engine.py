@@ -107,14 +107,18 @@ class EngineConfig:
             split_by_kv_length=bool(get("split_by_kv_length", cls.split_by_kv_length)))
 
     @property
-    def threads_per_sample(self) -> int:
-        if self.max_threads:
-            return self.max_threads
+    def full_tree(self) -> int:
+        """Threads of a sample that spawns every round, every child, every level."""
         if self.max_depth == 0 or self.max_rounds == 0:
             return 1
         fan = self.max_rounds * self.max_children
-        full = sum(fan ** d for d in range(self.max_depth + 1))
-        return int(min(full, max(64, 1 + fan)))
+        return int(sum(fan ** d for d in range(self.max_depth + 1)))
+
+    @property
+    def threads_per_sample(self) -> int:
+        if self.max_threads:
+            return self.max_threads
+        return int(min(self.full_tree, max(64, 1 + self.max_rounds * self.max_children)))
 
     @property
     def lanes_per_group(self) -> int:

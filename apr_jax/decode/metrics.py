@@ -1,5 +1,5 @@
-"""Host-side evaluation arithmetic: pass@k, cons@k, sequential tokens and the
-paired sign test."""
+"""Host-side evaluation arithmetic: pass@k, cons@k, sequential tokens,
+acceleration and the paired sign test."""
 
 from __future__ import annotations
 
@@ -89,6 +89,15 @@ def sequential_tokens(written: Sequence[int], spawns: Sequence[Sequence[Sequence
         return total
 
     return seq(root)
+
+
+def acceleration(total_tokens: int, sequential_tokens: int) -> float:
+    """Total written tokens over critical-path tokens: 1 for a single thread,
+    up to the number of threads when all run side by side; 1 when nothing
+    was written."""
+    if sequential_tokens <= 0:
+        return 1.0
+    return total_tokens / sequential_tokens
 
 
 def tree_spawns(tree: ThreadTree) -> list[list[list[int]]]:

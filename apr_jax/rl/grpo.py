@@ -3,13 +3,19 @@ to a frozen reference model, and the jitted multi-epoch update.
 
 Conventions (``R`` thread rows of ``L`` tokens, ``N`` rollouts, ``P`` groups):
 - a *group* is the G rollouts of one prompt; a rollout's advantage is its
-  reward minus its group's mean (divided by the group's std when
-  ``std_normalize``); a group whose rewards are all equal gets 0, never NaN;
+  reward minus its group's mean, divided by the group's std for ``"grpo"``
+  (DeepSeekMath) and not for ``"drgrpo"`` (Dr. GRPO's mean-centring, which
+  does not favour groups with a small reward spread); a group whose rewards
+  are all equal gets 0, never NaN. Only the advantage differs between the
+  two: the loss keeps its per-rollout token mean below;
 - every thread row of a rollout carries that rollout's advantage;
 - ``logp_RxL[:, j]`` is the log-probability of token ``j`` given tokens
   ``< j`` (column 0 is 0); the loss counts only model-written tokens;
 - the loss is averaged over each rollout's model-written tokens (all its
-  threads together), then over the rollouts that wrote any token.
+  threads together), then over the rollouts that wrote any token;
+- log-ratios are zeroed outside the model-written tokens before any
+  exponential, so whatever the log-probs hold at prompts, joins and padding
+  (old, reference or current) the loss and its gradient stay finite.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ class GrpoConfig:
     clip_low: float = 0.2  # ratio lower bound 1 - clip_low
     clip_high: float = 0.2  # ratio upper bound 1 + clip_high
     kl_coef: float = 0.001  # weight of the k3 KL estimate to the reference model
-    std_normalize: bool = True
+    advantage: str = "grpo"  # one of ADVANTAGES
     inner_epochs: int = 1  # passes over each rollout batch
     minibatches: int = 1  # optimizer updates per pass (whole rollouts per minibatch)
     microbatches: int = 1  # gradient-accumulation chunks per minibatch (rows)
@@ -49,16 +55,23 @@ class GrpoConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.temperature > 0:
             raise ValueError(f"RL needs a sampling temperature > 0, got {self.temperature}")
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"advantage {self.advantage!r} is not one of {', '.join(ADVANTAGES)}")
 
 
 # ---- advantages ------------------------------------------------------------------
-def group_advantages(rewards_PxG: jax.Array, std_normalize: bool = True, eps: float = 1e-6
+ADVANTAGES = ("grpo", "drgrpo")  # std-normalised, mean-centred
+
+
+def group_advantages(rewards_PxG: jax.Array, advantage: str = "grpo", eps: float = 1e-6
                      ) -> jax.Array:
-    """Reward minus the group mean (over G samples of a prompt), optionally
-    over the group std; equal rewards give exactly 0."""
+    """Reward minus the group mean (over G samples of a prompt), over the
+    group std for ``"grpo"``; equal rewards give exactly 0."""
+    if advantage not in ADVANTAGES:
+        raise ValueError(f"advantage {advantage!r} is not one of {', '.join(ADVANTAGES)}")
     rewards_PxG = jnp.asarray(rewards_PxG, jnp.float32)
     centered = rewards_PxG - rewards_PxG.mean(axis=1, keepdims=True)
-    if std_normalize:
+    if advantage == "grpo":
         std = jnp.sqrt(jnp.mean(centered ** 2, axis=1, keepdims=True))
         centered = jnp.where(std > eps, centered / jnp.maximum(std, eps), 0.0)
     return centered
@@ -92,9 +105,11 @@ def target_logprobs(logits_RxLxV: jax.Array, tokens_RxL: jax.Array, temperature:
 
 
 def grpo_token_terms(logp_RxL: jax.Array, old_logp_RxL: jax.Array, ref_logp_RxL: jax.Array | None,
-                     adv_R: jax.Array, cfg: GrpoConfig) -> dict[str, jax.Array]:
-    """Per-token clipped policy loss, k3 KL estimate and clip indicator."""
-    ratio = jnp.exp(logp_RxL - old_logp_RxL)
+                     adv_R: jax.Array, mask_RxL: jax.Array, cfg: GrpoConfig) -> dict[str, jax.Array]:
+    """Per-token clipped policy loss, k3 KL estimate, clip indicator and
+    ratio; outside ``mask_RxL`` the log-ratios are 0 (ratio 1, KL 0)."""
+    counted = mask_RxL > 0
+    ratio = jnp.exp(jnp.where(counted, logp_RxL - old_logp_RxL, 0.0))
     adv = adv_R[:, None]
     clipped = jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
     policy = -jnp.minimum(ratio * adv, clipped * adv)
@@ -102,7 +117,7 @@ def grpo_token_terms(logp_RxL: jax.Array, old_logp_RxL: jax.Array, ref_logp_RxL:
     if ref_logp_RxL is None:
         kl = jnp.zeros_like(logp_RxL)
     else:
-        log_r = ref_logp_RxL - logp_RxL
+        log_r = jnp.where(counted, ref_logp_RxL - logp_RxL, 0.0)
         kl = jnp.exp(log_r) - log_r - 1.0
     return {"loss": policy + cfg.kl_coef * kl, "policy_loss": policy, "kl": kl,
             "clip_fraction": clip_active.astype(jnp.float32), "ratio": ratio}
@@ -110,9 +125,13 @@ def grpo_token_terms(logp_RxL: jax.Array, old_logp_RxL: jax.Array, ref_logp_RxL:
 
 def grpo_loss(logp_RxL, old_logp_RxL, ref_logp_RxL, adv_R, weights_RxL, cfg: GrpoConfig
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The weighted loss and its weighted per-token statistics."""
-    terms = grpo_token_terms(logp_RxL, old_logp_RxL, ref_logp_RxL, adv_R, cfg)
+    """The weighted loss, its weighted per-token statistics and the largest
+    ratio (``ratio_max``) over the counted tokens (``weights_RxL > 0``)."""
+    terms = grpo_token_terms(logp_RxL, old_logp_RxL, ref_logp_RxL, adv_R, weights_RxL, cfg)
+    ratio = terms.pop("ratio")
     stats = {k: (v * weights_RxL).sum() for k, v in terms.items()}
+    stats["ratio_mean"] = (ratio * weights_RxL).sum()
+    stats["ratio_max"] = jax.lax.stop_gradient(jnp.where(weights_RxL > 0, ratio, 0.0).max())
     return stats["loss"], stats
 
 
@@ -216,7 +235,8 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
         def minibatch_step(state: TrainState, minibatch):
             _, params, _ = nnx.split(nnx.merge(graphs.model, state.model), nnx.Param, ...)
             (_, stats), grads = summed_gradients(grad_fn, params, minibatch,
-                                                 active=lambda micro: jnp.any(micro["valid"]))
+                                                 active=lambda micro: jnp.any(micro["valid"]),
+                                                 max_keys=("ratio_max",))
             state, update_metrics = apply_gradients(graphs, state, grads, stats["loss"], learning_rate)
             return state, {**stats, **update_metrics}
 
@@ -227,8 +247,9 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
         trained = TrainState(state.model, state.opt)
         trained, stats = jax.lax.scan(epoch, trained, None, length=cfg.inner_epochs)
         state = TrainState(trained.model, trained.opt, state.ref)
-        # stats: [epochs, minibatches]; the mean over all updates (lr: the last).
-        metrics = {k: v.mean() for k, v in stats.items() if k not in ("finite", "lr")}
+        # stats: [epochs, minibatches]; the mean over all updates (lr: the last, ratio_max: the max).
+        metrics = {k: v.mean() for k, v in stats.items() if k not in ("finite", "lr", "ratio_max")}
+        metrics["ratio_max"] = stats["ratio_max"].max()
         if "lr" in stats:
             metrics["lr"] = stats["lr"][-1, -1]
         metrics["finite"] = jnp.all(stats["finite"])

@@ -5,7 +5,12 @@ which plugs ``RLTask`` into the shared loop (``apr_jax.loop``).
 Each step: take ``rl.prompts_per_step`` problems (and the sampler key) from
 the prompt stream, roll every prompt out ``rl.samples_per_prompt`` times with
 the jitted fixed-shape rollout, score the rollouts on the host with the
-verifier, and run the jitted GRPO update. The optimizer and loop settings are
+verifier, and run the jitted GRPO update. Every ``rl.eval_every`` steps (and
+at step 0 and the last step) the policy decodes the first ``rl.eval_problems``
+validation problems greedily with ``evaluate.evaluate_problems``; the logged
+rows carry ``eval_*`` (accuracy over RL steps), the rollouts' spawn and limit
+diagnostics (``rl.diagnostics``) and warning lines for spawn collapse and
+reward hacking. The optimizer and loop settings are
 the ``train`` section's (``lr``, ``steps``, ``warmup_steps``, ``grad_clip``,
 ``grad_accum`` = microbatches, ``log_every``, ``checkpoint_every`` ...), the
 engine limits the ``eval`` section's (``max_children``, ``max_rounds``,
@@ -31,16 +36,19 @@ from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax import train_state as ts
 from apr_jax.config import ConfigError
+from apr_jax.countdown.problems import Problem
 from apr_jax.data.build import build_dataset_once
 from apr_jax.data.pipeline import make_problem_source
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.decode.engine import EngineConfig
-from apr_jax.decode.model_api import NnxDecode
+from apr_jax.decode.model_api import DecodeModel, NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
-from apr_jax.evaluate import Loaded, load_for_inference
+from apr_jax.evaluate import Loaded, evaluate_problems, load_for_inference, sweep_settings
 from apr_jax.evaluate import engine_config as eval_engine_config
 from apr_jax.loop import LoopSettings, TrainingError, run_loop
+from apr_jax.metrics_log import read_metrics
 from apr_jax.optim import learning_rate_schedule
+from apr_jax.rl.diagnostics import TrendWatch
 from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal,
                              make_grpo_update)
 from apr_jax.rl.prompts import PromptStream
@@ -62,6 +70,8 @@ class RLSettings:
     rollout_chunks: int
     condition_children: tuple[int, ...]
     skip_flat_groups: bool
+    eval_every: int  # RL steps between held-out evaluations; 0: none
+    eval_problems: int  # validation problems decoded greedily at each
     grpo: GrpoConfig
     reward: RewardConfig
 
@@ -88,13 +98,26 @@ class RLSettings:
             raise ConfigError("config.rl.init_from is empty; name the SFT workdir or checkpoint")
         if any(int(c) < 0 for c in rl.condition_children):
             raise ConfigError(f"config.rl.condition_children={list(rl.condition_children)} must be >= 0")
+        if any(int(c) > int(config.eval.max_children) for c in rl.condition_children):
+            raise ConfigError(f"config.rl.condition_children={list(rl.condition_children)} asks for more "
+                              f"children than config.eval.max_children={config.eval.max_children} lets a "
+                              f"spawn have")
+        for name in ("eval_every", "eval_problems"):
+            if int(rl[name]) < 0:
+                raise ConfigError(f"config.rl.{name}={rl[name]} must be >= 0 (0 = no held-out evaluation)")
+        if int(rl.eval_every) > 0 and int(rl.eval_problems) == 0:
+            raise ConfigError(f"config.rl.eval_every={rl.eval_every} needs config.rl.eval_problems > 0 "
+                              f"(or eval_every=0 for no held-out evaluation)")
         try:
             grpo = GrpoConfig(
                 clip_low=float(rl.clip_low), clip_high=float(rl.clip_high), kl_coef=float(rl.kl_coef),
-                std_normalize=bool(rl.std_normalize), inner_epochs=int(rl.inner_epochs),
+                advantage=str(rl.advantage), inner_epochs=int(rl.inner_epochs),
                 minibatches=int(rl.minibatches), microbatches=int(config.train.grad_accum),
                 temperature=float(rl.temperature))
-            reward = RewardConfig(format_penalty=float(rl.format_penalty),
+            reward = RewardConfig(require_eos=bool(rl.require_eos),
+                                  format_penalty=float(rl.format_penalty),
+                                  acceleration_weight=float(rl.acceleration_weight),
+                                  acceleration_cap=float(rl.acceleration_cap),
                                   latency_bonus=float(rl.latency_bonus),
                                   condition_penalty=float(rl.condition_penalty))
         except ValueError as e:
@@ -105,12 +128,23 @@ class RLSettings:
         if int(rl.prompts_per_step) % int(rl.rollout_chunks):
             raise ConfigError(f"config.rl.prompts_per_step={rl.prompts_per_step} is not divisible by "
                               f"config.rl.rollout_chunks={rl.rollout_chunks}")
-        return cls(init_from=str(rl.init_from), prompts_per_step=int(rl.prompts_per_step),
-                   samples_per_prompt=int(rl.samples_per_prompt), split=str(rl.split),
-                   prompt_pool=int(rl.prompt_pool),
-                   max_threads=int(rl.max_threads), rollout_chunks=int(rl.rollout_chunks),
-                   condition_children=tuple(int(c) for c in rl.condition_children),
-                   skip_flat_groups=bool(rl.skip_flat_groups), grpo=grpo, reward=reward)
+        settings = cls(init_from=str(rl.init_from), prompts_per_step=int(rl.prompts_per_step),
+                       samples_per_prompt=int(rl.samples_per_prompt), split=str(rl.split),
+                       prompt_pool=int(rl.prompt_pool),
+                       max_threads=int(rl.max_threads), rollout_chunks=int(rl.rollout_chunks),
+                       condition_children=tuple(int(c) for c in rl.condition_children),
+                       skip_flat_groups=bool(rl.skip_flat_groups), eval_every=int(rl.eval_every),
+                       eval_problems=int(rl.eval_problems), grpo=grpo, reward=reward)
+        engine = settings.engine_config(config)
+        if engine.threads_per_sample < engine.full_tree:
+            e = config.eval
+            raise ConfigError(
+                f"config.rl.max_threads={rl.max_threads} gives {engine.threads_per_sample} thread slots "
+                f"per rollout, but config.eval.max_rounds={e.max_rounds} spawns of "
+                f"config.eval.max_children={e.max_children} up to config.eval.max_depth={e.max_depth} "
+                f"need {engine.full_tree} (root included) and a spawn that finds no slot is dropped; "
+                f"set config.rl.max_threads={engine.full_tree} or lower those limits")
+        return settings
 
     def engine_config(self, config: ml_collections.ConfigDict) -> EngineConfig:
         """The evaluation engine's limits (``eval`` section) with this run's
@@ -160,6 +194,9 @@ def _host(tree: Any) -> Any:
     return jax.device_get(tree)
 
 
+WINDOW_MAX = ("ratio_max", "max_depth")  # logged as the max over the window's steps, not the mean
+
+
 class RLTask:
     """GRPO steps: roll out, score on the host, update."""
 
@@ -168,8 +205,9 @@ class RLTask:
     nan_advice = "try a lower config.train.lr or config.train.on_nan=skip"
 
     def __init__(self, config: ml_collections.ConfigDict, settings: RLSettings, info: Any,
-                 loaded: Loaded, mesh: jax.sharding.Mesh):
+                 loaded: Loaded, mesh: jax.sharding.Mesh, workdir: str):
         self.config, self.settings, self.mesh, self.loaded = config, settings, mesh, loaded
+        self.workdir = workdir
         self.tokenizer = tokenizer = loaded.tokenizer
         ids = ProtocolIds.from_tokenizer(tokenizer)
 
@@ -194,13 +232,17 @@ class RLTask:
         self.data = self.stream = PromptStream(
             problems, seed=config.seed, style=config.trace.style,
             condition_kind=self.condition_kind, condition_values=condition_values)
+        self.eval_problems = held_out_problems(info, settings)
         self.prompt_width = -(-max(len(tokenizer.encode(t))
                                    for t in self.stream.longest_prompt_texts()) // 8) * 8
         self.ids = ids
         self.engine_cfg = settings.engine_config(config)
+        # One decode function and cache builder for rollouts and held-out evaluations:
+        # equal static arguments, so each engine shape compiles once per run.
+        self.decode_fn, self.init_cache = NnxDecode(self.graphs.model), model.init_cache
         P, G = settings.prompts_per_step, settings.samples_per_prompt
         with jax.set_mesh(mesh):
-            self.rollout = make_rollout(NnxDecode(self.graphs.model), model.init_cache, self.engine_cfg,
+            self.rollout = make_rollout(self.decode_fn, self.init_cache, self.engine_cfg,
                                         ids, self.prompt_width, chunks=settings.rollout_chunks)
             self.update = make_grpo_update(self.graphs, settings.grpo, num_rollouts=P * G,
                                            learning_rate=learning_rate_schedule(opt_config.train),
@@ -210,6 +252,7 @@ class RLTask:
                       "init_from": os.path.abspath(settings.init_from)}
         self._window: dict[str, list[float]] = {}
         self.steps_without_signal = 0
+        self.watch: TrendWatch | None = None  # built at the first row, from the logged history
 
     # ---- what the loop reads --------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -236,7 +279,7 @@ class RLTask:
             t1 = time.time()
             scored = score_rollouts(arrays, tokenizer, chosen, s.reward,
                                     asked if self.condition_kind == "apr" else None)
-            adv_N = np.asarray(group_advantages(scored.rewards, s.grpo.std_normalize)).reshape(-1)
+            adv_N = np.asarray(group_advantages(scored.rewards, s.grpo.advantage)).reshape(-1)
             keep_N = None
             if s.skip_flat_groups:
                 keep_N = np.repeat(groups_with_signal(scored.rewards), G)
@@ -256,12 +299,50 @@ class RLTask:
             self._window.setdefault(k, []).append(v)
         return metrics
 
-    def row(self, step: int, metrics: dict[str, Any]) -> dict[str, float]:
-        row = {k: float(np.mean(v)) for k, v in self._window.items()}
+    def start_row(self) -> dict[str, Any]:
+        """The held-out evaluation of the starting (SFT) policy, logged at step 0."""
+        return self._watched(0, self.held_out()) if self.settings.eval_every else {}
+
+    def row(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        steps_in_window = len(self._window.get("reward", ()))
+        row = {k: float(np.max(v) if k in WINDOW_MAX else np.mean(v)) for k, v in self._window.items()}
         if self.steps_without_signal:
             row["steps_without_signal"] = self.steps_without_signal
         self._window = {}
-        return row
+        every = self.settings.eval_every
+        if every and (step // every > (step - steps_in_window) // every or step == self.config.train.steps):
+            row.update(self.held_out())
+        return self._watched(step, row)
+
+    def held_out(self) -> dict[str, float]:
+        """Greedy accuracy and decoding statistics of the current policy on the
+        held-out slice, as ``eval_*``."""
+        policy = DecodeModel(self.state.model, self.decode_fn, self.init_cache)
+        (_, kwargs), = sweep_settings(None, [], self.config)
+        _, summary = evaluate_problems(policy, self.tokenizer, self.config, self.eval_problems,
+                                       samples=1, temperature=0.0, top_p=1.0, seed=self.config.seed,
+                                       mesh=self.mesh, **kwargs)
+        return {f"eval_{k}": float(v) for k, v in summary.items() if k not in ("problems", "samples")}
+
+    def _watched(self, step: int, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` with the warning lines of ``TrendWatch`` under ``warnings``."""
+        if self.watch is None:  # a resumed run first reads the rows logged before
+            self.watch = TrendWatch()
+            for old in read_metrics(os.path.join(self.workdir, "metrics.jsonl")):
+                self.watch.observe(old["step"], old)
+        warnings = self.watch.observe(step, row)
+        return {**row, "warnings": warnings} if warnings else row
+
+
+def held_out_problems(info: Any, settings: RLSettings) -> list[Problem]:
+    """The fixed validation slice of the periodic evaluation (empty when off)."""
+    if not settings.eval_every:
+        return []
+    problems = make_problem_source(info, "validation")
+    if len(problems) < settings.eval_problems:
+        raise ConfigError(f"config.rl.eval_problems={settings.eval_problems} but the validation split "
+                          f"has {len(problems)} problems")
+    return problems[:settings.eval_problems]
 
 
 def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None
@@ -274,6 +355,6 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | No
     check_workdir(workdir, config)
     info = build_dataset_once(config)
     loaded = load_sft(config, settings, workdir, Tokenizer(info.tokenizer_path))
-    task = RLTask(config, settings, info, loaded, mesh)
+    task = RLTask(config, settings, info, loaded, mesh, workdir)
     result = run_loop(task, LoopSettings.from_config(config.train), workdir, stop_at=stop_at)
     return dict(result.last, step=result.step, preempted=result.preempted)
