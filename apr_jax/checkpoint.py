@@ -87,6 +87,13 @@ class Checkpointer:
         )
         self.manager.save(step, args=args, force=True)
 
+    def save_params(self, step: int, params: Any, meta: dict[str, Any]) -> None:
+        """Save parameters and meta only: a starting point for another run
+        (``train.init_from``, ``rl.init_from``), e.g. a converted pretrained model."""
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                  meta=ocp.args.JsonSave(dict(meta, step=step)))
+        self.manager.save(step, args=args, force=True)
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

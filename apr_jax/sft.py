@@ -18,7 +18,7 @@ from apr_jax import train_state as ts
 from apr_jax.checkpoint import encode_file
 from apr_jax.data.build import DatasetInfo, build_dataset_once
 from apr_jax.data.pipeline import make_iterator
-from apr_jax.data.tokenizer import Tokenizer
+from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.loop import LoopSettings, TrainingError, run_loop
 from apr_jax.model.config import flops_per_token, num_params, peak_flops_per_device
 from apr_jax.optim import learning_rate_schedule
@@ -133,7 +133,7 @@ def run_sft(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | N
     peak = peak_flops_per_device()  # measured on CPU: do it before data threads start
 
     info = build_dataset_once(config)
-    tokenizer = Tokenizer(info.tokenizer_path)
+    tokenizer = load_tokenizer(info.tokenizer_path)
     task = SFTTask(config, info, tokenizer.vocab_size, mesh, per_process_batch, peak)
     result = run_loop(task, LoopSettings.from_config(config.train), workdir, stop_at=stop_at)
     last = dict(result.last, step=result.step, preempted=result.preempted)
