@@ -3,7 +3,9 @@
 Two kinds are read from a Hugging Face model directory:
 
 - ``tokenizer.model``: a sentencepiece model (Llama 2 and kin); the protocol
-  strings are appended as user-defined pieces (matched whole in any text);
+  strings are appended as user-defined pieces (matched whole in any text),
+  and the dummy prefix (a space before every encoded text) is turned off,
+  since threads are encoded segment by segment;
 - ``tokenizer.json``: a ``tokenizers`` tokenizer (Llama 3, Qwen); the protocol
   strings are added as special tokens. Needs the optional ``tokenizers``
   package (``pip install -e ".[hf]"``), imported only here.
@@ -265,6 +267,9 @@ def _sentencepiece(path: str):
     except Exception as e:  # protobuf and sentencepiece raise assorted errors
         raise TokenizerMismatch(f"{path}: not a sentencepiece model ({type(e).__name__})") from None
     original = len(proto.pieces)
+    # Threads are encoded segment by segment; a dummy prefix would put a space
+    # in front of every segment.
+    proto.normalizer_spec.add_dummy_prefix = False
 
     def lookup(text: str) -> int | None:
         found = processor.piece_to_id(text)
