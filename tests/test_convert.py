@@ -193,6 +193,14 @@ def test_bad_checkpoints_fail_with_one_line(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o1") and not os.path.exists(tmp_path / "o5")
 
 
+def test_missing_dataset_tokenizer_is_named():
+    from apr_jax.data.build import cache_dir
+
+    config = config_lib.load_config(None, ["data.tokenizer=/nope/tokenizer.apr.json"])
+    with pytest.raises(ValueError, match=r"config.data.tokenizer='/nope/tokenizer.apr.json' does not exist"):
+        cache_dir(config)
+
+
 @pytest.mark.slow
 def test_sft_starts_from_a_converted_model(tmp_path):
     from apr_jax.loop import TrainingError
@@ -215,3 +223,21 @@ def test_sft_starts_from_a_converted_model(tmp_path):
     with pytest.raises(TrainingError, match=r"config.train.init_from: .*checkpoints/0 holds another model: "
                                             r"config.model.d_ff \(checkpoint 48, now 64\)"):
         run_sft(other, str(tmp_path / "sft_other"))
+
+
+def test_bfloat16_checkpoint_converts_bit_exactly(tmp_path):
+    """Real checkpoints are mostly bf16: their values reach the model unchanged."""
+    directory = _copy("llama", tmp_path)
+    path = os.path.join(directory, "model.safetensors")
+    bf16 = {k: np.asarray(v).astype(ml_dtypes.bfloat16) for k, v in safetensors_io.open_file(path).items()}
+    safetensors_io.save_file(path, bf16)
+    out = str(tmp_path / "out")
+    convert(directory, out, config_lib.load_config(None, [*BASE, "model.param_dtype=bfloat16",
+                                                          "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2"]))
+    model = load_for_inference(out).model
+    gate = np.asarray(model.blocks[1].mlp.gate_DxF.get_value())
+    assert gate.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(gate.view(np.uint16), bf16["model.layers.1.mlp.gate_proj.weight"].T.view(np.uint16))
+    q = np.asarray(model.blocks[0].attn.q_DxNxH.get_value())
+    np.testing.assert_array_equal(q.view(np.uint16), bf16["model.layers.0.self_attn.q_proj.weight"].reshape(
+        4, 8, 32).transpose(2, 0, 1).view(np.uint16))
