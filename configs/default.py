@@ -57,6 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.qkv_bias = False  # q/k/v projection biases (Qwen2)
     c.model.qk_norm = False  # RMSNorm on q and k per head (Qwen3)
     c.model.norm_eps = 1e-6
+    c.model.rope_scaling_factor = 0.0  # Llama 3.1 rotary rescaling; 0: off
+    c.model.rope_low_freq_factor = 1.0
+    c.model.rope_high_freq_factor = 4.0
+    c.model.rope_original_max_len = 8192
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1

@@ -30,7 +30,8 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", 
 BASE = ["data.seq_len=64"]  # the fixtures' max_position_embeddings is 64
 SWITCHES = {  # what each fixture's config.json asks of the model
     "llama": {"qkv_bias": False, "qk_norm": False, "tie_embeddings": False, "rope_theta": 25.0,
-              "norm_eps": 1e-5, "head_dim": 8, "num_kv_heads": 2},
+              "norm_eps": 1e-5, "head_dim": 8, "num_kv_heads": 2, "rope_scaling_factor": 4.0,
+              "rope_low_freq_factor": 1.0, "rope_high_freq_factor": 4.0, "rope_original_max_len": 8},
     "qwen2": {"qkv_bias": True, "qk_norm": False, "tie_embeddings": True, "rope_theta": 40.0},
     "qwen3": {"qkv_bias": False, "qk_norm": True, "tie_embeddings": True, "rope_theta": 60.0,
               "head_dim": 16, "d_model": 32},

@@ -32,6 +32,11 @@ class ModelConfig:
     qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
     qk_norm: bool = False  # RMSNorm over head_dim on q and k before rotary (Qwen3)
     norm_eps: float = 1e-6  # epsilon of every RMSNorm
+    # Llama 3.1 rotary rescaling (0: none); see layers.rotary_inv_freq.
+    rope_scaling_factor: float = 0.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
 
     def __post_init__(self):
         for name in ("vocab_size", "num_layers", "d_model", "num_heads",
@@ -61,6 +66,20 @@ class ModelConfig:
             raise ValueError(f"model.rope_theta must be positive, got {self.rope_theta!r}")
         if self.norm_eps <= 0:
             raise ValueError(f"model.norm_eps must be positive, got {self.norm_eps!r}")
+        if self.rope_scaling_factor < 0 or (self.rope_scaling_factor and not (
+                0 < self.rope_low_freq_factor < self.rope_high_freq_factor and self.rope_original_max_len > 0)):
+            raise ValueError(
+                f"model rope scaling needs rope_scaling_factor >= 0, 0 < rope_low_freq_factor < "
+                f"rope_high_freq_factor and rope_original_max_len > 0, got {self.rope_scaling_factor}, "
+                f"{self.rope_low_freq_factor}, {self.rope_high_freq_factor}, {self.rope_original_max_len}")
+
+    @property
+    def rope_llama3_scaling(self) -> tuple[float, float, float, int] | None:
+        """(factor, low_freq_factor, high_freq_factor, original_max_len), or None when off."""
+        if not self.rope_scaling_factor:
+            return None
+        return (self.rope_scaling_factor, self.rope_low_freq_factor, self.rope_high_freq_factor,
+                self.rope_original_max_len)
 
     @classmethod
     def from_config(cls, model_cfg: Any, vocab_size: int) -> "ModelConfig":
@@ -77,7 +96,8 @@ class ModelConfig:
                 continue
             kwargs[field.name] = value
         kwargs["rope_theta"] = float(kwargs.get("rope_theta", cls.rope_theta))
-        kwargs["norm_eps"] = float(kwargs.get("norm_eps", cls.norm_eps))
+        for name in ("norm_eps", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
+            kwargs[name] = float(kwargs.get(name, getattr(cls, name)))
         return cls(vocab_size=int(vocab_size), **kwargs)
 
 

@@ -72,6 +72,7 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(h, param_dtype=pdt, rngs=rngs, eps=cfg.norm_eps)
         self.qkv_bias, self.qk_norm = cfg.qkv_bias, cfg.qk_norm
         self.rope_theta = cfg.rope_theta
+        self.rope_scaling = cfg.rope_llama3_scaling
         self.implementation = cfg.attention
 
     def project(self, x_BxLxD: jax.Array, positions_BxL: jax.Array):
@@ -85,8 +86,8 @@ class Attention(nnx.Module):
             v = v + self.v_bias_KxH.get_value().astype(dtype)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = constrain(apply_rotary(q, positions_BxL, self.rope_theta), ACT_BLNH)
-        k = constrain(apply_rotary(k, positions_BxL, self.rope_theta), ACT_BLKH)
+        q = constrain(apply_rotary(q, positions_BxL, self.rope_theta, self.rope_scaling), ACT_BLNH)
+        k = constrain(apply_rotary(k, positions_BxL, self.rope_theta, self.rope_scaling), ACT_BLKH)
         return q, k, constrain(v, ACT_BLKH)
 
     def output(self, o_BxLxNxH: jax.Array) -> jax.Array:

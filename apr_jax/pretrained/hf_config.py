@@ -2,7 +2,7 @@
 
 Supported: ``llama`` (Llama 2/3), ``qwen2`` (Qwen2/2.5: q/k/v biases) and
 ``qwen3`` (Qwen3: q/k RMSNorm, explicit head_dim). Anything these layers
-cannot reproduce exactly (other activations, rope scaling, sliding windows,
+cannot reproduce exactly (other activations, rope scalings but Llama 3.1's, sliding windows,
 output or MLP biases) is refused with one line naming the file and the field.
 """
 
@@ -45,6 +45,7 @@ class HFArchitecture:
     qk_norm: bool
     bos_token_id: int | None
     eos_token_id: int | None
+    rope_llama3: dict[str, Any] = dataclasses.field(default_factory=dict)  # Llama 3.1 scaling fields
 
     def model_fields(self) -> dict[str, Any]:
         """The ``config.model`` values that describe this architecture."""
@@ -52,7 +53,7 @@ class HFArchitecture:
                 "num_kv_heads": self.num_kv_heads, "d_ff": self.d_ff, "max_len": self.max_len,
                 "tie_embeddings": self.tie_embeddings, "rope_theta": self.rope_theta,
                 "head_dim": self.head_dim, "qkv_bias": self.qkv_bias, "qk_norm": self.qk_norm,
-                "norm_eps": self.norm_eps}
+                "norm_eps": self.norm_eps, "rope_scaling_factor": 0.0, **self.rope_llama3}
 
 
 def read_architecture(hf_dir: str) -> HFArchitecture:
@@ -118,12 +119,23 @@ def read_architecture(hf_dir: str) -> HFArchitecture:
     if raw.get("use_sliding_window"):
         raise bad("use_sliding_window", "is not supported (full attention only)")
 
+    # transformers 4 writes rope_theta and rope_scaling; 5 writes rope_parameters holding both.
     rope = raw.get("rope_parameters") or {}
-    scaling = raw.get("rope_scaling") or {}
-    rope_type = scaling.get("rope_type", scaling.get("type")) if scaling else rope.get("rope_type", "default")
-    if rope_type not in (None, "default"):
-        field = "rope_scaling" if scaling else "rope_parameters"
-        raise bad(field, f"has rope_type {rope_type!r}, which is not supported (only plain rotary)")
+    scaling_field = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+    scaling = raw.get("rope_scaling") or rope
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    llama3 = {}
+    if rope_type == "llama3":
+        try:
+            llama3 = {"rope_scaling_factor": positive_float("factor", scaling["factor"]),
+                      "rope_low_freq_factor": positive_float("low_freq_factor", scaling["low_freq_factor"]),
+                      "rope_high_freq_factor": positive_float("high_freq_factor", scaling["high_freq_factor"]),
+                      "rope_original_max_len": int(scaling["original_max_position_embeddings"])}
+        except KeyError as e:
+            raise bad(scaling_field, f"has rope_type 'llama3' but no {e.args[0]}") from None
+    elif rope_type not in (None, "default"):
+        raise bad(scaling_field, f"has rope_type {rope_type!r}, which is not supported "
+                                 f"(plain rotary and llama3 only)")
     rope_theta = positive_float("rope_theta", raw.get("rope_theta", rope.get("rope_theta", 10000.0)))
     norm_eps = positive_float("rms_norm_eps", raw.get("rms_norm_eps", 1e-6))
 
@@ -140,4 +152,4 @@ def read_architecture(hf_dir: str) -> HFArchitecture:
         max_len=positive_int("max_position_embeddings"),
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)), rope_theta=rope_theta,
         norm_eps=norm_eps, qkv_bias=model_type == "qwen2", qk_norm=model_type == "qwen3",
-        bos_token_id=token_id("bos_token_id"), eos_token_id=token_id("eos_token_id"))
+        bos_token_id=token_id("bos_token_id"), eos_token_id=token_id("eos_token_id"), rope_llama3=llama3)

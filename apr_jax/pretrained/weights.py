@@ -115,14 +115,20 @@ def check_tensors(arch: HFArchitecture, tensors: dict[str, np.ndarray], hf_dir: 
         shape = tuple(tensors[name].shape)
         if shape != source.shape:
             raise ConversionError(
-                f"{hf_dir}: tensor {name} has shape {list(shape)} but config.json fields "
-                f"{source.fields} give {list(source.shape)}")
+                f"{_file_of(tensors[name], hf_dir)}: tensor {name} has shape {list(shape)} but "
+                f"config.json fields {source.fields} give {list(source.shape)}")
     tied_head = arch.tie_embeddings and "lm_head.weight" in tensors
     unused = sorted(name for name in tensors if name not in needed and not name.endswith(IGNORED_SUFFIXES)
                     and not (tied_head and name == "lm_head.weight"))
     if unused:
-        raise ConversionError(f"{hf_dir}: tensor {unused[0]} has no place in the model ({len(unused)} "
+        raise ConversionError(f"{_file_of(tensors[unused[0]], hf_dir)}: tensor {unused[0]} has no place "
+                              f"in the model ({len(unused)} "
                               f"such tensors; config.json field model_type={arch.model_type!r})")
+
+
+def _file_of(tensor: np.ndarray, hf_dir: str) -> str:
+    """The safetensors file a memory-mapped tensor lives in (else the directory)."""
+    return getattr(tensor, "filename", None) or hf_dir
 
 
 class _RowsWithMean:
