@@ -242,3 +242,51 @@ def test_bfloat16_checkpoint_converts_bit_exactly(tmp_path):
     q = np.asarray(model.blocks[0].attn.q_DxNxH.get_value())
     np.testing.assert_array_equal(q.view(np.uint16), bf16["model.layers.0.self_attn.q_proj.weight"].reshape(
         4, 8, 32).transpose(2, 0, 1).view(np.uint16))
+
+
+def test_each_device_reads_only_its_slice():
+    """The loader indexes the memory-mapped tensors at each device's shard:
+    on a 4-way fsdp x 2-way tensor mesh no read covers a whole sharded matrix."""
+    from flax import nnx as nnx_
+
+    from apr_jax import sharding
+    from apr_jax.model.config import ModelConfig
+    from apr_jax.model.transformer import Transformer
+    from apr_jax.pretrained.hf_config import read_architecture
+    from apr_jax.pretrained.weights import load_state
+
+    directory = os.path.join(FIXTURES, "qwen3")
+    arch = read_architecture(directory)
+    reads: dict[str, list[int]] = {}
+
+    class Recording:
+        def __init__(self, name, array):
+            self.name, self.array, self.shape, self.ndim = name, array, array.shape, array.ndim
+
+        def reshape(self, *shape):
+            return RecordingView(self.name, self.array.reshape(*shape))
+
+        @property
+        def T(self):
+            return RecordingView(self.name, self.array.T)
+
+        def __getitem__(self, index):
+            part = self.array[index]
+            reads.setdefault(self.name, []).append(int(np.size(part)))
+            return part
+
+    class RecordingView(Recording):
+        def transpose(self, *axes):
+            return RecordingView(self.name, self.array.transpose(*axes))
+
+    tensors = {k: RecordingView(k, v) for k, v in safetensors_io.open_checkpoint(directory).items()}
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=4, tensor=2))
+    fields = dict(arch.model_fields(), vocab_size=arch.vocab_size)
+    cfg = ModelConfig(**fields)
+    abstract = nnx_.state(nnx_.eval_shape(lambda: Transformer(cfg, rngs=nnx_.Rngs(0))))
+    params = load_state(abstract, arch, tensors, mesh, new_rows=[], mean_rows=arch.vocab_size)
+    q = params["blocks"][0]["attn"]["q_DxNxH"]
+    assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+    full = int(np.prod(tensors["model.layers.0.self_attn.q_proj.weight"].shape))
+    assert max(reads["model.layers.0.self_attn.q_proj.weight"]) == full // 8
+    assert max(reads["model.layers.0.mlp.down_proj.weight"]) == full * 48 // 64 // 8
