@@ -111,6 +111,9 @@ def test_tokenizer_has_single_protocol_tokens(tmp_path, name, kind):
     assert isinstance(tok, PretrainedTokenizer) and tok.kind == kind
     ids = ProtocolIds.from_tokenizer(tok)  # distinct pad/bos/eos and protocol ids
     assert ids.child == tok.original_size
+    # Llama names <s> and </s> and has no pad; Qwen has no BOS and pads with its EOS.
+    want = {"llama": ("<s>", "</s>", "<pad>"), "qwen2": ("<bos>", "<|endoftext|>", "<pad>")}[name]
+    assert tuple(tok.id_to_piece(i) for i in (tok.bos_id, tok.eos_id, tok.pad_id)) == want
     for symbol, token_id in tok.protocol_ids.items():
         assert tok.encode(symbol) == [token_id]
     text = "the fox " + protocol.spawn_block(["count 1", "count 2"]) + protocol.join_block(["3", "4"]) + " done"

@@ -83,8 +83,8 @@ def read_architecture(hf_dir: str) -> HFArchitecture:
         raise bad("architectures", f"is not supported; expected [{SUPPORTED[model_type]!r}]")
 
     def positive_int(field: str, default: Any = None) -> int:
-        value = raw.get(field, default)
-        if value is None and default is not None:
+        value = raw.get(field)
+        if value is None:
             value = default
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise bad(field, "must be a positive integer")

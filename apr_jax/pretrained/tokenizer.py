@@ -24,9 +24,10 @@ checkpoints store as they store the project's own sentencepiece model.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -177,63 +178,76 @@ def _special_strings(hf_dir: str) -> dict[str, str | None]:
     return out
 
 
+@dataclasses.dataclass
+class _Source:
+    """A pretrained tokenizer file being extended."""
+
+    path: str
+    kind: str  # "sentencepiece" | "tokenizers"
+    original_size: int  # ids before anything is added
+    lookup: Callable[[str], int | None]  # token string -> id, None when absent
+    add: Callable[[list[str]], dict[str, Any]]  # append tokens; the document fields of the result
+    default_ids: dict[str, int]  # bos/eos ids the file itself names
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)  # more document fields
+
+
 def convert_tokenizer(hf_dir: str, embedding_rows: int, *, bos_token_id: int | None = None,
                       eos_token_id: int | None = None) -> PretrainedTokenizer:
     """The tokenizer of ``hf_dir`` with the protocol tokens added, sized for a
     checkpoint whose embedding has ``embedding_rows`` rows."""
     sp_path, json_path = os.path.join(hf_dir, "tokenizer.model"), os.path.join(hf_dir, "tokenizer.json")
-    specials = _special_strings(hf_dir)
     if os.path.isfile(json_path):
-        path, doc, lookup = json_path, *_tokenizers_json(json_path)
+        source = _tokenizers_json(json_path)
     elif os.path.isfile(sp_path):
-        path, doc, lookup = sp_path, *_sentencepiece(sp_path)
+        source = _sentencepiece(sp_path)
     else:
         raise TokenizerMismatch(f"{hf_dir}: no tokenizer.json or tokenizer.model")
-    original = doc["original_size"]
+    original = source.original_size
     if original > embedding_rows:
         raise TokenizerMismatch(
-            f"{path}: vocabulary of {original} tokens does not fit the checkpoint's embedding of "
+            f"{source.path}: vocabulary of {original} tokens does not fit the checkpoint's embedding of "
             f"{embedding_rows} rows (config.json field vocab_size)")
+    specials = _special_strings(hf_dir)
 
     def find(name: str, fallback_id: int | None) -> int | None:
         text = specials.get(name)
         if text is not None:
-            found = lookup(text)
+            found = source.lookup(text)
             if found is None:
                 raise TokenizerMismatch(f"{os.path.join(hf_dir, 'tokenizer_config.json')}: field "
-                                        f"{name}_token={text!r} is not a token of {path}")
+                                        f"{name}_token={text!r} is not a token of {source.path}")
             return found
         if name in specials:  # named as null: the tokenizer has none
             return None
         return fallback_id if fallback_id is not None and 0 <= fallback_id < original else None
 
-    defaults = doc.pop("defaults", {})
-    bos = find("bos", bos_token_id if bos_token_id is not None else defaults.get("bos"))
-    eos = find("eos", eos_token_id if eos_token_id is not None else defaults.get("eos"))
+    bos = find("bos", bos_token_id if bos_token_id is not None else source.default_ids.get("bos"))
+    eos = find("eos", eos_token_id if eos_token_id is not None else source.default_ids.get("eos"))
     if eos is None:
-        raise TokenizerMismatch(f"{path}: no end-of-text token (set eos_token in tokenizer_config.json)")
+        raise TokenizerMismatch(f"{source.path}: no end-of-text token (set eos_token in tokenizer_config.json)")
     pad = find("pad", None)
     to_add = list(protocol.RESERVED)
     if bos is None or bos == eos:
         to_add.append(ADDED_BOS)
     if pad is None or pad in (eos, bos):
         to_add.append(ADDED_PAD)
-    existing = [s for s in to_add if lookup(s) is not None]
+    existing = [s for s in to_add if source.lookup(s) is not None]
     if existing:
-        raise TokenizerMismatch(f"{path}: already holds the token {existing[0]!r} that the "
+        raise TokenizerMismatch(f"{source.path}: already holds the token {existing[0]!r} that the "
                                 f"protocol adds; such a tokenizer is not supported")
-    added = doc.pop("add")(to_add)
-    ids = dict(zip(to_add, added))
-    bos, pad = ids.get(ADDED_BOS, bos), ids.get(ADDED_PAD, pad)
+    extended = source.add(to_add)
+    ids = {s: original + i for i, s in enumerate(to_add)}
     size = original + len(to_add)
-    doc = {"format": FORMAT, **doc}  # first: ``is_pretrained`` looks at the start
-    doc.update(vocab_size=max(embedding_rows, size), tokenizer_size=size,
-               bos_id=bos, eos_id=eos, pad_id=pad, added_ids=added,
-               protocol_ids={s: ids[s] for s in protocol.RESERVED}, source=os.path.abspath(path))
+    doc = {"format": FORMAT,  # first: ``is_pretrained`` looks at the start
+           "kind": source.kind, "source": os.path.abspath(source.path), "original_size": original,
+           "tokenizer_size": size, "vocab_size": max(embedding_rows, size),
+           "bos_id": ids.get(ADDED_BOS, bos), "eos_id": eos, "pad_id": ids.get(ADDED_PAD, pad),
+           "added_ids": list(ids.values()), "protocol_ids": {s: ids[s] for s in protocol.RESERVED},
+           **source.fields, **extended}
     return PretrainedTokenizer(json.dumps(doc).encode())
 
 
-def _tokenizers_json(path: str):
+def _tokenizers_json(path: str) -> _Source:
     tokenizers = _tokenizers_module()
     try:
         tok = tokenizers.Tokenizer.from_file(path)
@@ -241,20 +255,18 @@ def _tokenizers_json(path: str):
         raise TokenizerMismatch(f"{path}: not a tokenizers file ({e})") from None
     original = tok.get_vocab_size(with_added_tokens=True)
 
-    def add(strings: list[str]) -> list[int]:
+    def add(strings: list[str]) -> dict[str, Any]:
         tok.add_special_tokens([tokenizers.AddedToken(s, special=True, normalized=False) for s in strings])
         ids = [tok.token_to_id(s) for s in strings]
         if ids != list(range(original, original + len(strings))):
             raise TokenizerMismatch(f"{path}: added tokens got ids {ids}, expected consecutive ids "
                                     f"from {original}")
-        doc["tokenizer_json"] = tok.to_str()
-        return ids
+        return {"tokenizer_json": tok.to_str()}
 
-    doc = {"kind": "tokenizers", "original_size": original, "add": add}
-    return doc, tok.token_to_id
+    return _Source(path, "tokenizers", original, tok.token_to_id, add, default_ids={})
 
 
-def _sentencepiece(path: str):
+def _sentencepiece(path: str) -> _Source:
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
@@ -266,7 +278,6 @@ def _sentencepiece(path: str):
         processor.LoadFromSerializedProto(proto.SerializeToString())
     except Exception as e:  # protobuf and sentencepiece raise assorted errors
         raise TokenizerMismatch(f"{path}: not a sentencepiece model ({type(e).__name__})") from None
-    original = len(proto.pieces)
     # Threads are encoded segment by segment; a dummy prefix would put a space
     # in front of every segment.
     proto.normalizer_spec.add_dummy_prefix = False
@@ -275,14 +286,12 @@ def _sentencepiece(path: str):
         found = processor.piece_to_id(text)
         return None if found == processor.unk_id() and text != processor.id_to_piece(found) else found
 
-    def add(strings: list[str]) -> list[int]:
+    def add(strings: list[str]) -> dict[str, Any]:
         for s in strings:
             proto.pieces.append(model_pb2.ModelProto.SentencePiece(
                 piece=s, score=0.0, type=model_pb2.ModelProto.SentencePiece.USER_DEFINED))
-        doc["model_b64"] = base64.b64encode(proto.SerializeToString()).decode()
-        return list(range(original, original + len(strings)))
+        return {"model_b64": base64.b64encode(proto.SerializeToString()).decode()}
 
-    doc = {"kind": "sentencepiece", "original_size": original, "add": add,
-           "unk_id": processor.unk_id(),
-           "defaults": {"bos": processor.bos_id(), "eos": processor.eos_id()}}
-    return doc, lookup
+    return _Source(path, "sentencepiece", len(proto.pieces), lookup, add,
+                   default_ids={"bos": processor.bos_id(), "eos": processor.eos_id()},
+                   fields={"unk_id": processor.unk_id()})
