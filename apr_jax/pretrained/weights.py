@@ -194,8 +194,15 @@ def load_state(abstract_state: nnx.State, arch: HFArchitecture, tensors: dict[st
         if tuple(view.shape) != tuple(leaf.shape):
             raise ConversionError(f"tensor {source.name} maps to shape {list(view.shape)}, the model "
                                   f"expects {list(leaf.shape)}")
-        dtype = leaf.dtype
-        return jax.make_array_from_callback(leaf.shape, target,
-                                            lambda index: np.asarray(view[index]).astype(dtype))
+        dtype, slices = leaf.dtype, {}
+
+        def read(index: tuple[slice, ...]) -> np.ndarray:
+            # Devices holding the same slice (replicas) share one read.
+            key = tuple((s.start, s.stop, s.step) for s in index)
+            if key not in slices:
+                slices[key] = np.asarray(view[index]).astype(dtype)
+            return slices[key]
+
+        return jax.make_array_from_callback(leaf.shape, target, read)
 
     return jax.tree_util.tree_map_with_path(load, pure, shardings)
