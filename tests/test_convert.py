@@ -293,3 +293,28 @@ def test_each_device_reads_only_its_slice():
     full = int(np.prod(tensors["model.layers.0.self_attn.q_proj.weight"].shape))
     assert max(reads["model.layers.0.self_attn.q_proj.weight"]) == full // 8
     assert max(reads["model.layers.0.mlp.down_proj.weight"]) == full * 48 // 64 // 8
+
+
+@pytest.mark.slow
+def test_two_processes_convert_into_one_checkpoint(tmp_path):
+    """Two processes (4 devices each) convert as one 1x4x2 mesh, each reading
+    its devices' slices; the checkpoint they write together reproduces the
+    transformers logits in one process."""
+    import sys
+
+    from local_cluster import PROCESSES, free_port, run_processes, worker_env
+
+    out, port = str(tmp_path / "out"), free_port()
+    argv = [sys.executable, "-m", "apr_jax.convert", f"--hf_dir={os.path.join(FIXTURES, 'qwen3')}",
+            f"--out={out}", *(f"--config.{o}" for o in BASE), "--config.mesh.data=1", "--config.mesh.fsdp=4",
+            "--config.mesh.tensor=2"]
+    results = run_processes([(argv, worker_env(port, i, PROCESSES, 60)) for i in range(PROCESSES)],
+                            timeout_s=180)
+    for code, stdout, stderr in results:
+        assert code == 0, stderr[-2000:]
+    assert "converted" in results[0][1] and "converted" not in results[1][1]
+    loaded = load_for_inference(out)
+    expected = np.load(os.path.join(FIXTURES, "qwen3", "expected.npz"))
+    vocab = loaded.tokenizer.original_size
+    logits = np.asarray(_forward(loaded.model, jnp.asarray(expected["tokens"])))
+    np.testing.assert_allclose(logits[..., :vocab], expected["logits"][..., :vocab], atol=2e-5, rtol=1e-5)
