@@ -55,6 +55,17 @@ def test_pretrained_model_keys_default_to_todays_model():
         load_config(None, ["config.model.d_model=100", "config.model.num_heads=8"])
 
 
+def test_runs_saved_before_the_pretrained_keys_still_match():
+    current = load_config(None)
+    saved = current.to_dict()
+    for key in config_lib.LATER_KEYS:
+        section, name = key.split(".")
+        del saved[section][name]
+    assert config_lib.identity_diff(saved, current) == []
+    changed = load_config(None, ["config.model.qk_norm=true"])
+    assert config_lib.identity_diff(saved, changed) == ["config.model.qk_norm (saved None, now True)"]
+
+
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="config file not found: nope.py"):
         load_config("nope.py")
