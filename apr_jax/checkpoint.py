@@ -13,7 +13,7 @@ import base64
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
@@ -87,6 +87,13 @@ class Checkpointer:
         )
         self.manager.save(step, args=args, force=True)
 
+    def save_params(self, step: int, params: Any, meta: dict[str, Any]) -> None:
+        """Save parameters and meta only: a starting point for another run
+        (``train.init_from``, ``rl.init_from``), e.g. a converted pretrained model."""
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                  meta=ocp.args.JsonSave(dict(meta, step=step)))
+        self.manager.save(step, args=args, force=True)
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
@@ -151,6 +158,39 @@ class Checkpointer:
                 os.rename(source, target)
                 print(f"warning: moved damaged checkpoint {source} to {target}", flush=True)
         self.manager.reload()
+
+
+def restore_params(path: str, abstract_params: Any,
+                   check_meta: Callable[[dict[str, Any], str], None] | None = None
+                   ) -> tuple[Any, dict[str, Any], str]:
+    """(params, meta, checkpoint folder) of the checkpoint at ``path``: a
+    workdir (its newest step) or ``WORKDIR/checkpoints/STEP``. ``abstract_params``
+    gives shapes, dtypes and shardings: each process reads only its shards.
+    ``check_meta(meta, folder)`` may refuse the checkpoint before its arrays are read."""
+    path = os.path.abspath(path)
+    step_dir = os.path.basename(path)
+    if step_dir.isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
+        workdir, wanted = os.path.dirname(os.path.dirname(path)), int(step_dir)
+    else:
+        workdir, wanted = path, None
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise CheckpointError(f"{path} holds no checkpoints (expected {workdir}/checkpoints/STEP)")
+    checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
+    steps = checkpointer.steps()
+    step = wanted if wanted is not None else (steps[-1] if steps else None)
+    if step is None or step not in steps:
+        raise CheckpointError(f"no checkpoint {'step ' + str(step) + ' ' if step is not None else ''}"
+                              f"in {workdir}/checkpoints (have {steps})")
+    source = os.path.join(checkpointer.directory, str(step))
+    if check_meta is not None:
+        check_meta(checkpointer.restore_meta(step), source)
+    try:
+        restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many kinds; one line for the user
+        raise CheckpointError(f"checkpoint {source} cannot be read into this model "
+                              f"({type(e).__name__}: {_first_sentence(str(e))})") from None
+    return restored["params"], restored["meta"], source
 
 
 def _first_sentence(message: str, limit: int = 160) -> str:

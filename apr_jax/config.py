@@ -189,7 +189,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if key in keys and get(config, key) <= 0:
             raise ConfigError(f"config.{key}={get(config, key)} must be a positive integer")
     m = config.model
-    if m.d_model % m.num_heads:
+    if not m.get("head_dim", 0) and m.d_model % m.num_heads:
         raise ConfigError(f"config.model.d_model={m.d_model} is not divisible by "
                           f"config.model.num_heads={m.num_heads}")
     if m.num_heads % m.num_kv_heads:

@@ -60,7 +60,7 @@ class Loaded:
 def load_for_inference(path: str) -> Loaded:
     """Load the model, config and tokenizer from a workdir (newest readable
     checkpoint) or from one checkpoint folder ``WORKDIR/checkpoints/STEP``."""
-    from apr_jax.data.tokenizer import Tokenizer
+    from apr_jax.data.tokenizer import load_tokenizer
     from apr_jax.model.config import ModelConfig
     from apr_jax.model.transformer import Transformer
 
@@ -87,7 +87,7 @@ def load_for_inference(path: str) -> Loaded:
         try:
             meta = checkpointer.restore_meta(step)
             config = ml_collections.ConfigDict(meta["config"])
-            tokenizer = Tokenizer(model_proto=decode_bytes(meta["tokenizer_b64"]))
+            tokenizer = load_tokenizer(data=decode_bytes(meta["tokenizer_b64"]))
             model_cfg = ModelConfig.from_config(config.model, tokenizer.vocab_size)
             abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
             graphdef, state = nnx.split(abstract)

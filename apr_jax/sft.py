@@ -3,6 +3,7 @@ evaluation at the end of a finished run."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -12,15 +13,16 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from apr_jax import sharding
 from apr_jax import train_state as ts
-from apr_jax.checkpoint import encode_file
+from apr_jax.checkpoint import decode_bytes, encode_file, restore_params
 from apr_jax.data.build import DatasetInfo, build_dataset_once
 from apr_jax.data.pipeline import make_iterator
-from apr_jax.data.tokenizer import Tokenizer
+from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.loop import LoopSettings, TrainingError, run_loop
-from apr_jax.model.config import flops_per_token, num_params, peak_flops_per_device
+from apr_jax.model.config import ModelConfig, flops_per_token, num_params, peak_flops_per_device
 from apr_jax.optim import learning_rate_schedule
 from apr_jax.train_step import make_eval_step, make_train_step
 from apr_jax.workdir import check_workdir
@@ -123,6 +125,43 @@ class SFTTask:
         return {"val_loss": sums[0] / max(sums[1], 1), "val_token_accuracy": sums[2] / max(sums[1], 1)}
 
 
+# Model settings that may differ from the starting checkpoint's: numerics and kernels.
+RUNTIME_MODEL_FIELDS = ("param_dtype", "compute_dtype", "attention", "remat")
+
+
+def init_from_checkpoint(config: ml_collections.ConfigDict, state: ts.TrainState, tokenizer: Any) -> str:
+    """Replace the fresh parameters in ``state`` by those of ``config.train.init_from``
+    (an SFT workdir or a converted pretrained model), read in their sharded
+    layout; one-line errors when its architecture or tokenizer differ from
+    this run's. Returns the checkpoint folder."""
+    ours = ModelConfig.from_config(config.model, tokenizer.vocab_size)
+
+    def check(meta: dict[str, Any], source: str) -> None:
+        theirs_tokenizer = load_tokenizer(data=decode_bytes(meta["tokenizer_b64"]))
+        if theirs_tokenizer.model_bytes() != tokenizer.model_bytes():
+            hint = (f"; set config.data.tokenizer={meta['config']['data'].get('tokenizer')}"
+                    if meta["config"]["data"].get("tokenizer") else "")
+            raise TrainingError(f"config.train.init_from: {source} was made with another tokenizer "
+                                f"than this run's dataset{hint}")
+        theirs = ModelConfig.from_config(meta["config"]["model"], theirs_tokenizer.vocab_size)
+        diffs = [f"config.model.{f.name} (checkpoint {getattr(theirs, f.name)!r}, "
+                 f"now {getattr(ours, f.name)!r})" for f in dataclasses.fields(ModelConfig)
+                 if f.name not in RUNTIME_MODEL_FIELDS and getattr(theirs, f.name) != getattr(ours, f.name)]
+        if diffs:
+            raise TrainingError(f"config.train.init_from: {source} holds another model: "
+                                f"{'; '.join(diffs[:3])}")
+
+    params, _, source = restore_params(config.train.init_from,
+                                       ts.abstract_like(nnx.to_pure_dict(state.model)), check)
+    nnx.replace_by_pure_dict(state.model, params)
+    return source
+
+
+def _has_checkpoints(workdir: str) -> bool:
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def run_sft(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None
             ) -> dict[str, Any]:
     """Train per ``config`` in ``workdir``; returns the last logged metrics.
@@ -136,8 +175,10 @@ def run_sft(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | N
     peak = peak_flops_per_device()  # measured on CPU: do it before data threads start
 
     info = build_dataset_once(config)
-    tokenizer = Tokenizer(info.tokenizer_path)
+    tokenizer = load_tokenizer(info.tokenizer_path)
     task = SFTTask(config, info, tokenizer.vocab_size, mesh, per_process_batch, peak)
+    if config.train.get("init_from") and not _has_checkpoints(workdir):
+        print(f"starting from {init_from_checkpoint(config, task.state, tokenizer)}", flush=True)
     result = run_loop(task, LoopSettings.from_config(config.train), workdir, stop_at=stop_at)
     last = dict(result.last, step=result.step, preempted=result.preempted)
     finished = result.step >= config.train.steps or result.out_of_time

@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.packing = True
     c.data.shuffle_seed = 0
     c.data.num_workers = 0
+    c.data.tokenizer = ""  # "": train a sentencepiece tokenizer; else a converted model's tokenizer.apr.json
 
     c.model = ml_collections.ConfigDict()
     c.model.num_layers = 4
@@ -52,6 +53,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.attention = "auto"  # auto | xla | cudnn | splash
     c.model.remat = False
     c.model.rope_theta = 10000.0
+    c.model.head_dim = 0  # 0: d_model // num_heads
+    c.model.qkv_bias = False  # q/k/v projection biases (Qwen2)
+    c.model.qk_norm = False  # RMSNorm on q and k per head (Qwen3)
+    c.model.norm_eps = 1e-6
+    c.model.rope_scaling_factor = 0.0  # Llama 3.1 rotary rescaling; 0: off
+    c.model.rope_low_freq_factor = 1.0
+    c.model.rope_high_freq_factor = 4.0
+    c.model.rope_original_max_len = 8192
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1
@@ -59,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.tensor = 1
 
     c.train = ml_collections.ConfigDict()
+    c.train.init_from = ""  # a workdir or WORKDIR/checkpoints/STEP (e.g. python -m apr_jax.convert's --out)
     c.train.batch_size = 16
     c.train.grad_accum = 1
     c.train.steps = 800

@@ -192,6 +192,58 @@ def _(ctx): return cli(evaluate.main, [f"--checkpoint={ctx['workdir']}/checkpoin
 def _(ctx): return cli(evaluate.main, [f"--workdir={ctx['workdir']}", "--num=abc"])
 
 
+# ---- pretrained checkpoints (python -m apr_jax.convert) ----------------------------
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf")
+
+
+def convert_cli(ctx, name, fixture="llama", config_changes=None, edit=None):
+    """Convert a copy of a fixture with ``config.json`` changed and/or ``edit(dir)`` applied."""
+    import json
+
+    from apr_jax import convert
+    target = os.path.join(ctx["root"], name)
+    if not os.path.exists(target):
+        shutil.copytree(os.path.join(FIXTURES, fixture), target)
+        path = os.path.join(target, "config.json")
+        with open(path) as f:
+            raw = json.load(f)
+        raw.update(config_changes or {})
+        with open(path, "w") as f:
+            json.dump(raw, f)
+        if edit:
+            edit(target)
+    return cli(convert.main, [f"--hf_dir={target}", f"--out={target}_out", "--config.data.seq_len=64"])
+
+
+def _extra_tensor(directory):
+    from apr_jax.pretrained import safetensors_io
+    import numpy as np
+    path = os.path.join(directory, "model.safetensors")
+    tensors = {k: np.asarray(v) for k, v in safetensors_io.open_file(path).items()}
+    tensors["model.layers.0.self_attn.o_proj.bias"] = np.zeros(32, np.float32)
+    safetensors_io.save_file(path, tensors)
+
+
+def _foreign_tokenizer(directory):
+    os.remove(os.path.join(directory, "tokenizer.model"))
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(FIXTURES, "qwen2", file), os.path.join(directory, file))
+
+
+@case("B60")
+def _(ctx): return convert_cli(ctx, "gpt2", config_changes={"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+@case("B61")
+def _(ctx): return convert_cli(ctx, "wide_mlp", config_changes={"intermediate_size": 64})
+@case("B62")
+def _(ctx): return convert_cli(ctx, "yarn", config_changes={"rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+@case("B63")
+def _(ctx): return convert_cli(ctx, "extra_tensor", edit=_extra_tensor)
+@case("B64")
+def _(ctx): return convert_cli(ctx, "foreign_tokenizer", edit=_foreign_tokenizer)
+@case("B65")
+def _(ctx): return train_cli(ctx, f"--config.data.tokenizer={ctx['root']}/nope.apr.json")
+
+
 # ---- adversarial answer text (verifier) ------------------------------------------
 PROBLEM = Problem((3, 4, 5), 17)
 

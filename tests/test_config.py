@@ -44,6 +44,28 @@ def test_bad_overrides_are_one_line_errors(override, message):
     assert "\n" not in str(e.value)
 
 
+def test_pretrained_model_keys_default_to_todays_model():
+    c = load_config(None)
+    assert (c.model.head_dim, c.model.qkv_bias, c.model.qk_norm, c.model.norm_eps) == (0, False, False, 1e-6)
+    assert c.train.init_from == "" and c.data.tokenizer == ""
+    # An explicit head_dim frees d_model from being a multiple of num_heads (Qwen3 layouts).
+    c = load_config(None, ["config.model.d_model=100", "config.model.num_heads=8", "config.model.head_dim=16"])
+    assert c.model.head_dim == 16
+    with pytest.raises(ConfigError, match="config.model.d_model=100 is not divisible by config.model.num_heads=8"):
+        load_config(None, ["config.model.d_model=100", "config.model.num_heads=8"])
+
+
+def test_runs_saved_before_the_pretrained_keys_still_match():
+    current = load_config(None)
+    saved = current.to_dict()
+    for key in config_lib.LATER_KEYS:
+        section, name = key.split(".")
+        del saved[section][name]
+    assert config_lib.identity_diff(saved, current) == []
+    changed = load_config(None, ["config.model.qk_norm=true"])
+    assert config_lib.identity_diff(saved, changed) == ["config.model.qk_norm (saved None, now True)"]
+
+
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="config file not found: nope.py"):
         load_config("nope.py")

@@ -77,6 +77,29 @@ def test_num_params_matches_model(tie):
     assert num_params(cfg, non_embedding=True) == actual - embedding
 
 
+@pytest.mark.parametrize("switches", [
+    dict(head_dim=16), dict(qkv_bias=True), dict(qk_norm=True),
+    dict(d_model=24, head_dim=10, qkv_bias=True, qk_norm=True, tie_embeddings=False),
+])
+def test_num_params_counts_pretrained_switches(switches):
+    cfg = tiny(**switches)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    assert num_params(cfg) == sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert model.blocks[0].attn.q_DxNxH.get_value().shape == (cfg.d_model, cfg.num_heads, cfg.head_dim)
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(d_model=30), "model.d_model \\(30\\) must be divisible by model.num_heads \\(4\\) when model.head_dim is 0"),
+    (dict(head_dim=7), "model head_dim \\(7\\) must be even"),
+    (dict(head_dim=-2), "model.head_dim must be a positive integer"),
+    (dict(norm_eps=0.0), "model.norm_eps must be positive"),
+])
+def test_pretrained_switch_validation(fields, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**fields)
+    assert tiny(d_model=30, head_dim=8).head_dim == 8  # an explicit head_dim frees d_model
+
+
 def test_flops_per_token_formula():
     cfg = tiny()
     n_matmul = num_params(cfg, non_embedding=True) - (2 * cfg.num_layers + 1) * cfg.d_model + cfg.d_model * VOCAB

@@ -138,3 +138,21 @@ def test_decode_rejects_mismatched_cache(model):
         model.decode(jnp.zeros((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32), cache)
     with pytest.raises(ValueError, match="positions shape"):
         model.decode(jnp.zeros((3, 2), jnp.int32), jnp.zeros((3, 1), jnp.int32), cache)
+
+
+def test_pretrained_switches_decode_equals_forward():
+    """head_dim != d_model/num_heads, q/k/v biases and q/k norms (Qwen2/3
+    layouts): the cached decode path still equals the full forward."""
+    cfg = ModelConfig(vocab_size=VOCAB, num_layers=2, d_model=24, num_heads=4, num_kv_heads=2,
+                      d_ff=40, max_len=64, head_dim=10, qkv_bias=True, qk_norm=True, norm_eps=1e-5,
+                      rope_theta=300.0)
+    graph, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(1)))
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(3), len(leaves))  # biases and norm scales away from 0 and 1
+    model = nnx.merge(graph, jax.tree.unflatten(treedef, [
+        x + 0.3 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]))
+    rng = np.random.default_rng(1)
+    sequences = [rng.integers(0, VOCAB, n) for n in (10, 7)]
+    logits, _ = run_threads(model, model.init_cache(2, SLOTS), sequences, prompt_lens=[5, 3])
+    for got, want in zip(logits, forward(model, sequences)):
+        np.testing.assert_allclose(got, want, atol=1e-4)

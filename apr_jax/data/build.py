@@ -28,7 +28,7 @@ import numpy as np
 
 from apr_jax.countdown.problems import save_problems
 from apr_jax.data.tfds_builder import SPLITS, AprCountdown, resolve_num_workers
-from apr_jax.data.tokenizer import Tokenizer
+from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.threads import ThreadTree
 
 FORMAT_VERSION = 2  # bump when the cache layout or trace encoding changes
@@ -86,10 +86,26 @@ def _section(config: Any, name: str) -> dict[str, Any]:
 
 
 def config_hash(config: Any) -> str:
-    """12 hex digits identifying ``task`` + ``trace`` + ``data.vocab_size``."""
+    """12 hex digits identifying ``task`` + ``trace`` + ``data.vocab_size``
+    (+ the content of ``data.tokenizer`` when one is given)."""
     key = {"format": FORMAT_VERSION, "task": _section(config, "task"),
            "trace": _section(config, "trace"), "vocab_size": int(config["data"]["vocab_size"])}
+    given = pretrained_tokenizer_path(config)
+    if given:
+        with open(given, "rb") as f:
+            key["tokenizer_sha256"] = hashlib.sha256(f.read()).hexdigest()
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pretrained_tokenizer_path(config: Any) -> str | None:
+    """``config.data.tokenizer`` (a converted model's tokenizer file), checked; None when unset."""
+    path = config["data"].get("tokenizer") or ""
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise ValueError(f"config.data.tokenizer={path!r} does not exist "
+                         f"(python -m apr_jax.convert writes OUT/tokenizer.apr.json)")
+    return os.path.abspath(path)
 
 
 def cache_dir(config: Any) -> str:
@@ -173,8 +189,14 @@ def _build_into(config: Any, work_dir: str, log: TextIO | None) -> dict[str, Any
     trees = [ThreadTree.from_json(source[i]["tree"].decode("utf-8"))
              for i in range(0, len(source), step)]
     texts = [thread.text for tree in trees for thread in tree.threads]
-    tokenizer_path = os.path.join(work_dir, TOKENIZER_FILE)
-    tokenizer = Tokenizer.train(texts, int(config["data"]["vocab_size"]), tokenizer_path)
+    given = pretrained_tokenizer_path(config)
+    if given:  # a pretrained model's tokenizer: copied, not trained
+        tokenizer_path = os.path.join(work_dir, os.path.basename(given))
+        shutil.copyfile(given, tokenizer_path)
+        tokenizer = load_tokenizer(tokenizer_path)
+    else:
+        tokenizer_path = os.path.join(work_dir, TOKENIZER_FILE)
+        tokenizer = Tokenizer.train(texts, int(config["data"]["vocab_size"]), tokenizer_path)
     lengths = np.asarray([len(s.tokens) for tree in trees for s in tree.to_sequences(tokenizer)])
 
     counts = {split: len(builder.problems()[split]) for split in SPLITS}

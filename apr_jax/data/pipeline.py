@@ -30,7 +30,7 @@ import numpy as np
 
 from apr_jax.countdown.problems import Problem, load_problems
 from apr_jax.data.build import DatasetInfo, open_split
-from apr_jax.data.tokenizer import Tokenizer
+from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.threads import ThreadTree
 
 FEATURES = ("tokens", "loss_mask", "segment_ids", "positions")
@@ -229,7 +229,7 @@ def make_iterator(config, info: DatasetInfo, split: str, *, batch_size: int,
     if num_epochs is None and split != "train":
         num_epochs = 1
     seed = config.data.shuffle_seed if seed is None else seed
-    tokenizer = Tokenizer(info.tokenizer_path)
+    tokenizer = load_tokenizer(info.tokenizer_path)
     ds = tree_dataset(info, split, process_index=process_index, process_count=process_count,
                       seed=seed, num_epochs=num_epochs)
     ds = ds.map(TokenizeTree(tokenizer))

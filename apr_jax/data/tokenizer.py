@@ -188,6 +188,26 @@ class Tokenizer:
         return cls(model_path)
 
 
+def load_tokenizer(path: str | os.PathLike | None = None, *, data: bytes | None = None):
+    """The tokenizer in file ``path`` or serialised in ``data``: the project's
+    sentencepiece ``Tokenizer``, or a converted pretrained model's
+    (``apr_jax.pretrained.tokenizer``), told apart by content."""
+    from apr_jax.pretrained.tokenizer import PretrainedTokenizer, is_pretrained
+
+    if (path is None) == (data is None):
+        raise ValueError("load_tokenizer needs exactly one of path or data")
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ValueError(f"tokenizer model {os.fspath(path)!r} does not exist")
+        with open(path, "rb") as f:
+            data = f.read()
+    if is_pretrained(data):
+        return PretrainedTokenizer(data, None if path is None else os.fspath(path))
+    if path is not None:
+        return Tokenizer(path)
+    return Tokenizer(model_proto=data)
+
+
 def required_vocab_size(texts: Iterable[str], *, byte_fallback: bool) -> int:
     """Smallest vocabulary sentencepiece accepts for ``texts``."""
     chars: set[str] = set()

@@ -28,6 +28,15 @@ class ModelConfig:
     attention: str = "auto"
     remat: bool = False
     rope_theta: float = 10000.0
+    head_dim: int = 0  # 0: d_model // num_heads
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k before rotary (Qwen3)
+    norm_eps: float = 1e-6  # epsilon of every RMSNorm
+    # Llama 3.1 rotary rescaling (0: none); see layers.rotary_inv_freq.
+    rope_scaling_factor: float = 0.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
 
     def __post_init__(self):
         for name in ("vocab_size", "num_layers", "d_model", "num_heads",
@@ -35,15 +44,19 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.num_heads:
-            raise ValueError(
-                f"model.d_model ({self.d_model}) must be divisible by model.num_heads ({self.num_heads})")
+        if self.head_dim == 0:
+            if self.d_model % self.num_heads:
+                raise ValueError(f"model.d_model ({self.d_model}) must be divisible by "
+                                 f"model.num_heads ({self.num_heads}) when model.head_dim is 0")
+            object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
+        if not isinstance(self.head_dim, int) or isinstance(self.head_dim, bool) or self.head_dim < 1:
+            raise ValueError(f"model.head_dim must be a positive integer (or 0), got {self.head_dim!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"model.num_heads ({self.num_heads}) must be divisible by "
                 f"model.num_kv_heads ({self.num_kv_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"model head_dim (d_model/num_heads = {self.head_dim}) must be even for rotary")
+            raise ValueError(f"model head_dim ({self.head_dim}) must be even for rotary")
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"model.{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
@@ -51,10 +64,22 @@ class ModelConfig:
             raise ValueError(f"model.attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.rope_theta <= 0:
             raise ValueError(f"model.rope_theta must be positive, got {self.rope_theta!r}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"model.norm_eps must be positive, got {self.norm_eps!r}")
+        if self.rope_scaling_factor < 0 or (self.rope_scaling_factor and not (
+                0 < self.rope_low_freq_factor < self.rope_high_freq_factor and self.rope_original_max_len > 0)):
+            raise ValueError(
+                f"model rope scaling needs rope_scaling_factor >= 0, 0 < rope_low_freq_factor < "
+                f"rope_high_freq_factor and rope_original_max_len > 0, got {self.rope_scaling_factor}, "
+                f"{self.rope_low_freq_factor}, {self.rope_high_freq_factor}, {self.rope_original_max_len}")
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.num_heads
+    def rope_llama3_scaling(self) -> tuple[float, float, float, int] | None:
+        """(factor, low_freq_factor, high_freq_factor, original_max_len), or None when off."""
+        if not self.rope_scaling_factor:
+            return None
+        return (self.rope_scaling_factor, self.rope_low_freq_factor, self.rope_high_freq_factor,
+                self.rope_original_max_len)
 
     @classmethod
     def from_config(cls, model_cfg: Any, vocab_size: int) -> "ModelConfig":
@@ -71,6 +96,8 @@ class ModelConfig:
                 continue
             kwargs[field.name] = value
         kwargs["rope_theta"] = float(kwargs.get("rope_theta", cls.rope_theta))
+        for name in ("norm_eps", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
+            kwargs[name] = float(kwargs.get(name, getattr(cls, name)))
         return cls(vocab_size=int(vocab_size), **kwargs)
 
 
@@ -84,6 +111,8 @@ def num_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
     attention = d * cfg.num_heads * h * 2 + d * cfg.num_kv_heads * h * 2  # q, o, k, v
     mlp = 3 * d * cfg.d_ff
     per_layer = attention + mlp + 2 * d  # two RMSNorm scales
+    per_layer += (cfg.num_heads + 2 * cfg.num_kv_heads) * h if cfg.qkv_bias else 0
+    per_layer += 2 * h if cfg.qk_norm else 0
     body = cfg.num_layers * per_layer + d  # final norm
     if non_embedding:
         return body

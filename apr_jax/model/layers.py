@@ -52,10 +52,31 @@ class RMSNorm(nnx.Module):
         return (x * self.scale.get_value().astype(jnp.float32)).astype(x_BxLxD.dtype)
 
 
-def apply_rotary(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.Array:
+def rotary_inv_freq(head_dim: int, theta: float,
+                    llama3_scaling: tuple[float, float, float, int] | None = None) -> jax.Array:
+    """Rotary frequencies, optionally rescaled the Llama 3.1 way: with
+    ``(factor, low_freq_factor, high_freq_factor, original_max_len)``,
+    wavelengths longer than ``original_max_len / low_freq_factor`` are
+    stretched by ``factor``, those shorter than ``original_max_len /
+    high_freq_factor`` kept, and the ones between interpolated."""
+    half = head_dim // 2
+    inv_freq_F = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    if llama3_scaling is None:
+        return inv_freq_F
+    factor, low, high, original = llama3_scaling
+    wavelen_F = 2 * jnp.pi / inv_freq_F
+    scaled_F = jnp.where(wavelen_F > original / low, inv_freq_F / factor, inv_freq_F)
+    smooth_F = (original / wavelen_F - low) / (high - low)
+    smoothed_F = (1 - smooth_F) * scaled_F / factor + smooth_F * scaled_F
+    medium_F = (wavelen_F >= original / high) & (wavelen_F <= original / low)
+    return jnp.where(medium_F, smoothed_F, scaled_F)
+
+
+def apply_rotary(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, theta: float,
+                 llama3_scaling: tuple[float, float, float, int] | None = None) -> jax.Array:
     """Rotary position embedding (half-split convention) at explicit positions."""
     half = x_BxLxNxH.shape[-1] // 2
-    inv_freq_F = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    inv_freq_F = rotary_inv_freq(x_BxLxNxH.shape[-1], theta, llama3_scaling)
     angle_BxLxF = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_F
     sin = jnp.sin(angle_BxLxF)[:, :, None, :]
     cos = jnp.cos(angle_BxLxF)[:, :, None, :]

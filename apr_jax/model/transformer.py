@@ -62,7 +62,17 @@ class Attention(nnx.Module):
         self.v_DxKxH = make_param(rngs, normal(d ** -0.5), (d, k, h), ("embed", "kv_heads", "head_dim"), pdt)
         self.o_NxHxD = make_param(rngs, normal((2 * cfg.num_layers * n * h) ** -0.5), (n, h, d),
                                   ("heads", "head_dim", "embed"), pdt)
+        if cfg.qkv_bias:
+            zeros = lambda key, shape, dtype: jnp.zeros(shape, dtype)
+            self.q_bias_NxH = make_param(rngs, zeros, (n, h), ("heads", "head_dim"), pdt)
+            self.k_bias_KxH = make_param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pdt)
+            self.v_bias_KxH = make_param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pdt)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(h, param_dtype=pdt, rngs=rngs, eps=cfg.norm_eps)
+            self.k_norm = RMSNorm(h, param_dtype=pdt, rngs=rngs, eps=cfg.norm_eps)
+        self.qkv_bias, self.qk_norm = cfg.qkv_bias, cfg.qk_norm
         self.rope_theta = cfg.rope_theta
+        self.rope_scaling = cfg.rope_llama3_scaling
         self.implementation = cfg.attention
 
     def project(self, x_BxLxD: jax.Array, positions_BxL: jax.Array):
@@ -70,8 +80,14 @@ class Attention(nnx.Module):
         q = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.q_DxNxH.get_value().astype(dtype))
         k = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.k_DxKxH.get_value().astype(dtype))
         v = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.v_DxKxH.get_value().astype(dtype))
-        q = constrain(apply_rotary(q, positions_BxL, self.rope_theta), ACT_BLNH)
-        k = constrain(apply_rotary(k, positions_BxL, self.rope_theta), ACT_BLKH)
+        if self.qkv_bias:
+            q = q + self.q_bias_NxH.get_value().astype(dtype)
+            k = k + self.k_bias_KxH.get_value().astype(dtype)
+            v = v + self.v_bias_KxH.get_value().astype(dtype)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = constrain(apply_rotary(q, positions_BxL, self.rope_theta, self.rope_scaling), ACT_BLNH)
+        k = constrain(apply_rotary(k, positions_BxL, self.rope_theta, self.rope_scaling), ACT_BLKH)
         return q, k, constrain(v, ACT_BLKH)
 
     def output(self, o_BxLxNxH: jax.Array) -> jax.Array:
@@ -104,9 +120,9 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         pdt = dtype_of(cfg.param_dtype)
-        self.attn_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs)
+        self.attn_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs, eps=cfg.norm_eps)
         self.attn = Attention(cfg, rngs=rngs)
-        self.mlp_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.d_ff, cfg.num_layers, param_dtype=pdt, rngs=rngs)
 
     def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
@@ -137,7 +153,7 @@ class Transformer(nnx.Module):
         self.embed_VxD = make_param(rngs, normal(cfg.d_model ** -0.5), (cfg.vocab_size, cfg.d_model),
                                     ("vocab", "embed"), pdt)
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-        self.final_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs)
+        self.final_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs, eps=cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.head_DxV = make_param(rngs, normal(cfg.d_model ** -0.5), (cfg.d_model, cfg.vocab_size),
                                        ("embed", "vocab"), pdt)

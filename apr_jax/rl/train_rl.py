@@ -39,7 +39,7 @@ from apr_jax.config import ConfigError
 from apr_jax.countdown.problems import Problem
 from apr_jax.data.build import build_dataset_once
 from apr_jax.data.pipeline import make_problem_source
-from apr_jax.data.tokenizer import Tokenizer
+from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.decode.engine import EngineConfig
 from apr_jax.decode.model_api import DecodeModel, NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
@@ -354,7 +354,7 @@ def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | No
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     check_workdir(workdir, config)
     info = build_dataset_once(config)
-    loaded = load_sft(config, settings, workdir, Tokenizer(info.tokenizer_path))
+    loaded = load_sft(config, settings, workdir, load_tokenizer(info.tokenizer_path))
     task = RLTask(config, settings, info, loaded, mesh, workdir)
     result = run_loop(task, LoopSettings.from_config(config.train), workdir, stop_at=stop_at)
     return dict(result.last, step=result.step, preempted=result.preempted)

@@ -1,0 +1,1 @@
+"""Pretrained checkpoints: Hugging Face safetensors, configs and tokenizers -> this project's model."""
