@@ -225,8 +225,23 @@ def identity(config: ml_collections.ConfigDict | dict) -> dict:
     return out
 
 
+# Identity keys added after runs were saved, with the value that reproduces
+# the behaviour of runs saved without them.
+LATER_KEYS = {
+    "data.tokenizer": "", "model.head_dim": 0, "model.qkv_bias": False, "model.qk_norm": False,
+    "model.norm_eps": 1e-6, "model.rope_scaling_factor": 0.0, "model.rope_low_freq_factor": 1.0,
+    "model.rope_high_freq_factor": 4.0, "model.rope_original_max_len": 8192,
+}
+
+
 def identity_diff(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
-    """Dotted keys whose values differ between a saved config and ``current``."""
+    """Dotted keys whose values differ between a saved config and ``current``
+    (a ``LATER_KEYS`` key absent from ``saved`` counts as its old value)."""
+    saved = identity(saved)
+    for key, old in LATER_KEYS.items():
+        section, name = key.split(".")
+        if name not in saved.get(section, {}) and current[section].get(name) == old:
+            saved[section][name] = old
     diffs = []
 
     def walk(a: Any, b: Any, path: str) -> None:
@@ -236,7 +251,7 @@ def identity_diff(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
         elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
             diffs.append(f"config.{path} (saved {a!r}, now {b!r})")
 
-    walk(identity(saved), identity(current), "")
+    walk(saved, identity(current), "")
     return diffs
 
 
