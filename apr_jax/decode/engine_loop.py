@@ -187,9 +187,10 @@ def compact(member_X: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     return index_M, jnp.minimum(jnp.sum(member_X), size).astype(jnp.int32)
 
 
-def _take_lanes(s: LoopState, want_X: jax.Array, rows_X: jax.Array) -> tuple[LoopState, jax.Array]:
-    """Give free lanes, lowest first, to the wanting entries in order; returns
-    the lane of each entry (-1 where not wanted or none was free)."""
+def _take_lanes(s: LoopState, want_X: jax.Array, rows_X: jax.Array) -> LoopState:
+    """Give free lanes, lowest first, to the wanting entries' thread rows in
+    order (an entry finds none when the pool is empty; admission reserves
+    enough that it never is)."""
     N = s.lane_busy_N.shape[0]
     free_list_N, free_count = compact(~s.lane_busy_N, N)
     rank_X = jnp.cumsum(want_X) - 1
@@ -200,7 +201,7 @@ def _take_lanes(s: LoopState, want_X: jax.Array, rows_X: jax.Array) -> tuple[Loo
     return s.replace(
         lane_row_N=s.lane_row_N.at[at_X].set(rows_X, mode="drop"),
         lane_busy_N=s.lane_busy_N.at[at_X].set(True, mode="drop"),
-        lane_R=s.lane_R.at[_drop_index(got_X, rows_X, R)].set(lane_X, mode="drop")), lane_X
+        lane_R=s.lane_R.at[_drop_index(got_X, rows_X, R)].set(lane_X, mode="drop"))
 
 
 def init_state(spec: LoopSpec, prompt_buf_RxL: jax.Array, prompt_len_R: jax.Array,
@@ -234,7 +235,7 @@ def admit(spec: LoopSpec, s: LoopState) -> LoopState:
     count = jnp.clip(room, 0, s.num_groups - s.admitted)
     new_G = (g_G >= s.admitted) & (g_G < s.admitted + count)
     new_R = jnp.zeros_like(s.status_R, bool).at[g_G * S].set(new_G)
-    s, _ = _take_lanes(s, new_R, jnp.arange(new_R.shape[0], dtype=jnp.int32))
+    s = _take_lanes(s, new_R, jnp.arange(new_R.shape[0], dtype=jnp.int32))
     return s.replace(status_R=jnp.where(new_R, RUNNING, s.status_R), admitted=s.admitted + count)
 
 
@@ -478,7 +479,7 @@ def _spawn(spec: LoopSpec, s: LoopState, spawn_R, block_open_R, block_close_R) -
     child_MxL = jnp.where(j_1xL == 0, ids.bos, jnp.where(j_1xL == 1, ids.child,
                           jnp.where(j_1xL < 2 + mlen_M[:, None], src_MxL, ids.pad)))
     at_M = _drop_index(new_valid_M, row_M, R)
-    s, _ = _take_lanes(s, new_valid_M, row_M)
+    s = _take_lanes(s, new_valid_M, row_M)
     spawner_M = sp_N[owner_M]
     at_N = _drop_index(valid_N, sp_N, R)
     G = s.next_free_G.shape[0]
