@@ -112,7 +112,7 @@ def test_obedience_counts_children_and_budget():
         tree = ThreadTree({"numbers": [1, 2], "target": 3}, [
             Thread(-1, [Segment("prompt", "1 2 -> 3\n"), Segment("model", written)])])
         return {"num_threads": threads, "tree": tree.to_dict()}
-    rows = [{**sample(3, "1+2=3\n"), "samples": [sample(2, "")]},
+    rows = [{**sample(3, "1+2=3\n"), "samples": [sample(4, "")]},
             {**sample(1, "abc " * 20), "samples": []}]
     assert compare.obedience("children", 2, rows) == pytest.approx(1 / 3)
     # "1+2=3\n" is six tokens as the generators count them; a run of letters is one.
