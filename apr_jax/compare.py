@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         lengths = {"SoS+": trace_lengths(sosp_cfg, loaded["SoS+"].tokenizer, problems),
                    "APR": trace_lengths(apr_cfg, loaded["APR"].tokenizer, problems)}
         written = write_report(workdir, points, lengths, contexts,
-                               {"APR": apr_cfg, "SoS+": sosp_cfg}, temperature)
+                               {"APR": apr_cfg, "SoS+": sosp_cfg},
+                               {label: run.step for label, run in loaded.items()}, temperature)
         for path in written:
             print(f"wrote {path}")
     except (config_lib.ConfigError, CheckpointError, TrainingError, ValueError, OSError) as e:

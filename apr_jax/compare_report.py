@@ -146,7 +146,7 @@ def goal_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
 
 def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[int]],
                  contexts: Sequence[int], configs: dict[str, ml_collections.ConfigDict],
-                 temperature: float) -> list[str]:
+                 trained_steps: dict[str, int], temperature: float) -> list[str]:
     """Write the four figures, ``compare.md``, ``compare.json`` and
     ``results.jsonl``; their paths."""
     os.makedirs(workdir, exist_ok=True)
@@ -160,12 +160,16 @@ def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[in
     apr, task = configs["APR"], configs["APR"].task
     tokens = apr.train.steps * apr.train.batch_size * apr.data.seq_len
     problems = points[0].summary["problems"]
+    steps = ", ".join(f"{model} {step}" for model, step in trained_steps.items())
+    unequal = len(set(trained_steps.values())) > 1
     md = [
         "# APR against SoS+ at equal context, compute and latency", "",
         f"Countdown-{task.num_inputs}, numbers {task.min_number}-{task.max_number}, targets "
         f"{task.min_target}-{task.max_target}; {problems} held-out test problems. Both runs train "
         f"{tokens:,} token slots ({apr.train.steps} steps x {apr.train.batch_size} rows x "
-        f"{apr.data.seq_len}); the per-thread training context is {apr.data.seq_len} tokens. "
+        f"{apr.data.seq_len}); steps trained: {steps}"
+        f"{' (UNEQUAL: a time limit stopped a run early)' if unequal else ''}. The per-thread "
+        f"training context is {apr.data.seq_len} tokens. "
         f"Greedy decoding except the SoS+ sampling row (temperature {temperature}).", "",
         f"{caption}", "",
         "## Claims, as measured", "", *goal_lines(points, contexts), "",
