@@ -114,10 +114,17 @@ def load_for_inference(path: str) -> Loaded:
 
 def engine_config(config: ml_collections.ConfigDict, *, samples: int = 1,
                   temperature: float | None = None, top_p: float | None = None,
-                  tokens_per_thread: int | None = None) -> EngineConfig:
+                  tokens_per_thread: int | None = None, max_context: int | None = None
+                  ) -> EngineConfig:
     """The engine's limits and sampling from a config's ``eval`` section, with
-    this evaluation's overrides."""
-    base = EngineConfig.from_eval_config(config.eval, config.model.max_len)
+    this evaluation's overrides. ``max_context`` caps every thread's context
+    (prompt, written and join tokens; default the model's ``max_len``): a
+    thread that reaches it stops with ``context_limit``."""
+    limit = config.model.max_len if max_context is None else max_context
+    if not 4 <= limit <= config.model.max_len:
+        raise ValueError(f"context limit {limit} must be between 4 and the model's "
+                         f"config.model.max_len={config.model.max_len}")
+    base = EngineConfig.from_eval_config(config.eval, limit)
     sampling = SamplingConfig(base.sampling.temperature if temperature is None else temperature,
                               base.sampling.top_p if top_p is None else top_p)
     return dataclasses.replace(base, samples_per_problem=samples, sampling=sampling,
@@ -128,15 +135,16 @@ def evaluate_problems(model: Any, tokenizer: Any, config: ml_collections.ConfigD
                       problems: Sequence[Problem], *, samples: int = 1,
                       temperature: float | None = None, top_p: float | None = None,
                       prefix: str = "", tokens_per_thread: int | None = None,
-                      seed: int = 0, mesh: jax.sharding.Mesh | None = None
+                      max_context: int | None = None, seed: int = 0, mesh: jax.sharding.Mesh | None = None
                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Decode ``samples`` per problem with ``model`` (an NNX module or a
-    ``DecodeModel``); returns (per-problem rows, summary). Under ``mesh`` the
+    ``DecodeModel``); returns (per-problem rows, summary). ``max_context``
+    limits each thread's context (``engine_config``). Under ``mesh`` the
     engine's cache is laid out by the model's sharding rules."""
     if not problems:
         raise ValueError("no problems to evaluate")
     cfg = engine_config(config, samples=samples, temperature=temperature, top_p=top_p,
-                        tokens_per_thread=tokens_per_thread)
+                        tokens_per_thread=tokens_per_thread, max_context=max_context)
     engine = Engine(model, cfg, ProtocolIds.from_tokenizer(tokenizer))
     prompts = [tokenizer.encode(problem_prompt(p, config.trace.style, prefix)) for p in problems]
     start = time.time()
@@ -170,7 +178,8 @@ def evaluate_problems(model: Any, tokenizer: Any, config: ml_collections.ConfigD
             "solved": first["solved"], "operations": first["operations"],
             "reason": first["reason"], "total_tokens": first["total_tokens"],
             "sequential_tokens": first["sequential_tokens"], "num_threads": first["num_threads"],
-            "max_context": first["max_context"], "solve_rate": float(np.mean(correct)),
+            "max_context": first["max_context"], "limits_hit": first["limits_hit"],
+            "solve_rate": float(np.mean(correct)),
             "pass_at_k": pass_at_k(samples, sum(correct), samples),
             "cons_at_k": cons_at_k([tuple(s["operations"]) if s["operations"] else None
                                     for s in per_sample], correct),
@@ -191,6 +200,7 @@ def evaluate_problems(model: Any, tokenizer: Any, config: ml_collections.ConfigD
         "mean_sequential_tokens": float(np.mean([s["sequential_tokens"] for s in flat])),
         "mean_children_per_spawn": float(np.mean(spawns)) if spawns else 0.0,
         "spawned": float(np.mean([s["num_threads"] > 1 for s in flat])),
+        "context_limited": float(np.mean([s["limits_hit"].get("context_limit", 0) > 0 for s in flat])),
         "max_context": max(s["max_context"] for s in flat),
         "wall_s": wall, "tokens_per_s": total / max(wall, 1e-9),
     }

@@ -1,6 +1,13 @@
-"""Mean tokens per trace: our sentencepiece tokenizer vs UTF-8 bytes.
+"""Mean tokens per trace: our sentencepiece tokenizer vs UTF-8 bytes; with
+``--contexts``, how often traces outgrow a per-thread context instead.
 
     python -m benchmarks.tokens_per_trace [--train 600] [--test 200] [--vocab-size 96]
+    python -m benchmarks.tokens_per_trace --contexts 128,192,256,384 [--max-nodes 16]
+
+The ``--contexts`` table has one row per candidate task setting (``SETTINGS``):
+the share of SoS+ traces longer than each context, and the mean, 95th
+percentile and longest APR thread (the longest sequence of one thread, join
+blocks included), with the default config's search and tokenizer size.
 
 A trace's tokens are those of all its thread sequences as ``to_sequences``
 builds them (BOS, segments, EOS), so join blocks count in the parent. The
@@ -22,6 +29,13 @@ from apr_jax.data.tokenizer import Tokenizer
 TASKS = {  # name: make_splits ranges
     "countdown3": dict(num_inputs=3, max_number=20, min_target=10, max_target=50),
     "countdown4": dict(num_inputs=4, max_number=99, min_target=10, max_target=100),
+}
+SETTINGS = {  # candidate regimes where a sequential trace outgrows the context
+    "c3 1-20 t10-50": dict(num_inputs=3, max_number=20, min_target=10, max_target=50),
+    "c4 1-10 t10-30": dict(num_inputs=4, max_number=10, min_target=10, max_target=30),
+    "c4 1-20 t10-30": dict(num_inputs=4, max_number=20, min_target=10, max_target=30),
+    "c4 1-20 t10-50": dict(num_inputs=4, max_number=20, min_target=10, max_target=50),
+    "c4 1-99 t10-100": dict(num_inputs=4, max_number=99, min_target=10, max_target=100),
 }
 
 
@@ -45,13 +59,48 @@ def measure(task: str, kind: str, style: str, num_train: int, num_test: int,
             "vocab": tok.vocab_size}
 
 
+def thread_lengths(task: dict, kind: str, num_train: int, num_test: int, vocab_size: int,
+                   **trace) -> list[list[int]]:
+    """Tokens of every thread sequence of each held-out trace (tokenizer
+    trained on the training traces of the same kind)."""
+    splits = make_splits(num_train, 0, num_test, seed=0, **task)
+    cfg = TraceConfig(kind=kind, **trace)
+    train = [make_trace(p, cfg) for p in splits["train"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = Tokenizer.train([t.text for tree in train for t in tree.threads], vocab_size,
+                              os.path.join(tmp, "m.model"))
+    return [[len(s.tokens) for s in make_trace(p, cfg).to_sequences(tok)] for p in splits["test"]]
+
+
+def context_table(contexts: list[int], num_train: int, num_test: int, vocab_size: int,
+                  **trace) -> None:
+    heads = " ".join(f"{'>' + str(c):>6s}" for c in contexts)
+    print(f"{'setting':16s} {'sosp mean':>9s} {heads}  {'apr thread mean':>15s} {'p95':>5s} {'max':>5s}")
+    for name, task in SETTINGS.items():
+        sosp = [max(t) for t in thread_lengths(task, "sosp", num_train, num_test, vocab_size, **trace)]
+        apr = sorted(x for t in thread_lengths(task, "apr", num_train, num_test, vocab_size, **trace)
+                     for x in t)
+        over = " ".join(f"{sum(n > c for n in sosp) / len(sosp):6.0%}" for c in contexts)
+        print(f"{name:16s} {sum(sosp) / len(sosp):9.0f} {over}  {sum(apr) / len(apr):15.0f} "
+              f"{apr[int(0.95 * (len(apr) - 1))]:5d} {apr[-1]:5d}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--vocab-size", type=int, default=96)
     parser.add_argument("--model-type", default="bpe", choices=("bpe", "unigram"))
+    parser.add_argument("--contexts", default="", help="e.g. 128,256: the context table instead")
+    parser.add_argument("--max-nodes", type=int, default=16)
+    parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--max-children", type=int, default=4)
     args = parser.parse_args(argv)
+    if args.contexts:
+        context_table([int(c) for c in args.contexts.split(",")], args.train, args.test,
+                      args.vocab_size, max_nodes=args.max_nodes, beam_size=args.beam_size,
+                      max_children=args.max_children)
+        return
     print(f"{'task':11s} {'kind':4s} {'style':9s} {'tokens':>8s} {'bytes':>8s} "
           f"{'ratio':>6s} {'threads':>7s} {'vocab':>5s}")
     for task in TASKS:

@@ -11,6 +11,6 @@ def get_config():
     c.name = "countdown4_sosp_228m"
     c.trace.kind = "sosp"
     c.eval.max_depth = 0
-    c.eval.max_children = 0
+    c.eval.max_children = 1  # the engine's minimum; max_depth = 0 never spawns
     c.eval.max_rounds = 0
     return c

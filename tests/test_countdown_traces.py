@@ -9,7 +9,8 @@ import pytest
 
 from apr_jax import protocol
 from apr_jax.countdown.problems import Problem, generate_problems
-from apr_jax.countdown.render import (conditioning_prefix, parse_prompt, problem_prompt)
+from apr_jax.countdown.render import (MIN_BUDGET_BUCKET, approx_tokens, conditioning_prefix,
+                                     parse_prompt, problem_prompt)
 from apr_jax.countdown.traces import TraceConfig, final_operations, make_trace
 from apr_jax.countdown.verifier import verify
 from apr_jax.threads import ThreadTree
@@ -123,6 +124,14 @@ def test_conditioning_prefixes():
     sosp = make_trace(p, TraceConfig(kind="sosp", condition=True))
     assert re.match(r"b[0-9]+ ", sosp.threads[0].segments[0].text)
     assert conditioning_prefix("apr", 4) == "c4 "
+    for q in _problems(4)[:12]:  # the prefix states what the trace does
+        apr = make_trace(q, TraceConfig(kind="apr", condition=True))
+        children = sum(t.parent == 0 for t in apr.threads)
+        assert apr.threads[0].segments[0].text.startswith(f"c{children} ")
+        sosp = make_trace(q, TraceConfig(kind="sosp", condition=True))
+        budget = int(re.match(r"b([0-9]+) ", sosp.threads[0].segments[0].text).group(1))
+        written = approx_tokens(sosp.threads[0].written_text)
+        assert written <= budget and (budget == MIN_BUDGET_BUCKET or budget < 2 * written)
     with pytest.raises(ValueError, match="conditioning kind"):
         conditioning_prefix("beam", 4)
 

@@ -1,0 +1,200 @@
+"""Figures, markdown table and JSON of ``python -m apr_jax.compare``."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from apr_jax.evaluate import paired_comparisons
+
+COLORS = {"APR": "tab:blue", "SoS+": "tab:orange"}
+FIGURES = ("context.png", "total_tokens.png", "sequential_tokens.png", "wall_clock.png")
+
+
+def _of(points: Sequence[Any], model: str, sweep: str) -> list[Any]:
+    return [p for p in points if p.model == model and p.sweep == sweep]
+
+
+def _axes(title: str, xlabel: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.grid(alpha=0.3)
+    return plt, fig, ax
+
+
+def _save(plt: Any, fig: Any, ax: Any, path: str, caption: str = "") -> None:
+    ax.legend(fontsize=8)
+    if caption:
+        fig.text(0.01, 0.01, caption, fontsize=7, va="bottom")
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+    else:
+        fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _line(ax: Any, xs: Sequence[float], ys: Sequence[float], label: str, color: str,
+          style: str = "o-", values: Sequence[Any] = ()) -> None:
+    ax.plot(xs, [100 * y for y in ys], style, label=label, color=color)
+    for x, y, v in zip(xs, ys, values):
+        ax.annotate(str(v), (x, 100 * y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+
+
+def plot_context(points: Sequence[Any], path: str, caption: str) -> None:
+    plt, fig, ax = _axes("accuracy at a per-thread context limit",
+                         "context window per thread (tokens)")
+    for model in COLORS:
+        ps = _of(points, model, "context")
+        _line(ax, [p.value for p in ps], [p.summary["accuracy"] for p in ps], model, COLORS[model])
+    _save(plt, fig, ax, path, caption)
+
+
+def plot_compute(points: Sequence[Any], path: str, x_key: str, xlabel: str) -> None:
+    """APR per child count, SoS+ per budget and SoS+ with k samples, against
+    ``x_key``: total, sequential tokens or wall-clock per problem."""
+    plt, fig, ax = _axes(f"accuracy against {xlabel}", xlabel)
+
+    def x(p: Any, samples: int = 1) -> float:
+        if x_key == "wall":
+            return p.wall_per_problem
+        if x_key == "total":
+            return samples * p.summary["mean_total_tokens"]
+        return p.summary["mean_sequential_tokens"]
+
+    apr = _of(points, "APR", "children")
+    _line(ax, [x(p) for p in apr], [p.summary["accuracy"] for p in apr], "APR (children)",
+          COLORS["APR"], values=[f"c{p.value}" for p in apr])
+    sosp = _of(points, "SoS+", "budget")
+    _line(ax, [x(p) for p in sosp], [p.summary["accuracy"] for p in sosp], "SoS+ (token budget)",
+          COLORS["SoS+"], values=[f"b{p.value}" for p in sosp])
+    for p in _of(points, "SoS+", "vote"):
+        if x_key == "total":  # j samples cost j times the tokens: the whole curve
+            curve = p.votes
+        else:  # samples run side by side: one point at k
+            curve = p.votes[-1:]
+        xs = [x(p, c["k"]) for c in curve]
+        _line(ax, xs, [c["cons"] for c in curve], "SoS+ majority vote (cons@k)", COLORS["SoS+"],
+              "s--", values=[f"k={c['k']}" for c in curve])
+        _line(ax, xs, [c["pass"] for c in curve], "SoS+ pass@k", COLORS["SoS+"], "^:")
+    _save(plt, fig, ax, path)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def length_caption(lengths: dict[str, list[int]], contexts: Sequence[int]) -> str:
+    sosp, apr = lengths["SoS+"], lengths["APR"]
+    over = ", ".join(f"> {w}: {np.mean([n > w for n in sosp]):.0%}" for w in contexts)
+    return (f"SoS+ training traces of these problems longer than the context: {over} "
+            f"(mean {np.mean(sosp):.0f} tokens); longest APR thread {max(apr)} tokens "
+            f"(mean {np.mean(apr):.0f}).")
+
+
+def _table(points: Sequence[Any]) -> list[str]:
+    lines = ["| model | setting | accuracy | pass@k | cons@k | total tokens | sequential tokens "
+             "| wall ms/problem | stopped at context | obeyed request |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    names = {"context": "context {}", "children": "children c{}", "budget": "budget b{}",
+             "vote": "{} samples"}
+    for p in points:
+        s = p.summary
+        k = s["samples"]
+        lines.append(
+            f"| {p.model} | {names[p.sweep].format(p.value)} | {_pct(s['accuracy'])} "
+            f"| {_pct(s[f'pass@{k}'])} | {_pct(s[f'cons@{k}'])} | {s['mean_total_tokens']:.0f} "
+            f"| {s['mean_sequential_tokens']:.0f} | {1e3 * p.wall_per_problem:.1f} "
+            f"| {_pct(s['context_limited'])} | {'' if p.obeyed is None else _pct(p.obeyed)} |")
+    return lines
+
+
+def goal_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
+    """The comparison's claims, as measured."""
+    lines = []
+    for w in contexts:
+        a = _of([p for p in points if p.value == w], "APR", "context")
+        b = _of([p for p in points if p.value == w], "SoS+", "context")
+        if a and b:
+            a, b = a[0].summary, b[0].summary
+            lines.append(f"- context {w}: APR {_pct(a['accuracy'])} vs SoS+ {_pct(b['accuracy'])} "
+                         f"({100 * (a['accuracy'] - b['accuracy']):+.1f} points); APR sequential "
+                         f"tokens {a['mean_sequential_tokens'] / max(a['mean_total_tokens'], 1e-9):.2f}"
+                         f" x its total")
+    apr = _of(points, "APR", "children")
+    for vote in _of(points, "SoS+", "vote"):
+        for c in vote.votes:
+            budget = c["k"] * vote.summary["mean_total_tokens"]
+            within = [p for p in apr if p.summary["mean_total_tokens"] <= budget]
+            if within:
+                best = max(within, key=lambda p: p.summary["accuracy"])
+                lines.append(f"- at <= {budget:.0f} total tokens: APR c{best.value} "
+                             f"{_pct(best.summary['accuracy'])} vs SoS+ cons@{c['k']} {_pct(c['cons'])}")
+            else:
+                lines.append(f"- at <= {budget:.0f} total tokens: no APR setting that cheap; "
+                             f"SoS+ cons@{c['k']} {_pct(c['cons'])}")
+    return lines
+
+
+def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[int]],
+                 contexts: Sequence[int], configs: dict[str, ml_collections.ConfigDict],
+                 trained_steps: dict[str, int], temperature: float) -> list[str]:
+    """Write the four figures, ``compare.md``, ``compare.json`` and
+    ``results.jsonl``; their paths."""
+    os.makedirs(workdir, exist_ok=True)
+    caption = length_caption(lengths, contexts)
+    paths = [os.path.join(workdir, name) for name in FIGURES]
+    plot_context(points, paths[0], caption)
+    plot_compute(points, paths[1], "total", "total tokens per problem")
+    plot_compute(points, paths[2], "sequential", "sequential tokens (critical path)")
+    plot_compute(points, paths[3], "wall", "wall-clock seconds per problem")
+
+    apr, task = configs["APR"], configs["APR"].task
+    tokens = apr.train.steps * apr.train.batch_size * apr.data.seq_len
+    problems = points[0].summary["problems"]
+    steps = ", ".join(f"{model} {step}" for model, step in trained_steps.items())
+    unequal = len(set(trained_steps.values())) > 1
+    md = [
+        "# APR against SoS+ at equal context, compute and latency", "",
+        f"Countdown-{task.num_inputs}, numbers {task.min_number}-{task.max_number}, targets "
+        f"{task.min_target}-{task.max_target}; {problems} held-out test problems. Both runs train "
+        f"{tokens:,} token slots ({apr.train.steps} steps x {apr.train.batch_size} rows x "
+        f"{apr.data.seq_len}); steps trained: {steps}"
+        f"{' (UNEQUAL: a time limit stopped a run early)' if unequal else ''}. The per-thread "
+        f"training context is {apr.data.seq_len} tokens. "
+        f"Greedy decoding except the SoS+ sampling row (temperature {temperature}).", "",
+        f"{caption}", "",
+        "## Claims, as measured", "", *goal_lines(points, contexts), "",
+        "## Paired sign tests (same problems, one greedy sample each)", ""]
+    for w in contexts:
+        rates = {p.model: p.solve_rates for p in points if p.sweep == "context" and p.value == w}
+        if len(rates) == 2:
+            md += [f"- context {w}: " + line for line in
+                   paired_comparisons({"SoS+": rates["SoS+"], "APR": rates["APR"]})]
+    md += ["", "## Every setting", "", *_table(points), "",
+           "*stopped at context*: share of samples with a thread cut at the context limit; "
+           "*obeyed request*: share of samples whose child count equals the requested one "
+           "(APR `c<n>`) or whose written tokens, counted as the generators count them, stay "
+           "within the requested budget (SoS+ `b<n>`).", ""]
+    md += [f"![{name}]({name})" for name in FIGURES]
+    paths.append(os.path.join(workdir, "compare.md"))
+    with open(paths[-1], "w") as f:
+        f.write("\n".join(md) + "\n")
+    paths.append(os.path.join(workdir, "compare.json"))
+    with open(paths[-1], "w") as f:
+        json.dump({"points": [p.to_dict() for p in points], "caption": caption,
+                   "trace_lengths": lengths, "contexts": list(contexts)}, f, indent=1)
+    paths.append(os.path.join(workdir, "results.jsonl"))
+    with open(paths[-1], "w") as f:
+        for p in points:
+            for row in p.rows:
+                f.write(json.dumps({"model": p.model, "sweep": p.sweep, "value": p.value, **row}) + "\n")
+    return paths

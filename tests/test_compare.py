@@ -1,0 +1,121 @@
+"""`python -m apr_jax.compare` on two tiny runs: every figure and the table,
+reuse of finished runs, the context-limited evaluation, and its errors."""
+
+import json
+import os
+
+import pytest
+
+from apr_jax import compare
+from apr_jax.config import ConfigError, load_config
+from apr_jax.loop import TrainingError
+from apr_jax.threads import Segment, Thread, ThreadTree
+from tiny import TINY_RUN
+
+APR_CONFIG = os.path.join(compare.CONFIGS_DIR, "compare_apr.py")
+SOSP_CONFIG = os.path.join(compare.CONFIGS_DIR, "compare_sosp.py")
+TINY = TINY_RUN + [
+    "config.task.num_train=120", "config.train.steps=2", "config.train.warmup_steps=1",
+    "config.train.log_every=2", "config.train.eval_every=2", "config.train.checkpoint_every=2",
+    "config.eval.num_problems=0",  # no held-out evaluation at the end of training
+    "config.eval.batch_problems=3", "config.eval.tokens_per_thread=24", "config.eval.row_buckets=1",
+]
+
+
+def flags(data_dir):
+    return ["--" + o for o in TINY] + [f"--config.data.dir={data_dir}"]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    workdir = str(root / "cmp")
+    code = compare.main([f"--workdir={workdir}", *flags(root / "data"), "--num=3",
+                         "--contexts=48,128", "--children=1,2", "--budgets=64", "--samples=2"])
+    assert code == 0
+    return {"workdir": workdir, "data": str(root / "data")}
+
+
+@pytest.mark.slow
+def test_compare_writes_every_figure_and_the_table(compared):
+    workdir = compared["workdir"]
+    for name in ("context.png", "total_tokens.png", "sequential_tokens.png", "wall_clock.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 5000, name
+    md = open(os.path.join(workdir, "compare.md")).read()
+    for line in ("| APR | context 48 |", "| SoS+ | context 128 |", "| APR | children c2 |",
+                 "| SoS+ | budget b64 |", "| SoS+ | 2 samples |"):
+        assert line in md
+    assert md.count("APR vs SoS+:") == 2 and "sign test p =" in md  # one per context
+    assert "longer than the context: > 48:" in md and "longest APR thread" in md
+    points = json.load(open(os.path.join(workdir, "compare.json")))["points"]
+    assert len(points) == 2 * 2 + 2 + 1 + 1
+    conditioned = [p for p in points if p["sweep"] in ("children", "budget")]
+    assert all(0.0 <= p["obeyed"] <= 1.0 for p in conditioned)
+    vote = next(p for p in points if p["sweep"] == "vote")
+    assert [v["k"] for v in vote["votes"]] == [1, 2]
+    assert all(p["wall_per_problem_s"] > 0 for p in points)
+
+
+@pytest.mark.slow
+def test_finished_runs_are_reused_and_other_configs_refused(compared, capsys):
+    config = load_config(SOSP_CONFIG, TINY + [f"config.data.dir={compared['data']}"])
+    run_dir = os.path.join(compared["workdir"], "sosp")
+    before = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    compare.train_or_reuse(config, run_dir)
+    assert "reusing the finished run" in capsys.readouterr().out
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == before
+    other = load_config(SOSP_CONFIG, TINY + ["config.model.d_ff=96"])
+    with pytest.raises(TrainingError, match="holds a run of a different config: config.model.d_ff"):
+        compare.train_or_reuse(other, run_dir)
+
+
+@pytest.mark.slow
+def test_context_limited_threads_stop_at_exactly_the_limit(compared):
+    rows = [json.loads(l) for l in open(os.path.join(compared["workdir"], "results.jsonl"))]
+    limited = [r for r in rows if r["sweep"] == "context" and r["value"] == 48]
+    assert len(limited) == 2 * 3
+    for row in limited:
+        for sample in [row, *row["samples"]]:
+            threads = sample["tree"]["threads"]
+            assert sample["max_context"] <= 48
+            if any(t["stop"] == "context_limit" for t in threads):
+                assert sample["max_context"] == 48
+                assert sample["limits_hit"]["context_limit"] >= 1
+    # Two training steps never learn to stop: every root runs into the limit.
+    assert all(r["tree"]["threads"][0]["stop"] == "context_limit" for r in limited)
+    assert all(r["max_context"] == 48 for r in limited)
+
+
+def test_unequal_budgets_and_bad_flags_are_one_line_errors(tmp_path, capsys):
+    shorter = tmp_path / "short_sosp.py"
+    shorter.write_text(f"from apr_jax.config import config_module\n"
+                       f"base = config_module({SOSP_CONFIG!r})\n"
+                       f"def get_config():\n    c = base.get_config()\n"
+                       f"    c.train.steps = 400\n    return c\n")
+    with pytest.raises(ConfigError, match="unequal training budgets: APR 3,276,800 tokens, SoS"):
+        compare.load_pair(APR_CONFIG, str(shorter), [])
+    with pytest.raises(ConfigError, match="train different tasks"):
+        compare.load_pair(APR_CONFIG, os.path.join(compare.CONFIGS_DIR, "default_sosp.py"), [])
+    compare.load_pair(APR_CONFIG, SOSP_CONFIG, ["config.train.steps=10"])  # shared: still equal
+    workdir = tmp_path / "w"
+    code = compare.main([f"--workdir={workdir}", f"--sosp_config={APR_CONFIG}"])
+    assert code == 2 and "trace.kind=sosp" in capsys.readouterr().err
+    code = compare.main([f"--workdir={workdir}", "--contexts=64,512"])
+    assert code == 2 and "--contexts: 512 exceeds" in capsys.readouterr().err
+    code = compare.main([f"--workdir={workdir}", "--children=two"])
+    assert code == 2 and "--children='two'" in capsys.readouterr().err
+    assert not workdir.exists()  # nothing trained
+
+
+def test_obedience_counts_children_and_budget():
+    def sample(threads, written):
+        tree = ThreadTree({"numbers": [1, 2], "target": 3}, [
+            Thread(-1, [Segment("prompt", "1 2 -> 3\n"), Segment("model", written)])])
+        return {"num_threads": threads, "tree": tree.to_dict()}
+    rows = [{**sample(3, "1+2=3\n"), "samples": [sample(4, "")]},
+            {**sample(1, "abc " * 20), "samples": []}]
+    assert compare.obedience("children", 2, rows) == pytest.approx(1 / 3)
+    # "1+2=3\n" is six tokens as the generators count them; a run of letters is one.
+    assert compare.obedience("budget", 20, rows) == 1.0
+    assert compare.obedience("budget", 6, rows) == pytest.approx(2 / 3)
+    assert compare.obedience("budget", 5, rows) == pytest.approx(1 / 3)
