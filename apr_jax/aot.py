@@ -27,7 +27,6 @@ import os
 import sys
 import time
 from typing import Any, Iterator, Sequence
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -163,19 +162,13 @@ def _environment(settings: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-@contextlib.contextmanager
-def target_backend(platform: str) -> Iterator[None]:
-    """Model code that picks kernels by ``jax.default_backend()`` (attention
-    "auto") sees the target platform while tracing, not the compiling host."""
-    with mock.patch.object(jax, "default_backend", lambda: platform):
-        yield
-
-
-def abstract_train_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: jax.sharding.Mesh
+def abstract_train_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: jax.sharding.Mesh,
+                         platform: str | None = None
                          ) -> tuple[train_state.Graphs, train_state.TrainState, train_state.TrainState]:
-    """(graphs, abstract state, state shardings) of the trainer's model and optimizer."""
+    """(graphs, abstract state, state shardings) of the trainer's model (built
+    for ``platform``, default this host's backend) and optimizer."""
     def make():
-        model = train_state.new_model(config, vocab_size)
+        model = train_state.new_model(config, vocab_size, platform)
         return model, train_state.new_optimizer(model, config)
 
     graphs, abstract = train_state.split(*nnx.eval_shape(make))
@@ -202,11 +195,11 @@ def compile_train_step(config: ml_collections.ConfigDict, vocab_size: int,
         raise ValueError(f"config.train.batch_size={config.train.batch_size} (microbatch {micro}) "
                          f"does not divide over the {shards} data-parallel devices of the mesh "
                          f"{dict(mesh.shape)}")
-    graphs, state, shardings = abstract_train_state(config, vocab_size, mesh)
+    graphs, state, shardings = abstract_train_state(config, vocab_size, mesh, devices[0].platform)
     step = make_train_step(graphs, shardings, sharding.batch_sharding(mesh),
                            grad_accum=config.train.grad_accum,
                            learning_rate=learning_rate_schedule(config.train))
-    with target_backend(devices[0].platform), jax.set_mesh(mesh):  # as train.py calls it
+    with jax.set_mesh(mesh):  # as train.py calls it
         return step.lower(state, abstract_batch(config, mesh)).compile()
 
 

@@ -30,7 +30,7 @@ def test_overrides_are_typed():
     ("config.trainn.lr=1", "unknown config key 'config.trainn.lr'"),
     ("config.train.lr=abc", "config.train.lr: expected a number, got 'abc'"),
     ("config.train.steps=1.5", "config.train.steps: expected an integer, got '1.5'"),
-    ("config.model.remat=maybe", "config.model.remat: expected true or false"),
+    ("config.model.remat=maybe", "config.model.remat='maybe' is not one of none, dots, full"),
     ("config.trace.kind=tree", "config.trace.kind='tree' is not one of apr, sosp"),
     ("config.train.steps=0", "config.train.steps=0 must be a positive integer"),
     ("config.model.num_kv_heads=3", "config.model.num_heads=4 is not divisible by config.model.num_kv_heads=3"),
