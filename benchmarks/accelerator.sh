@@ -51,9 +51,10 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 note() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$SUMMARY"; }
-# run NAME CAP LOG CMD...: CMD under timeout min(CAP, time left - 5); skipped under 10 s.
+# run NAME CAP LOG CMD...: CMD under timeout min(CAP x CAP_SCALE, time left - 5);
+# skipped under 10 s. A CPU (--tiny) compiles and imports slowly: CAP_SCALE 3.
 run() {
-  local name=$1 cap=$2 log=$3; shift 3
+  local name=$1 cap=$(( $2 * CAP_SCALE )) log=$3; shift 3
   local limit=$(( $(left) - 5 ))
   (( limit > cap )) && limit=$cap
   if (( limit < 10 )); then note "SKIP $name: $(left) s left"; return 99; fi
@@ -99,23 +100,23 @@ if (( TINY )); then
        --config.model.num_kv_heads=2 --config.model.d_ff=64 --config.mesh.fsdp=1)
   ATTENTION_ARGS=(--shapes=2x64x2x16 --dtype=float32 --kernel=triton --repeats=2)
   TRAIN_LONG=("${TOY[@]}" --config.model.max_len=128 --config.data.seq_len=128
-              --config.train.batch_size=4 --config.train.grad_accum=1 --steps=2)
+              --config.train.batch_size=8 --config.train.grad_accum=1 --steps=2)
   TRAIN_SHORT=("${TOY[@]}" --config.model.max_len=128 --config.data.seq_len=64
-               --config.train.batch_size=4 --config.train.grad_accum=1 --steps=2)
-  DECODE_ARGS=(--d_model 32 --layers 2 --heads 2 --threads 8 --prompt_len 8 --new_tokens 8)
+               --config.train.batch_size=8 --config.train.grad_accum=1 --steps=2)
+  DECODE_ARGS=(--d_model 32 --layers 2 --heads 2 --threads 4 --prompt_len 4 --new_tokens 4)
   H200_ARGS=("${TOY[@]}" --config.model.max_len=256 --config.data.seq_len=256
              --config.model.compute_dtype=float32 --config.task.num_train=120
-             --config.task.num_validation=8 --config.task.num_test=8 --config.train.batch_size=4
+             --config.task.num_validation=8 --config.task.num_test=8 --config.train.batch_size=8
              --config.train.log_every=1 --config.train.eval_batches=1 --config.eval.num_problems=2
              --config.eval.batch_problems=2 --config.eval.tokens_per_thread=64 --config.eval.max_children=2)
-  H200_MINUTES=0.3 STEP_SECONDS=0.5 STARTUP_SECONDS=10
+  H200_MINUTES=0.3 STEP_SECONDS=0.5 STARTUP_SECONDS=10 CAP_SCALE=3
 else
   ATTENTION_ARGS=(--shapes=4x1024x16x64,2x4096x16x64,16x4096x16x64)
   TRAIN_LONG=(--steps=3)
   TRAIN_SHORT=(--config.data.seq_len=1024 --config.train.grad_accum=1 --steps=5)
   DECODE_ARGS=(--config "$C228" --threads 256 --prompt_len 16 --new_tokens 1000)
   H200_ARGS=(--config.task.num_train=40000 --config.eval.num_problems=256)
-  H200_MINUTES=2 STEP_SECONDS=0.10 STARTUP_SECONDS=60
+  H200_MINUTES=2 STEP_SECONDS=0.10 STARTUP_SECONDS=60 CAP_SCALE=1
 fi
 DATA=$WORK/data
 

@@ -24,7 +24,8 @@ def test_tiny_run_end_to_end(tmp_path):
     done = subprocess.run(["bash", SCRIPT, "--tiny", "--no-install", "--out", str(out),
                            "--python", sys.executable, "--budget", "900"],
                           capture_output=True, text=True, timeout=1000,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                          env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+                               "JAX_PLATFORMS": "cpu"})  # one CPU device, as on a plain host
     summary = (out / "summary.txt").read_text()
     assert done.returncode == 0, summary + done.stderr[-2000:]
     for step in ("attention", "train_T4096", "train_T1024", "decode", "h200"):
@@ -34,6 +35,6 @@ def test_tiny_run_end_to_end(tmp_path):
     [attention] = [l for l in summary.splitlines() if l.startswith("attention 2x64x2x16")]
     assert ": triton (" in attention and "T x T arrays False" in attention
     assert float(attention.split("max rel grad diff ")[1]) < 1e-4
-    assert "batch 4 x 128 remat full" in summary and "batch 4 x 64 remat full" in summary
+    assert "batch 8 x 128 remat full" in summary and "batch 8 x 64 remat full" in summary
     assert any(l.startswith("decode ") and "tokens/s" in l for l in summary.splitlines()), summary
     assert "h200 held-out accuracy: " in summary and "held-out accuracy: none" not in summary
