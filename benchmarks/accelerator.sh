@@ -190,7 +190,7 @@ for name in ("train_T4096.json", "train_T1024.json"):
               f"attention {row['attention']}: step {row['step_ms']:.1f} ms, {row['tokens_per_s']:,.0f} "
               f"tokens/s, MFU {mfu}, planned {row['memory']['total'] / 2**30:.2f} GiB/device")
 for line in open(os.path.join(out, "decode.txt")) if os.path.exists(os.path.join(out, "decode.txt")) else []:
-    if "tokens/s" in line or "roofline" in line:
+    if ("tokens/s" in line or "roofline" in line) and not line.startswith("{"):
         print("decode", line.strip())
 metrics = os.path.join(out, "h200_metrics.jsonl")
 rows = [json.loads(l) for l in open(metrics)] if os.path.exists(metrics) else []
