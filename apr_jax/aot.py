@@ -1,6 +1,8 @@
 """Ahead-of-time compile of the train step for a named TPU slice, on any host.
 
     python -m apr_jax.aot --config=configs/countdown4_apr_228m.py --topology=v4-32,v5p-64
+    python -m apr_jax.aot --config=configs/countdown4_apr_228m.py --topology=v4-32,v5p-64 \
+        --remat=none,dots,full     # one compile per policy and slice
 
 XLA compiles exactly the program ``python -m apr_jax.train`` would run on that
 slice (same model, optimizer, mesh, shardings, batch and attention kernel) and
@@ -27,7 +29,6 @@ import os
 import sys
 import time
 from typing import Any, Iterator, Sequence
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,7 @@ from flax import nnx
 from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax import train_state
-from apr_jax.model.config import ModelConfig, num_params
+from apr_jax.model.config import REMATS, ModelConfig, num_params
 from apr_jax.optim import learning_rate_schedule
 from apr_jax.train_step import make_train_step
 
@@ -163,19 +164,13 @@ def _environment(settings: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-@contextlib.contextmanager
-def target_backend(platform: str) -> Iterator[None]:
-    """Model code that picks kernels by ``jax.default_backend()`` (attention
-    "auto") sees the target platform while tracing, not the compiling host."""
-    with mock.patch.object(jax, "default_backend", lambda: platform):
-        yield
-
-
-def abstract_train_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: jax.sharding.Mesh
+def abstract_train_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: jax.sharding.Mesh,
+                         platform: str | None = None
                          ) -> tuple[train_state.Graphs, train_state.TrainState, train_state.TrainState]:
-    """(graphs, abstract state, state shardings) of the trainer's model and optimizer."""
+    """(graphs, abstract state, state shardings) of the trainer's model (built
+    for ``platform``, default this host's backend) and optimizer."""
     def make():
-        model = train_state.new_model(config, vocab_size)
+        model = train_state.new_model(config, vocab_size, platform)
         return model, train_state.new_optimizer(model, config)
 
     graphs, abstract = train_state.split(*nnx.eval_shape(make))
@@ -202,11 +197,11 @@ def compile_train_step(config: ml_collections.ConfigDict, vocab_size: int,
         raise ValueError(f"config.train.batch_size={config.train.batch_size} (microbatch {micro}) "
                          f"does not divide over the {shards} data-parallel devices of the mesh "
                          f"{dict(mesh.shape)}")
-    graphs, state, shardings = abstract_train_state(config, vocab_size, mesh)
+    graphs, state, shardings = abstract_train_state(config, vocab_size, mesh, devices[0].platform)
     step = make_train_step(graphs, shardings, sharding.batch_sharding(mesh),
                            grad_accum=config.train.grad_accum,
                            learning_rate=learning_rate_schedule(config.train))
-    with target_backend(devices[0].platform), jax.set_mesh(mesh):  # as train.py calls it
+    with jax.set_mesh(mesh):  # as train.py calls it
         return step.lower(state, abstract_batch(config, mesh)).compile()
 
 
@@ -232,7 +227,8 @@ def check_topology(config: ml_collections.ConfigDict, accelerator_type: str,
         spec = topology_spec(accelerator_type)
         devices, hosts, hbm = topology_devices(spec, libtpu), spec.num_hosts, spec.hbm_bytes_per_device
     started = time.time()
-    result = {"topology": accelerator_type, "devices": len(devices), "hosts": hosts,
+    result = {"topology": accelerator_type, "remat": config.model.remat, "devices": len(devices),
+              "hosts": hosts,
               "device_kind": devices[0].device_kind, "hbm_per_device": hbm}
     try:
         compiled = compile_train_step(config, config.data.vocab_size, devices)
@@ -254,12 +250,12 @@ def _size(num_bytes: int) -> str:
 
 def format_result(result: dict[str, Any]) -> str:
     if result["memory"] is None:
-        return (f"{result['topology']}: {result['devices']} x {result['device_kind']} "
-                f"({result['hosts']} hosts): DOES NOT FIT: {result['error']} "
+        return (f"{result['topology']} remat={result['remat']}: {result['devices']} x "
+                f"{result['device_kind']} ({result['hosts']} hosts): DOES NOT FIT: {result['error']} "
                 f"[compiled in {result['compile_s']}s]")
     m = {k: _size(v) for k, v in result["memory"].items()}
     verdict = "fits" if result["fits"] else "DOES NOT FIT"
-    return (f"{result['topology']}: {result['devices']} x {result['device_kind']} "
+    return (f"{result['topology']} remat={result['remat']}: {result['devices']} x {result['device_kind']} "
             f"({result['hosts']} hosts), per device: arguments {m['arguments']}, "
             f"temporaries {m['temporaries']}, outputs {m['outputs']} "
             f"(aliased {m['aliased']}), total {m['total']}"
@@ -272,11 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         flags, overrides = config_lib.parse_command_line(
-            argv, allowed=("config", "topology", "libtpu", "json"))
+            argv, allowed=("config", "topology", "remat", "libtpu", "json"))
         if not flags.get("topology"):
             raise ValueError("--topology is required, e.g. --topology=v4-32,v5p-64")
         config = config_lib.load_config(flags.get("config"), overrides)
         names = [t.strip() for t in flags["topology"].split(",") if t.strip()]
+        remats = [r.strip() for r in flags.get("remat", config.model.remat).split(",") if r.strip()]
+        for remat in remats:
+            if remat not in REMATS:
+                raise ValueError(f"--remat={remat} is not one of {', '.join(REMATS)}")
         for name in names:
             if name != "cpu":
                 topology_spec(name)  # every name checked before the first compile
@@ -285,9 +285,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{config.train.batch_size} x {config.data.seq_len}, mesh {config.mesh.to_dict()}",
               flush=True)
         results = []
-        for name in names:
-            results.append(check_topology(config, name, flags.get("libtpu")))
-            print(format_result(results[-1]), flush=True)
+        for remat in remats:
+            config.model.remat = remat
+            for name in names:
+                results.append(check_topology(config, name, flags.get("libtpu")))
+                print(format_result(results[-1]), flush=True)
         if flags.get("json"):
             with open(flags["json"], "w") as f:
                 json.dump(results, f, indent=1)

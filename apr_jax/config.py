@@ -31,7 +31,8 @@ CHOICES = {
     "trace.style": ("terse", "reference"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.compute_dtype": ("float32", "bfloat16"),
-    "model.attention": ("auto", "xla", "cudnn", "splash"),
+    "model.attention": ("auto", "xla", "triton", "cudnn", "splash"),
+    "model.remat": ("none", "dots", "full"),
     "train.on_nan": ("stop", "skip"),
     "rl.advantage": ("grpo", "drgrpo"),
 }

@@ -55,9 +55,12 @@ class Graphs:
         return nnx.merge(self.model, state.model), nnx.merge(self.opt, state.opt)
 
 
-def new_model(config: ml_collections.ConfigDict, vocab_size: int) -> Transformer:
-    """The model per ``config`` (concrete, or abstract under ``nnx.eval_shape``)."""
-    return Transformer(ModelConfig.from_config(config.model, vocab_size), rngs=nnx.Rngs(config.seed))
+def new_model(config: ml_collections.ConfigDict, vocab_size: int,
+              platform: str | None = None) -> Transformer:
+    """The model per ``config`` (concrete, or abstract under ``nnx.eval_shape``)
+    for training on ``platform`` (default: JAX's default backend)."""
+    return Transformer(ModelConfig.from_config(config.model, vocab_size), rngs=nnx.Rngs(config.seed),
+                       platform=platform)
 
 
 def new_optimizer(model: nnx.Module, config: ml_collections.ConfigDict) -> nnx.Optimizer:

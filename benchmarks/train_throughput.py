@@ -1,35 +1,43 @@
-"""Train-step throughput: step time, tokens/s and MFU for a config's model.
+"""Train-step throughput: step time, tokens/s, MFU and planned memory per
+device for a config's model, one row per remat policy.
 
     python benchmarks/train_throughput.py --config=configs/default.py
+    python benchmarks/train_throughput.py --config=configs/default.py --remat=none,dots,full
     python benchmarks/train_throughput.py --config=configs/countdown4_apr_228m.py \
-        --config.train.batch_size=16 --steps=10
+        --config.train.batch_size=16 --steps=10 --json=out.json
 
 Uses random tokens in full rows (no data build), the config's mesh, batch,
-sequence length, dtype and attention implementation. MFU = achieved model
-FLOP/s (``apr_jax.model.config.flops_per_token``) / (devices x peak FLOP/s).
+sequence length, dtype and attention implementation (``--remat`` lists the
+policies to compare; default the config's). MFU = achieved model FLOP/s
+(``apr_jax.model.config.flops_per_token``) / (devices x peak FLOP/s); memory
+is what XLA plans per device for the compiled step (``apr_jax.aot.memory_report``:
+arguments + outputs - aliased + temporaries).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from apr_jax import config as config_lib
 from apr_jax import sharding
-from apr_jax.model.config import flops_per_token, num_params, peak_flops_per_device
+from apr_jax.aot import memory_report
+from apr_jax.model.config import REMATS, flops_per_token, num_params, peak_flops_per_device
 from apr_jax.optim import learning_rate_schedule
 from apr_jax.train_state import build_model_and_optimizer, shardings_of, split
 from apr_jax.train_step import make_train_step
 
+GIB = 2 ** 30
 
-def main(argv: list[str]) -> None:
-    flags, overrides = config_lib.parse_command_line(argv, allowed=("config", "steps", "vocab"))
-    config = config_lib.load_config(flags.get("config"), overrides)
-    steps = config_lib.int_flag(flags, "steps", 20, zero_ok=False)
-    vocab = config_lib.int_flag(flags, "vocab", config.data.vocab_size, zero_ok=False)
+
+def measure(config: ml_collections.ConfigDict, vocab: int, steps: int) -> dict[str, Any]:
+    """Compiles the config's train step and times ``steps`` steps on random rows."""
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     model_cfg, model, optimizer = build_model_and_optimizer(config, vocab, mesh)
     graphs, state = split(model, optimizer)
@@ -43,24 +51,69 @@ def main(argv: list[str]) -> None:
         "loss_mask": np.ones((B, L), np.int32), "segment_ids": np.ones((B, L), np.int32),
         "positions": np.tile(np.arange(L, dtype=np.int32), (B, 1))}, mesh)
     start = time.time()
-    state, metrics = step_fn(state, batch)
+    with jax.set_mesh(mesh):
+        compiled = step_fn.lower(state, batch).compile()
+    state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     compile_s = time.time() - start
     start = time.time()
     for _ in range(steps):
-        state, metrics = step_fn(state, batch)
+        state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     step_s = (time.time() - start) / steps
     tokens_per_s = B * L / step_s
-    peak = peak_flops_per_device()
     achieved = tokens_per_s * flops_per_token(model_cfg, L)
-    print(f"config {config.name}: {num_params(model_cfg) / 1e6:.2f}M params, batch {B} x {L}, "
-          f"{jax.device_count()} x {jax.devices()[0].device_kind}, mesh {dict(mesh.shape)}")
-    print(f"compile+first step {compile_s:.1f} s; step {step_s * 1e3:.1f} ms; "
-          f"{tokens_per_s:,.0f} tokens/s; {achieved / 1e12:.3f} TFLOP/s achieved")
-    if peak:
-        print(f"MFU {achieved / (peak * jax.device_count()):.1%} of {peak / 1e12:.3g} TFLOP/s per device")
+    peak = peak_flops_per_device()
+    return {"remat": config.model.remat, "attention": model.blocks[0].attn.implementation,
+            "params_m": num_params(model_cfg) / 1e6, "batch": B, "seq_len": L,
+            "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+            "compile_s": compile_s, "step_ms": step_s * 1e3, "tokens_per_s": tokens_per_s,
+            "tflops": achieved / 1e12, "peak_tflops": peak / 1e12 if peak else None,
+            "mfu": achieved / (peak * jax.device_count()) if peak else None,
+            "memory": memory_report(compiled), "loss": float(metrics["loss"])}
+
+
+def format_row(row: dict[str, Any]) -> str:
+    mfu = f"{row['mfu']:6.1%}" if row["mfu"] is not None else "   n/a"
+    return (f"{row['remat']:>5} | {row['attention']:>7} | {row['compile_s']:7.1f} | "
+            f"{row['step_ms']:9.1f} | {row['tokens_per_s']:11,.0f} | {row['tflops']:7.3f} | {mfu} | "
+            f"{row['memory']['temporaries'] / GIB:8.3f} | {row['memory']['total'] / GIB:8.3f}")
+
+
+HEADER = ("remat | kernel  | compile | step (ms) |    tokens/s | TFLOP/s |    MFU | "
+          "temp GiB | total GiB")
+
+
+def main(argv: list[str]) -> None:
+    flags, overrides = config_lib.parse_command_line(
+        argv, allowed=("config", "steps", "vocab", "remat", "json"))
+    config = config_lib.load_config(flags.get("config"), overrides)
+    steps = config_lib.int_flag(flags, "steps", 20, zero_ok=False)
+    vocab = config_lib.int_flag(flags, "vocab", config.data.vocab_size, zero_ok=False)
+    remats = [r.strip() for r in flags.get("remat", config.model.remat).split(",") if r.strip()]
+    for remat in remats:
+        if remat not in REMATS:
+            raise config_lib.ConfigError(f"--remat={remat} is not one of {', '.join(REMATS)}")
+    rows = []
+    for remat in remats:
+        config.model.remat = remat
+        rows.append(measure(config, vocab, steps))
+        if len(rows) == 1:
+            r = rows[0]
+            print(f"config {config.name}: {r['params_m']:.2f}M params, batch {r['batch']} x "
+                  f"{r['seq_len']}, {r['devices']} x {r['device_kind']}, mesh {config.mesh.to_dict()}, "
+                  f"{steps} timed steps; MFU against "
+                  + (f"{r['peak_tflops']:.3g} TFLOP/s per device" if r["peak_tflops"] else "n/a"))
+            print(HEADER, flush=True)
+        print(format_row(rows[-1]), flush=True)
+    if flags.get("json"):
+        with open(flags["json"], "w") as f:
+            json.dump({"config": config.name, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

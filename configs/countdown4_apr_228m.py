@@ -36,7 +36,7 @@ def get_config():
     c.model.tie_embeddings = False
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "bfloat16"
-    c.model.remat = True
+    c.model.remat = "full"
 
     c.mesh.data = 1
     c.mesh.fsdp = -1

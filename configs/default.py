@@ -50,8 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.tie_embeddings = True
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "float32"
-    c.model.attention = "auto"  # auto | xla | cudnn | splash
-    c.model.remat = False
+    c.model.attention = "auto"  # auto (triton on GPU, splash on TPU, else xla) | xla | triton | cudnn | splash
+    c.model.remat = "none"  # none | dots (keep matmul outputs) | full (recompute each block)
     c.model.rope_theta = 10000.0
     c.model.head_dim = 0  # 0: d_model // num_heads
     c.model.qkv_bias = False  # q/k/v projection biases (Qwen2)

@@ -68,8 +68,8 @@ def test_cpu_compile_reports_memory_per_device(capsys, tmp_path):
     assert aot.main(["--topology=cpu", f"--json={report}", *(f"--{o}" for o in TINY)]) == 0
     out = capsys.readouterr().out
     assert "default: 0.02M parameters, batch 32 x 128" in out
-    line = [l for l in out.splitlines() if l.startswith("cpu:")][0]
-    assert line.startswith("cpu: 8 x cpu (1 hosts), per device: arguments ")
+    line = [l for l in out.splitlines() if l.startswith("cpu")][0]
+    assert line.startswith("cpu remat=none: 8 x cpu (1 hosts), per device: arguments ")
     [result] = json.loads(report.read_text())
     memory = result["memory"]
     assert result["fits"] and memory["arguments"] > 0 and memory["temporaries"] > 0
@@ -85,11 +85,23 @@ def test_cpu_compile_reports_memory_per_device(capsys, tmp_path):
     (["--topology=cpu", "--config.train.batch_size=12"], "does not divide over the 8 data-parallel"),
     (["--topology=v4-8", "--libtpu=/nope/libtpu.so"], "error: --libtpu=/nope/libtpu.so: no such file"),
     (["--topolgy=v4-8"], "error: unknown flag --topolgy; did you mean --topology?"),
+    (["--topology=cpu", "--remat=none,some"], "error: --remat=some is not one of none, dots, full"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     assert aot.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_remat_policies_each_compile_with_their_own_memory(tmp_path):
+    """--remat lists policies: one compile per policy; recomputing whole
+    blocks plans fewer temporary bytes than keeping every activation."""
+    report = tmp_path / "aot.json"
+    assert aot.main(["--topology=cpu", "--remat=none,full", f"--json={report}",
+                     *(f"--{o}" for o in TINY)]) == 0
+    none, full = json.loads(report.read_text())
+    assert (none["remat"], full["remat"]) == ("none", "full")
+    assert full["memory"]["temporaries"] < none["memory"]["temporaries"]
 
 
 def test_missing_libtpu_is_explained(monkeypatch):

@@ -30,7 +30,7 @@ def test_overrides_are_typed():
     ("config.trainn.lr=1", "unknown config key 'config.trainn.lr'"),
     ("config.train.lr=abc", "config.train.lr: expected a number, got 'abc'"),
     ("config.train.steps=1.5", "config.train.steps: expected an integer, got '1.5'"),
-    ("config.model.remat=maybe", "config.model.remat: expected true or false"),
+    ("config.model.remat=maybe", "config.model.remat='maybe' is not one of none, dots, full"),
     ("config.trace.kind=tree", "config.trace.kind='tree' is not one of apr, sosp"),
     ("config.train.steps=0", "config.train.steps=0 must be a positive integer"),
     ("config.model.num_kv_heads=3", "config.model.num_heads=4 is not divisible by config.model.num_kv_heads=3"),
@@ -112,3 +112,18 @@ def test_typed_flags_read_values_and_defaults():
     assert config_lib.int_flag({"num": "7"}, "num", 1) == 7 and config_lib.int_flag({}, "num", 3) == 3
     assert config_lib.int_flag({"show": "0"}, "show", 2) == 0
     assert config_lib.float_flag({"top_p": "0.5"}, "top_p") == 0.5 and config_lib.float_flag({}, "top_p") is None
+
+
+def test_h200_schedule_warms_up_and_decays_inside_its_time_limit():
+    """The one-GPU config's steps fit its time limit at its stated step time,
+    and its learning rate reaches the end of the cosine at the last step."""
+    from apr_jax.optim import learning_rate_schedule
+    path = os.path.join(ROOT, "configs", "countdown4_apr_h200.py")
+    module = config_lib.config_module(path)
+    train = load_config(path).train
+    seconds = module.STARTUP_SECONDS + train.steps * module.STEP_SECONDS
+    assert 0.95 * 60 * train.time_limit_minutes <= seconds <= 60 * train.time_limit_minutes
+    assert 0 < train.warmup_steps <= train.steps // 10
+    schedule = learning_rate_schedule(train)
+    assert float(schedule(train.warmup_steps)) == pytest.approx(train.lr)
+    assert float(schedule(train.steps)) == pytest.approx(train.lr * train.min_lr_ratio)

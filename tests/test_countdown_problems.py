@@ -106,3 +106,16 @@ def test_load_errors_name_file_and_line(tmp_path, line, word):
     path.write_text(good + "\n\n" + line + "\n")
     with pytest.raises(ValueError, match=rf"bad\.jsonl:3: .*{word}"):
         load_problems(str(path))
+
+
+def test_parallel_drawing_gives_the_same_splits(monkeypatch):
+    """Solvability checked in two processes, in rounds of 64 candidates (so
+    rounds end mid-split and the generator is rewound): the same problems in
+    the same order as one process drawing one at a time."""
+    from apr_jax.countdown import problems
+    monkeypatch.setattr(problems, "_DRAW_BATCH", 64)
+    monkeypatch.setattr(problems, "_PARALLEL_MIN", 0)
+    kwargs = dict(num_inputs=3, max_number=20, min_target=10, max_target=50, seed=4)
+    serial = problems.make_splits(300, 25, 25, **kwargs)
+    parallel = problems.make_splits(300, 25, 25, num_workers=2, **kwargs)
+    assert parallel == serial

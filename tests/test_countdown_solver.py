@@ -42,6 +42,7 @@ def test_matches_brute_force_on_random_small_problems():
         target = rng.randint(1, 60)
         path = solve(numbers, target)
         assert (path is not None) == _brute_force(numbers, target), (numbers, target)
+        assert is_solvable(numbers, target) == (path is not None), (numbers, target)
         if path is not None:
             assert verify_operations(path, {"numbers": numbers, "target": target}).ok
 
@@ -49,3 +50,15 @@ def test_matches_brute_force_on_random_small_problems():
 def test_empty_numbers_rejected():
     with pytest.raises(ValueError, match="at least one number"):
         solve([], 5)
+    with pytest.raises(ValueError, match="at least one number"):
+        is_solvable([], 5)
+
+
+def test_is_solvable_agrees_with_solve_on_countdown4_draws():
+    """The values-only check and the path search on the ranges the configs draw
+    (numbers 1-99, targets 10-100), most of them unsolvable."""
+    rng = random.Random(1)
+    for _ in range(400):
+        numbers = [rng.randint(1, 99) for _ in range(4)]
+        target = rng.randint(10, 100)
+        assert is_solvable(numbers, target) == (solve(numbers, target) is not None), (numbers, target)

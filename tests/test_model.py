@@ -1,6 +1,11 @@
 """Tests for apr_jax.model: config, counts, FLOPs, and the packed training forward."""
 
+import contextlib
+import functools
+import io
+
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -175,16 +180,41 @@ def test_bf16_params_and_compute_give_finite_logits():
     assert float(jnp.abs(logits - reference).max()) < 0.1
 
 
-def test_remat_gives_same_loss_and_grads():
+def test_remat_policies_give_same_loss_and_grads():
     tokens = random_tokens(2, 8)
     args = (tokens, arange_positions(2, 8), jnp.ones((2, 8), jnp.int32))
     loss = lambda m: jnp.mean(m(*args) ** 2)
     step = nnx.jit(nnx.value_and_grad(loss))
     plain = step(Transformer(tiny(), rngs=nnx.Rngs(0)))
-    remat = step(Transformer(tiny(remat=True), rngs=nnx.Rngs(0)))
-    np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1])):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    for policy in ("dots", "full"):
+        remat = step(Transformer(tiny(remat=policy), rngs=nnx.Rngs(0)))
+        np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6, err_msg=policy)
+        for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1])):
+            np.testing.assert_allclose(a, b, atol=1e-6, err_msg=policy)
+
+
+def test_remat_policies_recompute_what_they_name():
+    """Saved residuals: none keeps everything, dots only the matmul outputs,
+    full only each block's input."""
+    args = (random_tokens(2, 8), arange_positions(2, 8), jnp.ones((2, 8), jnp.int32))
+
+    def residual_count(policy):
+        model = Transformer(tiny(remat=policy), rngs=nnx.Rngs(0))
+        graph, params = nnx.split(model)
+        loss = lambda p: jnp.mean(nnx.merge(graph, p)(*args) ** 2)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            jax.ad_checkpoint.print_saved_residuals(loss, params)
+        return len(printed.getvalue().splitlines())
+
+    none, dots, full = (residual_count(p) for p in ("none", "dots", "full"))
+    assert none > dots > full, (none, dots, full)
+
+
+def test_boolean_remat_of_older_configs_maps_to_a_policy():
+    assert tiny(remat=True).remat == "full" and tiny(remat=False).remat == "none"
+    with pytest.raises(ValueError, match="model.remat must be one of"):
+        tiny(remat="some")
 
 
 def test_bad_inputs_give_clear_errors(model):
@@ -197,40 +227,86 @@ def test_bad_inputs_give_clear_errors(model):
 
 # --- attention kernels ----------------------------------------------------
 
-def test_resolve_implementation_on_cpu():
-    assert attention.resolve_implementation("auto", jnp.float32) == "xla"
-    assert attention.resolve_implementation("cudnn", jnp.float32) == "xla"
-    assert attention.resolve_implementation("splash", jnp.float32) == "splash"
+def test_resolve_implementation_follows_the_platform():
+    assert attention.resolve_implementation("auto", jnp.float32, "cpu") == "xla"
+    assert attention.resolve_implementation("auto", jnp.bfloat16, "gpu") == "triton"
+    assert attention.resolve_implementation("auto", jnp.float32, "tpu") == "splash"
+    assert attention.resolve_implementation("splash", jnp.float32, "cpu") == "splash"
+    with pytest.raises(ValueError, match="model.attention='cudnn' needs model.compute_dtype"):
+        attention.resolve_implementation("cudnn", jnp.float32, "gpu")
 
 
-def _qkv_and_segments(t=128):
-    keys = jax.random.split(jax.random.key(3), 3)
-    q = jax.random.normal(keys[0], (4, t, 4, 16))
-    k = jax.random.normal(keys[1], (4, t, 2, 16))
-    v = jax.random.normal(keys[2], (4, t, 2, 16))
-    segments = jnp.array([[1] * 50 + [2] * 60 + [0] * (t - 110), [3] * 100 + [0] * (t - 100)] * 2)
-    return q, k, v, segments
+def test_model_built_for_a_platform_uses_its_kernel():
+    """The platform is an argument: building for "gpu" on this CPU host picks
+    the Triton kernel (run interpreted here) without touching JAX's backend."""
+    model = Transformer(tiny(), rngs=nnx.Rngs(0), platform="gpu")
+    assert {b.attn.implementation for b in model.blocks} == {"triton"}
+    assert attention.interpret_kernel("triton", "cpu") and not attention.interpret_kernel("triton", "gpu")
 
 
-def test_xla_attention_matches_jax_reference():
-    q, k, v, _ = _qkv_and_segments()
-    segments = jnp.ones((4, 128), jnp.int32)
-    ours = jax.jit(attention.xla_attention)(q, k, v, attention.segment_mask_BxTxS(segments))
-    reference = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
-        q, k, v, is_causal=True, implementation="xla"))(q, k, v)
-    np.testing.assert_allclose(ours, reference, atol=1e-5)
+@pytest.mark.parametrize("implementation,row_bytes", [("xla", 4 * 8 * 8 * 4), ("cudnn", 8 * 8 * 2)])
+def test_dense_attention_over_the_limit_names_the_setting(monkeypatch, implementation, row_bytes):
+    """Limit = one row's dense tensor (xla: f32 logits per head; cudnn: the
+    bf16 mask): two rows are a one-line error, one row runs."""
+    monkeypatch.setattr(attention, "DENSE_LIMIT_BYTES", row_bytes)
+    q, kv = jnp.ones((2, 8, 4, 16), jnp.bfloat16), jnp.ones((2, 8, 2, 16), jnp.bfloat16)
+    segments = jnp.ones((2, 8), jnp.int32)
+    run = functools.partial(attention.packed_attention, implementation=implementation)
+    with pytest.raises(ValueError, match=rf"model.attention='{implementation}' would build a .* "
+                                         r"T x T tensor per layer .*; set model.attention=auto"):
+        jax.eval_shape(run, q, kv, kv, segments)
+    if implementation == "xla":
+        jax.eval_shape(run, q[:1], kv[:1], kv[:1], segments[:1])
+
+
+def _packed_qkv(b, t=24):
+    """Grouped-query inputs (4 heads over 2 KV heads) with packed rows, padding
+    at the end and a length that is not a block multiple (the kernel pads)."""
+    keys = jax.random.split(jax.random.key(5), 4)
+    q = jax.random.normal(keys[0], (b, t, 4, 16))
+    k = jax.random.normal(keys[1], (b, t, 2, 16))
+    v = jax.random.normal(keys[2], (b, t, 2, 16))
+    rows = [[1] * 7 + [2] * 12 + [0] * 5, [1] * 24, [4] * 3 + [5] * 3 + [6] * 17 + [0], [0] * 24]
+    segments = jnp.array((rows * b)[:b], jnp.int32)
+    weights = jax.random.normal(keys[3], (b, t, 4, 16)) * (segments != 0)[:, :, None, None]
+    return (q, k, v, segments), weights
+
+
+def _value_and_grads(implementation, inputs, weights):
+    *qkv, segments = inputs
+    loss = lambda q, k, v: jnp.sum(
+        weights * attention.packed_attention(q, k, v, segments, implementation))
+    out = attention.packed_attention(*qkv, segments, implementation)
+    return out, jax.grad(loss, argnums=(0, 1, 2))(*qkv)
 
 
 @pytest.mark.parametrize("mesh_sizes", [None, (2, 2, 2)])
-def test_splash_kernel_matches_xla_in_interpret_mode(mesh_sizes):
-    q, k, v, segments = _qkv_and_segments()
-    run = jax.jit(lambda *args: attention.packed_attention(*args, implementation="splash"))
+def test_triton_kernel_matches_xla_outputs_and_grads(mesh_sizes):
+    """Pallas Triton flash attention (interpret mode off GPU) on packed rows
+    with padding: the same outputs and q/k/v gradients as XLA attention."""
+    inputs, weights = _packed_qkv(2 if mesh_sizes is None else 4)
+    run = jax.jit(functools.partial(_value_and_grads, "triton"))
     if mesh_sizes is None:
-        splash = run(q, k, v, segments)
-    else:  # under a mesh the kernel runs inside shard_map
-        mesh = sharding.make_mesh(sharding.MeshConfig(*mesh_sizes))
-        with jax.set_mesh(mesh):
-            splash = run(q, k, v, segments)
-    xla = attention.xla_attention(q, k, v, attention.segment_mask_BxTxS(segments))
-    real = segments != 0
-    np.testing.assert_allclose(np.asarray(splash)[real], np.asarray(xla)[real], atol=1e-5)
+        triton = run(inputs, weights)
+    else:  # batch and heads split over the mesh; the kernel runs in shard_map
+        with jax.set_mesh(sharding.make_mesh(sharding.MeshConfig(*mesh_sizes))):
+            triton = run(inputs, weights)
+    xla = _value_and_grads("xla", inputs, weights)
+    real = np.asarray(inputs[3] != 0)
+    np.testing.assert_allclose(np.asarray(triton[0])[real], np.asarray(xla[0])[real], atol=1e-5)
+    for name, ours, reference in zip("qkv", triton[1], xla[1]):
+        np.testing.assert_allclose(ours, reference, atol=1e-4, err_msg=f"d{name}")
+
+
+def test_gpu_training_forward_lowers_to_triton_without_a_t_by_t_tensor():
+    """"auto" for GPU, lowered for CUDA on this host: the gradient of the
+    packed forward calls the Triton kernels and holds no [.., T, T] array."""
+    t = 256
+    model = Transformer(tiny(max_len=t, compute_dtype="bfloat16"), rngs=nnx.Rngs(0), platform="gpu")
+    graph, params = nnx.split(model)
+    tokens = random_tokens(2, t)
+    loss = lambda p: jnp.mean(nnx.merge(graph, p)(tokens, arange_positions(2, t),
+                                                   jnp.ones((2, t), jnp.int32)))
+    hlo = jax.jit(jax.grad(loss)).trace(params).lower(lowering_platforms=("cuda",)).as_text()
+    assert hlo.count("xla.gpu.triton") >= 3  # forward, backward preparation, backward
+    assert f"x{t}x{t}x" not in hlo

@@ -3,19 +3,24 @@ outside given splits, JSONL I/O."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import math
 import os
 import random
+from concurrent.futures import Executor
 from typing import Any, Mapping
 
 from apr_jax.countdown.solver import is_solvable
+from apr_jax.processes import process_pool
 
 MIN_INPUTS, MAX_INPUTS = 2, 6
 _MAX_FAILED_DRAWS = 20_000  # consecutive useless draws before giving up
 _ENUMERATE_LIMIT = 300_000  # problem spaces up to this size are listed, not sampled
+_DRAW_BATCH = 4096  # candidates drawn per round when a process pool checks them
+_PARALLEL_MIN = 2000  # fewer problems than this are drawn in this process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,30 +109,61 @@ def _space_size(num_inputs: int, min_number: int, max_number: int,
             * (max_target - min_target + 1))
 
 
+def _solvable(numbers_and_target: tuple[tuple[int, ...], int]) -> bool:
+    return is_solvable(*numbers_and_target)
+
+
 def _draw_unique(rng: random.Random, ranges: tuple[int, ...],
-                 seen: set[tuple[tuple[int, ...], int]], count: int) -> list[Problem]:
+                 seen: set[tuple[tuple[int, ...], int]], count: int,
+                 pool: Executor | None = None) -> list[Problem]:
     """Up to ``count`` solvable problems drawn from ``ranges`` whose keys are not in
     ``seen`` (their keys are added to it); fewer when ``_MAX_FAILED_DRAWS`` draws
-    in a row find nothing new."""
+    in a row find nothing new.
+
+    With a ``pool``, candidates are drawn in rounds of ``_DRAW_BATCH``, checked
+    there in parallel and taken in draw order; ``rng`` ends exactly where the
+    one-at-a-time loop leaves it, so the problems (and any drawn after them)
+    are the same either way."""
     out: list[Problem] = []
     failed = 0
     while len(out) < count and failed <= _MAX_FAILED_DRAWS:
-        p = _draw(rng, *ranges)
-        if p.key not in seen and is_solvable(p.numbers, p.target):
-            seen.add(p.key)
-            out.append(p)
-            failed = 0
+        state = rng.getstate() if pool else None
+        candidates = [_draw(rng, *ranges) for _ in range(_DRAW_BATCH if pool else 1)]
+        if pool is None:
+            p = candidates[0]
+            solvable = [p.key not in seen and is_solvable(p.numbers, p.target)]
         else:
-            failed += 1
+            solvable = list(pool.map(_solvable, [(p.numbers, p.target) for p in candidates],
+                                     chunksize=256))
+        used = 0
+        for p, ok in zip(candidates, solvable):
+            used += 1
+            if ok and p.key not in seen:
+                seen.add(p.key)
+                out.append(p)
+                failed = 0
+                if len(out) == count:
+                    break
+            else:
+                failed += 1
+                if failed > _MAX_FAILED_DRAWS:
+                    break
+        if used < len(candidates):  # rewind to just after the last candidate looked at
+            rng.setstate(state)
+            for _ in range(used):
+                _draw(rng, *ranges)
     return out
 
 
 def make_splits(num_train: int, num_validation: int, num_test: int, *, num_inputs: int = 4,
                 min_number: int = 1, max_number: int = 99, min_target: int = 10,
-                max_target: int = 100, seed: int = 0) -> dict[str, list[Problem]]:
+                max_target: int = 100, seed: int = 0, num_workers: int = 1
+                ) -> dict[str, list[Problem]]:
     """Train/validation/test problems, unique within and across splits by
     (sorted numbers, target). Test is drawn first, then validation, then train,
-    so the held-out sets do not change when ``num_train`` changes."""
+    so the held-out sets do not change when ``num_train`` changes. With
+    ``num_workers > 1`` the solvability checks run in that many processes
+    (same problems)."""
     sizes = {"test": num_test, "validation": num_validation, "train": num_train}
     if any(n < 0 for n in sizes.values()):
         raise ValueError(f"split sizes must be >= 0, got {sizes}")
@@ -140,12 +176,14 @@ def make_splits(num_train: int, num_validation: int, num_test: int, *, num_input
     rng = random.Random(seed)
     seen: set[tuple[tuple[int, ...], int]] = set()
     splits: dict[str, list[Problem]] = {}
-    for name in ("test", "validation", "train"):
-        splits[name] = _draw_unique(rng, ranges, seen, sizes[name])
-        if len(splits[name]) < sizes[name]:
-            raise ValueError(
-                f"could not find {total} unique solvable problems "
-                f"(stuck at {len(seen)}); widen the ranges or ask for fewer")
+    parallel = num_workers > 1 and total >= _PARALLEL_MIN
+    with process_pool(num_workers) if parallel else contextlib.nullcontext() as pool:
+        for name in ("test", "validation", "train"):
+            splits[name] = _draw_unique(rng, ranges, seen, sizes[name], pool)
+            if len(splits[name]) < sizes[name]:
+                raise ValueError(
+                    f"could not find {total} unique solvable problems "
+                    f"(stuck at {len(seen)}); widen the ranges or ask for fewer")
     return {"train": splits["train"], "validation": splits["validation"], "test": splits["test"]}
 
 

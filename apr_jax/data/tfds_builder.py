@@ -3,7 +3,7 @@
 One example per problem: the trace's ``ThreadTree`` as JSON text plus the
 problem's numbers and target. The builder is parameterised by the resolved
 ``task`` and ``trace`` config sections; trace generation runs in a process
-pool when ``num_workers > 1``. ``tfds.core.DatasetInfo`` is built directly
+pool when ``num_workers > 1``, and so is the solvability check of drawn problems. ``tfds.core.DatasetInfo`` is built directly
 (``dataset_info_from_configs`` would look for metadata files next to the
 module), ``code_path`` is None (nothing is downloaded), and
 ``file_format="array_record"`` needs no TensorFlow.
@@ -11,11 +11,9 @@ module), ``code_path`` is None (nothing is downloaded), and
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -25,6 +23,7 @@ import tensorflow_datasets as tfds
 from apr_jax.countdown.problems import MAX_INPUTS, MIN_INPUTS, Problem, make_splits
 from apr_jax.countdown.solver import is_solvable
 from apr_jax.countdown.traces import TraceConfig, make_trace
+from apr_jax.processes import process_pool
 
 SPLITS = ("train", "validation", "test")
 _CHUNK = 32  # problems per task sent to a worker
@@ -80,7 +79,7 @@ def generate_traces(problems: Sequence[Problem], trace: Mapping[str, Any], *,
         else:
             workers = min(num_workers, len(jobs) // _CHUNK)
             try:
-                with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+                with process_pool(workers) as pool:
                     yield from _with_bar(pool.map(trace_one, jobs, chunksize=_CHUNK), bar)
             except BrokenProcessPool:
                 raise RuntimeError(
@@ -90,25 +89,6 @@ def generate_traces(problems: Sequence[Problem], trace: Mapping[str, Any], *,
     finally:
         if bar is not None:
             bar.close()
-
-
-def _jax_backends_running() -> bool:
-    if "jax" not in sys.modules:
-        return False
-    try:
-        from jax._src import xla_bridge
-        return bool(xla_bridge.backends_are_initialized())
-    except (ImportError, AttributeError):
-        return True
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """fork is fastest, but forking a process whose JAX backend runs threads
-    can deadlock; then spawn (the calling script needs an
-    ``if __name__ == "__main__"`` guard)."""
-    if sys.platform != "linux" or _jax_backends_running():
-        return multiprocessing.get_context("spawn")
-    return multiprocessing.get_context("fork")
 
 
 def _with_bar(results, bar):
@@ -165,7 +145,7 @@ class AprCountdown(tfds.core.GeneratorBasedBuilder):
                 task["num_train"], task["num_validation"], task["num_test"],
                 num_inputs=task["num_inputs"], min_number=task["min_number"],
                 max_number=task["max_number"], min_target=task["min_target"],
-                max_target=task["max_target"], seed=task["seed"])
+                max_target=task["max_target"], seed=task["seed"], num_workers=self.num_workers)
         return self._splits
 
     def _split_generators(self, dl_manager):

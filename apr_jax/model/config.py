@@ -8,7 +8,11 @@ from typing import Any
 import jax
 
 DTYPES = ("float32", "bfloat16")
-ATTENTIONS = ("auto", "xla", "cudnn", "splash")
+ATTENTIONS = ("auto", "xla", "triton", "cudnn", "splash")
+# Activation checkpointing per block: keep every activation, keep only the
+# matmul outputs (recompute norms, rotary, SwiGLU's gate), or keep only the
+# block's input (recompute the whole block in the backward pass).
+REMATS = ("none", "dots", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +30,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     attention: str = "auto"
-    remat: bool = False
+    remat: str = "none"
     rope_theta: float = 10000.0
     head_dim: int = 0  # 0: d_model // num_heads
     qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
@@ -62,6 +66,10 @@ class ModelConfig:
                 raise ValueError(f"model.{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"model.attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if isinstance(self.remat, bool):  # older configs: remat on/off
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        if self.remat not in REMATS:
+            raise ValueError(f"model.remat must be one of {REMATS}, got {self.remat!r}")
         if self.rope_theta <= 0:
             raise ValueError(f"model.rope_theta must be positive, got {self.rope_theta!r}")
         if self.norm_eps <= 0:

@@ -54,7 +54,7 @@ class KVCache:
 class Attention(nnx.Module):
     """Grouped-query attention with rotary positions."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, platform: str):
         d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         pdt = dtype_of(cfg.param_dtype)
         self.q_DxNxH = make_param(rngs, normal(d ** -0.5), (d, n, h), ("embed", "heads", "head_dim"), pdt)
@@ -73,7 +73,9 @@ class Attention(nnx.Module):
         self.qkv_bias, self.qk_norm = cfg.qkv_bias, cfg.qk_norm
         self.rope_theta = cfg.rope_theta
         self.rope_scaling = cfg.rope_llama3_scaling
-        self.implementation = cfg.attention
+        self.implementation = attention.resolve_implementation(cfg.attention, dtype_of(cfg.compute_dtype),
+                                                               platform)
+        self.platform = platform
 
     def project(self, x_BxLxD: jax.Array, positions_BxL: jax.Array):
         dtype = x_BxLxD.dtype
@@ -96,8 +98,8 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
         q, k, v = self.project(x_BxLxD, positions_BxL)
-        impl = attention.resolve_implementation(self.implementation, x_BxLxD.dtype)
-        return self.output(attention.packed_attention(q, k, v, segment_ids_BxL, impl))
+        return self.output(attention.packed_attention(q, k, v, segment_ids_BxL,
+                                                      self.implementation, self.platform))
 
     def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int):
         """Writes the new K/V into ``layer`` of the stacked cache at each row's
@@ -118,10 +120,10 @@ class Attention(nnx.Module):
 class Block(nnx.Module):
     """Pre-norm residual block: attention then SwiGLU."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, platform: str):
         pdt = dtype_of(cfg.param_dtype)
         self.attn_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs, eps=cfg.norm_eps)
-        self.attn = Attention(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs, platform=platform)
         self.mlp_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.d_ff, cfg.num_layers, param_dtype=pdt, rngs=rngs)
 
@@ -141,18 +143,28 @@ def _block_forward(block: Block, x, positions, segment_ids):
     return block(x, positions, segment_ids)
 
 
-_remat_block_forward = nnx.remat(_block_forward)
+BLOCK_FORWARDS = {
+    "none": _block_forward,
+    "dots": nnx.remat(_block_forward, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+    "full": nnx.remat(_block_forward),
+}
 
 
 class Transformer(nnx.Module):
-    """Decoder-only language model returning float32 logits."""
+    """Decoder-only language model returning float32 logits.
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    ``platform`` ("cpu", "gpu", "tpu"; default: JAX's default backend) is where
+    the training forward will run: it picks the attention kernel for
+    ``cfg.attention="auto"`` (an ahead-of-time compile for a TPU slice builds
+    the model for "tpu" on any host)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, platform: str | None = None):
         self.cfg = cfg
+        platform = platform or jax.default_backend()
         pdt = dtype_of(cfg.param_dtype)
         self.embed_VxD = make_param(rngs, normal(cfg.d_model ** -0.5), (cfg.vocab_size, cfg.d_model),
                                     ("vocab", "embed"), pdt)
-        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.blocks = nnx.List([Block(cfg, rngs=rngs, platform=platform) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs, eps=cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.head_DxV = make_param(rngs, normal(cfg.d_model ** -0.5), (cfg.d_model, cfg.vocab_size),
@@ -184,7 +196,7 @@ class Transformer(nnx.Module):
         """Packed training forward; returns logits [B, L, vocab] in float32."""
         _check_same_shape(tokens_BxL, positions=positions_BxL, segment_ids=segment_ids_BxL)
         x = self._embed(tokens_BxL)
-        forward = _remat_block_forward if self.cfg.remat else _block_forward
+        forward = BLOCK_FORWARDS[self.cfg.remat]
         for block in self.blocks:
             x = forward(block, x, positions_BxL, segment_ids_BxL)
         return self._logits(x)
