@@ -1,8 +1,16 @@
-"""Ahead-of-time compile of the train step for a named TPU slice, on any host.
+"""Ahead-of-time compile of the train step, or of the evaluation engine, for a
+named TPU slice, on any host.
 
     python -m apr_jax.aot --config=configs/countdown4_apr_228m.py --topology=v4-32,v5p-64
     python -m apr_jax.aot --config=configs/countdown4_apr_228m.py --topology=v4-32,v5p-64 \
         --remat=none,dots,full     # one compile per policy and slice
+    python -m apr_jax.aot --config=configs/countdown4_apr_228m.py --topology=v4-32,v5p-64 \
+        --step=engine --problems=256   # the spawn/join engine evaluating 256 problems
+
+The engine compile is the decoder evaluation runs (``eval`` section, the run's
+mesh, each batch shard with its own lanes) with one row and one KV-length
+bucket: the other buckets are smaller copies of the same branch, so the
+largest one sets the memory plan and one branch keeps the compile short.
 
 XLA compiles exactly the program ``python -m apr_jax.train`` would run on that
 slice (same model, optimizer, mesh, shardings, batch and attention kernel) and
@@ -38,6 +46,10 @@ from flax import nnx
 from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax import train_state
+from apr_jax.decode.engine import make_decoder
+from apr_jax.decode.model_api import NnxDecode
+from apr_jax.decode.protocol_ids import ProtocolIds
+from apr_jax.evaluate import engine_config
 from apr_jax.model.config import REMATS, ModelConfig, num_params
 from apr_jax.optim import learning_rate_schedule
 from apr_jax.train_step import make_train_step
@@ -205,6 +217,36 @@ def compile_train_step(config: ml_collections.ConfigDict, vocab_size: int,
         return step.lower(state, abstract_batch(config, mesh)).compile()
 
 
+def compile_engine(config: ml_collections.ConfigDict, vocab_size: int, devices: Sequence[jax.Device],
+                   num_problems: int, prompt_width: int) -> jax.stages.Compiled:
+    """Lowers and compiles evaluation's engine loop (``num_problems`` prompts of
+    ``prompt_width`` tokens, the ``eval`` section's samples, lanes and limits)
+    for ``devices`` without running it."""
+    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh), devices)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if num_problems % shards:
+        raise ValueError(f"--problems={num_problems} does not divide over the {shards} data-parallel "
+                         f"devices of the mesh {dict(mesh.shape)}")
+    model = nnx.eval_shape(lambda: train_state.new_model(config, vocab_size, devices[0].platform))
+    graphdef, params = nnx.split(model)
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          params, sharding.model_state_shardings(params, mesh))
+    cfg = dataclasses.replace(engine_config(config, samples=int(config.eval.samples)),
+                              row_buckets=1, kv_buckets=1)
+    decode = make_decoder(NnxDecode(graphdef), model.init_cache, cfg, ProtocolIds(), num_problems,
+                          prompt_width)
+    batch = sharding.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    args = (params,
+            jax.ShapeDtypeStruct((num_problems, prompt_width), jnp.int32, sharding=batch),
+            jax.ShapeDtypeStruct((num_problems,), jnp.int32, sharding=batch),
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+            jax.eval_shape(lambda: jax.random.key(0)),
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
+    with jax.set_mesh(mesh):  # as evaluation calls it
+        return decode.func.lower(*args, *decode.args, **decode.keywords).compile()
+
+
 def memory_report(compiled: jax.stages.Compiled) -> dict[str, int]:
     """Bytes XLA plans per device: inputs, outputs, temporaries, aliased
     (donated inputs reused as outputs) and their peak sum."""
@@ -218,20 +260,26 @@ def memory_report(compiled: jax.stages.Compiled) -> dict[str, int]:
 
 
 def check_topology(config: ml_collections.ConfigDict, accelerator_type: str,
-                   libtpu: str | None = None) -> dict[str, Any]:
-    """Compile for one slice ("cpu": this host's devices); returns its
-    per-device memory plan and whether it fits the device memory."""
+                   libtpu: str | None = None, step: str = "train", problems: int = 0,
+                   prompt_width: int = 32) -> dict[str, Any]:
+    """Compile ``step`` ("train" or "engine": evaluating ``problems`` prompts)
+    for one slice ("cpu": this host's devices); returns its per-device memory
+    plan and whether it fits the device memory."""
     if accelerator_type == "cpu":
         devices, hosts, hbm = jax.devices("cpu"), 1, None
     else:
         spec = topology_spec(accelerator_type)
         devices, hosts, hbm = topology_devices(spec, libtpu), spec.num_hosts, spec.hbm_bytes_per_device
     started = time.time()
-    result = {"topology": accelerator_type, "remat": config.model.remat, "devices": len(devices),
+    result = {"topology": accelerator_type, "step": step, "remat": config.model.remat, "devices": len(devices),
               "hosts": hosts,
               "device_kind": devices[0].device_kind, "hbm_per_device": hbm}
     try:
-        compiled = compile_train_step(config, config.data.vocab_size, devices)
+        if step == "engine":
+            result["problems"] = problems
+            compiled = compile_engine(config, config.data.vocab_size, devices, problems, prompt_width)
+        else:
+            compiled = compile_train_step(config, config.data.vocab_size, devices)
     except jax.errors.JaxRuntimeError as e:  # the compiler itself refuses a plan over HBM
         if not str(e).startswith("RESOURCE_EXHAUSTED"):
             raise
@@ -249,13 +297,15 @@ def _size(num_bytes: int) -> str:
 
 
 def format_result(result: dict[str, Any]) -> str:
+    what = (f"engine ({result['problems']} problems)" if result.get("step") == "engine"
+            else f"remat={result['remat']}")
     if result["memory"] is None:
-        return (f"{result['topology']} remat={result['remat']}: {result['devices']} x "
+        return (f"{result['topology']} {what}: {result['devices']} x "
                 f"{result['device_kind']} ({result['hosts']} hosts): DOES NOT FIT: {result['error']} "
                 f"[compiled in {result['compile_s']}s]")
     m = {k: _size(v) for k, v in result["memory"].items()}
     verdict = "fits" if result["fits"] else "DOES NOT FIT"
-    return (f"{result['topology']} remat={result['remat']}: {result['devices']} x {result['device_kind']} "
+    return (f"{result['topology']} {what}: {result['devices']} x {result['device_kind']} "
             f"({result['hosts']} hosts), per device: arguments {m['arguments']}, "
             f"temporaries {m['temporaries']}, outputs {m['outputs']} "
             f"(aliased {m['aliased']}), total {m['total']}"
@@ -268,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         flags, overrides = config_lib.parse_command_line(
-            argv, allowed=("config", "topology", "remat", "libtpu", "json"))
+            argv, allowed=("config", "topology", "remat", "libtpu", "json", "step", "problems"))
         if not flags.get("topology"):
             raise ValueError("--topology is required, e.g. --topology=v4-32,v5p-64")
         config = config_lib.load_config(flags.get("config"), overrides)
@@ -277,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         for remat in remats:
             if remat not in REMATS:
                 raise ValueError(f"--remat={remat} is not one of {', '.join(REMATS)}")
+        steps = [x.strip() for x in flags.get("step", "train").split(",") if x.strip()]
+        for step in steps:
+            if step not in ("train", "engine"):
+                raise ValueError(f"--step={step} is not one of train, engine")
+        problems = config_lib.int_flag(flags, "problems", int(config.eval.batch_problems) or 256, zero_ok=False)
         for name in names:
             if name != "cpu":
                 topology_spec(name)  # every name checked before the first compile
@@ -285,11 +340,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{config.train.batch_size} x {config.data.seq_len}, mesh {config.mesh.to_dict()}",
               flush=True)
         results = []
-        for remat in remats:
-            config.model.remat = remat
-            for name in names:
-                results.append(check_topology(config, name, flags.get("libtpu")))
-                print(format_result(results[-1]), flush=True)
+        for step in steps:
+            for remat in (remats if step == "train" else [config.model.remat]):
+                config.model.remat = remat
+                for name in names:
+                    results.append(check_topology(config, name, flags.get("libtpu"), step, problems))
+                    print(format_result(results[-1]), flush=True)
         if flags.get("json"):
             with open(flags["json"], "w") as f:
                 json.dump(results, f, indent=1)

@@ -79,6 +79,21 @@ def test_cpu_compile_reports_memory_per_device(capsys, tmp_path):
                                + memory["temporaries"] + memory["code"])
 
 
+def test_engine_compile_shards_the_kv_pool_over_the_batch_devices(capsys, tmp_path):
+    """--step=engine compiles evaluation's decoder under the mesh: each of the
+    8 batch shards holds its own lanes, so a device plans about an eighth of
+    the whole KV pool (and at least that)."""
+    report = tmp_path / "aot.json"
+    overrides = [*TINY, "config.eval.lanes=16", "config.eval.max_children=2", "config.eval.max_rounds=1"]
+    assert aot.main(["--topology=cpu", "--step=engine", "--problems=16", f"--json={report}",
+                     *(f"--{o}" for o in overrides)]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("cpu")][0]
+    assert line.startswith("cpu engine (16 problems): 8 x cpu (1 hosts), per device: arguments ")
+    [result] = json.loads(report.read_text())
+    pool = 16 * 128 * 2 * 2 * 1 * 16 * 4  # lanes x slots x layers x (k, v) x kv_heads x head_dim x f32
+    assert result["fits"] and pool / 8 <= result["memory"]["temporaries"] < pool / 2
+
+
 @pytest.mark.parametrize("argv,message", [
     ([], "error: --topology is required, e.g. --topology=v4-32,v5p-64"),
     (["--topology=v4-32,v9-8"], "error: unknown TPU accelerator type 'v9-8'"),
@@ -86,6 +101,8 @@ def test_cpu_compile_reports_memory_per_device(capsys, tmp_path):
     (["--topology=v4-8", "--libtpu=/nope/libtpu.so"], "error: --libtpu=/nope/libtpu.so: no such file"),
     (["--topolgy=v4-8"], "error: unknown flag --topolgy; did you mean --topology?"),
     (["--topology=cpu", "--remat=none,some"], "error: --remat=some is not one of none, dots, full"),
+    (["--topology=cpu", "--step=decode"], "error: --step=decode is not one of train, engine"),
+    (["--topology=cpu", "--step=engine", "--problems=12"], "--problems=12 does not divide over the 8"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     assert aot.main(argv) == 2
