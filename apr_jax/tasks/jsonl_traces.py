@@ -108,11 +108,12 @@ def _check_threads(tree: ThreadTree) -> None:
         raise ValueError("thread 0 (the root) has an empty prompt")
     if root.stop != "eos":
         raise ValueError(f"thread 0 (the root) must stop with 'eos', got {root.stop!r}")
-    for i, thread in enumerate(tree.threads):
-        if i and (thread.stop != "return" or not _RETURN_RE.search(thread.written_text)):
+    for i, thread in enumerate(tree.threads[1:], start=1):
+        if thread.stop != "return" or not _RETURN_RE.search(thread.written_text):
             raise ValueError(f"thread {i} never returns: a child must end with "
                              f"{protocol.RETURN_OPEN}...{protocol.RETURN_CLOSE} and stop 'return' "
                              f"(got stop {thread.stop!r})")
+    for i, thread in enumerate(tree.threads):
         spawns = [m.split(protocol.SEP) for m in _SPAWN_RE.findall(thread.written_text)]
         messages = [m for block in spawns for m in block]
         if len(messages) != len(thread.children):
