@@ -5,7 +5,6 @@ the worked example end to end from a converted pretrained checkpoint."""
 import json
 import os
 
-import jax
 import pytest
 
 from apr_jax import config as config_lib
@@ -168,7 +167,7 @@ def test_worked_example_from_a_converted_checkpoint(tmp_path):
     base = jsonl_config(tmp_path, "data.seq_len=64")
     convert.convert(os.path.join(FIXTURES, "qwen3"), str(out), base)
     run = ["model.max_len=192", "data.seq_len=192", "train.steps=2", "train.batch_size=8", "train.log_every=1",
-           "train.eval_every=2", "train.eval_batches=1", "train.checkpoint_every=2", "eval.num_problems=3",
+           "train.eval_every=100", "train.eval_batches=1", "train.checkpoint_every=2", "eval.num_problems=3",
            "eval.tokens_per_thread=24"]
     config = config_lib.load_config(str(out / "config.py"), run)
     assert config.task.name == "jsonl_traces" and config.train.init_from == str(out)
@@ -186,4 +185,3 @@ def test_worked_example_from_a_converted_checkpoint(tmp_path):
     rl_config.eval.max_rounds = 1
     result = run_rl(rl_config, str(tmp_path / "rl"))
     assert result["step"] == 1 and 0.0 <= result["reward"] <= 1.0
-    assert jax.device_count() >= 1
