@@ -185,3 +185,15 @@ def test_worked_example_from_a_converted_checkpoint(tmp_path):
     rl_config.eval.max_rounds = 1
     result = run_rl(rl_config, str(tmp_path / "rl"))
     assert result["step"] == 1 and 0.0 <= result["reward"] <= 1.0
+
+
+def test_readme_two_thread_example_is_a_valid_trace():
+    from apr_jax.tasks.jsonl_traces import parse_tree, problem_of
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("## Your own task and model"):]
+    block = section[section.index("```json\n") + 8:section.index("```", section.index("```json\n") + 8)]
+    tree = parse_tree(json.loads(block))
+    assert len(tree.threads) == 2
+    task = JsonlTracesTask({"train": "", "validation": "", "test": ""}, "numeric", "Answer:")
+    assert task.score(tree.threads[0].written_text, problem_of(tree)).ok
