@@ -26,7 +26,7 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "hf")
 
 
 def test_countdown_is_the_default_task_and_keeps_its_data_hash():
-    config = config_lib.load_config(None)
+    config = config_lib.load_config(None, ["task.num_train=50"])
     assert config.task.name == "countdown" and isinstance(get_task(config), CountdownTask)
     unnamed = config.to_dict()  # a config from before tasks had names
     del unnamed["task"]["name"]
