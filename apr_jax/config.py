@@ -18,6 +18,8 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 
+from apr_jax.tasks.base import TASK_NAMES
+
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "default.py")
 
@@ -27,6 +29,7 @@ IDENTITY_SECTIONS = ("task", "trace", "data", "model")
 
 CHOICES = {
     "mode": ("sft", "rl"),
+    "task.name": TASK_NAMES,
     "trace.kind": ("apr", "sosp"),
     "trace.style": ("terse", "reference"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -212,6 +215,16 @@ def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
 
+# Identity keys added after runs were already saved, with the value a run
+# saved without them had: an absent key matches only its default.
+LATER_KEYS = {
+    "task.name": "countdown",
+    "data.tokenizer": "",
+    "model.head_dim": 0, "model.qkv_bias": False, "model.qk_norm": False, "model.norm_eps": 1e-6,
+    "model.rope_scaling_factor": 0.0, "model.rope_low_freq_factor": 1.0,
+    "model.rope_high_freq_factor": 4.0, "model.rope_original_max_len": 8192,
+}
+
 # Where the data cache lives and how it is built do not change what is trained.
 IDENTITY_EXEMPT = {"data": ("dir", "num_workers")}
 
@@ -249,6 +262,8 @@ def identity_diff(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
                 walk(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+        elif a is None and path in LATER_KEYS and b == LATER_KEYS[path]:
+            return  # saved before the key existed, and it still has that run's value
         elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
             diffs.append(f"config.{path} (saved {a!r}, now {b!r})")
 

@@ -1,5 +1,5 @@
 """`python -m apr_jax.evaluate`: decode held-out problems with the spawn/join
-engine and score them with the project's verifier.
+engine and score them with the task's verifier (``config.task.name``).
 
     python -m apr_jax.evaluate --workdir=runs/default --split=test --num=200
     python -m apr_jax.evaluate --workdir=runs/default,runs/default_rl \\
@@ -35,13 +35,14 @@ from flax import nnx
 
 from apr_jax import config as config_lib
 from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_bytes
-from apr_jax.countdown.problems import Problem, load_problems, unseen_problems
-from apr_jax.countdown.render import conditioning_prefix, problem_prompt
-from apr_jax.countdown.verifier import extract_answer, verify
+from apr_jax.countdown.render import conditioning_prefix
 from apr_jax.decode.engine import Engine, EngineConfig, to_thread_trees
 from apr_jax.decode.metrics import cons_at_k, pass_at_k, sign_test_p
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig
+from apr_jax.jsonl_io import read_jsonl
+from apr_jax.tasks.base import answer_key_value
+from apr_jax.tasks.registry import get_task
 
 ACCELERATOR_HINT = ("for real accuracy train on an accelerator: configs/countdown4_apr_h200.py "
                     "(one GPU) or configs/countdown4_apr_228m.py (TPU pod slice)")
@@ -132,7 +133,7 @@ def engine_config(config: ml_collections.ConfigDict, *, samples: int = 1,
 
 
 def evaluate_problems(model: Any, tokenizer: Any, config: ml_collections.ConfigDict,
-                      problems: Sequence[Problem], *, samples: int = 1,
+                      problems: Sequence[Any], *, samples: int = 1,
                       temperature: float | None = None, top_p: float | None = None,
                       prefix: str = "", tokens_per_thread: int | None = None,
                       max_context: int | None = None, seed: int = 0, mesh: jax.sharding.Mesh | None = None
@@ -145,8 +146,9 @@ def evaluate_problems(model: Any, tokenizer: Any, config: ml_collections.ConfigD
         raise ValueError("no problems to evaluate")
     cfg = engine_config(config, samples=samples, temperature=temperature, top_p=top_p,
                         tokens_per_thread=tokens_per_thread, max_context=max_context)
+    task = get_task(config)
     engine = Engine(model, cfg, ProtocolIds.from_tokenizer(tokenizer))
-    prompts = [tokenizer.encode(problem_prompt(p, config.trace.style, prefix)) for p in problems]
+    prompts = [tokenizer.encode(task.prompt(p, prefix)) for p in problems]
     start = time.time()
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         output = engine.run(prompts, jax.random.key(seed))
@@ -158,13 +160,11 @@ def evaluate_problems(model: Any, tokenizer: Any, config: ml_collections.ConfigD
         per_sample = []
         for k, result in enumerate(output.samples[n]):
             tree = trees[n * samples + k]
-            written = tree.threads[0].written_text
-            verdict = verify(written, problem)
-            answer = extract_answer(written)
+            score = task.score(tree.threads[0].written_text, problem)
             per_sample.append({
-                "solved": verdict.ok, "reason": verdict.reason,
-                "operations": verdict.operations if verdict.ok else (answer or []),
-                "well_formed": result.threads[0].stop == "eos" and answer is not None,
+                "solved": score.ok, "reason": score.reason,
+                task.answer_key: score.answer if score.answer is not None else [],
+                "well_formed": result.threads[0].stop == "eos" and score.answer is not None,
                 "total_tokens": result.written_tokens,
                 "sequential_tokens": result.sequential_tokens,
                 "num_threads": result.num_threads, "max_context": result.max_context_used,
@@ -174,15 +174,15 @@ def evaluate_problems(model: Any, tokenizer: Any, config: ml_collections.ConfigD
         correct = [s["solved"] for s in per_sample]
         first = per_sample[0]
         rows.append({
-            "numbers": list(problem.numbers), "target": problem.target,
-            "solved": first["solved"], "operations": first["operations"],
+            **problem.to_dict(),
+            "solved": first["solved"], task.answer_key: first[task.answer_key],
             "reason": first["reason"], "total_tokens": first["total_tokens"],
             "sequential_tokens": first["sequential_tokens"], "num_threads": first["num_threads"],
             "max_context": first["max_context"], "limits_hit": first["limits_hit"],
             "solve_rate": float(np.mean(correct)),
             "pass_at_k": pass_at_k(samples, sum(correct), samples),
-            "cons_at_k": cons_at_k([tuple(s["operations"]) if s["operations"] else None
-                                    for s in per_sample], correct),
+            "cons_at_k": cons_at_k([answer_key_value(s[task.answer_key]) for s in per_sample],
+                                   correct),
             "tree": first["tree"],
             "samples": per_sample[1:],
             "_all": per_sample})
@@ -235,7 +235,7 @@ def format_table(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def paired_comparisons(solve_rates: dict[str, dict[Problem, float]]) -> list[str]:
+def paired_comparisons(solve_rates: dict[str, dict[Any, float]]) -> list[str]:
     """One line per later run against the first, on the problems both were
     evaluated on: how many each solved more often (with one sample: solved
     and the other did not), and the sign test's p. ``solve_rates[label]``
@@ -315,11 +315,12 @@ FLAGS = ("workdir", "checkpoint", "problems", "split", "num", "samples", "temper
          "out", "sweep", "plot", "show", "seed")
 
 
-def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: int) -> list[Problem]:
+def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: int) -> list[Any]:
     """``--problems`` (every problem, or its first ``--num``), or the first ``num``
     of each split named in ``--split`` (comma-separated, concatenated in that order)."""
+    task = get_task(config)
     if "problems" in flags:
-        problems = load_problems(flags["problems"])
+        problems = read_jsonl(flags["problems"], task.problem_type.from_dict)
         return problems[:num] if "num" in flags else problems
     from apr_jax.data.build import build_dataset
     from apr_jax.data.pipeline import make_problem_source
@@ -334,11 +335,10 @@ def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: 
             problems += make_problem_source(info, split)[:num]
             continue
         seen = {p.key for s in info.problem_paths for p in make_problem_source(info, s)}
-        task = config.task
-        unseen = unseen_problems(
-            num, seen, num_inputs=task.num_inputs, min_number=task.min_number,
-            max_number=task.max_number, min_target=task.min_target,
-            max_target=task.max_target, seed=task.seed)
+        if not hasattr(task, "unseen"):
+            raise ValueError(f"--split=unseen: the {task.name} task cannot draw problems outside "
+                             f"its files")
+        unseen = task.unseen(num, seen)
         if not unseen:
             raise ValueError("--split=unseen: every solvable problem in the task's ranges "
                              "is in a split already")

@@ -1,6 +1,7 @@
 """`python -m apr_jax.failures RESULTS.jsonl`: where an APR model's wrong
 answers go wrong, from the thread trees that training (``results_test.jsonl``)
-or ``python -m apr_jax.evaluate --out`` writes (terse trace style).
+or ``python -m apr_jax.evaluate --out`` writes (terse trace style). Countdown
+only: other tasks' results have no numbers and target to check children against.
 
 Each unsolved problem falls in the first class that applies:
 
@@ -49,6 +50,9 @@ def classify(row: dict[str, Any]) -> str | None:
     if row["solved"]:
         return None
     threads = row["tree"]["threads"]
+    if "numbers" not in row or "target" not in row:
+        raise ValueError("a row has no numbers and target: failure classes exist for Countdown "
+                         "results only")
     messages = [t["segments"][0]["text"] for t in threads if t["parent"] == 0]
     if not messages:
         return "no spawn"
@@ -86,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
         print(f"error: {path} is not a results file with thread trees ({type(e).__name__}: {e})",
               file=sys.stderr)
+        return 1
+    except ValueError as e:  # a results file of another task
+        print(f"error: {path}: {e}", file=sys.stderr)
         return 1
     columns = ("problems", "solved", *CLASSES)
     width = max(len(n) for n in table)

@@ -125,8 +125,9 @@ class SFTTask:
         return {"val_loss": sums[0] / max(sums[1], 1), "val_token_accuracy": sums[2] / max(sums[1], 1)}
 
 
-# Model settings that may differ from the starting checkpoint's: numerics and kernels.
-RUNTIME_MODEL_FIELDS = ("param_dtype", "compute_dtype", "attention", "remat")
+# Model settings that may differ from the starting checkpoint's: numerics, kernels
+# and the context length (rotary positions hold no weights).
+RUNTIME_MODEL_FIELDS = ("param_dtype", "compute_dtype", "attention", "remat", "max_len")
 
 
 def init_from_checkpoint(config: ml_collections.ConfigDict, state: ts.TrainState, tokenizer: Any) -> str:

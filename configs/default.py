@@ -10,6 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.task = ml_collections.ConfigDict()
+    c.task.name = "countdown"  # countdown | jsonl_traces (your own traces: configs/arithmetic_traces.py)
     c.task.num_inputs = 3
     c.task.min_number = 1
     c.task.max_number = 20

@@ -244,6 +244,55 @@ def _(ctx): return convert_cli(ctx, "foreign_tokenizer", edit=_foreign_tokenizer
 def _(ctx): return train_cli(ctx, f"--config.data.tokenizer={ctx['root']}/nope.apr.json")
 
 
+# ---- your own traces (config.task.name=jsonl_traces) -------------------------------
+def traces_cli(ctx, name, edit):
+    """Train the worked example with its training file replaced by one
+    reference tree per line, the last one changed by ``edit(tree dict)``."""
+    import json
+    import random
+
+    from apr_jax.tasks.examples.arithmetic import make_tree
+    path = os.path.join(ctx["root"], name)
+    trees = [make_tree(random.Random(i)).to_dict() for i in range(3)]
+    lines = [json.dumps(t) for t in trees[:2]] + [edit(trees[2])]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    example = os.path.join(os.path.dirname(DOC), "configs", "arithmetic_traces.py")
+    return cli(train.main, [f"--workdir={ctx['root']}/fresh_traces", f"--config={example}",
+                            f"--config.task.train={path}", f"--config.data.dir={ctx['root']}/data"])
+
+
+def _child_cut_off(tree):
+    import json
+    child = tree["threads"][2]
+    child["segments"][1]["text"] = " -> 9*8="
+    child["stop"] = "token_limit"
+    return json.dumps(tree)
+
+
+@case("B66")
+def _(ctx): return traces_cli(ctx, "t66.jsonl", _child_cut_off)
+@case("B67")
+def _(ctx): return traces_cli(ctx, "t67.jsonl", lambda tree: '{"problem": {"answer": 5}, "threads": [')
+
+
+@case("B68")
+def _(ctx):
+    import json
+
+    def drop_answer(tree):
+        del tree["problem"]["answer"]
+        return json.dumps(tree)
+    return traces_cli(ctx, "t68.jsonl", drop_answer)
+
+
+@case("B69")
+def _(ctx):
+    example = os.path.join(os.path.dirname(DOC), "configs", "arithmetic_traces.py")
+    return cli(train.main, [f"--workdir={ctx['root']}/fresh_traces", f"--config={example}",
+                            "--config.task.checker=my_checks.py", f"--config.data.dir={ctx['root']}/data"])
+
+
 # ---- adversarial answer text (verifier) ------------------------------------------
 PROBLEM = Problem((3, 4, 5), 17)
 

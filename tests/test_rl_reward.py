@@ -8,6 +8,9 @@ import pytest
 from apr_jax import threads
 from apr_jax.countdown.problems import Problem
 from apr_jax.rl.reward import RewardConfig, rollout_reward, score_rollouts
+from apr_jax.tasks.countdown import CountdownTask
+
+COUNTDOWN = CountdownTask({}, {"style": "terse"})
 
 
 def reward(cfg, **kw):
@@ -96,7 +99,7 @@ def test_scoring_pays_only_a_root_that_stopped_on_eos_after_its_answer():
                                 ([11, 12], "token_limit"),  # answer, then ran to the token limit
                                 ([13, 2], "eos"),  # a wrong answer that finished
                                 ([11, 12], "context_limit")])
-    scored = score_rollouts(arrays, WordTokenizer(), [problem], RewardConfig())
+    scored = score_rollouts(arrays, WordTokenizer(), [problem], RewardConfig(), task=COUNTDOWN)
     np.testing.assert_array_equal(scored.verified, [[True, True, False, True]])
     np.testing.assert_array_equal(scored.well_formed, [[True, False, True, False]])
     np.testing.assert_array_equal(scored.correct, [[True, False, False, False]])
@@ -104,5 +107,5 @@ def test_scoring_pays_only_a_root_that_stopped_on_eos_after_its_answer():
     summary = scored.summary()
     assert summary["accuracy"] == 0.25 and summary["unfinished_correct"] == 0.5
     assert summary["limits/token_limit"] == 0.25 and summary["limits/context_limit"] == 0.25
-    lenient = score_rollouts(arrays, WordTokenizer(), [problem], RewardConfig(require_eos=False))
+    lenient = score_rollouts(arrays, WordTokenizer(), [problem], RewardConfig(require_eos=False), task=COUNTDOWN)
     np.testing.assert_array_equal(lenient.rewards, [[1, 1, 0, 1]])

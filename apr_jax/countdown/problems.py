@@ -6,15 +6,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import math
-import os
 import random
 from concurrent.futures import Executor
 from typing import Any, Mapping
 
 from apr_jax.countdown.solver import is_solvable
 from apr_jax.processes import process_pool
+from apr_jax.jsonl_io import read_jsonl, write_jsonl
 
 MIN_INPUTS, MAX_INPUTS = 2, 6
 _MAX_FAILED_DRAWS = 20_000  # consecutive useless draws before giving up
@@ -216,27 +215,10 @@ def unseen_problems(count: int, exclude: set[tuple[tuple[int, ...], int]], *, nu
 
 def save_problems(path: str, problems: list[Problem]) -> None:
     """Write one JSON object per line."""
-    with open(path, "w", encoding="utf-8") as f:
-        for p in problems:
-            f.write(json.dumps(p.to_dict(), separators=(",", ":")) + "\n")
+    write_jsonl(path, problems)
 
 
 def load_problems(path: str) -> list[Problem]:
     """Read JSONL written by ``save_problems``; blank lines are skipped.
     Malformed lines raise ``ValueError("path:line: what is wrong")``."""
-    out: list[Problem] = []
-    if not os.path.isfile(path):
-        raise ValueError(f"problem file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg})") from None
-            try:
-                out.append(Problem.from_dict(d))
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from None
-    return out
+    return read_jsonl(path, Problem.from_dict)

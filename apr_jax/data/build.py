@@ -3,7 +3,7 @@
     <config.data.dir>/<hash of task + trace + data.vocab_size>/
         problems_{train,validation,test}.jsonl
         tokenizer.model
-        tfds/apr_countdown/1.0.0/...array_record...
+        tfds/<builder>/<version>/...array_record...   (the task's builder)
         info.json          <- written last: the completion marker
 
 A directory without ``info.json`` is a half-built cache: it is deleted and
@@ -26,9 +26,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from apr_jax.countdown.problems import save_problems
-from apr_jax.data.tfds_builder import SPLITS, AprCountdown, resolve_num_workers
+from apr_jax.data.tfds_builder import SPLITS, resolve_num_workers
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
+from apr_jax.jsonl_io import write_jsonl
+from apr_jax.tasks.base import DEFAULT_TASK, task_section
+from apr_jax.tasks.registry import get_task
 from apr_jax.threads import ThreadTree
 
 FORMAT_VERSION = 2  # bump when the cache layout or trace encoding changes
@@ -49,6 +51,7 @@ class DatasetInfo:
     counts: dict[str, int]
     stats: dict[str, Any]
     config_hash: str
+    task: str = DEFAULT_TASK  # the task whose problems the problem files hold
 
     def to_json(self) -> str:
         """JSON with paths relative to ``dir``, so a cache can be moved."""
@@ -75,7 +78,8 @@ class DatasetInfo:
                 tokenizer_path=os.path.join(directory, d["tokenizer_path"]),
                 problem_paths={k: os.path.join(directory, v) for k, v in d["problem_paths"].items()},
                 counts={k: int(v) for k, v in d["counts"].items()},
-                stats=dict(d["stats"]), config_hash=d["config_hash"])
+                stats=dict(d["stats"]), config_hash=d["config_hash"],
+                task=d.get("task", DEFAULT_TASK))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a valid dataset info file ({e})") from None
 
@@ -87,9 +91,12 @@ def _section(config: Any, name: str) -> dict[str, Any]:
 
 def config_hash(config: Any) -> str:
     """12 hex digits identifying ``task`` + ``trace`` + ``data.vocab_size``
-    (+ the content of ``data.tokenizer`` when one is given)."""
-    key = {"format": FORMAT_VERSION, "task": _section(config, "task"),
-           "trace": _section(config, "trace"), "vocab_size": int(config["data"]["vocab_size"])}
+    (+ the content of ``data.tokenizer`` when one is given, and of a task's input files)."""
+    task = task_section(config)
+    if task["name"] == DEFAULT_TASK:  # caches built before tasks had names keep their hash
+        del task["name"]
+    key = {"format": FORMAT_VERSION, "task": task, "trace": _section(config, "trace"),
+           "vocab_size": int(config["data"]["vocab_size"]), **get_task(config).cache_key()}
     given = pretrained_tokenizer_path(config)
     if given:
         with open(given, "rb") as f:
@@ -166,15 +173,15 @@ def build_dataset(config: Any, *, force: bool = False, log: TextIO | None | str 
 
 def _build_into(config: Any, work_dir: str, log: TextIO | None) -> dict[str, Any]:
     import tensorflow_datasets as tfds
-    task, trace = _section(config, "task"), _section(config, "trace")
+    task = get_task(config)
     num_workers = resolve_num_workers(int(config["data"]["num_workers"]))
     tfds_root = os.path.join(work_dir, TFDS_SUBDIR)
-    builder = AprCountdown(task=task, trace=trace, num_workers=num_workers,
-                           show_progress=log is not None, data_dir=tfds_root)
+    builder = task.dataset_builder(data_dir=tfds_root, num_workers=num_workers,
+                                   show_progress=log is not None)
     problem_paths = {}
     for split, problems in builder.problems().items():
         problem_paths[split] = os.path.join(work_dir, f"problems_{split}.jsonl")
-        save_problems(problem_paths[split], problems)
+        write_jsonl(problem_paths[split], problems)
 
     start = time.perf_counter()
     tfds.disable_progress_bar()
@@ -218,7 +225,7 @@ def _build_into(config: Any, work_dir: str, log: TextIO | None) -> dict[str, Any
     info = DatasetInfo(
         dir=work_dir, tfds_dir=builder.data_dir, tokenizer_path=tokenizer_path,
         problem_paths=problem_paths, counts=counts, stats=stats,
-        config_hash=config_hash(config))
+        config_hash=config_hash(config), task=task.name)
     with open(os.path.join(work_dir, MARKER + ".tmp"), "w", encoding="utf-8") as f:
         f.write(info.to_json())
     os.replace(os.path.join(work_dir, MARKER + ".tmp"), os.path.join(work_dir, MARKER))

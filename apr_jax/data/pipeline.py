@@ -28,9 +28,10 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from apr_jax.countdown.problems import Problem, load_problems
 from apr_jax.data.build import DatasetInfo, open_split
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
+from apr_jax.jsonl_io import read_jsonl
+from apr_jax.tasks.registry import problem_type
 from apr_jax.threads import ThreadTree
 
 FEATURES = ("tokens", "loss_mask", "segment_ids", "positions")
@@ -239,8 +240,9 @@ def make_iterator(config, info: DatasetInfo, split: str, *, batch_size: int,
                                packing=bool(config.data.packing), pad_id=tokenizer.pad_id)
 
 
-def make_problem_source(info: DatasetInfo, split: str) -> list[Problem]:
-    """The problems of a split, in generation order (for evaluation)."""
+def make_problem_source(info: DatasetInfo, split: str) -> list[Any]:
+    """The problems of a split, in generation order (for evaluation), as the
+    dataset's task's problem type."""
     if split not in info.problem_paths:
         raise ValueError(f"split {split!r} is not one of {sorted(info.problem_paths)}")
-    return load_problems(info.problem_paths[split])
+    return read_jsonl(info.problem_paths[split], problem_type(info.task).from_dict)

@@ -1,4 +1,5 @@
-"""TFDS builder writing Countdown thread trees as ArrayRecord (no TensorFlow).
+"""TFDS builders writing thread trees as ArrayRecord (no TensorFlow): Countdown
+traces generated from the config, and trees read from a task's files.
 
 One example per problem: the trace's ``ThreadTree`` as JSON text plus the
 problem's numbers and target. The builder is parameterised by the resolved
@@ -20,7 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from apr_jax.countdown.problems import MAX_INPUTS, MIN_INPUTS, Problem, make_splits
+from apr_jax.countdown.problems import MAX_INPUTS, MIN_INPUTS, Problem
 from apr_jax.countdown.solver import is_solvable
 from apr_jax.countdown.traces import TraceConfig, make_trace
 from apr_jax.processes import process_pool
@@ -113,13 +114,14 @@ class AprCountdown(tfds.core.GeneratorBasedBuilder):
         return None
 
     def __init__(self, *, task: Mapping[str, Any], trace: Mapping[str, Any],
-                 num_workers: int = 1, show_progress: bool = False, **kwargs):
+                 splits: Mapping[str, Sequence[Problem]], num_workers: int = 1,
+                 show_progress: bool = False, **kwargs):
         self.task = _as_dict(task)
         self.trace = _as_dict(trace)
         TraceConfig.from_config(self.trace)
         self.num_workers = num_workers
         self.show_progress = show_progress
-        self._splits: dict[str, list[Problem]] | None = None
+        self._splits = {name: list(splits[name]) for name in SPLITS}
         # Per split: examples, failed searches, seconds spent generating.
         self.stats: dict[str, dict[str, float]] = {}
         kwargs.setdefault("file_format", "array_record")
@@ -138,14 +140,7 @@ class AprCountdown(tfds.core.GeneratorBasedBuilder):
         )
 
     def problems(self) -> dict[str, list[Problem]]:
-        """The split problems drawn from the ``task`` section (cached)."""
-        if self._splits is None:
-            task = self.task
-            self._splits = make_splits(
-                task["num_train"], task["num_validation"], task["num_test"],
-                num_inputs=task["num_inputs"], min_number=task["min_number"],
-                max_number=task["max_number"], min_target=task["min_target"],
-                max_target=task["max_target"], seed=task["seed"], num_workers=self.num_workers)
+        """The split problems (the task's ``splits()``)."""
         return self._splits
 
     def _split_generators(self, dl_manager):
@@ -167,6 +162,43 @@ class AprCountdown(tfds.core.GeneratorBasedBuilder):
                           "target": np.int32(problem.target)}
         self.stats[split] = {"examples": len(problems), "failed": failed,
                              "seconds": time.perf_counter() - start}
+
+
+class AprTraceFiles(tfds.core.GeneratorBasedBuilder):
+    """Thread trees given per split (a ``jsonl_traces`` task's files)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Thread trees as JSON text."}
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        return None  # as for AprCountdown
+
+    def __init__(self, *, trees: Mapping[str, Sequence[str]], problems: Mapping[str, Sequence[Any]],
+                 failed: Mapping[str, int], **kwargs):
+        self._trees = {split: list(trees[split]) for split in SPLITS}
+        self._problems = {split: list(problems[split]) for split in SPLITS}
+        self.stats = {split: {"examples": len(self._trees[split]), "failed": int(failed[split])}
+                      for split in SPLITS}
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self, description="Thread trees (JSON) read from JSONL files.",
+            features=tfds.features.FeaturesDict({"tree": tfds.features.Text()}))
+
+    def problems(self) -> dict[str, list[Any]]:
+        return self._problems
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {name: self._generate_examples(name) for name in SPLITS if self._trees[name]}
+
+    def _generate_examples(self, split: str):
+        for index, tree_json in enumerate(self._trees[split]):
+            yield index, {"tree": tree_json}
 
 
 def resolve_num_workers(num_workers: int) -> int:

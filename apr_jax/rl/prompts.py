@@ -10,27 +10,27 @@ resumed run samples exactly the prompts and keys the uninterrupted one would.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
-from apr_jax.countdown.problems import Problem
-from apr_jax.countdown.render import conditioning_prefix, problem_prompt
+from apr_jax.countdown.render import conditioning_prefix
 
 
 class PromptStream:
     """``take(count)`` -> (problems, requested child counts); ``next_key()``."""
 
-    def __init__(self, problems: Sequence[Problem], *, seed: int, style: str,
+    def __init__(self, problems: Sequence[Any], *, seed: int, prompt: Callable[[Any, str], str],
                  condition_kind: str | None = None, condition_values: Sequence[int] = ()):
+        """``prompt(problem, prefix)`` is the task's root prompt (``Task.prompt``)."""
         if not problems:
             raise ValueError("the RL prompt stream needs at least one problem")
         if condition_kind is not None and not condition_values:
             raise ValueError("conditioned prompts need at least one conditioning value")
         self.problems = list(problems)
         self.seed = int(seed)
-        self.style = style
+        self.prompt = prompt
         self.condition_kind = condition_kind
         self.condition_values = [int(v) for v in condition_values]
         self.epoch = 0
@@ -41,7 +41,7 @@ class PromptStream:
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.problems))
 
-    def take(self, count: int) -> tuple[list[Problem], list[int | None]]:
+    def take(self, count: int) -> tuple[list[Any], list[int | None]]:
         """The next ``count`` problems and, when conditioned, each one's
         requested value (a child count for APR, a token budget for SoS+)."""
         rng = np.random.default_rng([self.seed, 1, self.epoch, self.position])
@@ -58,9 +58,9 @@ class PromptStream:
             values = [int(v) for v in rng.choice(self.condition_values, size=count)]
         return [self.problems[i] for i in chosen], values
 
-    def prompt_text(self, problem: Problem, value: int | None) -> str:
+    def prompt_text(self, problem: Any, value: int | None) -> str:
         prefix = "" if value is None else conditioning_prefix(self.condition_kind, value)
-        return problem_prompt(problem, self.style, prefix)
+        return self.prompt(problem, prefix)
 
     def longest_prompt_texts(self) -> list[str]:
         """Every problem's prompt with the longest conditioning prefix (to size

@@ -7,7 +7,8 @@
              - condition_penalty * min(1, |children - asked| / max(asked, 1))
                                   if the prompt asked for a child count
 
-``correct`` is the verifier's verdict on the root's written text; with
+``correct`` is the task verifier's reward for the root's written text (1 for a
+correct answer; a user checker may pay partial credit); with
 ``require_eos`` (the default) only for a root that *finished*: it stopped on
 EOS and wrote an answer line, so an answer followed by a run to the token or
 context limit earns nothing (the reference study's verifier accepts only a
@@ -31,12 +32,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apr_jax.countdown.problems import Problem
-from apr_jax.countdown.verifier import extract_answer, verify
 from apr_jax.decode.engine import EngineOutput, SampleResult, sample_results, to_thread_trees
 from apr_jax.decode.metrics import acceleration
 from apr_jax.rl.diagnostics import rollout_diagnostics
 from apr_jax.rl.grpo import groups_with_signal
+from apr_jax.tasks.base import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +82,13 @@ class Scored:
 
 
 def rollout_reward(*, verified: bool, well_formed: bool, total_tokens: int, sequential_tokens: int,
-                   children: int, asked_children: int | None, cfg: RewardConfig) -> float:
+                   children: int, asked_children: int | None, cfg: RewardConfig,
+                   credit: float = 1.0) -> float:
     """One rollout's reward (module docstring) from the verifier's verdict on
-    the root's text and whether the root finished."""
+    the root's text (accepted, with ``credit`` the verifier's reward) and
+    whether the root finished."""
     correct = cfg.counts_as_correct(verified, well_formed)
-    reward = float(correct)
+    reward = credit if correct else 0.0
     if not well_formed:
         reward -= cfg.format_penalty
     if correct and cfg.acceleration_weight:
@@ -100,11 +102,13 @@ def rollout_reward(*, verified: bool, well_formed: bool, total_tokens: int, sequ
     return reward
 
 
-def score_rollouts(arrays: dict[str, np.ndarray], tokenizer: Any, problems: Sequence[Problem],
-                   cfg: RewardConfig, asked_children: Sequence[int | None] | None = None) -> Scored:
+def score_rollouts(arrays: dict[str, np.ndarray], tokenizer: Any, problems: Sequence[Any],
+                   cfg: RewardConfig, asked_children: Sequence[int | None] | None = None, *,
+                   task: Task) -> Scored:
     """Rewards of every rollout from loop-state arrays shaped [problem, sample, ...]
-    (``rollout.engine_arrays``); ``asked_children[n]`` is problem n's requested
-    child count (None: not conditioned)."""
+    (``rollout.engine_arrays``), scored by ``task``'s verifier;
+    ``asked_children[n]`` is problem n's requested child count (None: not
+    conditioned)."""
     P, G = arrays["next_free"].shape
     if len(problems) != P:
         raise ValueError(f"{len(problems)} problems for {P} decoded prompts")
@@ -118,13 +122,13 @@ def score_rollouts(arrays: dict[str, np.ndarray], tokenizer: Any, problems: Sequ
         ("rewards", np.float32), ("correct", bool), ("verified", bool), ("well_formed", bool))}
     for n, problem in enumerate(problems):
         for k, result in enumerate(results[n]):
-            written = trees[n * G + k].threads[0].written_text
-            verified = verify(written, problem).ok
-            well_formed = result.root.stop == "eos" and extract_answer(written) is not None
+            score = task.score(trees[n * G + k].threads[0].written_text, problem)
+            verified = score.reward > 0
+            well_formed = result.root.stop == "eos" and score.answer is not None
             out["rewards"][n, k] = rollout_reward(
                 verified=verified, well_formed=well_formed, total_tokens=result.written_tokens,
                 sequential_tokens=result.sequential_tokens, children=result.num_threads - 1,
-                asked_children=asked[n], cfg=cfg)
+                asked_children=asked[n], cfg=cfg, credit=score.reward)
             out["correct"][n, k] = cfg.counts_as_correct(verified, well_formed)
             out["verified"][n, k] = verified
             out["well_formed"][n, k] = well_formed

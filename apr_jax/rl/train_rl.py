@@ -36,7 +36,6 @@ from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax import train_state as ts
 from apr_jax.config import ConfigError
-from apr_jax.countdown.problems import Problem
 from apr_jax.data.build import build_dataset_once
 from apr_jax.data.pipeline import make_problem_source
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
@@ -54,6 +53,7 @@ from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_w
 from apr_jax.rl.prompts import PromptStream
 from apr_jax.rl.reward import RewardConfig, score_rollouts
 from apr_jax.rl.rollout import encode_prompts, engine_arrays, make_rollout
+from apr_jax.tasks.registry import get_task
 from apr_jax.workdir import check_workdir
 
 
@@ -229,8 +229,9 @@ class RLTask:
             self.condition_kind = config.trace.kind
             condition_values = (settings.condition_children or (config.eval.max_children,)
                                 if self.condition_kind == "apr" else (config.eval.tokens_per_thread,))
+        self.task = get_task(config)
         self.data = self.stream = PromptStream(
-            problems, seed=config.seed, style=config.trace.style,
+            problems, seed=config.seed, prompt=self.task.prompt,
             condition_kind=self.condition_kind, condition_values=condition_values)
         self.eval_problems = held_out_problems(info, settings)
         self.prompt_width = -(-max(len(tokenizer.encode(t))
@@ -278,7 +279,7 @@ class RLTask:
             arrays = engine_arrays(_host(batch), P)
             t1 = time.time()
             scored = score_rollouts(arrays, tokenizer, chosen, s.reward,
-                                    asked if self.condition_kind == "apr" else None)
+                                    asked if self.condition_kind == "apr" else None, task=self.task)
             adv_N = np.asarray(group_advantages(scored.rewards, s.grpo.advantage)).reshape(-1)
             keep_N = None
             if s.skip_flat_groups:
@@ -334,7 +335,7 @@ class RLTask:
         return {**row, "warnings": warnings} if warnings else row
 
 
-def held_out_problems(info: Any, settings: RLSettings) -> list[Problem]:
+def held_out_problems(info: Any, settings: RLSettings) -> list[Any]:
     """The fixed validation slice of the periodic evaluation (empty when off)."""
     if not settings.eval_every:
         return []

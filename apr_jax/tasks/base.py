@@ -1,0 +1,73 @@
+"""The task interface: what a task provides and how its verifier scores."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Protocol
+
+TASK_NAMES = ("countdown", "jsonl_traces")
+DEFAULT_TASK = "countdown"
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """A verifier's verdict on a root's written text.
+
+    ``reward`` is 1.0 for a correct answer and 0.0 for a wrong one (a user
+    checker may give partial credit in between); ``answer`` is the extracted
+    final answer (None when the text has no answer line), JSON-serialisable.
+    """
+
+    reward: float
+    reason: str
+    answer: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """Solved: full credit."""
+        return self.reward >= 1.0
+
+
+class Task(Protocol):
+    """What a task provides (see the module docstring)."""
+
+    name: str
+    answer_key: str  # the result rows' field for the extracted answer
+    problem_type: Any  # has from_dict(d), to_dict(), key; hashable
+
+    def splits(self) -> dict[str, list[Any]]:
+        """Problems per split (train, validation, test)."""
+
+    def prompt(self, problem: Any, prefix: str = "") -> str:
+        """The root thread's prompt for ``problem``."""
+
+    def score(self, text: str, problem: Any) -> Score:
+        """Score what the root wrote (its model-written text) against ``problem``."""
+
+    def cache_key(self) -> dict[str, Any]:
+        """Extra identity of the built dataset (e.g. the content of input files)."""
+
+    def dataset_builder(self, *, data_dir: str, num_workers: int, show_progress: bool) -> Any:
+        """A TFDS builder writing one ``tree`` (ThreadTree JSON) per problem;
+        ``problems()`` gives the splits, ``stats[split]["failed"]`` the traces
+        that do not reach the reference answer."""
+
+
+def task_section(config: Any) -> dict[str, Any]:
+    """The ``task`` section as a dict, its ``name`` filled in when absent."""
+    section = config["task"]
+    values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
+    values.setdefault("name", DEFAULT_TASK)
+    return values
+
+
+def answer_key_value(answer: Any) -> Any:
+    """A hashable form of an extracted answer (None for no or an empty answer),
+    for cons@k."""
+    if not answer:
+        return None
+    return tuple(answer) if isinstance(answer, list) else answer
+
+
+def as_mapping(section: Any) -> Mapping[str, Any]:
+    return dict(section.to_dict() if hasattr(section, "to_dict") else section)

@@ -1,0 +1,53 @@
+"""Countdown behind the task interface: seeded problem splits, SoS+/APR search
+traces and the exact verifier (``apr_jax.countdown``)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from apr_jax.countdown.problems import Problem, make_splits, unseen_problems
+from apr_jax.countdown.render import problem_prompt
+from apr_jax.countdown.verifier import extract_answer, verify
+from apr_jax.tasks.base import Score, as_mapping, task_section
+
+RANGE_KEYS = ("num_inputs", "min_number", "max_number", "min_target", "max_target")
+
+
+class CountdownTask:
+    name = "countdown"
+    answer_key = "operations"
+    problem_type = Problem
+
+    def __init__(self, task: Mapping[str, Any], trace: Mapping[str, Any]):
+        self.task = {k: v for k, v in task.items() if k != "name"}
+        self.trace = dict(trace)
+
+    @classmethod
+    def from_config(cls, config: Any) -> "CountdownTask":
+        return cls(task_section(config), as_mapping(config["trace"]))
+
+    def splits(self, num_workers: int = 1) -> dict[str, list[Problem]]:
+        t = self.task
+        return make_splits(t["num_train"], t["num_validation"], t["num_test"], seed=t["seed"],
+                           num_workers=num_workers, **{k: t[k] for k in RANGE_KEYS})
+
+    def prompt(self, problem: Problem, prefix: str = "") -> str:
+        return problem_prompt(problem, self.trace["style"], prefix)
+
+    def score(self, text: str, problem: Problem) -> Score:
+        verdict = verify(text, problem)
+        return Score(float(verdict.ok), verdict.reason,
+                     extract_answer(text) if isinstance(text, str) else None)
+
+    def cache_key(self) -> dict[str, Any]:
+        return {}  # the task and trace sections say it all
+
+    def dataset_builder(self, *, data_dir: str, num_workers: int, show_progress: bool) -> Any:
+        from apr_jax.data.tfds_builder import AprCountdown
+        return AprCountdown(task=self.task, trace=self.trace, splits=self.splits(num_workers), num_workers=num_workers,
+                            show_progress=show_progress, data_dir=data_dir)
+
+    def unseen(self, count: int, exclude: set) -> list[Problem]:
+        """Up to ``count`` solvable problems in the task's ranges that are not in ``exclude``."""
+        t = self.task
+        return unseen_problems(count, exclude, seed=t["seed"], **{k: t[k] for k in RANGE_KEYS})

@@ -1,0 +1,1 @@
+"""Worked examples of user tasks (``arithmetic``: word problems with a parallel decomposition)."""

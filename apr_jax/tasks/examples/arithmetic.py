@@ -1,0 +1,99 @@
+"""Multi-step arithmetic word problems with a parallel decomposition, written
+as ``ThreadTree`` JSONL for the ``jsonl_traces`` task:
+
+    python -m apr_jax.tasks.examples.arithmetic --out examples/arithmetic
+
+writes ``train.jsonl``, ``validation.jsonl`` and ``test.jsonl`` (the bundled
+copies in ``examples/arithmetic/`` come from this command with its defaults).
+Each problem buys a few groups of items; the root spawns one child per group,
+each child multiplies its group out and returns the product, and the root adds
+the joined products (less what was given away) and writes ``Answer: N``::
+
+    root:   Ana buys 3 boxes of 12 pens and 4 bags of 5 pens, then gives away 9. How many pens?
+            <spawn>3 boxes of 12<sep>4 bags of 5</spawn><join>36<sep>20</join>
+            36+20-9=47
+            Answer: 47
+    child:  <child>3 boxes of 12 -> 3*12=36 <return>36</return>
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from typing import Sequence
+
+from apr_jax import protocol
+from apr_jax.threads import Segment, Thread, ThreadTree
+
+NAMES = ("Ana", "Ben", "Cai", "Dee", "Eli", "Fay")
+ITEMS = ("pens", "eggs", "cards", "nuts", "tiles")
+CONTAINERS = ("boxes", "bags", "packs", "jars", "crates")
+ANSWER_PREFIX = "Answer:"
+SPLIT_SIZES = {"train": 256, "validation": 32, "test": 32}
+
+
+def make_tree(rng: random.Random) -> ThreadTree:
+    """One problem and its APR trace."""
+    item = rng.choice(ITEMS)
+    containers = rng.sample(CONTAINERS, rng.randint(2, 3))
+    groups = [(rng.randint(2, 9), container, rng.randint(2, 15)) for container in containers]
+    products = [count * size for count, _, size in groups]
+    give_away = rng.randint(1, min(products)) if rng.random() < 0.5 else 0
+    answer = sum(products) - give_away
+    bought = " and ".join(f"{count} {container} of {size} {item}" for count, container, size in groups)
+    then = f", then gives away {give_away}" if give_away else ""
+    prompt = f"{rng.choice(NAMES)} buys {bought}{then}. How many {item}?\n"
+
+    messages = [f"{count} {container} of {size}" for count, container, size in groups]
+    sum_line = "+".join(map(str, products)) + (f"-{give_away}" if give_away else "") + f"={answer}"
+    root = Thread(parent=-1, segments=[
+        Segment("prompt", prompt),
+        Segment("model", protocol.spawn_block(messages)),
+        Segment("join", protocol.join_block([str(p) for p in products])),
+        Segment("model", f"\n{sum_line}\n{ANSWER_PREFIX} {answer}\n")], stop="eos")
+    threads = [root]
+    for message, (count, _, size), product in zip(messages, groups, products):
+        threads.append(Thread(parent=0, stop="return", segments=[
+            Segment("prompt", protocol.child_prompt(message)),
+            Segment("model", f" -> {count}*{size}={product} " + protocol.return_block(str(product)))]))
+        root.children.append(len(threads) - 1)
+    return ThreadTree(problem={"answer": answer}, threads=threads)
+
+
+def write_splits(out: str, sizes: dict[str, int], seed: int = 0) -> dict[str, str]:
+    """Write unique problems per split (no prompt in two splits); returns the paths."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    os.makedirs(out, exist_ok=True)
+    paths = {}
+    for split in ("test", "validation", "train"):  # held-out splits first, as Countdown draws them
+        trees = []
+        while len(trees) < sizes[split]:
+            tree = make_tree(rng)
+            prompt = tree.threads[0].segments[0].text
+            if prompt not in seen:
+                seen.add(prompt)
+                trees.append(tree)
+        paths[split] = os.path.join(out, f"{split}.jsonl")
+        with open(paths[split], "w", encoding="utf-8") as f:
+            f.writelines(tree.to_json() + "\n" for tree in trees)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m apr_jax.tasks.examples.arithmetic",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="directory for train/validation/test.jsonl")
+    parser.add_argument("--seed", type=int, default=0)
+    for split, size in SPLIT_SIZES.items():
+        parser.add_argument(f"--{split}", type=int, default=size, help=f"problems (default {size})")
+    args = parser.parse_args(argv)
+    paths = write_splits(args.out, {s: getattr(args, s) for s in SPLIT_SIZES}, args.seed)
+    print(f"wrote {', '.join(paths.values())}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

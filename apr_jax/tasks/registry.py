@@ -1,0 +1,27 @@
+"""Tasks by name: ``get_task(config)`` builds the one ``config.task.name`` names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apr_jax.tasks.base import TASK_NAMES, Task, task_section
+from apr_jax.tasks.countdown import CountdownTask
+from apr_jax.tasks.jsonl_traces import JsonlTracesTask
+
+TASKS = {"countdown": CountdownTask, "jsonl_traces": JsonlTracesTask}
+assert tuple(TASKS) == TASK_NAMES
+
+
+def get_task(config: Any) -> Task:
+    """The task ``config.task.name`` names, built from the config."""
+    name = task_section(config)["name"]
+    if name not in TASKS:
+        raise ValueError(f"config.task.name={name!r} is not one of {', '.join(TASKS)}")
+    return TASKS[name].from_config(config)
+
+
+def problem_type(name: str) -> Any:
+    """The problem class of task ``name`` (to read a dataset's problem files)."""
+    if name not in TASKS:
+        raise ValueError(f"task {name!r} is not one of {', '.join(TASKS)}")
+    return TASKS[name].problem_type
