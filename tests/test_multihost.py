@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from apr_jax import sharding, train, train_state
+from apr_jax import sharding, train_state
 from apr_jax.checkpoint import Checkpointer
 from apr_jax.config import load_config
 from apr_jax.data.build import build_dataset
