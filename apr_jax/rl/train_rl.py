@@ -51,6 +51,7 @@ from apr_jax.optim import learning_rate_schedule
 from apr_jax.rl.diagnostics import TrendWatch
 from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal,
                              make_grpo_update)
+from apr_jax.rl.pack import pack_update_batch
 from apr_jax.rl.prompts import PromptStream
 from apr_jax.rl.reward import RewardConfig, score_rollouts
 from apr_jax.rl.rollout import encode_prompts, engine_arrays, make_rollout
@@ -70,6 +71,7 @@ class RLSettings:
     rollout_chunks: int
     condition_children: tuple[int, ...]
     skip_flat_groups: bool
+    packed_update: bool  # the update trains on packed threads (apr_jax.rl.pack)
     eval_every: int  # RL steps between held-out evaluations; 0: none
     eval_problems: int  # validation problems decoded greedily at each
     grpo: GrpoConfig
@@ -133,7 +135,8 @@ class RLSettings:
                        prompt_pool=int(rl.prompt_pool),
                        max_threads=int(rl.max_threads), rollout_chunks=int(rl.rollout_chunks),
                        condition_children=tuple(int(c) for c in rl.condition_children),
-                       skip_flat_groups=bool(rl.skip_flat_groups), eval_every=int(rl.eval_every),
+                       skip_flat_groups=bool(rl.skip_flat_groups),
+                       packed_update=bool(rl.packed_update), eval_every=int(rl.eval_every),
                        eval_problems=int(rl.eval_problems), grpo=grpo, reward=reward)
         engine = settings.engine_config(config)
         if engine.threads_per_sample < engine.full_tree:
@@ -275,7 +278,8 @@ class RLTask:
                                       for p, v in zip(chosen, asked)], self.prompt_width, self.ids.pad)
             t0 = time.time()
             batch = self.rollout(self.state.model, stream.next_key(), prompts)
-            arrays = engine_arrays(_host(batch), P)
+            host = _host(batch)
+            arrays = engine_arrays(host, P)
             t1 = time.time()
             scored = score_rollouts(arrays, tokenizer, chosen, s.reward,
                                     asked if self.condition_kind == "apr" else None)
@@ -285,7 +289,11 @@ class RLTask:
                 keep_N = np.repeat(groups_with_signal(scored.rewards), G)
             t2 = time.time()
             if keep_N is None or keep_N.any():
-                self.state, metrics = self.update(self.state, UpdateBatch.from_rollout(batch, adv_N, keep_N))
+                if s.packed_update:
+                    update_batch = pack_update_batch(host, adv_N, keep_N, minibatches=s.grpo.minibatches)
+                else:
+                    update_batch = UpdateBatch.from_rollout(batch, adv_N, keep_N)
+                self.state, metrics = self.update(self.state, update_batch)
                 metrics = jax.device_get(metrics)
             else:  # no group has signal: nothing to learn from this batch
                 metrics = {"finite": True}
