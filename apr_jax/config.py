@@ -202,7 +202,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.data.seq_len > m.max_len:
         raise ConfigError(f"config.data.seq_len={config.data.seq_len} exceeds "
                           f"config.model.max_len={m.max_len}")
-    if config.train.batch_size % config.train.grad_accum:
+    # RL splits its rollout rows into grad_accum microbatches; train.batch_size is SFT's.
+    if config.get("mode", "sft") == "sft" and config.train.batch_size % config.train.grad_accum:
         raise ConfigError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
                           f"config.train.grad_accum={config.train.grad_accum}")
     if not 0.0 <= config.train.min_lr_ratio <= 1.0:

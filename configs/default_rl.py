@@ -29,6 +29,7 @@ def rl_section() -> ml_collections.ConfigDict:
     rl.kl_coef = 0.001  # k3 KL to the frozen SFT model
     rl.advantage = "grpo"  # grpo: (reward - group mean) / group std | drgrpo: reward - group mean
     rl.skip_flat_groups = False  # update only on groups whose rewards differ (saves the flat ones' compute)
+    rl.packed_update = True  # update on the threads packed into rows (False: one thread per max_len row)
     rl.require_eos = True  # reward a correct answer only when the root then stopped on EOS
     rl.format_penalty = 0.0  # subtracted when the root ends without an answer line
     rl.acceleration_weight = 0.0  # x min(total / critical-path tokens - 1, cap) for correct rollouts
@@ -61,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.warmup_steps = 5
     c.train.min_lr_ratio = 1.0  # constant after warm-up
     c.train.weight_decay = 0.0
-    c.train.grad_accum = 8  # microbatches of 16 x 8 x 9 / 8 = 144 rows per update (all-padding ones skipped)
+    c.train.grad_accum = 64  # microbatches of 16 x 8 x 9 / 64 = 18 rows (empty ones skipped: fine-grained for packed rows)
     c.train.log_every = 5
     c.train.checkpoint_every = 25
     c.train.time_limit_minutes = 0.0

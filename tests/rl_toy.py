@@ -24,7 +24,7 @@ TOY = [
 RL = ["config.rl.prompts_per_step=8", "config.rl.samples_per_prompt=4", "config.train.lr=3e-3",
       "config.train.warmup_steps=0", "config.rl.format_penalty=1.0", "config.rl.kl_coef=0.0",
       "config.train.log_every=1", "config.rl.temperature=1.0", "config.rl.max_threads=0",
-      "config.rl.eval_every=0"]
+      "config.rl.eval_every=0", "config.train.grad_accum=8"]
 RL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default_rl.py")
 
 

@@ -14,6 +14,7 @@ from apr_jax.model.transformer import Transformer
 from apr_jax.decode import engine_loop
 from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal, grpo_loss,
                              grpo_token_terms, make_grpo_update, rollout_token_weights, target_logprobs)
+from apr_jax.rl.pack import pack_update_batch
 from apr_jax.rl.rollout import RolloutBatch
 from apr_jax import train_state
 
@@ -58,7 +59,7 @@ def test_flat_groups_are_dropped_from_the_update_batch():
     everything = UpdateBatch.from_rollout(batch, np.zeros(6))
     assert np.asarray(everything.valid_R).tolist() == valid_R.tolist()
     # Only the kept group's rollouts share the per-rollout mean.
-    w = np.asarray(rollout_token_weights(kept.mask_RxL, jnp.asarray(rollout_R), 6))
+    w = np.asarray(rollout_token_weights(kept.mask_RxL, jnp.asarray(rollout_R)[:, None], 6))
     np.testing.assert_allclose(w.sum(axis=1), [0] * 4 + [0.25, 0.25, 0.5, 0] + [0] * 4)
 
 
@@ -67,7 +68,7 @@ def test_rollout_token_weights_average_per_rollout_then_over_rollouts():
     # rollout 2 wrote nothing and must not count.
     mask = np.array([[0, 1, 1, 1], [0, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]], np.float32)
     rollout = np.array([0, 0, 1, 2])
-    w = np.asarray(rollout_token_weights(jnp.asarray(mask), jnp.asarray(rollout), 3))
+    w = np.asarray(rollout_token_weights(jnp.asarray(mask), jnp.asarray(rollout)[:, None], 3))
     np.testing.assert_allclose(w[0], [0, 1 / 8, 1 / 8, 1 / 8])
     np.testing.assert_allclose(w[1], [0, 0, 1 / 8, 0])
     np.testing.assert_allclose(w[2], [1 / 4, 1 / 4, 0, 0])
@@ -83,7 +84,7 @@ def test_clipped_ratio_kl_and_clip_fraction_by_hand():
     old = np.zeros((2, 3), np.float32)
     new = np.log(np.array([[1.0, 1.5, 0.5], [1.0, 1.5, 0.5]], np.float32))
     ref = np.zeros((2, 3), np.float32)
-    adv = np.array([1.0, -1.0], np.float32)
+    adv = np.array([[1.0], [-1.0]], np.float32)
     t = jax.tree.map(np.asarray, grpo_token_terms(jnp.asarray(new), jnp.asarray(old), jnp.asarray(ref),
                                                   jnp.asarray(adv), jnp.ones((2, 3)), cfg))
     # A > 0: min(r, clip(r, 0.8, 1.3)) -> 1, 1.3, 0.5;  A < 0: -max(r, clip(r)) -> -1, -1.5, -0.8.
@@ -106,8 +107,8 @@ def test_adversarial_logprobs_at_masked_positions_give_finite_loss_and_gradients
     logits = jax.random.normal(jax.random.key(0), (3, 6, 9))
     tokens = jax.random.randint(jax.random.key(1), (3, 6), 0, 9)
     mask = jnp.array([[0, 0, 1, 1, 0, 0], [0, 1, 1, 0, 1, 1], [0, 0, 0, 0, 0, 0]], jnp.float32)
-    weights = rollout_token_weights(mask, jnp.array([0, 1, 2]), 3)
-    adv = jnp.array([1.0, -0.5, 2.0])
+    weights = rollout_token_weights(mask, jnp.array([[0], [1], [2]]), 3)
+    adv = jnp.array([[1.0], [-0.5], [2.0]])
     old = np.full((3, 6), -2.0, np.float32)
     ref = np.full((3, 6), -2.5, np.float32)
     garbage = np.array([1e4, -1e4, np.inf, -np.inf, np.nan, 3e38], np.float32)
@@ -144,11 +145,11 @@ def test_gradient_flows_only_through_model_written_tokens():
     logits = jax.random.normal(key, (3, 6, 9))
     tokens = jax.random.randint(jax.random.key(2), (3, 6), 0, 9)
     mask = jnp.array([[0, 0, 1, 1, 0, 0], [0, 1, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0]], jnp.float32)
-    rollout = jnp.array([0, 0, 1])
+    rollout = jnp.array([[0], [0], [1]])
     weights = rollout_token_weights(mask, rollout, 2)
     old = jnp.full((3, 6), -2.0)
     ref = jnp.full((3, 6), -2.5)
-    adv = jnp.array([1.0, -0.5, 2.0])
+    adv = jnp.array([[1.0], [-0.5], [2.0]])
 
     def loss(lg):
         return grpo_loss(target_logprobs(lg, tokens), old, ref, adv, weights, cfg)[0]
@@ -234,7 +235,7 @@ def test_config_rejects_bad_values():
 def test_one_update_matches_a_reference_computation_and_moves_logprobs_by_advantage():
     """Four rollouts of three thread slots (rollout 0: 1 thread, 1: 3, 2: 2,
     3: 1), two minibatches of two microbatches: the update reorders rows
-    (whole rollouts per minibatch, valid rows first). Its loss and parameters
+    (whole rollouts per minibatch, valid rows first), or packs them. Its loss and parameters
     after plain SGD must equal a direct computation: per rollout the mean
     over its written tokens of the clipped loss plus the k3 KL, averaged over
     the minibatch's rollouts, one gradient step per minibatch."""
@@ -304,13 +305,23 @@ def test_one_update_matches_a_reference_computation_and_moves_logprobs_by_advant
     batch = UpdateBatch(jnp.asarray(tokens), jnp.broadcast_to(jnp.arange(L), (R, L)), jnp.asarray(seg),
                         jnp.asarray(mask), jnp.asarray(old), jnp.asarray(valid), jnp.asarray(rollout_R),
                         jnp.asarray(adv_N))
+    # The same rollout as the engine returns it, for the packed update.
+    z = np.zeros(R, np.int32)
+    rollout = RolloutBatch(
+        tokens_RxL=tokens, role_RxL=np.where(mask > 0, engine_loop.ROLE_MODEL, 0).astype(np.int8),
+        logp_RxL=old, length_R=np.full(R, L, np.int32), valid_R=valid, rollout_R=rollout_R,
+        thread_R=np.arange(R) % S, parent_R=z - 1, depth_R=z, stop_R=z, written_R=z, rounds_R=z,
+        spawn_round_R=z, threads_N=np.array([1, 3, 2, 1], np.int32), dropped_children_N=np.zeros(N),
+        dropped_pool_N=np.zeros(N))
+    packed = pack_update_batch(rollout, adv_N, None, minibatches=2)
     update = make_grpo_update(graphs, cfg, num_rollouts=N)
-    new_state, metrics = update(jax.tree.map(jnp.array, state), batch)
-    assert bool(metrics["finite"])
-    np.testing.assert_allclose(float(metrics["loss"]), np.mean(expected), rtol=1e-5, atol=1e-6)
-    updated = nnx.split(nnx.merge(graphs.model, new_state.model), nnx.Param, ...)[1]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 nnx.to_pure_dict(updated), nnx.to_pure_dict(params))
+    for update_batch in (batch, packed):
+        new_state, metrics = update(jax.tree.map(jnp.array, state), update_batch)
+        assert bool(metrics["finite"])
+        np.testing.assert_allclose(float(metrics["loss"]), np.mean(expected), rtol=1e-5, atol=1e-6)
+        updated = nnx.split(nnx.merge(graphs.model, new_state.model), nnx.Param, ...)[1]
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                     nnx.to_pure_dict(updated), nnx.to_pure_dict(params))
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
                          nnx.to_pure_dict(updated), nnx.to_pure_dict(params0))
     assert max(jax.tree.leaves(moved)) > 1e-3  # the update did something

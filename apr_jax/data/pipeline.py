@@ -14,8 +14,8 @@ Every batch is a dict of int32 [B, L] arrays:
   padding.
 - ``positions``: restart at 0 in every segment; 0 on padding.
 
-Packing is next-fit in stream order: a sequence that does not fit in the
-current row starts the next one. The iterator's state is the upstream state
+Packing is next-fit in stream order (``apr_jax.data.packing``): a sequence
+that does not fit in the current row starts the next one. The iterator's state is the upstream state
 before the tree being packed plus how many of its sequences are already
 placed, so a restored iterator yields exactly the batches the original
 would have yielded next.
@@ -29,6 +29,7 @@ import grain
 import numpy as np
 
 from apr_jax.data.build import DatasetInfo, open_split
+from apr_jax.data.packing import pack_layout
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.jsonl_io import read_jsonl
 from apr_jax.tasks.registry import problem_type
@@ -82,24 +83,12 @@ def pack_sequences(sequences: Sequence[TokenPair], seq_len: int, *, packing: boo
     Returns (rows dict of int32 [R, seq_len], number of truncated sequences).
     A reference implementation of what the iterator does batch by batch.
     """
-    layout: list[list[tuple[np.ndarray, np.ndarray]]] = []
-    used = seq_len
-    truncated = 0
-    for tokens, mask in sequences:
-        if len(tokens) > seq_len:
-            tokens, mask = tokens[:seq_len], mask[:seq_len]
-            truncated += 1
-        if not packing or used + len(tokens) > seq_len:
-            layout.append([])
-            used = 0
-        layout[-1].append((tokens, mask))
-        used += len(tokens)
-    rows = empty_rows(len(layout), seq_len, pad_id)
-    for r, row in enumerate(layout):
-        offset = 0
-        for k, (tokens, mask) in enumerate(row):
-            place(rows, r, offset, k + 1, tokens, mask)
-            offset += len(tokens)
+    cut = [(tokens[:seq_len], mask[:seq_len]) for tokens, mask in sequences]
+    truncated = sum(len(tokens) > seq_len for tokens, _ in sequences)
+    layout = pack_layout([len(tokens) for tokens, _ in cut], seq_len, packing=packing)
+    rows = empty_rows(layout.num_rows, seq_len, pad_id)
+    for s, (tokens, mask) in enumerate(cut):
+        place(rows, layout.row_S[s], layout.offset_S[s], layout.segment_S[s], tokens, mask)
     return rows, truncated
 
 

@@ -8,14 +8,20 @@ Conventions (``R`` thread rows of ``L`` tokens, ``N`` rollouts, ``P`` groups):
   does not favour groups with a small reward spread); a group whose rewards
   are all equal gets 0, never NaN. Only the advantage differs between the
   two: the loss keeps its per-rollout token mean below;
-- every thread row of a rollout carries that rollout's advantage;
-- ``logp_RxL[:, j]`` is the log-probability of token ``j`` given tokens
-  ``< j`` (column 0 is 0); the loss counts only model-written tokens;
+- every token of a rollout carries that rollout's advantage;
+- ``logp_RxL[:, j]`` is the log-probability of token ``j`` given the tokens
+  before it in its thread (0 at a thread's first token); the loss counts only
+  model-written tokens;
 - the loss is averaged over each rollout's model-written tokens (all its
   threads together), then over the rollouts that wrote any token;
 - log-ratios are zeroed outside the model-written tokens before any
   exponential, so whatever the log-probs hold at prompts, joins and padding
-  (old, reference or current) the loss and its gradient stay finite.
+  (old, reference or current) the loss and its gradient stay finite;
+- the update trains either on the rollout's rows as they are (one thread per
+  ``max_len`` row, ``UpdateBatch``) or on the threads packed into rows with
+  segment ids and per-thread positions (``PackedUpdateBatch`` from
+  ``apr_jax.rl.pack``; ``config.rl.packed_update``); both give the same
+  result, the packed one with far fewer padding tokens through the forwards.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from apr_jax.rl.pack import PackedUpdateBatch
 from apr_jax.rl.rollout import RolloutBatch
 from apr_jax.train_state import Graphs, TrainState
 from apr_jax.update import apply_gradients, summed_gradients
@@ -84,14 +91,18 @@ def groups_with_signal(rewards_PxG: np.ndarray) -> np.ndarray:
     return rewards_PxG.max(axis=1) > rewards_PxG.min(axis=1)
 
 
-def rollout_token_weights(mask_RxL: jax.Array, rollout_R: jax.Array, num_rollouts: int) -> jax.Array:
+def rollout_token_weights(mask_RxL: jax.Array, rollout_RxL: jax.Array, num_rollouts: int) -> jax.Array:
     """Per-token weights making ``sum(w * x)`` the mean over rollouts (that
-    wrote any token) of each rollout's mean over its model-written tokens."""
-    tokens_R = mask_RxL.sum(axis=1)
-    tokens_N = jax.ops.segment_sum(tokens_R, rollout_R, num_segments=num_rollouts)
+    wrote any token) of each rollout's mean over its model-written tokens.
+    ``rollout_RxL`` (each token's rollout) may be ``[R, 1]``: one rollout per row."""
+    if jnp.ndim(rollout_RxL) != 2:
+        raise ValueError(f"rollout ids must be [R, L] or [R, 1], got shape {jnp.shape(rollout_RxL)}")
+    rollout_RxL = jnp.broadcast_to(rollout_RxL, mask_RxL.shape)
+    tokens_N = jax.ops.segment_sum(mask_RxL.reshape(-1), rollout_RxL.reshape(-1), num_segments=num_rollouts)
     counted = jnp.maximum((tokens_N > 0).sum(), 1)
-    per_token_R = jnp.where(tokens_N[rollout_R] > 0, 1.0 / jnp.maximum(tokens_N[rollout_R], 1), 0.0)
-    return mask_RxL * (per_token_R / counted)[:, None]
+    tokens_RxL = tokens_N[rollout_RxL]
+    per_token_RxL = jnp.where(tokens_RxL > 0, 1.0 / jnp.maximum(tokens_RxL, 1), 0.0)
+    return mask_RxL * per_token_RxL / counted
 
 
 # ---- log-probs and loss ------------------------------------------------------------
@@ -105,12 +116,15 @@ def target_logprobs(logits_RxLxV: jax.Array, tokens_RxL: jax.Array, temperature:
 
 
 def grpo_token_terms(logp_RxL: jax.Array, old_logp_RxL: jax.Array, ref_logp_RxL: jax.Array | None,
-                     adv_R: jax.Array, mask_RxL: jax.Array, cfg: GrpoConfig) -> dict[str, jax.Array]:
+                     adv_RxL: jax.Array, mask_RxL: jax.Array, cfg: GrpoConfig) -> dict[str, jax.Array]:
     """Per-token clipped policy loss, k3 KL estimate, clip indicator and
-    ratio; outside ``mask_RxL`` the log-ratios are 0 (ratio 1, KL 0)."""
+    ratio; outside ``mask_RxL`` the log-ratios are 0 (ratio 1, KL 0).
+    ``adv_RxL`` is each token's advantage (``[R, 1]``: one per row)."""
+    if jnp.ndim(adv_RxL) != 2:
+        raise ValueError(f"advantages must be [R, L] or [R, 1], got shape {jnp.shape(adv_RxL)}")
     counted = mask_RxL > 0
     ratio = jnp.exp(jnp.where(counted, logp_RxL - old_logp_RxL, 0.0))
-    adv = adv_R[:, None]
+    adv = adv_RxL
     clipped = jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
     policy = -jnp.minimum(ratio * adv, clipped * adv)
     clip_active = ((adv > 0) & (ratio > 1.0 + cfg.clip_high)) | ((adv < 0) & (ratio < 1.0 - cfg.clip_low))
@@ -123,11 +137,11 @@ def grpo_token_terms(logp_RxL: jax.Array, old_logp_RxL: jax.Array, ref_logp_RxL:
             "clip_fraction": clip_active.astype(jnp.float32), "ratio": ratio}
 
 
-def grpo_loss(logp_RxL, old_logp_RxL, ref_logp_RxL, adv_R, weights_RxL, cfg: GrpoConfig
+def grpo_loss(logp_RxL, old_logp_RxL, ref_logp_RxL, adv_RxL, weights_RxL, cfg: GrpoConfig
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The weighted loss, its weighted per-token statistics and the largest
     ratio (``ratio_max``) over the counted tokens (``weights_RxL > 0``)."""
-    terms = grpo_token_terms(logp_RxL, old_logp_RxL, ref_logp_RxL, adv_R, weights_RxL, cfg)
+    terms = grpo_token_terms(logp_RxL, old_logp_RxL, ref_logp_RxL, adv_RxL, weights_RxL, cfg)
     ratio = terms.pop("ratio")
     stats = {k: (v * weights_RxL).sum() for k, v in terms.items()}
     stats["ratio_mean"] = (ratio * weights_RxL).sum()
@@ -173,38 +187,66 @@ def _minibatch_order(valid_R: jax.Array, rollout_R: jax.Array, num_rollouts: int
     return jnp.argsort(mb_R * 2 + (~valid_R).astype(jnp.int32), stable=True)
 
 
+def _update_rows(batch: UpdateBatch | PackedUpdateBatch, num_rollouts: int, minibatches: int
+                 ) -> dict[str, jax.Array]:
+    """The rows the update trains on, grouped by minibatch (equal row counts,
+    valid rows first in each): per row ``valid``; per token (``[R, L]``, or
+    ``[R, 1]`` when constant along a row) tokens, positions, segment ids,
+    mask, old log-probs, advantage and rollout."""
+    if isinstance(batch, PackedUpdateBatch):  # laid out on the host already
+        return {"tokens": batch.tokens_RxL, "positions": batch.positions_RxL,
+                "segment_ids": batch.segment_ids_RxL, "mask": batch.mask_RxL,
+                "old_logp": batch.old_logp_RxL, "valid": batch.valid_R, "adv": batch.adv_RxL,
+                "rollout": batch.rollout_RxL}
+    order = _minibatch_order(batch.valid_R, batch.rollout_R, num_rollouts, minibatches)
+    rows = {"tokens": batch.tokens_RxL, "positions": batch.positions_RxL,
+            "segment_ids": batch.segment_ids_RxL, "mask": batch.mask_RxL,
+            "old_logp": batch.old_logp_RxL, "valid": batch.valid_R,
+            "adv": batch.adv_N[batch.rollout_R][:, None], "rollout": batch.rollout_R[:, None]}
+    return jax.tree.map(lambda x: x[order], rows)
+
+
+def padding_share(valid_R: jax.Array, segment_ids_RxL: jax.Array, chunks: int) -> jax.Array:
+    """The share of token slots that the forwards compute (rows of the
+    microbatches holding any valid row) but that hold no thread token."""
+    rows, length = segment_ids_RxL.shape
+    active = valid_R.reshape(chunks, rows // chunks).any(axis=1)
+    computed = active.sum() * (rows // chunks) * length
+    real = ((segment_ids_RxL > 0) & valid_R[:, None]).sum()
+    return 1.0 - real / jnp.maximum(computed, 1)
+
+
 def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
                      learning_rate: optax.Schedule | None = None, state_shardings: Any = None
-                     ) -> Callable[[TrainState, UpdateBatch], tuple[TrainState, dict[str, jax.Array]]]:
+                     ) -> Callable[[TrainState, UpdateBatch | PackedUpdateBatch],
+                                   tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``update(state, batch) -> (state, metrics)``, jitted and
     donating ``state``, whose ``ref`` holds the frozen reference model's
     ``nnx.Param`` state (unused, and may be None, when ``kl_coef == 0``).
+    ``batch`` is an ``UpdateBatch`` (one thread per row) or a
+    ``PackedUpdateBatch`` (packed threads); each compiles once.
 
     Runs ``inner_epochs`` passes of ``minibatches`` optimizer updates each; a
-    step whose loss or gradient is not finite leaves the state unchanged."""
+    step whose loss or gradient is not finite leaves the state unchanged.
+    ``metrics["update_padding"]`` is the padding share of the forwards."""
     if num_rollouts % cfg.minibatches:
         raise ValueError(f"{num_rollouts} rollouts do not split into {cfg.minibatches} minibatches")
 
     def forward_logp(model_graphdef, params, rest, rows):
         model = nnx.merge(model_graphdef, params, rest)
         logits = model(rows["tokens"], rows["positions"], rows["segment_ids"])
-        return target_logprobs(logits, rows["tokens"], cfg.temperature)
+        logp = target_logprobs(logits, rows["tokens"], cfg.temperature)
+        return jnp.where(rows["positions"] > 0, logp, 0.0)  # a thread's first token has no context
 
     def micro_split(x, micro):
         return x.reshape((micro, x.shape[0] // micro) + x.shape[1:])
 
-    def update(state: TrainState, batch: UpdateBatch):
+    def update(state: TrainState, batch: UpdateBatch | PackedUpdateBatch):
         R = batch.tokens_RxL.shape[0]
         M, A = cfg.minibatches, cfg.microbatches
         if R % (M * A):
             raise ValueError(f"{R} rows do not split into {M} minibatches x {A} microbatches")
-        order = _minibatch_order(batch.valid_R, batch.rollout_R, num_rollouts, M)
-        rows = {"tokens": batch.tokens_RxL, "positions": batch.positions_RxL,
-                "segment_ids": batch.segment_ids_RxL, "mask": batch.mask_RxL,
-                "old_logp": batch.old_logp_RxL, "valid": batch.valid_R,
-                "adv": batch.adv_N[batch.rollout_R]}
-        rows = jax.tree.map(lambda x: x[order], rows)
-        rollout_R = batch.rollout_R[order]
+        rows = _update_rows(batch, num_rollouts, M)
         model_graphdef, _, rest = nnx.split(nnx.merge(graphs.model, state.model), nnx.Param, ...)
 
         # Reference log-probs, once per batch, skipping all-padding microbatches.
@@ -220,9 +262,8 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
 
         # Per-token weights: the per-rollout mean, over each minibatch's rollouts.
         mb_rows = jax.tree.map(lambda x: micro_split(x, M), rows)
-        mb_rollout = micro_split(rollout_R, M)
         mb_rows["weights"] = jax.vmap(rollout_token_weights, in_axes=(0, 0, None))(
-            mb_rows["mask"], mb_rollout, num_rollouts)
+            mb_rows["mask"], mb_rows.pop("rollout"), num_rollouts)
         mb_rows = jax.tree.map(lambda x: micro_split_1(x, A), mb_rows)  # [M, A, rows, ...]
 
         def micro_loss(params, micro):
@@ -253,6 +294,7 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
         if "lr" in stats:
             metrics["lr"] = stats["lr"][-1, -1]
         metrics["finite"] = jnp.all(stats["finite"])
+        metrics["update_padding"] = padding_share(rows["valid"], rows["segment_ids"], chunks)
         return state, metrics
 
     jit_kwargs: dict[str, Any] = {"donate_argnums": (0,)}

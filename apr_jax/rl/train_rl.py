@@ -50,9 +50,10 @@ from apr_jax.optim import learning_rate_schedule
 from apr_jax.rl.diagnostics import TrendWatch
 from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal,
                              make_grpo_update)
+from apr_jax.rl.pack import PackedUpdateBatch, pack_update_batch
 from apr_jax.rl.prompts import PromptStream
-from apr_jax.rl.reward import RewardConfig, score_rollouts
-from apr_jax.rl.rollout import encode_prompts, engine_arrays, make_rollout
+from apr_jax.rl.reward import RewardConfig, Scored, score_rollouts
+from apr_jax.rl.rollout import RolloutBatch, encode_prompts, engine_arrays, make_rollout
 from apr_jax.tasks.registry import get_task
 from apr_jax.workdir import check_workdir
 
@@ -70,6 +71,7 @@ class RLSettings:
     rollout_chunks: int
     condition_children: tuple[int, ...]
     skip_flat_groups: bool
+    packed_update: bool  # the update trains on packed threads (apr_jax.rl.pack)
     eval_every: int  # RL steps between held-out evaluations; 0: none
     eval_problems: int  # validation problems decoded greedily at each
     grpo: GrpoConfig
@@ -133,7 +135,8 @@ class RLSettings:
                        prompt_pool=int(rl.prompt_pool),
                        max_threads=int(rl.max_threads), rollout_chunks=int(rl.rollout_chunks),
                        condition_children=tuple(int(c) for c in rl.condition_children),
-                       skip_flat_groups=bool(rl.skip_flat_groups), eval_every=int(rl.eval_every),
+                       skip_flat_groups=bool(rl.skip_flat_groups),
+                       packed_update=bool(rl.packed_update), eval_every=int(rl.eval_every),
                        eval_problems=int(rl.eval_problems), grpo=grpo, reward=reward)
         engine = settings.engine_config(config)
         if engine.threads_per_sample < engine.full_tree:
@@ -192,6 +195,20 @@ def _host(tree: Any) -> Any:
         from jax.experimental import multihost_utils
         return multihost_utils.process_allgather(tree, tiled=True)
     return jax.device_get(tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class Collected:
+    """One step's scored rollouts, before the update."""
+
+    batch: RolloutBatch  # on the devices
+    host: RolloutBatch  # the same on the host
+    arrays: dict[str, np.ndarray]  # engine_arrays(host)
+    scored: Scored
+    adv_N: np.ndarray
+    keep_N: np.ndarray | None  # rollouts the update keeps (None: all)
+    rollout_s: float
+    reward_s: float
 
 
 WINDOW_MAX = ("ratio_max", "max_depth")  # logged as the max over the window's steps, not the mean
@@ -267,35 +284,49 @@ class RLTask:
                 f" x {self.engine_cfg.max_context}; mesh {dict(self.mesh.shape)}")
 
     # ---- steps --------------------------------------------------------------
-    def step(self) -> dict[str, Any]:
+    def collect(self) -> Collected:
+        """Rolls out the next prompts with the current policy and scores them."""
         s, stream, tokenizer = self.settings, self.stream, self.tokenizer
-        P, G, S = s.prompts_per_step, s.samples_per_prompt, self.engine_cfg.threads_per_sample
         with jax.set_mesh(self.mesh):
-            chosen, asked = stream.take(P)
+            chosen, asked = stream.take(s.prompts_per_step)
             prompts = encode_prompts([tokenizer.encode(stream.prompt_text(p, v))
                                       for p, v in zip(chosen, asked)], self.prompt_width, self.ids.pad)
             t0 = time.time()
             batch = self.rollout(self.state.model, stream.next_key(), prompts)
-            arrays = engine_arrays(_host(batch), P)
+            host = _host(batch)
+            arrays = engine_arrays(host, s.prompts_per_step)
             t1 = time.time()
             scored = score_rollouts(arrays, tokenizer, chosen, s.reward,
                                     asked if self.condition_kind == "apr" else None, task=self.task)
             adv_N = np.asarray(group_advantages(scored.rewards, s.grpo.advantage)).reshape(-1)
             keep_N = None
             if s.skip_flat_groups:
-                keep_N = np.repeat(groups_with_signal(scored.rewards), G)
-            t2 = time.time()
-            if keep_N is None or keep_N.any():
-                self.state, metrics = self.update(self.state, UpdateBatch.from_rollout(batch, adv_N, keep_N))
+                keep_N = np.repeat(groups_with_signal(scored.rewards), s.samples_per_prompt)
+        return Collected(batch, host, arrays, scored, adv_N, keep_N, t1 - t0, time.time() - t1)
+
+    def update_batch(self, c: Collected, packed: bool) -> UpdateBatch | PackedUpdateBatch:
+        """What the update trains on: the packed threads or one thread per row."""
+        if packed:
+            return pack_update_batch(c.host, c.adv_N, c.keep_N, minibatches=self.settings.grpo.minibatches)
+        return UpdateBatch.from_rollout(c.batch, c.adv_N, c.keep_N)
+
+    def step(self) -> dict[str, Any]:
+        s = self.settings
+        P, G, S = s.prompts_per_step, s.samples_per_prompt, self.engine_cfg.threads_per_sample
+        c = self.collect()
+        t2 = time.time()
+        with jax.set_mesh(self.mesh):
+            if c.keep_N is None or c.keep_N.any():
+                self.state, metrics = self.update(self.state, self.update_batch(c, s.packed_update))
                 metrics = jax.device_get(metrics)
             else:  # no group has signal: nothing to learn from this batch
                 metrics = {"finite": True}
                 self.steps_without_signal += 1
-            t3 = time.time()
-        row = {**scored.summary(),
+        t3 = time.time()
+        row = {**c.scored.summary(),
                **{k: float(v) for k, v in metrics.items() if k != "finite"},
-               "padded_slots": 1.0 - float(arrays["next_free"].sum()) / (P * G * S),
-               "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2}
+               "padded_slots": 1.0 - float(c.arrays["next_free"].sum()) / (P * G * S),
+               "rollout_s": c.rollout_s, "reward_s": c.reward_s, "update_s": t3 - t2}
         for k, v in row.items():
             self._window.setdefault(k, []).append(v)
         return metrics
@@ -346,16 +377,21 @@ def held_out_problems(info: Any, settings: RLSettings) -> list[Any]:
     return problems[:settings.eval_problems]
 
 
-def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None
-           ) -> dict[str, Any]:
-    """GRPO per ``config`` in ``workdir``; returns the last logged metrics.
-    ``stop_at`` ends this run at that step (checkpointed, resumable)."""
+def make_task(config: ml_collections.ConfigDict, workdir: str) -> RLTask:
+    """The RL task of ``config`` in ``workdir``: dataset, SFT model, mesh."""
     settings = RLSettings.from_config(config)
     sharding.initialize_distributed()
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     check_workdir(workdir, config)
     info = build_dataset_once(config)
     loaded = load_sft(config, settings, workdir, load_tokenizer(info.tokenizer_path))
-    task = RLTask(config, settings, info, loaded, mesh, workdir)
+    return RLTask(config, settings, info, loaded, mesh, workdir)
+
+
+def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None
+           ) -> dict[str, Any]:
+    """GRPO per ``config`` in ``workdir``; returns the last logged metrics.
+    ``stop_at`` ends this run at that step (checkpointed, resumable)."""
+    task = make_task(config, workdir)
     result = run_loop(task, LoopSettings.from_config(config.train), workdir, stop_at=stop_at)
     return dict(result.last, step=result.step, preempted=result.preempted)
