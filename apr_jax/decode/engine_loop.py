@@ -182,8 +182,13 @@ def compact(member_X: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     """Indices of the members of ``member_X`` in order, padded with 0 to
     ``size`` entries (at most ``size`` members are kept), and their count."""
     rank_X = jnp.cumsum(member_X) - 1
+    # Where every entry is a member (e.g. all lanes free at the start) the
+    # destinations fold to the same iota as the values, and the TPU compiler
+    # (libtpu 0.0.42) aborts on a scatter whose indices and updates are one
+    # instruction; the barrier keeps them apart.
+    entries_X = jax.lax.optimization_barrier(jnp.arange(member_X.shape[0], dtype=jnp.int32))
     index_M = jnp.zeros((size,), jnp.int32).at[_drop_index(member_X, rank_X, size)].set(
-        jnp.arange(member_X.shape[0], dtype=jnp.int32), mode="drop")
+        entries_X, mode="drop")
     return index_M, jnp.minimum(jnp.sum(member_X), size).astype(jnp.int32)
 
 
