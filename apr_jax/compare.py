@@ -261,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             flags.get("apr_config", os.path.join(CONFIGS_DIR, "compare_apr.py")),
             flags.get("sosp_config", os.path.join(CONFIGS_DIR, "compare_sosp.py")), overrides)
         max_len = min(apr_cfg.model.max_len, sosp_cfg.model.max_len)
-        default_contexts = ",".join(str(max_len // d) for d in (4, 2) if max_len // d >= 16)
-        contexts = int_list(flags, "contexts", f"{default_contexts},{max_len}")
+        contexts = int_list(flags, "contexts", ",".join(
+            str(max_len * q // 4) for q in (2, 3, 4) if max_len * q // 4 >= 16))
         if max(contexts) > max_len:
             raise config_lib.ConfigError(f"--contexts: {max(contexts)} exceeds the models' "
                                          f"config.model.max_len={max_len}")

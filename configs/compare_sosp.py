@@ -1,9 +1,8 @@
 """SoS+ side of the laptop comparison (`python -m apr_jax.compare`):
 configs/compare_apr.py's task, model and training tokens with one sequential
-search thread per problem. Training rows are 256 tokens, so the 63% of SoS+
-traces that are longer are cut at 256 tokens (the regime's point: the
-sequential search does not fit the context); at evaluation the one thread may
-write up to the context."""
+search thread per problem. Training rows are 128 tokens, so the 41% of SoS+
+traces that are longer are cut at 128 tokens (the regime's point: the
+sequential search does not fit the context)."""
 
 from apr_jax.config import sibling
 
@@ -17,5 +16,4 @@ def get_config():
     c.eval.max_depth = 0
     c.eval.max_children = 1
     c.eval.max_rounds = 0
-    c.eval.tokens_per_thread = 256
     return c
