@@ -95,7 +95,7 @@ def test_unequal_budgets_and_bad_flags_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="unequal training budgets: APR 3,276,800 tokens, SoS"):
         compare.load_pair(APR_CONFIG, str(shorter), [])
     with pytest.raises(ConfigError, match="train different tasks"):
-        compare.load_pair(APR_CONFIG, os.path.join(compare.CONFIGS_DIR, "default_sosp.py"), [])
+        compare.load_pair(APR_CONFIG, os.path.join(compare.CONFIGS_DIR, "countdown4_sosp_h200.py"), [])
     compare.load_pair(APR_CONFIG, SOSP_CONFIG, ["config.train.steps=10"])  # shared: still equal
     workdir = tmp_path / "w"
     code = compare.main([f"--workdir={workdir}", f"--sosp_config={APR_CONFIG}"])

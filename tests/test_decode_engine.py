@@ -355,7 +355,8 @@ def test_engine_runs_the_flax_transformer():
                       d_ff=64, max_len=64)
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     prompts = [[20, 21, 22], [30, 31, 32, 33, 34]]
-    out = Engine(model, EngineConfig(max_depth=0, tokens_per_thread=10, max_context=24)).run(prompts)
+    out = Engine(model, EngineConfig(max_depth=0, tokens_per_thread=10, max_context=24, row_buckets=2,
+                                       kv_buckets=1)).run(prompts)
     plain = generate(model, [[BOS] + p for p in prompts], max_new_tokens=10, stop_ids=(EOS,))
     for n, p in enumerate(prompts):
         root = out.samples[n][0].root

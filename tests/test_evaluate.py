@@ -18,6 +18,7 @@ TINY = [
     "config.train.steps=2", "config.train.log_every=1", "config.train.eval_every=2",
     "config.train.eval_batches=1", "config.train.checkpoint_every=2", "config.eval.num_problems=0",
     "config.eval.batch_problems=4", "config.eval.tokens_per_thread=16",
+    "config.eval.row_buckets=2", "config.eval.kv_buckets=1",  # few engine branches: short compiles
 ]
 
 

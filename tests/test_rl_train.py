@@ -1,9 +1,8 @@
 """GRPO end to end on a toy Countdown (3 small numbers, 2 children) from a
 briefly SFT-trained tiny model: the reward rises, the diagnostics and the
-periodic held-out evaluation are logged, resume is exact, and a bad SFT
+periodic held-out evaluation are logged, and a bad SFT
 checkpoint or an inconsistent RL config is one clear line."""
 
-import jax
 import numpy as np
 import pytest
 
@@ -11,7 +10,7 @@ from apr_jax import train
 from apr_jax.config import ConfigError, load_config
 from apr_jax.metrics_log import read_metrics
 from apr_jax.rl.train_rl import RLSettings, run_rl
-from rl_toy import RL_CONFIG, final_params, rl_overrides
+from rl_toy import RL_CONFIG, rl_overrides
 
 
 def test_grpo_raises_mean_reward(sft, tmp_path):
@@ -36,18 +35,6 @@ def test_grpo_raises_mean_reward(sft, tmp_path):
     rewards = [r["reward"] for r in rows]
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     assert last > first + 0.3, rewards
-
-
-def test_resume_mid_rl_gives_the_same_parameters(sft, tmp_path):
-    config = load_config(RL_CONFIG, rl_overrides(sft, "config.train.steps=4", "config.rl.kl_coef=0.01",
-                                                 "config.train.checkpoint_every=100"))
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    run_rl(config, straight)
-    assert run_rl(config, resumed, stop_at=2)["step"] == 2
-    assert run_rl(config, resumed)["step"] == 4
-    (step_a, params_a), (step_b, params_b) = final_params(straight), final_params(resumed)
-    assert step_a == step_b == 4
-    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
 def test_bad_sft_checkpoint_is_one_line(sft, tmp_path, capsys):

@@ -126,7 +126,7 @@ def jsonl_config(tmp_path, *overrides):
     paths = write_splits(str(tmp_path / "traces"), {"train": 24, "validation": 4, "test": 6}, seed=2)
     return config_lib.load_config(EXAMPLE, [
         *(f"task.{s}={p}" for s, p in paths.items()), f"data.dir={tmp_path / 'data'}",
-        "data.num_workers=1", *overrides])
+        "data.num_workers=1", "eval.row_buckets=1", "eval.kv_buckets=1", *overrides])
 
 
 def test_replayed_reference_traces_score_full_marks(tmp_path):

@@ -172,7 +172,7 @@ def test_every_thread_equals_its_training_sequence(setting):
 def test_every_thread_equals_its_training_sequence_with_few_lanes(setting, lanes, chunk):
     """A KV pool smaller than all the threads at once (lanes are reused) and
     forced tokens fed ``chunk`` at a time."""
-    cfg = _cfg(setting[3], lanes=lanes, prefill_chunk=chunk)
+    cfg = _cfg(setting[3], lanes=lanes, prefill_chunk=chunk, row_buckets=3, kv_buckets=2)
     assert lanes < NUM_PROBLEMS * cfg.lanes_per_group
     trees, expected, out = _run(setting, cfg)
     _assert_same_threads(trees, expected, out)
@@ -207,6 +207,7 @@ def test_nested_threads_equal_their_training_sequences(nested, lanes, chunk):
     """Children that spawn grandchildren, parents that spawn twice; with 7
     lanes one problem's worst case at a time."""
     cfg = EngineConfig(max_children=2, max_rounds=2, max_depth=2, tokens_per_thread=MAX_CONTEXT,
-                       max_context=MAX_CONTEXT, lanes=lanes, prefill_chunk=chunk)
+                       max_context=MAX_CONTEXT, lanes=lanes, prefill_chunk=chunk, row_buckets=3,
+                       kv_buckets=2)
     trees, expected, out = _run(nested, cfg)
     _assert_same_threads(trees, expected, out)
