@@ -81,7 +81,8 @@ def test_sampling_logprobs_match_teacher_forcing_and_key_determinism():
     model = make_toy_model(ToyConfig(vocab_size=V, d_model=16, num_heads=2, num_layers=1, d_ff=32),
                            jax.random.key(3))
     cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=12, max_context=20,
-                       row_buckets=2, kv_buckets=2, sampling=SamplingConfig(temperature=0.7), samples_per_problem=3, max_threads=3)
+                       row_buckets=2, kv_buckets=2, sampling=SamplingConfig(temperature=0.7),
+                       samples_per_problem=3, max_threads=3)
     rollout = make_rollout(model.decode_fn, model.init_cache, cfg, ProtocolIds(), prompt_width=3)
     prompts = encode_prompts([[20, 21, 22], [23, 24]], width=3)
     a = jax.device_get(rollout(model.params, jax.random.key(7), prompts))
@@ -128,7 +129,7 @@ def test_sharded_rollout_decodes_shard_local_and_equals_one_device():
     model = make_toy_model(ToyConfig(vocab_size=V, d_model=16, num_heads=2, num_layers=1, d_ff=32),
                            jax.random.key(3))
     cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=12, max_context=20,
-                       row_buckets=2, kv_buckets=2, sampling=SamplingConfig(temperature=0.7), samples_per_problem=2, max_threads=3,
+                       sampling=SamplingConfig(temperature=0.7), samples_per_problem=2, max_threads=3,
                        row_buckets=1, kv_buckets=1)
     prompts = encode_prompts([[20 + i, 21, 22][: 1 + i % 3] for i in range(8)], width=3)
     one = jax.device_get(make_rollout(model.decode_fn, model.init_cache, cfg, ProtocolIds(), 3)(
