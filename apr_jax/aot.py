@@ -46,6 +46,7 @@ from flax import nnx
 from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax import train_state
+from apr_jax.cli import run_command
 from apr_jax.decode.engine import make_decoder
 from apr_jax.decode.model_api import NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
@@ -316,7 +317,8 @@ def format_result(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def body() -> int:
         flags, overrides = config_lib.parse_command_line(
             argv, allowed=("config", "topology", "remat", "libtpu", "json", "step", "problems"))
         if not flags.get("topology"):
@@ -349,12 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         if flags.get("json"):
             with open(flags["json"], "w") as f:
                 json.dump(results, f, indent=1)
-    except (config_lib.ConfigError, ValueError, RuntimeError) as e:
-        if os.environ.get("APR_JAX_DEBUG"):
-            raise
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    return 0 if all(r["fits"] for r in results) else 1
+        return 0 if all(r["fits"] for r in results) else 1
+
+    return run_command(body, usage=(ValueError, RuntimeError))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import ml_collections
 
 from apr_jax import config as config_lib
 from apr_jax.checkpoint import CheckpointError
+from apr_jax.cli import run_command
 from apr_jax.countdown.problems import Problem
 from apr_jax.countdown.render import approx_tokens, conditioning_prefix
 from apr_jax.countdown.traces import TraceConfig, make_trace
@@ -252,7 +253,8 @@ def trace_lengths(config: ml_collections.ConfigDict, tokenizer: Any,
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def body() -> int | None:
         from apr_jax.compare_report import write_report
         from apr_jax.evaluate import load_for_inference, problems_for
         flags, overrides = config_lib.parse_command_line(argv, allowed=FLAGS)
@@ -295,12 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                                {label: run.step for label, run in loaded.items()}, temperature)
         for path in written:
             print(f"wrote {path}")
-    except (config_lib.ConfigError, CheckpointError, TrainingError, ValueError, OSError) as e:
-        if os.environ.get("APR_JAX_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (config_lib.ConfigError, ValueError)) else 1
-    return 0
+
+    return run_command(body, usage=(ValueError,), failures=(CheckpointError, TrainingError, OSError))
 
 
 if __name__ == "__main__":

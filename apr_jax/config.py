@@ -240,15 +240,6 @@ def identity(config: ml_collections.ConfigDict | dict) -> dict:
     return out
 
 
-# Identity keys added after runs were saved, with the value that reproduces
-# the behaviour of runs saved without them.
-LATER_KEYS = {
-    "data.tokenizer": "", "model.head_dim": 0, "model.qkv_bias": False, "model.qk_norm": False,
-    "model.norm_eps": 1e-6, "model.rope_scaling_factor": 0.0, "model.rope_low_freq_factor": 1.0,
-    "model.rope_high_freq_factor": 4.0, "model.rope_original_max_len": 8192,
-}
-
-
 def identity_diff(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
     """Dotted keys whose values differ between a saved config and ``current``
     (a ``LATER_KEYS`` key absent from ``saved`` counts as its old value)."""

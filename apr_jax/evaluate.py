@@ -34,7 +34,8 @@ import numpy as np
 from flax import nnx
 
 from apr_jax import config as config_lib
-from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_bytes
+from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_bytes, split_checkpoint_path
+from apr_jax.cli import run_command
 from apr_jax.countdown.render import conditioning_prefix
 from apr_jax.decode.engine import Engine, EngineConfig, to_thread_trees
 from apr_jax.decode.metrics import cons_at_k, pass_at_k, sign_test_p
@@ -66,11 +67,7 @@ def load_for_inference(path: str) -> Loaded:
     from apr_jax.model.transformer import Transformer
 
     path = os.path.abspath(path)
-    step_dir = os.path.basename(path)
-    if step_dir.isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
-        workdir, wanted = os.path.dirname(os.path.dirname(path)), int(step_dir)
-    else:
-        workdir, wanted = path, None
+    workdir, wanted = split_checkpoint_path(path)
     if not os.path.exists(workdir):
         raise CheckpointError(f"checkpoint or workdir not found: {workdir}")
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -348,7 +345,8 @@ def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def body() -> int | None:
         flags, overrides = config_lib.parse_command_line(argv, allowed=FLAGS)
         sources = [s for s in flags.get("workdir", "").split(",") if s]
         if "checkpoint" in flags:
@@ -403,10 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                                          else "sweep.png")
             plot_sweep(series, plot)
             print(f"plot: {plot}")
-    except (ValueError, CheckpointError, config_lib.ConfigError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body, usage=(ValueError, CheckpointError, OSError))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from flax import nnx
 
 from apr_jax import sharding
 from apr_jax import train_state as ts
-from apr_jax.checkpoint import decode_bytes, encode_file, restore_params
+from apr_jax.checkpoint import decode_bytes, encode_file, has_checkpoints, restore_params
 from apr_jax.data.build import DatasetInfo, build_dataset_once
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
@@ -158,11 +158,6 @@ def init_from_checkpoint(config: ml_collections.ConfigDict, state: ts.TrainState
     return source
 
 
-def _has_checkpoints(workdir: str) -> bool:
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
 def run_sft(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None
             ) -> dict[str, Any]:
     """Train per ``config`` in ``workdir``; returns the last logged metrics.
@@ -178,7 +173,7 @@ def run_sft(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | N
     info = build_dataset_once(config)
     tokenizer = load_tokenizer(info.tokenizer_path)
     task = SFTTask(config, info, tokenizer.vocab_size, mesh, per_process_batch, peak)
-    if config.train.get("init_from") and not _has_checkpoints(workdir):
+    if config.train.get("init_from") and not has_checkpoints(workdir):
         print(f"starting from {init_from_checkpoint(config, task.state, tokenizer)}", flush=True)
     result = run_loop(task, LoopSettings.from_config(config.train), workdir, stop_at=stop_at)
     last = dict(result.last, step=result.step, preempted=result.preempted)

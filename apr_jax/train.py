@@ -10,7 +10,6 @@ checkpoint. SIGTERM (TPU preemption) saves a checkpoint and exits cleanly.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -18,6 +17,7 @@ import ml_collections
 
 from apr_jax import config as config_lib
 from apr_jax.checkpoint import CheckpointError
+from apr_jax.cli import run_command
 from apr_jax.loop import TrainingError
 from apr_jax.rl.train_rl import run_rl
 from apr_jax.sft import run_sft
@@ -36,16 +36,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def body() -> None:
         flags, overrides = config_lib.parse_command_line(argv)
         config = config_lib.load_config(flags.get("config"), overrides)
         run(config, flags.get("workdir") or default_workdir(config))
-    except (config_lib.ConfigError, CheckpointError, TrainingError, ValueError) as e:
-        if os.environ.get("APR_JAX_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (config_lib.ConfigError, ValueError)) else 1
-    return 0
+
+    return run_command(body, usage=(ValueError,), failures=(CheckpointError, TrainingError))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax import train_state as ts
 from apr_jax.config import ConfigError
+from apr_jax.checkpoint import split_checkpoint_path
 from apr_jax.data.build import build_dataset_once
 from apr_jax.data.pipeline import make_problem_source
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
@@ -175,7 +176,7 @@ def load_sft(config: ml_collections.ConfigDict, settings: RLSettings, workdir: s
     """The SFT model and tokenizer named by ``rl.init_from``; one-line errors
     when it is missing or does not match this config or its tokenizer."""
     path = os.path.abspath(settings.init_from)
-    if os.path.abspath(workdir) in (path, os.path.dirname(os.path.dirname(path))):
+    if os.path.abspath(workdir) == split_checkpoint_path(path)[0]:
         raise TrainingError(f"RL workdir {workdir} is the SFT run named by config.rl.init_from; "
                             f"use another --workdir")
     loaded = load_for_inference(path)
