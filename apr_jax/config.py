@@ -212,7 +212,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.train.lr={config.train.lr} must be positive")
 
 
-def to_json(config: ml_collections.ConfigDict) -> str:
+def to_json(config: Any) -> str:
+    """The config as written (a ConfigDict or a RunConfig), as JSON."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
 
@@ -230,9 +231,10 @@ LATER_KEYS = {
 IDENTITY_EXEMPT = {"data": ("dir", "num_workers")}
 
 
-def identity(config: ml_collections.ConfigDict | dict) -> dict:
-    """The part of a config that must match for a checkpoint to be resumed."""
-    d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+def identity(config: Any) -> dict:
+    """The part of a config (a dict, or anything with ``to_dict``: a ConfigDict
+    or a RunConfig) that must match for a checkpoint to be resumed."""
+    d = config if isinstance(config, dict) else config.to_dict()
     out = {k: dict(d.get(k) or {}) for k in IDENTITY_SECTIONS}
     for section, keys in IDENTITY_EXEMPT.items():
         for key in keys:
@@ -240,13 +242,14 @@ def identity(config: ml_collections.ConfigDict | dict) -> dict:
     return out
 
 
-def identity_diff(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
+def identity_diff(saved: dict, current: Any) -> list[str]:
     """Dotted keys whose values differ between a saved config and ``current``
-    (a ``LATER_KEYS`` key absent from ``saved`` counts as its old value)."""
-    saved = identity(saved)
+    (as for ``identity``; a ``LATER_KEYS`` key absent from ``saved`` counts as
+    its old value)."""
+    saved, now = identity(saved), identity(current)
     for key, old in LATER_KEYS.items():
         section, name = key.split(".")
-        if name not in saved.get(section, {}) and current[section].get(name) == old:
+        if name not in saved.get(section, {}) and now[section].get(name) == old:
             saved[section][name] = old
     diffs = []
 
@@ -259,7 +262,7 @@ def identity_diff(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
         elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
             diffs.append(f"config.{path} (saved {a!r}, now {b!r})")
 
-    walk(saved, identity(current), "")
+    walk(saved, now, "")
     return diffs
 
 

@@ -6,18 +6,18 @@ import json
 import os
 
 import jax
-import ml_collections
 
 from apr_jax import config as config_lib
 from apr_jax.checkpoint import has_checkpoints
 from apr_jax.loop import TrainingError
+from apr_jax.run_config import RunConfig
 
 
-def default_workdir(config: ml_collections.ConfigDict) -> str:
+def default_workdir(config: RunConfig) -> str:
     return os.path.join("runs", config.name)
 
 
-def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_workdir(workdir: str, config: RunConfig) -> None:
     """Refuse a workdir that holds a run of another config (or, for RL,
     another mode); record ours."""
     path = os.path.join(workdir, "config.json")

@@ -86,11 +86,10 @@ def _traces(argv: Sequence[str]) -> None:
 
 def _build(argv: Sequence[str]) -> None:
     """Build or reuse the dataset cache of a config; print its directory."""
-    from apr_jax.config import load_config
     from apr_jax.data.build import build_dataset
+    from apr_jax.run_config import load_run_config
     flags, overrides = parse_command_line(argv, allowed=("config",))
-    config = load_config(flags.get("config"), overrides)
-    info = build_dataset(config)
+    info = build_dataset(load_run_config(flags.get("config"), overrides))
     print(info.dir)
 
 
