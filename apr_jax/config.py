@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 
+from apr_jax.model.config import ModelConfig
 from apr_jax.tasks.base import TASK_NAMES
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -192,16 +193,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in POSITIVE_INTS:
         if key in keys and get(config, key) <= 0:
             raise ConfigError(f"config.{key}={get(config, key)} must be a positive integer")
-    m = config.model
-    if not m.get("head_dim", 0) and m.d_model % m.num_heads:
-        raise ConfigError(f"config.model.d_model={m.d_model} is not divisible by "
-                          f"config.model.num_heads={m.num_heads}")
-    if m.num_heads % m.num_kv_heads:
-        raise ConfigError(f"config.model.num_heads={m.num_heads} is not divisible by "
-                          f"config.model.num_kv_heads={m.num_kv_heads}")
-    if config.data.seq_len > m.max_len:
+    try:  # the model section's own checks (head layout, numerics, rotary)
+        ModelConfig.from_config(config.model, config.data.vocab_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.data.seq_len > config.model.max_len:
         raise ConfigError(f"config.data.seq_len={config.data.seq_len} exceeds "
-                          f"config.model.max_len={m.max_len}")
+                          f"config.model.max_len={config.model.max_len}")
     # RL splits its rollout rows into grad_accum microbatches; train.batch_size is SFT's.
     if config.get("mode", "sft") == "sft" and config.train.batch_size % config.train.grad_accum:
         raise ConfigError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
