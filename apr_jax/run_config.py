@@ -14,7 +14,6 @@ import dataclasses
 import types
 from typing import Any, Iterable, Mapping
 
-
 from apr_jax.config import ConfigError, load_config
 from apr_jax.countdown.traces import TraceConfig
 from apr_jax.model.config import ModelConfig
@@ -152,12 +151,13 @@ class RunConfig:
         checkpoint meta); keys a section does not know are errors, keys a
         config saved before they existed lacks take the defaults."""
         d = config.to_dict() if hasattr(config, "to_dict") else copy.deepcopy(dict(config))
-        top = {k: v for k, v in d.items() if not isinstance(v, dict)}
-        unknown = sorted(set(top) - {"name", "mode", "seed"})
+        unknown = sorted(set(d) - set(TOP_KEYS) - set(SECTIONS))
         if unknown:
             raise ConfigError(f"unknown config key 'config.{unknown[0]}'")
+        top = {k: d[k] for k in TOP_KEYS if k in d}
         task = dict(d.get("task") or {})
         data = _section(DataConfig, d, "data")
+        _check_keys(ModelConfig, d, "model", exempt=("vocab_size",))
         model = ModelConfig.from_config(d.get("model") or {}, data.vocab_size)
         return cls(
             name=str(top.get("name", "")), mode=str(top.get("mode", "sft")), seed=int(top.get("seed", 0)),
@@ -185,13 +185,21 @@ class RunConfig:
         return dataclasses.replace(self, **sections)
 
 
-def _section(cls: type, d: Mapping[str, Any], name: str) -> Any:
-    """Section ``name`` of ``d`` as dataclass ``cls``; unknown keys are errors."""
-    values = dict(d.get(name) or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+TOP_KEYS = ("name", "mode", "seed")
+SECTIONS = ("task", "trace", "data", "model", "mesh", "train", "eval", "rl")
+
+
+def _check_keys(cls: type, d: Mapping[str, Any], name: str, exempt: tuple[str, ...] = ()) -> None:
+    known = {f.name for f in dataclasses.fields(cls)} - set(exempt)
+    unknown = sorted(set(d.get(name) or {}) - known)
     if unknown:
         raise ConfigError(f"unknown config key 'config.{name}.{unknown[0]}'")
+
+
+def _section(cls: type, d: Mapping[str, Any], name: str) -> Any:
+    """Section ``name`` of ``d`` as dataclass ``cls``; unknown keys are errors."""
+    _check_keys(cls, d, name)
+    values = dict(d.get(name) or {})
     for key, value in values.items():
         if isinstance(value, list):
             values[key] = tuple(value)

@@ -60,6 +60,10 @@ def test_unknown_keys_are_named():
     saved["epochs"] = 3
     with pytest.raises(ConfigError, match=r"unknown config key 'config.epochs'"):
         RunConfig.from_config(saved)
+    saved = load_config(None).to_dict()
+    saved["model"]["n_layers"] = 3
+    with pytest.raises(ConfigError, match=r"unknown config key 'config.model.n_layers'"):
+        RunConfig.from_config(saved)
 
 
 def test_bad_section_values_fail_at_the_edge():
