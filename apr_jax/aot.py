@@ -40,18 +40,19 @@ from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax import train_state
+from apr_jax.cli import run_command
 from apr_jax.decode.engine import make_decoder
 from apr_jax.decode.model_api import NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.evaluate import engine_config
-from apr_jax.model.config import REMATS, ModelConfig, num_params
+from apr_jax.model.config import REMATS, num_params
 from apr_jax.optim import learning_rate_schedule
+from apr_jax.run_config import RunConfig, load_run_config
 from apr_jax.train_step import make_train_step
 
 GIB = 2 ** 30
@@ -176,7 +177,7 @@ def _environment(settings: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: jax.sharding.Mesh,
+def abstract_train_state(config: RunConfig, vocab_size: int, mesh: jax.sharding.Mesh,
                          platform: str | None = None
                          ) -> tuple[train_state.Graphs, train_state.TrainState, train_state.TrainState]:
     """(graphs, abstract state, state shardings) of the trainer's model (built
@@ -192,17 +193,17 @@ def abstract_train_state(config: ml_collections.ConfigDict, vocab_size: int, mes
     return graphs, abstract, shardings
 
 
-def abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
+def abstract_batch(config: RunConfig, mesh: jax.sharding.Mesh) -> dict:
     shape_BxL = (config.train.batch_size, config.data.seq_len)
     batch_sharding = sharding.batch_sharding(mesh)
     return {name: jax.ShapeDtypeStruct(shape_BxL, jnp.int32, sharding=batch_sharding)
             for name in ("tokens", "loss_mask", "segment_ids", "positions")}
 
 
-def compile_train_step(config: ml_collections.ConfigDict, vocab_size: int,
+def compile_train_step(config: RunConfig, vocab_size: int,
                        devices: Sequence[jax.Device]) -> jax.stages.Compiled:
     """Lowers and compiles train.py's step for ``devices`` without running it."""
-    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh), devices)
+    mesh = sharding.make_mesh(config.mesh, devices)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = config.train.batch_size // config.train.grad_accum
     if micro % shards:
@@ -217,12 +218,12 @@ def compile_train_step(config: ml_collections.ConfigDict, vocab_size: int,
         return step.lower(state, abstract_batch(config, mesh)).compile()
 
 
-def compile_engine(config: ml_collections.ConfigDict, vocab_size: int, devices: Sequence[jax.Device],
+def compile_engine(config: RunConfig, vocab_size: int, devices: Sequence[jax.Device],
                    num_problems: int, prompt_width: int) -> jax.stages.Compiled:
     """Lowers and compiles evaluation's engine loop (``num_problems`` prompts of
     ``prompt_width`` tokens, the ``eval`` section's samples, lanes and limits)
     for ``devices`` without running it."""
-    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh), devices)
+    mesh = sharding.make_mesh(config.mesh, devices)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if num_problems % shards:
         raise ValueError(f"--problems={num_problems} does not divide over the {shards} data-parallel "
@@ -259,7 +260,7 @@ def memory_report(compiled: jax.stages.Compiled) -> dict[str, int]:
     return report
 
 
-def check_topology(config: ml_collections.ConfigDict, accelerator_type: str,
+def check_topology(config: RunConfig, accelerator_type: str,
                    libtpu: str | None = None, step: str = "train", problems: int = 0,
                    prompt_width: int = 32) -> dict[str, Any]:
     """Compile ``step`` ("train" or "engine": evaluating ``problems`` prompts)
@@ -316,12 +317,13 @@ def format_result(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def body() -> int:
         flags, overrides = config_lib.parse_command_line(
             argv, allowed=("config", "topology", "remat", "libtpu", "json", "step", "problems"))
         if not flags.get("topology"):
             raise ValueError("--topology is required, e.g. --topology=v4-32,v5p-64")
-        config = config_lib.load_config(flags.get("config"), overrides)
+        config = load_run_config(flags.get("config"), overrides)
         names = [t.strip() for t in flags["topology"].split(",") if t.strip()]
         remats = [r.strip() for r in flags.get("remat", config.model.remat).split(",") if r.strip()]
         for remat in remats:
@@ -335,26 +337,22 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             if name != "cpu":
                 topology_spec(name)  # every name checked before the first compile
-        model_cfg = ModelConfig.from_config(config.model, config.data.vocab_size)
-        print(f"{config.name}: {num_params(model_cfg) / 1e6:.2f}M parameters, batch "
-              f"{config.train.batch_size} x {config.data.seq_len}, mesh {config.mesh.to_dict()}",
+        print(f"{config.name}: {num_params(config.model) / 1e6:.2f}M parameters, batch "
+              f"{config.train.batch_size} x {config.data.seq_len}, mesh {config.section('mesh')}",
               flush=True)
         results = []
         for step in steps:
             for remat in (remats if step == "train" else [config.model.remat]):
-                config.model.remat = remat
+                run = config.replace(model=dataclasses.replace(config.model, remat=remat))
                 for name in names:
-                    results.append(check_topology(config, name, flags.get("libtpu"), step, problems))
+                    results.append(check_topology(run, name, flags.get("libtpu"), step, problems))
                     print(format_result(results[-1]), flush=True)
         if flags.get("json"):
             with open(flags["json"], "w") as f:
                 json.dump(results, f, indent=1)
-    except (config_lib.ConfigError, ValueError, RuntimeError) as e:
-        if os.environ.get("APR_JAX_DEBUG"):
-            raise
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    return 0 if all(r["fits"] for r in results) else 1
+        return 0 if all(r["fits"] for r in results) else 1
+
+    return run_command(body, usage=(ValueError, RuntimeError))
 
 
 if __name__ == "__main__":

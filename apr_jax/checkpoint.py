@@ -160,6 +160,22 @@ class Checkpointer:
         self.manager.reload()
 
 
+def split_checkpoint_path(path: str) -> tuple[str, int | None]:
+    """(workdir, step) named by ``path``: ``WORKDIR/checkpoints/STEP`` is one
+    step of WORKDIR; any other path is a workdir (step None: its newest)."""
+    path = os.path.abspath(path)
+    step_dir = os.path.basename(path)
+    if step_dir.isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
+        return os.path.dirname(os.path.dirname(path)), int(step_dir)
+    return path, None
+
+
+def has_checkpoints(workdir: str) -> bool:
+    """Whether ``workdir`` holds at least one checkpoint step folder."""
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def restore_params(path: str, abstract_params: Any,
                    check_meta: Callable[[dict[str, Any], str], None] | None = None
                    ) -> tuple[Any, dict[str, Any], str]:
@@ -168,11 +184,7 @@ def restore_params(path: str, abstract_params: Any,
     gives shapes, dtypes and shardings: each process reads only its shards.
     ``check_meta(meta, folder)`` may refuse the checkpoint before its arrays are read."""
     path = os.path.abspath(path)
-    step_dir = os.path.basename(path)
-    if step_dir.isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
-        workdir, wanted = os.path.dirname(os.path.dirname(path)), int(step_dir)
-    else:
-        workdir, wanted = path, None
+    workdir, wanted = split_checkpoint_path(path)
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise CheckpointError(f"{path} holds no checkpoints (expected {workdir}/checkpoints/STEP)")
     checkpointer = Checkpointer(workdir, read_only=True, async_save=False)

@@ -37,14 +37,14 @@ import os
 import sys
 from typing import Any, Sequence
 
-import ml_collections
-
 from apr_jax import config as config_lib
 from apr_jax.checkpoint import CheckpointError
+from apr_jax.cli import run_command
 from apr_jax.countdown.problems import Problem
 from apr_jax.countdown.render import approx_tokens, conditioning_prefix
-from apr_jax.countdown.traces import TraceConfig, make_trace
+from apr_jax.countdown.traces import make_trace
 from apr_jax.loop import TrainingError
+from apr_jax.run_config import RunConfig, load_run_config
 from apr_jax.threads import ThreadTree
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -87,22 +87,22 @@ def int_list(flags: dict[str, str], name: str, default: str) -> list[int]:
     return values
 
 
-def training_tokens(config: ml_collections.ConfigDict) -> int:
+def training_tokens(config: RunConfig) -> int:
     """Token slots the run trains on: steps x batch x packed row length."""
     return int(config.train.steps * config.train.batch_size * config.data.seq_len)
 
 
 def load_pair(apr_path: str, sosp_path: str, overrides: Sequence[str]
-              ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+              ) -> tuple[RunConfig, RunConfig]:
     """Both configs with the shared overrides; they must train the same task
     on the same token budget, APR and SoS+ respectively."""
-    apr = config_lib.load_config(apr_path, overrides)
-    sosp = config_lib.load_config(sosp_path, overrides)
+    apr = load_run_config(apr_path, overrides)
+    sosp = load_run_config(sosp_path, overrides)
     for config, path, kind in ((apr, apr_path, "apr"), (sosp, sosp_path, "sosp")):
         if config.mode != "sft" or config.trace.kind != kind:
             raise config_lib.ConfigError(f"{path}: expected an SFT config with trace.kind={kind}, "
                                          f"got mode={config.mode} trace.kind={config.trace.kind}")
-    if apr.task.to_dict() != sosp.task.to_dict():
+    if apr.task.as_dict() != sosp.task.as_dict():
         raise config_lib.ConfigError(f"{apr_path} and {sosp_path} train different tasks; "
                                      f"the comparison needs the same problems")
     if training_tokens(apr) != training_tokens(sosp):
@@ -112,7 +112,7 @@ def load_pair(apr_path: str, sosp_path: str, overrides: Sequence[str]
     return apr, sosp
 
 
-def finished(run_dir: str, config: ml_collections.ConfigDict) -> bool:
+def finished(run_dir: str, config: RunConfig) -> bool:
     """Whether ``run_dir`` holds a run that trained all its steps (or stopped
     at its time limit and wrote its held-out results)."""
     if os.path.exists(os.path.join(run_dir, "results_test.jsonl")):
@@ -124,7 +124,7 @@ def finished(run_dir: str, config: ml_collections.ConfigDict) -> bool:
     return bool(steps) and steps[-1] >= config.train.steps
 
 
-def train_or_reuse(config: ml_collections.ConfigDict, run_dir: str) -> None:
+def train_or_reuse(config: RunConfig, run_dir: str) -> None:
     """Train ``run_dir`` unless it holds this config's finished run; resumes
     an interrupted one."""
     from apr_jax import train
@@ -183,9 +183,7 @@ class Measurer:
     def measure(self, sweep: str, value: int, *, eval_overrides: dict[str, int] | None = None,
                 prefix: str | None = None, obey: bool = False, **kwargs: Any) -> Point:
         from apr_jax.evaluate import engine_config, evaluate_problems, sweep_settings
-        config = ml_collections.ConfigDict(self.config.to_dict())
-        for key, v in (eval_overrides or {}).items():
-            config.eval[key] = v
+        config = self.config.replace(eval=dataclasses.replace(self.config.eval, **(eval_overrides or {})))
         if prefix is None:
             (_, default), = sweep_settings(None, [], config)
             prefix = default["prefix"]
@@ -242,17 +240,18 @@ def budget_sweep(m: Measurer, budgets: Sequence[int]) -> list[Point]:
     return [m.measure("budget", b, tokens_per_thread=b) for b in budgets]
 
 
-def trace_lengths(config: ml_collections.ConfigDict, tokenizer: Any,
+def trace_lengths(config: RunConfig, tokenizer: Any,
                   problems: Sequence[Problem]) -> list[int]:
     """The longest thread sequence (tokens) of each problem's training trace."""
-    cfg = TraceConfig.from_config(config.trace)
+    cfg = config.trace
     return [max(len(s.tokens) for s in make_trace(p, cfg).to_sequences(tokenizer))
             for p in problems]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def body() -> int | None:
         from apr_jax.compare_report import write_report
         from apr_jax.evaluate import load_for_inference, problems_for
         flags, overrides = config_lib.parse_command_line(argv, allowed=FLAGS)
@@ -295,12 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                                {label: run.step for label, run in loaded.items()}, temperature)
         for path in written:
             print(f"wrote {path}")
-    except (config_lib.ConfigError, CheckpointError, TrainingError, ValueError, OSError) as e:
-        if os.environ.get("APR_JAX_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (config_lib.ConfigError, ValueError)) else 1
-    return 0
+
+    return run_command(body, usage=(ValueError,), failures=(CheckpointError, TrainingError, OSError))
 
 
 if __name__ == "__main__":

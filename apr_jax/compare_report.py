@@ -6,10 +6,10 @@ import json
 import os
 from typing import Any, Sequence
 
-import ml_collections
 import numpy as np
 
 from apr_jax.evaluate import paired_comparisons
+from apr_jax.run_config import RunConfig
 
 COLORS = {"APR": "tab:blue", "SoS+": "tab:orange"}
 FIGURES = ("context.png", "total_tokens.png", "sequential_tokens.png", "wall_clock.png")
@@ -145,7 +145,7 @@ def goal_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
 
 
 def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[int]],
-                 contexts: Sequence[int], configs: dict[str, ml_collections.ConfigDict],
+                 contexts: Sequence[int], configs: dict[str, RunConfig],
                  trained_steps: dict[str, int], temperature: float) -> list[str]:
     """Write the four figures, ``compare.md``, ``compare.json`` and
     ``results.jsonl``; their paths."""

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 
+from apr_jax.model.config import ModelConfig
 from apr_jax.tasks.base import TASK_NAMES
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -192,16 +193,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in POSITIVE_INTS:
         if key in keys and get(config, key) <= 0:
             raise ConfigError(f"config.{key}={get(config, key)} must be a positive integer")
-    m = config.model
-    if not m.get("head_dim", 0) and m.d_model % m.num_heads:
-        raise ConfigError(f"config.model.d_model={m.d_model} is not divisible by "
-                          f"config.model.num_heads={m.num_heads}")
-    if m.num_heads % m.num_kv_heads:
-        raise ConfigError(f"config.model.num_heads={m.num_heads} is not divisible by "
-                          f"config.model.num_kv_heads={m.num_kv_heads}")
-    if config.data.seq_len > m.max_len:
+    try:  # the model section's own checks (head layout, numerics, rotary)
+        ModelConfig.from_config(config.model, config.data.vocab_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.data.seq_len > config.model.max_len:
         raise ConfigError(f"config.data.seq_len={config.data.seq_len} exceeds "
-                          f"config.model.max_len={m.max_len}")
+                          f"config.model.max_len={config.model.max_len}")
     # RL splits its rollout rows into grad_accum microbatches; train.batch_size is SFT's.
     if config.get("mode", "sft") == "sft" and config.train.batch_size % config.train.grad_accum:
         raise ConfigError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
@@ -212,7 +210,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.train.lr={config.train.lr} must be positive")
 
 
-def to_json(config: ml_collections.ConfigDict) -> str:
+def to_json(config: Any) -> str:
+    """The config as written (a ConfigDict or a RunConfig), as JSON."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
 
@@ -230,9 +229,10 @@ LATER_KEYS = {
 IDENTITY_EXEMPT = {"data": ("dir", "num_workers")}
 
 
-def identity(config: ml_collections.ConfigDict | dict) -> dict:
-    """The part of a config that must match for a checkpoint to be resumed."""
-    d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+def identity(config: Any) -> dict:
+    """The part of a config (a dict, or anything with ``to_dict``: a ConfigDict
+    or a RunConfig) that must match for a checkpoint to be resumed."""
+    d = config if isinstance(config, dict) else config.to_dict()
     out = {k: dict(d.get(k) or {}) for k in IDENTITY_SECTIONS}
     for section, keys in IDENTITY_EXEMPT.items():
         for key in keys:
@@ -240,22 +240,14 @@ def identity(config: ml_collections.ConfigDict | dict) -> dict:
     return out
 
 
-# Identity keys added after runs were saved, with the value that reproduces
-# the behaviour of runs saved without them.
-LATER_KEYS = {
-    "data.tokenizer": "", "model.head_dim": 0, "model.qkv_bias": False, "model.qk_norm": False,
-    "model.norm_eps": 1e-6, "model.rope_scaling_factor": 0.0, "model.rope_low_freq_factor": 1.0,
-    "model.rope_high_freq_factor": 4.0, "model.rope_original_max_len": 8192,
-}
-
-
-def identity_diff(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
+def identity_diff(saved: dict, current: Any) -> list[str]:
     """Dotted keys whose values differ between a saved config and ``current``
-    (a ``LATER_KEYS`` key absent from ``saved`` counts as its old value)."""
-    saved = identity(saved)
+    (as for ``identity``; a ``LATER_KEYS`` key absent from ``saved`` counts as
+    its old value)."""
+    saved, now = identity(saved), identity(current)
     for key, old in LATER_KEYS.items():
         section, name = key.split(".")
-        if name not in saved.get(section, {}) and current[section].get(name) == old:
+        if name not in saved.get(section, {}) and now[section].get(name) == old:
             saved[section][name] = old
     diffs = []
 
@@ -268,7 +260,7 @@ def identity_diff(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
         elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
             diffs.append(f"config.{path} (saved {a!r}, now {b!r})")
 
-    walk(saved, identity(current), "")
+    walk(saved, now, "")
     return diffs
 
 

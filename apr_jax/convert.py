@@ -33,11 +33,12 @@ from flax import nnx
 from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax.checkpoint import Checkpointer, CheckpointError
+from apr_jax.cli import run_command
 from apr_jax.model.config import ModelConfig
 from apr_jax.model.transformer import Transformer
 from apr_jax.pretrained.hf_config import ConversionError, read_architecture
-from apr_jax.pretrained.safetensors_io import SafetensorsError, open_checkpoint
-from apr_jax.pretrained.tokenizer import FILE_NAME, PretrainedTokenizer, TokenizerMismatch, convert_tokenizer
+from apr_jax.pretrained.safetensors_io import open_checkpoint
+from apr_jax.pretrained.tokenizer import FILE_NAME, PretrainedTokenizer, convert_tokenizer
 from apr_jax.pretrained.weights import check_tensors, load_state
 
 FLAGS = ("hf_dir", "out", "config")
@@ -111,7 +112,8 @@ def convert(hf_dir: str, out: str, base: ml_collections.ConfigDict) -> ml_collec
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def body() -> None:
         flags, overrides = config_lib.parse_command_line(argv, allowed=FLAGS)
         for name in ("hf_dir", "out"):
             if name not in flags:
@@ -124,13 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"converted {flags['hf_dir']} -> {out}/checkpoints/0 "
                   f"({json.dumps(dict(config.model))}, vocab {config.data.vocab_size})")
             print(f"train from it: python -m apr_jax.train --config={out}/config.py --workdir=runs/NAME")
-    except (config_lib.ConfigError, ConversionError, SafetensorsError, TokenizerMismatch, CheckpointError,
-            ImportError, ValueError) as e:
-        if os.environ.get("APR_JAX_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body, usage=(ValueError, CheckpointError, ImportError))
 
 
 if __name__ == "__main__":

@@ -34,13 +34,15 @@ import numpy as np
 from flax import nnx
 
 from apr_jax import config as config_lib
-from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_bytes
+from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_bytes, split_checkpoint_path
+from apr_jax.cli import run_command
 from apr_jax.countdown.render import conditioning_prefix
 from apr_jax.decode.engine import Engine, EngineConfig, to_thread_trees
 from apr_jax.decode.metrics import cons_at_k, pass_at_k, sign_test_p
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig
 from apr_jax.jsonl_io import read_jsonl
+from apr_jax.run_config import RunConfig
 from apr_jax.tasks.base import answer_key_value
 from apr_jax.tasks.registry import get_task
 
@@ -51,7 +53,7 @@ SWEEP_KINDS = ("children", "budget", "tokens")
 
 @dataclasses.dataclass
 class Loaded:
-    config: ml_collections.ConfigDict
+    config: RunConfig
     tokenizer: Any
     model: nnx.Module
     step: int
@@ -62,15 +64,10 @@ def load_for_inference(path: str) -> Loaded:
     """Load the model, config and tokenizer from a workdir (newest readable
     checkpoint) or from one checkpoint folder ``WORKDIR/checkpoints/STEP``."""
     from apr_jax.data.tokenizer import load_tokenizer
-    from apr_jax.model.config import ModelConfig
     from apr_jax.model.transformer import Transformer
 
     path = os.path.abspath(path)
-    step_dir = os.path.basename(path)
-    if step_dir.isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
-        workdir, wanted = os.path.dirname(os.path.dirname(path)), int(step_dir)
-    else:
-        workdir, wanted = path, None
+    workdir, wanted = split_checkpoint_path(path)
     if not os.path.exists(workdir):
         raise CheckpointError(f"checkpoint or workdir not found: {workdir}")
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -87,9 +84,9 @@ def load_for_inference(path: str) -> Loaded:
     for step in candidates:
         try:
             meta = checkpointer.restore_meta(step)
-            config = ml_collections.ConfigDict(meta["config"])
+            config = RunConfig.from_config(meta["config"])
             tokenizer = load_tokenizer(data=decode_bytes(meta["tokenizer_b64"]))
-            model_cfg = ModelConfig.from_config(config.model, tokenizer.vocab_size)
+            model_cfg = config.model_for(tokenizer.vocab_size)
             abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
             graphdef, state = nnx.split(abstract)
             # An explicit target sharding lets orbax read checkpoints written
@@ -113,7 +110,7 @@ def load_for_inference(path: str) -> Loaded:
     raise CheckpointError(f"no readable checkpoint in {workdir}")
 
 
-def engine_config(config: ml_collections.ConfigDict, *, samples: int = 1,
+def engine_config(config: RunConfig, *, samples: int = 1,
                   temperature: float | None = None, top_p: float | None = None,
                   tokens_per_thread: int | None = None, max_context: int | None = None
                   ) -> EngineConfig:
@@ -132,7 +129,7 @@ def engine_config(config: ml_collections.ConfigDict, *, samples: int = 1,
                                tokens_per_thread=tokens_per_thread or base.tokens_per_thread)
 
 
-def evaluate_problems(model: Any, tokenizer: Any, config: ml_collections.ConfigDict,
+def evaluate_problems(model: Any, tokenizer: Any, config: RunConfig,
                       problems: Sequence[Any], *, samples: int = 1,
                       temperature: float | None = None, top_p: float | None = None,
                       prefix: str = "", tokens_per_thread: int | None = None,
@@ -271,7 +268,7 @@ def parse_sweep(spec: str) -> tuple[str, list[int]]:
     return kind, numbers
 
 
-def sweep_settings(kind: str | None, values: Sequence[int], config: ml_collections.ConfigDict
+def sweep_settings(kind: str | None, values: Sequence[int], config: RunConfig
                    ) -> list[tuple[str, dict[str, Any]]]:
     """(label, evaluate_problems kwargs) per sweep point."""
     if kind is None:
@@ -315,7 +312,23 @@ FLAGS = ("workdir", "checkpoint", "problems", "split", "num", "samples", "temper
          "out", "sweep", "plot", "show", "seed")
 
 
-def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: int) -> list[Any]:
+def with_eval_overrides(config: RunConfig, overrides: Sequence[str]) -> RunConfig:
+    """``config`` with ``config.eval.*=value`` overrides applied (the rest of a
+    checkpoint's config is what it was trained with)."""
+    if not overrides:
+        return config
+    written = ml_collections.ConfigDict(config.to_dict())
+    for item in overrides:
+        key, raw = item.split("=", 1)
+        key = key.removeprefix("config.")
+        if not key.startswith("eval."):
+            raise ValueError(f"--config.{key}: only config.eval.* can change at evaluation; "
+                             f"the rest comes from the checkpoint")
+        config_lib.apply_override(written, key, raw)
+    return RunConfig.from_config(written)
+
+
+def problems_for(flags: dict[str, str], config: RunConfig, num: int) -> list[Any]:
     """``--problems`` (every problem, or its first ``--num``), or the first ``num``
     of each split named in ``--split`` (comma-separated, concatenated in that order)."""
     task = get_task(config)
@@ -348,7 +361,8 @@ def problems_for(flags: dict[str, str], config: ml_collections.ConfigDict, num: 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def body() -> int | None:
         flags, overrides = config_lib.parse_command_line(argv, allowed=FLAGS)
         sources = [s for s in flags.get("workdir", "").split(",") if s]
         if "checkpoint" in flags:
@@ -365,14 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         table, series, solve_rates = [], {}, {}
         for source in sources:
             loaded = load_for_inference(source)
-            config = loaded.config
-            for item in overrides:
-                key, raw = item.split("=", 1)
-                key = key.removeprefix("config.")
-                if not key.startswith("eval."):
-                    raise ValueError(f"--config.{key}: only config.eval.* can change at evaluation; "
-                                     f"the rest comes from the checkpoint")
-                config_lib.apply_override(config, key, raw)
+            config = with_eval_overrides(loaded.config, overrides)
             problems = problems_for(flags, config, num)
             run_name = os.path.basename(os.path.dirname(os.path.dirname(loaded.source)))
             label = f"{run_name}@{loaded.step}"  # the workdir's name: runs of one config differ
@@ -403,10 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                                          else "sweep.png")
             plot_sweep(series, plot)
             print(f"plot: {plot}")
-    except (ValueError, CheckpointError, config_lib.ConfigError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body, usage=(ValueError, CheckpointError, OSError))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,9 @@ import signal
 import time
 from typing import Any, Protocol
 
-import ml_collections
-
 from apr_jax.checkpoint import Checkpointer
 from apr_jax.metrics_log import MetricsLogger
+from apr_jax.run_config import TrainConfig
 from apr_jax.train_state import TrainState, abstract_like
 
 
@@ -37,7 +36,7 @@ class LoopSettings:
     time_limit_minutes: float  # 0: no limit
 
     @classmethod
-    def from_config(cls, train: ml_collections.ConfigDict) -> "LoopSettings":
+    def from_config(cls, train: TrainConfig) -> "LoopSettings":
         return cls(steps=int(train.steps), log_every=int(train.log_every),
                    checkpoint_every=int(train.checkpoint_every),
                    keep_checkpoints=int(train.keep_checkpoints), on_nan=str(train.on_nan),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import jax
-import ml_collections
 import optax
 
+from apr_jax.run_config import TrainConfig
 
-def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
+
+def learning_rate_schedule(train: TrainConfig) -> optax.Schedule:
     """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to
     ``lr * min_lr_ratio`` at ``steps``."""
     warmup = min(train.warmup_steps, max(train.steps - 1, 0))
@@ -16,7 +17,7 @@ def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
         decay_steps=max(train.steps, warmup + 1), end_value=train.lr * train.min_lr_ratio)
 
 
-def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     """Clipping then AdamW; weight decay skips vectors (norm scales)."""
     return optax.chain(
         optax.clip_by_global_norm(train.grad_clip) if train.grad_clip > 0 else optax.identity(),

@@ -11,24 +11,24 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from apr_jax import sharding
 from apr_jax import train_state as ts
-from apr_jax.checkpoint import decode_bytes, encode_file, restore_params
+from apr_jax.checkpoint import decode_bytes, encode_file, has_checkpoints, restore_params
 from apr_jax.data.build import DatasetInfo, build_dataset_once
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.loop import LoopSettings, TrainingError, run_loop
 from apr_jax.model.config import ModelConfig, flops_per_token, num_params, peak_flops_per_device
 from apr_jax.optim import learning_rate_schedule
+from apr_jax.run_config import RunConfig
 from apr_jax.train_step import make_eval_step, make_train_step
 from apr_jax.workdir import check_workdir
 
 
-def check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+def check_batch(config: RunConfig, mesh: jax.sharding.Mesh) -> int:
     """The per-process batch size; one clear error when the batch does not divide."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     batch = config.train.batch_size
@@ -52,7 +52,7 @@ class SFTTask:
     nan_advice = ("try a lower config.train.lr, a longer config.train.warmup_steps, "
                   "or config.train.on_nan=skip")
 
-    def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo, vocab_size: int,
+    def __init__(self, config: RunConfig, info: DatasetInfo, vocab_size: int,
                  mesh: jax.sharding.Mesh, per_process_batch: int, peak_flops: float | None):
         self.config, self.info, self.mesh = config, info, mesh
         self.per_process_batch = per_process_batch
@@ -130,12 +130,12 @@ class SFTTask:
 RUNTIME_MODEL_FIELDS = ("param_dtype", "compute_dtype", "attention", "remat", "max_len")
 
 
-def init_from_checkpoint(config: ml_collections.ConfigDict, state: ts.TrainState, tokenizer: Any) -> str:
+def init_from_checkpoint(config: RunConfig, state: ts.TrainState, tokenizer: Any) -> str:
     """Replace the fresh parameters in ``state`` by those of ``config.train.init_from``
     (an SFT workdir or a converted pretrained model), read in their sharded
     layout; one-line errors when its architecture or tokenizer differ from
     this run's. Returns the checkpoint folder."""
-    ours = ModelConfig.from_config(config.model, tokenizer.vocab_size)
+    ours = config.model_for(tokenizer.vocab_size)
 
     def check(meta: dict[str, Any], source: str) -> None:
         theirs_tokenizer = load_tokenizer(data=decode_bytes(meta["tokenizer_b64"]))
@@ -158,19 +158,14 @@ def init_from_checkpoint(config: ml_collections.ConfigDict, state: ts.TrainState
     return source
 
 
-def _has_checkpoints(workdir: str) -> bool:
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
-def run_sft(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None
+def run_sft(config: RunConfig, workdir: str, *, stop_at: int | None = None
             ) -> dict[str, Any]:
     """Train per ``config`` in ``workdir``; returns the last logged metrics.
 
     ``stop_at`` ends this run early at that step (checkpointed, resumable), as a
     preemption would, without changing the schedule of the whole run."""
     sharding.initialize_distributed()
-    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
+    mesh = sharding.make_mesh(config.mesh)
     per_process_batch = check_batch(config, mesh)
     check_workdir(workdir, config)
     peak = peak_flops_per_device()  # measured on CPU: do it before data threads start
@@ -178,7 +173,7 @@ def run_sft(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | N
     info = build_dataset_once(config)
     tokenizer = load_tokenizer(info.tokenizer_path)
     task = SFTTask(config, info, tokenizer.vocab_size, mesh, per_process_batch, peak)
-    if config.train.get("init_from") and not _has_checkpoints(workdir):
+    if config.train.init_from and not has_checkpoints(workdir):
         print(f"starting from {init_from_checkpoint(config, task.state, tokenizer)}", flush=True)
     result = run_loop(task, LoopSettings.from_config(config.train), workdir, stop_at=stop_at)
     last = dict(result.last, step=result.step, preempted=result.preempted)
@@ -189,7 +184,7 @@ def run_sft(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | N
     return last
 
 
-def final_evaluation(config: ml_collections.ConfigDict, workdir: str, info: DatasetInfo,
+def final_evaluation(config: RunConfig, workdir: str, info: DatasetInfo,
                      model: Any, tokenizer: Tokenizer, step: int,
                      mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
     """Decode held-out test problems with the engine (its cache built inside

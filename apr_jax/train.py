@@ -10,21 +10,20 @@ checkpoint. SIGTERM (TPU preemption) saves a checkpoint and exits cleanly.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
-import ml_collections
-
 from apr_jax import config as config_lib
 from apr_jax.checkpoint import CheckpointError
+from apr_jax.cli import run_command
 from apr_jax.loop import TrainingError
 from apr_jax.rl.train_rl import run_rl
+from apr_jax.run_config import RunConfig
 from apr_jax.sft import run_sft
 from apr_jax.workdir import default_workdir
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None
+def run(config: RunConfig, workdir: str, *, stop_at: int | None = None
         ) -> dict[str, Any]:
     """Train per ``config`` (SFT or RL by ``config.mode``) in ``workdir``;
     returns the last logged metrics. ``stop_at`` ends this run at that step
@@ -36,16 +35,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def body() -> None:
         flags, overrides = config_lib.parse_command_line(argv)
-        config = config_lib.load_config(flags.get("config"), overrides)
+        config = RunConfig.from_config(config_lib.load_config(flags.get("config"), overrides))
         run(config, flags.get("workdir") or default_workdir(config))
-    except (config_lib.ConfigError, CheckpointError, TrainingError, ValueError) as e:
-        if os.environ.get("APR_JAX_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (config_lib.ConfigError, ValueError)) else 1
-    return 0
+
+    return run_command(body, usage=(ValueError,), failures=(CheckpointError, TrainingError))
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from apr_jax import sharding
 from apr_jax.model.config import ModelConfig
 from apr_jax.model.transformer import Transformer
 from apr_jax.optim import make_optimizer
+from apr_jax.run_config import RunConfig
 
 
 @jax.tree_util.register_dataclass
@@ -55,19 +55,19 @@ class Graphs:
         return nnx.merge(self.model, state.model), nnx.merge(self.opt, state.opt)
 
 
-def new_model(config: ml_collections.ConfigDict, vocab_size: int,
+def new_model(config: RunConfig, vocab_size: int,
               platform: str | None = None) -> Transformer:
     """The model per ``config`` (concrete, or abstract under ``nnx.eval_shape``)
     for training on ``platform`` (default: JAX's default backend)."""
-    return Transformer(ModelConfig.from_config(config.model, vocab_size), rngs=nnx.Rngs(config.seed),
+    return Transformer(config.model_for(vocab_size), rngs=nnx.Rngs(config.seed),
                        platform=platform)
 
 
-def new_optimizer(model: nnx.Module, config: ml_collections.ConfigDict) -> nnx.Optimizer:
+def new_optimizer(model: nnx.Module, config: RunConfig) -> nnx.Optimizer:
     return nnx.Optimizer(model, make_optimizer(config.train), wrt=nnx.Param)
 
 
-def build_model_and_optimizer(config: ml_collections.ConfigDict, vocab_size: int,
+def build_model_and_optimizer(config: RunConfig, vocab_size: int,
                               mesh: jax.sharding.Mesh
                               ) -> tuple[ModelConfig, Transformer, nnx.Optimizer]:
     """The model created in its sharded layout and its optimizer."""

@@ -6,17 +6,18 @@ import json
 import os
 
 import jax
-import ml_collections
 
 from apr_jax import config as config_lib
+from apr_jax.checkpoint import has_checkpoints
 from apr_jax.loop import TrainingError
+from apr_jax.run_config import RunConfig
 
 
-def default_workdir(config: ml_collections.ConfigDict) -> str:
+def default_workdir(config: RunConfig) -> str:
     return os.path.join("runs", config.name)
 
 
-def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_workdir(workdir: str, config: RunConfig) -> None:
     """Refuse a workdir that holds a run of another config (or, for RL,
     another mode); record ours."""
     path = os.path.join(workdir, "config.json")
@@ -28,11 +29,9 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
             mode = "rl"  # reported below
         if mode != "rl":
             raise TrainingError(f"workdir {workdir} holds a {mode} run; use another --workdir for RL")
-    checkpoints = os.path.join(workdir, "checkpoints")
     # A config.json without checkpoints is from a start that failed (bad input):
     # it holds no run yet, so the corrected config replaces it.
-    if os.path.exists(path) and os.path.isdir(checkpoints) and any(
-            name.isdigit() for name in os.listdir(checkpoints)):
+    if os.path.exists(path) and has_checkpoints(workdir):
         try:
             with open(path) as f:
                 saved = json.load(f)

@@ -68,12 +68,12 @@ def measure_dataset_build(num_train: int, num_workers: int) -> dict[str, float]:
     packed-batch throughput on the result."""
     import tempfile
 
-    from apr_jax.config import load_config
+    from apr_jax.run_config import load_run_config
     from apr_jax.data.build import build_dataset
     from apr_jax.data.pipeline import make_iterator
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(None, [f"data.dir={tmp}", f"task.num_train={num_train}",
+        config = load_run_config(None, [f"data.dir={tmp}", f"task.num_train={num_train}",
                                     f"data.num_workers={num_workers}"])
         start = time.perf_counter()
         info = build_dataset(config, log=None)

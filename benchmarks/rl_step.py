@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from apr_jax import train  # noqa: E402
-from apr_jax.config import load_config  # noqa: E402
+from apr_jax.run_config import load_run_config  # noqa: E402
 from apr_jax.rl.train_rl import make_task, run_rl  # noqa: E402
 
 PATHS = {True: "packed", False: "one thread per row"}
@@ -96,12 +96,12 @@ def main() -> None:
     if args.steps < 2:
         parser.error("--steps must be >= 2 (the first step compiles)")
     workdir = args.workdir or tempfile.mkdtemp(prefix="rl_bench_")
-    config = load_config(args.config, overrides + [f"config.train.steps={args.steps}",
+    config = load_run_config(args.config, overrides + [f"config.train.steps={args.steps}",
                                                    "config.train.log_every=1", "config.rl.eval_every=0",
                                                    f"config.train.checkpoint_every={args.steps + 1}"])
     if args.sft_steps and not os.path.isdir(os.path.join(config.rl.init_from, "checkpoints")):
         sft_dir = os.path.join(workdir, "sft")
-        sft = load_config(args.config, overrides + [
+        sft = load_run_config(args.config, overrides + [
             "config.mode=sft", f"config.train.steps={args.sft_steps}", "config.eval.num_problems=0",
             f"config.train.checkpoint_every={args.sft_steps}", f"config.train.eval_every={args.sft_steps}"])
         train.run(sft, sft_dir)

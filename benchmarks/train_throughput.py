@@ -16,13 +16,13 @@ arguments + outputs - aliased + temporaries).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from apr_jax import config as config_lib
@@ -30,15 +30,16 @@ from apr_jax import sharding
 from apr_jax.aot import memory_report
 from apr_jax.model.config import REMATS, flops_per_token, num_params, peak_flops_per_device
 from apr_jax.optim import learning_rate_schedule
+from apr_jax.run_config import RunConfig, load_run_config
 from apr_jax.train_state import build_model_and_optimizer, shardings_of, split
 from apr_jax.train_step import make_train_step
 
 GIB = 2 ** 30
 
 
-def measure(config: ml_collections.ConfigDict, vocab: int, steps: int) -> dict[str, Any]:
+def measure(config: RunConfig, vocab: int, steps: int) -> dict[str, Any]:
     """Compiles the config's train step and times ``steps`` steps on random rows."""
-    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
+    mesh = sharding.make_mesh(config.mesh)
     model_cfg, model, optimizer = build_model_and_optimizer(config, vocab, mesh)
     graphs, state = split(model, optimizer)
     step_fn = make_train_step(graphs, shardings_of(state),
@@ -87,7 +88,7 @@ HEADER = ("remat | kernel  | compile | step (ms) |    tokens/s | TFLOP/s |    MF
 def main(argv: list[str]) -> None:
     flags, overrides = config_lib.parse_command_line(
         argv, allowed=("config", "steps", "vocab", "remat", "json"))
-    config = config_lib.load_config(flags.get("config"), overrides)
+    config = load_run_config(flags.get("config"), overrides)
     steps = config_lib.int_flag(flags, "steps", 20, zero_ok=False)
     vocab = config_lib.int_flag(flags, "vocab", config.data.vocab_size, zero_ok=False)
     remats = [r.strip() for r in flags.get("remat", config.model.remat).split(",") if r.strip()]
@@ -96,12 +97,11 @@ def main(argv: list[str]) -> None:
             raise config_lib.ConfigError(f"--remat={remat} is not one of {', '.join(REMATS)}")
     rows = []
     for remat in remats:
-        config.model.remat = remat
-        rows.append(measure(config, vocab, steps))
+        rows.append(measure(config.replace(model=dataclasses.replace(config.model, remat=remat)), vocab, steps))
         if len(rows) == 1:
             r = rows[0]
             print(f"config {config.name}: {r['params_m']:.2f}M params, batch {r['batch']} x "
-                  f"{r['seq_len']}, {r['devices']} x {r['device_kind']}, mesh {config.mesh.to_dict()}, "
+                  f"{r['seq_len']}, {r['devices']} x {r['device_kind']}, mesh {config.section('mesh')}, "
                   f"{steps} timed steps; MFU against "
                   + (f"{r['peak_tflops']:.3g} TFLOP/s per device" if r["peak_tflops"] else "n/a"))
             print(HEADER, flush=True)

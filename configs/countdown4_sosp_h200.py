@@ -4,13 +4,8 @@ task, model and training budget on one H200, one search thread per problem."""
 from apr_jax.config import sibling
 
 countdown4_apr_h200 = sibling(__file__, "countdown4_apr_h200")
+default_sosp = sibling(__file__, "default_sosp")
 
 
 def get_config():
-    c = countdown4_apr_h200.get_config()
-    c.name = "countdown4_sosp_h200"
-    c.trace.kind = "sosp"
-    c.eval.max_depth = 0
-    c.eval.max_children = 1
-    c.eval.max_rounds = 0
-    return c
+    return default_sosp.as_sosp(countdown4_apr_h200.get_config(), "countdown4_sosp_h200")

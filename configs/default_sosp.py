@@ -1,16 +1,25 @@
 """The default demo's SoS+ (sequential) baseline: configs/default.py's task,
-model and training budget, one search thread per problem and no spawning."""
+model and training budget, one search thread per problem and no spawning.
+
+``as_sosp`` turns any APR config into its SoS+ baseline; the other SoS+
+configs build on it."""
+
+import ml_collections
 
 from apr_jax.config import sibling
 
 default = sibling(__file__, "default")
 
 
-def get_config():
-    c = default.get_config()
-    c.name = "default_sosp"
+def as_sosp(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """``c`` (an APR config) with SoS+ traces and an engine that never spawns."""
+    c.name = name
     c.trace.kind = "sosp"
     c.eval.max_depth = 0
-    c.eval.max_children = 1
+    c.eval.max_children = 1  # the engine's minimum; max_depth = 0 never spawns
     c.eval.max_rounds = 0
     return c
+
+
+def get_config():
+    return as_sosp(default.get_config(), "default_sosp")

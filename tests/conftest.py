@@ -16,7 +16,7 @@ def sft(tmp_path_factory):
     trained 150 SFT steps; it knows the trace format, rarely the answer.
     Trained once per test session, shared by the xdist workers."""
     from apr_jax import train
-    from apr_jax.config import load_config
+    from apr_jax.run_config import load_run_config
     from rl_toy import TOY
 
     base = tmp_path_factory.getbasetemp()
@@ -27,7 +27,7 @@ def sft(tmp_path_factory):
     with open(root / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (root / "done").exists():
-            config = load_config(None, TOY + [
+            config = load_run_config(None, TOY + [
                 f"config.data.dir={data}", "config.train.batch_size=16", "config.train.steps=150",
                 "config.train.warmup_steps=10", "config.train.log_every=150",
                 "config.train.eval_every=1000", "config.train.eval_batches=1",

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from apr_jax import aot, sharding, train_state
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -47,7 +47,7 @@ def test_launch_scripts_agree_on_hosts_per_slice():
 
 
 def test_abstract_state_shardings_match_the_trainer():
-    config = load_config(None, TINY + ["config.mesh.data=2", "config.mesh.fsdp=4"])
+    config = load_run_config(None, TINY + ["config.mesh.data=2", "config.mesh.fsdp=4"])
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     _, model, optimizer = train_state.build_model_and_optimizer(config, 96, mesh)
     real = nnx.state((model, optimizer))
@@ -132,7 +132,7 @@ def test_missing_libtpu_is_explained(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu not installed (see apr_jax/aot.py)")
 def test_tpu_slice_compiles_without_a_tpu():
-    config = load_config(None, TINY + ["config.model.attention=auto", "config.mesh.data=1",
+    config = load_run_config(None, TINY + ["config.model.attention=auto", "config.mesh.data=1",
                                        "config.mesh.fsdp=-1"])
     spec = aot.topology_spec("v5p-64")
     devices = aot.topology_devices(spec)
@@ -149,7 +149,7 @@ def test_tpu_slice_compiles_without_a_tpu():
 def test_engine_compiles_for_a_tpu_slice():
     """The spawn/join engine compiles for TPU under the run's mesh (the TPU
     compiler aborts on some scatter patterns that the CPU compiler accepts)."""
-    config = load_config(None, [o for o in TINY if "max_len" not in o and "seq_len" not in o]
+    config = load_run_config(None, [o for o in TINY if "max_len" not in o and "seq_len" not in o]
                          + ["config.model.max_len=64", "config.data.seq_len=64", "config.eval.lanes=16",
                             "config.eval.max_children=2", "config.eval.max_rounds=1"])
     result = aot.check_topology(config, "v4-8", step="engine", problems=16)

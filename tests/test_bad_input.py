@@ -18,7 +18,7 @@ import pytest
 from apr_jax import evaluate, sharding, train, train_state
 from apr_jax.workdir import check_workdir
 from apr_jax.checkpoint import Checkpointer, encode_file
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 from apr_jax.countdown.problems import Problem
 from apr_jax.countdown.verifier import verify
 from apr_jax.data.build import build_dataset, config_hash
@@ -62,7 +62,7 @@ def case(row_id):
 def ctx(tmp_path_factory):
     """A tiny dataset and a workdir holding one checkpoint (untrained weights)."""
     root = tmp_path_factory.mktemp("bad")
-    config = load_config(None, TINY + [f"config.data.dir={root}/data"])
+    config = load_run_config(None, TINY + [f"config.data.dir={root}/data"])
     info = build_dataset(config, log=None)
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     _, model, optimizer = train_state.build_model_and_optimizer(

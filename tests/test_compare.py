@@ -7,7 +7,8 @@ import os
 import pytest
 
 from apr_jax import compare
-from apr_jax.config import ConfigError, load_config
+from apr_jax.config import ConfigError
+from apr_jax.run_config import load_run_config
 from apr_jax.loop import TrainingError
 from apr_jax.threads import Segment, Thread, ThreadTree
 from tiny import TINY_RUN
@@ -58,13 +59,13 @@ def test_compare_writes_every_figure_and_the_table(compared):
 
 @pytest.mark.slow
 def test_finished_runs_are_reused_and_other_configs_refused(compared, capsys):
-    config = load_config(SOSP_CONFIG, TINY + [f"config.data.dir={compared['data']}"])
+    config = load_run_config(SOSP_CONFIG, TINY + [f"config.data.dir={compared['data']}"])
     run_dir = os.path.join(compared["workdir"], "sosp")
     before = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
     compare.train_or_reuse(config, run_dir)
     assert "reusing the finished run" in capsys.readouterr().out
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == before
-    other = load_config(SOSP_CONFIG, TINY + ["config.model.d_ff=96"])
+    other = load_run_config(SOSP_CONFIG, TINY + ["config.model.d_ff=96"])
     with pytest.raises(TrainingError, match="holds a run of a different config: config.model.d_ff"):
         compare.train_or_reuse(other, run_dir)
 

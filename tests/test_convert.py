@@ -24,6 +24,7 @@ from apr_jax.convert import convert, main
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.evaluate import load_for_inference
 from apr_jax.pretrained import safetensors_io
+from apr_jax.run_config import load_run_config
 from apr_jax.pretrained.tokenizer import PretrainedTokenizer
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf")
@@ -200,7 +201,7 @@ def test_bad_checkpoints_fail_with_one_line(tmp_path, capsys):
 def test_missing_dataset_tokenizer_is_named():
     from apr_jax.data.build import cache_dir
 
-    config = config_lib.load_config(None, ["data.tokenizer=/nope/tokenizer.apr.json"])
+    config = load_run_config(None, ["data.tokenizer=/nope/tokenizer.apr.json"])
     with pytest.raises(ValueError, match=r"config.data.tokenizer='/nope/tokenizer.apr.json' does not exist"):
         cache_dir(config)
 
@@ -215,7 +216,7 @@ def test_sft_starts_from_a_converted_model(tmp_path):
     _, out, start = converted(tmp_path, "qwen2", *task, f"data.dir={tmp_path / 'data'}")
     run = ["train.steps=1", "train.lr=1e-9", "train.warmup_steps=0", "train.batch_size=8",
            "train.log_every=1", "train.eval_every=100", "train.eval_batches=1", "train.checkpoint_every=100"]
-    config = config_lib.load_config(os.path.join(out, "config.py"), run)
+    config = load_run_config(os.path.join(out, "config.py"), run)
     assert config.data.tokenizer == os.path.join(out, "tokenizer.apr.json")
     run_sft(config, str(tmp_path / "sft"))
     trained = load_for_inference(str(tmp_path / "sft"))
@@ -223,7 +224,7 @@ def test_sft_starts_from_a_converted_model(tmp_path):
     for before, after in zip(jax.tree.leaves(nnx.state(start.model)), jax.tree.leaves(nnx.state(trained.model))):
         np.testing.assert_allclose(np.asarray(after), np.asarray(before), atol=1e-6)
 
-    other = config_lib.load_config(os.path.join(out, "config.py"), [*run, "model.d_ff=64"])
+    other = load_run_config(os.path.join(out, "config.py"), [*run, "model.d_ff=64"])
     with pytest.raises(TrainingError, match=r"config.train.init_from: .*checkpoints/0 holds another model: "
                                             r"config.model.d_ff \(checkpoint 48, now 64\)"):
         run_sft(other, str(tmp_path / "sft_other"))

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 from apr_jax.countdown.problems import load_problems, make_splits
-from apr_jax.countdown.traces import TraceConfig, make_trace
+from apr_jax.countdown.traces import make_trace
 from apr_jax.data import build
 from apr_jax.data.build import DatasetInfo, build_dataset, cache_dir, config_hash, open_split
 from apr_jax.data.tfds_builder import generate_traces
@@ -16,7 +16,7 @@ from apr_jax.threads import ThreadTree
 
 
 def _config(data_dir, *extra):
-    return load_config(None, [
+    return load_run_config(None, [
         "task.num_train=200", "task.num_validation=30", "task.num_test=20",
         f"data.dir={data_dir}", "data.num_workers=1", *extra])
 
@@ -41,7 +41,7 @@ def test_build_writes_a_complete_dataset(built):
         tree = ThreadTree.from_json(record["tree"].decode())
         assert list(record["numbers"]) == tree.problem["numbers"]
         assert int(record["target"]) == tree.problem["target"]
-        cfg = TraceConfig.from_config(config.trace)
+        cfg = config.trace
         assert tree.to_json() == make_trace(tree.problem, cfg).to_json()
     tok = Tokenizer(info.tokenizer_path)
     assert tok.vocab_size <= config.data.vocab_size

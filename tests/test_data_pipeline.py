@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from apr_jax import protocol
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 from apr_jax.countdown.problems import Problem
 from apr_jax.data.build import build_dataset, open_split
 from apr_jax.data.pipeline import (FEATURES, TokenizeTree, make_iterator, make_problem_source,
@@ -17,7 +17,7 @@ from apr_jax.threads import ThreadTree
 
 
 def _config(data_dir, *extra):
-    return load_config(None, [
+    return load_run_config(None, [
         "task.num_train=200", "task.num_validation=60", "task.num_test=40",
         f"data.dir={data_dir}", "data.num_workers=1", "data.seq_len=128", *extra])
 
@@ -147,7 +147,7 @@ def test_iterator_covers_one_epoch_exactly(built, tokenizer):
 
 def test_truncation_is_counted(built, tokenizer):
     config, info = built
-    short = load_config(None, ["task.num_train=200", "task.num_validation=60", "task.num_test=40",
+    short = load_run_config(None, ["task.num_train=200", "task.num_validation=60", "task.num_test=40",
                                f"data.dir={config.data.dir}", "data.seq_len=32"])
     it = make_iterator(short, info, "validation", batch_size=2, num_epochs=1)
     rows = sum(1 for _ in it) * 2

@@ -225,9 +225,9 @@ def test_bad_input_is_a_clear_error():
 
 
 def test_config_from_eval_section_and_pool_size():
-    from apr_jax.config import load_config
+    from apr_jax.run_config import load_run_config
 
-    config = load_config(None, ["config.eval.tokens_per_thread=200", "config.eval.batch_problems=32",
+    config = load_run_config(None, ["config.eval.tokens_per_thread=200", "config.eval.batch_problems=32",
                                 "config.eval.max_children=4", "config.eval.max_rounds=2",
                                 "config.eval.temperature=0.0"])
     cfg = EngineConfig.from_eval_config(config.eval, max_context=512)

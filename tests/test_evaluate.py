@@ -7,7 +7,7 @@ import tempfile
 import pytest
 
 from apr_jax import evaluate, train
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 from apr_jax.countdown.problems import Problem, save_problems
 
 TINY = [
@@ -25,7 +25,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    config = load_config(None, TINY + [f"config.data.dir={root / 'data'}"])
+    config = load_run_config(None, TINY + [f"config.data.dir={root / 'data'}"])
     train.run(config, str(root / "run"))
     return str(root / "run")
 
@@ -63,7 +63,7 @@ def test_split_list_and_unseen_split(workdir, tmp_path, capsys):
     code = evaluate.main([f"--workdir={workdir}", "--split=test,unseen", "--num=5", f"--out={out}"])
     assert code == 0, capsys.readouterr().err
     data_dir = os.path.join(os.path.dirname(workdir), "data")  # the fixture's
-    config = load_config(None, TINY + [f"config.data.dir={data_dir}"])
+    config = load_run_config(None, TINY + [f"config.data.dir={data_dir}"])
     from apr_jax.data.build import build_dataset
     from apr_jax.data.pipeline import make_problem_source
     info = build_dataset(config, log=None)

@@ -94,7 +94,7 @@ def test_num_params_counts_pretrained_switches(switches):
 
 
 @pytest.mark.parametrize("fields,message", [
-    (dict(d_model=30), "model.d_model \\(30\\) must be divisible by model.num_heads \\(4\\) when model.head_dim is 0"),
+    (dict(d_model=30), "config.model.d_model=30 is not divisible by config.model.num_heads=4"),
     (dict(head_dim=7), "model head_dim \\(7\\) must be even"),
     (dict(head_dim=-2), "model.head_dim must be a positive integer"),
     (dict(norm_eps=0.0), "model.norm_eps must be positive"),

@@ -21,7 +21,7 @@ from flax import nnx
 
 from apr_jax import sharding, train_state
 from apr_jax.checkpoint import Checkpointer
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 from apr_jax.data.build import build_dataset
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer
@@ -45,8 +45,8 @@ WORKER = """
 import sys
 from apr_jax import train
 from apr_jax.checkpoint import Checkpointer
-from apr_jax.config import load_config
-config = load_config(None, sys.argv[2:])
+from apr_jax.run_config import load_run_config
+config = load_run_config(None, sys.argv[2:])
 assert train.run(config, sys.argv[1], stop_at={stop_at})["step"] == {stop_at}
 assert train.run(config, sys.argv[1])["step"] == {steps}
 """.format(stop_at=STOP_AT, steps=STEPS)
@@ -83,7 +83,7 @@ def reference_run(config) -> tuple[list[float], dict]:
 def two_process_run(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("data"))
     workdir = str(tmp_path_factory.mktemp("two_process"))
-    config = load_config(None, config_args(data_dir))
+    config = load_run_config(None, config_args(data_dir))
     build_dataset(config)  # built once here, so the workers only read the cache
     port = free_port()
     argv = [sys.executable, "-c", WORKER, workdir, *config_args(data_dir)]

@@ -16,7 +16,7 @@ from flax import nnx
 
 from apr_jax import sharding, train, train_state
 from apr_jax.checkpoint import Checkpointer
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 from apr_jax.data.build import build_dataset
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer
@@ -34,7 +34,7 @@ TINY = TINY_RUN + [
 def base(tmp_path_factory):
     """A finished run with checkpoints 2, 4 and 6, and its config."""
     root = tmp_path_factory.mktemp("ckpt")
-    config = load_config(None, TINY + [f"config.data.dir={root / 'data'}"])
+    config = load_run_config(None, TINY + [f"config.data.dir={root / 'data'}"])
     workdir = str(root / "base")
     train.run(config, workdir)
     return config, workdir

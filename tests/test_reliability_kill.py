@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 from apr_jax.data.build import build_dataset
 from rl_toy import RL_CONFIG, rl_overrides
 
@@ -50,7 +50,7 @@ def env(tmp_path_factory):
     """A prebuilt dataset and a shared XLA compile cache for the subprocesses."""
     root = tmp_path_factory.mktemp("kill")
     data_dir = str(root / "data")
-    build_dataset(load_config(None, OVERRIDES + [f"config.data.dir={data_dir}"]), log=None)
+    build_dataset(load_run_config(None, OVERRIDES + [f"config.data.dir={data_dir}"]), log=None)
     environ = dict(os.environ,
                    XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
                    JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),

@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 from apr_jax.rl.train_rl import run_rl
 from local_cluster import PROCESSES, free_port, run_processes, worker_env
 from rl_toy import RL_CONFIG, final_params, rl_overrides
@@ -22,9 +22,9 @@ EXTRA = (f"config.train.steps={STEPS}", "config.mesh.data=8", "config.rl.kl_coef
 
 WORKER = """
 import sys
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 from apr_jax.rl.train_rl import run_rl
-config = load_config(sys.argv[2], sys.argv[3:])
+config = load_run_config(sys.argv[2], sys.argv[3:])
 assert run_rl(config, sys.argv[1], stop_at={stop_at})["step"] == {stop_at}
 assert run_rl(config, sys.argv[1])["step"] == {steps}
 """.format(stop_at=STOP_AT, steps=STEPS)
@@ -47,7 +47,7 @@ def test_two_process_rl_matches_one_process(sft, tmp_path):
     assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1}" in results[0][1]
 
     one = str(tmp_path / "one_process")
-    run_rl(load_config(RL_CONFIG, overrides), one)
+    run_rl(load_run_config(RL_CONFIG, overrides), one)
 
     a, b = metrics(one), metrics(two)
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))

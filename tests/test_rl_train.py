@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 
 from apr_jax import train
-from apr_jax.config import ConfigError, load_config
+from apr_jax.config import ConfigError
+from apr_jax.run_config import load_run_config
 from apr_jax.metrics_log import read_metrics
 from apr_jax.rl.train_rl import RLSettings, run_rl
 from rl_toy import RL_CONFIG, rl_overrides
 
 
 def test_grpo_raises_mean_reward(sft, tmp_path):
-    config = load_config(RL_CONFIG, rl_overrides(sft, "config.train.steps=30", "config.rl.eval_every=15",
+    config = load_run_config(RL_CONFIG, rl_overrides(sft, "config.train.steps=30", "config.rl.eval_every=15",
                                                  "config.rl.eval_problems=8", "config.eval.batch_problems=8"))
     run_rl(config, str(tmp_path / "rl"))
     rows = read_metrics(str(tmp_path / "rl" / "metrics.jsonl"))
@@ -52,39 +53,39 @@ def test_bad_sft_checkpoint_is_one_line(sft, tmp_path, capsys):
 
 
 def test_rl_settings_errors_name_the_key():
-    config = load_config(RL_CONFIG, ["config.rl.samples_per_prompt=1"])
+    config = load_run_config(RL_CONFIG, ["config.rl.samples_per_prompt=1"])
     with pytest.raises(ConfigError, match="config.rl.samples_per_prompt=1 must be >= 2"):
         RLSettings.from_config(config)
-    config = load_config(RL_CONFIG, ["config.rl.temperature=0"])
+    config = load_run_config(RL_CONFIG, ["config.rl.temperature=0"])
     with pytest.raises(ConfigError, match="config.rl: RL needs a sampling temperature > 0"):
         RLSettings.from_config(config)
-    config = load_config(RL_CONFIG, ["config.rl.prompt_pool=-1"])
+    config = load_run_config(RL_CONFIG, ["config.rl.prompt_pool=-1"])
     with pytest.raises(ConfigError, match="config.rl.prompt_pool=-1 must be >= 0"):
         RLSettings.from_config(config)
-    config = load_config(RL_CONFIG, ["config.rl.prompts_per_step=8", "config.rl.minibatches=3"])
+    config = load_run_config(RL_CONFIG, ["config.rl.prompts_per_step=8", "config.rl.minibatches=3"])
     with pytest.raises(ConfigError, match="prompts_per_step=8 is not divisible by config.rl.minibatches=3"):
         RLSettings.from_config(config)
-    config = load_config(RL_CONFIG, ["config.rl.eval_every=5", "config.rl.eval_problems=0"])
+    config = load_run_config(RL_CONFIG, ["config.rl.eval_every=5", "config.rl.eval_problems=0"])
     with pytest.raises(ConfigError, match="config.rl.eval_every=5 needs config.rl.eval_problems > 0"):
         RLSettings.from_config(config)
-    config = load_config(RL_CONFIG, ["config.rl.condition_children=[2, 6]"])
+    config = load_run_config(RL_CONFIG, ["config.rl.condition_children=[2, 6]"])
     with pytest.raises(ConfigError, match=r"condition_children=\[2, 6\] asks for more children than "
                                           "config.eval.max_children=4"):
         RLSettings.from_config(config)
     with pytest.raises(ConfigError, match="config.rl.advantage='ppo' is not one of grpo, drgrpo"):
-        load_config(RL_CONFIG, ["config.rl.advantage=ppo"])
+        load_run_config(RL_CONFIG, ["config.rl.advantage=ppo"])
 
 
 def test_thread_slots_must_hold_every_spawn_round():
     """Fewer slots than root + rounds x children would drop a later spawn."""
     for path in (RL_CONFIG, RL_CONFIG.replace("default_rl", "countdown4_apr_228m_rl")):
-        RLSettings.from_config(load_config(path))  # the shipped RL configs are consistent
-    config = load_config(RL_CONFIG, ["config.rl.max_threads=5"])
+        RLSettings.from_config(load_run_config(path))  # the shipped RL configs are consistent
+    config = load_run_config(RL_CONFIG, ["config.rl.max_threads=5"])
     with pytest.raises(ConfigError, match=r"config.rl.max_threads=5 gives 5 thread slots per rollout, but "
                                           r"config.eval.max_rounds=2 spawns of config.eval.max_children=4 up "
                                           r"to config.eval.max_depth=1 need 9 \(root included\)"):
         RLSettings.from_config(config)
-    assert RLSettings.from_config(load_config(RL_CONFIG, ["config.rl.max_threads=9"])).max_threads == 9
-    config = load_config(RL_CONFIG, ["config.eval.max_depth=2", "config.eval.max_children=8"])
+    assert RLSettings.from_config(load_run_config(RL_CONFIG, ["config.rl.max_threads=9"])).max_threads == 9
+    config = load_run_config(RL_CONFIG, ["config.eval.max_depth=2", "config.eval.max_children=8"])
     with pytest.raises(ConfigError, match="config.rl.max_threads=0 gives 64 thread slots .* need 273"):
         RLSettings.from_config(config)

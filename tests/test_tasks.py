@@ -5,6 +5,7 @@ the worked example end to end from a converted pretrained checkpoint."""
 import json
 import os
 
+import ml_collections
 import pytest
 
 from apr_jax import config as config_lib
@@ -13,6 +14,7 @@ from apr_jax.data.pipeline import make_problem_source
 from apr_jax.data.tokenizer import load_tokenizer
 from apr_jax.decode.replay_model import make_replay_model
 from apr_jax.evaluate import evaluate_problems
+from apr_jax.run_config import RunConfig, load_run_config
 from apr_jax.tasks.checkers import final_answer_line, make_checker
 from apr_jax.tasks.countdown import CountdownTask
 from apr_jax.tasks.examples.arithmetic import make_tree, write_splits
@@ -26,11 +28,11 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "hf")
 
 
 def test_countdown_is_the_default_task_and_keeps_its_data_hash():
-    config = config_lib.load_config(None, ["task.num_train=50"])
+    config = load_run_config(None, ["task.num_train=50"])
     assert config.task.name == "countdown" and isinstance(get_task(config), CountdownTask)
     unnamed = config.to_dict()  # a config from before tasks had names
     del unnamed["task"]["name"]
-    assert config_hash(unnamed) == config_hash(config)
+    assert config_hash(RunConfig.from_config(unnamed)) == config_hash(config)
     task = get_task(config)
     problem = task.splits()["test"][0]
     assert task.prompt(problem) == " ".join(map(str, problem.numbers)) + f" -> {problem.target}\n"
@@ -124,7 +126,7 @@ def test_bad_trace_files_name_the_line_and_the_rule(tmp_path, lines, message):
 
 def jsonl_config(tmp_path, *overrides):
     paths = write_splits(str(tmp_path / "traces"), {"train": 24, "validation": 4, "test": 6}, seed=2)
-    return config_lib.load_config(EXAMPLE, [
+    return load_run_config(EXAMPLE, [
         *(f"task.{s}={p}" for s, p in paths.items()), f"data.dir={tmp_path / 'data'}",
         "data.num_workers=1", "eval.row_buckets=1", "eval.kv_buckets=1", *overrides])
 
@@ -164,12 +166,12 @@ def test_worked_example_from_a_converted_checkpoint(tmp_path):
     from apr_jax.sft import run_sft
 
     out = tmp_path / "qwen3"
-    base = jsonl_config(tmp_path, "data.seq_len=64")
+    base = ml_collections.ConfigDict(jsonl_config(tmp_path, "data.seq_len=64").to_dict())
     convert.convert(os.path.join(FIXTURES, "qwen3"), str(out), base)
     run = ["model.max_len=192", "data.seq_len=192", "train.steps=2", "train.batch_size=8", "train.log_every=1",
            "train.eval_every=100", "train.eval_batches=1", "train.checkpoint_every=2", "eval.num_problems=3",
            "eval.tokens_per_thread=24"]
-    config = config_lib.load_config(str(out / "config.py"), run)
+    config = load_run_config(str(out / "config.py"), run)
     assert config.task.name == "jsonl_traces" and config.train.init_from == str(out)
     last = run_sft(config, str(tmp_path / "sft"))
     assert last["step"] == 2 and "test_accuracy" in last
@@ -183,7 +185,7 @@ def test_worked_example_from_a_converted_checkpoint(tmp_path):
     rl_config.rl.prompts_per_step, rl_config.rl.samples_per_prompt = 2, 2
     rl_config.rl.max_threads = 4
     rl_config.eval.max_rounds = 1
-    result = run_rl(rl_config, str(tmp_path / "rl"))
+    result = run_rl(RunConfig.from_config(rl_config), str(tmp_path / "rl"))
     assert result["step"] == 1 and 0.0 <= result["reward"] <= 1.0
 
 

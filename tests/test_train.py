@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from apr_jax import train
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 from tiny import TINY_RUN
 
 TINY = TINY_RUN + [
@@ -37,7 +37,7 @@ def final_params(workdir, step=None):
 
 
 def test_train_writes_metrics_results_and_tensorboard(data_dir, tmp_path):
-    config = load_config(None, tiny(data_dir))
+    config = load_run_config(None, tiny(data_dir))
     straight = str(tmp_path / "straight")
     train.run(config, straight)
     lines = [json.loads(l) for l in open(os.path.join(straight, "metrics.jsonl"))]

@@ -6,7 +6,7 @@ import numpy as np
 from flax import nnx
 
 from apr_jax import sharding
-from apr_jax.config import load_config
+from apr_jax.run_config import load_run_config
 from apr_jax.optim import learning_rate_schedule
 from apr_jax.train_state import build_model_and_optimizer, shardings_of, split
 from apr_jax.train_step import make_train_step
@@ -28,7 +28,7 @@ def random_batch(rows=16, length=32, seed=0):
 
 
 def run_steps(overrides, devices, batch, steps=2):
-    config = load_config(None, TINY + overrides)
+    config = load_run_config(None, TINY + overrides)
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh), devices=devices)
     _, model, optimizer = build_model_and_optimizer(config, VOCAB, mesh)
     graphs, state = split(model, optimizer)
@@ -78,7 +78,7 @@ def test_overfits_a_tiny_batch():
 
 def test_non_finite_step_leaves_state_unchanged():
     batch = random_batch()
-    config = load_config(None, TINY + ["config.train.lr=1e30", "config.train.grad_clip=0.0",
+    config = load_run_config(None, TINY + ["config.train.lr=1e30", "config.train.grad_clip=0.0",
                                        "config.mesh.data=1"])
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh), jax.devices()[:1])
     _, model, optimizer = build_model_and_optimizer(config, VOCAB, mesh)

@@ -29,7 +29,8 @@ import numpy as np
 from apr_jax.data.tfds_builder import SPLITS, resolve_num_workers
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.jsonl_io import write_jsonl
-from apr_jax.tasks.base import DEFAULT_TASK, task_section
+from apr_jax.run_config import RunConfig
+from apr_jax.tasks.base import DEFAULT_TASK
 from apr_jax.tasks.registry import get_task
 from apr_jax.threads import ThreadTree
 
@@ -84,19 +85,14 @@ class DatasetInfo:
             raise ValueError(f"{path}: not a valid dataset info file ({e})") from None
 
 
-def _section(config: Any, name: str) -> dict[str, Any]:
-    section = config[name]
-    return dict(section.to_dict() if hasattr(section, "to_dict") else section)
-
-
-def config_hash(config: Any) -> str:
+def config_hash(config: RunConfig) -> str:
     """12 hex digits identifying ``task`` + ``trace`` + ``data.vocab_size``
     (+ the content of ``data.tokenizer`` when one is given, and of a task's input files)."""
-    task = task_section(config)
+    task = config.task.as_dict()
     if task["name"] == DEFAULT_TASK:  # caches built before tasks had names keep their hash
         del task["name"]
-    key = {"format": FORMAT_VERSION, "task": task, "trace": _section(config, "trace"),
-           "vocab_size": int(config["data"]["vocab_size"]), **get_task(config).cache_key()}
+    key = {"format": FORMAT_VERSION, "task": task, "trace": config.section("trace"),
+           "vocab_size": config.data.vocab_size, **get_task(config).cache_key()}
     given = pretrained_tokenizer_path(config)
     if given:
         with open(given, "rb") as f:
@@ -104,9 +100,9 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def pretrained_tokenizer_path(config: Any) -> str | None:
+def pretrained_tokenizer_path(config: RunConfig) -> str | None:
     """``config.data.tokenizer`` (a converted model's tokenizer file), checked; None when unset."""
-    path = config["data"].get("tokenizer") or ""
+    path = config.data.tokenizer
     if not path:
         return None
     if not os.path.isfile(path):
@@ -115,9 +111,9 @@ def pretrained_tokenizer_path(config: Any) -> str | None:
     return os.path.abspath(path)
 
 
-def cache_dir(config: Any) -> str:
+def cache_dir(config: RunConfig) -> str:
     """Absolute cache directory of ``config`` (``data.dir`` is relative to cwd)."""
-    return os.path.join(os.path.abspath(config["data"]["dir"]), config_hash(config))
+    return os.path.join(os.path.abspath(config.data.dir), config_hash(config))
 
 
 def open_split(info: DatasetInfo, split: str):
@@ -134,7 +130,7 @@ def open_split(info: DatasetInfo, split: str):
                          f"({type(e).__name__}); delete that directory to rebuild it") from None
 
 
-def build_dataset(config: Any, *, force: bool = False, log: TextIO | None | str = "stdout"
+def build_dataset(config: RunConfig, *, force: bool = False, log: TextIO | None | str = "stdout"
                   ) -> DatasetInfo:
     """Builds the dataset of ``config`` unless a complete cache exists.
 
@@ -167,14 +163,14 @@ def build_dataset(config: Any, *, force: bool = False, log: TextIO | None | str 
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
     info = DatasetInfo.load(final_dir)
-    _print_summary(log, info, stats, int(config["data"]["seq_len"]))
+    _print_summary(log, info, stats, config.data.seq_len)
     return info
 
 
-def _build_into(config: Any, work_dir: str, log: TextIO | None) -> dict[str, Any]:
+def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[str, Any]:
     import tensorflow_datasets as tfds
     task = get_task(config)
-    num_workers = resolve_num_workers(int(config["data"]["num_workers"]))
+    num_workers = resolve_num_workers(config.data.num_workers)
     tfds_root = os.path.join(work_dir, TFDS_SUBDIR)
     builder = task.dataset_builder(data_dir=tfds_root, num_workers=num_workers,
                                    show_progress=log is not None)
@@ -203,7 +199,7 @@ def _build_into(config: Any, work_dir: str, log: TextIO | None) -> dict[str, Any
         tokenizer = load_tokenizer(tokenizer_path)
     else:
         tokenizer_path = os.path.join(work_dir, TOKENIZER_FILE)
-        tokenizer = Tokenizer.train(texts, int(config["data"]["vocab_size"]), tokenizer_path)
+        tokenizer = Tokenizer.train(texts, config.data.vocab_size, tokenizer_path)
     lengths = np.asarray([len(s.tokens) for tree in trees for s in tree.to_sequences(tokenizer)])
 
     counts = {split: len(builder.problems()[split]) for split in SPLITS}
@@ -229,7 +225,7 @@ def _build_into(config: Any, work_dir: str, log: TextIO | None) -> dict[str, Any
     with open(os.path.join(work_dir, MARKER + ".tmp"), "w", encoding="utf-8") as f:
         f.write(info.to_json())
     os.replace(os.path.join(work_dir, MARKER + ".tmp"), os.path.join(work_dir, MARKER))
-    stats["over_seq_len"] = int((lengths > int(config["data"]["seq_len"])).sum())
+    stats["over_seq_len"] = int((lengths > config.data.seq_len).sum())
     return stats
 
 
@@ -255,7 +251,7 @@ def _print_summary(log: TextIO | None, info: DatasetInfo, stats: dict[str, Any],
               f"seq_len {seq_len}")
 
 
-def build_dataset_once(config: Any) -> DatasetInfo:
+def build_dataset_once(config: RunConfig) -> DatasetInfo:
     """Process 0 builds (or finds) the cached dataset; the others wait for it,
     so processes sharing a filesystem never build the same cache at once."""
     import jax

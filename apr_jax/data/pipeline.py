@@ -32,6 +32,7 @@ from apr_jax.data.build import DatasetInfo, open_split
 from apr_jax.data.packing import pack_layout
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.jsonl_io import read_jsonl
+from apr_jax.run_config import RunConfig
 from apr_jax.tasks.registry import problem_type
 from apr_jax.threads import ThreadTree
 
@@ -206,7 +207,7 @@ def tree_dataset(info: DatasetInfo, split: str, *, process_index: int = 0,
     return ds.repeat(num_epochs)
 
 
-def make_iterator(config, info: DatasetInfo, split: str, *, batch_size: int,
+def make_iterator(config: RunConfig, info: DatasetInfo, split: str, *, batch_size: int,
                   process_index: int = 0, process_count: int = 1, seed: int | None = None,
                   num_epochs: int | None = None, num_threads: int = 2) -> PackedBatchIterator:
     """Checkpointable iterator of this process's batches (see module doc).

@@ -50,15 +50,14 @@ class ModelConfig:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
         if self.head_dim == 0:
             if self.d_model % self.num_heads:
-                raise ValueError(f"model.d_model ({self.d_model}) must be divisible by "
-                                 f"model.num_heads ({self.num_heads}) when model.head_dim is 0")
+                raise ValueError(f"config.model.d_model={self.d_model} is not divisible by "
+                                 f"config.model.num_heads={self.num_heads}")
             object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
         if not isinstance(self.head_dim, int) or isinstance(self.head_dim, bool) or self.head_dim < 1:
             raise ValueError(f"model.head_dim must be a positive integer (or 0), got {self.head_dim!r}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"model.num_heads ({self.num_heads}) must be divisible by "
-                f"model.num_kv_heads ({self.num_kv_heads})")
+            raise ValueError(f"config.model.num_heads={self.num_heads} is not divisible by "
+                             f"config.model.num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"model head_dim ({self.head_dim}) must be even for rotary")
         for name in ("param_dtype", "compute_dtype"):

@@ -12,6 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from apr_jax import config as config_lib
+from apr_jax.cli import run_command
 from apr_jax.metrics_log import read_metrics
 
 
@@ -49,7 +50,8 @@ def plot(series: dict[str, list[tuple[int, float]]], path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     workdirs = [a for a in argv if not a.startswith("--")]
-    try:
+
+    def body() -> None:
         flags, _ = config_lib.parse_command_line([a for a in argv if a.startswith("--")],
                                                  allowed=("out",))
         if len(workdirs) != 1:
@@ -64,10 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         out = flags.get("out") or os.path.join(workdirs[0], "rl_curve.png")
         plot(series, out)
         print(f"plot: {out}")
-    except (ValueError, config_lib.ConfigError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body, usage=(ValueError, OSError))
 
 
 if __name__ == "__main__":

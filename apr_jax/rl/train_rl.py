@@ -28,7 +28,6 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -36,6 +35,7 @@ from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax import train_state as ts
 from apr_jax.config import ConfigError
+from apr_jax.checkpoint import split_checkpoint_path
 from apr_jax.data.build import build_dataset_once
 from apr_jax.data.pipeline import make_problem_source
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
@@ -54,6 +54,7 @@ from apr_jax.rl.pack import PackedUpdateBatch, pack_update_batch
 from apr_jax.rl.prompts import PromptStream
 from apr_jax.rl.reward import RewardConfig, Scored, score_rollouts
 from apr_jax.rl.rollout import RolloutBatch, encode_prompts, engine_arrays, make_rollout
+from apr_jax.run_config import RunConfig
 from apr_jax.tasks.registry import get_task
 from apr_jax.workdir import check_workdir
 
@@ -78,15 +79,15 @@ class RLSettings:
     reward: RewardConfig
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> "RLSettings":
-        if "rl" not in config:
+    def from_config(cls, config: RunConfig) -> "RLSettings":
+        if config.rl is None:
             raise ConfigError("config has no rl section; RL configs set config.rl.init_from and friends "
                               "(see configs/default_rl.py)")
         rl = config.rl
         for name in ("prompts_per_step", "samples_per_prompt", "inner_epochs", "minibatches",
                      "rollout_chunks"):
-            if int(rl[name]) < 1:
-                raise ConfigError(f"config.rl.{name}={rl[name]} must be a positive integer")
+            if int(getattr(rl, name)) < 1:
+                raise ConfigError(f"config.rl.{name}={getattr(rl, name)} must be a positive integer")
         if int(rl.samples_per_prompt) < 2:
             raise ConfigError(f"config.rl.samples_per_prompt={rl.samples_per_prompt} must be >= 2 "
                               f"(GRPO compares the samples of one prompt)")
@@ -105,8 +106,8 @@ class RLSettings:
                               f"children than config.eval.max_children={config.eval.max_children} lets a "
                               f"spawn have")
         for name in ("eval_every", "eval_problems"):
-            if int(rl[name]) < 0:
-                raise ConfigError(f"config.rl.{name}={rl[name]} must be >= 0 (0 = no held-out evaluation)")
+            if int(getattr(rl, name)) < 0:
+                raise ConfigError(f"config.rl.{name}={getattr(rl, name)} must be >= 0 (0 = no held-out evaluation)")
         if int(rl.eval_every) > 0 and int(rl.eval_problems) == 0:
             raise ConfigError(f"config.rl.eval_every={rl.eval_every} needs config.rl.eval_problems > 0 "
                               f"(or eval_every=0 for no held-out evaluation)")
@@ -149,7 +150,7 @@ class RLSettings:
                 f"set config.rl.max_threads={engine.full_tree} or lower those limits")
         return settings
 
-    def engine_config(self, config: ml_collections.ConfigDict) -> EngineConfig:
+    def engine_config(self, config: RunConfig) -> EngineConfig:
         """The evaluation engine's limits (``eval`` section) with this run's
         sampling, group size and thread slots; one compiled call per chunk."""
         cfg = eval_engine_config(config, samples=self.samples_per_prompt,
@@ -161,21 +162,20 @@ class RLSettings:
         return self.grpo.inner_epochs * self.grpo.minibatches
 
 
-def optimizer_config(config: ml_collections.ConfigDict, settings: RLSettings) -> ml_collections.ConfigDict:
+def optimizer_config(config: RunConfig, settings: RLSettings) -> RunConfig:
     """The config with ``train.steps``/``warmup_steps`` counted in optimizer
     updates (several per RL step), for ``make_optimizer``."""
-    out = ml_collections.ConfigDict(config.to_dict())
-    out.train.steps = config.train.steps * settings.updates_per_step
-    out.train.warmup_steps = config.train.warmup_steps * settings.updates_per_step
-    return out
+    n = settings.updates_per_step
+    return config.replace(train=dataclasses.replace(
+        config.train, steps=config.train.steps * n, warmup_steps=config.train.warmup_steps * n))
 
 
-def load_sft(config: ml_collections.ConfigDict, settings: RLSettings, workdir: str,
+def load_sft(config: RunConfig, settings: RLSettings, workdir: str,
              data_tokenizer: Tokenizer) -> Loaded:
     """The SFT model and tokenizer named by ``rl.init_from``; one-line errors
     when it is missing or does not match this config or its tokenizer."""
     path = os.path.abspath(settings.init_from)
-    if os.path.abspath(workdir) in (path, os.path.dirname(os.path.dirname(path))):
+    if os.path.abspath(workdir) == split_checkpoint_path(path)[0]:
         raise TrainingError(f"RL workdir {workdir} is the SFT run named by config.rl.init_from; "
                             f"use another --workdir")
     loaded = load_for_inference(path)
@@ -221,7 +221,7 @@ class RLTask:
     nan_label = "RL "
     nan_advice = "try a lower config.train.lr or config.train.on_nan=skip"
 
-    def __init__(self, config: ml_collections.ConfigDict, settings: RLSettings, info: Any,
+    def __init__(self, config: RunConfig, settings: RLSettings, info: Any,
                  loaded: Loaded, mesh: jax.sharding.Mesh, workdir: str):
         self.config, self.settings, self.mesh, self.loaded = config, settings, mesh, loaded
         self.workdir = workdir
@@ -377,18 +377,18 @@ def held_out_problems(info: Any, settings: RLSettings) -> list[Any]:
     return problems[:settings.eval_problems]
 
 
-def make_task(config: ml_collections.ConfigDict, workdir: str) -> RLTask:
+def make_task(config: RunConfig, workdir: str) -> RLTask:
     """The RL task of ``config`` in ``workdir``: dataset, SFT model, mesh."""
     settings = RLSettings.from_config(config)
     sharding.initialize_distributed()
-    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
+    mesh = sharding.make_mesh(config.mesh)
     check_workdir(workdir, config)
     info = build_dataset_once(config)
     loaded = load_sft(config, settings, workdir, load_tokenizer(info.tokenizer_path))
     return RLTask(config, settings, info, loaded, mesh, workdir)
 
 
-def run_rl(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None
+def run_rl(config: RunConfig, workdir: str, *, stop_at: int | None = None
            ) -> dict[str, Any]:
     """GRPO per ``config`` in ``workdir``; returns the last logged metrics.
     ``stop_at`` ends this run at that step (checkpointed, resumable)."""

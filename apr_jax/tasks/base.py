@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 TASK_NAMES = ("countdown", "jsonl_traces")
 DEFAULT_TASK = "countdown"
@@ -53,14 +53,6 @@ class Task(Protocol):
         that do not reach the reference answer."""
 
 
-def task_section(config: Any) -> dict[str, Any]:
-    """The ``task`` section as a dict, its ``name`` filled in when absent."""
-    section = config["task"]
-    values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
-    values.setdefault("name", DEFAULT_TASK)
-    return values
-
-
 def answer_key_value(answer: Any) -> Any:
     """A hashable form of an extracted answer (None for no or an empty answer),
     for cons@k."""
@@ -68,6 +60,3 @@ def answer_key_value(answer: Any) -> Any:
         return None
     return tuple(answer) if isinstance(answer, list) else answer
 
-
-def as_mapping(section: Any) -> Mapping[str, Any]:
-    return dict(section.to_dict() if hasattr(section, "to_dict") else section)

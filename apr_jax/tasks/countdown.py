@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from apr_jax.countdown.problems import Problem, make_splits, unseen_problems
 from apr_jax.countdown.render import problem_prompt
 from apr_jax.countdown.verifier import extract_answer, verify
-from apr_jax.tasks.base import Score, as_mapping, task_section
+from apr_jax.tasks.base import Score
 
 RANGE_KEYS = ("num_inputs", "min_number", "max_number", "min_target", "max_target")
 
@@ -24,7 +24,8 @@ class CountdownTask:
 
     @classmethod
     def from_config(cls, config: Any) -> "CountdownTask":
-        return cls(task_section(config), as_mapping(config["trace"]))
+        """From a ``RunConfig``: its task section and its trace section as written."""
+        return cls(config.task.as_dict(), config.section("trace"))
 
     def splits(self, num_workers: int = 1) -> dict[str, list[Problem]]:
         t = self.task

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from apr_jax import protocol
 from apr_jax.jsonl_io import read_jsonl
-from apr_jax.tasks.base import Score, task_section
+from apr_jax.tasks.base import Score
 from apr_jax.tasks.checkers import make_checker
 from apr_jax.threads import ThreadTree
 
@@ -150,7 +150,7 @@ class JsonlTracesTask:
 
     @classmethod
     def from_config(cls, config: Any) -> "JsonlTracesTask":
-        t = task_section(config)
+        t = config.task.as_dict()
         known = {"name", "train", "validation", "test", "checker", "answer_prefix"}
         unknown = sorted(set(t) - known)
         if unknown:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apr_jax.tasks.base import TASK_NAMES, Task, task_section
+from apr_jax.tasks.base import TASK_NAMES, Task
 from apr_jax.tasks.countdown import CountdownTask
 from apr_jax.tasks.jsonl_traces import JsonlTracesTask
 
@@ -13,8 +13,8 @@ assert tuple(TASKS) == TASK_NAMES
 
 
 def get_task(config: Any) -> Task:
-    """The task ``config.task.name`` names, built from the config."""
-    name = task_section(config)["name"]
+    """The task ``config.task.name`` names, built from ``config`` (a ``RunConfig``)."""
+    name = config.task.name
     if name not in TASKS:
         raise ValueError(f"config.task.name={name!r} is not one of {', '.join(TASKS)}")
     return TASKS[name].from_config(config)

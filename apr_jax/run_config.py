@@ -1,0 +1,211 @@
+"""The run's settings as one frozen, typed tree: built once from a loaded
+ConfigDict (``RunConfig.from_config``), then taken by the data pipeline,
+evaluation, training and RL. Sections read as the config file writes them
+(``config.train.lr``); nothing below the edge can change them.
+
+The ConfigDict stays where configs are written or overridden (``configs/*.py``,
+flags, a workdir's ``config.json``); ``RunConfig.to_dict()`` gives back the
+dict it was built from, for saving and for checkpoint identities."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+from typing import Any, Iterable, Mapping
+
+from apr_jax.config import ConfigError, load_config
+from apr_jax.countdown.traces import TraceConfig
+from apr_jax.model.config import ModelConfig
+from apr_jax.sharding import MeshConfig
+from apr_jax.tasks.base import DEFAULT_TASK
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """The ``task`` section: the task's name and its own settings (each task
+    reads its keys: ``apr_jax.tasks``)."""
+
+    name: str
+    settings: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The section as a dict, ``name`` included."""
+        return {"name": self.name, **self.settings}
+
+    def __getattr__(self, key: str) -> Any:  # config.task.num_train, as the config file says
+        if key.startswith("__") or key == "settings":
+            raise AttributeError(key)
+        try:
+            return self.settings[key]
+        except KeyError:
+            raise AttributeError(f"config.task has no {key!r} (task {self.name})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dir: str = "data_cache"  # relative to the current directory unless absolute
+    vocab_size: int = 96
+    seq_len: int = 256
+    packing: bool = True
+    shuffle_seed: int = 0
+    num_workers: int = 0
+    tokenizer: str = ""  # "": train a sentencepiece tokenizer; else a converted model's
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    init_from: str = ""
+    batch_size: int = 16
+    grad_accum: int = 1
+    steps: int = 800
+    lr: float = 3e-3
+    warmup_steps: int = 40
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.98
+    grad_clip: float = 1.0
+    log_every: int = 25
+    eval_every: int = 400
+    eval_batches: int = 4
+    checkpoint_every: int = 400
+    keep_checkpoints: int = 3
+    on_nan: str = "stop"
+    time_limit_minutes: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The engine's limits and sampling for evaluation (and RL rollouts)."""
+
+    num_problems: int = 100
+    samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_children: int = 4
+    max_rounds: int = 2
+    max_depth: int = 1
+    tokens_per_thread: int = 256
+    batch_problems: int = 0
+    lanes: int = 0
+    prefill_chunk: int = 8
+    row_buckets: int = 6
+    kv_buckets: int = 3
+    split_by_kv_length: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """The ``rl`` section as written; ``apr_jax.rl.train_rl.RLSettings``
+    checks it against the rest of the config."""
+
+    init_from: str = ""
+    split: str = "train"
+    prompt_pool: int = 0
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 4
+    temperature: float = 1.0
+    inner_epochs: int = 1
+    minibatches: int = 1
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.001
+    advantage: str = "grpo"
+    skip_flat_groups: bool = False
+    packed_update: bool = True
+    require_eos: bool = True
+    format_penalty: float = 0.0
+    acceleration_weight: float = 0.0
+    acceleration_cap: float = 0.2
+    latency_bonus: float = 0.0
+    condition_penalty: float = 0.0
+    condition_children: tuple[int, ...] = ()
+    max_threads: int = 0
+    rollout_chunks: int = 1
+    eval_every: int = 0
+    eval_problems: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole run's settings. ``model.vocab_size`` is ``data.vocab_size``
+    until a tokenizer says otherwise (``model_for``)."""
+
+    name: str
+    mode: str
+    seed: int
+    task: TaskConfig
+    trace: TraceConfig
+    data: DataConfig
+    model: ModelConfig
+    mesh: MeshConfig
+    train: TrainConfig
+    eval: EvalConfig
+    rl: RLConfig | None
+    source: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def from_config(cls, config: Any) -> "RunConfig":
+        """From a ConfigDict or the dict of one (a saved ``config.json`` or
+        checkpoint meta); keys a section does not know are errors, keys a
+        config saved before they existed lacks take the defaults."""
+        d = config.to_dict() if hasattr(config, "to_dict") else copy.deepcopy(dict(config))
+        unknown = sorted(set(d) - set(TOP_KEYS) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config key 'config.{unknown[0]}'")
+        top = {k: d[k] for k in TOP_KEYS if k in d}
+        task = dict(d.get("task") or {})
+        data = _section(DataConfig, d, "data")
+        _check_keys(ModelConfig, d, "model", exempt=("vocab_size",))
+        model = ModelConfig.from_config(d.get("model") or {}, data.vocab_size)
+        return cls(
+            name=str(top.get("name", "")), mode=str(top.get("mode", "sft")), seed=int(top.get("seed", 0)),
+            task=TaskConfig(str(task.pop("name", DEFAULT_TASK)), types.MappingProxyType(task)),
+            trace=_section(TraceConfig, d, "trace"), data=data, model=model, mesh=_section(MeshConfig, d, "mesh"),
+            train=_section(TrainConfig, d, "train"), eval=_section(EvalConfig, d, "eval"),
+            rl=_section(RLConfig, d, "rl") if "rl" in d else None,
+            source=types.MappingProxyType(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as written (a copy of the dict it was built from)."""
+        return copy.deepcopy(dict(self.source))
+
+    def section(self, name: str) -> dict[str, Any]:
+        """Section ``name`` as written: what checkpoint and dataset identities hash."""
+        return copy.deepcopy(dict(self.source.get(name) or {}))
+
+    def model_for(self, vocab_size: int) -> ModelConfig:
+        """The model section for a tokenizer of ``vocab_size`` tokens."""
+        return dataclasses.replace(self.model, vocab_size=int(vocab_size))
+
+    def replace(self, **sections: Any) -> "RunConfig":
+        """A copy with whole sections replaced (e.g. RL's optimizer counting
+        updates); ``to_dict`` still gives the config as written."""
+        return dataclasses.replace(self, **sections)
+
+
+TOP_KEYS = ("name", "mode", "seed")
+SECTIONS = ("task", "trace", "data", "model", "mesh", "train", "eval", "rl")
+
+
+def _check_keys(cls: type, d: Mapping[str, Any], name: str, exempt: tuple[str, ...] = ()) -> None:
+    known = {f.name for f in dataclasses.fields(cls)} - set(exempt)
+    unknown = sorted(set(d.get(name) or {}) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key 'config.{name}.{unknown[0]}'")
+
+
+def _section(cls: type, d: Mapping[str, Any], name: str) -> Any:
+    """Section ``name`` of ``d`` as dataclass ``cls``; unknown keys are errors."""
+    _check_keys(cls, d, name)
+    values = dict(d.get(name) or {})
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    return cls(**values)
+
+
+def load_run_config(path: str | None = None, overrides: Iterable[str] = ()) -> RunConfig:
+    """``apr_jax.config.load_config`` (file, overrides, checks), then the frozen tree."""
+    return RunConfig.from_config(load_config(path, overrides))

@@ -1,0 +1,33 @@
+"""How every command ends: one error line, exit 2 for bad input, 1 for a failed run."""
+
+import pytest
+
+from apr_jax.cli import RUN_FAILED, USAGE_ERROR, run_command
+
+
+class Failed(RuntimeError):
+    pass
+
+
+def raises(error):
+    def body():
+        raise error
+    return body
+
+
+def test_errors_become_one_line_and_an_exit_code(capsys, monkeypatch):
+    monkeypatch.delenv("APR_JAX_DEBUG", raising=False)
+    assert run_command(raises(ValueError("bad --num\nsecond line")), usage=(ValueError,)) == USAGE_ERROR
+    assert capsys.readouterr().err == "error: bad --num\n"
+    assert run_command(raises(Failed()), usage=(ValueError,), failures=(Failed,)) == RUN_FAILED
+    assert capsys.readouterr().err == "error: Failed\n"
+    assert run_command(lambda: None, usage=(ValueError,)) == 0
+    assert run_command(lambda: 1, usage=(ValueError,)) == 1
+    with pytest.raises(KeyError):  # not a user's mistake: the traceback stays
+        run_command(raises(KeyError("x")), usage=(ValueError,))
+
+
+def test_debug_variable_keeps_the_traceback(monkeypatch):
+    monkeypatch.setenv("APR_JAX_DEBUG", "1")
+    with pytest.raises(ValueError, match="bad"):
+        run_command(raises(ValueError("bad")), usage=(ValueError,))
