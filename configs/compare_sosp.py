@@ -7,13 +7,8 @@ sequential search does not fit the context)."""
 from apr_jax.config import sibling
 
 compare_apr = sibling(__file__, "compare_apr")
+default_sosp = sibling(__file__, "default_sosp")
 
 
 def get_config():
-    c = compare_apr.get_config()
-    c.name = "compare_sosp"
-    c.trace.kind = "sosp"
-    c.eval.max_depth = 0
-    c.eval.max_children = 1
-    c.eval.max_rounds = 0
-    return c
+    return default_sosp.as_sosp(compare_apr.get_config(), "compare_sosp")
