@@ -18,7 +18,7 @@ from apr_jax.checkpoint import CheckpointError
 from apr_jax.cli import run_command
 from apr_jax.loop import TrainingError
 from apr_jax.rl.train_rl import run_rl
-from apr_jax.run_config import RunConfig
+from apr_jax.run_config import RunConfig, load_run_config
 from apr_jax.sft import run_sft
 from apr_jax.workdir import default_workdir
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         flags, overrides = config_lib.parse_command_line(argv)
-        config = RunConfig.from_config(config_lib.load_config(flags.get("config"), overrides))
+        config = load_run_config(flags.get("config"), overrides)
         run(config, flags.get("workdir") or default_workdir(config))
 
     return run_command(body, usage=(ValueError,), failures=(CheckpointError, TrainingError))

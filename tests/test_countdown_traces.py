@@ -125,15 +125,31 @@ def test_conditioning_prefixes():
     assert re.match(r"b[0-9]+ ", sosp.threads[0].segments[0].text)
     assert conditioning_prefix("apr", 4) == "c4 "
     for q in _problems(4)[:12]:  # the prefix states what the trace does
-        apr = make_trace(q, TraceConfig(kind="apr", condition=True))
-        children = sum(t.parent == 0 for t in apr.threads)
-        assert apr.threads[0].segments[0].text.startswith(f"c{children} ")
         sosp = make_trace(q, TraceConfig(kind="sosp", condition=True))
         budget = int(re.match(r"b([0-9]+) ", sosp.threads[0].segments[0].text).group(1))
         written = approx_tokens(sosp.threads[0].written_text)
         assert written <= budget and (budget == MIN_BUDGET_BUCKET or budget < 2 * written)
     with pytest.raises(ValueError, match="conditioning kind"):
         conditioning_prefix("beam", 4)
+
+
+def test_conditioned_apr_traces_spawn_the_drawn_child_count_once():
+    """c<n> is a request: each conditioned trace draws n in 1..max_children and
+    its root spawns exactly n children in one round, whatever the search finds."""
+    cfg = TraceConfig(kind="apr", condition=True, max_children=3)
+    counts = []
+    for q in _problems(3) + _problems(4):
+        tree = make_trace(q, cfg)
+        root = tree.threads[0]
+        children = sum(t.parent == 0 for t in tree.threads)
+        assert root.segments[0].text.startswith(f"c{children} ")
+        assert sum(s.role == "join" for s in root.segments) == 1
+        counts.append(children)
+    assert set(counts) == {1, 2, 3}
+    solved = [make_trace(q, cfg).meta["solved"] for q in _problems(3)]
+    unconditioned = [make_trace(q, dataclasses.replace(cfg, condition=False)).meta["solved"]
+                     for q in _problems(3)]
+    assert sum(solved) < sum(unconditioned)  # fewer children search fewer branches
 
 
 @pytest.mark.parametrize("style", ["terse", "reference"])

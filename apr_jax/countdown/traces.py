@@ -1,13 +1,15 @@
 """SoS+ and APR trace generators producing ``ThreadTree``s.
 
 Both run the search of ``search.py`` (same branches, same budgets), so for one
-config they solve the same problems with the same final path; they differ
+unconditioned config they solve the same problems with the same final path; they differ
 only in who writes which part of the search:
 
 - ``sosp_trace``: one thread writes every branch, then the answer line.
 - ``apr_trace``: the root expands the problem and spawns one child per kept
   branch (``max_children`` per spawn round; further rounds only if a round
-  found nothing). A child at thread depth < ``max_depth`` whose node has
+  found nothing). A conditioned trace (``c<n>`` prefix) instead draws n in
+  1..``max_children`` and spawns one round of n children per spawn point, so
+  it may leave branches unsearched that the sequential search would visit. A child at thread depth < ``max_depth`` whose node has
   three or more numbers may itself spawn (grandchildren get the budget the
   sequential search would have left them); otherwise it searches its branch
   and returns the path or a failure message. Each spawn point spawns with
@@ -37,7 +39,7 @@ class TraceConfig:
     spawn_prob: float = 1.0  # probability that a spawn point spawns
     max_depth: int = 1  # thread nesting depth (1 = children do not spawn)
     beam_size: int = 4  # successors kept per expanded node
-    condition: bool = False  # prefix the prompt with c<children> / b<token budget>
+    condition: bool = False  # prefix the prompt with c<children> (drawn per trace) / b<token budget>
     seed: int = 0
     max_nodes: int = 16  # nodes one root branch may visit (leaves included)
 
@@ -116,6 +118,10 @@ class _AprBuilder:
         self.target = problem.target
         self.threads: list[Thread] = []
         self.visits = 0
+        # A conditioned trace draws its children per spawn and spawns once, so
+        # its c<n> prefix is a request a model can follow, not the search's outcome.
+        self.per_spawn = rng.randint(1, cfg.max_children) if cfg.condition else cfg.max_children
+        self.rounds = 1 if cfg.condition else None
 
     def may_spawn(self, node: search.Node, depth: int) -> bool:
         """Spawning needs depth left and successors that are not leaves."""
@@ -129,8 +135,8 @@ class _AprBuilder:
         the sequential search would. Returns (first solution, nodes used)."""
         cfg, segments = self.cfg, self.threads[index].segments
         used = 0
-        for start in range(0, len(kids), cfg.max_children):
-            batch = kids[start:start + cfg.max_children]
+        for start in range(0, len(kids), self.per_spawn)[:self.rounds]:
+            batch = kids[start:start + self.per_spawn]
             if shared_budget is not None:
                 batch = batch if shared_budget - used > 0 else []
             if not batch:

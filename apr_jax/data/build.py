@@ -34,7 +34,7 @@ from apr_jax.tasks.base import DEFAULT_TASK
 from apr_jax.tasks.registry import get_task
 from apr_jax.threads import ThreadTree
 
-FORMAT_VERSION = 2  # bump when the cache layout or trace encoding changes
+FORMAT_VERSION = 3  # bump when the cache layout or trace encoding changes
 MARKER = "info.json"
 TOKENIZER_FILE = "tokenizer.model"
 TFDS_SUBDIR = "tfds"
