@@ -13,7 +13,8 @@ not learn it in a CPU budget (0% held-out APR accuracy after 800 steps), so
 the comparison uses the task that it does learn. Both runs train 800 steps of
 32 packed 128-token rows (3.3M tokens, the default demo's budget, no time
 limit, so the budgets are equal). Both are conditioned (`c<children>` /
-`b<token budget>` prefixes), which the compute sweeps use.
+`b<token budget>` prefixes), which the compute sweeps use; a conditioned APR
+trace draws 1-3 children and spawns once (`apr_jax.countdown.traces`).
 """
 
 from apr_jax.config import sibling
