@@ -127,8 +127,9 @@ def test_decode_attention_choices_and_bad_settings(model):
                          model.decode_page_size)
     with pytest.raises(ValueError, match="GPU paged kernel .* head_dim >= 16"):
         resolve_decode_attention("paged", "gpu", 24, 16, 256)
-    with pytest.raises(ValueError, match="multiple of 8"):
+    with pytest.raises(ValueError, match="TPU paged kernel needs .* page_size=12"):
         resolve_decode_attention("paged", "tpu", 128, 12, 240)
+    assert resolve_decode_attention("auto", "tpu", 64, 16, 256) == 0  # head_dim 64: xla on TPU
     with pytest.raises(ValueError, match="EngineConfig.decode_attention must be one of"):
         EngineConfig(decode_attention="flash")
     with pytest.raises(ValueError, match="needs a model with a paged decode"):

@@ -244,8 +244,9 @@ def paged_decode_problem(platform: str, head_dim: int, page_size: int, max_len: 
     ``max_len``-slot lanes in pages of ``page_size`` slots (None: it can)."""
     if page_size < 1 or max_len % page_size:
         return f"eval.page_size={page_size} does not divide the context of {max_len} slots"
-    if platform == "tpu" and page_size % 8:
-        return f"eval.page_size={page_size} is not a multiple of 8, which the TPU paged kernel needs"
+    if platform == "tpu" and (page_size % 8 or head_dim % 128):
+        return (f"the TPU paged kernel needs eval.page_size a multiple of 8 and head_dim a multiple "
+                f"of 128; got page_size={page_size}, head_dim={head_dim}")
     if platform == "gpu":
         if not (_power_of_two(page_size) and _power_of_two(head_dim) and head_dim >= 16):
             return (f"the GPU paged kernel (Triton) needs a power-of-two eval.page_size and "
