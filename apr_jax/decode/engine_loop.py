@@ -296,6 +296,16 @@ def _lane_index(axis: int, *index) -> tuple:
     return (slice(None),) * axis + tuple(index)
 
 
+def _pool_index(lead: tuple[int, ...], lanes_NxT: jax.Array, slots_NxT: jax.Array) -> tuple:
+    """Index arrays for (every leading axis, lane, slot) of a cache leaf: a
+    scatter whose window is only the trailing axes keeps the pool in the
+    layout the paged kernels read (a window over the leading axes makes the
+    TPU compiler relayout the pool, with copies around the paged call)."""
+    shape = lead + lanes_NxT.shape
+    iotas = [jax.lax.broadcasted_iota(jnp.int32, shape, d) for d in range(len(lead))]
+    return (*iotas, jnp.broadcast_to(lanes_NxT, shape), jnp.broadcast_to(slots_NxT, shape))
+
+
 def _vocab_size(spec: LoopSpec, decode_fn: DecodeFn, params, cache) -> int:
     logits_shape = jax.eval_shape(
         lambda c: decode_fn(params, jnp.zeros((1, 1), jnp.int32), jnp.full((1, 1), -1, jnp.int32), c,
@@ -420,7 +430,7 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
     new, logits_NxV, counters = jax.lax.switch(branch, branches, leaves)
     lanes_NxT = jnp.broadcast_to(jnp.arange(N)[:, None], (N, T))
     slots_NxT = jnp.where(t_1xT < n_feed_N[:, None], fed_N[:, None] + t_1xT, L)  # L: dropped
-    leaves = [x.at[_lane_index(a, lanes_NxT, slots_NxT)].set(y, mode="drop")
+    leaves = [x.at[_pool_index(x.shape[:a], lanes_NxT, slots_NxT)].set(y, mode="drop")
               for x, y, a in zip(leaves, new, axes)]
     return jax.tree.unflatten(treedef, leaves), n_feed_N, logits_NxV, counters
 

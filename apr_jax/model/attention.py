@@ -292,30 +292,45 @@ def _gpu_compute_pages(pages_per_lane: int) -> int:
     return _largest_divisor(pages_per_lane // _gpu_splits(pages_per_lane), 8)
 
 
-def paged_decode_attention(q_BxNxH: jax.Array, k_pool: jax.Array, v_pool: jax.Array, layer: int,
-                           lanes_B: jax.Array, lengths_B: jax.Array, page_size: int,
-                           platform: str) -> jax.Array:
-    """One new token per row attending over slots ``[0, lengths_B[b])`` of
-    lane ``lanes_B[b]`` of ``layer``, read in place from the whole pool
-    ``[kv_heads, layers, lanes, slots, head_dim]`` as pages of ``page_size``
-    slots by the platform's paged kernel; a row of length 0 gets zeros."""
+def paged_decode_attention(q_BxNxH: jax.Array, k_BxKxH: jax.Array, v_BxKxH: jax.Array, k_pool: jax.Array,
+                           v_pool: jax.Array, layer: int, lanes_B: jax.Array, positions_B: jax.Array,
+                           page_size: int, platform: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One new token per row: writes its K/V into slot ``positions_B[b]`` of
+    lane ``lanes_B[b]`` of ``layer`` (position < 0: padding, nothing written,
+    zeros out), then attends over that lane's slots 0..position, read in
+    place from the whole pool ``[kv_heads, layers, lanes, slots, head_dim]``
+    as pages of ``page_size`` slots by the platform's paged kernel. Both the
+    write and the read use the page view, so the pool keeps the layout the
+    kernel reads. Returns (out_BxNxH, k_pool, v_pool)."""
     kv_heads, layers, lanes, slots, head_dim = k_pool.shape
     pages_per_lane = slots // page_size
-    k_pages = k_pool.reshape(kv_heads, layers * lanes * pages_per_lane, page_size, head_dim)
-    v_pages = v_pool.reshape(k_pages.shape)
+    pages_shape = (kv_heads, layers * lanes * pages_per_lane, page_size, head_dim)
     first_page_B = (layer * lanes + lanes_B.astype(jnp.int32)) * pages_per_lane
+    real_B = positions_B >= 0
+    page_B = jnp.where(real_B, first_page_B + positions_B // page_size, pages_shape[1])  # padding: dropped
+    offset_B = jnp.where(real_B, positions_B % page_size, 0)
+    # Every axis but head_dim indexed (heads too): a scatter with a [kv_heads,
+    # head_dim] window makes the TPU compiler pick another layout for the pool
+    # and copy it whole to and from the kernel's at every layer.
+    heads_Kx1 = jnp.arange(kv_heads)[:, None]
+    k_pages, v_pages = (
+        pool.reshape(pages_shape).at[heads_Kx1, page_B[None], offset_B[None]].set(
+            jnp.swapaxes(new, 0, 1).astype(pool.dtype), mode="drop")
+        for pool, new in ((k_pool, k_BxKxH), (v_pool, v_BxKxH)))
     table_BxP = first_page_B[:, None] + jnp.arange(pages_per_lane, dtype=jnp.int32)
+    lengths_B = jnp.where(real_B, positions_B + 1, 0).astype(jnp.int32)
     q = q_BxNxH * jnp.asarray(head_dim ** -0.5, q_BxNxH.dtype)
-    lengths_B = lengths_B.astype(jnp.int32)
     if platform == "tpu":
         from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention as tpu_paged
 
         block = _largest_divisor(pages_per_lane, max(1, _TPU_PAGED_BLOCK // page_size))
-        return tpu_paged(q, k_pages.astype(q.dtype), v_pages.astype(q.dtype), lengths_B, table_BxP,
-                         pages_per_compute_block=block)
-    from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention as gpu_paged
+        out = tpu_paged(q, k_pages.astype(q.dtype), v_pages.astype(q.dtype), lengths_B, table_BxP,
+                        pages_per_compute_block=block)
+    else:
+        from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention as gpu_paged
 
-    return gpu_paged(q, k_pages.astype(q.dtype), v_pages.astype(q.dtype), table_BxP, lengths_B,
-                     k_splits=_gpu_splits(pages_per_lane),
-                     pages_per_compute_block=_gpu_compute_pages(pages_per_lane),
-                     interpret=platform != "gpu")
+        out = gpu_paged(q, k_pages.astype(q.dtype), v_pages.astype(q.dtype), table_BxP, lengths_B,
+                        k_splits=_gpu_splits(pages_per_lane),
+                        pages_per_compute_block=_gpu_compute_pages(pages_per_lane),
+                        interpret=platform != "gpu")
+    return out, k_pages.reshape(k_pool.shape), v_pages.reshape(v_pool.shape)

@@ -119,6 +119,11 @@ class Attention(nnx.Module):
         paged kernel for a width-1 call when ``page_size`` is set, else by
         gathering the lane's first ``kv_len`` slots."""
         q, k, v = self.project(x_BxTxD, positions_BxT)
+        if page_size and positions_BxT.shape[1] == 1:
+            o, k_cache, v_cache = attention.paged_decode_attention(
+                q[:, 0], k[:, 0], v[:, 0], k_cache, v_cache, layer, lanes_B, positions_BxT[:, 0], page_size,
+                self.platform)
+            return self.output(o[:, None]), constrain(k_cache, CACHE_AXES), constrain(v_cache, CACHE_AXES)
         num_slots = k_cache.shape[3]
         # Negative indices would wrap around: send padding to an out-of-range slot.
         slots_BxT = jnp.where(positions_BxT < 0, num_slots, positions_BxT)
@@ -127,15 +132,9 @@ class Attention(nnx.Module):
         k_cache = k_cache.at[:, layer, lanes_BxT, slots_BxT].set(k_KxBxTxH.astype(k_cache.dtype), mode="drop")
         v_cache = v_cache.at[:, layer, lanes_BxT, slots_BxT].set(v_KxBxTxH.astype(v_cache.dtype), mode="drop")
         k_cache, v_cache = constrain(k_cache, CACHE_AXES), constrain(v_cache, CACHE_AXES)
-        if page_size and positions_BxT.shape[1] == 1:
-            pos_B = positions_BxT[:, 0]
-            lengths_B = jnp.where(pos_B >= 0, pos_B + 1, 0)
-            o = attention.paged_decode_attention(q[:, 0], k_cache, v_cache, layer, lanes_B, lengths_B,
-                                                 page_size, self.platform)[:, None]
-        else:
-            k_BxSxKxH, v_BxSxKxH = (jnp.transpose(x[:, layer, lanes_B, :kv_len], (1, 2, 0, 3)).astype(q.dtype)
-                                    for x in (k_cache, v_cache))
-            o = attention.cached_attention(q, k_BxSxKxH, v_BxSxKxH, positions_BxT)
+        k_BxSxKxH, v_BxSxKxH = (jnp.transpose(x[:, layer, lanes_B, :kv_len], (1, 2, 0, 3)).astype(q.dtype)
+                                for x in (k_cache, v_cache))
+        o = attention.cached_attention(q, k_BxSxKxH, v_BxSxKxH, positions_BxT)
         return self.output(o), k_cache, v_cache
 
 
