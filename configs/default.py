@@ -107,5 +107,5 @@ def get_config() -> ml_collections.ConfigDict:
     # platform's Pallas paged kernel reads each row's pages below its length; interpreted
     # off GPU/TPU), auto (paged on GPU/TPU when the shapes suit it, else xla).
     c.eval.decode_attention = "xla"
-    c.eval.page_size = 16  # cache slots per page (divides the context; 8k on TPU, 2^k on GPU)
+    c.eval.page_size = 16  # cache slots per page: divides the context (TPU: 8k and head_dim 128k; GPU: 2^k)
     return c

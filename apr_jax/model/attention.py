@@ -53,6 +53,8 @@ _KERNEL_PLATFORM = {"triton": "gpu", "splash": "tpu"}
 # The largest dense per-layer tensor a packed forward may build (global bytes).
 DENSE_LIMIT_BYTES = 2 * 2 ** 30
 DECODE_ATTENTIONS = ("auto", "xla", "paged")
+# Platforms with a native paged decode kernel (elsewhere the GPU one is interpreted).
+_PAGED_NATIVE = ("gpu", "tpu")
 # Slots a TPU paged-attention block reads at once (pages_per_compute_block * page_size).
 _TPU_PAGED_BLOCK = 512
 
@@ -273,10 +275,7 @@ def resolve_decode_attention(name: str, platform: str, head_dim: int, page_size:
     return page_size
 
 
-_PAGED_NATIVE = ("gpu", "tpu")
-
-
-def _largest_divisor(n: int, limit: int) -> int:
+def _power_of_two_divisor(n: int, limit: int) -> int:
     """The largest power of two <= ``limit`` that divides ``n``."""
     d = 1
     while d * 2 <= limit and n % (d * 2) == 0:
@@ -285,11 +284,11 @@ def _largest_divisor(n: int, limit: int) -> int:
 
 
 def _gpu_splits(pages_per_lane: int) -> int:
-    return _largest_divisor(pages_per_lane, 16)
+    return _power_of_two_divisor(pages_per_lane, 16)
 
 
 def _gpu_compute_pages(pages_per_lane: int) -> int:
-    return _largest_divisor(pages_per_lane // _gpu_splits(pages_per_lane), 8)
+    return _power_of_two_divisor(pages_per_lane // _gpu_splits(pages_per_lane), 8)
 
 
 def paged_decode_attention(q_BxNxH: jax.Array, k_BxKxH: jax.Array, v_BxKxH: jax.Array, k_pool: jax.Array,
@@ -323,7 +322,7 @@ def paged_decode_attention(q_BxNxH: jax.Array, k_BxKxH: jax.Array, v_BxKxH: jax.
     if platform == "tpu":
         from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention as tpu_paged
 
-        block = _largest_divisor(pages_per_lane, max(1, _TPU_PAGED_BLOCK // page_size))
+        block = _power_of_two_divisor(pages_per_lane, max(1, _TPU_PAGED_BLOCK // page_size))
         out = tpu_paged(q, k_pages.astype(q.dtype), v_pages.astype(q.dtype), lengths_B, table_BxP,
                         pages_per_compute_block=block)
     else:
