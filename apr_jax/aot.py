@@ -46,7 +46,7 @@ from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax import train_state
 from apr_jax.cli import run_command
-from apr_jax.decode.engine import make_decoder
+from apr_jax.decode.engine import decode_page_size, make_decoder
 from apr_jax.decode.model_api import NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.evaluate import engine_config
@@ -235,7 +235,7 @@ def compile_engine(config: RunConfig, vocab_size: int, devices: Sequence[jax.Dev
     cfg = dataclasses.replace(engine_config(config, samples=int(config.eval.samples)),
                               row_buckets=1, kv_buckets=1)
     decode = make_decoder(NnxDecode(graphdef), model.init_cache, cfg, ProtocolIds(), num_problems,
-                          prompt_width)
+                          prompt_width, page_size=decode_page_size(cfg, model.decode_page_size))
     batch = sharding.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     args = (params,

@@ -93,6 +93,8 @@ class EvalConfig:
     row_buckets: int = 6
     kv_buckets: int = 3
     split_by_kv_length: bool = False
+    decode_attention: str = "xla"
+    page_size: int = 16
 
 
 @dataclasses.dataclass(frozen=True)

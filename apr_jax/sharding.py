@@ -45,7 +45,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("activation_head_dim", None),
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
-    # KV cache [layers, batch, slots, kv_heads, head_dim].
+    # KV cache [kv_heads, layers, lanes, slots, head_dim].
     ("cache_layers", None),
     ("cache_batch", BATCH_AXES),
     ("cache_length", None),

@@ -37,6 +37,13 @@ CPU: this host's measured float32 matmul rate) or ``--peak_flops``.
     python benchmarks/decode_throughput.py --config configs/default.py
     python benchmarks/decode_throughput.py --replay --c4_problems 32 --per_rollout 16
     python benchmarks/decode_throughput.py --compare --threads 64 --new_tokens 128
+    python benchmarks/decode_throughput.py --decode_attention paged --page_size 16   # vs --decode_attention xla
+
+``--decode_attention`` / ``--page_size`` set how the engine's width-1 decode
+calls read the KV cache (default mode and ``--compare``; the replay model has
+no paged decode): ``xla`` gathers lanes up to a KV-length bucket, ``paged``
+runs the platform's Pallas paged kernel (interpreted on the CPU: correct, not
+fast), ``auto`` is paged on GPU/TPU where the shapes allow.
 
 Figures only: nothing here asserts on timing.
 """
@@ -60,7 +67,7 @@ from apr_jax.countdown.problems import make_splits
 from apr_jax.countdown.traces import TraceConfig, make_trace
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.decode import metrics
-from apr_jax.decode.engine import Engine, EngineConfig, EngineOutput
+from apr_jax.decode.engine import Engine, EngineConfig, EngineOutput, decode_page_size
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.replay_model import make_replay_model
 from apr_jax.decode.sampler import SamplingConfig, bucket_length, generate
@@ -105,6 +112,16 @@ def engine_config(**kw) -> EngineConfig:
     return EngineConfig(**{k: v for k, v in kw.items() if k in known and v is not None})
 
 
+def attention_settings(args) -> dict[str, Any]:
+    """The engine's decode-attention flags that were given."""
+    return {k: v for k, v in (("decode_attention", args.decode_attention), ("page_size", args.page_size)) if v}
+
+
+def describe_attention(model: Transformer, cfg: EngineConfig) -> str:
+    page = decode_page_size(cfg, model.decode_page_size)
+    return f"decode attention {cfg.decode_attention}: " + (f"paged, {page}-slot pages" if page else "xla gather")
+
+
 def random_prompts(vocab_size: int, count: int, length: int, seed: int = 0) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(13, vocab_size, size=length).tolist() for _ in range(count)]
@@ -123,8 +140,9 @@ def throughput(args) -> None:
     model = Transformer(mcfg, rngs=nnx.Rngs(0))
     max_context = bucket_length(args.prompt_len + args.new_tokens + 2)
     ecfg = engine_config(max_depth=0, tokens_per_thread=args.new_tokens, max_context=max_context,
-                         sampling=SamplingConfig(temperature=1.0))
+                         sampling=SamplingConfig(temperature=1.0), **attention_settings(args))
     engine = Engine(model, ecfg, ProtocolIds(eos=NEVER))
+    print(describe_attention(model, ecfg))
     prompts = random_prompts(mcfg.vocab_size, args.threads, args.prompt_len)
     _, compile_and_run_s = timed(engine.run, prompts, jax.random.key(0))
     out, seconds = timed(engine.run, prompts, jax.random.key(1))
@@ -314,7 +332,7 @@ def decode_flops_per_token(cfg: ModelConfig, context: float) -> float:
 
 
 def compare(name: str, mcfg: ModelConfig, threads: int, prompt_len: int, new_tokens: int,
-            peak: float | None) -> dict[str, Any]:
+            peak: float | None, attention: dict[str, Any]) -> dict[str, Any]:
     """Engine (sequential mode) and ``sampler.generate`` writing ``new_tokens``
     per thread from the same prompts with the same random-weight model."""
     model = Transformer(mcfg, rngs=nnx.Rngs(0))
@@ -323,8 +341,10 @@ def compare(name: str, mcfg: ModelConfig, threads: int, prompt_len: int, new_tok
     max_context = min(bucket_length(prompt_len + new_tokens + 2), mcfg.max_len)
     if prompt_len + new_tokens + 2 > max_context:
         raise ValueError(f"prompt_len + new_tokens + 2 exceeds the {name} model's context {mcfg.max_len}")
-    engine = Engine(model, engine_config(max_depth=0, tokens_per_thread=new_tokens, max_context=max_context,
-                                         sampling=sampling), ProtocolIds(eos=NEVER))
+    ecfg = engine_config(max_depth=0, tokens_per_thread=new_tokens, max_context=max_context,
+                         sampling=sampling, **attention)
+    engine = Engine(model, ecfg, ProtocolIds(eos=NEVER))
+    print(f"[{name}] {describe_attention(model, ecfg)}")
     bos_prompts = [[2] + p for p in prompts]  # the engine adds BOS itself
 
     def run_engine(key):
@@ -378,6 +398,9 @@ def main() -> None:
     p.add_argument("--row_buckets", type=int, default=0, help="0: the engine's default")
     p.add_argument("--kv_buckets", type=int, default=0, help="0: the engine's default")
     p.add_argument("--split_by_kv_length", action="store_true", help="one model call per KV bucket")
+    p.add_argument("--decode_attention", default="", choices=("", "xla", "paged", "auto"),
+                   help="engine decode reads (default mode and --compare); empty: the engine's default")
+    p.add_argument("--page_size", type=int, default=0, help="paged kernel page size; 0: the engine's default")
     p.add_argument("--compare", action="store_true", help="engine vs plain sampler, two model sizes")
     p.add_argument("--peak_flops", type=float, default=0.0, help="FLOP/s for MFU; 0: from the device")
     args = p.parse_args()
@@ -407,7 +430,7 @@ def main() -> None:
                           num_kv_heads=4, d_ff=1536, max_len=1024, param_dtype=args.dtype,
                           compute_dtype=args.dtype)
         for name, mcfg in (("default", small), ("mid", mid)):
-            compare(name, mcfg, args.threads, args.prompt_len, args.new_tokens, peak)
+            compare(name, mcfg, args.threads, args.prompt_len, args.new_tokens, peak, attention_settings(args))
 
 
 if __name__ == "__main__":

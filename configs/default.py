@@ -103,4 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.row_buckets = 6  # live-row buckets (halvings of the lane pool) the engine compiles
     c.eval.kv_buckets = 3  # KV-length buckets (halvings of the context)
     c.eval.split_by_kv_length = False  # one engine call per KV-length bucket: fewer KV reads, more calls
+    # How decode calls read the cache: xla (gather lanes up to a KV bucket), paged (the
+    # platform's Pallas paged kernel reads each row's pages below its length; interpreted
+    # off GPU/TPU), auto (paged on GPU/TPU when the shapes suit it, else xla).
+    c.eval.decode_attention = "xla"
+    c.eval.page_size = 16  # cache slots per page: divides the context (TPU: 8k and head_dim 128k; GPU: 2^k)
     return c

@@ -73,7 +73,7 @@ def run_threads(model, cache, sequences, prompt_lens):
 def test_init_cache_shapes(model):
     cache = model.init_cache(3, SLOTS)
     assert isinstance(cache, KVCache)
-    assert cache.k.shape == (2, 3, SLOTS, 2, 8) and cache.v.shape == cache.k.shape
+    assert cache.k.shape == (2, 2, 3, SLOTS, 8)  # [kv_heads, layers, lanes, slots, head_dim] and cache.v.shape == cache.k.shape
     assert cache.k.dtype == jnp.float32 and float(jnp.abs(cache.k).sum()) == 0.0
     assert (cache.batch_size, cache.max_len) == (3, SLOTS)
     with pytest.raises(ValueError, match="init_cache"):
@@ -103,9 +103,9 @@ def test_padding_tokens_change_nothing(model):
     step_tokens = jnp.array([[5, 9, 9, 9], [11, 12, 13, 14]], jnp.int32)
     step_positions = jnp.array([[4, -1, -1, -1], [-1, -1, -1, -1]], jnp.int32)
     logits, after = decode(model, step_tokens, step_positions, cache)
-    np.testing.assert_array_equal(after.k[:, 1], cache.k[:, 1])
-    np.testing.assert_array_equal(after.v[:, 1], cache.v[:, 1])
-    np.testing.assert_array_equal(after.k[:, 0, 5:], 0.0)  # nothing written past slot 4
+    np.testing.assert_array_equal(after.k[:, :, 1], cache.k[:, :, 1])
+    np.testing.assert_array_equal(after.v[:, :, 1], cache.v[:, :, 1])
+    np.testing.assert_array_equal(after.k[:, :, 0, 5:], 0.0)  # nothing written past slot 4
     assert bool(jnp.all(jnp.isfinite(logits)))
     full = forward(model, [np.concatenate([tokens[0], step_tokens[0, :1]])])[0]
     np.testing.assert_allclose(logits[0, 0], full[4], atol=1e-4)
@@ -123,13 +123,13 @@ def test_decode_under_jit_donates_cache_in_place(model):
     compiled = jax.jit(step, donate_argnums=3).lower(state, tokens, positions, cache).compile()
     hlo = compiled.as_text()
     assert "input_output_alias" in hlo
-    cache_type = f"f32[2,2,{SLOTS},2,8]"
+    cache_type = f"f32[2,2,2,{SLOTS},8]"
     assert not [line for line in hlo.splitlines() if cache_type in line and " copy(" in line]
     logits, new_cache = compiled(state, tokens, positions, cache)
     assert cache.k.is_deleted()  # the buffer was handed to the output
     reference, _ = decode(model, tokens, positions, model.init_cache(2, SLOTS))
     np.testing.assert_allclose(logits, reference, atol=1e-6)
-    assert float(jnp.abs(new_cache.k[:, 1, 3]).sum()) > 0 and float(jnp.abs(new_cache.k[:, 1, 0]).sum()) == 0
+    assert float(jnp.abs(new_cache.k[:, :, 1, 3]).sum()) > 0 and float(jnp.abs(new_cache.k[:, :, 1, 0]).sum()) == 0
 
 
 def test_decode_rejects_mismatched_cache(model):

@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from apr_jax import sharding
 from apr_jax.model import ModelConfig, Transformer
+from apr_jax.model.transformer import CACHE_AXES
 
 CFG = ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
                   d_ff=64, max_len=64)
@@ -124,12 +125,11 @@ def test_sharded_decode_matches_unsharded():
     mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
     sharding.shard_model(model, mesh)
     cache = model.init_cache(4, 8)
-    cache_sharding = sharding.logical_to_sharding(
-        ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim"), mesh, cache.k.shape)
+    cache_sharding = sharding.logical_to_sharding(CACHE_AXES, mesh, cache.k.shape)
     cache = jax.device_put(cache, cache_sharding)
     with jax.set_mesh(mesh):
         got, new_cache = decode(model, tokens, positions, cache)
-    assert cache_sharding.spec == P(None, ("data", "fsdp"), None, "tensor", None)
+    assert cache_sharding.spec == P("tensor", None, ("data", "fsdp"), None, None)
     assert new_cache.k.sharding.is_equivalent_to(cache_sharding, 5)
     np.testing.assert_allclose(got, want, atol=1e-5)
 

@@ -28,6 +28,11 @@ its cache reads into ``kv_buckets`` halvings of ``max_context`` (one compiled
 branch per pair). With ``split_by_kv_length`` each KV-length bucket gets its
 own call, so a short thread never reads a long thread's slot count: the same
 branches, fewer KV reads, one more weight read per extra non-empty bucket.
+``decode_attention`` picks how width-1 decode calls read the cache: ``xla``
+(gather the rows' lanes up to a KV-length bucket), ``paged`` (the model's
+paged kernel reads each row's ``page_size``-slot pages below its own length
+in place; a one-line error where it cannot run) or ``auto`` (paged on GPU and
+TPU when the shapes suit the kernel, else xla).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from apr_jax.decode import engine_loop, metrics
 from apr_jax.decode.model_api import DecodeFn, as_decode_model
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig, bucket_length, check_prompts
+from apr_jax.model.attention import DECODE_ATTENTIONS
 
 ROLE_NAMES = ("prompt", "model", "join")
 LIMIT_STOPS = ("token_limit", "context_limit", "depth_limit", "round_limit", "running")
@@ -67,18 +73,23 @@ class EngineConfig:
     row_buckets: int = 6  # live-row buckets: the pool halved this many times
     kv_buckets: int = 3  # KV-length buckets: max_context halved this many times
     split_by_kv_length: bool = False  # one model call per KV-length bucket (module docstring)
+    decode_attention: str = "xla"  # width-1 decode reads: xla, paged or auto (module docstring)
+    page_size: int = 16  # cache slots per page of the paged kernel
 
     def __post_init__(self):
         for name, low in (("max_children", 1), ("max_rounds", 0), ("max_depth", 0),
                           ("tokens_per_thread", 1), ("max_context", 4),
                           ("samples_per_problem", 1), ("max_threads", 0), ("batch_problems", 0),
                           ("lanes", 0), ("prefill_chunk", 1), ("row_buckets", 1),
-                          ("kv_buckets", 1)):
+                          ("kv_buckets", 1), ("page_size", 1)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise ValueError(f"EngineConfig.{name} must be an int >= {low}, got {value!r}")
         if not isinstance(self.split_by_kv_length, (bool, np.bool_)):
             raise ValueError(f"EngineConfig.split_by_kv_length must be a bool, got {self.split_by_kv_length!r}")
+        if self.decode_attention not in DECODE_ATTENTIONS:
+            raise ValueError(f"EngineConfig.decode_attention must be one of {', '.join(DECODE_ATTENTIONS)}, "
+                             f"got {self.decode_attention!r}")
         if not isinstance(self.sampling, SamplingConfig):
             raise ValueError(f"EngineConfig.sampling must be a SamplingConfig, got {self.sampling!r}")
         if self.lanes and self.lanes < self.lanes_per_group:
@@ -92,8 +103,9 @@ class EngineConfig:
         """From a config's ``eval`` section (``samples``, ``temperature``,
         ``top_p``, ``max_children``, ``max_rounds``, ``max_depth``,
         ``tokens_per_thread``, ``batch_problems``, ``lanes``, ``prefill_chunk``,
-        ``row_buckets``, ``kv_buckets``, ``split_by_kv_length``; absent keys
-        take the defaults above)."""
+        ``row_buckets``, ``kv_buckets``, ``split_by_kv_length``,
+        ``decode_attention``, ``page_size``; absent keys take the defaults
+        above)."""
         get = eval_cfg.get if hasattr(eval_cfg, "get") else lambda k, d=None: getattr(eval_cfg, k, d)
         return cls(
             max_children=int(get("max_children", 4)), max_rounds=int(get("max_rounds", 2)),
@@ -104,7 +116,9 @@ class EngineConfig:
             lanes=int(get("lanes", cls.lanes)), prefill_chunk=int(get("prefill_chunk", cls.prefill_chunk)),
             row_buckets=int(get("row_buckets", cls.row_buckets)),
             kv_buckets=int(get("kv_buckets", cls.kv_buckets)),
-            split_by_kv_length=bool(get("split_by_kv_length", cls.split_by_kv_length)))
+            split_by_kv_length=bool(get("split_by_kv_length", cls.split_by_kv_length)),
+            decode_attention=str(get("decode_attention", cls.decode_attention)),
+            page_size=int(get("page_size", cls.page_size)))
 
     @property
     def full_tree(self) -> int:
@@ -213,7 +227,8 @@ class Engine:
         for n, prompt in enumerate(prompts):
             tokens[n, :len(prompt)] = prompt
         decode = make_decoder(self.model.decode_fn, self.model.init_cache, self.cfg, self.ids,
-                              len(prompts), min(width, self.cfg.max_context - 2))
+                              len(prompts), min(width, self.cfg.max_context - 2),
+                              page_size=decode_page_size(self.cfg, self.model.page_size_for))
         state = decode(self.model.params, jnp.asarray(tokens[:, :self.cfg.max_context - 2]),
                        jnp.asarray([len(p) for p in prompts], jnp.int32),
                        jnp.int32(len(prompts) if num_active is None else num_active), key, jnp.int32(0))
@@ -243,8 +258,20 @@ class Engine:
         return EngineOutput(samples=samples, steps=steps, counters=counters)
 
 
+def decode_page_size(cfg: EngineConfig, page_size_for: Callable[[str, int, int], int] | None) -> int:
+    """The page size the engine's width-1 decode calls read the cache in (0:
+    the xla gather) for ``cfg.decode_attention`` and a model's
+    ``page_size_for`` (``DecodeModel``; None: the model has no paged decode)."""
+    if page_size_for is None:
+        if cfg.decode_attention == "paged":
+            raise ValueError("eval.decode_attention='paged' needs a model with a paged decode "
+                             "(the Transformer); this model has none")
+        return 0
+    return page_size_for(cfg.decode_attention, cfg.page_size, cfg.max_context)
+
+
 def loop_spec(cfg: EngineConfig, ids: ProtocolIds, num_groups: int,
-              init_cache: Callable[[int, int], Any]) -> engine_loop.LoopSpec:
+              init_cache: Callable[[int, int], Any], page_size: int = 0) -> engine_loop.LoopSpec:
     """The static loop shape for a batch of ``num_groups`` samples."""
     lanes = cfg.lanes_for(num_groups)
     return engine_loop.LoopSpec(
@@ -254,7 +281,7 @@ def loop_spec(cfg: EngineConfig, ids: ProtocolIds, num_groups: int,
         row_buckets=halvings(lanes, cfg.row_buckets, minimum=1),
         kv_buckets=halvings(cfg.max_context, cfg.kv_buckets, minimum=8),
         sampling=cfg.sampling, cache_axes=engine_loop.cache_axes(init_cache),
-        split_by_kv_length=cfg.split_by_kv_length)
+        split_by_kv_length=cfg.split_by_kv_length, page_size=page_size)
 
 
 def halvings(size: int, count: int, minimum: int) -> tuple[int, ...]:
@@ -275,17 +302,20 @@ def loop_limits(cfg: EngineConfig, num_groups: int) -> engine_loop.Limits:
 
 
 def make_decoder(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg: EngineConfig,
-                 ids: ProtocolIds, num_prompts: int, prompt_width: int) -> Callable[..., engine_loop.LoopState]:
+                 ids: ProtocolIds, num_prompts: int, prompt_width: int, page_size: int = 0
+                 ) -> Callable[..., engine_loop.LoopState]:
     """The one decoding function of evaluation and RL rollouts:
     ``decode(params, prompt_PxT, prompt_len_P, num_active, key, first_thread)
     -> LoopState`` for ``num_prompts`` prompts of (static) width ``prompt_width``
     (without BOS), ``samples_per_problem`` samples each. Pure; jitted once per
-    shape (the cache is built inside, under the caller's mesh if any)."""
+    shape (the cache is built inside, under the caller's mesh if any).
+    ``page_size`` (``decode_page_size``; 0: xla) is passed to ``decode_fn``
+    in width-1 calls."""
     if prompt_width + 2 > cfg.max_context:
         raise ValueError(f"prompt width {prompt_width} leaves no room in max_context {cfg.max_context}")
     groups = num_prompts * cfg.samples_per_problem
     return functools.partial(
-        _decode_jit, limits=loop_limits(cfg, groups), spec=loop_spec(cfg, ids, groups, init_cache),
+        _decode_jit, limits=loop_limits(cfg, groups), spec=loop_spec(cfg, ids, groups, init_cache, page_size),
         samples=cfg.samples_per_problem,
         decode_fn=decode_fn, init_cache=init_cache)
 

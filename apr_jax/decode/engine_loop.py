@@ -31,7 +31,12 @@ selected row's positions (one compiled branch per bucket pair, chosen with
 ``lax.switch``); free, waiting and finished threads cost nothing. With
 ``split_by_kv_length`` each call is made once per KV-length bucket, over the
 rows whose own length falls in it (same branches, fewer slots read, one weight
-read per non-empty bucket). When a feed
+read per non-empty bucket). With a ``page_size`` (``eval.decode_attention``)
+the width-1 call instead hands the whole pool to the model, which writes the
+new keys and values in place and reads each row's pages below its own length
+with a paged kernel: row buckets only, no KV-length buckets, no gathered copy
+(each row bucket runs as a while loop of at most one trip, ``_run_if``, which
+keeps the pool in place where a switch branch would copy it). When a feed
 empties a thread's queue the logits at its last token are sampled and the token
 appended (role ``model``), with a key that depends only on the thread and the
 position, so the result does not depend on batching, chunking or lanes.
@@ -110,6 +115,7 @@ class LoopSpec:
     sampling: SamplingConfig
     cache_axes: tuple[int, ...]  # lane axis of each cache leaf (``cache_axes``)
     split_by_kv_length: bool = False  # one model call per KV-length bucket
+    page_size: int = 0  # > 0: decode calls read the pool through the model's paged kernel
 
 
 @jax.tree_util.register_dataclass
@@ -290,6 +296,73 @@ def _lane_index(axis: int, *index) -> tuple:
     return (slice(None),) * axis + tuple(index)
 
 
+def _pool_index(lead: tuple[int, ...], lanes_NxT: jax.Array, slots_NxT: jax.Array) -> tuple:
+    """Index arrays for (every leading axis, lane, slot) of a cache leaf: a
+    scatter whose window is only the trailing axes keeps the pool in the
+    layout the paged kernels read (a window over the leading axes makes the
+    TPU compiler relayout the pool, with copies around the paged call)."""
+    shape = lead + lanes_NxT.shape
+    iotas = [jax.lax.broadcasted_iota(jnp.int32, shape, d) for d in range(len(lead))]
+    return (*iotas, jnp.broadcast_to(lanes_NxT, shape), jnp.broadcast_to(slots_NxT, shape))
+
+
+def _vocab_size(spec: LoopSpec, decode_fn: DecodeFn, params, cache) -> int:
+    logits_shape = jax.eval_shape(
+        lambda c: decode_fn(params, jnp.zeros((1, 1), jnp.int32), jnp.full((1, 1), -1, jnp.int32), c,
+                            jnp.zeros((1,), jnp.int32), spec.kv_buckets[0])[0], cache)
+    return logits_shape.shape[-1]
+
+
+def _run_if(pred: jax.Array, fn: Callable[[Any], Any], carry: Any) -> Any:
+    """``fn(carry)`` when ``pred``, else ``carry``, as a while loop of at most
+    one trip: buffers ``fn`` updates stay in place (a ``lax.cond`` or
+    ``lax.switch`` branch that updates the cache pool makes XLA copy it whole)."""
+    def body(c):
+        return jnp.bool_(True), fn(c[1])
+    return jax.lax.while_loop(lambda c: pred & ~c[0], body, (jnp.bool_(False), carry))[1]
+
+
+def _paged_decode_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, member_N: jax.Array):
+    """Feed the one queued token of each member lane's thread through the
+    model's paged decode (``page_size``); returns what ``_model_call`` does.
+
+    The rows are compacted into the smallest row bucket that holds them; the
+    model writes their new K/V into the pool and its kernel reads each row's
+    pages below its own length straight from the pool: no KV-length buckets,
+    no gathered copy. Each bucket is a ``_run_if``, not a switch branch."""
+    N, L, P = spec.lanes, spec.max_context, spec.page_size
+    row_N = jnp.maximum(s.lane_row_N, 0)
+    fed_N = s.fed_R[row_N]
+    lanes_M, count = compact(member_N, N)
+    bucket = _bucket(spec.row_buckets, count)
+    V = _vocab_size(spec, decode_fn, params, s.cache)
+
+    def run(B: int):
+        def call(carry):
+            cache = carry[0]
+            lanes_B = lanes_M[:B]
+            valid_B = jnp.arange(B) < count
+            fed_B = fed_N[lanes_B]
+            pos_Bx1 = jnp.where(valid_B, fed_B, -1)[:, None]
+            tok_Bx1 = s.buf_RxL[row_N[lanes_B], jnp.minimum(fed_B, L - 1)][:, None]
+            logits_Bx1xV, cache = decode_fn(params, tok_Bx1, pos_Bx1, cache, lanes_B, L, page_size=P)
+            at_N = _drop_index(valid_B, lanes_B, N)
+            logits_NxV = jnp.zeros((N, V), jnp.float32).at[at_N].set(
+                logits_Bx1xV[:, 0].astype(jnp.float32), mode="drop")
+            live_B = jnp.where(valid_B, fed_B + 1, 0)
+            read_B = -(-live_B // P) * P  # the kernel reads whole pages
+            counters = jnp.stack([jnp.float32(B), count.astype(jnp.float32), jnp.sum(read_B).astype(jnp.float32),
+                                  jnp.sum(live_B).astype(jnp.float32), jnp.float32(1)])
+            return cache, logits_NxV, counters
+        return call
+
+    carry = (s.cache, jnp.zeros((N, V), jnp.float32), jnp.zeros((len(COUNTERS),), jnp.float32))
+    for k, B in enumerate(spec.row_buckets):
+        carry = _run_if((count > 0) & (bucket == k), run(B), carry)
+    cache, logits_NxV, counters = carry
+    return cache, member_N.astype(jnp.int32), logits_NxV, counters
+
+
 def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, member_N: jax.Array,
                 width: int):
     """Feed up to ``width`` queued tokens of each member lane's thread in one
@@ -318,10 +391,7 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
         shape[axis:axis + 2] = [N, T]
         return jax.ShapeDtypeStruct(tuple(shape), leaf.dtype)
 
-    logits_shape = jax.eval_shape(
-        lambda c: decode_fn(params, jnp.zeros((1, 1), jnp.int32), jnp.full((1, 1), -1, jnp.int32), c,
-                            jnp.zeros((1,), jnp.int32), spec.kv_buckets[0])[0], s.cache)
-    V = logits_shape.shape[-1]
+    V = _vocab_size(spec, decode_fn, params, s.cache)
 
     def skip(leaves):
         new = [jnp.zeros(new_slots_shape(x, a).shape, x.dtype) for x, a in zip(leaves, axes)]
@@ -360,7 +430,7 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
     new, logits_NxV, counters = jax.lax.switch(branch, branches, leaves)
     lanes_NxT = jnp.broadcast_to(jnp.arange(N)[:, None], (N, T))
     slots_NxT = jnp.where(t_1xT < n_feed_N[:, None], fed_N[:, None] + t_1xT, L)  # L: dropped
-    leaves = [x.at[_lane_index(a, lanes_NxT, slots_NxT)].set(y, mode="drop")
+    leaves = [x.at[_pool_index(x.shape[:a], lanes_NxT, slots_NxT)].set(y, mode="drop")
               for x, y, a in zip(leaves, new, axes)]
     return jax.tree.unflatten(treedef, leaves), n_feed_N, logits_NxV, counters
 
@@ -378,6 +448,10 @@ def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thr
     calls = [(run_N & ((queue_N == 1) | (not chunked)), 1)]
     if chunked:
         calls.append((run_N & (queue_N > 1), spec.prefill_chunk))
+    # With a page size the width-1 call reads pages up to each row's own
+    # length: it is one call, never split by KV length.
+    paged = [(member_N, 1, None) for member_N, _ in calls[:1]] if spec.page_size else []
+    calls = calls[len(paged):]
     if spec.split_by_kv_length:
         calls = [(member_N & (kv_class_N == c), width, dataclasses.replace(spec, kv_buckets=(kv,)))
                  for member_N, width in calls
@@ -385,10 +459,15 @@ def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thr
                  for c, kv in enumerate(spec.kv_buckets)]
     else:
         calls = [(member_N, width, spec) for member_N, width in calls]
+    calls = paged + calls
     fed_N = jnp.zeros_like(queue_N)
     logits_NxV = None
     for member_N, width, call_spec in calls:
-        cache, fed_c_N, logits_c_NxV, counters = _model_call(call_spec, decode_fn, params, s, member_N, width)
+        if call_spec is None:
+            cache, fed_c_N, logits_c_NxV, counters = _paged_decode_call(spec, decode_fn, params, s, member_N)
+        else:
+            cache, fed_c_N, logits_c_NxV, counters = _model_call(call_spec, decode_fn, params, s, member_N,
+                                                                 width)
         s = s.replace(cache=cache, counters=s.counters + counters)
         fed_N = jnp.where(member_N, fed_c_N, fed_N)
         logits_NxV = logits_c_NxV if logits_NxV is None else jnp.where(member_N[:, None], logits_c_NxV,

@@ -10,7 +10,11 @@ position p sees slots <= p of its lane. ``kv_len`` is a static int bounding
 every position fed, so a model reads only slots ``[0, kv_len)``. A lane reused
 by a new thread is rewritten from slot 0 upward; stale slots past a query's
 position never matter. ``lanes_B=None, kv_len=None`` mean one lane per row and
-the whole cache.
+the whole cache. A model with a paged decode also takes ``page_size`` > 0
+(a keyword the engine passes only to such models): a width-1 call then reads
+each row's slots 0..position in place from the whole pool, ``kv_len``
+notwithstanding, and ``DecodeModel.page_size_for`` says which page size an
+``eval.decode_attention`` choice gives it (``Transformer.decode_page_size``).
 ``as_decode_model`` turns a Flax NNX module with that API into a
 ``DecodeModel``: parameters as a pytree plus a pure function, so the decoding
 loops can be jitted with the parameters as an argument.
@@ -30,11 +34,13 @@ DecodeFn = Callable[..., tuple[jax.Array, Any]]
 class DecodeModel:
     """``decode_fn(params, tokens_BxT, positions_BxT, cache, lanes_B, kv_len) ->
     (logits, cache)`` must be pure; ``init_cache(num_lanes, max_len)`` returns
-    zeroed arrays."""
+    zeroed arrays; ``page_size_for(decode_attention, page_size, max_len)`` is
+    the page size its paged decode reads in (0: none; None: no paged decode)."""
 
     params: Any
     decode_fn: DecodeFn
     init_cache: Callable[[int, int], Any]
+    page_size_for: Callable[[str, int, int], int] | None = None
 
 
 def as_decode_model(model: Any) -> DecodeModel:
@@ -49,7 +55,8 @@ def as_decode_model(model: Any) -> DecodeModel:
     if not isinstance(model, nnx.Module):
         raise ValueError(f"{type(model).__name__} has decode/init_cache but is not an nnx.Module")
     graphdef, state = nnx.split(model)
-    return DecodeModel(params=state, decode_fn=NnxDecode(graphdef), init_cache=model.init_cache)
+    return DecodeModel(params=state, decode_fn=NnxDecode(graphdef), init_cache=model.init_cache,
+                       page_size_for=getattr(model, "decode_page_size", None))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +66,9 @@ class NnxDecode:
 
     graphdef: Any
 
-    def __call__(self, params, tokens_BxT, positions_BxT, cache, lanes_B=None, kv_len=None):
+    def __call__(self, params, tokens_BxT, positions_BxT, cache, lanes_B=None, kv_len=None, page_size=0):
         from flax import nnx
 
-        return nnx.merge(self.graphdef, params).decode(tokens_BxT, positions_BxT, cache, lanes_B, kv_len)
+        paged = {"page_size": page_size} if page_size else {}
+        return nnx.merge(self.graphdef, params).decode(tokens_BxT, positions_BxT, cache, lanes_B, kv_len,
+                                                       **paged)

@@ -21,8 +21,16 @@ segment 0. A packed forward whose dense tensor (``xla`` logits, ``cudnn``
 mask) would exceed ``DENSE_LIMIT_BYTES`` is a ValueError naming
 ``model.attention``: never a silent fallback.
 
-Only the packed training forward uses the flash kernels; cached decoding
-always uses the ``xla`` kernel because its mask depends on per-row positions.
+Only the packed training forward uses the flash kernels. Cached decoding
+reads a pool of cache lanes (``[kv_heads, layers, lanes, slots, head_dim]``)
+in one of two ways (``DECODE_ATTENTIONS``): ``xla`` gathers each row's lane up
+to a KV length and masks slots past the row's position; ``paged`` (width-1
+calls only) hands the whole pool, viewed as pages of ``page_size`` slots, to
+the platform's Pallas paged-attention kernel with each row's block table and
+length, so a row reads only the pages below its own length and nothing is
+gathered (the GPU kernel on GPU, the TPU kernel on TPU, the GPU kernel in
+interpret mode elsewhere). ``auto`` is ``paged`` on GPU and TPU when the
+shapes suit the kernel, ``xla`` otherwise.
 Padding tokens (segment 0) may attend among themselves in the flash kernels;
 their outputs are never used.
 """
@@ -44,6 +52,11 @@ IMPLEMENTATIONS = ("xla", "triton", "cudnn", "splash")
 _KERNEL_PLATFORM = {"triton": "gpu", "splash": "tpu"}
 # The largest dense per-layer tensor a packed forward may build (global bytes).
 DENSE_LIMIT_BYTES = 2 * 2 ** 30
+DECODE_ATTENTIONS = ("auto", "xla", "paged")
+# Platforms with a native paged decode kernel (elsewhere the GPU one is interpreted).
+_PAGED_NATIVE = ("gpu", "tpu")
+# Slots a TPU paged-attention block reads at once (pages_per_compute_block * page_size).
+_TPU_PAGED_BLOCK = 512
 
 
 def resolve_implementation(name: str, compute_dtype: jnp.dtype, platform: str) -> str:
@@ -222,3 +235,101 @@ def cached_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, positions_BxT) -> jax.Arra
     """Attention of new tokens over a row's cache slots 0..position."""
     mask = cache_mask_BxTxS(positions_BxT, k_BxSxKxH.shape[1])
     return xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask)
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def paged_decode_problem(platform: str, head_dim: int, page_size: int, max_len: int) -> str | None:
+    """Why the paged decode kernel of ``platform`` cannot read a pool of
+    ``max_len``-slot lanes in pages of ``page_size`` slots (None: it can)."""
+    if page_size < 1 or max_len % page_size:
+        return f"eval.page_size={page_size} does not divide the context of {max_len} slots"
+    if platform == "tpu" and (page_size % 8 or head_dim % 128):
+        return (f"the TPU paged kernel needs eval.page_size a multiple of 8 and head_dim a multiple "
+                f"of 128; got page_size={page_size}, head_dim={head_dim}")
+    if platform == "gpu":
+        if not (_power_of_two(page_size) and _power_of_two(head_dim) and head_dim >= 16):
+            return (f"the GPU paged kernel (Triton) needs a power-of-two eval.page_size and "
+                    f"head_dim >= 16; got page_size={page_size}, head_dim={head_dim}")
+        if _gpu_compute_pages(max_len // page_size) * page_size < 16:
+            return f"eval.page_size={page_size} gives the GPU paged kernel blocks under 16 slots"
+    return None
+
+
+def resolve_decode_attention(name: str, platform: str, head_dim: int, page_size: int,
+                             max_len: int) -> int:
+    """The page size width-1 decode calls read the cache in (0: the ``xla``
+    gather). ``auto`` is paged on GPU and TPU when the shapes suit the
+    kernel; an explicit ``paged`` that cannot run is a ValueError."""
+    if name not in DECODE_ATTENTIONS:
+        raise ValueError(f"eval.decode_attention={name!r} is not one of {', '.join(DECODE_ATTENTIONS)}")
+    if name == "xla":
+        return 0
+    problem = paged_decode_problem(platform, head_dim, page_size, max_len)
+    if name == "auto":
+        return page_size if problem is None and platform in _PAGED_NATIVE else 0
+    if problem is not None:
+        raise ValueError(f"eval.decode_attention='paged' cannot run on {platform}: {problem}")
+    return page_size
+
+
+def _power_of_two_divisor(n: int, limit: int) -> int:
+    """The largest power of two <= ``limit`` that divides ``n``."""
+    d = 1
+    while d * 2 <= limit and n % (d * 2) == 0:
+        d *= 2
+    return d
+
+
+def _gpu_splits(pages_per_lane: int) -> int:
+    return _power_of_two_divisor(pages_per_lane, 16)
+
+
+def _gpu_compute_pages(pages_per_lane: int) -> int:
+    return _power_of_two_divisor(pages_per_lane // _gpu_splits(pages_per_lane), 8)
+
+
+def paged_decode_attention(q_BxNxH: jax.Array, k_BxKxH: jax.Array, v_BxKxH: jax.Array, k_pool: jax.Array,
+                           v_pool: jax.Array, layer: int, lanes_B: jax.Array, positions_B: jax.Array,
+                           page_size: int, platform: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One new token per row: writes its K/V into slot ``positions_B[b]`` of
+    lane ``lanes_B[b]`` of ``layer`` (position < 0: padding, nothing written,
+    zeros out), then attends over that lane's slots 0..position, read in
+    place from the whole pool ``[kv_heads, layers, lanes, slots, head_dim]``
+    as pages of ``page_size`` slots by the platform's paged kernel. Both the
+    write and the read use the page view, so the pool keeps the layout the
+    kernel reads. Returns (out_BxNxH, k_pool, v_pool)."""
+    kv_heads, layers, lanes, slots, head_dim = k_pool.shape
+    pages_per_lane = slots // page_size
+    pages_shape = (kv_heads, layers * lanes * pages_per_lane, page_size, head_dim)
+    first_page_B = (layer * lanes + lanes_B.astype(jnp.int32)) * pages_per_lane
+    real_B = positions_B >= 0
+    page_B = jnp.where(real_B, first_page_B + positions_B // page_size, pages_shape[1])  # padding: dropped
+    offset_B = jnp.where(real_B, positions_B % page_size, 0)
+    # Every axis but head_dim indexed (heads too): a scatter with a [kv_heads,
+    # head_dim] window makes the TPU compiler pick another layout for the pool
+    # and copy it whole to and from the kernel's at every layer.
+    heads_Kx1 = jnp.arange(kv_heads)[:, None]
+    k_pages, v_pages = (
+        pool.reshape(pages_shape).at[heads_Kx1, page_B[None], offset_B[None]].set(
+            jnp.swapaxes(new, 0, 1).astype(pool.dtype), mode="drop")
+        for pool, new in ((k_pool, k_BxKxH), (v_pool, v_BxKxH)))
+    table_BxP = first_page_B[:, None] + jnp.arange(pages_per_lane, dtype=jnp.int32)
+    lengths_B = jnp.where(real_B, positions_B + 1, 0).astype(jnp.int32)
+    q = q_BxNxH * jnp.asarray(head_dim ** -0.5, q_BxNxH.dtype)
+    if platform == "tpu":
+        from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention as tpu_paged
+
+        block = _power_of_two_divisor(pages_per_lane, max(1, _TPU_PAGED_BLOCK // page_size))
+        out = tpu_paged(q, k_pages.astype(q.dtype), v_pages.astype(q.dtype), lengths_B, table_BxP,
+                        pages_per_compute_block=block)
+    else:
+        from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention as gpu_paged
+
+        out = gpu_paged(q, k_pages.astype(q.dtype), v_pages.astype(q.dtype), table_BxP, lengths_B,
+                        k_splits=_gpu_splits(pages_per_lane),
+                        pages_per_compute_block=_gpu_compute_pages(pages_per_lane),
+                        interpret=platform != "gpu")
+    return out, k_pages.reshape(k_pool.shape), v_pages.reshape(v_pool.shape)

@@ -3,13 +3,16 @@
 Two entry points share the weights:
 
 - ``model(tokens, positions, segment_ids)``: packed training forward.
-- ``model.decode(tokens, positions, cache, lanes, kv_len)``: cached forward for
-  T new tokens per row, row b in cache lane ``lanes[b]``. Cache slot == token
-  position; each token's K/V is scattered into slot ``positions[b, t]`` of its
-  lane (positions < 0 are padding and are dropped), and a query at position p
-  attends to its lane's slots 0..p (reading only the first ``kv_len``), so
-  entries beyond p left by an earlier thread in the same lane are ignored. The scatter updates
-  the stacked cache buffer in place when the cache is a donated jit argument.
+- ``model.decode(tokens, positions, cache, lanes, kv_len, page_size)``: cached
+  forward for T new tokens per row, row b in cache lane ``lanes[b]``. Cache
+  slot == token position; each token's K/V is scattered into slot
+  ``positions[b, t]`` of its lane (positions < 0 are padding and are dropped),
+  and a query at position p attends to its lane's slots 0..p, so entries
+  beyond p left by an earlier thread in the same lane are ignored. The
+  ``xla`` path gathers the lanes' first ``kv_len`` slots; with ``page_size``
+  a width-1 call reads the pool in place with the platform's paged kernel
+  (``attention.paged_decode_attention``). The scatter updates the cache buffer
+  in place when the cache is a donated jit argument or a loop carry.
 """
 
 from __future__ import annotations
@@ -28,24 +31,32 @@ from apr_jax.sharding import constrain
 ACT_BLD = ("activation_batch", "activation_length", "activation_embed")
 ACT_BLNH = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
 ACT_BLKH = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
-CACHE_AXES = ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+CACHE_AXES = ("cache_kv_heads", "cache_layers", "cache_batch", "cache_length", "cache_head_dim")
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    """Keys and values of every layer: ``[num_layers, batch, slots, kv_heads, head_dim]``."""
+    """Keys and values of every layer: ``[kv_heads, num_layers, lanes, slots, head_dim]``.
+
+    KV heads lead so the whole pool, reshaped, is the page array
+    ``[kv_heads, pages, page_size, head_dim]`` the paged kernels read (a
+    lane's pages are consecutive): no per-layer slice or copy."""
 
     k: jax.Array
     v: jax.Array
 
     @property
-    def batch_size(self) -> int:
+    def num_layers(self) -> int:
         return self.k.shape[1]
 
     @property
-    def max_len(self) -> int:
+    def batch_size(self) -> int:
         return self.k.shape[2]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
 
     def replace(self, **changes) -> "KVCache":
         return dataclasses.replace(self, **changes)
@@ -101,19 +112,29 @@ class Attention(nnx.Module):
         return self.output(attention.packed_attention(q, k, v, segment_ids_BxL,
                                                       self.implementation, self.platform))
 
-    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int):
-        """Writes the new K/V into ``layer`` of the stacked cache at each row's
-        lane, then attends over that lane's first ``kv_len`` slots."""
+    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int,
+               page_size: int = 0):
+        """Writes the new K/V into ``layer`` of the cache pool at each row's
+        lane, then attends over that lane's slots 0..position: through the
+        paged kernel for a width-1 call when ``page_size`` is set, else by
+        gathering the lane's first ``kv_len`` slots."""
         q, k, v = self.project(x_BxTxD, positions_BxT)
-        num_slots = k_cache.shape[2]
+        if page_size and positions_BxT.shape[1] == 1:
+            o, k_cache, v_cache = attention.paged_decode_attention(
+                q[:, 0], k[:, 0], v[:, 0], k_cache, v_cache, layer, lanes_B, positions_BxT[:, 0], page_size,
+                self.platform)
+            return self.output(o[:, None]), constrain(k_cache, CACHE_AXES), constrain(v_cache, CACHE_AXES)
+        num_slots = k_cache.shape[3]
         # Negative indices would wrap around: send padding to an out-of-range slot.
         slots_BxT = jnp.where(positions_BxT < 0, num_slots, positions_BxT)
         lanes_BxT = jnp.broadcast_to(lanes_B[:, None], slots_BxT.shape)
-        k_cache = k_cache.at[layer, lanes_BxT, slots_BxT].set(k.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[layer, lanes_BxT, slots_BxT].set(v.astype(v_cache.dtype), mode="drop")
+        k_KxBxTxH, v_KxBxTxH = (jnp.transpose(x, (2, 0, 1, 3)) for x in (k, v))
+        k_cache = k_cache.at[:, layer, lanes_BxT, slots_BxT].set(k_KxBxTxH.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[:, layer, lanes_BxT, slots_BxT].set(v_KxBxTxH.astype(v_cache.dtype), mode="drop")
         k_cache, v_cache = constrain(k_cache, CACHE_AXES), constrain(v_cache, CACHE_AXES)
-        o = attention.cached_attention(q, k_cache[layer, lanes_B, :kv_len].astype(q.dtype),
-                                       v_cache[layer, lanes_B, :kv_len].astype(q.dtype), positions_BxT)
+        k_BxSxKxH, v_BxSxKxH = (jnp.transpose(x[:, layer, lanes_B, :kv_len], (1, 2, 0, 3)).astype(q.dtype)
+                                for x in (k_cache, v_cache))
+        o = attention.cached_attention(q, k_BxSxKxH, v_BxSxKxH, positions_BxT)
         return self.output(o), k_cache, v_cache
 
 
@@ -132,9 +153,10 @@ class Block(nnx.Module):
         x = constrain(x, ACT_BLD)
         return constrain(x + self.mlp(self.mlp_norm(x)), ACT_BLD)
 
-    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int):
+    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int,
+               page_size: int = 0):
         h, k_cache, v_cache = self.attn.decode(self.attn_norm(x_BxTxD), positions_BxT,
-                                               k_cache, v_cache, layer, lanes_B, kv_len)
+                                               k_cache, v_cache, layer, lanes_B, kv_len, page_size)
         x = constrain(x_BxTxD + h, ACT_BLD)
         return constrain(x + self.mlp(self.mlp_norm(x)), ACT_BLD), k_cache, v_cache
 
@@ -161,6 +183,7 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, platform: str | None = None):
         self.cfg = cfg
         platform = platform or jax.default_backend()
+        self.platform = platform
         pdt = dtype_of(cfg.param_dtype)
         self.embed_VxD = make_param(rngs, normal(cfg.d_model ** -0.5), (cfg.vocab_size, cfg.d_model),
                                     ("vocab", "embed"), pdt)
@@ -205,33 +228,46 @@ class Transformer(nnx.Module):
         """An all-zero cache of ``num_lanes`` lanes of ``max_len`` slots, in the compute dtype."""
         if num_lanes < 1 or max_len < 1:
             raise ValueError(f"init_cache needs num_lanes >= 1 and max_len >= 1, got {num_lanes}, {max_len}")
-        shape = (self.cfg.num_layers, num_lanes, max_len, self.cfg.num_kv_heads, self.cfg.head_dim)
+        shape = (self.cfg.num_kv_heads, self.cfg.num_layers, num_lanes, max_len, self.cfg.head_dim)
         # Two separate buffers, so both can be donated to a jitted step.
         k = constrain(jnp.zeros(shape, self.compute_dtype), CACHE_AXES)
         v = constrain(jnp.zeros(shape, self.compute_dtype), CACHE_AXES)
         return KVCache(k=k, v=v)
 
+    def decode_page_size(self, decode_attention: str, page_size: int, max_len: int) -> int:
+        """The page size width-1 decode calls read the cache in for an
+        ``eval.decode_attention`` choice on this model's platform (0: the xla
+        gather); see ``attention.resolve_decode_attention``."""
+        return attention.resolve_decode_attention(decode_attention, self.platform, self.cfg.head_dim,
+                                                  page_size, max_len)
+
     def decode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
-               lanes_B: jax.Array | None = None, kv_len: int | None = None) -> tuple[jax.Array, KVCache]:
+               lanes_B: jax.Array | None = None, kv_len: int | None = None,
+               page_size: int = 0) -> tuple[jax.Array, KVCache]:
         """Cached forward of T new tokens per row, row b in cache lane
         ``lanes_B[b]`` (default: lane b), attending over slots ``< kv_len``
-        (default: all); returns (logits [B, T, vocab] f32, cache)."""
+        (default: all), or, for a width-1 call with ``page_size`` > 0, over
+        exactly its slots 0..position through the paged kernel; returns
+        (logits [B, T, vocab] f32, cache)."""
         _check_same_shape(tokens_BxT, positions=positions_BxT)
         if lanes_B is None:
-            if cache.k.shape[1] != tokens_BxT.shape[0]:
-                raise ValueError(f"cache batch {cache.k.shape[1]} != tokens batch {tokens_BxT.shape[0]}")
+            if cache.batch_size != tokens_BxT.shape[0]:
+                raise ValueError(f"cache batch {cache.batch_size} != tokens batch {tokens_BxT.shape[0]}")
             lanes_B = jnp.arange(tokens_BxT.shape[0], dtype=jnp.int32)
         elif lanes_B.shape != tokens_BxT.shape[:1]:
             raise ValueError(f"lanes shape {lanes_B.shape} != tokens batch {tokens_BxT.shape[:1]}")
         kv_len = cache.max_len if kv_len is None else int(kv_len)
         if not 1 <= kv_len <= cache.max_len:
             raise ValueError(f"kv_len {kv_len} is outside [1, {cache.max_len}]")
-        if cache.k.shape[0] != self.cfg.num_layers:
-            raise ValueError(f"cache has {cache.k.shape[0]} layers, model has {self.cfg.num_layers}")
+        if cache.num_layers != self.cfg.num_layers:
+            raise ValueError(f"cache has {cache.num_layers} layers, model has {self.cfg.num_layers}")
+        if page_size and cache.max_len % page_size:
+            raise ValueError(f"page_size {page_size} does not divide the cache's {cache.max_len} slots")
         x = self._embed(tokens_BxT)
         k_cache, v_cache = cache.k, cache.v
         for layer, block in enumerate(self.blocks):
-            x, k_cache, v_cache = block.decode(x, positions_BxT, k_cache, v_cache, layer, lanes_B, kv_len)
+            x, k_cache, v_cache = block.decode(x, positions_BxT, k_cache, v_cache, layer, lanes_B, kv_len,
+                                               page_size)
         return self._logits(x), KVCache(k=k_cache, v=v_cache)
 
 

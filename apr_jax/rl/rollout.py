@@ -105,7 +105,7 @@ def engine_arrays(batch: RolloutBatch, num_prompts: int) -> dict[str, np.ndarray
 
 
 def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg: EngineConfig,
-                 ids: ProtocolIds, prompt_width: int, *, chunks: int = 1
+                 ids: ProtocolIds, prompt_width: int, *, chunks: int = 1, page_size: int = 0
                  ) -> Callable[[Any, jax.Array, PromptBatch], RolloutBatch]:
     """Returns ``rollout(params, key, prompts) -> RolloutBatch``, pure and jitted.
 
@@ -113,7 +113,8 @@ def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg
     prompts are split into ``chunks`` sequential engine runs (``lax.map``) to
     bound the thread rows' memory (the KV cache is bounded by
     ``cfg.lanes``). Sampling keys depend only on the key, the thread row and
-    the position, so the rollout is the same whatever the split."""
+    the position, so the rollout is the same whatever the split. ``page_size``
+    (``engine.decode_page_size``; 0: xla) is how decode calls read the cache."""
     G, S, L = cfg.samples_per_problem, cfg.threads_per_sample, cfg.max_context
     if prompt_width + 2 > L:
         raise ValueError(f"prompt width {prompt_width} leaves no room in max_context {L}")
@@ -127,7 +128,7 @@ def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg
         if P % chunks:
             raise ValueError(f"{P} prompts do not split into {chunks} rollout chunks")
         per_chunk = P // chunks
-        decode = make_decoder(decode_fn, init_cache, cfg, ids, per_chunk, prompt_width)
+        decode = make_decoder(decode_fn, init_cache, cfg, ids, per_chunk, prompt_width, page_size)
 
         def run_chunk(c, tokens_PxT, length_P):
             return decode(params, tokens_PxT, length_P, jnp.int32(per_chunk), key, c * per_chunk * G * S)

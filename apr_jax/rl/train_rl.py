@@ -39,7 +39,7 @@ from apr_jax.checkpoint import split_checkpoint_path
 from apr_jax.data.build import build_dataset_once
 from apr_jax.data.pipeline import make_problem_source
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
-from apr_jax.decode.engine import EngineConfig
+from apr_jax.decode.engine import EngineConfig, decode_page_size
 from apr_jax.decode.model_api import DecodeModel, NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.evaluate import Loaded, evaluate_problems, load_for_inference, sweep_settings
@@ -258,10 +258,12 @@ class RLTask:
         # One decode function and cache builder for rollouts and held-out evaluations:
         # equal static arguments, so each engine shape compiles once per run.
         self.decode_fn, self.init_cache = NnxDecode(self.graphs.model), model.init_cache
+        self.page_size_for = model.decode_page_size
         P, G = settings.prompts_per_step, settings.samples_per_prompt
         with jax.set_mesh(mesh):
             self.rollout = make_rollout(self.decode_fn, self.init_cache, self.engine_cfg,
-                                        ids, self.prompt_width, chunks=settings.rollout_chunks)
+                                        ids, self.prompt_width, chunks=settings.rollout_chunks,
+                                        page_size=decode_page_size(self.engine_cfg, self.page_size_for))
             self.update = make_grpo_update(self.graphs, settings.grpo, num_rollouts=P * G,
                                            learning_rate=learning_rate_schedule(opt_config.train),
                                            state_shardings=ts.shardings_of(self.state))
@@ -349,7 +351,7 @@ class RLTask:
     def held_out(self) -> dict[str, float]:
         """Greedy accuracy and decoding statistics of the current policy on the
         held-out slice, as ``eval_*``."""
-        policy = DecodeModel(self.state.model, self.decode_fn, self.init_cache)
+        policy = DecodeModel(self.state.model, self.decode_fn, self.init_cache, self.page_size_for)
         (_, kwargs), = sweep_settings(None, [], self.config)
         _, summary = evaluate_problems(policy, self.tokenizer, self.config, self.eval_problems,
                                        samples=1, temperature=0.0, top_p=1.0, seed=self.config.seed,

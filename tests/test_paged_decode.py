@@ -1,0 +1,136 @@
+"""Paged decode attention: the Pallas paged kernels (interpreted on the CPU)
+read each row's pages in place and give the xla gather's logits, in a model
+call and through the spawn/join engine."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from apr_jax.decode.engine import Engine, EngineConfig, decode_page_size
+from apr_jax.decode.model_api import DecodeModel, as_decode_model
+from apr_jax.decode.protocol_ids import ProtocolIds
+from apr_jax.model import ModelConfig, Transformer
+from apr_jax.model.attention import resolve_decode_attention
+
+VOCAB, SLOTS, PAGE = 32, 32, 8
+CFG = ModelConfig(vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, d_ff=64,
+                  max_len=SLOTS)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Transformer(CFG, rngs=nnx.Rngs(0))
+
+
+@nnx.jit(static_argnums=5)
+def _decode(model, tokens_BxT, positions_BxT, cache, lanes_B, page_size):
+    return model.decode(tokens_BxT, positions_BxT, cache, lanes_B, None, page_size)
+
+
+def _filled_cache(model, lengths):
+    """A pool whose lane n holds ``lengths[n]`` random tokens, then a shorter
+    thread over it: slots past each lane's live length keep stale keys."""
+    rng = np.random.default_rng(0)
+    n = len(lengths)
+    cache = model.init_cache(n, SLOTS)
+    lanes = jnp.arange(n, dtype=jnp.int32)
+    for fill in (np.minimum(np.asarray(lengths) + 9, SLOTS - 1), np.asarray(lengths)):
+        positions = np.where(np.arange(SLOTS)[None] < fill[:, None], np.arange(SLOTS)[None], -1)
+        tokens = rng.integers(0, VOCAB, (n, SLOTS))
+        _, cache = _decode(model, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32), cache,
+                           lanes, 0)
+    return cache
+
+
+def test_paged_logits_and_cache_equal_the_xla_gather(model):
+    lengths = [3, 17, 0, 9, 30, 8]
+    cache = _filled_cache(model, lengths)
+    lanes_B = jnp.asarray([3, 0, 4, 1, 5, 2], jnp.int32)  # rows in shuffled lanes
+    pos_Bx1 = jnp.asarray([[lengths[int(n)]] for n in lanes_B], jnp.int32).at[3, 0].set(-1)  # row 3: padding
+    tok_Bx1 = jnp.asarray(np.random.default_rng(1).integers(0, VOCAB, (6, 1)), jnp.int32)
+    want, want_cache = _decode(model, tok_Bx1, pos_Bx1, cache, lanes_B, 0)
+    got, got_cache = _decode(model, tok_Bx1, pos_Bx1, cache, lanes_B, PAGE)
+    real = np.asarray(pos_Bx1[:, 0] >= 0)
+    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=2e-5, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got_cache.k[:, 0]), np.asarray(want_cache.k[:, 0]))
+    np.testing.assert_allclose(np.asarray(got_cache.v), np.asarray(want_cache.v), atol=1e-5)
+
+
+def test_tpu_kernel_interpreted_matches_within_its_bfloat16_reads(model):
+    """The TPU kernel (interpreted) takes the same pages, tables and lengths;
+    it reads K and V as bfloat16, hence the looser tolerance."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    tpu_model = nnx.merge(nnx.graphdef(Transformer(CFG, rngs=nnx.Rngs(0), platform="tpu")), nnx.state(model))
+    lengths = [5, 0, 22, 12]
+    cache = _filled_cache(model, lengths)
+    lanes_B = jnp.asarray([2, 0, 3], jnp.int32)
+    pos_Bx1 = jnp.asarray([[22], [5], [12]], jnp.int32)
+    tok_Bx1 = jnp.asarray([[4], [9], [17]], jnp.int32)
+    want, _ = _decode(model, tok_Bx1, pos_Bx1, cache, lanes_B, 0)
+    with pltpu.force_tpu_interpret_mode():
+        got, _ = _decode(tpu_model, tok_Bx1, pos_Bx1, cache, lanes_B, PAGE)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=3e-2)
+
+
+# A scripted bias over the random model: next token = RULES[token], so every
+# root spawns children of different lengths that return and are joined; the
+# log-probs still carry the model's attention, so they tell the paths apart.
+IDS = ProtocolIds()
+RULES = {21: IDS.spawn_open, IDS.spawn_open: 13, 13: IDS.sep, IDS.sep: 14, 14: IDS.spawn_close,
+         IDS.spawn_close: IDS.return_open, IDS.return_open: 15, 15: IDS.return_close,
+         IDS.join_close: 16, 16: IDS.eos, 22: 16}
+
+
+def _scripted(model) -> DecodeModel:
+    base = as_decode_model(model)
+    bias_VxV = np.zeros((VOCAB, VOCAB), np.float32)
+    for a, b in RULES.items():
+        bias_VxV[a, b] = 8.0
+    bias_VxV = jnp.asarray(bias_VxV)
+
+    def decode_fn(params, tokens, positions, cache, lanes_B=None, kv_len=None, **paged):
+        logits, cache = base.decode_fn(params, tokens, positions, cache, lanes_B, kv_len, **paged)
+        return logits + bias_VxV[tokens], cache
+    return DecodeModel(base.params, decode_fn, base.init_cache, base.page_size_for)
+
+
+def test_engine_threads_and_logprobs_equal_with_paged_and_xla(model):
+    scripted = _scripted(model)
+    cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=10, max_context=SLOTS,
+                       max_threads=3, lanes=6, prefill_chunk=4, row_buckets=1, kv_buckets=1, page_size=PAGE)
+    prompts = [[20, 21], [22], [23, 21], [21], [19, 18, 21]]  # more samples than the pool holds at once
+    runs = {att: Engine(scripted, dataclasses.replace(cfg, decode_attention=att), IDS).run_arrays(
+                prompts, jax.random.key(0)) for att in ("xla", "paged")}
+    xla, paged = runs["xla"], runs["paged"]
+    assert int(xla["next_free"].min()) == 1 and int(xla["next_free"].max()) == 3  # spawns happened
+    for name in ("buf", "role", "length", "stop", "parent"):
+        np.testing.assert_array_equal(paged[name], xla[name], err_msg=name)
+    np.testing.assert_allclose(paged["logp"], xla["logp"], atol=1e-5)
+    read = {att: dict(zip(("forwards", "fed", "read", "live", "calls"), runs[att]["counters"]))
+            for att in runs}
+    assert read["paged"]["read"] < read["xla"]["read"]
+
+
+def test_decode_attention_choices_and_bad_settings(model):
+    assert decode_page_size(EngineConfig(max_context=SLOTS, decode_attention="auto"), model.decode_page_size) == 0
+    assert decode_page_size(EngineConfig(max_context=SLOTS, decode_attention="paged", page_size=PAGE),
+                            model.decode_page_size) == PAGE
+    assert resolve_decode_attention("auto", "gpu", 64, 16, 256) == 16
+    assert resolve_decode_attention("auto", "gpu", 24, 16, 256) == 0  # falls back silently
+    with pytest.raises(ValueError, match="eval.page_size=12 does not divide the context"):
+        decode_page_size(EngineConfig(max_context=SLOTS, decode_attention="paged", page_size=12),
+                         model.decode_page_size)
+    with pytest.raises(ValueError, match="GPU paged kernel .* head_dim >= 16"):
+        resolve_decode_attention("paged", "gpu", 24, 16, 256)
+    with pytest.raises(ValueError, match="TPU paged kernel needs .* page_size=12"):
+        resolve_decode_attention("paged", "tpu", 128, 12, 240)
+    assert resolve_decode_attention("auto", "tpu", 64, 16, 256) == 0  # head_dim 64: xla on TPU
+    with pytest.raises(ValueError, match="EngineConfig.decode_attention must be one of"):
+        EngineConfig(decode_attention="flash")
+    with pytest.raises(ValueError, match="needs a model with a paged decode"):
+        decode_page_size(EngineConfig(decode_attention="paged"), None)
