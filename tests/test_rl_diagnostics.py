@@ -84,3 +84,17 @@ def test_reward_up_while_held_out_accuracy_down_warns():
     assert warnings[30] == ["reward hacking? at step 30 the training reward rose to 0.650 (mean since "
                             "step 20) from 0.500 while held-out accuracy fell from 47.0% to 44.0%"]
     assert np.isclose(watch.last_eval[1], 0.5)
+
+
+def test_a_held_out_fall_within_evaluation_noise_does_not_warn():
+    """At 100 problems one standard error of the difference is about 7 points
+    near 50%: a 3-point fall is noise, a 12-point fall is not."""
+    def warned(before: float, after: float) -> bool:
+        watch = TrendWatch(eval_problems=100)
+        watch.observe(10, {"reward": 0.4, "eval_accuracy": before})
+        return bool(watch.observe(20, {"reward": 0.5, "eval_accuracy": after}))
+
+    assert not warned(0.55, 0.52)
+    assert warned(0.50, 0.38)
+    assert not warned(0.50, 0.44) and warned(0.50, 0.42)  # threshold sqrt(2 * .47 * .53 / 100) = 7.1 points
+    assert TrendWatch(eval_problems=100).noise(0.5, 0.5) == pytest.approx(np.sqrt(0.005))

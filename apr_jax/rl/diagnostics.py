@@ -13,7 +13,10 @@ the two failures RL on parallel reasoners is known for:
   first logged value (said once each time it happens);
 - *reward hacking*: at a held-out evaluation, the mean training reward since
   the previous evaluation is above the mean over the interval before it
-  while the held-out accuracy is below the previous evaluation's.
+  while the held-out accuracy fell below the previous evaluation's by more
+  than one standard error of the difference of two evaluations of that many
+  problems, ``sqrt(2 p (1 - p) / n)`` (about 7 points at 100 problems and
+  55%), so evaluation noise alone rarely warns.
 """
 
 from __future__ import annotations
@@ -59,7 +62,10 @@ def rollout_diagnostics(results: Sequence[SampleResult], correct: Sequence[bool]
 class TrendWatch:
     """Warning lines from the logged rows (module docstring), fed in step order."""
 
-    def __init__(self) -> None:
+    def __init__(self, eval_problems: int = 0) -> None:
+        """``eval_problems``: problems per held-out evaluation (0: unknown,
+        so any fall in accuracy counts)."""
+        self.eval_problems = eval_problems
         self.first_spawned: tuple[int, float] | None = None
         self.collapsed = False
         self.rewards: list[tuple[int, float]] = []  # logged since the last evaluation
@@ -86,7 +92,7 @@ class TrendWatch:
             reward = float(np.mean([r for _, r in self.rewards])) if self.rewards else None
             if self.last_eval is not None and reward is not None and self.last_eval[1] is not None:
                 last_step, last_reward, last_accuracy = self.last_eval
-                if reward > last_reward and accuracy < last_accuracy:
+                if reward > last_reward and last_accuracy - accuracy > self.noise(accuracy, last_accuracy):
                     warnings.append(
                         f"reward hacking? at step {step} the training reward rose to {reward:.3f} "
                         f"(mean since step {last_step}) from {last_reward:.3f} while held-out "
@@ -94,3 +100,11 @@ class TrendWatch:
             self.last_eval = (step, reward, accuracy)
             self.rewards = []
         return warnings
+
+    def noise(self, accuracy: float, other: float) -> float:
+        """One standard error of the difference between two held-out
+        accuracies measured on ``eval_problems`` problems each (0 when unknown)."""
+        if self.eval_problems <= 0:
+            return 0.0
+        p = (accuracy + other) / 2
+        return float(np.sqrt(2 * p * (1 - p) / self.eval_problems))

@@ -361,7 +361,7 @@ class RLTask:
     def _watched(self, step: int, row: dict[str, Any]) -> dict[str, Any]:
         """``row`` with the warning lines of ``TrendWatch`` under ``warnings``."""
         if self.watch is None:  # a resumed run first reads the rows logged before
-            self.watch = TrendWatch()
+            self.watch = TrendWatch(self.settings.eval_problems)
             for old in read_metrics(os.path.join(self.workdir, "metrics.jsonl")):
                 self.watch.observe(old["step"], old)
         warnings = self.watch.observe(step, row)
