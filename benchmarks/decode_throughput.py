@@ -412,6 +412,7 @@ def main() -> None:
     if args.replay:
         overrides = {k: getattr(args, k) for k in ("lanes", "prefill_chunk", "row_buckets", "kv_buckets",
                                                     "split_by_kv_length")}
+        overrides.update(attention_settings(args))
         settings = [replay_setting("countdown3 default test split", os.path.join(CONFIG_DIR, "default.py"),
                                    args.c3_problems or None, 400, True, overrides)]
         if args.c4_problems:

@@ -178,6 +178,19 @@ def test_every_thread_equals_its_training_sequence_with_few_lanes(setting, lanes
     _assert_same_threads(trees, expected, out)
 
 
+def test_paged_reads_replay_every_thread_and_read_fewer_slots(setting):
+    """With ``eval.decode_attention=paged`` width-1 calls read each row's
+    pages below its own length: the same threads, fewer KV slots read."""
+    common = dict(lanes=11, prefill_chunk=4, row_buckets=3, kv_buckets=2)
+    trees, expected, gathered = _run(setting, _cfg(setting[3], **common))
+    _, _, paged = _run(setting, _cfg(setting[3], decode_attention="paged", page_size=8, **common))
+    _assert_same_threads(trees, expected, paged)
+    read = {name: out.counters["kv_slots_read"] / out.counters["kv_slots_live"]
+            for name, out in (("xla", gathered), ("paged", paged))}
+    assert read["paged"] < read["xla"], read
+    assert paged.counters["kv_slots_live"] == gathered.counters["kv_slots_live"]
+
+
 @pytest.fixture(scope="module")
 def nested(tmp_path_factory):
     """Depth-2 traces with two spawn rounds (and one root that never spawns),

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from apr_jax.decode.model_api import DecodeModel
+from apr_jax.model.attention import resolve_decode_attention
 
 LOGIT_SCALE = 1000.0  # logit of the replayed token; every other token gets 0
 _BASES = (0x01000193, 0x9E3779B1)  # odd multipliers of the two hashes
@@ -80,8 +81,9 @@ class ReplayDecode:
     search_steps: int  # ceil(log2(table rows + 1))
 
     def __call__(self, params: dict, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: dict,
-                 lanes_B: jax.Array | None = None, kv_len: int | None = None) -> tuple[jax.Array, dict]:
-        del kv_len  # a query at p reads only slot p - 1 < kv_len
+                 lanes_B: jax.Array | None = None, kv_len: int | None = None, page_size: int = 0
+                 ) -> tuple[jax.Array, dict]:
+        del kv_len, page_size  # a query at p reads only slot p - 1, however the engine reads the cache
         tokens_TxB = jnp.asarray(tokens_BxT, jnp.int32).T
         positions_TxB = jnp.asarray(positions_BxT, jnp.int32).T
         B = tokens_TxB.shape[1]
@@ -186,7 +188,14 @@ def make_replay_model(sequences: Sequence[Sequence[int]], vocab_size: int, max_l
     steps = int(len(tables["pos_N"])).bit_length()  # ceil(log2(N + 1))
     decode = ReplayDecode(vocab_size=int(vocab_size), fallback_id=int(fallback_id), search_steps=steps)
     return DecodeModel(params={k: jnp.asarray(v) for k, v in tables.items()}, decode_fn=decode,
-                       init_cache=init_replay_cache)
+                       init_cache=init_replay_cache, page_size_for=replay_page_size)
+
+
+def replay_page_size(decode_attention: str, page_size: int, max_len: int) -> int:
+    """The page size an ``eval.decode_attention`` choice gives the replay
+    model: it reads the cache as the CPU would (``paged`` pages, ``auto`` the
+    xla gather), so the engine's KV-read counters measure that choice."""
+    return resolve_decode_attention(decode_attention, "cpu", 0, page_size, max_len)
 
 
 def init_replay_cache(num_lanes: int, max_len: int) -> dict[str, jax.Array]:
