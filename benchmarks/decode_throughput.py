@@ -40,8 +40,9 @@ CPU: this host's measured float32 matmul rate) or ``--peak_flops``.
     python benchmarks/decode_throughput.py --decode_attention paged --page_size 16   # vs --decode_attention xla
 
 ``--decode_attention`` / ``--page_size`` set how the engine's width-1 decode
-calls read the KV cache (default mode and ``--compare``; the replay model has
-no paged decode): ``xla`` gathers lanes up to a KV-length bucket, ``paged``
+calls read the KV cache (every mode; under ``--replay`` the scripted model
+reads the cache as the CPU would, so only the KV-read counters change):
+``xla`` gathers lanes up to a KV-length bucket, ``paged``
 runs the platform's Pallas paged kernel (interpreted on the CPU: correct, not
 fast), ``auto`` is paged on GPU/TPU where the shapes allow.
 
@@ -399,7 +400,7 @@ def main() -> None:
     p.add_argument("--kv_buckets", type=int, default=0, help="0: the engine's default")
     p.add_argument("--split_by_kv_length", action="store_true", help="one model call per KV bucket")
     p.add_argument("--decode_attention", default="", choices=("", "xla", "paged", "auto"),
-                   help="engine decode reads (default mode and --compare); empty: the engine's default")
+                   help="engine decode reads (every mode); empty: the engine's default")
     p.add_argument("--page_size", type=int, default=0, help="paged kernel page size; 0: the engine's default")
     p.add_argument("--compare", action="store_true", help="engine vs plain sampler, two model sizes")
     p.add_argument("--peak_flops", type=float, default=0.0, help="FLOP/s for MFU; 0: from the device")
