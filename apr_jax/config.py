@@ -264,10 +264,11 @@ def identity_diff(saved: dict, current: Any) -> list[str]:
     return diffs
 
 
-def parse_command_line(argv: Sequence[str], *, allowed: Sequence[str] = ("workdir", "config")
-                       ) -> tuple[dict[str, str], list[str]]:
+def parse_command_line(argv: Sequence[str], *, allowed: Sequence[str] = ("workdir", "config"),
+                       switches: Sequence[str] = ()) -> tuple[dict[str, str], list[str]]:
     """Split ``--flag=value`` / ``--flag value`` arguments into plain flags and
-    ``config.*`` overrides. Unknown flags are errors."""
+    ``config.*`` overrides; a switch (``--name`` alone) reads as ``"true"``.
+    Unknown flags are errors."""
     flags: dict[str, str] = {}
     overrides: list[str] = []
     args = list(argv)
@@ -277,19 +278,23 @@ def parse_command_line(argv: Sequence[str], *, allowed: Sequence[str] = ("workdi
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}; flags look like --name=value")
         name, eq, value = arg[2:].partition("=")
-        if not eq:
+        if not name.startswith("config.") and name not in allowed and name not in switches:
+            close = difflib.get_close_matches(name, [*allowed, *switches], n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ""
+            raise ConfigError(f"unknown flag --{name}{hint}")
+        if name in switches:
+            if eq:
+                raise ConfigError(f"flag --{name} takes no value")
+            value = "true"
+        elif not eq:
             if i + 1 >= len(args) or args[i + 1].startswith("--"):
                 raise ConfigError(f"flag --{name} needs a value")
             value = args[i + 1]
             i += 1
         if name.startswith("config."):
             overrides.append(f"{name}={value}")
-        elif name in allowed:
-            flags[name] = value
         else:
-            close = difflib.get_close_matches(name, list(allowed), n=1)
-            hint = f"; did you mean --{close[0]}?" if close else ""
-            raise ConfigError(f"unknown flag --{name}{hint}")
+            flags[name] = value
         i += 1
     return flags, overrides
 

@@ -14,6 +14,8 @@ import dataclasses
 import types
 from typing import Any, Iterable, Mapping
 
+import ml_collections
+
 from apr_jax.config import ConfigError, load_config
 from apr_jax.countdown.traces import TraceConfig
 from apr_jax.model.config import ModelConfig
@@ -44,18 +46,22 @@ class TaskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    """The ``data`` section: the token cache and how batches are cut from it."""
+
     dir: str = "data_cache"  # relative to the current directory unless absolute
     vocab_size: int = 96
     seq_len: int = 256
     packing: bool = True
     shuffle_seed: int = 0
     num_workers: int = 0
-    tokenizer: str = ""  # "": train a sentencepiece tokenizer; else a converted model's
+    tokenizer: str = ""  # "": train a sentencepiece tokenizer; else a converted model's tokenizer.apr.json
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    init_from: str = ""
+    """The ``train`` section: optimizer and loop (for RL: RL steps)."""
+
+    init_from: str = ""  # a workdir or WORKDIR/checkpoints/STEP (e.g. python -m apr_jax.convert's --out)
     batch_size: int = 16
     grad_accum: int = 1
     steps: int = 800
@@ -71,13 +77,14 @@ class TrainConfig:
     eval_batches: int = 4
     checkpoint_every: int = 400
     keep_checkpoints: int = 3
-    on_nan: str = "stop"
-    time_limit_minutes: float = 0.0
+    on_nan: str = "stop"  # stop | skip
+    time_limit_minutes: float = 0.0  # 0: no limit; else stop training (checkpointed) after this
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """The engine's limits and sampling for evaluation (and RL rollouts)."""
+    """The ``eval`` section: the engine's limits and sampling for evaluation
+    (and RL rollouts)."""
 
     num_problems: int = 100
     samples: int = 1
@@ -86,47 +93,50 @@ class EvalConfig:
     max_children: int = 4
     max_rounds: int = 2
     max_depth: int = 1
-    tokens_per_thread: int = 256
-    batch_problems: int = 0
-    lanes: int = 0
-    prefill_chunk: int = 8
-    row_buckets: int = 6
-    kv_buckets: int = 3
-    split_by_kv_length: bool = False
+    tokens_per_thread: int = 192
+    batch_problems: int = 50  # problems per compiled engine call
+    lanes: int = 0  # KV-cache lanes; 0 = every sample of a batch at once
+    prefill_chunk: int = 8  # prompt and join tokens fed per thread per step
+    row_buckets: int = 6  # live-row buckets (halvings of the lane pool) the engine compiles
+    kv_buckets: int = 3  # KV-length buckets (halvings of the context)
+    split_by_kv_length: bool = False  # one engine call per KV-length bucket: fewer KV reads, more calls
+    # How decode calls read the cache: xla (gather lanes up to a KV bucket), paged (the
+    # platform's Pallas paged kernel reads each row's pages below its length; interpreted
+    # off GPU/TPU), auto (paged on GPU/TPU when the shapes suit it, else xla).
     decode_attention: str = "xla"
-    page_size: int = 16
+    page_size: int = 16  # cache slots per page: divides the context (TPU: 8k and head_dim 128k; GPU: 2^k)
 
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-    """The ``rl`` section as written; ``apr_jax.rl.train_rl.RLSettings``
-    checks it against the rest of the config."""
+    """The ``rl`` section, with the reference study's GRPO defaults;
+    ``apr_jax.rl.train_rl.RLSettings`` checks it against the rest of the config."""
 
-    init_from: str = ""
-    split: str = "train"
-    prompt_pool: int = 0
+    init_from: str = ""  # SFT workdir (newest checkpoint) or WORKDIR/checkpoints/STEP
+    split: str = "train"  # problems to roll out
+    prompt_pool: int = 0  # roll out only the split's first N problems (0 = all); small N checks learning
     prompts_per_step: int = 8
-    samples_per_prompt: int = 4
+    samples_per_prompt: int = 4  # G: the group of each prompt
     temperature: float = 1.0
-    inner_epochs: int = 1
-    minibatches: int = 1
+    inner_epochs: int = 1  # passes over each rollout batch
+    minibatches: int = 1  # optimizer updates per pass (whole rollouts per minibatch)
     clip_low: float = 0.2
     clip_high: float = 0.2
-    kl_coef: float = 0.001
-    advantage: str = "grpo"
-    skip_flat_groups: bool = False
-    packed_update: bool = True
-    require_eos: bool = True
-    format_penalty: float = 0.0
-    acceleration_weight: float = 0.0
+    kl_coef: float = 0.001  # k3 KL to the frozen SFT model
+    advantage: str = "grpo"  # grpo: (reward - group mean) / group std | drgrpo: reward - group mean
+    skip_flat_groups: bool = False  # update only on groups whose rewards differ (saves the flat ones' compute)
+    packed_update: bool = True  # update on the threads packed into rows (False: one thread per max_len row)
+    require_eos: bool = True  # reward a correct answer only when the root then stopped on EOS
+    format_penalty: float = 0.0  # subtracted when the root ends without an answer line
+    acceleration_weight: float = 0.0  # x min(total / critical-path tokens - 1, cap) for correct rollouts
     acceleration_cap: float = 0.2
-    latency_bonus: float = 0.0
-    condition_penalty: float = 0.0
-    condition_children: tuple[int, ...] = ()
-    max_threads: int = 0
-    rollout_chunks: int = 1
-    eval_every: int = 0
-    eval_problems: int = 0
+    latency_bonus: float = 0.0  # x (1 - sequential / total tokens) for correct rollouts
+    condition_penalty: float = 0.0  # x relative miss of the requested child count
+    condition_children: tuple[int, ...] = ()  # child counts to request when trace.condition (empty: eval.max_children)
+    max_threads: int = 0  # thread slots per rollout; 0 = the engine's full tree
+    rollout_chunks: int = 1  # sequential engine runs per step (bounds KV-cache memory)
+    eval_every: int = 0  # RL steps between greedy held-out evaluations (and at 0 and the end); 0: none
+    eval_problems: int = 0  # validation problems of each held-out evaluation (the first N)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +216,29 @@ def _section(cls: type, d: Mapping[str, Any], name: str) -> Any:
         if isinstance(value, list):
             values[key] = tuple(value)
     return cls(**values)
+
+
+def section_defaults(cls: type) -> ml_collections.ConfigDict:
+    """The fields of section dataclass ``cls`` that have defaults, as a
+    ConfigDict: what a config file starts from (``default_config``)."""
+    section = ml_collections.ConfigDict()
+    for field in dataclasses.fields(cls):
+        if field.default is not dataclasses.MISSING:
+            setattr(section, field.name, field.default)
+    return section
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every section's defaults, the one place they are written (the
+    dataclasses above, ``TraceConfig``, ``ModelConfig``, ``MeshConfig``).
+    ``configs/default.py`` starts here and adds the task and model shape;
+    ``rl`` is added by RL configs (``section_defaults(RLConfig)``)."""
+    c = ml_collections.ConfigDict()
+    c.name, c.mode, c.seed = "", "sft", 0
+    for name, cls in (("trace", TraceConfig), ("data", DataConfig), ("model", ModelConfig),
+                      ("mesh", MeshConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        setattr(c, name, section_defaults(cls))
+    return c
 
 
 def load_run_config(path: str | None = None, overrides: Iterable[str] = ()) -> RunConfig:

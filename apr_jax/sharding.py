@@ -80,9 +80,12 @@ class MeshConfig:
 
     @classmethod
     def from_config(cls, mesh_cfg: Any) -> "MeshConfig":
-        get = mesh_cfg.get if hasattr(mesh_cfg, "get") else lambda k, d=None: getattr(mesh_cfg, k, d)
-        return cls(**{name: get(name, default) for name, default in
-                      (("data", -1), ("fsdp", 1), ("tensor", 1))})
+        """From a ``mesh`` section (a MeshConfig, ConfigDict or mapping); absent
+        axes take the defaults above."""
+        if isinstance(mesh_cfg, cls):
+            return mesh_cfg
+        section = dict(mesh_cfg.to_dict() if hasattr(mesh_cfg, "to_dict") else mesh_cfg)
+        return cls(**{f.name: section.get(f.name, f.default) for f in dataclasses.fields(cls)})
 
     def resolve(self, num_devices: int) -> tuple[int, int, int]:
         """Axis sizes with -1 filled in; their product must equal ``num_devices``."""

@@ -2,7 +2,8 @@
 
     python -m apr_jax.train --workdir=DIR --config=configs/NAME.py --config.train.lr=1e-3
 
-With no flags it trains ``configs/default.py`` into ``runs/default``; a config
+``--print_config`` prints the whole config (every key, overrides applied) as
+JSON and exits. With no flags it trains ``configs/default.py`` into ``runs/default``; a config
 with ``mode = "rl"`` runs GRPO from an SFT checkpoint instead. Running the
 same command again on the same workdir resumes from the newest readable
 checkpoint. SIGTERM (TPU preemption) saves a checkpoint and exits cleanly.
@@ -37,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def body() -> None:
-        flags, overrides = config_lib.parse_command_line(argv)
+        flags, overrides = config_lib.parse_command_line(argv, switches=("print_config",))
         config = load_run_config(flags.get("config"), overrides)
+        if flags.get("print_config"):
+            print(config_lib.to_json(config))
+            return
         run(config, flags.get("workdir") or default_workdir(config))
 
     return run_command(body, usage=(ValueError,), failures=(CheckpointError, TrainingError))

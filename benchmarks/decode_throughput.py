@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import tempfile
@@ -65,7 +64,7 @@ import numpy as np
 from flax import nnx
 
 from apr_jax.countdown.problems import make_splits
-from apr_jax.countdown.traces import TraceConfig, make_trace
+from apr_jax.countdown.traces import make_trace
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.decode import metrics
 from apr_jax.decode.engine import Engine, EngineConfig, EngineOutput, decode_page_size
@@ -74,6 +73,7 @@ from apr_jax.decode.replay_model import make_replay_model
 from apr_jax.decode.sampler import SamplingConfig, bucket_length, generate
 from apr_jax.model.config import ModelConfig, peak_flops_per_device
 from apr_jax.model.transformer import Transformer
+from apr_jax.run_config import load_run_config
 from apr_jax.threads import ThreadTree
 
 BANDWIDTH = {"h200": 4.8e12, "h100": 3.35e12, "a100": 2.0e12, "tpu v5 lite": 8.1e11,
@@ -90,17 +90,9 @@ def device_bandwidth(device: jax.Device) -> float:
     return BANDWIDTH["cpu"] if device.platform == "cpu" else float("nan")
 
 
-def load_config(path: str) -> Any:
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def model_config(args) -> ModelConfig:
     if args.config:
-        cfg = load_config(args.config)
-        return ModelConfig.from_config(cfg.model, vocab_size=cfg.data.vocab_size)
+        return load_run_config(args.config).model
     return ModelConfig(vocab_size=args.vocab, num_layers=args.layers, d_model=args.d_model,
                        num_heads=args.heads, num_kv_heads=args.kv_heads or max(1, args.heads // 2),
                        d_ff=args.d_ff or 3 * args.d_model, max_len=4096,
@@ -188,14 +180,14 @@ def replay_setting(name: str, config_path: str, num_test: int | None, num_train_
     """Traces of a config's task/trace settings and its eval engine config.
     ``exact_split``: draw the config's own splits (its test split, first
     ``num_test`` problems); otherwise a small split with the same task settings."""
-    c = load_config(config_path)
+    c = load_run_config(config_path)
     t = c.task
     counts = ((t.num_train, t.num_validation, t.num_test) if exact_split
               else (num_train_for_tokenizer, 0, num_test))
     splits = make_splits(*counts, num_inputs=t.num_inputs, min_number=t.min_number,
                          max_number=t.max_number, min_target=t.min_target,
                          max_target=t.max_target, seed=t.seed)
-    trace_cfg = TraceConfig.from_config(c.trace)
+    trace_cfg = c.trace
     train = splits["train"]
     sample = train[:: max(1, len(train) // num_train_for_tokenizer)][:num_train_for_tokenizer]
     texts = [th.text for p in sample for th in make_trace(p, trace_cfg).threads]
@@ -426,8 +418,8 @@ def main() -> None:
         peak = args.peak_flops or peak_flops_per_device()
         print(f"peak for MFU: {fmt(peak and peak / 1e12, '.3f')} TFLOP/s "
               f"({'--peak_flops' if args.peak_flops else 'apr_jax.model.config.peak_flops_per_device'})")
-        default = load_config(os.path.join(CONFIG_DIR, "default.py"))
-        small = ModelConfig.from_config(default.model, vocab_size=default.data.vocab_size)
+        default = load_run_config(os.path.join(CONFIG_DIR, "default.py"))
+        small = default.model
         mid = ModelConfig(vocab_size=default.data.vocab_size, num_layers=8, d_model=512, num_heads=8,
                           num_kv_heads=4, d_ff=1536, max_len=1024, param_dtype=args.dtype,
                           compute_dtype=args.dtype)

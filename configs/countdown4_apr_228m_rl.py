@@ -7,16 +7,16 @@ starts from ``runs/countdown4_apr_228m`` (configs/countdown4_apr_228m.py).
 """
 
 from apr_jax.config import sibling
+from apr_jax.run_config import RLConfig, section_defaults
 
 countdown4_apr_228m = sibling(__file__, "countdown4_apr_228m")
-default_rl = sibling(__file__, "default_rl")
 
 
 def get_config():
     c = countdown4_apr_228m.get_config()
     c.name = "countdown4_apr_228m_rl"
     c.mode = "rl"
-    c.rl = default_rl.rl_section()
+    c.rl = section_defaults(RLConfig)
     c.rl.init_from = "runs/countdown4_apr_228m"
     c.rl.prompts_per_step = 64
     c.rl.samples_per_prompt = 5

@@ -80,6 +80,12 @@ def test_command_line_forms():
         parse_command_line(["--workdri=x"])
     with pytest.raises(ConfigError, match="flag --workdir needs a value"):
         parse_command_line(["--workdir"])
+    flags, _ = parse_command_line(["--print_config", "--workdir", "w"], switches=("print_config",))
+    assert flags == {"print_config": "true", "workdir": "w"}
+    with pytest.raises(ConfigError, match="flag --print_config takes no value"):
+        parse_command_line(["--print_config=1"], switches=("print_config",))
+    with pytest.raises(ConfigError, match="unknown flag --print_confg; did you mean --print_config"):
+        parse_command_line(["--print_confg"], switches=("print_config",))
 
 
 def test_identity_diff_names_changed_fields():

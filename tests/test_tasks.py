@@ -14,7 +14,7 @@ from apr_jax.data.pipeline import make_problem_source
 from apr_jax.data.tokenizer import load_tokenizer
 from apr_jax.decode.replay_model import make_replay_model
 from apr_jax.evaluate import evaluate_problems
-from apr_jax.run_config import RunConfig, load_run_config
+from apr_jax.run_config import RLConfig, RunConfig, load_run_config, section_defaults
 from apr_jax.tasks.checkers import final_answer_line, make_checker
 from apr_jax.tasks.countdown import CountdownTask
 from apr_jax.tasks.examples.arithmetic import make_tree, write_splits
@@ -180,7 +180,7 @@ def test_worked_example_from_a_converted_checkpoint(tmp_path):
 
     rl_overrides = [*run, "mode=rl", "train.steps=1", "train.grad_accum=1", "train.lr=1e-5"]
     rl_config = config_lib.load_config(str(out / "config.py"), rl_overrides)
-    rl_config.rl = config_lib.config_module(os.path.join(ROOT, "configs", "default_rl.py")).rl_section()
+    rl_config.rl = section_defaults(RLConfig)
     rl_config.rl.init_from = str(tmp_path / "sft")
     rl_config.rl.prompts_per_step, rl_config.rl.samples_per_prompt = 2, 2
     rl_config.rl.max_threads = 4

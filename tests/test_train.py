@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from apr_jax import train
+from apr_jax import config as config_lib, train
 from apr_jax.run_config import load_run_config
 from tiny import TINY_RUN
 
@@ -71,6 +71,15 @@ def test_main_rejects_bad_input_in_one_line(data_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err, err
         assert len(err.splitlines()) == 1, err
+
+
+def test_print_config_prints_the_loaded_config_and_trains_nothing(tmp_path, capsys):
+    workdir = tmp_path / "never"
+    assert train.main([f"--workdir={workdir}", "--print_config", "--config.train.lr=0.5"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = config_lib.load_config(None, ["config.train.lr=0.5"]).to_dict()
+    assert printed == json.loads(json.dumps(expected)) and printed["train"]["lr"] == 0.5
+    assert not workdir.exists()
 
 
 def test_workdir_of_another_config_is_refused(data_dir, tmp_path, capsys):

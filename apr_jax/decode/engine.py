@@ -100,25 +100,17 @@ class EngineConfig:
 
     @classmethod
     def from_eval_config(cls, eval_cfg: Any, max_context: int) -> "EngineConfig":
-        """From a config's ``eval`` section (``samples``, ``temperature``,
-        ``top_p``, ``max_children``, ``max_rounds``, ``max_depth``,
-        ``tokens_per_thread``, ``batch_problems``, ``lanes``, ``prefill_chunk``,
-        ``row_buckets``, ``kv_buckets``, ``split_by_kv_length``,
-        ``decode_attention``, ``page_size``; absent keys take the defaults
-        above)."""
-        get = eval_cfg.get if hasattr(eval_cfg, "get") else lambda k, d=None: getattr(eval_cfg, k, d)
+        """From a run config's ``eval`` section (``apr_jax.run_config.EvalConfig``,
+        whose fields name the engine's limits, sampling and buckets)."""
+        e = eval_cfg
         return cls(
-            max_children=int(get("max_children", 4)), max_rounds=int(get("max_rounds", 2)),
-            max_depth=int(get("max_depth", 1)), tokens_per_thread=int(get("tokens_per_thread", 256)),
-            max_context=int(max_context),
-            sampling=SamplingConfig(float(get("temperature", 0.0)), float(get("top_p", 1.0))),
-            samples_per_problem=int(get("samples", 1)), batch_problems=int(get("batch_problems", 0)),
-            lanes=int(get("lanes", cls.lanes)), prefill_chunk=int(get("prefill_chunk", cls.prefill_chunk)),
-            row_buckets=int(get("row_buckets", cls.row_buckets)),
-            kv_buckets=int(get("kv_buckets", cls.kv_buckets)),
-            split_by_kv_length=bool(get("split_by_kv_length", cls.split_by_kv_length)),
-            decode_attention=str(get("decode_attention", cls.decode_attention)),
-            page_size=int(get("page_size", cls.page_size)))
+            max_children=e.max_children, max_rounds=e.max_rounds, max_depth=e.max_depth,
+            tokens_per_thread=e.tokens_per_thread, max_context=int(max_context),
+            sampling=SamplingConfig(float(e.temperature), float(e.top_p)),
+            samples_per_problem=e.samples, batch_problems=e.batch_problems, lanes=e.lanes,
+            prefill_chunk=e.prefill_chunk, row_buckets=e.row_buckets, kv_buckets=e.kv_buckets,
+            split_by_kv_length=e.split_by_kv_length, decode_attention=e.decode_attention,
+            page_size=e.page_size)
 
     @property
     def full_tree(self) -> int:

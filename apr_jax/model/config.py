@@ -29,8 +29,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
-    attention: str = "auto"
-    remat: str = "none"
+    attention: str = "auto"  # auto (triton on GPU, splash on TPU, else xla) | xla | triton | cudnn | splash
+    remat: str = "none"  # none | dots (keep matmul outputs) | full (recompute each block)
     rope_theta: float = 10000.0
     head_dim: int = 0  # 0: d_model // num_heads
     qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
@@ -91,12 +91,12 @@ class ModelConfig:
     @classmethod
     def from_config(cls, model_cfg: Any, vocab_size: int) -> "ModelConfig":
         """Builds from the ``model`` section of a config (ConfigDict or mapping)."""
-        get = model_cfg.get if hasattr(model_cfg, "get") else lambda k, d=None: getattr(model_cfg, k, d)
+        section = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
         kwargs = {}
         for field in dataclasses.fields(cls):
             if field.name == "vocab_size":
                 continue
-            value = get(field.name, None)
+            value = section.get(field.name)
             if value is None:
                 if field.default is dataclasses.MISSING:
                     raise ValueError(f"config.model.{field.name} is missing")
