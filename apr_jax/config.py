@@ -39,6 +39,7 @@ CHOICES = {
     "model.remat": ("none", "dots", "full"),
     "train.on_nan": ("stop", "skip"),
     "rl.advantage": ("grpo", "drgrpo"),
+    "rl.old_logprobs": ("sampling", "recompute"),
 }
 POSITIVE_INTS = (
     "task.num_inputs", "task.num_train", "task.num_test", "data.vocab_size", "data.seq_len",
@@ -240,10 +241,11 @@ def identity(config: Any) -> dict:
     return out
 
 
-def identity_diff(saved: dict, current: Any) -> list[str]:
+def identity_diff(saved: dict, current: Any, ignore: Iterable[str] = ()) -> list[str]:
     """Dotted keys whose values differ between a saved config and ``current``
     (as for ``identity``; a ``LATER_KEYS`` key absent from ``saved`` counts as
-    its old value)."""
+    its old value; ``ignore``: dotted keys such as ``model.remat`` not compared)."""
+    ignore = set(ignore)
     saved, now = identity(saved), identity(current)
     for key, old in LATER_KEYS.items():
         section, name = key.split(".")
@@ -255,6 +257,8 @@ def identity_diff(saved: dict, current: Any) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
                 walk(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+        elif path in ignore:
+            return
         elif a is None and path in LATER_KEYS and b == LATER_KEYS[path]:
             return  # saved before the key existed, and it still has that run's value
         elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):

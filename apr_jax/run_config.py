@@ -124,6 +124,9 @@ class RLConfig:
     clip_high: float = 0.2
     kl_coef: float = 0.001  # k3 KL to the frozen SFT model
     advantage: str = "grpo"  # grpo: (reward - group mean) / group std | drgrpo: reward - group mean
+    # The ratio's old log-probs: sampling (the engine's) | recompute (the update forward's on the
+    # sampling parameters, one more forward per step; logs the gap as logp_gap_mean/_max)
+    old_logprobs: str = "sampling"
     skip_flat_groups: bool = False  # update only on groups whose rewards differ (saves the flat ones' compute)
     packed_update: bool = True  # update on the threads packed into rows (False: one thread per max_len row)
     require_eos: bool = True  # reward a correct answer only when the root then stopped on EOS

@@ -21,7 +21,7 @@ from apr_jax.data.build import DatasetInfo, build_dataset_once
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.loop import LoopSettings, TrainingError, run_loop
-from apr_jax.model.config import ModelConfig, flops_per_token, num_params, peak_flops_per_device
+from apr_jax.model.config import COMPUTE_FIELDS, ModelConfig, flops_per_token, num_params, peak_flops_per_device
 from apr_jax.optim import learning_rate_schedule
 from apr_jax.run_config import RunConfig
 from apr_jax.train_step import make_eval_step, make_train_step
@@ -127,7 +127,7 @@ class SFTTask:
 
 # Model settings that may differ from the starting checkpoint's: numerics, kernels
 # and the context length (rotary positions hold no weights).
-RUNTIME_MODEL_FIELDS = ("param_dtype", "compute_dtype", "attention", "remat", "max_len")
+RUNTIME_MODEL_FIELDS = (*COMPUTE_FIELDS, "param_dtype", "max_len")
 
 
 def init_from_checkpoint(config: RunConfig, state: ts.TrainState, tokenizer: Any) -> str:

@@ -10,6 +10,21 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def xla_compile_cache(tmp_path_factory):
+    """One persistent XLA compile cache per test session, shared by the xdist
+    workers and the subprocesses tests start: many tests compile the same
+    programs (a tiny model's train step, engine loop, GRPO update)."""
+    import jax
+
+    base = tmp_path_factory.getbasetemp()
+    root = str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla_cache")
+    settings = {"jax_compilation_cache_dir": root, "jax_persistent_cache_min_compile_time_secs": 1.0}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
+
+
 @pytest.fixture(scope="session")
 def sft(tmp_path_factory):
     """The toy RL setting's (tests/rl_toy.py) starting point: a tiny model

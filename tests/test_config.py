@@ -93,6 +93,8 @@ def test_identity_diff_names_changed_fields():
     b = load_config(None, ["config.model.d_model=256", "config.train.steps=5"])
     diffs = config_lib.identity_diff(a.to_dict(), b)
     assert diffs == ["config.model.d_model (saved 128, now 256)"]
+    c = load_config(None, ["config.model.d_model=256", "config.model.remat=full"])
+    assert config_lib.identity_diff(a.to_dict(), c, ignore=["model.remat"]) == diffs
 
 
 def test_configs_build_on_each_other_without_touching_sys_path():

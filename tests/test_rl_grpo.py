@@ -284,9 +284,9 @@ def test_one_update_matches_a_reference_computation_and_moves_logprobs_by_advant
     written = (mask > 0) & valid[:, None]  # the counted tokens, flattened in row order below
     owner_TxN = np.eye(N, dtype=np.float32)[np.broadcast_to(rollout_R[:, None], (R, L))[written]]
 
-    def reference_loss(params, in_minibatch_N):
+    def reference_loss(params, in_minibatch_N, old_T):
         lp = logp_of(params)[written]
-        ratio = jnp.exp(lp - old[written])
+        ratio = jnp.exp(lp - old_T)
         a = owner_TxN @ adv_N
         policy = -jnp.minimum(ratio * a, jnp.clip(ratio, 0.8, 1.25) * a)
         log_r = ref_lp[written] - lp
@@ -295,11 +295,16 @@ def test_one_update_matches_a_reference_computation_and_moves_logprobs_by_advant
         return (per_rollout * in_minibatch_N).sum() / in_minibatch_N.sum()
 
     reference_step = jax.jit(jax.value_and_grad(reference_loss))
-    expected, params = [], params0
-    for in_minibatch_N in ([1, 1, 0, 0], [0, 0, 1, 1]):
-        value, grads = reference_step(params, jnp.asarray(in_minibatch_N, jnp.float32))
-        expected.append(float(value))
-        params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+
+    def reference_update(old_T):
+        losses, params = [], params0
+        for in_minibatch_N in ([1, 1, 0, 0], [0, 0, 1, 1]):
+            value, grads = reference_step(params, jnp.asarray(in_minibatch_N, jnp.float32), old_T)
+            losses.append(float(value))
+            params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+        return losses, params
+
+    expected, params = reference_update(old[written])
 
     seg = (valid[:, None] & np.ones((R, L), bool)).astype(np.int32)
     batch = UpdateBatch(jnp.asarray(tokens), jnp.broadcast_to(jnp.arange(L), (R, L)), jnp.asarray(seg),
@@ -332,3 +337,18 @@ def test_one_update_matches_a_reference_computation_and_moves_logprobs_by_advant
         rows = (rollout_R == n)[:, None] & (mask > 0)
         change = (lp1[rows] - lp0[rows]).mean()
         assert np.sign(change) == np.sign(adv_N[n]), (n, change)
+
+    # old_logprobs="recompute": the ratio's old log-probs are the update
+    # forward's on the sampling parameters (lp0), whatever the engine recorded;
+    # the recorded ones only give the gap metrics.
+    expected_rc, params_rc = reference_update(lp0[written])
+    gap_T = np.abs(old[written] - lp0[written])
+    update_rc = make_grpo_update(graphs, dataclasses.replace(cfg, old_logprobs="recompute"), num_rollouts=N)
+    for update_batch in (batch, packed):
+        new_state, metrics = update_rc(jax.tree.map(jnp.array, state), update_batch)
+        np.testing.assert_allclose(float(metrics["loss"]), np.mean(expected_rc), rtol=1e-5, atol=1e-6)
+        updated = nnx.split(nnx.merge(graphs.model, new_state.model), nnx.Param, ...)[1]
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                     nnx.to_pure_dict(updated), nnx.to_pure_dict(params_rc))
+        np.testing.assert_allclose(float(metrics["logp_gap_mean"]), gap_T.mean(), rtol=1e-4)
+        np.testing.assert_allclose(float(metrics["logp_gap_max"]), gap_T.max(), rtol=1e-4)

@@ -10,7 +10,8 @@ from apr_jax import train
 from apr_jax.config import ConfigError
 from apr_jax.run_config import load_run_config
 from apr_jax.metrics_log import read_metrics
-from apr_jax.rl.train_rl import RLSettings, run_rl
+from apr_jax.evaluate import load_for_inference
+from apr_jax.rl.train_rl import RLSettings, load_sft, run_rl
 from rl_toy import RL_CONFIG, rl_overrides
 
 
@@ -50,6 +51,16 @@ def test_bad_sft_checkpoint_is_one_line(sft, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code != 0 and message in err, err
         assert len(err.splitlines()) == 1, err
+
+
+def test_sft_checkpoint_loads_under_another_compute_dtype_kernel_and_remat(sft, tmp_path):
+    """How the policy computes may differ from how SFT trained it; what it is may not."""
+    config = load_run_config(RL_CONFIG, rl_overrides(sft, "config.model.compute_dtype=bfloat16",
+                                                     "config.model.remat=full", "config.model.attention=xla"))
+    settings = RLSettings.from_config(config)
+    tokenizer = load_for_inference(settings.init_from).tokenizer
+    loaded = load_sft(config, settings, str(tmp_path / "rl"), tokenizer)
+    assert loaded.config.model.compute_dtype == "float32" and loaded.config.model.remat == "none"
 
 
 def test_rl_settings_errors_name_the_key():

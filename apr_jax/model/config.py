@@ -13,6 +13,9 @@ ATTENTIONS = ("auto", "xla", "triton", "cudnn", "splash")
 # matmul outputs (recompute norms, rotary, SwiGLU's gate), or keep only the
 # block's input (recompute the whole block in the backward pass).
 REMATS = ("none", "dots", "full")
+# Fields that change how the model computes, not its parameters: a checkpoint
+# trained under one setting loads under another.
+COMPUTE_FIELDS = ("compute_dtype", "attention", "remat")
 
 
 @dataclasses.dataclass(frozen=True)

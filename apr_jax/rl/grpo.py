@@ -51,6 +51,7 @@ class GrpoConfig:
     minibatches: int = 1  # optimizer updates per pass (whole rollouts per minibatch)
     microbatches: int = 1  # gradient-accumulation chunks per minibatch (rows)
     temperature: float = 1.0  # the sampling temperature; log-probs are of logits / temperature
+    old_logprobs: str = "sampling"  # one of OLD_LOGPROBS: the ratio's denominator
 
     def __post_init__(self):
         if not (self.clip_low >= 0 and self.clip_high >= 0):
@@ -64,6 +65,15 @@ class GrpoConfig:
             raise ValueError(f"RL needs a sampling temperature > 0, got {self.temperature}")
         if self.advantage not in ADVANTAGES:
             raise ValueError(f"advantage {self.advantage!r} is not one of {', '.join(ADVANTAGES)}")
+        if self.old_logprobs not in OLD_LOGPROBS:
+            raise ValueError(f"old_logprobs {self.old_logprobs!r} is not one of {', '.join(OLD_LOGPROBS)}")
+
+
+# The ratio's old log-probs: the engine's at sampling time, or the update
+# forward's on the sampling parameters before the first step ("recompute":
+# the ratio starts at exactly 1 whatever the two paths' numerics; the
+# engine's log-probs then only measure the gap, ``logp_gap_mean``/``_max``).
+OLD_LOGPROBS = ("sampling", "recompute")
 
 
 # ---- advantages ------------------------------------------------------------------
@@ -249,16 +259,30 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
         rows = _update_rows(batch, num_rollouts, M)
         model_graphdef, _, rest = nnx.split(nnx.merge(graphs.model, state.model), nnx.Param, ...)
 
-        # Reference log-probs, once per batch, skipping all-padding microbatches.
+        # Whole-batch log-probs under fixed parameters (reference; the sampling
+        # policy for "recompute"), skipping all-padding microbatches.
         chunks = M * A
-        if cfg.kl_coef > 0:
-            def ref_chunk(chunk):
+
+        def batch_logp(params):
+            def chunk_logp(chunk):
                 return jax.lax.cond(
                     jnp.any(chunk["valid"]),
-                    lambda c: forward_logp(model_graphdef, state.ref, rest, c),
+                    lambda c: forward_logp(model_graphdef, params, rest, c),
                     lambda c: jnp.zeros(c["tokens"].shape, jnp.float32), chunk)
-            ref_logp = jax.lax.map(ref_chunk, jax.tree.map(lambda x: micro_split(x, chunks), rows))
-            rows["ref_logp"] = ref_logp.reshape(rows["tokens"].shape)
+            logp = jax.lax.map(chunk_logp, jax.tree.map(lambda x: micro_split(x, chunks), rows))
+            return logp.reshape(rows["tokens"].shape)
+
+        if cfg.kl_coef > 0:
+            rows["ref_logp"] = batch_logp(state.ref)
+        gap_metrics = {}
+        if cfg.old_logprobs == "recompute":
+            _, policy_params, _ = nnx.split(nnx.merge(graphs.model, state.model), nnx.Param, ...)
+            recomputed = batch_logp(policy_params)
+            counted = rows["mask"] > 0
+            gap = jnp.where(counted, jnp.abs(rows["old_logp"] - recomputed), 0.0)
+            gap_metrics = {"logp_gap_mean": gap.sum() / jnp.maximum(counted.sum(), 1),
+                           "logp_gap_max": gap.max()}
+            rows["old_logp"] = recomputed
 
         # Per-token weights: the per-rollout mean, over each minibatch's rollouts.
         mb_rows = jax.tree.map(lambda x: micro_split(x, M), rows)
@@ -295,7 +319,7 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
             metrics["lr"] = stats["lr"][-1, -1]
         metrics["finite"] = jnp.all(stats["finite"])
         metrics["update_padding"] = padding_share(rows["valid"], rows["segment_ids"], chunks)
-        return state, metrics
+        return state, {**metrics, **gap_metrics}
 
     jit_kwargs: dict[str, Any] = {"donate_argnums": (0,)}
     if state_shardings is not None:

@@ -46,6 +46,7 @@ from apr_jax.evaluate import Loaded, evaluate_problems, load_for_inference, swee
 from apr_jax.evaluate import engine_config as eval_engine_config
 from apr_jax.loop import LoopSettings, TrainingError, run_loop
 from apr_jax.metrics_log import read_metrics
+from apr_jax.model.config import COMPUTE_FIELDS
 from apr_jax.optim import learning_rate_schedule
 from apr_jax.rl.diagnostics import TrendWatch
 from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal,
@@ -116,7 +117,7 @@ class RLSettings:
                 clip_low=float(rl.clip_low), clip_high=float(rl.clip_high), kl_coef=float(rl.kl_coef),
                 advantage=str(rl.advantage), inner_epochs=int(rl.inner_epochs),
                 minibatches=int(rl.minibatches), microbatches=int(config.train.grad_accum),
-                temperature=float(rl.temperature))
+                temperature=float(rl.temperature), old_logprobs=str(rl.old_logprobs))
             reward = RewardConfig(require_eos=bool(rl.require_eos),
                                   format_penalty=float(rl.format_penalty),
                                   acceleration_weight=float(rl.acceleration_weight),
@@ -179,7 +180,9 @@ def load_sft(config: RunConfig, settings: RLSettings, workdir: str,
         raise TrainingError(f"RL workdir {workdir} is the SFT run named by config.rl.init_from; "
                             f"use another --workdir")
     loaded = load_for_inference(path)
-    diffs = config_lib.identity_diff(loaded.config.to_dict(), config)
+    # The policy is the SFT model; how it computes (dtype, kernel, remat) may differ.
+    diffs = config_lib.identity_diff(loaded.config.to_dict(), config,
+                                     ignore=[f"model.{name}" for name in COMPUTE_FIELDS])
     if diffs:
         raise TrainingError(f"SFT checkpoint {loaded.source} does not match the config: "
                             f"{'; '.join(diffs[:3])}")
@@ -211,7 +214,7 @@ class Collected:
     reward_s: float
 
 
-WINDOW_MAX = ("ratio_max", "max_depth")  # logged as the max over the window's steps, not the mean
+WINDOW_MAX = ("ratio_max", "max_depth", "logp_gap_max")  # logged as the max over the window's steps, not the mean
 
 
 class RLTask:
