@@ -425,15 +425,18 @@ def test_every_lane_holds_a_fresh_forward_of_its_last_thread(toy_params):
                               jnp.int32(6), jax.random.key(0), jnp.int32(0)))
     assert int(s.next_free_G.sum()) > 2 * cfg.lanes  # lanes were reused
     assert np.sum(s.lane_row_N >= 0) >= 2
-    for lane, row in enumerate(s.lane_row_N):
-        if row < 0:  # never used
-            continue
-        fed = int(s.fed_R[row])
-        buf = jnp.asarray(s.buf_RxL[row:row + 1, :fed])
-        fresh = toy_init_cache(TOY, 1, fed)
-        _, fresh = toy_decode(TOY, toy_params, buf, jnp.arange(fed)[None], fresh)
+    # One fresh forward of every used lane's buffer, each cut at its fed length.
+    used = [(lane, int(row)) for lane, row in enumerate(s.lane_row_N) if row >= 0]
+    rows_U = np.array([row for _, row in used])
+    fed_U = np.asarray(s.fed_R)[rows_U]
+    L = s.buf_RxL.shape[1]
+    positions_UxL = np.where(np.arange(L)[None] < fed_U[:, None], np.arange(L)[None], -1)
+    fresh = toy_init_cache(TOY, len(used), L)
+    _, fresh = toy_decode(TOY, toy_params, jnp.asarray(s.buf_RxL[rows_U]), jnp.asarray(positions_UxL), fresh)
+    for u, (lane, _) in enumerate(used):
+        fed = int(fed_U[u])
         for name in ("k", "v"):
-            np.testing.assert_allclose(s.cache[name][:, lane, :fed], fresh[name][:, 0], atol=1e-5,
+            np.testing.assert_allclose(s.cache[name][:, lane, :fed], fresh[name][:, u, :fed], atol=1e-5,
                                        err_msg=f"lane {lane} {name}")
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from apr_jax import threads as threads_lib
@@ -49,7 +50,8 @@ def _biased_decode(params_and_bias, tokens_BxT, positions_BxT, cache, lanes_B, k
 BASE_MODEL_BIASED = dataclasses.replace(BASE_MODEL, decode_fn=_biased_decode)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=7, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**20), boost=st.sampled_from([0.0, 2.0, 4.0]),
        sampling=st.sampled_from(SAMPLINGS), max_rounds=st.integers(0, 3),
        max_depth=st.integers(0, 2), tokens_per_thread=st.integers(1, 24), small_pool=st.booleans(),

@@ -96,6 +96,7 @@ def two_process_run(tmp_path_factory):
     return config, workdir, results
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_eight_devices(two_process_run):
     config, workdir, results = two_process_run
     assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1}; 8 cpu devices" in results[0][1]

@@ -166,6 +166,7 @@ def restore(workdir, step):
     return jax.device_get(items["params"]), jax.device_get(items["opt_state"]), data
 
 
+@pytest.mark.slow
 def test_killed_and_restarted_run_equals_uninterrupted_run(env):
     root = env["root"]
     straight, killed = str(root / "straight"), str(root / "killed")
@@ -225,6 +226,7 @@ def test_killed_and_restarted_run_equals_uninterrupted_run(env):
 RL_STEPS = 8
 
 
+@pytest.mark.slow
 def test_killed_and_restarted_rl_run_equals_uninterrupted_run(env, sft):
     """GRPO under SIGKILL (mid-step and mid-save) and SIGTERM: the restarted
     run draws the same prompts and sampler keys, so every step's rollouts and

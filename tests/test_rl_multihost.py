@@ -10,6 +10,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from apr_jax.run_config import load_run_config
 from apr_jax.rl.train_rl import run_rl
@@ -35,6 +36,7 @@ def metrics(workdir):
         return {row["step"]: row for row in map(json.loads, f)}
 
 
+@pytest.mark.slow
 def test_two_process_rl_matches_one_process(sft, tmp_path):
     overrides = rl_overrides(sft, *EXTRA)
     two = str(tmp_path / "two_process")

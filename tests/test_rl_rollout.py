@@ -77,6 +77,7 @@ def test_rows_masks_and_layout_on_a_scripted_spawn():
     assert results[0][0].written_tokens == 7 + 3 + 3
 
 
+@pytest.mark.slow
 def test_sampling_logprobs_match_teacher_forcing_and_key_determinism():
     model = make_toy_model(ToyConfig(vocab_size=V, d_model=16, num_heads=2, num_layers=1, d_ff=32),
                            jax.random.key(3))

@@ -15,6 +15,7 @@ from apr_jax.rl.train_rl import RLSettings, load_sft, run_rl
 from rl_toy import RL_CONFIG, rl_overrides
 
 
+@pytest.mark.slow
 def test_grpo_raises_mean_reward(sft, tmp_path):
     config = load_run_config(RL_CONFIG, rl_overrides(sft, "config.train.steps=30", "config.rl.eval_every=15",
                                                  "config.rl.eval_problems=8", "config.eval.batch_problems=8"))
