@@ -166,16 +166,16 @@ class RunConfig:
         checkpoint meta); keys a section does not know are errors, keys a
         config saved before they existed lacks take the defaults."""
         d = config.to_dict() if hasattr(config, "to_dict") else copy.deepcopy(dict(config))
-        unknown = sorted(set(d) - set(TOP_KEYS) - set(SECTIONS))
+        unknown = sorted(set(d) - set(TOP_DEFAULTS) - set(SECTIONS))
         if unknown:
             raise ConfigError(f"unknown config key 'config.{unknown[0]}'")
-        top = {k: d[k] for k in TOP_KEYS if k in d}
+        top = {**TOP_DEFAULTS, **{k: d[k] for k in TOP_DEFAULTS if k in d}}
         task = dict(d.get("task") or {})
         data = _section(DataConfig, d, "data")
         _check_keys(ModelConfig, d, "model", exempt=("vocab_size",))
         model = ModelConfig.from_config(d.get("model") or {}, data.vocab_size)
         return cls(
-            name=str(top.get("name", "")), mode=str(top.get("mode", "sft")), seed=int(top.get("seed", 0)),
+            name=str(top["name"]), mode=str(top["mode"]), seed=int(top["seed"]),
             task=TaskConfig(str(task.pop("name", DEFAULT_TASK)), types.MappingProxyType(task)),
             trace=_section(TraceConfig, d, "trace"), data=data, model=model, mesh=_section(MeshConfig, d, "mesh"),
             train=_section(TrainConfig, d, "train"), eval=_section(EvalConfig, d, "eval"),
@@ -200,7 +200,7 @@ class RunConfig:
         return dataclasses.replace(self, **sections)
 
 
-TOP_KEYS = ("name", "mode", "seed")
+TOP_DEFAULTS = {"name": "", "mode": "sft", "seed": 0}  # the keys above the sections
 SECTIONS = ("task", "trace", "data", "model", "mesh", "train", "eval", "rl")
 
 
@@ -237,7 +237,8 @@ def default_config() -> ml_collections.ConfigDict:
     ``configs/default.py`` starts here and adds the task and model shape;
     ``rl`` is added by RL configs (``section_defaults(RLConfig)``)."""
     c = ml_collections.ConfigDict()
-    c.name, c.mode, c.seed = "", "sft", 0
+    for key, value in TOP_DEFAULTS.items():
+        setattr(c, key, value)
     for name, cls in (("trace", TraceConfig), ("data", DataConfig), ("model", ModelConfig),
                       ("mesh", MeshConfig), ("train", TrainConfig), ("eval", EvalConfig)):
         setattr(c, name, section_defaults(cls))

@@ -3,10 +3,10 @@
     python -m apr_jax.train --workdir=DIR --config=configs/NAME.py --config.train.lr=1e-3
 
 ``--print_config`` prints the whole config (every key, overrides applied) as
-JSON and exits. With no flags it trains ``configs/default.py`` into ``runs/default``; a config
-with ``mode = "rl"`` runs GRPO from an SFT checkpoint instead. Running the
-same command again on the same workdir resumes from the newest readable
-checkpoint. SIGTERM (TPU preemption) saves a checkpoint and exits cleanly.
+JSON and exits. With no flags it trains ``configs/default.py`` into
+``runs/default``; a config with ``mode = "rl"`` runs GRPO from an SFT
+checkpoint instead. Running the same command again on the same workdir
+resumes from the newest readable checkpoint. SIGTERM (TPU preemption) saves a checkpoint and exits cleanly.
 """
 
 from __future__ import annotations

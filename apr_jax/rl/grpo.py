@@ -257,7 +257,8 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
         if R % (M * A):
             raise ValueError(f"{R} rows do not split into {M} minibatches x {A} microbatches")
         rows = _update_rows(batch, num_rollouts, M)
-        model_graphdef, _, rest = nnx.split(nnx.merge(graphs.model, state.model), nnx.Param, ...)
+        policy = nnx.merge(graphs.model, state.model)
+        model_graphdef, policy_params, rest = nnx.split(policy, nnx.Param, ...)
 
         # Whole-batch log-probs under fixed parameters (reference; the sampling
         # policy for "recompute"), skipping all-padding microbatches.
@@ -276,7 +277,6 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
             rows["ref_logp"] = batch_logp(state.ref)
         gap_metrics = {}
         if cfg.old_logprobs == "recompute":
-            _, policy_params, _ = nnx.split(nnx.merge(graphs.model, state.model), nnx.Param, ...)
             recomputed = batch_logp(policy_params)
             counted = rows["mask"] > 0
             gap = jnp.where(counted, jnp.abs(rows["old_logp"] - recomputed), 0.0)
