@@ -171,32 +171,21 @@ def vote_curve(rows: Sequence[dict[str, Any]], k: int) -> list[dict[str, float]]
 
 
 class Measurer:
-    """Evaluates one loaded run under many settings; the first call of each
-    compiled engine shape is made on one batch first, so wall-clock figures
-    exclude compilation."""
+    """Evaluates one loaded run under many settings. Wall-clock figures are
+    the engine's decoding time: compilation is timed apart (``compile_s``)."""
 
     def __init__(self, label: str, loaded: Any, problems: Sequence[Problem], seed: int):
         self.label, self.loaded, self.problems, self.seed = label, loaded, list(problems), seed
         self.config = loaded.config
-        self._warm: set[Any] = set()
 
     def measure(self, sweep: str, value: int, *, eval_overrides: dict[str, int] | None = None,
                 prefix: str | None = None, obey: bool = False, **kwargs: Any) -> Point:
-        from apr_jax.evaluate import engine_config, evaluate_problems, sweep_settings
+        from apr_jax.evaluate import evaluate_problems, sweep_settings
         config = self.config.replace(eval=dataclasses.replace(self.config.eval, **(eval_overrides or {})))
         if prefix is None:
             (_, default), = sweep_settings(None, [], config)
             prefix = default["prefix"]
         args = dict(prefix=prefix, seed=self.seed, **kwargs)
-        engine_args = {k: v for k, v in kwargs.items()
-                       if k in ("samples", "temperature", "max_context")}
-        shape = (dataclasses.replace(engine_config(config, **engine_args), tokens_per_thread=1),
-                 len(prefix))
-        if shape not in self._warm:
-            batch = config.eval.batch_problems or len(self.problems)
-            evaluate_problems(self.loaded.model, self.loaded.tokenizer, config,
-                              self.problems[:batch], **args)
-            self._warm.add(shape)
         rows, summary = evaluate_problems(self.loaded.model, self.loaded.tokenizer, config,
                                           self.problems, **args)
         point = Point(self.label, sweep, value, summary,

@@ -10,7 +10,8 @@ engine and score them with the task's verifier (``config.task.name``).
 
 It prints one table row per setting: accuracy, pass@K, cons@K, tokens (total,
 sequential = critical path), children per spawn, share of problems that
-spawned, largest context, wall time and tokens/s. ``--out`` writes one JSON
+spawned, largest context, decoding wall time and tokens/s, and the seconds
+spent compiling (apart from the wall time). ``--out`` writes one JSON
 line per problem (and setting) with the thread tree; sweeps write PNG plots of
 accuracy against total and against sequential tokens. ``--split`` takes
 comma-separated splits (``--num`` problems from each); ``unseen`` is the
@@ -149,7 +150,7 @@ def evaluate_problems(model: Any, tokenizer: Any, config: RunConfig,
     start = time.time()
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         output = engine.run(prompts, jax.random.key(seed))
-    wall = time.time() - start
+    wall = time.time() - start - output.compile_s
     trees = to_thread_trees(output, tokenizer, [p.to_dict() for p in problems])
 
     rows = []
@@ -199,7 +200,7 @@ def evaluate_problems(model: Any, tokenizer: Any, config: RunConfig,
         "spawned": float(np.mean([s["num_threads"] > 1 for s in flat])),
         "context_limited": float(np.mean([s["limits_hit"].get("context_limit", 0) > 0 for s in flat])),
         "max_context": max(s["max_context"] for s in flat),
-        "wall_s": wall, "tokens_per_s": total / max(wall, 1e-9),
+        "wall_s": wall, "tokens_per_s": total / max(wall, 1e-9), "compile_s": output.compile_s,
     }
     for r in rows:
         r.pop("_all")
@@ -210,7 +211,7 @@ TABLE_COLUMNS = (("setting", "{}"), ("accuracy", "{:.1%}"), ("pass@K", "{:.1%}")
                  ("cons@K", "{:.1%}"), ("well_formed", "{:.1%}"), ("tokens", "{:.0f}"),
                  ("max_tokens", "{:d}"), ("sequential", "{:.0f}"), ("children", "{:.2f}"),
                  ("spawned", "{:.0%}"), ("max_context", "{:d}"), ("wall_s", "{:.1f}"),
-                 ("tokens/s", "{:.0f}"))
+                 ("tokens/s", "{:.0f}"), ("compile_s", "{:.1f}"))
 
 
 def format_table(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
@@ -223,7 +224,7 @@ def format_table(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
         values = [setting, s["accuracy"], s[f"pass@{k}"], s[f"cons@{k}"], s["well_formed"],
                   s["mean_total_tokens"], s["max_total_tokens"], s["mean_sequential_tokens"],
                   s["mean_children_per_spawn"], s["spawned"], s["max_context"], s["wall_s"],
-                  s["tokens_per_s"]]
+                  s["tokens_per_s"], s["compile_s"]]
         rows.append([fmt.format(v) for (_, fmt), v in zip(TABLE_COLUMNS, values)])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))

@@ -31,3 +31,21 @@ def test_debug_variable_keeps_the_traceback(monkeypatch):
     monkeypatch.setenv("APR_JAX_DEBUG", "1")
     with pytest.raises(ValueError, match="bad"):
         run_command(raises(ValueError("bad")), usage=(ValueError,))
+
+
+def test_commands_keep_compiled_programs_on_disk(tmp_path, monkeypatch):
+    import jax
+
+    from apr_jax.cli import COMPILE_CACHE_ENV, enable_compile_cache
+
+    previous = jax.config.jax_compilation_cache_dir  # the test session's own cache
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv(COMPILE_CACHE_ENV, "")
+        assert enable_compile_cache() is None and not jax.config.jax_compilation_cache_dir
+        monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path / "xla"))
+        assert enable_compile_cache() == str(tmp_path / "xla") == jax.config.jax_compilation_cache_dir
+        monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path / "other"))
+        assert enable_compile_cache() == str(tmp_path / "xla")  # a directory JAX already has is kept
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)

@@ -84,6 +84,15 @@ def test_spawn_and_join_exact_tokens():
     assert all(v == 0 for v in s.limits_hit.values())
 
 
+def test_compile_is_timed_apart_once_per_batch_shape():
+    script = {20: {2: [14, SO, 30, SC], 14: [16, EOS]}, 30: {2: [RO, 40, RC]}}
+    engine = Engine(scripted(script), BASE)
+    first, second = engine.run([ROOT]), engine.run([ROOT])
+    third = engine.run([ROOT, ROOT])  # another batch shape: compiled once more
+    assert first.compile_s > 0 and second.compile_s == 0 and third.compile_s > 0
+    assert [t.tokens for t in first.samples[0][0].threads] == [t.tokens for t in second.samples[0][0].threads]
+
+
 def test_extra_messages_are_dropped_and_counted():
     s = run_scripted({20: {2: [SO, 30, SEP, 31, SEP, 32, SC], 14: [EOS]},
                       30: {2: [RO, 40, RC]}, 31: {2: [RO, 41, RC]}, 32: {2: [RO, 42, RC]}})

@@ -39,6 +39,7 @@ def test_cli_prints_table_writes_results_and_plot(workdir, tmp_path, capsys, cap
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "accuracy" in printed and "pass@K" in printed and "sequential" in printed
+    assert "compile_s" in printed
     assert "[thread 0 depth 0" in printed  # --show renders a thread tree
     rows = [json.loads(l) for l in open(out)]
     assert len(rows) == 4  # 2 problems x 2 sweep settings
@@ -50,6 +51,17 @@ def test_cli_prints_table_writes_results_and_plot(workdir, tmp_path, capsys, cap
     assert by_setting["tokens=4"]["total_tokens"] <= 4 * by_setting["tokens=4"]["num_threads"]
     assert os.path.getsize(tmp_path / "results.png") > 1000
     assert not [r for r in caplog.records if "read only" in r.getMessage()]  # no orbax notice
+
+
+def test_wall_time_leaves_the_compile_out(workdir, monkeypatch):
+    import types
+    loaded = evaluate.load_for_inference(workdir)
+    clock = iter([100.0, 130.0])  # evaluate's clock around the engine run: 30 s in all
+    monkeypatch.setattr(evaluate, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    _, summary = evaluate.evaluate_problems(loaded.model, loaded.tokenizer, loaded.config,
+                                            [Problem((3, 5, 7), 22)], tokens_per_thread=5)
+    assert summary["compile_s"] > 0
+    assert summary["wall_s"] == pytest.approx(30.0 - summary["compile_s"])
 
 
 def test_checkpoint_flag_and_split(workdir, capsys):

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -174,6 +175,7 @@ class EngineOutput:
     samples: list[list[SampleResult]]  # [problem][sample]
     steps: list[int]  # loop iterations of each batch
     counters: dict[str, float] = dataclasses.field(default_factory=dict)  # engine_loop.COUNTERS, summed
+    compile_s: float = 0.0  # seconds this run spent compiling decoders (not decoding)
 
     def flat(self) -> list[SampleResult]:
         return [s for per_problem in self.samples for s in per_problem]
@@ -208,6 +210,8 @@ class Engine:
         self.model = as_decode_model(model)
         self.cfg = cfg
         self.ids = ids if ids is not None else ProtocolIds()
+        self._compiled: dict[tuple[int, int], Any] = {}  # (problems, prompt width) -> executable
+        self.compile_s = 0.0  # total seconds spent compiling, over this engine's runs
 
     def run_arrays(self, prompts: Sequence[Sequence[int]], key: jax.Array,
                    num_active: int | None = None) -> dict[str, np.ndarray]:
@@ -218,13 +222,26 @@ class Engine:
         tokens = np.full((len(prompts), width), self.ids.pad, np.int32)
         for n, prompt in enumerate(prompts):
             tokens[n, :len(prompt)] = prompt
-        decode = make_decoder(self.model.decode_fn, self.model.init_cache, self.cfg, self.ids,
-                              len(prompts), min(width, self.cfg.max_context - 2),
-                              page_size=decode_page_size(self.cfg, self.model.page_size_for))
-        state = decode(self.model.params, jnp.asarray(tokens[:, :self.cfg.max_context - 2]),
-                       jnp.asarray([len(p) for p in prompts], jnp.int32),
-                       jnp.int32(len(prompts) if num_active is None else num_active), key, jnp.int32(0))
+        width = min(width, self.cfg.max_context - 2)
+        args = (self.model.params, jnp.asarray(tokens[:, :width]),
+                jnp.asarray([len(p) for p in prompts], jnp.int32),
+                jnp.int32(len(prompts) if num_active is None else num_active), key, jnp.int32(0))
+        state = self._decoder(len(prompts), width, args)(*args)
         return state_arrays(state, len(prompts))
+
+    def _decoder(self, num_prompts: int, width: int, args: tuple) -> Any:
+        """The compiled decoder for this batch shape: compiled ahead of time on
+        first use (timed into ``compile_s``), reused by later batches and runs."""
+        if (num_prompts, width) not in self._compiled:
+            decode = make_decoder(self.model.decode_fn, self.model.init_cache, self.cfg, self.ids,
+                                  num_prompts, width,
+                                  page_size=decode_page_size(self.cfg, self.model.page_size_for))
+            start = time.perf_counter()
+            compiled = decode.func.lower(*args, *decode.args, **decode.keywords).compile()
+            self._compiled[num_prompts, width] = functools.partial(
+                compiled, limits=decode.keywords["limits"])
+            self.compile_s += time.perf_counter() - start
+        return self._compiled[num_prompts, width]
 
     def run(self, prompts: Sequence[Sequence[int]], key: jax.Array | None = None) -> EngineOutput:
         """Decode ``samples_per_problem`` samples of every prompt."""
@@ -235,6 +252,7 @@ class Engine:
                 raise ValueError(f"prompt {i} has {len(p)} tokens; max_context {self.cfg.max_context} "
                                  f"leaves room for {room}")
         key = jax.random.key(0) if key is None else key
+        compiled_before = self.compile_s
         batch = self.cfg.batch_problems or len(prompts)
         samples: list[list[SampleResult]] = []
         steps = []
@@ -247,7 +265,8 @@ class Engine:
             for name, value in zip(engine_loop.COUNTERS, arrays["counters"]):
                 counters[name] += float(value)
             samples.extend(sample_results(arrays, len(chunk), first_problem=start))
-        return EngineOutput(samples=samples, steps=steps, counters=counters)
+        return EngineOutput(samples=samples, steps=steps, counters=counters,
+                            compile_s=self.compile_s - compiled_before)
 
 
 def decode_page_size(cfg: EngineConfig, page_size_for: Callable[[str, int, int], int] | None) -> int:
