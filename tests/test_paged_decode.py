@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from apr_jax.decode.engine import Engine, EngineConfig, decode_page_size
+from apr_jax.decode.engine import Engine, EngineConfig, decode_axes, decode_page_size
 from apr_jax.decode.model_api import DecodeModel, as_decode_model
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.model import ModelConfig, Transformer
@@ -134,3 +134,28 @@ def test_decode_attention_choices_and_bad_settings(model):
         EngineConfig(decode_attention="flash")
     with pytest.raises(ValueError, match="needs a model with a paged decode"):
         decode_page_size(EngineConfig(decode_attention="paged"), None)
+
+
+@pytest.mark.parametrize("attention", ["xla", "paged"])
+def test_tensor_devices_decode_prompts_of_their_own(model, attention):
+    """Under a data x tensor mesh the engine splits the prompts over the
+    tensor axis too (each device holds the whole model inside the loop):
+    eight loops for eight devices, the same threads as one device."""
+    from apr_jax import sharding
+
+    scripted = _scripted(model)
+    cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=10, max_context=SLOTS,
+                       max_threads=3, prefill_chunk=4, row_buckets=1, kv_buckets=1, page_size=PAGE,
+                       decode_attention=attention)
+    prompts = [[20, 21], [22], [23, 21], [21], [19, 18, 21], [22], [21], [20, 21]]
+    one = Engine(scripted, cfg, IDS).run_arrays(prompts, jax.random.key(0))
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=1, tensor=4))
+    params = jax.device_put(scripted.params, sharding.model_state_shardings(scripted.params, mesh))
+    with jax.set_mesh(mesh):
+        many = Engine(dataclasses.replace(scripted, params=params), cfg, IDS).run_arrays(
+            prompts, jax.random.key(0))
+        assert decode_axes(jax.sharding.get_abstract_mesh(), 6) == ("data",)  # 6 do not split 8 ways
+    assert many["num_groups"].shape == (8,)  # one loop per device, each with its own samples
+    for name in ("buf", "role", "length", "stop", "parent"):
+        np.testing.assert_array_equal(many[name], one[name], err_msg=name)
+    np.testing.assert_allclose(many["logp"], one["logp"], atol=1e-5)

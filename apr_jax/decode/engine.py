@@ -331,16 +331,30 @@ def make_decoder(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg
         decode_fn=decode_fn, init_cache=init_cache)
 
 
+def decode_axes(mesh: Any, num_prompts: int) -> tuple[str, ...]:
+    """The mesh axes the engine splits ``num_prompts`` prompts over: the batch
+    axes (size > 1), and ``tensor`` too when the prompts divide over all of
+    them. Every axis is manual inside the loop and each device holds the whole
+    model, so a tensor shard decodes prompts of its own rather than repeating
+    its neighbours' rows."""
+    if mesh.empty:
+        return ()
+    axes = tuple(a for a in sharding.BATCH_AXES if mesh.shape.get(a, 1) > 1)
+    wider = axes + (("tensor",) if mesh.shape.get("tensor", 1) > 1 else ())
+    if num_prompts % int(np.prod([mesh.shape[a] for a in wider])) == 0:
+        return wider
+    return axes
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "samples", "decode_fn", "init_cache"))
 def _decode_jit(params, prompt_PxT, prompt_len_P, num_active, key, first_thread, limits, *,
                 spec, samples, decode_fn, init_cache) -> engine_loop.LoopState:
-    """``run_loop``, shard-local under a mesh: each of the mesh's batch shards
+    """``run_loop``, shard-local under a mesh: each shard (``decode_axes``)
     decodes its slice of the prompts with its own lanes (no gathers across
     devices in the loop). Scalars come back with one entry per shard."""
-    mesh = jax.sharding.get_abstract_mesh()
-    axes = () if mesh.empty else tuple(a for a in sharding.BATCH_AXES if mesh.shape.get(a, 1) > 1)
+    P, mesh = prompt_PxT.shape[0], jax.sharding.get_abstract_mesh()
+    axes = decode_axes(mesh, P)
     shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-    P = prompt_PxT.shape[0]
     if shards == 1 or P % shards:
         return _per_shard(engine_loop.run_loop(params, prompt_PxT, prompt_len_P, num_active, key, limits,
                                                first_thread, spec=spec, samples=samples,
