@@ -27,16 +27,16 @@ are gathered into a *decode* call of width 1; those with more (prompts, join
 blocks) into a *prefill* call that feeds up to ``C = prefill_chunk`` tokens.
 Each call's rows are compacted into the smallest of a few row buckets and the
 cache is read only up to the smallest KV-length bucket that holds every
-selected row's positions (one compiled branch per bucket pair, chosen with
-``lax.switch``); free, waiting and finished threads cost nothing. With
-``split_by_kv_length`` each call is made once per KV-length bucket, over the
-rows whose own length falls in it (same branches, fewer slots read, one weight
-read per non-empty bucket). With a ``page_size`` (``eval.decode_attention``)
-the width-1 call instead hands the whole pool to the model, which writes the
-new keys and values in place and reads each row's pages below its own length
-with a paged kernel: row buckets only, no KV-length buckets, no gathered copy
-(each row bucket runs as a while loop of at most one trip, ``_run_if``, which
-keeps the pool in place where a switch branch would copy it). When a feed
+selected row's positions (one compiled model call per bucket pair, each a
+while loop of at most one trip, ``_run_if``: the model writes the new keys and
+values into the pool in place and reads its rows' lanes layer by layer, where
+a ``lax.switch`` branch would copy the pool); free, waiting and finished
+threads cost nothing. With ``split_by_kv_length`` each call is made once per
+KV-length bucket, over the rows whose own length falls in it (same buckets,
+fewer slots read, one weight read per non-empty bucket). With a ``page_size``
+(``eval.decode_attention``) the width-1 call instead reads each row's pages
+below its own length with the model's paged kernel: row buckets only, no
+KV-length buckets. When a feed
 empties a thread's queue the logits at its last token are sampled and the token
 appended (role ``model``), with a key that depends only on the thread and the
 position, so the result does not depend on batching, chunking or lanes.
@@ -292,20 +292,6 @@ def cache_axes(init_cache: Callable[[int, int], Any]) -> tuple[int, ...]:
     return tuple(axes)
 
 
-def _lane_index(axis: int, *index) -> tuple:
-    return (slice(None),) * axis + tuple(index)
-
-
-def _pool_index(lead: tuple[int, ...], lanes_NxT: jax.Array, slots_NxT: jax.Array) -> tuple:
-    """Index arrays for (every leading axis, lane, slot) of a cache leaf: a
-    scatter whose window is only the trailing axes keeps the pool in the
-    layout the paged kernels read (a window over the leading axes makes the
-    TPU compiler relayout the pool, with copies around the paged call)."""
-    shape = lead + lanes_NxT.shape
-    iotas = [jax.lax.broadcasted_iota(jnp.int32, shape, d) for d in range(len(lead))]
-    return (*iotas, jnp.broadcast_to(lanes_NxT, shape), jnp.broadcast_to(slots_NxT, shape))
-
-
 def _vocab_size(spec: LoopSpec, decode_fn: DecodeFn, params, cache) -> int:
     logits_shape = jax.eval_shape(
         lambda c: decode_fn(params, jnp.zeros((1, 1), jnp.int32), jnp.full((1, 1), -1, jnp.int32), c,
@@ -369,70 +355,48 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
     bucketed model call; returns (cache, fed_N, logits_NxV at each member's
     last fed token, counters).
 
-    Each bucket's branch only reads the cache: it gathers its rows' lanes up
-    to its KV length into a small cache, runs the model on that, and returns
-    the new slots; they are written into the pool after the ``lax.switch``, in
-    place (a branch that wrote the pool would make XLA copy all of it)."""
+    The rows are compacted into the smallest row bucket that holds them and
+    read the cache up to the smallest KV-length bucket that holds their
+    slots. Each (row, KV) bucket pair is a ``_run_if`` whose model call writes
+    the new K/V into the pool in place and reads its rows' lanes layer by
+    layer: no gathered copy of the pool (a ``lax.switch`` branch that wrote
+    the pool would make XLA copy all of it; one that gathered the largest
+    bucket would copy it too)."""
     N, L, T = spec.lanes, spec.max_context, width
     row_N = jnp.maximum(s.lane_row_N, 0)
     fed_N = s.fed_R[row_N]
     n_feed_N = jnp.where(member_N, jnp.minimum(s.length_R[row_N] - fed_N, width), 0)
     lanes_M, count = compact(member_N, N)
-    kv_need = jnp.max(jnp.where(member_N, fed_N + n_feed_N, 0))
-    nkv = len(spec.kv_buckets)
-    branch = jnp.where(count == 0, 0, 1 + _bucket(spec.row_buckets, count) * nkv
-                       + _bucket(spec.kv_buckets, kv_need))
-    leaves, treedef = jax.tree.flatten(s.cache)
-    axes = spec.cache_axes
+    row_bucket = _bucket(spec.row_buckets, count)
+    kv_bucket = _bucket(spec.kv_buckets, jnp.max(jnp.where(member_N, fed_N + n_feed_N, 0)))
     t_1xT = jnp.arange(T)[None]
-
-    def new_slots_shape(leaf, axis):
-        shape = list(leaf.shape)
-        shape[axis:axis + 2] = [N, T]
-        return jax.ShapeDtypeStruct(tuple(shape), leaf.dtype)
-
     V = _vocab_size(spec, decode_fn, params, s.cache)
 
-    def skip(leaves):
-        new = [jnp.zeros(new_slots_shape(x, a).shape, x.dtype) for x, a in zip(leaves, axes)]
-        return new, jnp.zeros((N, V), jnp.float32), jnp.zeros((len(COUNTERS),), jnp.float32)
-
     def run(B: int, kv_len: int):
-        def call(leaves):
+        def call(carry):
             lanes_B = lanes_M[:B]
             valid_B = jnp.arange(B) < count
-            rows_B = row_N[lanes_B]
             n_B = jnp.where(valid_B, n_feed_N[lanes_B], 0)
             fed_B = fed_N[lanes_B]
             at_BxT = fed_B[:, None] + t_1xT
             pos_BxT = jnp.where(t_1xT < n_B[:, None], at_BxT, -1)
-            tok_BxT = s.buf_RxL[rows_B[:, None], jnp.minimum(at_BxT, L - 1)]
-            small = [jnp.take(jax.lax.slice_in_dim(x, 0, kv_len, axis=a + 1), lanes_B, axis=a, mode="clip")
-                     for x, a in zip(leaves, axes)]
-            logits_BxTxV, small = decode_fn(params, tok_BxT, pos_BxT, jax.tree.unflatten(treedef, small),
-                                            jnp.arange(B, dtype=jnp.int32), kv_len)
-            at_N = _drop_index(valid_B, lanes_B, N)
-            new = []
-            for x, a in zip(jax.tree.leaves(small), axes):
-                slot_index = jnp.minimum(at_BxT, kv_len - 1).reshape((1,) * a + (B, T) + (1,) * (x.ndim - a - 2))
-                slots = jnp.take_along_axis(x, slot_index, axis=a + 1)  # [.., B, T, ..]
-                new.append(jnp.zeros(new_slots_shape(x, a).shape, x.dtype).at[_lane_index(a, at_N)].set(
-                    slots, mode="drop"))
+            tok_BxT = s.buf_RxL[row_N[lanes_B][:, None], jnp.minimum(at_BxT, L - 1)]
+            logits_BxTxV, cache = decode_fn(params, tok_BxT, pos_BxT, carry[0], lanes_B, kv_len)
             last_BxV = logits_BxTxV[jnp.arange(B), jnp.maximum(n_B - 1, 0)].astype(jnp.float32)
-            logits_NxV = jnp.zeros((N, V), jnp.float32).at[at_N].set(last_BxV, mode="drop")
+            logits_NxV = jnp.zeros((N, V), jnp.float32).at[_drop_index(valid_B, lanes_B, N)].set(
+                last_BxV, mode="drop")
             live = jnp.sum(jnp.where(valid_B, fed_B + n_B, 0))
             counters = jnp.stack([jnp.float32(B * width), jnp.sum(n_B).astype(jnp.float32),
                                   jnp.float32(B * kv_len), live.astype(jnp.float32), jnp.float32(1)])
-            return new, logits_NxV, counters
+            return cache, logits_NxV, counters
         return call
 
-    branches = [skip] + [run(B, kv) for B in spec.row_buckets for kv in spec.kv_buckets]
-    new, logits_NxV, counters = jax.lax.switch(branch, branches, leaves)
-    lanes_NxT = jnp.broadcast_to(jnp.arange(N)[:, None], (N, T))
-    slots_NxT = jnp.where(t_1xT < n_feed_N[:, None], fed_N[:, None] + t_1xT, L)  # L: dropped
-    leaves = [x.at[_pool_index(x.shape[:a], lanes_NxT, slots_NxT)].set(y, mode="drop")
-              for x, y, a in zip(leaves, new, axes)]
-    return jax.tree.unflatten(treedef, leaves), n_feed_N, logits_NxV, counters
+    carry = (s.cache, jnp.zeros((N, V), jnp.float32), jnp.zeros((len(COUNTERS),), jnp.float32))
+    for i, B in enumerate(spec.row_buckets):
+        for j, kv_len in enumerate(spec.kv_buckets):
+            carry = _run_if((count > 0) & (row_bucket == i) & (kv_bucket == j), run(B, kv_len), carry)
+    cache, logits_NxV, counters = carry
+    return cache, n_feed_N, logits_NxV, counters
 
 
 def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, s: LoopState,

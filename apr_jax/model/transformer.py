@@ -129,8 +129,12 @@ class Attention(nnx.Module):
         slots_BxT = jnp.where(positions_BxT < 0, num_slots, positions_BxT)
         lanes_BxT = jnp.broadcast_to(lanes_B[:, None], slots_BxT.shape)
         k_KxBxTxH, v_KxBxTxH = (jnp.transpose(x, (2, 0, 1, 3)) for x in (k, v))
-        k_cache = k_cache.at[:, layer, lanes_BxT, slots_BxT].set(k_KxBxTxH.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[:, layer, lanes_BxT, slots_BxT].set(v_KxBxTxH.astype(v_cache.dtype), mode="drop")
+        # Every axis but head_dim indexed, as in the paged write: the TPU
+        # compiler then keeps the pool in the paged kernels' layout.
+        heads_Kx1x1 = jnp.arange(k_cache.shape[0])[:, None, None]
+        index = (heads_Kx1x1, layer, lanes_BxT[None], slots_BxT[None])
+        k_cache = k_cache.at[index].set(k_KxBxTxH.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[index].set(v_KxBxTxH.astype(v_cache.dtype), mode="drop")
         k_cache, v_cache = constrain(k_cache, CACHE_AXES), constrain(v_cache, CACHE_AXES)
         k_BxSxKxH, v_BxSxKxH = (jnp.transpose(x[:, layer, lanes_B, :kv_len], (1, 2, 0, 3)).astype(q.dtype)
                                 for x in (k_cache, v_cache))
