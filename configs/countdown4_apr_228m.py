@@ -62,5 +62,5 @@ def get_config():
     c.eval.max_rounds = 2
     c.eval.tokens_per_thread = 4096
     c.eval.batch_problems = 256
-    c.eval.lanes = 176  # 11 per v4-32 batch shard: one sample of 11 live threads each (aot --step=engine: 256 lanes plan 40.9 GiB of 32 per v4 chip)
+    c.eval.lanes = 352  # 22 per v4-32 batch shard: two samples of 11 live threads each (aot --step=engine: 24.2 GiB of 32 per v4 chip)
     return c

@@ -372,6 +372,29 @@ def test_engine_runs_the_flax_transformer():
         assert root.tokens[1 + len(p):] == list(plain.tokens[n, : plain.lengths[n]])
 
 
+def test_no_step_copies_the_kv_pool():
+    """The largest bucket (every lane, the whole context) reads the pool in
+    place, layer by layer: the compiled loop's temporaries stay a small part
+    of the pool (a gathered copy of the pool made them half of it and more)."""
+    from flax import nnx
+
+    from apr_jax.decode.engine import make_decoder
+    from apr_jax.decode.model_api import as_decode_model
+    from apr_jax.model.config import ModelConfig
+    from apr_jax.model.transformer import Transformer
+
+    model = as_decode_model(Transformer(ModelConfig(vocab_size=V, num_layers=4, d_model=32, num_heads=2,
+                                                    num_kv_heads=2, d_ff=64, max_len=256), rngs=nnx.Rngs(0)))
+    cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=8, max_context=256,
+                       lanes=64, row_buckets=2, kv_buckets=2)
+    decode = make_decoder(model.decode_fn, model.init_cache, cfg, ProtocolIds(), 8, 4)
+    args = (model.params, jnp.zeros((8, 4), jnp.int32), jnp.full((8,), 4, jnp.int32), jnp.int32(8),
+            jax.random.key(0), jnp.int32(0))
+    temp = decode.func.lower(*args, *decode.args, **decode.keywords).compile().memory_analysis().temp_size_in_bytes
+    pool = jax.eval_shape(lambda: model.init_cache(64, 256))
+    assert temp < 0.25 * (pool.k.size + pool.v.size) * pool.k.dtype.itemsize
+
+
 # ---- lanes: reuse, continuous batching, the cache -----------------------------
 def test_lanes_stream_problems_through_a_small_pool():
     """Five problems x two samples, each spawning two children, through five
