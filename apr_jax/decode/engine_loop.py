@@ -28,9 +28,10 @@ blocks) into a *prefill* call that feeds up to ``C = prefill_chunk`` tokens.
 Each call's rows are compacted into the smallest of a few row buckets and the
 cache is read only up to the smallest KV-length bucket that holds every
 selected row's positions (one compiled model call per bucket pair, each a
-while loop of at most one trip, ``_run_if``: the model writes the new keys and
-values into the pool in place and reads its rows' lanes layer by layer, where
-a ``lax.switch`` branch would copy the pool); free, waiting and finished
+while loop of at most one trip, ``_run_if``, inside its row bucket's, so a step
+enters only the chosen row bucket's KV loops; the model writes the new keys
+and values into the pool in place and reads its rows' lanes layer by layer,
+where a ``lax.switch`` branch would copy the pool); free, waiting and finished
 threads cost nothing. With ``split_by_kv_length`` each call is made once per
 KV-length bucket, over the rows whose own length falls in it (same buckets,
 fewer slots read, one weight read per non-empty bucket). With a ``page_size``
@@ -391,10 +392,16 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
             return cache, logits_NxV, counters
         return call
 
+    def row(B: int):
+        def kv_pairs(carry):  # only the chosen row bucket's KV loops are reached
+            for j, kv_len in enumerate(spec.kv_buckets):
+                carry = _run_if(kv_bucket == j, run(B, kv_len), carry)
+            return carry
+        return kv_pairs
+
     carry = (s.cache, jnp.zeros((N, V), jnp.float32), jnp.zeros((len(COUNTERS),), jnp.float32))
     for i, B in enumerate(spec.row_buckets):
-        for j, kv_len in enumerate(spec.kv_buckets):
-            carry = _run_if((count > 0) & (row_bucket == i) & (kv_bucket == j), run(B, kv_len), carry)
+        carry = _run_if((count > 0) & (row_bucket == i), row(B), carry)
     cache, logits_NxV, counters = carry
     return cache, n_feed_N, logits_NxV, counters
 
