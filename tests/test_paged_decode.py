@@ -159,3 +159,24 @@ def test_tensor_devices_decode_prompts_of_their_own(model, attention):
     for name in ("buf", "role", "length", "stop", "parent"):
         np.testing.assert_array_equal(many[name], one[name], err_msg=name)
     np.testing.assert_allclose(many["logp"], one["logp"], atol=1e-5)
+
+
+def test_an_engine_compiles_again_under_another_mesh(model):
+    """The compiled decoder is keyed by the mesh too: one engine run outside
+    a mesh and then inside a data=8 mesh decodes one loop, then eight."""
+    from apr_jax import sharding
+
+    scripted = _scripted(model)
+    cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=10, max_context=SLOTS,
+                       max_threads=3, prefill_chunk=4, row_buckets=1, kv_buckets=1, decode_attention="xla")
+    prompts = [[20, 21], [22], [23, 21], [21], [19, 18, 21], [22], [21], [20, 21]]
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=8, fsdp=1, tensor=1))
+    params = jax.device_put(scripted.params, sharding.model_state_shardings(scripted.params, mesh))
+    engine = Engine(dataclasses.replace(scripted, params=params), cfg, IDS)
+    one = engine.run_arrays(prompts, jax.random.key(0))
+    compiled = engine.compile_s
+    with jax.set_mesh(mesh):
+        many = engine.run_arrays(prompts, jax.random.key(0))
+    assert engine.compile_s > compiled
+    assert one["num_groups"].shape == (1,) and many["num_groups"].shape == (8,)
+    np.testing.assert_array_equal(many["buf"], one["buf"])

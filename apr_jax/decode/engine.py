@@ -210,7 +210,7 @@ class Engine:
         self.model = as_decode_model(model)
         self.cfg = cfg
         self.ids = ids if ids is not None else ProtocolIds()
-        self._compiled: dict[tuple[int, int], Any] = {}  # (problems, prompt width) -> executable
+        self._compiled: dict[tuple[int, int, Any], Any] = {}  # (problems, prompt width, mesh) -> executable
         self.compile_s = 0.0  # total seconds spent compiling, over this engine's runs
 
     def run_arrays(self, prompts: Sequence[Sequence[int]], key: jax.Array,
@@ -230,18 +230,19 @@ class Engine:
         return state_arrays(state, len(prompts))
 
     def _decoder(self, num_prompts: int, width: int, args: tuple) -> Any:
-        """The compiled decoder for this batch shape: compiled ahead of time on
-        first use (timed into ``compile_s``), reused by later batches and runs."""
-        if (num_prompts, width) not in self._compiled:
+        """The compiled decoder for this batch shape under the current mesh:
+        compiled ahead of time on first use (timed into ``compile_s``), reused
+        by later batches and runs."""
+        key = (num_prompts, width, jax.sharding.get_abstract_mesh())
+        if key not in self._compiled:
             decode = make_decoder(self.model.decode_fn, self.model.init_cache, self.cfg, self.ids,
                                   num_prompts, width,
                                   page_size=decode_page_size(self.cfg, self.model.page_size_for))
             start = time.perf_counter()
             compiled = decode.func.lower(*args, *decode.args, **decode.keywords).compile()
-            self._compiled[num_prompts, width] = functools.partial(
-                compiled, limits=decode.keywords["limits"])
+            self._compiled[key] = functools.partial(compiled, limits=decode.keywords["limits"])
             self.compile_s += time.perf_counter() - start
-        return self._compiled[num_prompts, width]
+        return self._compiled[key]
 
     def run(self, prompts: Sequence[Sequence[int]], key: jax.Array | None = None) -> EngineOutput:
         """Decode ``samples_per_problem`` samples of every prompt."""

@@ -309,67 +309,32 @@ def _run_if(pred: jax.Array, fn: Callable[[Any], Any], carry: Any) -> Any:
     return jax.lax.while_loop(lambda c: pred & ~c[0], body, (jnp.bool_(False), carry))[1]
 
 
-def _paged_decode_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, member_N: jax.Array):
-    """Feed the one queued token of each member lane's thread through the
-    model's paged decode (``page_size``); returns what ``_model_call`` does.
-
-    The rows are compacted into the smallest row bucket that holds them; the
-    model writes their new K/V into the pool and its kernel reads each row's
-    pages below its own length straight from the pool: no KV-length buckets,
-    no gathered copy. Each bucket is a ``_run_if``, not a switch branch."""
-    N, L, P = spec.lanes, spec.max_context, spec.page_size
-    row_N = jnp.maximum(s.lane_row_N, 0)
-    fed_N = s.fed_R[row_N]
-    lanes_M, count = compact(member_N, N)
-    bucket = _bucket(spec.row_buckets, count)
-    V = _vocab_size(spec, decode_fn, params, s.cache)
-
-    def run(B: int):
-        def call(carry):
-            cache = carry[0]
-            lanes_B = lanes_M[:B]
-            valid_B = jnp.arange(B) < count
-            fed_B = fed_N[lanes_B]
-            pos_Bx1 = jnp.where(valid_B, fed_B, -1)[:, None]
-            tok_Bx1 = s.buf_RxL[row_N[lanes_B], jnp.minimum(fed_B, L - 1)][:, None]
-            logits_Bx1xV, cache = decode_fn(params, tok_Bx1, pos_Bx1, cache, lanes_B, L, page_size=P)
-            at_N = _drop_index(valid_B, lanes_B, N)
-            logits_NxV = jnp.zeros((N, V), jnp.float32).at[at_N].set(
-                logits_Bx1xV[:, 0].astype(jnp.float32), mode="drop")
-            live_B = jnp.where(valid_B, fed_B + 1, 0)
-            read_B = -(-live_B // P) * P  # the kernel reads whole pages
-            counters = jnp.stack([jnp.float32(B), count.astype(jnp.float32), jnp.sum(read_B).astype(jnp.float32),
-                                  jnp.sum(live_B).astype(jnp.float32), jnp.float32(1)])
-            return cache, logits_NxV, counters
-        return call
-
-    carry = (s.cache, jnp.zeros((N, V), jnp.float32), jnp.zeros((len(COUNTERS),), jnp.float32))
-    for k, B in enumerate(spec.row_buckets):
-        carry = _run_if((count > 0) & (bucket == k), run(B), carry)
-    cache, logits_NxV, counters = carry
-    return cache, member_N.astype(jnp.int32), logits_NxV, counters
-
-
 def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, member_N: jax.Array,
-                width: int):
+                width: int, page_size: int = 0):
     """Feed up to ``width`` queued tokens of each member lane's thread in one
     bucketed model call; returns (cache, fed_N, logits_NxV at each member's
     last fed token, counters).
 
-    The rows are compacted into the smallest row bucket that holds them and
-    read the cache up to the smallest KV-length bucket that holds their
-    slots. Each (row, KV) bucket pair is a ``_run_if`` whose model call writes
-    the new K/V into the pool in place and reads its rows' lanes layer by
-    layer: no gathered copy of the pool (a ``lax.switch`` branch that wrote
-    the pool would make XLA copy all of it; one that gathered the largest
-    bucket would copy it too)."""
+    The rows are compacted into the smallest row bucket that holds them. They
+    read the cache up to the smallest KV-length bucket that holds their slots,
+    or, with ``page_size`` (width-1 calls only), each row's own pages through
+    the model's paged kernel (one KV length: the whole lane, which the kernel
+    reads only below each row's length). Each (row, KV) bucket pair is a
+    ``_run_if`` whose model call writes the new K/V into the pool in place
+    and reads its rows' lanes layer by layer: no gathered copy of the pool (a
+    ``lax.switch`` branch that wrote the pool would make XLA copy all of it;
+    one that gathered the largest bucket would copy it too)."""
+    if page_size and width != 1:
+        raise ValueError(f"the paged decode feeds one token per row, not {width}")
     N, L, T = spec.lanes, spec.max_context, width
+    kv_buckets = (L,) if page_size else spec.kv_buckets
+    paged = {"page_size": page_size} if page_size else {}
     row_N = jnp.maximum(s.lane_row_N, 0)
     fed_N = s.fed_R[row_N]
     n_feed_N = jnp.where(member_N, jnp.minimum(s.length_R[row_N] - fed_N, width), 0)
     lanes_M, count = compact(member_N, N)
     row_bucket = _bucket(spec.row_buckets, count)
-    kv_bucket = _bucket(spec.kv_buckets, jnp.max(jnp.where(member_N, fed_N + n_feed_N, 0)))
+    kv_bucket = _bucket(kv_buckets, jnp.max(jnp.where(member_N, fed_N + n_feed_N, 0)))
     t_1xT = jnp.arange(T)[None]
     V = _vocab_size(spec, decode_fn, params, s.cache)
 
@@ -382,19 +347,22 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
             at_BxT = fed_B[:, None] + t_1xT
             pos_BxT = jnp.where(t_1xT < n_B[:, None], at_BxT, -1)
             tok_BxT = s.buf_RxL[row_N[lanes_B][:, None], jnp.minimum(at_BxT, L - 1)]
-            logits_BxTxV, cache = decode_fn(params, tok_BxT, pos_BxT, carry[0], lanes_B, kv_len)
+            logits_BxTxV, cache = decode_fn(params, tok_BxT, pos_BxT, carry[0], lanes_B, kv_len, **paged)
             last_BxV = logits_BxTxV[jnp.arange(B), jnp.maximum(n_B - 1, 0)].astype(jnp.float32)
             logits_NxV = jnp.zeros((N, V), jnp.float32).at[_drop_index(valid_B, lanes_B, N)].set(
                 last_BxV, mode="drop")
-            live = jnp.sum(jnp.where(valid_B, fed_B + n_B, 0))
+            live_B = jnp.where(valid_B, fed_B + n_B, 0)
+            # The paged kernel reads whole pages; the others their KV bucket.
+            read = jnp.sum(-(-live_B // page_size) * page_size) if page_size else B * kv_len
             counters = jnp.stack([jnp.float32(B * width), jnp.sum(n_B).astype(jnp.float32),
-                                  jnp.float32(B * kv_len), live.astype(jnp.float32), jnp.float32(1)])
+                                  jnp.asarray(read, jnp.float32), jnp.sum(live_B).astype(jnp.float32),
+                                  jnp.float32(1)])
             return cache, logits_NxV, counters
         return call
 
     def row(B: int):
         def kv_pairs(carry):  # only the chosen row bucket's KV loops are reached
-            for j, kv_len in enumerate(spec.kv_buckets):
+            for j, kv_len in enumerate(kv_buckets):
                 carry = _run_if(kv_bucket == j, run(B, kv_len), carry)
             return carry
         return kv_pairs
@@ -419,26 +387,20 @@ def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thr
     calls = [(run_N & ((queue_N == 1) | (not chunked)), 1)]
     if chunked:
         calls.append((run_N & (queue_N > 1), spec.prefill_chunk))
-    # With a page size the width-1 call reads pages up to each row's own
-    # length: it is one call, never split by KV length.
-    paged = [(member_N, 1, None) for member_N, _ in calls[:1]] if spec.page_size else []
-    calls = calls[len(paged):]
-    if spec.split_by_kv_length:
-        calls = [(member_N & (kv_class_N == c), width, dataclasses.replace(spec, kv_buckets=(kv,)))
-                 for member_N, width in calls
-                 for kv_class_N in [_bucket(spec.kv_buckets, s.fed_R[row_N] + jnp.minimum(queue_N, width))]
-                 for c, kv in enumerate(spec.kv_buckets)]
-    else:
-        calls = [(member_N, width, spec) for member_N, width in calls]
-    calls = paged + calls
+    def split(member_N: jax.Array, width: int) -> list[tuple[jax.Array, LoopSpec]]:
+        """One call, or one per KV-length bucket (``split_by_kv_length``);
+        a paged width-1 call reads each row's own pages and is never split."""
+        if not spec.split_by_kv_length or (spec.page_size and width == 1):
+            return [(member_N, spec)]
+        kv_class_N = _bucket(spec.kv_buckets, s.fed_R[row_N] + jnp.minimum(queue_N, width))
+        return [(member_N & (kv_class_N == c), dataclasses.replace(spec, kv_buckets=(kv,)))
+                for c, kv in enumerate(spec.kv_buckets)]
+
     fed_N = jnp.zeros_like(queue_N)
     logits_NxV = None
-    for member_N, width, call_spec in calls:
-        if call_spec is None:
-            cache, fed_c_N, logits_c_NxV, counters = _paged_decode_call(spec, decode_fn, params, s, member_N)
-        else:
-            cache, fed_c_N, logits_c_NxV, counters = _model_call(call_spec, decode_fn, params, s, member_N,
-                                                                 width)
+    for member_N, width, call_spec in [(m, w, c) for member_N, w in calls for m, c in split(member_N, w)]:
+        cache, fed_c_N, logits_c_NxV, counters = _model_call(
+            call_spec, decode_fn, params, s, member_N, width, spec.page_size if width == 1 else 0)
         s = s.replace(cache=cache, counters=s.counters + counters)
         fed_N = jnp.where(member_N, fed_c_N, fed_N)
         logits_NxV = logits_c_NxV if logits_NxV is None else jnp.where(member_N[:, None], logits_c_NxV,
