@@ -495,6 +495,11 @@ def _spawn(spec: LoopSpec, s: LoopState, spawn_R, block_open_R, block_close_R) -
     src_MxL = buf_NxL[owner_M[:, None], jnp.clip(msg_start_NxK[owner_M, k_M][:, None] + j_1xL - 2, 0, L - 1)]
     child_MxL = jnp.where(j_1xL == 0, ids.bos, jnp.where(j_1xL == 1, ids.child,
                           jnp.where(j_1xL < 2 + mlen_M[:, None], src_MxL, ids.pad)))
+    # The TPU compiler (libtpu 0.0.42) nests the producer of a scatter's
+    # updates into the scatter and aborts when that producer is this
+    # element-wise gather over 128-slot rows (``fusion_emitter.cc``: not a
+    # sublane gather); the barrier keeps it a separate fusion.
+    child_MxL = jax.lax.optimization_barrier(child_MxL)
     at_M = _drop_index(new_valid_M, row_M, R)
     s = _take_lanes(s, new_valid_M, row_M)
     spawner_M = sp_N[owner_M]
