@@ -180,3 +180,24 @@ def test_an_engine_compiles_again_under_another_mesh(model):
     assert engine.compile_s > compiled
     assert one["num_groups"].shape == (1,) and many["num_groups"].shape == (8,)
     np.testing.assert_array_equal(many["buf"], one["buf"])
+
+
+def test_gpu_engine_lowers_the_paged_kernel_for_cuda():
+    """The whole engine for a GPU model with ``paged``, lowered for CUDA on
+    this host: the width-1 calls become Triton kernel calls over the whole
+    pool (Pallas builds the kernel's Triton IR at lowering, so its block
+    shapes are checked here; compiling that IR needs a GPU)."""
+    from apr_jax.decode.engine import make_decoder
+
+    gpu = as_decode_model(Transformer(dataclasses.replace(CFG, max_len=64, num_heads=2, num_kv_heads=1, head_dim=16),
+                                      rngs=nnx.Rngs(0), platform="gpu"))
+    cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=16, max_context=64,
+                       max_threads=3, prefill_chunk=4, row_buckets=2, kv_buckets=2, page_size=16,
+                       decode_attention="paged")
+    page_size = decode_page_size(cfg, gpu.page_size_for)
+    decode = make_decoder(gpu.decode_fn, gpu.init_cache, cfg, IDS, 4, 8, page_size=page_size)
+    args = (gpu.params, jnp.zeros((4, 8), jnp.int32), jnp.full((4,), 3, jnp.int32), jnp.int32(4),
+            jax.random.key(0), jnp.int32(0))
+    hlo = decode.func.trace(*args, *decode.args, **decode.keywords).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert page_size == 16 and "xla.gpu.triton" in hlo
