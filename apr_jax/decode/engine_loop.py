@@ -387,6 +387,7 @@ def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thr
     calls = [(run_N & ((queue_N == 1) | (not chunked)), 1)]
     if chunked:
         calls.append((run_N & (queue_N > 1), spec.prefill_chunk))
+
     def split(member_N: jax.Array, width: int) -> list[tuple[jax.Array, LoopSpec]]:
         """One call, or one per KV-length bucket (``split_by_kv_length``);
         a paged width-1 call reads each row's own pages and is never split."""
