@@ -117,6 +117,16 @@ def _table(points: Sequence[Any]) -> list[str]:
     return lines
 
 
+def token_split(rows: Sequence[dict[str, Any]]) -> tuple[float, float, float]:
+    """Mean written tokens per sample of the root, of all other threads, and
+    of the other threads on the critical path (sequential minus root)."""
+    samples = [s for r in rows for s in [r, *r["samples"]]]
+    root = [s["tree"]["meta"]["written_tokens"][0] for s in samples]
+    rest = [s["total_tokens"] - n for s, n in zip(samples, root)]
+    path = [s["sequential_tokens"] - n for s, n in zip(samples, root)]
+    return float(np.mean(root)), float(np.mean(rest)), float(np.mean(path))
+
+
 def goal_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
     """The comparison's claims, as measured."""
     lines = []
@@ -124,11 +134,13 @@ def goal_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
         a = _of([p for p in points if p.value == w], "APR", "context")
         b = _of([p for p in points if p.value == w], "SoS+", "context")
         if a and b:
+            root, rest, path = token_split(a[0].rows)
             a, b = a[0].summary, b[0].summary
             lines.append(f"- context {w}: APR {_pct(a['accuracy'])} vs SoS+ {_pct(b['accuracy'])} "
                          f"({100 * (a['accuracy'] - b['accuracy']):+.1f} points); APR sequential "
                          f"tokens {a['mean_sequential_tokens'] / max(a['mean_total_tokens'], 1e-9):.2f}"
-                         f" x its total")
+                         f" x its total (the root writes {root:.0f} tokens, the other threads {rest:.0f}, "
+                         f"{path:.0f} of them on the critical path)")
     apr = _of(points, "APR", "children")
     for vote in _of(points, "SoS+", "vote"):
         for c in vote.votes:

@@ -120,3 +120,15 @@ def test_obedience_counts_children_and_budget():
     assert compare.obedience("budget", 20, rows) == 1.0
     assert compare.obedience("budget", 6, rows) == pytest.approx(2 / 3)
     assert compare.obedience("budget", 5, rows) == pytest.approx(1 / 3)
+
+
+def test_token_split_separates_the_root_from_the_critical_path():
+    from apr_jax.compare_report import token_split
+
+    def sample(written, sequential):
+        return {"tree": {"meta": {"written_tokens": written}}, "total_tokens": sum(written),
+                "sequential_tokens": sequential, "samples": []}
+
+    first = sample([10, 5, 7], 17)  # the root, then two children side by side
+    first["samples"] = [sample([20, 4], 24)]
+    assert token_split([first]) == (15.0, 8.0, 5.5)
