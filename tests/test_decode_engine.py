@@ -434,6 +434,26 @@ def test_split_by_kv_length_reads_fewer_slots_and_writes_the_same_threads():
     assert split["model_calls"] > whole["model_calls"]
 
 
+def test_long_queues_take_the_long_chunk_and_write_the_same_threads():
+    """With ``long_prefill_chunk`` a 14-token prompt and a 9-token join block
+    are fed in one step each instead of five and three: fewer loop steps, the
+    same threads, and short queues still take the short chunk."""
+    long_root = [20] + [21] * 13
+    scripts = {20: {14: [SO, 30, SEP, 31, SEP, 32, SC], 29: [EOS]},
+               30: {2: [RO, 40, 41, RC]}, 31: {2: [RO, 42, RC]}, 32: {2: [RO, 43, RC]}}
+    cfg = EngineConfig(max_children=3, max_rounds=1, max_depth=1, tokens_per_thread=20, max_context=40,
+                       prefill_chunk=3, row_buckets=2, kv_buckets=2)
+    runs = [Engine(scripted(scripts), dataclasses.replace(cfg, long_prefill_chunk=long)).run([long_root])
+            for long in (0, 16)]
+    short, wide = (r.samples[0][0] for r in runs)
+    assert [t.tokens for t in wide.threads] == [t.tokens for t in short.threads]
+    assert [t.roles for t in wide.threads] == [t.roles for t in short.threads]
+    assert short.root.tokens[22:31] == [JO, 40, 41, SEP, 42, SEP, 43, JC, EOS]
+    # Prompt of 15 (with <bos>): 5 steps at 3 tokens, 1 at 16; join of 8: 3 steps against 1.
+    assert runs[0].steps[0] - runs[1].steps[0] == (5 - 1) + (3 - 1)
+    assert runs[1].counters["tokens_fed"] == runs[0].counters["tokens_fed"]
+
+
 def test_every_lane_holds_a_fresh_forward_of_its_last_thread(toy_params):
     """After a run with lanes reused many times, each lane's keys and values
     up to its last thread's fed length equal a fresh forward of that thread's
@@ -477,6 +497,8 @@ def test_a_pool_that_cannot_hold_one_problem_is_a_one_line_error():
         EngineConfig(max_children=4, max_depth=1, lanes=4)
     with pytest.raises(ValueError, match="EngineConfig.prefill_chunk must be an int >= 1"):
         EngineConfig(prefill_chunk=0)
+    with pytest.raises(ValueError, match="EngineConfig.long_prefill_chunk=8 must be 0 or more than prefill_chunk=8"):
+        EngineConfig(prefill_chunk=8, long_prefill_chunk=8)
     with pytest.raises(ValueError, match="EngineConfig.row_buckets must be an int >= 1"):
         EngineConfig(row_buckets=0)
     with pytest.raises(ValueError, match="EngineConfig.kv_buckets must be an int >= 1"):

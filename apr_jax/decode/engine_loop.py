@@ -24,7 +24,9 @@ and a finished group's lanes take the next group at once (continuous batching).
 
 A step. Running threads with exactly one queued token (the one just sampled)
 are gathered into a *decode* call of width 1; those with more (prompts, join
-blocks) into a *prefill* call that feeds up to ``C = prefill_chunk`` tokens.
+blocks) into a *prefill* call that feeds up to ``C = prefill_chunk`` tokens,
+or, with a ``long_prefill_chunk`` > C, those with more than C queued into a
+third call of that width.
 Each call's rows are compacted into the smallest of a few row buckets and the
 cache is read only up to the smallest KV-length bucket that holds every
 selected row's positions (one compiled model call per bucket pair, each a
@@ -116,6 +118,7 @@ class LoopSpec:
     sampling: SamplingConfig
     cache_axes: tuple[int, ...]  # lane axis of each cache leaf (``cache_axes``)
     split_by_kv_length: bool = False  # one model call per KV-length bucket
+    long_prefill_chunk: int = 0  # > C: queues longer than C are fed this many a step
     page_size: int = 0  # > 0: decode calls read the pool through the model's paged kernel
 
 
@@ -383,10 +386,12 @@ def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thr
     row_N = jnp.maximum(s.lane_row_N, 0)
     run_N = s.lane_busy_N & (s.status_R[row_N] == RUNNING)
     queue_N = s.length_R[row_N] - s.fed_R[row_N]
-    chunked = spec.prefill_chunk > 1
-    calls = [(run_N & ((queue_N == 1) | (not chunked)), 1)]
-    if chunked:
-        calls.append((run_N & (queue_N > 1), spec.prefill_chunk))
+    C, long_C = spec.prefill_chunk, spec.long_prefill_chunk
+    calls = [(run_N & ((queue_N == 1) | (C == 1)), 1)]
+    if C > 1:
+        calls.append((run_N & (queue_N > 1) & ((queue_N <= C) | (long_C <= C)), C))
+    if long_C > C:
+        calls.append((run_N & (queue_N > C), long_C))
 
     def split(member_N: jax.Array, width: int) -> list[tuple[jax.Array, LoopSpec]]:
         """One call, or one per KV-length bucket (``split_by_kv_length``);
