@@ -497,7 +497,7 @@ def test_a_pool_that_cannot_hold_one_problem_is_a_one_line_error():
         EngineConfig(max_children=4, max_depth=1, lanes=4)
     with pytest.raises(ValueError, match="EngineConfig.prefill_chunk must be an int >= 1"):
         EngineConfig(prefill_chunk=0)
-    with pytest.raises(ValueError, match="EngineConfig.long_prefill_chunk=8 must be 0 or more than prefill_chunk=8"):
+    with pytest.raises(ValueError, match="long_prefill_chunk=8 must be 0 or more than prefill_chunk=8"):
         EngineConfig(prefill_chunk=8, long_prefill_chunk=8)
     with pytest.raises(ValueError, match="EngineConfig.row_buckets must be an int >= 1"):
         EngineConfig(row_buckets=0)

@@ -189,8 +189,8 @@ def test_gpu_engine_lowers_the_paged_kernel_for_cuda():
     shapes are checked here; compiling that IR needs a GPU)."""
     from apr_jax.decode.engine import make_decoder
 
-    gpu = as_decode_model(Transformer(dataclasses.replace(CFG, max_len=64, num_heads=2, num_kv_heads=1, head_dim=16),
-                                      rngs=nnx.Rngs(0), platform="gpu"))
+    shape = dataclasses.replace(CFG, max_len=64, num_heads=2, num_kv_heads=1, head_dim=16)
+    gpu = as_decode_model(Transformer(shape, rngs=nnx.Rngs(0), platform="gpu"))
     cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=16, max_context=64,
                        max_threads=3, prefill_chunk=4, row_buckets=2, kv_buckets=2, page_size=16,
                        decode_attention="paged")
