@@ -140,7 +140,8 @@ def test_decode_attention_choices_and_bad_settings(model):
 def test_tensor_devices_decode_prompts_of_their_own(model, attention):
     """Under a data x tensor mesh the engine splits the prompts over the
     tensor axis too (each device holds the whole model inside the loop):
-    eight loops for eight devices, the same threads as one device."""
+    eight loops for eight devices, the same threads as one device. The same
+    engine decodes both: its compiled decoder is keyed by the mesh."""
     from apr_jax import sharding
 
     scripted = _scripted(model)
@@ -148,38 +149,18 @@ def test_tensor_devices_decode_prompts_of_their_own(model, attention):
                        max_threads=3, prefill_chunk=4, row_buckets=1, kv_buckets=1, page_size=PAGE,
                        decode_attention=attention)
     prompts = [[20, 21], [22], [23, 21], [21], [19, 18, 21], [22], [21], [20, 21]]
-    one = Engine(scripted, cfg, IDS).run_arrays(prompts, jax.random.key(0))
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=1, tensor=4))
     params = jax.device_put(scripted.params, sharding.model_state_shardings(scripted.params, mesh))
+    engine = Engine(dataclasses.replace(scripted, params=params), cfg, IDS)
+    one = engine.run_arrays(prompts, jax.random.key(0))  # no mesh: one loop
     with jax.set_mesh(mesh):
-        many = Engine(dataclasses.replace(scripted, params=params), cfg, IDS).run_arrays(
-            prompts, jax.random.key(0))
+        many = engine.run_arrays(prompts, jax.random.key(0))
         assert decode_axes(jax.sharding.get_abstract_mesh(), 6) == ("data",)  # 6 do not split 8 ways
+    assert one["num_groups"].shape == (1,)
     assert many["num_groups"].shape == (8,)  # one loop per device, each with its own samples
     for name in ("buf", "role", "length", "stop", "parent"):
         np.testing.assert_array_equal(many[name], one[name], err_msg=name)
     np.testing.assert_allclose(many["logp"], one["logp"], atol=1e-5)
-
-
-def test_an_engine_compiles_again_under_another_mesh(model):
-    """The compiled decoder is keyed by the mesh too: one engine run outside
-    a mesh and then inside a data=8 mesh decodes one loop, then eight."""
-    from apr_jax import sharding
-
-    scripted = _scripted(model)
-    cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=10, max_context=SLOTS,
-                       max_threads=3, prefill_chunk=4, row_buckets=1, kv_buckets=1, decode_attention="xla")
-    prompts = [[20, 21], [22], [23, 21], [21], [19, 18, 21], [22], [21], [20, 21]]
-    mesh = sharding.make_mesh(sharding.MeshConfig(data=8, fsdp=1, tensor=1))
-    params = jax.device_put(scripted.params, sharding.model_state_shardings(scripted.params, mesh))
-    engine = Engine(dataclasses.replace(scripted, params=params), cfg, IDS)
-    one = engine.run_arrays(prompts, jax.random.key(0))
-    compiled = engine.compile_s
-    with jax.set_mesh(mesh):
-        many = engine.run_arrays(prompts, jax.random.key(0))
-    assert engine.compile_s > compiled
-    assert one["num_groups"].shape == (1,) and many["num_groups"].shape == (8,)
-    np.testing.assert_array_equal(many["buf"], one["buf"])
 
 
 def test_gpu_engine_lowers_the_paged_kernel_for_cuda():
