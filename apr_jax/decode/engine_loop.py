@@ -393,20 +393,23 @@ def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thr
     if long_C > C:
         calls.append((run_N & (queue_N > C), long_C))
 
-    def split(member_N: jax.Array, width: int) -> list[tuple[jax.Array, LoopSpec]]:
-        """One call, or one per KV-length bucket (``split_by_kv_length``);
-        a paged width-1 call reads each row's own pages and is never split."""
-        if not spec.split_by_kv_length or (spec.page_size and width == 1):
-            return [(member_N, spec)]
+    def split(member_N: jax.Array, width: int) -> list[tuple[jax.Array, int, LoopSpec, int]]:
+        """The model calls (members, width, spec, page size) that feed
+        ``member_N``: one, or one per KV-length bucket with
+        ``split_by_kv_length``; a paged width-1 call reads each row's own
+        pages and is never split."""
+        page_size = spec.page_size if width == 1 else 0
+        if page_size or not spec.split_by_kv_length:
+            return [(member_N, width, spec, page_size)]
         kv_class_N = _bucket(spec.kv_buckets, s.fed_R[row_N] + jnp.minimum(queue_N, width))
-        return [(member_N & (kv_class_N == c), dataclasses.replace(spec, kv_buckets=(kv,)))
+        return [(member_N & (kv_class_N == c), width, dataclasses.replace(spec, kv_buckets=(kv,)), 0)
                 for c, kv in enumerate(spec.kv_buckets)]
 
     fed_N = jnp.zeros_like(queue_N)
     logits_NxV = None
-    for member_N, width, call_spec in [(m, w, c) for member_N, w in calls for m, c in split(member_N, w)]:
-        cache, fed_c_N, logits_c_NxV, counters = _model_call(
-            call_spec, decode_fn, params, s, member_N, width, spec.page_size if width == 1 else 0)
+    for member_N, width, call_spec, page_size in [c for member_N, w in calls for c in split(member_N, w)]:
+        cache, fed_c_N, logits_c_NxV, counters = _model_call(call_spec, decode_fn, params, s, member_N, width,
+                                                             page_size)
         s = s.replace(cache=cache, counters=s.counters + counters)
         fed_N = jnp.where(member_N, fed_c_N, fed_N)
         logits_NxV = logits_c_NxV if logits_NxV is None else jnp.where(member_N[:, None], logits_c_NxV,
