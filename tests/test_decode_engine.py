@@ -435,9 +435,9 @@ def test_split_by_kv_length_reads_fewer_slots_and_writes_the_same_threads():
 
 
 def test_long_queues_take_the_long_chunk_and_write_the_same_threads():
-    """With ``long_prefill_chunk`` a 14-token prompt and a 9-token join block
-    are fed in one step each instead of five and three: fewer loop steps, the
-    same threads, and short queues still take the short chunk."""
+    """With ``long_prefill_chunk`` a 15-token prompt (``<bos>`` included) and
+    an 8-token join block are fed in one step each instead of five and three:
+    fewer loop steps, the same threads and the same tokens fed."""
     long_root = [20] + [21] * 13
     scripts = {20: {14: [SO, 30, SEP, 31, SEP, 32, SC], 29: [EOS]},
                30: {2: [RO, 40, 41, RC]}, 31: {2: [RO, 42, RC]}, 32: {2: [RO, 43, RC]}}
