@@ -17,6 +17,7 @@ encoded on its own, then EOS when the thread ended by writing EOS.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from typing import Any, Protocol
@@ -113,7 +114,14 @@ class ThreadTree:
 
     # ---- serialisation ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain lists and dicts, keyed as ``from_dict`` reads them (a copy:
+        nothing in it aliases the tree)."""
+        return {"problem": copy.deepcopy(self.problem),
+                "threads": [{"parent": t.parent,
+                             "segments": [{"role": s.role, "text": s.text} for s in t.segments],
+                             "children": list(t.children), "stop": t.stop}
+                            for t in self.threads],
+                "solution": list(self.solution), "meta": copy.deepcopy(self.meta)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))

@@ -1,6 +1,8 @@
 """Data-pipeline throughput: trace generation (per core and multi-process).
 
     python -m benchmarks.data_throughput [--problems 4000] [--processes 2] [--build-problems 8000]
+    python -m benchmarks.data_throughput --problems 0 --build-config configs/countdown4_apr_h200.py \
+        --build-problems 0      # that config's whole dataset (202k problems), phase by phase
 
 Each measurement is one function returning a dict, so more stages can be
 added as further functions called from ``main``. ``measure_dataset_build``
@@ -62,9 +64,11 @@ def measure_parallel_generation(problems: list[Problem], cfg: TraceConfig,
     return {"traces_per_s": n / seconds, "processes": processes}
 
 
-def measure_dataset_build(num_train: int, num_workers: int) -> dict[str, float]:
-    """Cold build (traces, TFDS ArrayRecord, tokenizer) and cached rebuild of the
-    default config with ``num_train`` problems, plus the grain pipeline's
+def measure_dataset_build(num_train: int, num_workers: int,
+                          config_path: str | None = None) -> dict[str, float]:
+    """Cold build (problems, traces, TFDS ArrayRecord, tokenizer) and cached
+    rebuild of a config (the default one unless given) with ``num_train``
+    problems (0: the config's own count), plus the grain pipeline's
     packed-batch throughput on the result."""
     import tempfile
 
@@ -73,8 +77,10 @@ def measure_dataset_build(num_train: int, num_workers: int) -> dict[str, float]:
     from apr_jax.data.pipeline import make_iterator
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_run_config(None, [f"data.dir={tmp}", f"task.num_train={num_train}",
-                                    f"data.num_workers={num_workers}"])
+        overrides = [f"data.dir={tmp}", f"data.num_workers={num_workers}"]
+        if num_train:
+            overrides.append(f"task.num_train={num_train}")
+        config = load_run_config(config_path, overrides)
         start = time.perf_counter()
         info = build_dataset(config, log=None)
         cold = time.perf_counter() - start
@@ -91,7 +97,9 @@ def measure_dataset_build(num_train: int, num_workers: int) -> dict[str, float]:
         rows = num_batches * batch_size
         filled = iterator.stats["tokens"] / max(iterator.stats["rows"], 1) / config.data.seq_len
     traces = sum(info.counts.values())
-    return {"build_s": cold, "cached_s": cached, "traces_per_s": traces / cold,
+    phases = {f"{k}_s": info.stats[f"{k}_seconds"] for k in ("problem", "trace", "tokenizer")}
+    return {"build_s": cold, "cached_s": cached, "traces_per_s": traces / cold, **phases,
+            "traces": traces,
             "batches_per_s": num_batches / seconds,
             "tokens_per_s": rows * config.data.seq_len / seconds, "fill": filled}
 
@@ -101,9 +109,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--problems", type=int, default=4000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--build-problems", type=int, default=8000,
-                        help="training problems for the dataset-build timing (0 skips it)")
+                        help="training problems for the dataset-build timing "
+                             "(0: the config's own count)")
+    parser.add_argument("--build-config", default=None,
+                        help="config whose dataset is built (default: configs/default.py)")
+    parser.add_argument("--skip-build", action="store_true", help="no dataset-build timing")
     args = parser.parse_args(argv)
-    for name in COUNTDOWN:
+    for name in COUNTDOWN if args.problems else ():
         problems = benchmark_problems(name, args.problems)
         for kind in ("apr", "sosp"):
             cfg = TraceConfig(kind=kind)
@@ -114,11 +126,13 @@ def main(argv: list[str] | None = None) -> None:
             if name == "countdown4":
                 many = measure_parallel_generation(problems, cfg, args.processes)
                 print(f"{name} {kind:4s} {args.processes} procs: {many['traces_per_s']:8.0f} traces/s")
-    if args.build_problems:
-        b = measure_dataset_build(args.build_problems, args.processes)
-        print(f"dataset build (default config, {args.build_problems} train problems, "
+    if not args.skip_build:
+        b = measure_dataset_build(args.build_problems, args.processes, args.build_config)
+        print(f"dataset build ({args.build_config or 'default config'}, {b['traces']} problems, "
               f"{args.processes} workers): {b['build_s']:.1f} s cold "
-              f"({b['traces_per_s']:.0f} traces/s end to end), {b['cached_s']:.2f} s cached")
+              f"({b['traces_per_s']:.0f} traces/s end to end; problems {b['problem_s']:.1f} s, "
+              f"traces {b['trace_s']:.1f} s, tokenizer and statistics {b['tokenizer_s']:.1f} s), "
+              f"{b['cached_s']:.2f} s cached")
         print(f"grain pipeline: {b['batches_per_s']:.0f} batches/s, "
               f"{b['tokens_per_s']:.0f} row tokens/s, rows {b['fill']:.1%} filled by packing")
 

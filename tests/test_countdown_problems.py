@@ -1,6 +1,7 @@
 """Tests for apr_jax.countdown.problems."""
 
 import json
+import random
 
 import pytest
 
@@ -108,14 +109,32 @@ def test_load_errors_name_file_and_line(tmp_path, line, word):
         load_problems(str(path))
 
 
-def test_parallel_drawing_gives_the_same_splits(monkeypatch):
-    """Solvability checked in two processes, in rounds of 64 candidates (so
-    rounds end mid-split and the generator is rewound): the same problems in
-    the same order as one process drawing one at a time."""
+def _one_at_a_time(sizes, num_inputs, min_number, max_number, min_target, max_target, seed,
+                   unique=True):
+    """The reference drawing: ``randint`` per number, ``is_solvable`` per candidate."""
+    rng, seen, out = random.Random(seed), set(), {}
+    for name, count in sizes:
+        out[name] = []
+        while len(out[name]) < count:
+            numbers = tuple(rng.randint(min_number, max_number) for _ in range(num_inputs))
+            p = Problem(numbers, rng.randint(min_target, max_target))
+            if (not unique or p.key not in seen) and is_solvable(p.numbers, p.target):
+                seen.add(p.key)
+                out[name].append(p)
+    return out
+
+
+@pytest.mark.parametrize("ranges", [(3, 1, 20, 10, 50), (4, 1, 99, 10, 100), (2, 1, 30, 0, 60)])
+def test_batched_drawing_gives_the_problems_of_drawing_one_at_a_time(monkeypatch, ranges):
+    """Candidates checked together in rounds of 64 (so rounds end mid-split and
+    the generator is rewound): the same problems in the same order as drawing
+    and checking one candidate at a time with ``randint``."""
     from apr_jax.countdown import problems
     monkeypatch.setattr(problems, "_DRAW_BATCH", 64)
-    monkeypatch.setattr(problems, "_PARALLEL_MIN", 0)
-    kwargs = dict(num_inputs=3, max_number=20, min_target=10, max_target=50, seed=4)
-    serial = problems.make_splits(300, 25, 25, **kwargs)
-    parallel = problems.make_splits(300, 25, 25, num_workers=2, **kwargs)
-    assert parallel == serial
+    num_inputs, min_number, max_number, min_target, max_target = ranges
+    kwargs = dict(num_inputs=num_inputs, min_number=min_number, max_number=max_number,
+                  min_target=min_target, max_target=max_target, seed=4)
+    got = problems.make_splits(150, 25, 25, **kwargs)
+    assert got == _one_at_a_time([("test", 25), ("validation", 25), ("train", 150)], *ranges, 4)
+    assert generate_problems(60, **kwargs) == _one_at_a_time([("all", 60)], *ranges, 4,
+                                                            unique=False)["all"]

@@ -3,9 +3,10 @@
 import itertools
 import random
 
+import numpy as np
 import pytest
 
-from apr_jax.countdown.solver import is_solvable, solve
+from apr_jax.countdown.solver import is_solvable, solvable_mask, solve
 from apr_jax.countdown.verifier import verify_operations
 
 
@@ -62,3 +63,34 @@ def test_is_solvable_agrees_with_solve_on_countdown4_draws():
         numbers = [rng.randint(1, 99) for _ in range(4)]
         target = rng.randint(10, 100)
         assert is_solvable(numbers, target) == (solve(numbers, target) is not None), (numbers, target)
+
+
+@pytest.mark.parametrize("num_inputs, max_number, max_target, count", [
+    (1, 5, 6, 40), (2, 12, 60, 300), (3, 12, 60, 300), (4, 30, 120, 300), (5, 9, 80, 40)])
+def test_solvable_mask_agrees_with_is_solvable(num_inputs, max_number, max_target, count):
+    """Zeros included (0 - 0, 0 / x, no x / 0); few of the many-number draws
+    are unsolvable, so the 5-number case also lists some that are."""
+    rng = random.Random(num_inputs)
+    numbers = np.array([[rng.randint(0, max_number) for _ in range(num_inputs)]
+                        for _ in range(count)])
+    targets = np.array([rng.randint(0, max_target) for _ in range(count)])
+    if num_inputs == 5:
+        numbers[:4], targets[:4] = [[1, 1, 1, 1, 1]] * 4, [6, 7, 100, 0]
+    expected = [is_solvable(n.tolist(), int(t)) for n, t in zip(numbers, targets)]
+    assert solvable_mask(numbers, targets).tolist() == expected
+    assert 0 < sum(expected) < count
+
+
+def test_solvable_mask_checks_values_too_large_for_int64_exactly():
+    """(2**32 + 1)**2 wraps around in int64 to 2**33 + 1, which minus 7 would
+    falsely reach 2**33 - 6; such rows go to the exact check instead."""
+    big = 2 ** 32 + 1
+    numbers = np.array([[big, big, 7], [big, big, 7], [5, 4, 3]])
+    targets = np.array([2 ** 33 - 6, 2 * big + 7, 17])
+    assert [is_solvable(n.tolist(), int(t)) for n, t in zip(numbers, targets)] == [False, True, True]
+    assert solvable_mask(numbers, targets).tolist() == [False, True, True]
+
+
+def test_solvable_mask_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="numbers \\[N, K>=1\\] and targets \\[N\\]"):
+        solvable_mask(np.ones((3, 2), int), np.ones(2, int))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import hashlib
 import re
 import string
 
@@ -182,3 +183,28 @@ def test_config_reading_and_errors():
         TraceConfig.from_config({"kind": "apr", "widht": 3})
     with pytest.raises(ValueError, match="spawn_prob"):
         TraceConfig(spawn_prob=1.5)
+
+
+def test_traces_are_byte_for_byte_those_the_cache_format_pins():
+    """Every cached dataset holds these bytes: a change to the search's order,
+    the heuristic, the rendering or the tree's JSON shows here. When such a
+    change is meant, bump ``FORMAT_VERSION`` in ``apr_jax/data/build.py`` (so
+    old caches are rebuilt) and update the digest."""
+    digest = hashlib.sha256()
+    for kind, style, depth in (("apr", "terse", 1), ("apr", "reference", 2), ("sosp", "terse", 1)):
+        cfg = TraceConfig.from_config({"kind": kind, "style": style, "max_depth": depth,
+                                       "max_children": 8, "beam_size": 8})
+        for p in generate_problems(30, num_inputs=4, seed=5):
+            digest.update(make_trace(p, cfg).to_json().encode())
+    assert digest.hexdigest() == "39808b905646b368b71f3cb9922918e8193b88352346226a888c25781929d481"
+
+
+def test_tree_dict_is_the_dataclass_fields_and_shares_nothing():
+    tree = make_trace(_problems(4)[0], TraceConfig.from_config({"kind": "apr"}))
+    d = tree.to_dict()
+    assert d == dataclasses.asdict(tree)
+    d["problem"]["numbers"].append(7)
+    d["threads"][0]["segments"][0]["text"] = "changed"
+    d["meta"]["extra"] = 1
+    assert tree == ThreadTree.from_json(tree.to_json())
+    assert "extra" not in tree.meta and 7 not in tree.problem["numbers"]

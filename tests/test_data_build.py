@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 
 import pytest
 
@@ -38,9 +39,10 @@ def test_build_writes_a_complete_dataset(built):
         source = open_split(info, split)
         assert len(source) == len(problems)
         record = source[0]
+        assert set(record) == {"tree"}  # the tree holds its problem
         tree = ThreadTree.from_json(record["tree"].decode())
-        assert list(record["numbers"]) == tree.problem["numbers"]
-        assert int(record["target"]) == tree.problem["target"]
+        assert sorted(tuple(ThreadTree.from_json(source[i]["tree"].decode()).problem["numbers"])
+                      for i in range(len(source))) == sorted(p.numbers for p in problems)
         cfg = config.trace
         assert tree.to_json() == make_trace(tree.problem, cfg).to_json()
     tok = Tokenizer(info.tokenizer_path)
@@ -48,6 +50,8 @@ def test_build_writes_a_complete_dataset(built):
     assert info.stats["mean_tokens_per_sequence"] > 10
     assert sum(info.stats["failed"].values()) >= 0
     assert "traces/s" in log and "search failed" in log and "mean" in log
+    assert re.search(r"in [0-9.]+ s with \d+ workers \(problems [0-9.]+ s, traces [0-9.]+ s, "
+                     r"tokenizer and statistics [0-9.]+ s\)", log), log
     assert DatasetInfo.load(info.dir) == info
     assert not [d for d in os.listdir(os.path.dirname(info.dir)) if ".building-" in d]
 

@@ -38,6 +38,10 @@ def _trees(info, split):
     return [ThreadTree.from_json(source[i]["tree"].decode()) for i in range(len(source))]
 
 
+def _record_tree(record):
+    return ThreadTree.from_json(record["tree"].decode())
+
+
 def _key(tree_or_record):
     problem = tree_or_record["problem"] if isinstance(tree_or_record, dict) else tree_or_record
     return tuple(problem["numbers"]), problem["target"]
@@ -169,9 +173,8 @@ def test_shards_are_disjoint_and_cover_each_epoch(built):
             assert len(ds) == 2 * len(range(index, len(everything), count))
             half = len(ds) // 2
             for epoch in (0, 1):
-                per_epoch[epoch] += [_key({"problem": {"numbers": r["numbers"].tolist(),
-                                                       "target": int(r["target"])}})
-                                     for r in (ds[i] for i in range(epoch * half, (epoch + 1) * half))]
+                per_epoch[epoch] += [_key(_record_tree(ds[i]).to_dict())
+                                     for i in range(epoch * half, (epoch + 1) * half)]
         for keys in per_epoch:
             assert sorted(keys) == everything  # disjoint (no repeats) and covering
 
@@ -180,7 +183,7 @@ def test_shuffle_depends_on_seed_and_epoch(built):
     info = built[1]
     def order(seed, epochs=2):
         ds = tree_dataset(info, "validation", seed=seed, num_epochs=epochs)
-        return [int(ds[i]["target"]) * 1000 + int(ds[i]["numbers"][0]) for i in range(len(ds))]
+        return [_key(_record_tree(ds[i]).to_dict()) for i in range(len(ds))]
     a, b = order(1), order(2)
     n = len(a) // 2
     assert a == order(1)

@@ -15,21 +15,29 @@ MAX_DIGITS = 6  # numbers longer than this are rejected as adversarial
 _OP_RE = re.compile(r"([0-9]+)([-+*/])([0-9]+)=([0-9]+)", re.ASCII)
 
 
+def results(a: int, b: int) -> list[tuple[int, str]]:
+    """All distinct results of combining ``a`` and ``b`` (the larger operand
+    first), as (result, operator symbol)."""
+    x, y = (a, b) if a >= b else (b, a)
+    total = x + y
+    out = [(total, "+")]
+    product = x * y
+    if product != total:
+        out.append((product, "*"))
+    diff = x - y
+    if diff != total and diff != product:
+        out.append((diff, "-"))
+    if y and not x % y:
+        quotient = x // y
+        if quotient != total and quotient != product and quotient != diff:
+            out.append((quotient, "/"))
+    return out
+
+
 def combinations(a: int, b: int) -> list[tuple[int, str]]:
     """All distinct results of combining ``a`` and ``b``, as (result, op text)."""
     x, y = (a, b) if a >= b else (b, a)
-    out = [(x + y, f"{x}+{y}={x + y}")]
-    product = x * y
-    if product != x + y:
-        out.append((product, f"{x}*{y}={product}"))
-    diff = x - y
-    if diff != x + y and diff != product:
-        out.append((diff, f"{x}-{y}={diff}"))
-    if y and not x % y:
-        quotient = x // y
-        if quotient != x + y and quotient != product and quotient != diff:
-            out.append((quotient, f"{x}/{y}={quotient}"))
-    return out
+    return [(value, f"{x}{symbol}{y}={value}") for value, symbol in results(x, y)]
 
 
 def parse_operation(text: str) -> tuple[int, str, int, int]:

@@ -17,14 +17,16 @@ return the same solution path.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
-from apr_jax.countdown.ops import combinations
+from apr_jax.countdown.ops import results
 
 INNER, GOAL, DEAD = 0, 1, -1  # visit status: inner node, leaf == target, leaf != target
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Node:
+class Node(NamedTuple):
+    """A search state (a tuple, so building the many never visited is cheap)."""
+
     numbers: tuple[int, ...]  # remaining numbers, the newest result last
     operations: tuple[str, ...]  # path from the root
     index: tuple[int, ...]  # (0,) for the root; child i of n is n.index + (i,)
@@ -43,37 +45,47 @@ def heuristic(numbers: tuple[int, ...], target: int) -> int:
     Each number costs its distance to the target, or (when smaller) how far it
     is from dividing the target; the state costs the sum over its numbers.
     """
-    total = 0
-    for n in numbers:
-        cost = n - target if n >= target else target - n
-        if 1 < n < target:
-            r = target % n
-            cost = min(cost, r, n - r)
-        total += cost
-    return total
+    return sum(_cost(n, target) for n in numbers)
+
+
+def _cost(n: int, target: int) -> int:
+    """One number's share of ``heuristic``."""
+    if n >= target:
+        return n - target
+    if n > 1:
+        r = target % n
+        return min(target - n, r, n - r)
+    return target - n
 
 
 def expand(node: Node, target: int, beam_size: int) -> list[Node]:
     """The best ``beam_size`` distinct successors of ``node``, best first."""
     nums = node.numbers
     n = len(nums)
-    scored: list[tuple[int, int, tuple[int, ...], str]] = []
+    ops, index = node.operations, node.index
+    if n == 2:  # successors are leaves: each result is its own state
+        kept = sorted((abs(value - target), k, value, symbol)
+                      for k, (value, symbol) in enumerate(results(*nums)))[:beam_size]
+        x, y = max(nums), min(nums)
+        return [Node((value,), ops + (f"{x}{symbol}{y}={value}",), index + (k,))
+                for k, (_, _, value, symbol) in enumerate(kept)]
+    scored: list[tuple[int, int, tuple[int, ...], int, str, int, int]] = []
     seen: set[tuple[int, ...]] = set()
     for i in range(n):
         for j in range(i + 1, n):
             rest = nums[:i] + nums[i + 1:j] + nums[j + 1:]
-            for value, op in combinations(nums[i], nums[j]):
+            rest_cost = sum(_cost(r, target) for r in rest)
+            x, y = (nums[i], nums[j]) if nums[i] >= nums[j] else (nums[j], nums[i])
+            for value, symbol in results(x, y):
                 new = rest + (value,)
                 key = tuple(sorted(new))
                 if key in seen:
                     continue
                 seen.add(key)
-                score = (abs(value - target) if n == 2 else heuristic(new, target))
-                scored.append((score, len(scored), new, op))
+                scored.append((rest_cost + _cost(value, target), len(scored), new, x, symbol, y, value))
     scored.sort()
-    ops, index = node.operations, node.index
-    return [Node(new, ops + (op,), index + (k,))
-            for k, (_, _, new, op) in enumerate(scored[:beam_size])]
+    return [Node(new, ops + (f"{x}{symbol}{y}={value}",), index + (k,))  # text for kept ones only
+            for k, (_, _, new, x, symbol, y, value) in enumerate(scored[:beam_size])]
 
 
 def explore(node: Node, target: int, beam_size: int, budget: int,

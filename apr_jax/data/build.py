@@ -34,7 +34,7 @@ from apr_jax.tasks.base import DEFAULT_TASK
 from apr_jax.tasks.registry import get_task
 from apr_jax.threads import ThreadTree
 
-FORMAT_VERSION = 3  # bump when the cache layout or trace encoding changes
+FORMAT_VERSION = 4  # bump when the cache layout or trace encoding changes
 MARKER = "info.json"
 TOKENIZER_FILE = "tokenizer.model"
 TFDS_SUBDIR = "tfds"
@@ -117,7 +117,7 @@ def cache_dir(config: RunConfig) -> str:
 
 
 def open_split(info: DatasetInfo, split: str):
-    """Random-access source of a split's records (``tree`` bytes, numbers, target)."""
+    """Random-access source of a split's records (``tree``: the tree's JSON bytes)."""
     import tensorflow_datasets as tfds
     if split not in info.counts:
         raise ValueError(f"split {split!r} is not one of {sorted(info.counts)}")
@@ -172,12 +172,14 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
     task = get_task(config)
     num_workers = resolve_num_workers(config.data.num_workers)
     tfds_root = os.path.join(work_dir, TFDS_SUBDIR)
+    start = time.perf_counter()
     builder = task.dataset_builder(data_dir=tfds_root, num_workers=num_workers,
                                    show_progress=log is not None)
     problem_paths = {}
     for split, problems in builder.problems().items():
         problem_paths[split] = os.path.join(work_dir, f"problems_{split}.jsonl")
         write_jsonl(problem_paths[split], problems)
+    problem_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
     tfds.disable_progress_bar()
@@ -185,6 +187,7 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     trace_seconds = time.perf_counter() - start
+    start = time.perf_counter()
 
     # The tokenizer and the length statistics use an evenly spaced sample.
     source = builder.as_data_source("train")
@@ -205,7 +208,10 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
     counts = {split: len(builder.problems()[split]) for split in SPLITS}
     stats = {
         "traces": sum(counts.values()),
+        "problem_seconds": problem_seconds,
         "trace_seconds": trace_seconds,
+        "tokenizer_seconds": time.perf_counter() - start,
+        "workers": num_workers,
         "failed": {split: int(builder.stats.get(split, {}).get("failed", 0)) for split in SPLITS},
         "tokenizer_vocab_size": tokenizer.vocab_size,
         "byte_fallback": tokenizer.byte_fallback,
@@ -241,7 +247,10 @@ def _print_summary(log: TextIO | None, info: DatasetInfo, stats: dict[str, Any],
     counts = ", ".join(f"{k} {v}" for k, v in info.counts.items())
     failed = ", ".join(f"{k} {v}" for k, v in stats["failed"].items())
     rate = stats["traces"] / max(stats["trace_seconds"], 1e-9)
-    _say(log, f"dataset: built {info.dir}")
+    seconds = stats["problem_seconds"] + stats["trace_seconds"] + stats["tokenizer_seconds"]
+    _say(log, f"dataset: built {info.dir} in {seconds:.1f} s with {stats['workers']} workers "
+              f"(problems {stats['problem_seconds']:.1f} s, traces {stats['trace_seconds']:.1f} s, "
+              f"tokenizer and statistics {stats['tokenizer_seconds']:.1f} s)")
     _say(log, f"  problems: {counts}; traces/s {rate:.0f}; search failed: {failed}")
     _say(log, f"  tokenizer: vocab {stats['tokenizer_vocab_size']}"
               f"{' (byte fallback)' if stats['byte_fallback'] else ''}; "

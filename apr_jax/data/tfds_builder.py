@@ -1,10 +1,11 @@
 """TFDS builders writing thread trees as ArrayRecord (no TensorFlow): Countdown
 traces generated from the config, and trees read from a task's files.
 
-One example per problem: the trace's ``ThreadTree`` as JSON text plus the
-problem's numbers and target. The builder is parameterised by the resolved
-``task`` and ``trace`` config sections; trace generation runs in a process
-pool when ``num_workers > 1``, and so is the solvability check of drawn problems. ``tfds.core.DatasetInfo`` is built directly
+One example per problem: the trace's ``ThreadTree`` as JSON text (the tree
+holds its problem; the problems also sit in the cache's JSONL files). The
+builder is parameterised by the resolved ``task`` and ``trace`` config
+sections; trace generation runs in a process pool when ``num_workers > 1``.
+``tfds.core.DatasetInfo`` is built directly
 (``dataset_info_from_configs`` would look for metadata files next to the
 module), ``code_path`` is None (nothing is downloaded), and
 ``file_format="array_record"`` needs no TensorFlow.
@@ -18,7 +19,6 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterator, Mapping, Sequence
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from apr_jax.countdown.problems import MAX_INPUTS, MIN_INPUTS, Problem
@@ -102,9 +102,10 @@ def _with_bar(results, bar):
 class AprCountdown(tfds.core.GeneratorBasedBuilder):
     """Countdown problems with their SoS+ or APR thread trees."""
 
-    VERSION = tfds.core.Version("2.0.0")
+    VERSION = tfds.core.Version("3.0.0")
     RELEASE_NOTES = {"1.0.0": "Thread trees as JSON text with problem numbers and target.",
-                     "2.0.0": "Terse child messages put the operations before the numbers."}
+                     "2.0.0": "Terse child messages put the operations before the numbers.",
+                     "3.0.0": "The tree alone: numbers and target live in the tree's problem."}
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -131,11 +132,7 @@ class AprCountdown(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="Countdown problems with search traces as thread trees (JSON).",
-            features=tfds.features.FeaturesDict({
-                "tree": tfds.features.Text(),
-                "numbers": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-                "target": tfds.features.Scalar(dtype=np.int32),
-            }),
+            features=tfds.features.FeaturesDict({"tree": tfds.features.Text()}),
             metadata=tfds.core.MetadataDict(task=self.task, trace=self.trace),
         )
 
@@ -156,10 +153,7 @@ class AprCountdown(tfds.core.GeneratorBasedBuilder):
         for index, tree_json, solved, _ in generate_traces(
                 problems, self.trace, num_workers=self.num_workers, progress=progress):
             failed += int(not solved)
-            problem = problems[index]
-            yield index, {"tree": tree_json,
-                          "numbers": np.asarray(problem.numbers, np.int32),
-                          "target": np.int32(problem.target)}
+            yield index, {"tree": tree_json}
         self.stats[split] = {"examples": len(problems), "failed": failed,
                              "seconds": time.perf_counter() - start}
 
