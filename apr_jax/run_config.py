@@ -97,7 +97,7 @@ class EvalConfig:
     batch_problems: int = 50  # problems per compiled engine call
     lanes: int = 0  # KV-cache lanes; 0 = every sample of a batch at once
     prefill_chunk: int = 8  # prompt and join tokens fed per thread per step
-    long_prefill_chunk: int = 0  # queues longer than prefill_chunk are fed this many a step (0: off)
+    long_prefill_chunks: tuple[int, ...] = ()  # wider feeds for longer queues, ascending (empty: off)
     row_buckets: int = 6  # live-row buckets (halvings of the lane pool) the engine compiles
     kv_buckets: int = 3  # KV-length buckets (halvings of the context)
     split_by_kv_length: bool = False  # one engine call per KV-length bucket: fewer KV reads, more calls

@@ -388,7 +388,8 @@ def main() -> None:
     p.add_argument("--per_rollout", type=int, default=16, help="problems also decoded one at a time")
     p.add_argument("--lanes", type=int, default=0, help="engine KV lanes; 0: the engine's default")
     p.add_argument("--prefill_chunk", type=int, default=0, help="0: the engine's default")
-    p.add_argument("--long_prefill_chunk", type=int, default=0, help="0: the engine's default")
+    p.add_argument("--long_prefill_chunks", type=lambda v: tuple(int(w) for w in v.split(",") if w),
+                   default=(), help="ascending widths for longer queues, e.g. 16,64; empty: none")
     p.add_argument("--row_buckets", type=int, default=0, help="0: the engine's default")
     p.add_argument("--kv_buckets", type=int, default=0, help="0: the engine's default")
     p.add_argument("--split_by_kv_length", action="store_true", help="one model call per KV bucket")
@@ -404,7 +405,7 @@ def main() -> None:
         return
     print(f"device: {jax.devices()[0].device_kind}")
     if args.replay:
-        overrides = {k: getattr(args, k) for k in ("lanes", "prefill_chunk", "long_prefill_chunk",
+        overrides = {k: getattr(args, k) for k in ("lanes", "prefill_chunk", "long_prefill_chunks",
                                                     "row_buckets", "kv_buckets", "split_by_kv_length")}
         overrides.update(attention_settings(args))
         settings = [replay_setting("countdown3 default test split", os.path.join(CONFIG_DIR, "default.py"),

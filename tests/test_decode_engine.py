@@ -435,23 +435,31 @@ def test_split_by_kv_length_reads_fewer_slots_and_writes_the_same_threads():
 
 
 def test_long_queues_take_the_long_chunk_and_write_the_same_threads():
-    """With ``long_prefill_chunk`` a 15-token prompt (``<bos>`` included) and
-    an 8-token join block are fed in one step each instead of five and three:
-    fewer loop steps, the same threads and the same tokens fed."""
+    """With ``long_prefill_chunks=(16,)`` a 15-token prompt (``<bos>``
+    included) and an 8-token join block are fed in one step each instead of
+    five and three: fewer loop steps, the same threads and the same tokens fed.
+    With ``(10, 16)`` each queue takes the narrowest call at least half its
+    length: the 9 queued at the join (``</spawn>`` and the block) one step at
+    10 wide, the prompt 10, then 3 and 3 (for 15, 5 and 2 queued): two steps
+    more, 2 rows x (16 - 10) forwards fewer at the join."""
     long_root = [20] + [21] * 13
     scripts = {20: {14: [SO, 30, SEP, 31, SEP, 32, SC], 29: [EOS]},
                30: {2: [RO, 40, 41, RC]}, 31: {2: [RO, 42, RC]}, 32: {2: [RO, 43, RC]}}
     cfg = EngineConfig(max_children=3, max_rounds=1, max_depth=1, tokens_per_thread=20, max_context=40,
                        prefill_chunk=3, row_buckets=2, kv_buckets=2)
-    runs = [Engine(scripted(scripts), dataclasses.replace(cfg, long_prefill_chunk=long)).run([long_root])
-            for long in (0, 16)]
-    short, wide = (r.samples[0][0] for r in runs)
-    assert [t.tokens for t in wide.threads] == [t.tokens for t in short.threads]
-    assert [t.roles for t in wide.threads] == [t.roles for t in short.threads]
+    runs = [Engine(scripted(scripts), dataclasses.replace(cfg, long_prefill_chunks=longs)).run([long_root])
+            for longs in ((), (16,), (10, 16))]
+    short, wide, ladder = (r.samples[0][0] for r in runs)
+    for other in (wide, ladder):
+        assert [t.tokens for t in other.threads] == [t.tokens for t in short.threads]
+        assert [t.roles for t in other.threads] == [t.roles for t in short.threads]
     assert short.root.tokens[22:31] == [JO, 40, 41, SEP, 42, SEP, 43, JC, EOS]
     # Prompt of 15 (with <bos>): 5 steps at 3 tokens, 1 at 16; join of 8: 3 steps against 1.
     assert runs[0].steps[0] - runs[1].steps[0] == (5 - 1) + (3 - 1)
-    assert runs[1].counters["tokens_fed"] == runs[0].counters["tokens_fed"]
+    assert runs[2].steps[0] == runs[1].steps[0] + 2
+    assert runs[2].counters["tokens_fed"] == runs[1].counters["tokens_fed"] == runs[0].counters["tokens_fed"]
+    # The root alone in the 2-row bucket: its prompt costs 2 x (10 + 3 + 3) = 2 x 16 either way.
+    assert runs[2].counters["forwards_computed"] == runs[1].counters["forwards_computed"] - 2 * (16 - 10)
 
 
 def test_every_lane_holds_a_fresh_forward_of_its_last_thread(toy_params):
@@ -497,8 +505,10 @@ def test_a_pool_that_cannot_hold_one_problem_is_a_one_line_error():
         EngineConfig(max_children=4, max_depth=1, lanes=4)
     with pytest.raises(ValueError, match="EngineConfig.prefill_chunk must be an int >= 1"):
         EngineConfig(prefill_chunk=0)
-    with pytest.raises(ValueError, match="long_prefill_chunk=8 must be 0 or more than prefill_chunk=8"):
-        EngineConfig(prefill_chunk=8, long_prefill_chunk=8)
+    for longs in ((8,), (16, 12), (12, 12), [16]):
+        with pytest.raises(ValueError, match=r"EngineConfig.long_prefill_chunks=.* must be a tuple of "
+                                             r"ascending ints, each more than prefill_chunk=8"):
+            EngineConfig(prefill_chunk=8, long_prefill_chunks=longs)
     with pytest.raises(ValueError, match="EngineConfig.row_buckets must be an int >= 1"):
         EngineConfig(row_buckets=0)
     with pytest.raises(ValueError, match="EngineConfig.kv_buckets must be an int >= 1"):

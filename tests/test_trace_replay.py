@@ -168,11 +168,12 @@ def test_every_thread_equals_its_training_sequence(setting):
     _assert_same_threads(trees, expected, out)
 
 
-@pytest.mark.parametrize("lanes, chunk, long_chunk", [(5, 1, 0), (11, 4, 16)])
-def test_every_thread_equals_its_training_sequence_with_few_lanes(setting, lanes, chunk, long_chunk):
+@pytest.mark.parametrize("lanes, chunk, long_chunks", [(5, 1, ()), (11, 4, (8, 16))])
+def test_every_thread_equals_its_training_sequence_with_few_lanes(setting, lanes, chunk, long_chunks):
     """A KV pool smaller than all the threads at once (lanes are reused) and
-    forced tokens fed ``chunk`` at a time (``long_chunk`` while more are queued)."""
-    cfg = _cfg(setting[3], lanes=lanes, prefill_chunk=chunk, long_prefill_chunk=long_chunk, row_buckets=3,
+    forced tokens fed ``chunk`` at a time (or in the narrowest of
+    ``long_chunks`` that holds a longer queue)."""
+    cfg = _cfg(setting[3], lanes=lanes, prefill_chunk=chunk, long_prefill_chunks=long_chunks, row_buckets=3,
                kv_buckets=2)
     assert lanes < NUM_PROBLEMS * cfg.lanes_per_group
     trees, expected, out = _run(setting, cfg)

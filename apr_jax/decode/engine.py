@@ -22,10 +22,12 @@ every sample of the batch at once). A sample in flight reserves
 ``lanes_per_group`` lanes (the live threads of a full spawn tree: one per
 depth level's ``max_children``, capped at ``max_threads``); samples start in
 order as lanes free up, so a large batch streams through a small pool.
-Forced tokens (prompts, join blocks) are fed ``prefill_chunk`` per step, or
-``long_prefill_chunk`` per step while more than ``prefill_chunk`` are queued
-(a separate call, so long prompts and joins take few steps while short
-queues compute little padding); each
+Forced tokens (prompts, join blocks) are fed ``prefill_chunk`` per step;
+``long_prefill_chunks`` adds wider calls (ascending widths), and a thread's
+queue goes to the narrowest call whose width is at least half its length,
+or the widest (so
+long prompts and joins take one or two steps while short queues compute
+little padding); each
 step's live rows are bucketed into ``row_buckets`` halvings of the pool and
 its cache reads into ``kv_buckets`` halvings of ``max_context`` (one compiled
 branch per pair). With ``split_by_kv_length`` each KV-length bucket gets its
@@ -74,7 +76,7 @@ class EngineConfig:
     batch_problems: int = 0  # problems per compiled call; 0 = all at once
     lanes: int = 0  # KV-cache lanes; 0 = every sample of a batch at once
     prefill_chunk: int = 8  # forced tokens fed per thread per step
-    long_prefill_chunk: int = 0  # longer queues are fed this many a step (0: prefill_chunk)
+    long_prefill_chunks: tuple[int, ...] = ()  # wider feeds for longer queues, ascending, > prefill_chunk
     row_buckets: int = 6  # live-row buckets: the pool halved this many times
     kv_buckets: int = 3  # KV-length buckets: max_context halved this many times
     split_by_kv_length: bool = False  # one model call per KV-length bucket (module docstring)
@@ -85,14 +87,17 @@ class EngineConfig:
         for name, low in (("max_children", 1), ("max_rounds", 0), ("max_depth", 0),
                           ("tokens_per_thread", 1), ("max_context", 4),
                           ("samples_per_problem", 1), ("max_threads", 0), ("batch_problems", 0),
-                          ("lanes", 0), ("prefill_chunk", 1), ("long_prefill_chunk", 0), ("row_buckets", 1),
+                          ("lanes", 0), ("prefill_chunk", 1), ("row_buckets", 1),
                           ("kv_buckets", 1), ("page_size", 1)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise ValueError(f"EngineConfig.{name} must be an int >= {low}, got {value!r}")
-        if self.long_prefill_chunk and self.long_prefill_chunk <= self.prefill_chunk:
-            raise ValueError(f"EngineConfig.long_prefill_chunk={self.long_prefill_chunk} must be 0 or more "
-                             f"than prefill_chunk={self.prefill_chunk}")
+        longs = self.long_prefill_chunks
+        if (not isinstance(longs, tuple)
+                or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) for w in longs)
+                or list(longs) != sorted(set(longs)) or (longs and longs[0] <= self.prefill_chunk)):
+            raise ValueError(f"EngineConfig.long_prefill_chunks={longs!r} must be a tuple of "
+                             f"ascending ints, each more than prefill_chunk={self.prefill_chunk}")
         if not isinstance(self.split_by_kv_length, (bool, np.bool_)):
             raise ValueError(f"EngineConfig.split_by_kv_length must be a bool, got {self.split_by_kv_length!r}")
         if self.decode_attention not in DECODE_ATTENTIONS:
@@ -116,7 +121,7 @@ class EngineConfig:
             tokens_per_thread=e.tokens_per_thread, max_context=int(max_context),
             sampling=SamplingConfig(float(e.temperature), float(e.top_p)),
             samples_per_problem=e.samples, batch_problems=e.batch_problems, lanes=e.lanes,
-            prefill_chunk=e.prefill_chunk, long_prefill_chunk=e.long_prefill_chunk,
+            prefill_chunk=e.prefill_chunk, long_prefill_chunks=tuple(e.long_prefill_chunks),
             row_buckets=e.row_buckets, kv_buckets=e.kv_buckets,
             split_by_kv_length=e.split_by_kv_length, decode_attention=e.decode_attention,
             page_size=e.page_size)
@@ -298,7 +303,8 @@ def loop_spec(cfg: EngineConfig, ids: ProtocolIds, num_groups: int,
         ids=ids, slots=cfg.threads_per_sample, max_children=cfg.max_children,
         max_context=cfg.max_context, lanes=lanes, lanes_per_group=cfg.lanes_per_group,
         prefill_chunk=min(cfg.prefill_chunk, cfg.max_context),
-        long_prefill_chunk=min(cfg.long_prefill_chunk, cfg.max_context),
+        long_prefill_chunks=tuple(sorted({min(w, cfg.max_context) for w in cfg.long_prefill_chunks}
+                                         - {min(cfg.prefill_chunk, cfg.max_context)})),
         row_buckets=halvings(lanes, cfg.row_buckets, minimum=1),
         kv_buckets=halvings(cfg.max_context, cfg.kv_buckets, minimum=8),
         sampling=cfg.sampling, cache_axes=engine_loop.cache_axes(init_cache),

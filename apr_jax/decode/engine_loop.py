@@ -24,9 +24,11 @@ and a finished group's lanes take the next group at once (continuous batching).
 
 A step. Running threads with exactly one queued token (the one just sampled)
 are gathered into a *decode* call of width 1; those with more (prompts, join
-blocks) into a *prefill* call that feeds up to ``C = prefill_chunk`` tokens,
-or, with a ``long_prefill_chunk`` > C, those with more than C queued into a
-third call of that width.
+blocks) into a *prefill* call that feeds up to ``C = prefill_chunk`` tokens;
+with ``long_prefill_chunks`` (ascending widths above C) a thread goes to the
+narrowest call whose width is at least half its queue, or the widest one (a
+queue takes one or two steps where the widths allow, and no row waits in a
+call more than twice as wide as what it feeds).
 Each call's rows are compacted into the smallest of a few row buckets and the
 cache is read only up to the smallest KV-length bucket that holds every
 selected row's positions (one compiled model call per bucket pair, each a
@@ -118,7 +120,7 @@ class LoopSpec:
     sampling: SamplingConfig
     cache_axes: tuple[int, ...]  # lane axis of each cache leaf (``cache_axes``)
     split_by_kv_length: bool = False  # one model call per KV-length bucket
-    long_prefill_chunk: int = 0  # > C: queues longer than C are fed this many a step
+    long_prefill_chunks: tuple[int, ...] = ()  # ascending widths > C for longer queues
     page_size: int = 0  # > 0: decode calls read the pool through the model's paged kernel
 
 
@@ -377,6 +379,14 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
     return cache, n_feed_N, logits_NxV, counters
 
 
+def prefill_widths(spec: LoopSpec) -> tuple[int, ...]:
+    """The feed widths of a step's model calls, ascending: 1 (decode), the
+    prefill chunk and the long ones. A thread whose queue holds ``q > 1``
+    tokens goes to the narrowest width above 1 that is at least ``q / 2``, or
+    to the widest."""
+    return tuple(sorted({1, spec.prefill_chunk, *spec.long_prefill_chunks}))
+
+
 def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, s: LoopState,
                      limits: Limits):
     """Feed every running thread (decode and prefill calls); append sampled
@@ -386,12 +396,10 @@ def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thr
     row_N = jnp.maximum(s.lane_row_N, 0)
     run_N = s.lane_busy_N & (s.status_R[row_N] == RUNNING)
     queue_N = s.length_R[row_N] - s.fed_R[row_N]
-    C, long_C = spec.prefill_chunk, spec.long_prefill_chunk
-    calls = [(run_N & ((queue_N == 1) | (C == 1)), 1)]
-    if C > 1:
-        calls.append((run_N & (queue_N > 1) & ((queue_N <= C) | (long_C <= C)), C))
-    if long_C > C:
-        calls.append((run_N & (queue_N > C), long_C))
+    widths = prefill_widths(spec)
+    half_N = jnp.where(queue_N > 1, jnp.maximum((queue_N + 1) // 2, 2), 1)
+    width_class_N = jnp.minimum(jnp.searchsorted(jnp.asarray(widths), half_N), len(widths) - 1)
+    calls = [(run_N & (width_class_N == c), width) for c, width in enumerate(widths)]
 
     def split(member_N: jax.Array, width: int) -> list[tuple[jax.Array, int, LoopSpec, int]]:
         """The model calls (members, width, spec, page size) that feed
