@@ -315,10 +315,13 @@ FLAGS = ("workdir", "checkpoint", "problems", "split", "num", "samples", "temper
 
 def with_eval_overrides(config: RunConfig, overrides: Sequence[str]) -> RunConfig:
     """``config`` with ``config.eval.*=value`` overrides applied (the rest of a
-    checkpoint's config is what it was trained with)."""
+    checkpoint's config is what it was trained with). An ``eval`` key that
+    the checkpoint's config predates takes its default and can be set too."""
     if not overrides:
         return config
-    written = ml_collections.ConfigDict(config.to_dict())
+    written = config.to_dict()
+    written["eval"] = {**dataclasses.asdict(config.eval), **(written.get("eval") or {})}
+    written = ml_collections.ConfigDict(written)
     for item in overrides:
         key, raw = item.split("=", 1)
         key = key.removeprefix("config.")

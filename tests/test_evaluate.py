@@ -156,3 +156,18 @@ def test_loading_a_checkpoint_leaves_no_temporary_files(workdir, tmp_path, monke
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     loaded = evaluate.load_for_inference(workdir)
     assert loaded.tokenizer.encode("1+2") and not list(scratch.iterdir())
+
+
+def test_eval_overrides_reach_keys_a_saved_config_predates():
+    """A checkpoint's config written before ``eval.long_prefill_chunks`` existed
+    still takes it at evaluation; other sections stay as trained."""
+    from apr_jax.run_config import RunConfig
+    written = load_run_config(None, TINY).to_dict()
+    del written["eval"]["long_prefill_chunks"]
+    saved = RunConfig.from_config(written)
+    changed = evaluate.with_eval_overrides(saved, ["config.eval.long_prefill_chunks=[16, 32]",
+                                                   "config.eval.max_children=3"])
+    assert changed.eval.long_prefill_chunks == (16, 32) and changed.eval.max_children == 3
+    assert changed.model == saved.model and changed.section("task") == saved.section("task")
+    with pytest.raises(ValueError, match="only config.eval"):
+        evaluate.with_eval_overrides(saved, ["config.model.d_model=64"])
