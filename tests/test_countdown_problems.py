@@ -127,14 +127,20 @@ def _one_at_a_time(sizes, num_inputs, min_number, max_number, min_target, max_ta
 @pytest.mark.parametrize("ranges", [(3, 1, 20, 10, 50), (4, 1, 99, 10, 100), (2, 1, 30, 0, 60)])
 def test_batched_drawing_gives_the_problems_of_drawing_one_at_a_time(monkeypatch, ranges):
     """Candidates checked together in rounds of 64 (so rounds end mid-split and
-    the generator is rewound): the same problems in the same order as drawing
-    and checking one candidate at a time with ``randint``."""
+    the generator is rewound), in this process or in two while the next round
+    is drawn: the same problems in the same order as drawing and checking one
+    candidate at a time with ``randint``."""
     from apr_jax.countdown import problems
     monkeypatch.setattr(problems, "_DRAW_BATCH", 64)
     num_inputs, min_number, max_number, min_target, max_target = ranges
     kwargs = dict(num_inputs=num_inputs, min_number=min_number, max_number=max_number,
                   min_target=min_target, max_target=max_target, seed=4)
-    got = problems.make_splits(150, 25, 25, **kwargs)
-    assert got == _one_at_a_time([("test", 25), ("validation", 25), ("train", 150)], *ranges, 4)
+    expected = _one_at_a_time([("test", 25), ("validation", 25), ("train", 150)], *ranges, 4)
+    assert problems.make_splits(150, 25, 25, **kwargs) == expected
+    monkeypatch.setattr(problems, "_PARALLEL_MIN", 0)  # checked in two processes, a round ahead
+    assert problems.make_splits(150, 25, 25, num_workers=2, **kwargs) == expected
+    monkeypatch.setattr(problems, "_DRAW_BATCH", 1)  # each split ends with a round drawn ahead
+    assert problems.make_splits(30, 5, 5, num_workers=2, **kwargs) == _one_at_a_time(
+        [("test", 5), ("validation", 5), ("train", 30)], *ranges, 4)
     assert generate_problems(60, **kwargs) == _one_at_a_time([("all", 60)], *ranges, 4,
                                                             unique=False)["all"]

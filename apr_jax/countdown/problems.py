@@ -3,22 +3,27 @@ outside given splits, JSONL I/O."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import itertools
 import math
 import random
+from concurrent.futures import Executor
 from typing import Any, Mapping
 
 import numpy as np
 
 from apr_jax.countdown.solver import is_solvable, solvable_mask
 from apr_jax.jsonl_io import read_jsonl, write_jsonl
+from apr_jax.processes import process_pool
 
 MIN_INPUTS, MAX_INPUTS = 2, 6
 _MAX_FAILED_DRAWS = 20_000  # consecutive useless draws before giving up
 _ENUMERATE_LIMIT = 300_000  # problem spaces up to this size are listed, not sampled
 _DRAW_BATCH = 4096  # most candidates drawn and checked together
 _DRAWS_PER_PROBLEM = 8  # candidates drawn per problem still wanted (~14% of Countdown-4 draws solve)
+_PARALLEL_MIN = 20_000  # fewer problems than this are checked in this process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,22 +76,28 @@ def _check_ranges(num_inputs: int, min_number: int, max_number: int,
         raise ValueError(f"need 0 <= min_target <= max_target, got {min_target}, {max_target}")
 
 
-def _draw(rng: random.Random, num_inputs: int, min_number: int, max_number: int,
-          min_target: int, max_target: int) -> Problem:
-    """``num_inputs`` numbers, then the target, each as ``rng.randint`` draws it."""
-    numbers = tuple(_randint(rng, min_number, max_number) for _ in range(num_inputs))
-    return Problem(numbers, _randint(rng, min_target, max_target))
-
-
-def _randint(rng: random.Random, low: int, high: int) -> int:
-    """``rng.randint(low, high)``: CPython's rejection sampling on ``getrandbits``,
-    inlined (about 3x faster; a test checks it against ``randint``)."""
-    span = high - low + 1
-    bits = span.bit_length()
-    r = rng.getrandbits(bits)
-    while r >= span:
-        r = rng.getrandbits(bits)
-    return low + r
+def _draw(rng: random.Random, count: int, num_inputs: int, min_number: int, max_number: int,
+          min_target: int, max_target: int) -> list[Problem]:
+    """``count`` candidates: each ``num_inputs`` numbers, then the target, as
+    ``rng.randint`` draws them (CPython's rejection sampling on
+    ``getrandbits``, inlined: about 3x faster; a test checks it against
+    ``randint``)."""
+    getrandbits = rng.getrandbits
+    number_span, target_span = max_number - min_number + 1, max_target - min_target + 1
+    number_bits, target_bits = number_span.bit_length(), target_span.bit_length()
+    out = []
+    for _ in range(count):
+        numbers = []
+        for _ in range(num_inputs):
+            r = getrandbits(number_bits)
+            while r >= number_span:
+                r = getrandbits(number_bits)
+            numbers.append(min_number + r)
+        r = getrandbits(target_bits)
+        while r >= target_span:
+            r = getrandbits(target_bits)
+        out.append(Problem(tuple(numbers), min_target + r))
+    return out
 
 
 def generate_problems(count: int, num_inputs: int = 4, min_number: int = 1,
@@ -111,23 +122,39 @@ def _space_size(num_inputs: int, min_number: int, max_number: int,
 
 
 def _draw_solvable(rng: random.Random, ranges: tuple[int, ...],
-                   seen: set[tuple[tuple[int, ...], int]] | None, count: int) -> list[Problem]:
+                   seen: set[tuple[tuple[int, ...], int]] | None, count: int,
+                   pool: Executor | None = None, workers: int = 1) -> list[Problem]:
     """Up to ``count`` solvable problems drawn from ``ranges``; with ``seen``,
     only problems whose keys are not in it (their keys are added to it).
     Fewer come back when ``_MAX_FAILED_DRAWS`` draws in a row find nothing new.
 
     Candidates are drawn in rounds, checked together by ``solvable_mask`` and
-    taken in draw order; ``rng`` ends just after the last candidate taken, so
-    the problems (and any drawn after them) are those of drawing and checking
-    one candidate at a time."""
+    taken in draw order. With a ``pool`` each round is checked there in
+    ``workers`` parts while the next round is drawn. ``rng`` ends just after
+    the last candidate taken, so the problems (and any drawn after them) are
+    those of drawing and checking one candidate at a time."""
     out: list[Problem] = []
     failed = 0
-    while len(out) < count and failed <= _MAX_FAILED_DRAWS:
+    rounds: collections.deque = collections.deque()  # (rng state before, candidates, check)
+
+    def draw_round() -> None:
         state = rng.getstate()
         size = min(_DRAW_BATCH, _DRAWS_PER_PROBLEM * (count - len(out)))
-        candidates = [_draw(rng, *ranges) for _ in range(size)]
-        solvable = solvable_mask(np.array([p.numbers for p in candidates]),
-                                 np.array([p.target for p in candidates]))
+        candidates = _draw(rng, size, *ranges)
+        numbers = np.array([p.numbers for p in candidates])
+        targets = np.array([p.target for p in candidates])
+        if pool is None:
+            check = solvable_mask(numbers, targets)
+        else:
+            parts = np.array_split(np.arange(size), workers)
+            check = [pool.submit(solvable_mask, numbers[i], targets[i]) for i in parts]
+        rounds.append((state, candidates, check))
+
+    while len(out) < count and failed <= _MAX_FAILED_DRAWS:
+        while len(rounds) < (2 if pool else 1):
+            draw_round()
+        state, candidates, check = rounds.popleft()
+        solvable = check if pool is None else np.concatenate([f.result() for f in check])
         used = 0
         for p, ok in zip(candidates, solvable.tolist()):
             used += 1
@@ -143,18 +170,23 @@ def _draw_solvable(rng: random.Random, ranges: tuple[int, ...],
                 if failed > _MAX_FAILED_DRAWS:
                     break
         if used < len(candidates):  # rewind to just after the last candidate looked at
+            rounds.clear()
             rng.setstate(state)
-            for _ in range(used):
-                _draw(rng, *ranges)
+            _draw(rng, used, *ranges)
+    if rounds:  # a round drawn ahead and not looked at: undo its draws
+        rng.setstate(rounds[0][0])
     return out
 
 
 def make_splits(num_train: int, num_validation: int, num_test: int, *, num_inputs: int = 4,
                 min_number: int = 1, max_number: int = 99, min_target: int = 10,
-                max_target: int = 100, seed: int = 0) -> dict[str, list[Problem]]:
+                max_target: int = 100, seed: int = 0, num_workers: int = 1
+                ) -> dict[str, list[Problem]]:
     """Train/validation/test problems, unique within and across splits by
     (sorted numbers, target). Test is drawn first, then validation, then train,
-    so the held-out sets do not change when ``num_train`` changes."""
+    so the held-out sets do not change when ``num_train`` changes. With
+    ``num_workers > 1`` (and many problems) the solvability checks run in
+    that many processes (same problems)."""
     sizes = {"test": num_test, "validation": num_validation, "train": num_train}
     if any(n < 0 for n in sizes.values()):
         raise ValueError(f"split sizes must be >= 0, got {sizes}")
@@ -167,12 +199,14 @@ def make_splits(num_train: int, num_validation: int, num_test: int, *, num_input
     rng = random.Random(seed)
     seen: set[tuple[tuple[int, ...], int]] = set()
     splits: dict[str, list[Problem]] = {}
-    for name in ("test", "validation", "train"):
-        splits[name] = _draw_solvable(rng, ranges, seen, sizes[name])
-        if len(splits[name]) < sizes[name]:
-            raise ValueError(
-                f"could not find {total} unique solvable problems "
-                f"(stuck at {len(seen)}); widen the ranges or ask for fewer")
+    parallel = num_workers > 1 and total >= _PARALLEL_MIN
+    with process_pool(num_workers) if parallel else contextlib.nullcontext() as pool:
+        for name in ("test", "validation", "train"):
+            splits[name] = _draw_solvable(rng, ranges, seen, sizes[name], pool, num_workers)
+            if len(splits[name]) < sizes[name]:
+                raise ValueError(
+                    f"could not find {total} unique solvable problems "
+                    f"(stuck at {len(seen)}); widen the ranges or ask for fewer")
     return {"train": splits["train"], "validation": splits["validation"], "test": splits["test"]}
 
 

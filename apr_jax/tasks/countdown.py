@@ -27,10 +27,10 @@ class CountdownTask:
         """From a ``RunConfig``: its task section and its trace section as written."""
         return cls(config.task.as_dict(), config.section("trace"))
 
-    def splits(self) -> dict[str, list[Problem]]:
+    def splits(self, num_workers: int = 1) -> dict[str, list[Problem]]:
         t = self.task
         return make_splits(t["num_train"], t["num_validation"], t["num_test"], seed=t["seed"],
-                           **{k: t[k] for k in RANGE_KEYS})
+                           num_workers=num_workers, **{k: t[k] for k in RANGE_KEYS})
 
     def prompt(self, problem: Problem, prefix: str = "") -> str:
         return problem_prompt(problem, self.trace["style"], prefix)
@@ -45,7 +45,7 @@ class CountdownTask:
 
     def dataset_builder(self, *, data_dir: str, num_workers: int, show_progress: bool) -> Any:
         from apr_jax.data.tfds_builder import AprCountdown
-        return AprCountdown(task=self.task, trace=self.trace, splits=self.splits(), num_workers=num_workers,
+        return AprCountdown(task=self.task, trace=self.trace, splits=self.splits(num_workers), num_workers=num_workers,
                             show_progress=show_progress, data_dir=data_dir)
 
     def unseen(self, count: int, exclude: set) -> list[Problem]:
