@@ -137,6 +137,8 @@ def test_batched_drawing_gives_the_problems_of_drawing_one_at_a_time(monkeypatch
                   min_target=min_target, max_target=max_target, seed=4)
     expected = _one_at_a_time([("test", 25), ("validation", 25), ("train", 150)], *ranges, 4)
     assert problems.make_splits(150, 25, 25, **kwargs) == expected
+    if num_inputs != 4:
+        return  # one range set is enough for the process pool
     monkeypatch.setattr(problems, "_PARALLEL_MIN", 0)  # checked in two processes, a round ahead
     assert problems.make_splits(150, 25, 25, num_workers=2, **kwargs) == expected
     monkeypatch.setattr(problems, "_DRAW_BATCH", 1)  # each split ends with a round drawn ahead

@@ -80,8 +80,7 @@ def _draw(rng: random.Random, count: int, num_inputs: int, min_number: int, max_
           min_target: int, max_target: int) -> list[Problem]:
     """``count`` candidates: each ``num_inputs`` numbers, then the target, as
     ``rng.randint`` draws them (CPython's rejection sampling on
-    ``getrandbits``, inlined: about 3x faster; a test checks it against
-    ``randint``)."""
+    ``getrandbits``, inlined for speed; a test checks it against ``randint``)."""
     getrandbits = rng.getrandbits
     number_span, target_span = max_number - min_number + 1, max_target - min_target + 1
     number_bits, target_bits = number_span.bit_length(), target_span.bit_length()

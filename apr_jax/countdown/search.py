@@ -39,17 +39,10 @@ class Node(NamedTuple):
 Visit = tuple[Node, int]  # (node, INNER | GOAL | DEAD)
 
 
-def heuristic(numbers: tuple[int, ...], target: int) -> int:
-    """Lower is better: how far the numbers are from reaching ``target``.
-
-    Each number costs its distance to the target, or (when smaller) how far it
-    is from dividing the target; the state costs the sum over its numbers.
-    """
-    return sum(_cost(n, target) for n in numbers)
-
-
 def _cost(n: int, target: int) -> int:
-    """One number's share of ``heuristic``."""
+    """The heuristic, lower is better: a number costs its distance to the
+    target, or (when smaller) how far it is from dividing the target; a state
+    costs the sum over its numbers (a leaf: its distance)."""
     if n >= target:
         return n - target
     if n > 1:
