@@ -89,6 +89,11 @@ def test_solvable_mask_checks_values_too_large_for_int64_exactly():
     targets = np.array([2 ** 33 - 6, 2 * big + 7, 17])
     assert [is_solvable(n.tolist(), int(t)) for n, t in zip(numbers, targets)] == [False, True, True]
     assert solvable_mask(numbers, targets).tolist() == [False, True, True]
+    # Small numbers, huge target: (2**44 + 2**10) * 2**20 wraps around to 2**30,
+    # which would make 2**30 / 2**20 falsely reach it.
+    numbers, targets = np.array([[2 ** 30, 2 ** 20]]), np.array([2 ** 44 + 2 ** 10])
+    assert not is_solvable(numbers[0].tolist(), int(targets[0]))
+    assert solvable_mask(numbers, targets).tolist() == [False]
 
 
 def test_solvable_mask_rejects_mismatched_shapes():

@@ -11,7 +11,7 @@ import numpy as np
 from apr_jax.countdown.ops import combinations
 
 _MASK_PAIRS = 1 << 17  # value pairs solvable_mask compares per chunk (fits a CPU cache)
-_EXACT_BOUND = 2.0 ** 61  # prod(numbers + 1) below this: no value overflows int64
+_EXACT_BOUND = 2.0 ** 61  # prod(numbers + 1) * (target + 1) below this: nothing overflows int64
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -104,7 +104,9 @@ def solvable_mask(numbers_NxK: np.ndarray, target_N: np.ndarray) -> np.ndarray:
         for part in _splits(full):
             out_N[start:start + rows] |= _reaches_target(
                 _reachable(part, reach), _reachable(full ^ part, reach), target_n1)
-    overflow_N = np.prod(numbers_NxK.astype(np.float64) + 1.0, axis=1) >= _EXACT_BOUND
+    # Values stay below prod(numbers + 1); the quotient test multiplies one by the target.
+    overflow_N = (np.prod(numbers_NxK.astype(np.float64) + 1.0, axis=1)
+                  * (target_N.astype(np.float64) + 1.0)) >= _EXACT_BOUND
     for i in np.flatnonzero(overflow_N):
         out_N[i] = is_solvable(numbers_NxK[i].tolist(), int(target_N[i]))
     return out_N
