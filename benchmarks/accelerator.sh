@@ -103,12 +103,15 @@ if (( TINY )); then
               --config.train.batch_size=8 --config.train.grad_accum=1 --steps=2)
   TRAIN_SHORT=("${TOY[@]}" --config.model.max_len=128 --config.data.seq_len=64
                --config.train.batch_size=8 --config.train.grad_accum=1 --steps=2)
-  DECODE_ARGS=(--d_model 32 --layers 2 --heads 2 --threads 4 --prompt_len 4 --new_tokens 4)
+  # One row and one KV bucket: a single compiled branch per engine call (compiles dominate here).
+  DECODE_ARGS=(--d_model 32 --layers 2 --heads 2 --threads 4 --prompt_len 4 --new_tokens 4
+               --row_buckets 1 --kv_buckets 1)
   H200_ARGS=("${TOY[@]}" --config.model.max_len=256 --config.data.seq_len=256
              --config.model.compute_dtype=float32 --config.task.num_train=120
              --config.task.num_validation=8 --config.task.num_test=8 --config.train.batch_size=8
              --config.train.log_every=1 --config.train.eval_batches=1 --config.eval.num_problems=2
-             --config.eval.batch_problems=2 --config.eval.tokens_per_thread=64 --config.eval.max_children=2)
+             --config.eval.batch_problems=2 --config.eval.tokens_per_thread=64 --config.eval.max_children=2
+             --config.eval.row_buckets=1 --config.eval.kv_buckets=1)
   H200_MINUTES=0.3 STEP_SECONDS=0.5 STARTUP_SECONDS=10 CAP_SCALE=3
 else
   ATTENTION_ARGS=(--shapes=4x1024x16x64,2x4096x16x64,16x4096x16x64)

@@ -6,7 +6,11 @@ import os
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from cpu_flags import FAST_COMPILE, xla_flags
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
+if FAST_COMPILE not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " " + FAST_COMPILE
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from cpu_flags import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCESSES = 2
 
@@ -24,7 +26,7 @@ def worker_env(port: int, process_id: int, num_processes: int, timeout_s: int,
     if cache_dir:  # the resumed run reuses the programs the first run compiled
         env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+    env.update(XLA_FLAGS=xla_flags(4), JAX_PLATFORMS="cpu",
                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(num_processes),
                JAX_PROCESS_ID=str(process_id), APR_JAX_DISTRIBUTED_TIMEOUT=str(timeout_s),
                PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))

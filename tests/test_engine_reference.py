@@ -116,11 +116,10 @@ def assert_same_or_near_tie(model, expected, got):
 
 @pytest.mark.parametrize("changes", [
     {},
-    {"prefill_chunk": 1},
     {"prefill_chunk": 2, "long_prefill_chunks": (8,), "row_buckets": 3, "kv_buckets": 2},
     {"prefill_chunk": 4, "kv_buckets": 3, "split_by_kv_length": True},
     {"lanes": 5, "prefill_chunk": 64},  # one sample in flight at a time
-    {"lanes": 12, "row_buckets": 2, "kv_buckets": 2, "batch_problems": 7},
+    {"lanes": 12, "row_buckets": 2, "kv_buckets": 2, "batch_problems": 7, "prefill_chunk": 1},
 ])
 def test_greedy_threads_equal_the_reference_loop(setting, changes):
     ids, prompts, runs = setting

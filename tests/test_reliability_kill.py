@@ -23,6 +23,7 @@ import pytest
 
 from apr_jax.run_config import load_run_config
 from apr_jax.data.build import build_dataset
+from cpu_flags import xla_flags
 from rl_toy import RL_CONFIG, rl_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,7 @@ def env(tmp_path_factory):
     data_dir = str(root / "data")
     build_dataset(load_run_config(None, OVERRIDES + [f"config.data.dir={data_dir}"]), log=None)
     environ = dict(os.environ,
-                   XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=xla_flags(1, fast_compile=False), JAX_PLATFORMS="cpu",
                    JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", PYTHONUNBUFFERED="1")

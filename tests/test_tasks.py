@@ -170,7 +170,7 @@ def test_worked_example_from_a_converted_checkpoint(tmp_path):
     convert.convert(os.path.join(FIXTURES, "qwen3"), str(out), base)
     run = ["model.max_len=192", "data.seq_len=192", "train.steps=2", "train.batch_size=8", "train.log_every=1",
            "train.eval_every=100", "train.eval_batches=1", "train.checkpoint_every=2", "eval.num_problems=3",
-           "eval.tokens_per_thread=24"]
+           "eval.tokens_per_thread=24", "eval.row_buckets=1", "eval.kv_buckets=1"]  # short engine compiles
     config = load_run_config(str(out / "config.py"), run)
     assert config.task.name == "jsonl_traces" and config.train.init_from == str(out)
     last = run_sft(config, str(tmp_path / "sft"))
