@@ -73,16 +73,21 @@ def _tree(meta):
     return ThreadTree(problem={}, threads=[root] + kids, meta=meta)
 
 
-def test_tree_sequential_tokens_from_spawn_blocks_and_meta():
+def written(tree, count_tokens):
+    return [count_tokens(t.written_text) for t in tree.threads]
+
+
+def test_sequential_tokens_of_a_tree_from_spawn_blocks_and_meta():
     count = len  # one token per character
     tree = _tree({})
     assert metrics.tree_spawns(tree) == [[[1, 2], [3]], [], [], []]
     root_written = len(tree.threads[0].written_text)
     kid = [len(t.written_text) for t in tree.threads[1:]]
     expected = root_written + max(kid[0], kid[1]) + kid[2]
-    assert metrics.tree_sequential_tokens(tree, count) == expected
+    assert metrics.sequential_tokens(written(tree, count), metrics.tree_spawns(tree)) == expected
     # the engine's meta wins over parsing: here all three children in one round
-    assert metrics.tree_sequential_tokens(_tree({"spawn_round": [-1, 0, 0, 0]}), count) == \
+    one_round = _tree({"spawn_round": [-1, 0, 0, 0]})
+    assert metrics.sequential_tokens(written(one_round, count), metrics.tree_spawns(one_round)) == \
         root_written + max(kid)
     broken = _tree({})
     broken.threads[0].children = [1, 2]

@@ -16,7 +16,6 @@ return the same solution path.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 from apr_jax.countdown.ops import results
@@ -101,18 +100,6 @@ def explore(node: Node, target: int, beam_size: int, budget: int,
         if found is not None:
             return found
     return None
-
-
-@dataclasses.dataclass
-class Branch:
-    node: Node
-    visits: list[Visit]
-    solution: tuple[str, ...] | None
-
-
-def search_branch(node: Node, target: int, beam_size: int, budget: int) -> Branch:
-    visits: list[Visit] = []
-    return Branch(node, visits, explore(node, target, beam_size, budget, visits))
 
 
 def root_node(numbers: tuple[int, ...]) -> Node:

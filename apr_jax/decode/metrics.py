@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Callable, Hashable, Sequence
+from typing import Hashable, Sequence
 
 from apr_jax import protocol
 from apr_jax.threads import ThreadTree
@@ -121,10 +121,3 @@ def tree_spawns(tree: ThreadTree) -> list[list[list[int]]]:
             raise ValueError(f"thread {i}: spawn blocks name {used} children, tree has {len(thread.children)}")
         spawns.append(rounds)
     return spawns
-
-
-def tree_sequential_tokens(tree: ThreadTree, count_tokens: Callable[[str], int]) -> int:
-    """Sequential tokens of a tree, counting each thread's written text with
-    ``count_tokens`` (e.g. ``lambda s: len(tokenizer.encode(s))``)."""
-    written = [count_tokens(t.written_text) for t in tree.threads]
-    return sequential_tokens(written, tree_spawns(tree))

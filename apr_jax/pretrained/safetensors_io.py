@@ -27,7 +27,6 @@ DTYPES = {
     "BOOL": np.bool_,
 }
 INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 
 
 class SafetensorsError(ValueError):

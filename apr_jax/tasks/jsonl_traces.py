@@ -144,7 +144,7 @@ class JsonlTracesTask:
 
     def __init__(self, paths: Mapping[str, str], checker: str = "exact", answer_prefix: str = ""):
         self.paths = {split: os.path.abspath(paths[split]) if paths[split] else "" for split in SPLITS}
-        self.checker_spec, self.answer_prefix = checker, answer_prefix
+        self.answer_prefix = answer_prefix
         self._check = make_checker(checker, answer_prefix)
         self._trees: dict[str, list[ThreadTree]] | None = None
 
