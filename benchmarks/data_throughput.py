@@ -97,7 +97,8 @@ def measure_dataset_build(num_train: int, num_workers: int,
         rows = num_batches * batch_size
         filled = iterator.stats["tokens"] / max(iterator.stats["rows"], 1) / config.data.seq_len
     traces = sum(info.counts.values())
-    phases = {f"{k}_s": info.stats[f"{k}_seconds"] for k in ("problem", "trace", "tokenizer")}
+    phases = {f"{k}_s": info.stats[f"{k}_seconds"]
+              for k in ("problem", "trace", "tokenizer", "problem_main_cpu", "trace_main_cpu")}
     return {"build_s": cold, "cached_s": cached, "traces_per_s": traces / cold, **phases,
             "traces": traces,
             "batches_per_s": num_batches / seconds,
@@ -133,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
               f"({b['traces_per_s']:.0f} traces/s end to end; problems {b['problem_s']:.1f} s, "
               f"traces {b['trace_s']:.1f} s, tokenizer and statistics {b['tokenizer_s']:.1f} s), "
               f"{b['cached_s']:.2f} s cached")
+        serial = b["problem_main_cpu_s"] + b["trace_main_cpu_s"] + b["tokenizer_s"]
+        print(f"main process alone: {b['problem_main_cpu_s']:.1f} CPU-s drawing problems, "
+              f"{b['trace_main_cpu_s']:.1f} CPU-s writing traces, {b['tokenizer_s']:.1f} s tokenizer "
+              f"and statistics: {serial:.1f} s that no number of workers removes")
         print(f"grain pipeline: {b['batches_per_s']:.0f} batches/s, "
               f"{b['tokens_per_s']:.0f} row tokens/s, rows {b['fill']:.1%} filled by packing")
 

@@ -172,7 +172,7 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
     task = get_task(config)
     num_workers = resolve_num_workers(config.data.num_workers)
     tfds_root = os.path.join(work_dir, TFDS_SUBDIR)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     builder = task.dataset_builder(data_dir=tfds_root, num_workers=num_workers,
                                    show_progress=log is not None)
     problem_paths = {}
@@ -180,13 +180,15 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
         problem_paths[split] = os.path.join(work_dir, f"problems_{split}.jsonl")
         write_jsonl(problem_paths[split], problems)
     problem_seconds = time.perf_counter() - start
+    problem_cpu = time.process_time() - cpu_start
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     tfds.disable_progress_bar()
     with contextlib.redirect_stdout(io.StringIO()):  # TFDS's own chatter
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     trace_seconds = time.perf_counter() - start
+    trace_cpu = time.process_time() - cpu_start
     start = time.perf_counter()
 
     # The tokenizer and the length statistics use an evenly spaced sample.
@@ -211,6 +213,10 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
         "problem_seconds": problem_seconds,
         "trace_seconds": trace_seconds,
         "tokenizer_seconds": time.perf_counter() - start,
+        # This process's own CPU time per phase (the workers' excluded): the
+        # serial part that more workers cannot shorten.
+        "problem_main_cpu_seconds": problem_cpu,
+        "trace_main_cpu_seconds": trace_cpu,
         "workers": num_workers,
         "failed": {split: int(builder.stats.get(split, {}).get("failed", 0)) for split in SPLITS},
         "tokenizer_vocab_size": tokenizer.vocab_size,
