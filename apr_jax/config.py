@@ -33,6 +33,7 @@ CHOICES = {
     "task.name": TASK_NAMES,
     "trace.kind": ("apr", "sosp"),
     "trace.style": ("terse", "reference"),
+    "data.traces": ("stored", "streamed"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.attention": ("auto", "xla", "triton", "cudnn", "splash"),
@@ -48,6 +49,8 @@ POSITIVE_INTS = (
     "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
     "eval.tokens_per_thread", "eval.batch_problems",
 )
+
+NON_NEGATIVE_INTS = ("data.num_workers", "data.pipeline_workers")
 
 
 class ConfigError(ValueError):
@@ -194,6 +197,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in POSITIVE_INTS:
         if key in keys and get(config, key) <= 0:
             raise ConfigError(f"config.{key}={get(config, key)} must be a positive integer")
+    for key in NON_NEGATIVE_INTS:
+        if key in keys and get(config, key) < 0:
+            raise ConfigError(f"config.{key}={get(config, key)} must be >= 0")
     try:  # the model section's own checks (head layout, numerics, rotary)
         ModelConfig.from_config(config.model, config.data.vocab_size)
     except ValueError as e:
@@ -220,7 +226,8 @@ def to_json(config: Any) -> str:
 # saved without them had: an absent key matches only its default.
 LATER_KEYS = {
     "task.name": "countdown",
-    "data.tokenizer": "",
+    "data.tokenizer": "", "data.traces": "stored",
+    "data.pipeline_workers": 0,  # the data iterator's saved state has one form per worker count
     "model.head_dim": 0, "model.qkv_bias": False, "model.qk_norm": False, "model.norm_eps": 1e-6,
     "model.rope_scaling_factor": 0.0, "model.rope_low_freq_factor": 1.0,
     "model.rope_high_freq_factor": 4.0, "model.rope_original_max_len": 8192,

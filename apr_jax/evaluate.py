@@ -339,8 +339,7 @@ def problems_for(flags: dict[str, str], config: RunConfig, num: int) -> list[Any
     if "problems" in flags:
         problems = read_jsonl(flags["problems"], task.problem_type.from_dict)
         return problems[:num] if "num" in flags else problems
-    from apr_jax.data.build import build_dataset
-    from apr_jax.data.pipeline import make_problem_source
+    from apr_jax.data.build import build_dataset, make_problem_source
     splits = flags.get("split", "test").split(",")
     for split in splits:
         if split not in SPLIT_CHOICES:

@@ -53,8 +53,13 @@ class DataConfig:
     seq_len: int = 256
     packing: bool = True
     shuffle_seed: int = 0
-    num_workers: int = 0
+    num_workers: int = 0  # dataset-build processes; 0: one per CPU
     tokenizer: str = ""  # "": train a sentencepiece tokenizer; else a converted model's tokenizer.apr.json
+    # "stored": every trace is generated once when the dataset is built and read back each
+    # epoch; "streamed": only problems and the tokenizer are built, and the input pipeline
+    # generates each trace when it is read (Countdown only; training starts at once).
+    traces: str = "stored"
+    pipeline_workers: int = 0  # input-pipeline processes; 0: reader threads in the training process
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from flax import nnx
 from apr_jax import sharding
 from apr_jax import train_state as ts
 from apr_jax.checkpoint import decode_bytes, encode_file, has_checkpoints, restore_params
-from apr_jax.data.build import DatasetInfo, build_dataset_once
+from apr_jax.data.build import DatasetInfo, build_dataset_once, make_problem_source
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.loop import LoopSettings, TrainingError, run_loop
@@ -62,6 +62,7 @@ class SFTTask:
         batch_shardings = sharding.batch_sharding(mesh)
         self.data = make_iterator(config, info, "train", batch_size=per_process_batch,
                                   process_index=jax.process_index(), process_count=jax.process_count())
+        self.data.start_prefetch()  # pipeline workers start while the model is built and compiled
         self.train_step = make_train_step(self.graphs, shardings, batch_shardings,
                                           grad_accum=config.train.grad_accum,
                                           learning_rate=learning_rate_schedule(config.train))
@@ -113,15 +114,17 @@ class SFTTask:
     def validate(self) -> dict[str, float]:
         """Loss and token accuracy on ``eval_batches`` validation batches."""
         config = self.config
-        # Repeat the split so every process runs the same number of steps.
+        # Repeat the split so every process runs the same number of steps; a few
+        # batches: reader threads, no worker processes to start.
         it = make_iterator(config, self.info, "validation", batch_size=self.per_process_batch,
                            process_index=jax.process_index(), process_count=jax.process_count(),
-                           num_epochs=config.train.eval_batches)
+                           num_epochs=config.train.eval_batches, num_workers=0)
         sums = np.zeros(3)
         for batch_np in itertools.islice(it, config.train.eval_batches):
             with jax.set_mesh(self.mesh):  # as for the train step
                 out = self.eval_step(self.state, sharding.global_batch_from_process(batch_np, self.mesh))
             sums += np.array([float(out["loss_sum"]), float(out["count"]), float(out["correct"])])
+        it.close()
         return {"val_loss": sums[0] / max(sums[1], 1), "val_token_accuracy": sums[2] / max(sums[1], 1)}
 
 
@@ -175,7 +178,10 @@ def run_sft(config: RunConfig, workdir: str, *, stop_at: int | None = None
     task = SFTTask(config, info, tokenizer.vocab_size, mesh, per_process_batch, peak)
     if config.train.init_from and not has_checkpoints(workdir):
         print(f"starting from {init_from_checkpoint(config, task.state, tokenizer)}", flush=True)
-    result = run_loop(task, LoopSettings.from_config(config.train), workdir, stop_at=stop_at)
+    try:
+        result = run_loop(task, LoopSettings.from_config(config.train), workdir, stop_at=stop_at)
+    finally:
+        task.data.close()  # stops the input pipeline's threads and worker processes
     last = dict(result.last, step=result.step, preempted=result.preempted)
     finished = result.step >= config.train.steps or result.out_of_time
     if finished and not result.preempted and config.eval.num_problems > 0:
@@ -190,7 +196,6 @@ def final_evaluation(config: RunConfig, workdir: str, info: DatasetInfo,
     """Decode held-out test problems with the engine (its cache built inside
     jit under the run's ``mesh``), print the table and an honest summary, and
     write ``results_test.jsonl`` in the workdir."""
-    from apr_jax.data.pipeline import make_problem_source
     from apr_jax.evaluate import ACCELERATOR_HINT, evaluate_problems, format_table, sweep_settings
 
     problems = make_problem_source(info, "test")[:config.eval.num_problems]

@@ -111,14 +111,14 @@ if (( TINY )); then
              --config.task.num_validation=8 --config.task.num_test=8 --config.train.batch_size=8
              --config.train.log_every=1 --config.train.eval_batches=1 --config.eval.num_problems=2
              --config.eval.batch_problems=2 --config.eval.tokens_per_thread=64 --config.eval.max_children=2
-             --config.eval.row_buckets=1 --config.eval.kv_buckets=1)
+             --config.eval.row_buckets=1 --config.eval.kv_buckets=1 --config.data.pipeline_workers=0)
   H200_MINUTES=0.3 STEP_SECONDS=0.5 STARTUP_SECONDS=10 CAP_SCALE=3
 else
   ATTENTION_ARGS=(--shapes=4x1024x16x64,2x4096x16x64,16x4096x16x64)
   TRAIN_LONG=(--steps=3)
   TRAIN_SHORT=(--config.data.seq_len=1024 --config.train.grad_accum=1 --steps=5)
   DECODE_ARGS=(--config "$C228" --threads 256 --prompt_len 16 --new_tokens 1000)
-  H200_ARGS=(--config.task.num_train=40000 --config.eval.num_problems=256)
+  H200_ARGS=(--config.eval.num_problems=256)
   H200_MINUTES=2 STEP_SECONDS=0.10 STARTUP_SECONDS=60 CAP_SCALE=1
 fi
 DATA=$WORK/data

@@ -2,7 +2,9 @@
 
     python -m benchmarks.data_throughput [--problems 4000] [--processes 2] [--build-problems 8000]
     python -m benchmarks.data_throughput --problems 0 --build-config configs/countdown4_apr_h200.py \
-        --build-problems 0      # that config's whole dataset (202k problems), phase by phase
+        --build-problems 0 --pipeline-workers 0 1 2
+        # that config's whole dataset (202k problems, streamed traces), phase by phase, and its
+        # pipeline with reader threads only and with 1 and 2 worker processes
 
 Each measurement is one function returning a dict, so more stages can be
 added as further functions called from ``main``. ``measure_dataset_build``
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import time
+from typing import Any, Sequence
 
 from apr_jax.countdown.problems import Problem, generate_problems
 from apr_jax.countdown.traces import TraceConfig, make_trace
@@ -64,20 +67,42 @@ def measure_parallel_generation(problems: list[Problem], cfg: TraceConfig,
     return {"traces_per_s": n / seconds, "processes": processes}
 
 
-def measure_dataset_build(num_train: int, num_workers: int,
-                          config_path: str | None = None) -> dict[str, float]:
-    """Cold build (problems, traces, TFDS ArrayRecord, tokenizer) and cached
-    rebuild of a config (the default one unless given) with ``num_train``
-    problems (0: the config's own count), plus the grain pipeline's
-    packed-batch throughput on the result."""
+def measure_pipeline(config, info, workers: int, num_batches: int = 20) -> dict[str, float]:
+    """The grain pipeline's packed training batches with ``workers`` worker
+    processes (0: reader threads in this process): seconds to the first batch
+    (worker start-up included), then batches and row tokens per second."""
+    from apr_jax.data.pipeline import make_iterator
+
+    batch_size = config.train.batch_size
+    iterator = make_iterator(config, info, "train", batch_size=batch_size, num_workers=workers)
+    start = time.perf_counter()
+    next(iterator)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        next(iterator)
+    seconds = time.perf_counter() - start
+    iterator.close()
+    filled = iterator.stats["tokens"] / max(iterator.stats["rows"], 1) / config.data.seq_len
+    return {"workers": workers, "first_batch_s": first, "batches_per_s": num_batches / seconds,
+            "tokens_per_s": num_batches * batch_size * config.data.seq_len / seconds,
+            "fill": filled}
+
+
+def measure_dataset_build(num_train: int, num_workers: int, config_path: str | None = None,
+                          overrides: Sequence[str] = (), pipeline_workers: Sequence[int] = (0,)
+                          ) -> dict[str, Any]:
+    """Cold build (problems, then traces written as TFDS records or, streamed,
+    a sample for the tokenizer; tokenizer) and cached rebuild of a config (the
+    default one unless given) with ``num_train`` problems (0: the config's own
+    count), plus the grain pipeline on the result per worker count."""
     import tempfile
 
     from apr_jax.run_config import load_run_config
     from apr_jax.data.build import build_dataset
-    from apr_jax.data.pipeline import make_iterator
 
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"data.dir={tmp}", f"data.num_workers={num_workers}"]
+        overrides = [f"data.dir={tmp}", f"data.num_workers={num_workers}", *overrides]
         if num_train:
             overrides.append(f"task.num_train={num_train}")
         config = load_run_config(config_path, overrides)
@@ -87,22 +112,12 @@ def measure_dataset_build(num_train: int, num_workers: int,
         start = time.perf_counter()
         build_dataset(config, log=None)
         cached = time.perf_counter() - start
-        batch_size, num_batches = config.train.batch_size, 100
-        iterator = make_iterator(config, info, "train", batch_size=batch_size)
-        next(iterator)  # start the reader threads
-        start = time.perf_counter()
-        for _ in range(num_batches):
-            next(iterator)
-        seconds = time.perf_counter() - start
-        rows = num_batches * batch_size
-        filled = iterator.stats["tokens"] / max(iterator.stats["rows"], 1) / config.data.seq_len
-    traces = sum(info.counts.values())
+        pipelines = [measure_pipeline(config, info, w) for w in pipeline_workers]
     phases = {f"{k}_s": info.stats[f"{k}_seconds"]
               for k in ("problem", "trace", "tokenizer", "problem_main_cpu", "trace_main_cpu")}
-    return {"build_s": cold, "cached_s": cached, "traces_per_s": traces / cold, **phases,
-            "traces": traces,
-            "batches_per_s": num_batches / seconds,
-            "tokens_per_s": rows * config.data.seq_len / seconds, "fill": filled}
+    return {"build_s": cold, "cached_s": cached, **phases, "traces_mode": info.traces,
+            "problems": sum(info.counts.values()), "traces": info.stats["traces"],
+            "pipelines": pipelines}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,6 +129,10 @@ def main(argv: list[str] | None = None) -> None:
                              "(0: the config's own count)")
     parser.add_argument("--build-config", default=None,
                         help="config whose dataset is built (default: configs/default.py)")
+    parser.add_argument("--override", action="append", default=[],
+                        help="a config override for the build, e.g. data.traces=streamed (repeatable)")
+    parser.add_argument("--pipeline-workers", type=int, nargs="+", default=[0],
+                        help="input-pipeline worker processes to measure (0: reader threads)")
     parser.add_argument("--skip-build", action="store_true", help="no dataset-build timing")
     args = parser.parse_args(argv)
     for name in COUNTDOWN if args.problems else ():
@@ -128,19 +147,23 @@ def main(argv: list[str] | None = None) -> None:
                 many = measure_parallel_generation(problems, cfg, args.processes)
                 print(f"{name} {kind:4s} {args.processes} procs: {many['traces_per_s']:8.0f} traces/s")
     if not args.skip_build:
-        b = measure_dataset_build(args.build_problems, args.processes, args.build_config)
-        print(f"dataset build ({args.build_config or 'default config'}, {b['traces']} problems, "
-              f"{args.processes} workers): {b['build_s']:.1f} s cold "
-              f"({b['traces_per_s']:.0f} traces/s end to end; problems {b['problem_s']:.1f} s, "
-              f"traces {b['trace_s']:.1f} s, tokenizer and statistics {b['tokenizer_s']:.1f} s), "
-              f"{b['cached_s']:.2f} s cached")
+        b = measure_dataset_build(args.build_problems, args.processes, args.build_config,
+                                  args.override, args.pipeline_workers)
+        traces = ("traces" if b["traces_mode"] == "stored"
+                  else f"a sample of {b['traces']} traces, the rest streamed")
+        print(f"dataset build ({args.build_config or 'default config'}, {b['problems']} problems, "
+              f"{traces}, {args.processes} workers): {b['build_s']:.1f} s cold (problems "
+              f"{b['problem_s']:.1f} s, traces {b['trace_s']:.1f} s, tokenizer and statistics "
+              f"{b['tokenizer_s']:.1f} s), {b['cached_s']:.2f} s cached")
         serial = b["problem_main_cpu_s"] + b["trace_main_cpu_s"] + b["tokenizer_s"]
         print(f"main process alone: {b['problem_main_cpu_s']:.1f} CPU-s drawing problems, "
-              f"{b['trace_main_cpu_s']:.1f} CPU-s writing traces, {b['tokenizer_s']:.1f} s tokenizer "
-              f"and statistics: {serial:.1f} s that no number of workers removes")
-        print(f"grain pipeline: {b['batches_per_s']:.0f} batches/s, "
-              f"{b['tokens_per_s']:.0f} row tokens/s, rows {b['fill']:.1%} filled by packing")
-
+              f"{b['trace_main_cpu_s']:.1f} CPU-s in the trace phase, {b['tokenizer_s']:.1f} s "
+              f"tokenizer and statistics: {serial:.1f} s that no number of workers removes")
+        for p in b["pipelines"]:
+            where = f"{p['workers']} worker processes" if p["workers"] else "reader threads only"
+            print(f"grain pipeline, {where}: first batch after {p['first_batch_s']:.1f} s, then "
+                  f"{p['batches_per_s']:.1f} batches/s, {p['tokens_per_s']:.0f} row tokens/s, "
+                  f"rows {p['fill']:.1%} filled by packing")
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,14 @@ x 270 MFLOP/token (``flops_per_token``) = 35.4 PFLOP per step, at 35% of the
 H200's 989 TFLOP/s bf16 peak (a plain JAX baseline reached 36.5% at the 228M
 shape) = 0.10 s. ``bash benchmarks/accelerator.sh`` measures it on the
 device (``step_ms`` in its summary); put that figure here.
+
+Its traces are streamed (``data.traces``): the build draws the 202,000
+problems and trains the tokenizer on a 10,000-tree sample, and the input
+pipeline's worker processes generate each trace when it is read. 128 rows x
+1024 tokens per 0.10 s step is 1.3M row tokens/s; one process (reader
+threads) makes about 1.0M on a 2-core machine and two worker processes
+about 1.9M (``python -m benchmarks.data_throughput``), so 4 workers leave
+room on the device machine's 16 cores.
 """
 
 from apr_jax.config import sibling
@@ -45,6 +53,8 @@ def get_config():
 
     c.data.vocab_size = 256
     c.data.seq_len = 1024
+    c.data.traces = "streamed"
+    c.data.pipeline_workers = 4
 
     c.model.num_layers = 8
     c.model.d_model = 640

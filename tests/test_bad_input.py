@@ -293,6 +293,23 @@ def _(ctx):
                             "--config.task.checker=my_checks.py", f"--config.data.dir={ctx['root']}/data"])
 
 
+@case("B70")
+def _(ctx):
+    example = os.path.join(os.path.dirname(DOC), "configs", "arithmetic_traces.py")
+    return cli(train.main, [f"--workdir={ctx['root']}/fresh_traces", f"--config={example}",
+                            "--config.data.traces=streamed", f"--config.data.dir={ctx['root']}/data"])
+
+
+@case("B71")
+def _(ctx):
+    return cli(train.main, [f"--workdir={ctx['workdir']}"] + [f"--{o}" for o in TINY + [
+        f"config.data.dir={ctx['root']}/data", "config.data.pipeline_workers=2"]])
+
+
+@case("B72")
+def _(ctx): return train_cli(ctx, "--config.data.pipeline_workers=-1")
+
+
 # ---- adversarial answer text (verifier) ------------------------------------------
 PROBLEM = Problem((3, 4, 5), 17)
 

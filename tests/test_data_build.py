@@ -38,10 +38,9 @@ def test_build_writes_a_complete_dataset(built):
         assert load_problems(info.problem_paths[split]) == problems
         source = open_split(info, split)
         assert len(source) == len(problems)
-        record = source[0]
-        assert set(record) == {"tree"}  # the tree holds its problem
-        tree = ThreadTree.from_json(record["tree"].decode())
-        assert sorted(tuple(ThreadTree.from_json(source[i]["tree"].decode()).problem["numbers"])
+        tree = source[0]
+        assert isinstance(tree, ThreadTree)
+        assert sorted(tuple(source[i].problem["numbers"])
                       for i in range(len(source))) == sorted(p.numbers for p in problems)
         cfg = config.trace
         assert tree.to_json() == make_trace(tree.problem, cfg).to_json()
@@ -118,3 +117,22 @@ def test_empty_split_is_allowed_but_not_iterable(tmp_path):
     assert info.counts["validation"] == 0 and len(open_split(info, "validation")) == 0
     with pytest.raises(ValueError, match="split 'validation' is empty"):
         make_iterator(config, info, "validation", batch_size=2)
+
+
+def test_streamed_build_holds_problems_and_tokenizer_only(tmp_path):
+    stored = build_dataset(_config(tmp_path, "task.num_train=80"), log=None)
+    config = _config(tmp_path, "task.num_train=80", "data.traces=streamed")
+    log = io.StringIO()
+    info = build_dataset(config, log=log)
+    assert config_hash(config) != stored.config_hash and info.dir != stored.dir
+    assert info.traces == "streamed" and info.tfds_dir == ""
+    assert not os.path.exists(os.path.join(info.dir, build.TFDS_SUBDIR))
+    assert info.counts == stored.counts and info.trace == config.section("trace")
+    for split in info.problem_paths:
+        assert load_problems(info.problem_paths[split]) == load_problems(stored.problem_paths[split])
+    # The sample of generated trees trains the same tokenizer as the stored build's.
+    with open(info.tokenizer_path, "rb") as a, open(stored.tokenizer_path, "rb") as b:
+        assert a.read() == b.read()
+    assert info.stats["traces"] == 80 and "a sample of 80" in log.getvalue()
+    assert DatasetInfo.load(info.dir) == info
+

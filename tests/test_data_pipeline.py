@@ -9,9 +9,8 @@ import pytest
 from apr_jax import protocol
 from apr_jax.run_config import load_run_config
 from apr_jax.countdown.problems import Problem
-from apr_jax.data.build import build_dataset, open_split
-from apr_jax.data.pipeline import (FEATURES, TokenizeTree, make_iterator, make_problem_source,
-                                   pack_sequences, tree_dataset)
+from apr_jax.data.build import build_dataset, make_problem_source, open_split
+from apr_jax.data.pipeline import FEATURES, TokenizeTree, make_iterator, pack_sequences, tree_dataset
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.threads import ThreadTree
 
@@ -35,11 +34,7 @@ def tokenizer(built):
 
 def _trees(info, split):
     source = open_split(info, split)
-    return [ThreadTree.from_json(source[i]["tree"].decode()) for i in range(len(source))]
-
-
-def _record_tree(record):
-    return ThreadTree.from_json(record["tree"].decode())
+    return [source[i] for i in range(len(source))]
 
 
 def _key(tree_or_record):
@@ -173,7 +168,7 @@ def test_shards_are_disjoint_and_cover_each_epoch(built):
             assert len(ds) == 2 * len(range(index, len(everything), count))
             half = len(ds) // 2
             for epoch in (0, 1):
-                per_epoch[epoch] += [_key(_record_tree(ds[i]).to_dict())
+                per_epoch[epoch] += [_key(ds[i].to_dict())
                                      for i in range(epoch * half, (epoch + 1) * half)]
         for keys in per_epoch:
             assert sorted(keys) == everything  # disjoint (no repeats) and covering
@@ -183,7 +178,7 @@ def test_shuffle_depends_on_seed_and_epoch(built):
     info = built[1]
     def order(seed, epochs=2):
         ds = tree_dataset(info, "validation", seed=seed, num_epochs=epochs)
-        return [_key(_record_tree(ds[i]).to_dict()) for i in range(len(ds))]
+        return [_key(ds[i].to_dict()) for i in range(len(ds))]
     a, b = order(1), order(2)
     n = len(a) // 2
     assert a == order(1)
@@ -246,7 +241,65 @@ def test_problem_source_and_tokenize_tree_pickle(built, tokenizer):
     assert sorted(p.key for p in problems) == sorted(
         Problem.from_dict(t.problem).key for t in _trees(info, "test"))
     fn = pickle.loads(pickle.dumps(TokenizeTree(tokenizer)))
-    record = open_split(info, "test")[0]
-    got = fn(record)
-    want = ThreadTree.from_json(record["tree"].decode()).to_sequences(tokenizer)
+    tree = open_split(info, "test")[0]
+    got = fn(tree)
+    want = tree.to_sequences(tokenizer)
     assert [g[0].tolist() for g in got] == [w.tokens.tolist() for w in want]
+
+
+# ---- streamed traces and worker processes ----------------------------------------
+
+@pytest.fixture(scope="module")
+def streamed(built):
+    config = _config(built[0].data.dir, "data.traces=streamed")
+    return config, build_dataset(config, log=None)
+
+
+def _batches(iterator, count):
+    return [next(iterator) for _ in range(count)]
+
+
+def _assert_same_batches(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        for k in FEATURES:
+            np.testing.assert_array_equal(g[k], w[k])
+
+
+def test_streamed_trees_are_the_stored_ones(built, streamed):
+    """A streamed split generates, tree for tree, what the stored build wrote
+    (in problem order rather than the records' order)."""
+    stored_info, streamed_info = built[1], streamed[1]
+    assert streamed_info.traces == "streamed" and streamed_info.dir != stored_info.dir
+    for split in ("train", "validation", "test"):
+        generated = [t.to_json() for t in _trees(streamed_info, split)]
+        assert sorted(generated) == sorted(t.to_json() for t in _trees(stored_info, split))
+        assert [ThreadTree.from_json(t).problem for t in generated] == [
+            p.to_dict() for p in make_problem_source(streamed_info, split)]
+
+
+def test_worker_processes_yield_the_same_batches_and_resume_exactly(streamed):
+    """Two pipeline worker processes give the batches of the training process's
+    own reader threads, and their saved state (through JSON, as checkpoints
+    store it) resumes exactly."""
+    import json
+    config, info = streamed
+
+    def fresh(workers):
+        return make_iterator(config, info, "validation", batch_size=4, num_epochs=2, seed=3,
+                             num_workers=workers)
+
+    in_process = fresh(0)
+    want = _batches(in_process, 8)
+    in_process.close()
+    original = fresh(2)
+    _assert_same_batches(_batches(original, 3), want[:3])
+    state = json.loads(json.dumps(original.get_state()))
+    _assert_same_batches(_batches(original, 5), want[3:])
+    original.close()
+    restored = fresh(2)
+    next(restored)  # some other position first
+    restored.set_state(state)
+    _assert_same_batches(_batches(restored, 5), want[3:])
+    assert restored.stats == original.stats
+    restored.close()

@@ -76,8 +76,7 @@ def test_split_list_and_unseen_split(workdir, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     data_dir = os.path.join(os.path.dirname(workdir), "data")  # the fixture's
     config = load_run_config(None, TINY + [f"config.data.dir={data_dir}"])
-    from apr_jax.data.build import build_dataset
-    from apr_jax.data.pipeline import make_problem_source
+    from apr_jax.data.build import build_dataset, make_problem_source
     info = build_dataset(config, log=None)
     splits = {s: [p.key for p in make_problem_source(info, s)] for s in info.problem_paths}
     evaluated = [Problem(tuple(r["numbers"]), r["target"]).key for r in map(json.loads, open(out))]

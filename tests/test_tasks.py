@@ -9,8 +9,7 @@ import ml_collections
 import pytest
 
 from apr_jax import config as config_lib
-from apr_jax.data.build import build_dataset, config_hash
-from apr_jax.data.pipeline import make_problem_source
+from apr_jax.data.build import build_dataset, config_hash, make_problem_source
 from apr_jax.data.tokenizer import load_tokenizer
 from apr_jax.decode.replay_model import make_replay_model
 from apr_jax.evaluate import evaluate_problems
@@ -199,3 +198,11 @@ def test_readme_two_thread_example_is_a_valid_trace():
     assert len(tree.threads) == 2
     task = JsonlTracesTask({"train": "", "validation": "", "test": ""}, "numeric", "Answer:")
     assert task.score(tree.threads[0].written_text, problem_of(tree)).ok
+
+
+def test_streamed_traces_need_a_task_that_generates_them(tmp_path):
+    config = jsonl_config(tmp_path, "data.traces=streamed")
+    with pytest.raises(ValueError, match="data.traces='streamed' generates Countdown search "
+                                         "traces, but task 'jsonl_traces' reads") as e:
+        build_dataset(config, log=None)
+    assert "\n" not in str(e.value) and not os.listdir(tmp_path / "data")

@@ -1,10 +1,16 @@
 """Build (or reuse) the cached dataset for a config.
 
-    <config.data.dir>/<hash of task + trace + data.vocab_size>/
+    <config.data.dir>/<hash of task + trace + data.vocab_size (+ data.traces)>/
         problems_{train,validation,test}.jsonl
         tokenizer.model
-        tfds/<builder>/<version>/...array_record...   (the task's builder)
+        tfds/<builder>/<version>/...array_record...   (the task's builder; stored traces only)
         info.json          <- written last: the completion marker
+
+With ``data.traces="stored"`` every split's trees are generated here and
+written as TFDS records. With ``"streamed"`` (Countdown) only the problems and
+the tokenizer are built, from a sample of generated trees, and the input
+pipeline generates each tree when it reads it: the build's cost is drawing
+the problems, plus a fixed-size sample of traces.
 
 A directory without ``info.json`` is a half-built cache: it is deleted and
 rebuilt, never used. The build happens in a temporary sibling directory that
@@ -26,12 +32,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from apr_jax.data.tfds_builder import SPLITS, resolve_num_workers
+from apr_jax.data.sources import GeneratedTrees, StoredTrees
+from apr_jax.data.tfds_builder import SPLITS, generate_traces, resolve_num_workers
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
-from apr_jax.jsonl_io import write_jsonl
+from apr_jax.jsonl_io import read_jsonl, write_jsonl
 from apr_jax.run_config import RunConfig
 from apr_jax.tasks.base import DEFAULT_TASK
-from apr_jax.tasks.registry import get_task
+from apr_jax.tasks.registry import get_task, problem_type
 from apr_jax.threads import ThreadTree
 
 FORMAT_VERSION = 4  # bump when the cache layout or trace encoding changes
@@ -46,18 +53,20 @@ class DatasetInfo:
     """Where a built dataset lives and what it holds (all paths absolute)."""
 
     dir: str
-    tfds_dir: str
+    tfds_dir: str  # "" when the traces are streamed
     tokenizer_path: str
     problem_paths: dict[str, str]
     counts: dict[str, int]
     stats: dict[str, Any]
     config_hash: str
     task: str = DEFAULT_TASK  # the task whose problems the problem files hold
+    traces: str = "stored"  # or "streamed": generated from the problems when read
+    trace: dict[str, Any] = dataclasses.field(default_factory=dict)  # what streamed traces use
 
     def to_json(self) -> str:
         """JSON with paths relative to ``dir``, so a cache can be moved."""
         d = dataclasses.asdict(self)
-        d["tfds_dir"] = os.path.relpath(self.tfds_dir, self.dir)
+        d["tfds_dir"] = os.path.relpath(self.tfds_dir, self.dir) if self.tfds_dir else ""
         d["tokenizer_path"] = os.path.relpath(self.tokenizer_path, self.dir)
         d["problem_paths"] = {k: os.path.relpath(v, self.dir) for k, v in self.problem_paths.items()}
         del d["dir"]
@@ -75,24 +84,28 @@ class DatasetInfo:
                 d = json.load(f)
             return cls(
                 dir=directory,
-                tfds_dir=os.path.join(directory, d["tfds_dir"]),
+                tfds_dir=os.path.join(directory, d["tfds_dir"]) if d["tfds_dir"] else "",
                 tokenizer_path=os.path.join(directory, d["tokenizer_path"]),
                 problem_paths={k: os.path.join(directory, v) for k, v in d["problem_paths"].items()},
                 counts={k: int(v) for k, v in d["counts"].items()},
                 stats=dict(d["stats"]), config_hash=d["config_hash"],
-                task=d.get("task", DEFAULT_TASK))
+                task=d.get("task", DEFAULT_TASK), traces=d.get("traces", "stored"),
+                trace=dict(d.get("trace", {})))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a valid dataset info file ({e})") from None
 
 
 def config_hash(config: RunConfig) -> str:
     """12 hex digits identifying ``task`` + ``trace`` + ``data.vocab_size``
-    (+ the content of ``data.tokenizer`` when one is given, and of a task's input files)."""
+    (+ the content of ``data.tokenizer`` when one is given, and of a task's
+    input files; + ``data.traces`` when streamed)."""
     task = config.task.as_dict()
     if task["name"] == DEFAULT_TASK:  # caches built before tasks had names keep their hash
         del task["name"]
     key = {"format": FORMAT_VERSION, "task": task, "trace": config.section("trace"),
            "vocab_size": config.data.vocab_size, **get_task(config).cache_key()}
+    if config.data.traces != "stored":  # stored caches keep the hash they had before
+        key["traces"] = config.data.traces
     given = pretrained_tokenizer_path(config)
     if given:
         with open(given, "rb") as f:
@@ -116,18 +129,30 @@ def cache_dir(config: RunConfig) -> str:
     return os.path.join(os.path.abspath(config.data.dir), config_hash(config))
 
 
-def open_split(info: DatasetInfo, split: str):
-    """Random-access source of a split's records (``tree``: the tree's JSON bytes)."""
-    import tensorflow_datasets as tfds
+def open_split(info: DatasetInfo, split: str) -> Any:
+    """Random-access source of a split's ``ThreadTree``s: read back from the
+    stored records, or generated from the split's problems when streamed."""
     if split not in info.counts:
         raise ValueError(f"split {split!r} is not one of {sorted(info.counts)}")
+    if info.traces == "streamed":
+        return GeneratedTrees(make_problem_source(info, split), info.trace)
     if info.counts[split] == 0:
         return []  # TFDS does not write empty splits
+    import tensorflow_datasets as tfds
     try:
-        return tfds.builder_from_directory(info.tfds_dir).as_data_source(split)
+        records = tfds.builder_from_directory(info.tfds_dir).as_data_source(split)
     except Exception as e:  # missing or damaged files of a once complete cache
         raise ValueError(f"dataset {info.dir} is damaged: cannot open split {split!r} "
                          f"({type(e).__name__}); delete that directory to rebuild it") from None
+    return StoredTrees(records)
+
+
+def make_problem_source(info: DatasetInfo, split: str) -> list[Any]:
+    """The problems of a split, in generation order (for evaluation), as the
+    dataset's task's problem type."""
+    if split not in info.problem_paths:
+        raise ValueError(f"split {split!r} is not one of {sorted(info.problem_paths)}")
+    return read_jsonl(info.problem_paths[split], problem_type(info.task).from_dict)
 
 
 def build_dataset(config: RunConfig, *, force: bool = False, log: TextIO | None | str = "stdout"
@@ -168,34 +193,51 @@ def build_dataset(config: RunConfig, *, force: bool = False, log: TextIO | None 
 
 
 def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[str, Any]:
-    import tensorflow_datasets as tfds
     task = get_task(config)
+    streamed = config.data.traces == "streamed"
+    if streamed and task.name != "countdown":
+        raise ValueError(f"config.data.traces='streamed' generates Countdown search traces, but "
+                         f"task {task.name!r} reads its trees from files: set "
+                         f"config.data.traces=stored")
     num_workers = resolve_num_workers(config.data.num_workers)
-    tfds_root = os.path.join(work_dir, TFDS_SUBDIR)
     start, cpu_start = time.perf_counter(), time.process_time()
-    builder = task.dataset_builder(data_dir=tfds_root, num_workers=num_workers,
-                                   show_progress=log is not None)
+    if streamed:
+        builder, splits = None, task.splits(num_workers)
+    else:
+        builder = task.dataset_builder(data_dir=os.path.join(work_dir, TFDS_SUBDIR),
+                                       num_workers=num_workers, show_progress=log is not None)
+        splits = builder.problems()
     problem_paths = {}
-    for split, problems in builder.problems().items():
+    for split, problems in splits.items():
         problem_paths[split] = os.path.join(work_dir, f"problems_{split}.jsonl")
         write_jsonl(problem_paths[split], problems)
+    counts = {split: len(splits[split]) for split in SPLITS}
     problem_seconds = time.perf_counter() - start
     problem_cpu = time.process_time() - cpu_start
 
+    # The tokenizer and the length statistics use evenly spaced training trees.
     start, cpu_start = time.perf_counter(), time.process_time()
-    tfds.disable_progress_bar()
-    with contextlib.redirect_stdout(io.StringIO()):  # TFDS's own chatter
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    step = max(1, counts["train"] // TOKENIZER_SAMPLE_TREES)
+    if streamed:  # generate the sample; the pipeline generates the rest when it reads them
+        sample = splits["train"][::step]
+        results = list(generate_traces(sample, task.trace, num_workers=num_workers))
+        trees = [ThreadTree.from_json(tree_json) for _, tree_json, _, _ in results]
+        failed = {"train": sum(not solved for _, _, solved, _ in results)}
+        tfds_dir = ""
+    else:
+        import tensorflow_datasets as tfds
+        tfds.disable_progress_bar()
+        with contextlib.redirect_stdout(io.StringIO()):  # TFDS's own chatter
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        failed = {split: int(builder.stats.get(split, {}).get("failed", 0)) for split in SPLITS}
+        tfds_dir = builder.data_dir
     trace_seconds = time.perf_counter() - start
     trace_cpu = time.process_time() - cpu_start
     start = time.perf_counter()
-
-    # The tokenizer and the length statistics use an evenly spaced sample.
-    source = builder.as_data_source("train")
-    step = max(1, len(source) // TOKENIZER_SAMPLE_TREES)
-    trees = [ThreadTree.from_json(source[i]["tree"].decode("utf-8"))
-             for i in range(0, len(source), step)]
+    if not streamed:
+        source = StoredTrees(builder.as_data_source("train"))
+        trees = [source[i] for i in range(0, len(source), step)]
     texts = [thread.text for tree in trees for thread in tree.threads]
     given = pretrained_tokenizer_path(config)
     if given:  # a pretrained model's tokenizer: copied, not trained
@@ -207,9 +249,8 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
         tokenizer = Tokenizer.train(texts, config.data.vocab_size, tokenizer_path)
     lengths = np.asarray([len(s.tokens) for tree in trees for s in tree.to_sequences(tokenizer)])
 
-    counts = {split: len(builder.problems()[split]) for split in SPLITS}
     stats = {
-        "traces": sum(counts.values()),
+        "traces": len(trees) if streamed else sum(counts.values()),  # generated here
         "problem_seconds": problem_seconds,
         "trace_seconds": trace_seconds,
         "tokenizer_seconds": time.perf_counter() - start,
@@ -218,7 +259,7 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
         "problem_main_cpu_seconds": problem_cpu,
         "trace_main_cpu_seconds": trace_cpu,
         "workers": num_workers,
-        "failed": {split: int(builder.stats.get(split, {}).get("failed", 0)) for split in SPLITS},
+        "failed": failed,  # streamed: in the sampled training trees
         "tokenizer_vocab_size": tokenizer.vocab_size,
         "byte_fallback": tokenizer.byte_fallback,
         "sampled_trees": len(trees),
@@ -231,9 +272,10 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
             for q in (50, 90, 99)},
     }
     info = DatasetInfo(
-        dir=work_dir, tfds_dir=builder.data_dir, tokenizer_path=tokenizer_path,
+        dir=work_dir, tfds_dir=tfds_dir, tokenizer_path=tokenizer_path,
         problem_paths=problem_paths, counts=counts, stats=stats,
-        config_hash=config_hash(config), task=task.name)
+        config_hash=config_hash(config), task=task.name, traces=config.data.traces,
+        trace=config.section("trace") if streamed else {})
     with open(os.path.join(work_dir, MARKER + ".tmp"), "w", encoding="utf-8") as f:
         f.write(info.to_json())
     os.replace(os.path.join(work_dir, MARKER + ".tmp"), os.path.join(work_dir, MARKER))
@@ -257,7 +299,12 @@ def _print_summary(log: TextIO | None, info: DatasetInfo, stats: dict[str, Any],
     _say(log, f"dataset: built {info.dir} in {seconds:.1f} s with {stats['workers']} workers "
               f"(problems {stats['problem_seconds']:.1f} s, traces {stats['trace_seconds']:.1f} s, "
               f"tokenizer and statistics {stats['tokenizer_seconds']:.1f} s)")
-    _say(log, f"  problems: {counts}; traces/s {rate:.0f}; search failed: {failed}")
+    if info.traces == "streamed":
+        _say(log, f"  problems: {counts}; traces/s {rate:.0f} for a sample of {stats['traces']} "
+                  f"(the input pipeline generates every trace as it reads it); "
+                  f"search failed in the sample: {failed}")
+    else:
+        _say(log, f"  problems: {counts}; traces/s {rate:.0f}; search failed: {failed}")
     _say(log, f"  tokenizer: vocab {stats['tokenizer_vocab_size']}"
               f"{' (byte fallback)' if stats['byte_fallback'] else ''}; "
               f"{stats['threads_per_tree']:.2f} sequences per tree; tokens per sequence: mean "

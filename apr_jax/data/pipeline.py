@@ -1,8 +1,10 @@
 """grain input pipeline: thread trees -> packed, batched training rows.
 
-    ArrayRecord split -> global shuffle (per-epoch seed) -> this process's
-    shard -> repeat -> parse tree + tokenize (one sequence per thread)
-    -> truncate to L -> pack (or pad) rows -> batches of B rows
+    split's trees (read back from ArrayRecord, or generated from the
+    problems: ``data.traces``) -> global shuffle (per-epoch seed) -> this
+    process's shard -> repeat -> tokenize (one sequence per thread)
+    [-> ``data.pipeline_workers`` processes] -> truncate to L -> pack (or pad)
+    rows -> batches of B rows
 
 Every batch is a dict of int32 [B, L] arrays:
 
@@ -18,7 +20,9 @@ Packing is next-fit in stream order (``apr_jax.data.packing``): a sequence
 that does not fit in the current row starts the next one. The iterator's state is the upstream state
 before the tree being packed plus how many of its sequences are already
 placed, so a restored iterator yields exactly the batches the original
-would have yielded next.
+would have yielded next. Worker processes take every W-th tree and their
+output is interleaved back in order, so the batches do not depend on
+``data.pipeline_workers``.
 """
 
 from __future__ import annotations
@@ -31,9 +35,7 @@ import numpy as np
 from apr_jax.data.build import DatasetInfo, open_split
 from apr_jax.data.packing import pack_layout
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
-from apr_jax.jsonl_io import read_jsonl
 from apr_jax.run_config import RunConfig
-from apr_jax.tasks.registry import problem_type
 from apr_jax.threads import ThreadTree
 
 FEATURES = ("tokens", "loss_mask", "segment_ids", "positions")
@@ -44,7 +46,7 @@ TokenPair = tuple[np.ndarray, np.ndarray]
 
 
 class TokenizeTree:
-    """Record (or tree JSON) -> one (tokens, loss_mask) pair per thread.
+    """Tree -> one (tokens, loss_mask) pair per thread.
 
     Picklable: the tokenizer loads sentencepiece lazily in each worker.
     """
@@ -52,11 +54,7 @@ class TokenizeTree:
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
 
-    def __call__(self, record: dict[str, Any] | str | bytes) -> list[TokenPair]:
-        text = record["tree"] if isinstance(record, dict) else record
-        if isinstance(text, bytes):
-            text = text.decode("utf-8")
-        tree = ThreadTree.from_json(text)
+    def __call__(self, tree: ThreadTree) -> list[TokenPair]:
         return [(s.tokens, s.loss_mask) for s in tree.to_sequences(self.tokenizer)]
 
 
@@ -209,11 +207,14 @@ def tree_dataset(info: DatasetInfo, split: str, *, process_index: int = 0,
 
 def make_iterator(config: RunConfig, info: DatasetInfo, split: str, *, batch_size: int,
                   process_index: int = 0, process_count: int = 1, seed: int | None = None,
-                  num_epochs: int | None = None, num_threads: int = 2) -> PackedBatchIterator:
+                  num_epochs: int | None = None, num_threads: int = 2,
+                  num_workers: int | None = None) -> PackedBatchIterator:
     """Checkpointable iterator of this process's batches (see module doc).
 
     ``num_epochs=None`` repeats forever for ``train`` and reads once otherwise.
-    ``seed=None`` uses ``config.data.shuffle_seed``.
+    ``seed=None`` uses ``config.data.shuffle_seed``; ``num_workers=None``
+    ``config.data.pipeline_workers`` (0: ``num_threads`` reader threads here,
+    else worker processes with ``num_threads`` threads each).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -225,14 +226,18 @@ def make_iterator(config: RunConfig, info: DatasetInfo, split: str, *, batch_siz
                       seed=seed, num_epochs=num_epochs)
     ds = ds.map(TokenizeTree(tokenizer))
     read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(8, 4 * num_threads))
-    trees = ds.to_iter_dataset(read).__iter__()
+    trees = ds.to_iter_dataset(read)
+    workers = config.data.pipeline_workers if num_workers is None else num_workers
+    if workers:
+        from absl import flags  # grain reads its absl flags when it starts workers
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()  # their defaults: our command lines are not absl's
+        # A tree is a few small arrays: pickled through the queue, they cost less
+        # than a shared-memory block each.
+        trees = grain.experimental.WithOptionsIterDataset(
+            trees, grain.experimental.DatasetOptions(min_shm_size=1 << 20))
+        trees = trees.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=workers, per_worker_buffer_size=max(8, 4 * num_threads)))
+    trees = trees.__iter__()
     return PackedBatchIterator(trees, batch_size=batch_size, seq_len=config.data.seq_len,
                                packing=bool(config.data.packing), pad_id=tokenizer.pad_id)
-
-
-def make_problem_source(info: DatasetInfo, split: str) -> list[Any]:
-    """The problems of a split, in generation order (for evaluation), as the
-    dataset's task's problem type."""
-    if split not in info.problem_paths:
-        raise ValueError(f"split {split!r} is not one of {sorted(info.problem_paths)}")
-    return read_jsonl(info.problem_paths[split], problem_type(info.task).from_dict)

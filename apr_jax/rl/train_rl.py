@@ -36,8 +36,7 @@ from apr_jax import sharding
 from apr_jax import train_state as ts
 from apr_jax.config import ConfigError
 from apr_jax.checkpoint import split_checkpoint_path
-from apr_jax.data.build import build_dataset_once
-from apr_jax.data.pipeline import make_problem_source
+from apr_jax.data.build import build_dataset_once, make_problem_source
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.decode.engine import EngineConfig, decode_page_size
 from apr_jax.decode.model_api import DecodeModel, NnxDecode
