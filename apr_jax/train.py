@@ -12,16 +12,13 @@ resumes from the newest readable checkpoint. SIGTERM (TPU preemption) saves a ch
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from apr_jax import config as config_lib
-from apr_jax.checkpoint import CheckpointError
-from apr_jax.cli import run_command
-from apr_jax.loop import TrainingError
-from apr_jax.rl.train_rl import run_rl
-from apr_jax.run_config import RunConfig, load_run_config
-from apr_jax.sft import run_sft
-from apr_jax.workdir import default_workdir
+# The imports live in the functions: the dataset build's worker processes are
+# started by spawn once JAX runs, and each imports this main module again; at
+# module level, JAX, Flax and orbax would cost every worker seconds.
+if TYPE_CHECKING:
+    from apr_jax.run_config import RunConfig
 
 
 def run(config: RunConfig, workdir: str, *, stop_at: int | None = None
@@ -30,11 +27,20 @@ def run(config: RunConfig, workdir: str, *, stop_at: int | None = None
     returns the last logged metrics. ``stop_at`` ends this run at that step
     (checkpointed, resumable), as a preemption would."""
     if config.mode == "rl":
+        from apr_jax.rl.train_rl import run_rl
         return run_rl(config, workdir, stop_at=stop_at)
+    from apr_jax.sft import run_sft
     return run_sft(config, workdir, stop_at=stop_at)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from apr_jax import config as config_lib
+    from apr_jax.checkpoint import CheckpointError
+    from apr_jax.cli import run_command
+    from apr_jax.loop import TrainingError
+    from apr_jax.run_config import load_run_config
+    from apr_jax.workdir import default_workdir
+
     argv = sys.argv[1:] if argv is None else argv
 
     def body() -> None:

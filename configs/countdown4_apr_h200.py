@@ -15,10 +15,10 @@ device (``step_ms`` in its summary); put that figure here.
 Its traces are streamed (``data.traces``): the build draws the 202,000
 problems and trains the tokenizer on a 10,000-tree sample, and the input
 pipeline's worker processes generate each trace when it is read. 128 rows x
-1024 tokens per 0.10 s step is 1.3M row tokens/s; one process (reader
-threads) makes about 1.0M on a 2-core machine and two worker processes
-about 1.9M (``python -m benchmarks.data_throughput``), so 4 workers leave
-room on the device machine's 16 cores.
+1024 tokens per 0.10 s step is 1.3M row tokens/s; on a 2-core machine the
+training process's reader threads alone made 1.1-1.6M and two worker
+processes 2.2-2.7M (``python -m benchmarks.data_throughput``, see the
+README), so 4 workers leave room on the device machine's 16 cores.
 """
 
 from apr_jax.config import sibling
