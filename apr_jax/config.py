@@ -50,7 +50,7 @@ POSITIVE_INTS = (
     "eval.tokens_per_thread", "eval.batch_problems",
 )
 
-NON_NEGATIVE_INTS = ("data.num_workers", "data.pipeline_workers")
+NON_NEGATIVE_INTS = ("data.pipeline_workers",)  # data.num_workers: resolve_num_workers checks it
 
 
 class ConfigError(ValueError):

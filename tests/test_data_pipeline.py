@@ -188,6 +188,18 @@ def test_shuffle_depends_on_seed_and_epoch(built):
 
 # ---- checkpointing ------------------------------------------------------------
 
+def _batches(iterator, count):
+    return [next(iterator) for _ in range(count)]
+
+
+def _assert_same_batches(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        for k in FEATURES:
+            np.testing.assert_array_equal(g[k], w[k])
+
+
+
 @pytest.mark.parametrize("packing", [True, False])
 def test_restored_iterator_yields_the_same_batches(built, packing):
     config, info = built
@@ -204,10 +216,7 @@ def test_restored_iterator_yields_the_same_batches(built, packing):
         restored = fresh()
         next(restored)  # some other position first
         restored.set_state(pickle.loads(pickle.dumps(state)))
-        for want in expected:
-            got = next(restored)
-            for k in FEATURES:
-                np.testing.assert_array_equal(got[k], want[k])
+        _assert_same_batches(_batches(restored, len(expected)), expected)
         assert restored.stats == original.stats
 
 
@@ -253,17 +262,6 @@ def test_problem_source_and_tokenize_tree_pickle(built, tokenizer):
 def streamed(built):
     config = _config(built[0].data.dir, "data.traces=streamed")
     return config, build_dataset(config, log=None)
-
-
-def _batches(iterator, count):
-    return [next(iterator) for _ in range(count)]
-
-
-def _assert_same_batches(got, want):
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        for k in FEATURES:
-            np.testing.assert_array_equal(g[k], w[k])
 
 
 def test_streamed_trees_are_the_stored_ones(built, streamed):
