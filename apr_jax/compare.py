@@ -13,7 +13,9 @@ overrides apply to both), then measures on the APR config's first ``--num``
 test problems:
 
 - accuracy against the per-thread context window (``--contexts``): every
-  thread of either model stops with ``context_limit`` at that many tokens;
+  thread of either model stops with ``context_limit`` at that many tokens (a
+  conditioned SoS+ run is asked for the largest budget that fits the window,
+  APR for ``eval.max_children`` children);
 - accuracy against total tokens, sequential (critical-path) tokens and
   wall-clock per problem: APR at each child count (``--children``), SoS+ at
   each token budget (``--budgets``) and SoS+ with majority vote and pass@k over
@@ -180,11 +182,10 @@ class Measurer:
 
     def measure(self, sweep: str, value: int, *, eval_overrides: dict[str, int] | None = None,
                 prefix: str | None = None, obey: bool = False, **kwargs: Any) -> Point:
-        from apr_jax.evaluate import evaluate_problems, sweep_settings
+        from apr_jax.evaluate import default_prefix, evaluate_problems
         config = self.config.replace(eval=dataclasses.replace(self.config.eval, **(eval_overrides or {})))
         if prefix is None:
-            (_, default), = sweep_settings(None, [], config)
-            prefix = default["prefix"]
+            prefix = default_prefix(config, kwargs.get("tokens_per_thread") or config.eval.tokens_per_thread)
         args = dict(prefix=prefix, seed=self.seed, **kwargs)
         rows, summary = evaluate_problems(self.loaded.model, self.loaded.tokenizer, config,
                                           self.problems, **args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,8 +35,9 @@ def _axes(title: str, xlabel: str):
 def _save(plt: Any, fig: Any, ax: Any, path: str, caption: str = "") -> None:
     ax.legend(fontsize=8)
     if caption:
-        fig.text(0.01, 0.01, caption, fontsize=7, va="bottom")
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        lines = textwrap.wrap(caption, 110)
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, va="bottom")
+        fig.tight_layout(rect=(0, 0.035 + 0.025 * len(lines), 1, 1))
     else:
         fig.tight_layout()
     fig.savefig(path, dpi=120)

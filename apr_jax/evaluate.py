@@ -17,6 +17,9 @@ accuracy against total and against sequential tokens. ``--split`` takes
 comma-separated splits (``--num`` problems from each); ``unseen`` is the
 solvable problems in the task's ranges that are in no split (never trained on,
 RL included): more held-out problems than the test split where the space allows.
+A model trained with ``config.trace.condition`` is asked with a prefix: APR
+``c<eval.max_children>``, SoS+ the largest budget bucket that fits its thread's
+tokens (``b128`` for 128 to 255); ``--sweep=children|budget`` sets it instead.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from flax import nnx
 from apr_jax import config as config_lib
 from apr_jax.checkpoint import Checkpointer, CheckpointError, decode_bytes, split_checkpoint_path
 from apr_jax.cli import run_command
-from apr_jax.countdown.render import conditioning_prefix
+from apr_jax.countdown.render import budget_within, conditioning_prefix
 from apr_jax.decode.engine import Engine, EngineConfig, to_thread_trees
 from apr_jax.decode.metrics import cons_at_k, pass_at_k, sign_test_p
 from apr_jax.decode.protocol_ids import ProtocolIds
@@ -269,18 +272,24 @@ def parse_sweep(spec: str) -> tuple[str, list[int]]:
     return kind, numbers
 
 
+def default_prefix(config: RunConfig, tokens_per_thread: int) -> str:
+    """What a conditioned model is asked when no sweep chooses: APR its
+    ``eval.max_children``, SoS+ the largest budget its thread's tokens hold."""
+    if not config.trace.condition:
+        return ""
+    if config.trace.kind == "apr":
+        return conditioning_prefix("apr", config.eval.max_children)
+    return conditioning_prefix("sosp", budget_within(tokens_per_thread))
+
+
 def sweep_settings(kind: str | None, values: Sequence[int], config: RunConfig
                    ) -> list[tuple[str, dict[str, Any]]]:
     """(label, evaluate_problems kwargs) per sweep point."""
     if kind is None:
-        prefix = ""
-        if config.trace.condition:
-            prefix = conditioning_prefix(config.trace.kind,
-                                         config.eval.max_children if config.trace.kind == "apr"
-                                         else config.eval.tokens_per_thread)
-        return [("default", {"prefix": prefix})]
+        return [("default", {"prefix": default_prefix(config, config.eval.tokens_per_thread)})]
     if kind == "tokens":
-        return [(f"tokens={v}", {"tokens_per_thread": v}) for v in values]
+        return [(f"tokens={v}", {"tokens_per_thread": v, "prefix": default_prefix(config, v)})
+                for v in values]
     wanted = {"children": "apr", "budget": "sosp"}[kind]
     if config.trace.kind != wanted or not config.trace.condition:
         raise ValueError(f"--sweep={kind}=... needs a model trained with config.trace.kind={wanted} "

@@ -3,6 +3,12 @@
 
     python -m benchmarks.tokens_per_trace [--train 600] [--test 200] [--vocab-size 96]
     python -m benchmarks.tokens_per_trace --contexts 128,192,256,384 [--max-nodes 16]
+    python -m benchmarks.tokens_per_trace --critical-path [--max-nodes 8]
+
+``--critical-path`` prints, per setting and child count n, how a conditioned
+APR trace asked for ``c<n>`` splits its written tokens: the root's, a child's,
+and the critical path's share of all of them (the sequential/total ratio the
+comparison reports for a model that writes its traces).
 
 The ``--contexts`` table has one row per candidate task setting (``SETTINGS``):
 the share of SoS+ traces longer than each context, and the mean, 95th
@@ -23,7 +29,8 @@ import tempfile
 import os
 
 from apr_jax.countdown.problems import make_splits
-from apr_jax.countdown.traces import TraceConfig, make_trace
+from apr_jax.countdown.traces import TraceConfig, apr_trace, make_trace
+from apr_jax.decode.metrics import sequential_tokens
 from apr_jax.data.tokenizer import Tokenizer
 
 TASKS = {  # name: make_splits ranges
@@ -85,6 +92,31 @@ def context_table(contexts: list[int], num_train: int, num_test: int, vocab_size
               f"{apr[int(0.95 * (len(apr) - 1))]:5d} {apr[-1]:5d}", flush=True)
 
 
+def critical_path_table(num_train: int, num_test: int, vocab_size: int, **trace) -> None:
+    """Written tokens of conditioned APR traces per requested child count."""
+    print(f"{'setting':16s} {'children':>8s} {'root':>5s} {'child':>6s} {'total':>6s} "
+          f"{'sequential/total':>16s}")
+    cfg = TraceConfig(kind="apr", condition=True, **trace)
+    for name, task in SETTINGS.items():
+        splits = make_splits(num_train, 0, num_test, seed=0, **task)
+        train = [make_trace(p, cfg) for p in splits["train"]]
+        with tempfile.TemporaryDirectory() as tmp:
+            tok = Tokenizer.train([t.text for tree in train for t in tree.threads], vocab_size,
+                                  os.path.join(tmp, "m.model"))
+        for n in range(1, cfg.max_children + 1):
+            roots, kids, totals, ratios = [], [], [], []
+            for problem in splits["test"]:
+                tree = apr_trace(problem, cfg, children=n)
+                written = [int(s.loss_mask.sum()) for s in tree.to_sequences(tok)]
+                spawns = [[list(t.children)] if t.children else [] for t in tree.threads]
+                roots.append(written[0])
+                kids += written[1:]
+                totals.append(sum(written))
+                ratios.append(sequential_tokens(written, spawns) / sum(written))
+            print(f"{name:16s} {n:8d} {sum(roots) / len(roots):5.0f} {sum(kids) / len(kids):6.0f} "
+                  f"{sum(totals) / len(totals):6.0f} {sum(ratios) / len(ratios):16.2f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=600)
@@ -95,7 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-nodes", type=int, default=16)
     parser.add_argument("--beam-size", type=int, default=4)
     parser.add_argument("--max-children", type=int, default=4)
+    parser.add_argument("--critical-path", action="store_true",
+                        help="written tokens and sequential/total per requested child count")
     args = parser.parse_args(argv)
+    if args.critical_path:
+        critical_path_table(args.train, args.test, args.vocab_size, max_nodes=args.max_nodes,
+                            beam_size=args.beam_size, max_children=args.max_children)
+        return
     if args.contexts:
         context_table([int(c) for c in args.contexts.split(",")], args.train, args.test,
                       args.vocab_size, max_nodes=args.max_nodes, beam_size=args.beam_size,

@@ -87,13 +87,32 @@ def test_context_limited_threads_stop_at_exactly_the_limit(compared):
     assert all(r["max_context"] == 48 for r in limited)
 
 
+@pytest.mark.slow
+def test_context_sweep_asks_each_model_for_what_fits_the_window(compared):
+    """SoS+ is asked for the largest budget bucket a window holds (b64 is the
+    smallest it was trained on), APR for its eval.max_children children."""
+    rows = [json.loads(l) for l in open(os.path.join(compared["workdir"], "results.jsonl"))]
+    prompts = {(r["model"], r["value"]): r["tree"]["threads"][0]["segments"][0]["text"]
+               for r in rows if r["sweep"] == "context"}
+    assert prompts[("SoS+", 48)].startswith("b64 ") and prompts[("SoS+", 128)].startswith("b128 ")
+    assert prompts[("APR", 48)].startswith("c4 ") and prompts[("APR", 128)].startswith("c4 ")
+
+
+def test_evaluate_asks_a_conditioned_sosp_run_for_a_budget_it_knows():
+    from apr_jax.evaluate import sweep_settings
+    config = load_run_config(SOSP_CONFIG, ["config.eval.tokens_per_thread=160"])
+    assert sweep_settings(None, [], config) == [("default", {"prefix": "b128 "})]
+    assert [kw["prefix"] for _, kw in sweep_settings("tokens", [96, 300], config)] == ["b64 ", "b256 "]
+    assert sweep_settings(None, [], load_run_config(APR_CONFIG, [])) == [("default", {"prefix": "c4 "})]
+
+
 def test_unequal_budgets_and_bad_flags_are_one_line_errors(tmp_path, capsys):
     shorter = tmp_path / "short_sosp.py"
     shorter.write_text(f"from apr_jax.config import config_module\n"
                        f"base = config_module({SOSP_CONFIG!r})\n"
                        f"def get_config():\n    c = base.get_config()\n"
                        f"    c.train.steps = 400\n    return c\n")
-    with pytest.raises(ConfigError, match="unequal training budgets: APR 3,276,800 tokens, SoS"):
+    with pytest.raises(ConfigError, match="unequal training budgets: APR 6,144,000 tokens, SoS"):
         compare.load_pair(APR_CONFIG, str(shorter), [])
     with pytest.raises(ConfigError, match="train different tasks"):
         compare.load_pair(APR_CONFIG, os.path.join(compare.CONFIGS_DIR, "countdown4_sosp_h200.py"), [])

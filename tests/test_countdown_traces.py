@@ -10,9 +10,10 @@ import pytest
 
 from apr_jax import protocol
 from apr_jax.countdown.problems import Problem, generate_problems
-from apr_jax.countdown.render import (MIN_BUDGET_BUCKET, approx_tokens, conditioning_prefix,
-                                     parse_prompt, problem_prompt)
-from apr_jax.countdown.traces import TraceConfig, final_operations, make_trace
+from apr_jax.countdown.render import (MIN_BUDGET_BUCKET, approx_tokens, budget_bucket,
+                                     budget_within, conditioning_prefix, parse_prompt,
+                                     problem_prompt)
+from apr_jax.countdown.traces import TraceConfig, apr_trace, final_operations, make_trace
 from apr_jax.countdown.verifier import verify
 from apr_jax.threads import ThreadTree
 from configs.default import get_config
@@ -134,6 +135,13 @@ def test_conditioning_prefixes():
         conditioning_prefix("beam", 4)
 
 
+@pytest.mark.parametrize("tokens", [1, 63, 64, 96, 127, 128, 160, 255, 256, 1000])
+def test_budget_within_is_the_largest_trained_bucket_that_fits(tokens):
+    budget = budget_within(tokens)
+    assert budget_bucket(budget) == budget  # a budget the generators write
+    assert budget <= max(tokens, MIN_BUDGET_BUCKET) and 2 * budget > tokens
+
+
 def test_conditioned_apr_traces_spawn_the_drawn_child_count_once():
     """c<n> is a request: each conditioned trace draws n in 1..max_children and
     its root spawns exactly n children in one round, whatever the search finds."""
@@ -151,6 +159,21 @@ def test_conditioned_apr_traces_spawn_the_drawn_child_count_once():
     unconditioned = [make_trace(q, dataclasses.replace(cfg, condition=False)).meta["solved"]
                      for q in _problems(3)]
     assert sum(solved) < sum(unconditioned)  # fewer children search fewer branches
+
+
+def test_a_requested_child_count_is_the_trace_of_that_draw():
+    """apr_trace(children=n) is the conditioned trace that drew n (the rest of
+    the trace unchanged), and only conditioned traces take a request."""
+    cfg = TraceConfig(kind="apr", condition=True, max_children=3)
+    for q in _problems(4)[:8]:
+        drawn = make_trace(q, cfg)
+        assert apr_trace(q, cfg, children=drawn.num_spawned).to_json() == drawn.to_json()
+        for n in (1, 3):
+            assert apr_trace(q, cfg, children=n).threads[0].segments[0].text.startswith(f"c{n} ")
+    with pytest.raises(ValueError, match="children=2 needs trace.condition"):
+        apr_trace(_problems(4)[0], dataclasses.replace(cfg, condition=False), children=2)
+    with pytest.raises(ValueError, match="children=4 needs"):
+        apr_trace(_problems(4)[0], cfg, children=4)
 
 
 @pytest.mark.parametrize("style", ["terse", "reference"])

@@ -94,6 +94,12 @@ def budget_bucket(num_tokens: int) -> int:
     return max(MIN_BUDGET_BUCKET, 1 << max(0, math.ceil(math.log2(max(1, num_tokens)))))
 
 
+def budget_within(num_tokens: int) -> int:
+    """The largest budget bucket whose traces fit in ``num_tokens`` tokens
+    (``MIN_BUDGET_BUCKET`` when none does): the request that suits a context."""
+    return max(MIN_BUDGET_BUCKET, 1 << (max(1, num_tokens).bit_length() - 1))
+
+
 def conditioning_prefix(kind: str, value: int) -> str:
     """``b512 `` (SoS+ token budget) or ``c4 `` (APR child-thread count)."""
     if kind not in PREFIX_KINDS:

@@ -113,14 +113,16 @@ def sosp_trace(problem: Problem, cfg: TraceConfig, rng: random.Random | None = N
 class _AprBuilder:
     """Builds the threads of one APR trace."""
 
-    def __init__(self, problem: Problem, cfg: TraceConfig, rng: random.Random):
+    def __init__(self, problem: Problem, cfg: TraceConfig, rng: random.Random,
+                 children: int | None = None):
         self.problem, self.cfg, self.rng = problem, cfg, rng
         self.target = problem.target
         self.threads: list[Thread] = []
         self.visits = 0
         # A conditioned trace draws its children per spawn and spawns once, so
         # its c<n> prefix is a request a model can follow, not the search's outcome.
-        self.per_spawn = rng.randint(1, cfg.max_children) if cfg.condition else cfg.max_children
+        drawn = rng.randint(1, cfg.max_children) if cfg.condition else cfg.max_children
+        self.per_spawn = drawn if children is None else children
         self.rounds = 1 if cfg.condition else None
 
     def may_spawn(self, node: search.Node, depth: int) -> bool:
@@ -204,10 +206,14 @@ class _AprBuilder:
         return _tree(problem, cfg, self.threads, solution, self.visits)
 
 
-def apr_trace(problem: Problem, cfg: TraceConfig, rng: random.Random | None = None) -> ThreadTree:
-    """A thread tree: the root spawns children over the search's branches."""
+def apr_trace(problem: Problem, cfg: TraceConfig, rng: random.Random | None = None,
+              children: int | None = None) -> ThreadTree:
+    """A thread tree: the root spawns children over the search's branches.
+    ``children`` sets a conditioned trace's child count (drawn when None)."""
     problem = as_problem(problem)
-    return _AprBuilder(problem, cfg, rng or trace_rng(problem, cfg.seed)).build()
+    if children is not None and not (cfg.condition and 1 <= children <= cfg.max_children):
+        raise ValueError(f"children={children} needs trace.condition and 1..{cfg.max_children}")
+    return _AprBuilder(problem, cfg, rng or trace_rng(problem, cfg.seed), children).build()
 
 
 def make_trace(problem: Problem, cfg: TraceConfig, rng: random.Random | None = None) -> ThreadTree:
