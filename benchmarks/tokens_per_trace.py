@@ -30,7 +30,7 @@ import os
 
 from apr_jax.countdown.problems import make_splits
 from apr_jax.countdown.traces import TraceConfig, apr_trace, make_trace
-from apr_jax.decode.metrics import sequential_tokens
+from apr_jax.decode.metrics import sequential_tokens, tree_spawns
 from apr_jax.data.tokenizer import Tokenizer
 
 TASKS = {  # name: make_splits ranges
@@ -50,15 +50,20 @@ def byte_tokens(tree) -> int:
     return sum(len(t.text.encode("utf-8")) + 1 + (t.stop == "eos") for t in tree.threads)
 
 
+def train_tokenizer(trees, vocab_size: int, model_type: str = "bpe") -> Tokenizer:
+    """A sentencepiece tokenizer trained on the threads of ``trees``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return Tokenizer.train([t.text for tree in trees for t in tree.threads], vocab_size,
+                               os.path.join(tmp, "m.model"), model_type=model_type)
+
+
 def measure(task: str, kind: str, style: str, num_train: int, num_test: int,
             vocab_size: int, model_type: str = "bpe") -> dict[str, float]:
     splits = make_splits(num_train, 0, num_test, seed=0, **TASKS[task])
     cfg = TraceConfig(kind=kind, style=style)
     train = [make_trace(p, cfg) for p in splits["train"]]
     test = [make_trace(p, cfg) for p in splits["test"]]
-    with tempfile.TemporaryDirectory() as tmp:
-        tok = Tokenizer.train([t.text for tree in train for t in tree.threads], vocab_size,
-                              os.path.join(tmp, "m.model"), model_type=model_type)
+    tok = train_tokenizer(train, vocab_size, model_type)
     tokens = [sum(len(s.tokens) for s in tree.to_sequences(tok)) for tree in test]
     return {"tokens": sum(tokens) / len(test),
             "bytes": sum(byte_tokens(tree) for tree in test) / len(test),
@@ -73,9 +78,7 @@ def thread_lengths(task: dict, kind: str, num_train: int, num_test: int, vocab_s
     splits = make_splits(num_train, 0, num_test, seed=0, **task)
     cfg = TraceConfig(kind=kind, **trace)
     train = [make_trace(p, cfg) for p in splits["train"]]
-    with tempfile.TemporaryDirectory() as tmp:
-        tok = Tokenizer.train([t.text for tree in train for t in tree.threads], vocab_size,
-                              os.path.join(tmp, "m.model"))
+    tok = train_tokenizer(train, vocab_size)
     return [[len(s.tokens) for s in make_trace(p, cfg).to_sequences(tok)] for p in splits["test"]]
 
 
@@ -100,19 +103,16 @@ def critical_path_table(num_train: int, num_test: int, vocab_size: int, **trace)
     for name, task in SETTINGS.items():
         splits = make_splits(num_train, 0, num_test, seed=0, **task)
         train = [make_trace(p, cfg) for p in splits["train"]]
-        with tempfile.TemporaryDirectory() as tmp:
-            tok = Tokenizer.train([t.text for tree in train for t in tree.threads], vocab_size,
-                                  os.path.join(tmp, "m.model"))
+        tok = train_tokenizer(train, vocab_size)
         for n in range(1, cfg.max_children + 1):
             roots, kids, totals, ratios = [], [], [], []
             for problem in splits["test"]:
                 tree = apr_trace(problem, cfg, children=n)
                 written = [int(s.loss_mask.sum()) for s in tree.to_sequences(tok)]
-                spawns = [[list(t.children)] if t.children else [] for t in tree.threads]
                 roots.append(written[0])
                 kids += written[1:]
                 totals.append(sum(written))
-                ratios.append(sequential_tokens(written, spawns) / sum(written))
+                ratios.append(sequential_tokens(written, tree_spawns(tree)) / sum(written))
             print(f"{name:16s} {n:8d} {sum(roots) / len(roots):5.0f} {sum(kids) / len(kids):6.0f} "
                   f"{sum(totals) / len(totals):6.0f} {sum(ratios) / len(ratios):16.2f}", flush=True)
 

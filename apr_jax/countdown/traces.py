@@ -121,6 +121,8 @@ class _AprBuilder:
         self.visits = 0
         # A conditioned trace draws its children per spawn and spawns once, so
         # its c<n> prefix is a request a model can follow, not the search's outcome.
+        # A requested count replaces the draw, which still happens so that the
+        # rest of the trace takes the same random numbers as the drawn one.
         drawn = rng.randint(1, cfg.max_children) if cfg.condition else cfg.max_children
         self.per_spawn = drawn if children is None else children
         self.rounds = 1 if cfg.condition else None
