@@ -2,8 +2,9 @@
 
 A mode plugs in a ``Task`` (its train state and data stream, one step, the
 logged row); ``run_loop`` owns the rest: restore from the newest readable
-checkpoint, the step count, SIGTERM and the time limit, the NaN policy,
-metrics and progress, checkpoint cadence and the end-of-run save.
+checkpoint, the step count, SIGTERM, the time limit and the step budget it
+plans (``apr_jax.step_budget``), the NaN policy, metrics and progress,
+checkpoint cadence and the end-of-run save.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import dataclasses
 import math
 import signal
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
+
+import jax
+import numpy as np
 
 from apr_jax.checkpoint import Checkpointer
 from apr_jax.metrics_log import MetricsLogger
 from apr_jax.run_config import TrainConfig
+from apr_jax.step_budget import PROBE_STEPS, StepBudget, plan_steps, read_budget, write_budget
 from apr_jax.train_state import TrainState, abstract_like
 
 
@@ -51,6 +56,9 @@ class Task(Protocol):
     check_lag: int  # steps between a step and the check of its finite flag (0 or 1)
     nan_label: str  # prefix of the NaN error, e.g. "RL "
     nan_advice: str  # the NaN error's last clause
+    # The update count where the learning-rate schedule ends (in the task's
+    # steps); the loop sets it from the step budget before each step.
+    schedule_steps: int
 
     def meta(self) -> dict[str, Any]:
         """JSON saved with every checkpoint."""
@@ -94,12 +102,28 @@ class LoopResult:
     last: dict[str, Any]  # the last logged row
     preempted: bool  # stopped by a signal
     out_of_time: bool  # stopped by the time limit
+    planned_steps: int  # the run's last step: train.steps, or the step budget of a time limit
+
+    @property
+    def finished(self) -> bool:
+        """The run trained to its planned last step (or its time limit ran out)."""
+        return self.step >= self.planned_steps or self.out_of_time
 
 
-def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int | None = None
-             ) -> LoopResult:
-    """Restore ``task`` from ``workdir`` and train it to ``settings.steps``
-    (or ``stop_at``, checkpointed and resumable, as a preemption would)."""
+def _agreed(value: int) -> int:
+    """``value`` as process 0 has it (every process plans the same budget)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
+def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int | None = None,
+             clock: Callable[[], float] = time.monotonic) -> LoopResult:
+    """Restore ``task`` from ``workdir`` and train it to ``settings.steps``, or
+    to the step budget a time limit plans (``apr_jax.step_budget``); ``stop_at``
+    ends it earlier, checkpointed and resumable, as a preemption would.
+    ``clock`` (seconds) times the limit and the budget's probe."""
     checkpointer = Checkpointer(workdir, keep=settings.keep_checkpoints)
     params, opt_state = map(abstract_like, task.state.checkpoint_trees())
     restored = checkpointer.restore_latest(params, opt_state, task.data)
@@ -135,28 +159,56 @@ def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int |
             f"discarded and training stopped; last good checkpoint: {good[-1] if good else 'none'}; "
             f"{task.nan_advice}")
 
+    budget = read_budget(workdir)
+    if budget is not None:
+        logger.print(f"step budget {budget.steps} of {settings.steps} (planned at step "
+                     f"{budget.decided_at} for the time limit; {workdir}/step_budget.json)")
+    planned = budget.steps if budget is not None else settings.steps
+    logger.set_total(planned)
+    probing = budget is None and settings.time_limit_minutes > 0
+    probe_start: tuple[int, float] | None = None  # (step, time) after this run's first step
+
     stop = StopFlag()
     stop.install()
-    deadline = (time.time() + 60 * settings.time_limit_minutes
+    deadline = (clock() + 60 * settings.time_limit_minutes
                 if settings.time_limit_minutes > 0 else math.inf)
     step, last_saved, last = start_step, (start_step if restored is not None else -1), {}
     pending: list[tuple[int, dict[str, Any]]] = []  # steps whose finite flag is not checked yet
     out_of_time = False
     try:
-        while step < min(settings.steps, stop_at or settings.steps):
+        while step < min(planned, stop_at or planned):
             if stop.signal is not None:
                 break
-            if time.time() > deadline:
+            if clock() > deadline:
                 logger.print(f"time limit of {settings.time_limit_minutes} min reached at step {step}")
                 out_of_time = True
                 break
+            task.schedule_steps = (budget.schedule_steps(step) if budget is not None
+                                   else settings.steps)
             metrics = task.step()
             step += 1
+            if probing and (probe_start is None or step - probe_start[0] == PROBE_STEPS):
+                jax.block_until_ready(metrics)  # time finished steps, not dispatches
+                if probe_start is None:
+                    probe_start = (step, clock())
+                else:
+                    seconds_per_step = (clock() - probe_start[1]) / PROBE_STEPS
+                    planned = _agreed(plan_steps(configured=settings.steps, done=step,
+                                                 seconds_per_step=seconds_per_step,
+                                                 seconds_left=deadline - clock()))
+                    budget = StepBudget(planned, step, seconds_per_step, settings.steps)
+                    if jax.process_index() == 0:
+                        write_budget(workdir, budget)
+                    logger.set_total(planned)
+                    task.schedule_steps, probing = planned, False
+                    logger.print(f"step budget: {planned} of {settings.steps} steps fit in the "
+                                 f"time limit at {seconds_per_step:.3f} s/step; the learning rate "
+                                 f"anneals at step {planned}")
             pending.append((step, metrics))
             if len(pending) > task.check_lag:
                 check_finite(*pending.pop(0))
             logger.advance(1)
-            if step % settings.log_every == 0 or step == settings.steps:
+            if step % settings.log_every == 0 or step == planned:
                 while pending:
                     check_finite(*pending.pop(0))
                 last = task.row(step, metrics)
@@ -178,4 +230,4 @@ def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int |
         checkpointer.close()
         logger.close()
         stop.uninstall()
-    return LoopResult(step, last, stop.signal is not None, out_of_time)
+    return LoopResult(step, last, stop.signal is not None, out_of_time, planned)

@@ -59,6 +59,13 @@ class MetricsLogger:
         for line in warnings:
             self.print(f"warning: {line}")
 
+    def set_total(self, total_steps: int) -> None:
+        """The run's last step changed (a step budget): the progress bar's end."""
+        self.total_steps = total_steps
+        if self._bar is not None:
+            self._bar.total = total_steps
+            self._bar.refresh()
+
     def advance(self, steps: int = 1, **postfix: Any) -> None:
         if self._bar is not None:
             self._bar.update(steps)

@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from apr_jax.loss import masked_lm_loss
+from apr_jax.optim import Schedule
 from apr_jax.train_state import Graphs, TrainState
 from apr_jax.update import apply_gradients, summed_gradients
 
@@ -46,11 +46,13 @@ def _split_params(graphs: Graphs, state: TrainState) -> tuple[nnx.GraphDef, Any,
 
 
 def make_train_step(graphs: Graphs, state_shardings: TrainState, batch_shardings: Any,
-                    *, grad_accum: int = 1, learning_rate: optax.Schedule | None = None
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """Returns ``step(state, batch) -> (state, metrics)``, jitted and donating state."""
+                    *, grad_accum: int = 1, learning_rate: Schedule | None = None
+                    ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """Returns ``step(state, batch, schedule_steps) -> (state, metrics)``,
+    jitted and donating state; ``schedule_steps`` (an int32 scalar, traced) is
+    the step where the learning-rate schedule ends (``apr_jax.optim``)."""
 
-    def step(state: TrainState, batch: Batch):
+    def step(state: TrainState, batch: Batch, schedule_steps: jax.Array):
         model_graphdef, params, rest = _split_params(graphs, state)
         grad_fn = jax.value_and_grad(make_loss_fn(model_graphdef, rest), has_aux=True)
         if grad_accum == 1:
@@ -61,14 +63,14 @@ def make_train_step(graphs: Graphs, state_shardings: TrainState, batch_shardings
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         loss = loss_sum / denom
-        state, update = apply_gradients(graphs, state, grads, loss, learning_rate)
+        state, update = apply_gradients(graphs, state, grads, loss, learning_rate, schedule_steps)
         metrics = {"loss": loss, "grad_norm": update["grad_norm"], "token_accuracy": correct / denom,
                    "loss_tokens": count, "finite": update["finite"]}
         if "lr" in update:
             metrics["lr"] = update["lr"]
         return state, metrics
 
-    return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+    return jax.jit(step, in_shardings=(state_shardings, batch_shardings, None),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 

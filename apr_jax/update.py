@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from apr_jax.optim import Schedule
 from apr_jax.train_state import Graphs, TrainState
 
 # value_and_grad(params, microbatch) -> ((loss, aux), grads)
@@ -49,20 +50,23 @@ def summed_gradients(value_and_grad: ValueAndGrad, params: Any, microbatches: An
 
 
 def apply_gradients(graphs: Graphs, state: TrainState, grads: Any, loss: jax.Array,
-                    learning_rate: optax.Schedule | None = None
+                    learning_rate: Schedule | None = None,
+                    schedule_steps: jax.Array | None = None
                     ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update of ``state`` by ``grads``; when ``loss`` or the
-    gradient norm is not finite the state comes back unchanged. Returns the
-    new state and ``grad_norm``, ``finite`` and (with a schedule) ``lr``."""
+    gradient norm is not finite the state comes back unchanged. The schedule
+    ends at ``schedule_steps`` (None: ``train.steps``; ``apr_jax.optim``).
+    Returns the new state and ``grad_norm``, ``finite`` and (with
+    ``learning_rate``, the optimizer's schedule) ``lr``."""
     # merge() shares Variables with ``state``; the identity map keeps an
     # unaliased copy of the old values for the guard.
     old = jax.tree.map(lambda x: x, (state.model, state.opt))
     model, optimizer = graphs.merge(state)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    optimizer.update(model, grads)
+    optimizer.update(model, grads, **({} if schedule_steps is None else {"schedule_steps": schedule_steps}))
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), (nnx.state(model), nnx.state(optimizer)), old)
     metrics = {"grad_norm": grad_norm, "finite": finite}
     if learning_rate is not None:
-        metrics["lr"] = learning_rate(optimizer.step[...] - 1)
+        metrics["lr"] = learning_rate(optimizer.step[...] - 1, schedule_steps)
     return TrainState(new[0], new[1], state.ref), metrics

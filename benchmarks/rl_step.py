@@ -58,7 +58,8 @@ def compare_updates(config, workdir: str, steps: int) -> None:
             state = jax.block_until_ready(jax.tree.map(jnp.copy, task.state))  # the update donates it
             start = time.perf_counter()
             with jax.set_mesh(task.mesh):
-                state, metrics = task.update(state, task.update_batch(collected, packed))
+                state, metrics = task.update(state, task.update_batch(collected, packed),
+                                             task.schedule_updates())
                 metrics = jax.device_get(metrics)
             results[packed] = (state, metrics, time.perf_counter() - start)
         task.state = results[bool(config.rl.packed_update)][0]

@@ -1,6 +1,7 @@
 """The shared training loop with a scripted task: the NaN policy (each bad
 step counted once, the error names the step and the last good checkpoint),
-the check one step late, and SIGTERM (saved, resumed where it stopped)."""
+the check one step late, SIGTERM (saved, resumed where it stopped), and the
+time limit on a fake clock (the final save, the step budget it plans)."""
 
 import json
 import os
@@ -11,7 +12,21 @@ import pytest
 from flax import nnx
 
 from apr_jax import train_state
+from apr_jax.checkpoint import Checkpointer
 from apr_jax.loop import LoopSettings, TrainingError, run_loop
+from apr_jax.optim import learning_rate_schedule
+from apr_jax.run_config import TrainConfig
+from apr_jax.step_budget import PROBE_STEPS, SAFETY, read_budget
+
+
+class FakeClock:
+    """Seconds that pass only when a scripted step says so."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
 
 
 class Counter:
@@ -34,12 +49,15 @@ class ScriptedTask:
     nan_label = "scripted "
     nan_advice = "try something else"
 
-    def __init__(self, bad_steps=(), check_lag=1, signal_at=None, start=None):
+    def __init__(self, bad_steps=(), check_lag=1, signal_at=None, start=None, clock=None,
+                 seconds_per_step=0.0):
         model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
         _, self.state = train_state.split(model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param))
         self.data = Counter()
         self.bad_steps, self.check_lag, self.signal_at = set(bad_steps), check_lag, signal_at
         self.start = start or {}
+        self.clock, self.seconds_per_step = clock, seconds_per_step
+        self.schedules = {}  # step -> the schedule_steps the loop gave it
 
     def meta(self):
         return {}
@@ -51,6 +69,9 @@ class ScriptedTask:
         return {**self.start, "warnings": ["scripted warning"]} if self.start else {}
 
     def step(self):
+        self.schedules[self.data.position] = self.schedule_steps
+        if self.clock is not None:
+            self.clock.now += self.seconds_per_step
         self.data.position += 1
         if self.data.position == self.signal_at:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -109,3 +130,62 @@ def test_start_row_is_logged_at_step_zero_of_a_fresh_run_only(tmp_path, capsys):
 def test_stop_at_ends_early_and_keeps_the_schedule(tmp_path):
     assert run_loop(ScriptedTask(), settings(), str(tmp_path), stop_at=4).step == 4
     assert run_loop(ScriptedTask(), settings(), str(tmp_path)).step == 6
+
+
+def test_a_run_stopped_off_a_log_step_still_checks_its_last_step(tmp_path):
+    with pytest.raises(TrainingError, match="at step 5;"):
+        run_loop(ScriptedTask(bad_steps=(5,)), settings(steps=10, on_nan="stop"), str(tmp_path),
+                 stop_at=5)
+
+
+def test_the_time_limit_saves_the_step_it_stopped_at(tmp_path, capsys):
+    clock = FakeClock()  # 60 s per step, a 2.5-minute limit: stopped after step 3, before the probe ends
+    task = ScriptedTask(clock=clock, seconds_per_step=60.0)
+    result = run_loop(task, settings(steps=100, checkpoint_every=50, time_limit_minutes=2.5),
+                      str(tmp_path), clock=clock)
+    assert result.out_of_time and result.step == 3 and result.finished
+    assert "time limit of 2.5 min reached at step 3" in capsys.readouterr().out
+    assert Checkpointer(str(tmp_path), keep=5).steps() == [3]
+    assert run_loop(ScriptedTask(), settings(steps=4), str(tmp_path)).step == 4  # resumes there
+
+
+def test_a_time_limit_plans_a_step_budget_that_the_schedule_anneals_at(tmp_path):
+    clock = FakeClock()  # 1 s per step, 60 s: the first step and the probe take 1 + PROBE_STEPS s
+    task = ScriptedTask(clock=clock, seconds_per_step=1.0)
+    result = run_loop(task, settings(steps=100, time_limit_minutes=1.0), str(tmp_path), clock=clock)
+    probed = 1 + PROBE_STEPS
+    planned = probed + int(SAFETY * (60 - probed))
+    assert not result.out_of_time and result.step == result.planned_steps == planned < 100
+    budget = read_budget(str(tmp_path))
+    assert (budget.steps, budget.decided_at, budget.configured_steps) == (planned, probed, 100)
+    assert budget.seconds_per_step == pytest.approx(1.0)
+    assert [task.schedules[i] for i in (0, probed - 1, probed, planned - 1)] == [100, 100, planned, planned]
+    assert logged(tmp_path)[-1]["step"] == planned  # the last step is logged
+
+    # The schedule's learning rate reaches its end value at the budget, not at train.steps.
+    lr = learning_rate_schedule(TrainConfig(steps=100, warmup_steps=5, lr=1.0, min_lr_ratio=0.1))
+    assert float(lr(planned, budget.steps)) == pytest.approx(0.1)
+    assert float(lr(planned, 100)) > 0.5
+
+
+def test_a_resumed_run_keeps_the_step_budget_it_planned(tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    clock = FakeClock()
+    reference = ScriptedTask(clock=clock, seconds_per_step=1.0)
+    run_loop(reference, settings(steps=100, time_limit_minutes=1.0), str(whole), clock=clock)
+    clock = FakeClock()
+    first = ScriptedTask(clock=clock, seconds_per_step=1.0)
+    assert run_loop(first, settings(steps=100, time_limit_minutes=1.0), str(cut), clock=clock,
+                    stop_at=30).step == 30
+    clock = FakeClock()  # a faster rerun still trains to the budget planned, not to train.steps
+    second = ScriptedTask(clock=clock, seconds_per_step=0.1)
+    result = run_loop(second, settings(steps=100, time_limit_minutes=1.0), str(cut), clock=clock)
+    assert result.step == read_budget(str(whole)).steps
+    assert {**first.schedules, **second.schedules} == reference.schedules
+
+
+def test_without_a_time_limit_nothing_is_planned(tmp_path):
+    task = ScriptedTask()
+    result = run_loop(task, settings(steps=20), str(tmp_path))
+    assert result.step == result.planned_steps == 20 and read_budget(str(tmp_path)) is None
+    assert set(task.schedules.values()) == {20}

@@ -15,6 +15,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -74,7 +75,7 @@ def reference_run(config) -> tuple[list[float], dict]:
         local = [next(it) for it in iterators]
         batch = {k: np.concatenate([b[k] for b in local]) for k in local[0]}
         with jax.set_mesh(mesh):  # as train.py calls the step
-            state, metrics = step_fn(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
+            state, metrics = step_fn(state, jax.device_put(batch, sharding.batch_sharding(mesh)), jnp.int32(config.train.steps))
         losses.append(float(metrics["loss"]))
     return losses, jax.device_get(nnx.to_pure_dict(state.model))
 

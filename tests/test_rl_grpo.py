@@ -198,7 +198,7 @@ def test_update_ignores_prompt_tokens_and_padding_rows(kl_coef):
     cfg = GrpoConfig(kl_coef=kl_coef, inner_epochs=2, minibatches=2, microbatches=2)
     update = make_grpo_update(graphs, cfg, num_rollouts=4)
     copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731  (the update donates its state)
-    state_a, m_a = update(copy(state), _batch(tokens, valid, mask, adv, old))
+    state_a, m_a = update(copy(state), _batch(tokens, valid, mask, adv, old), None)
     assert bool(m_a["finite"]) and np.isfinite(float(m_a["loss"]))
 
     # Change what must not matter: tokens after the written span, the old
@@ -207,13 +207,13 @@ def test_update_ignores_prompt_tokens_and_padding_rows(kl_coef):
     tokens_b[:, 13:] = rng.integers(3, 24, (R, 3))
     tokens_b[~valid] = rng.integers(3, 24, (int((~valid).sum()), L))
     old_b[mask == 0] = np.resize(np.array([1e4, -1e4, np.inf, 5.0], np.float32), int((mask == 0).sum()))
-    state_b, m_b = update(copy(state), _batch(tokens_b, valid, mask, adv, old_b))
+    state_b, m_b = update(copy(state), _batch(tokens_b, valid, mask, adv, old_b), None)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  nnx.to_pure_dict(state_a.model), nnx.to_pure_dict(state_b.model))
 
     # Zero advantages and no KL: nothing to learn, parameters unchanged.
     if kl_coef == 0:
-        state_c, _ = update(copy(state), _batch(tokens, valid, mask, np.zeros(4), old))
+        state_c, _ = update(copy(state), _batch(tokens, valid, mask, np.zeros(4), old), None)
         jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(state_c.model), nnx.to_pure_dict(state.model))
     else:
         changed = jax.tree.map(lambda a, b: not np.allclose(a, b), nnx.to_pure_dict(state_a.model),
@@ -321,7 +321,7 @@ def test_one_update_matches_a_reference_computation_and_moves_logprobs_by_advant
     packed = pack_update_batch(rollout, adv_N, None, minibatches=2)
     update = make_grpo_update(graphs, cfg, num_rollouts=N)
     for update_batch in (batch, packed):
-        new_state, metrics = update(jax.tree.map(jnp.array, state), update_batch)
+        new_state, metrics = update(jax.tree.map(jnp.array, state), update_batch, None)
         assert bool(metrics["finite"])
         np.testing.assert_allclose(float(metrics["loss"]), np.mean(expected), rtol=1e-5, atol=1e-6)
         updated = nnx.split(nnx.merge(graphs.model, new_state.model), nnx.Param, ...)[1]
@@ -345,7 +345,7 @@ def test_one_update_matches_a_reference_computation_and_moves_logprobs_by_advant
     gap_T = np.abs(old[written] - lp0[written])
     update_rc = make_grpo_update(graphs, dataclasses.replace(cfg, old_logprobs="recompute"), num_rollouts=N)
     for update_batch in (batch, packed):
-        new_state, metrics = update_rc(jax.tree.map(jnp.array, state), update_batch)
+        new_state, metrics = update_rc(jax.tree.map(jnp.array, state), update_batch, None)
         np.testing.assert_allclose(float(metrics["loss"]), np.mean(expected_rc), rtol=1e-5, atol=1e-6)
         updated = nnx.split(nnx.merge(graphs.model, new_state.model), nnx.Param, ...)[1]
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),

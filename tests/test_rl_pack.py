@@ -138,8 +138,8 @@ def test_packed_update_equals_unpacked_update():
     update = make_grpo_update(graphs, cfg, num_rollouts=N)
     copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731  (the update donates its state)
     device = jax.tree.map(jnp.asarray, batch)
-    plain_state, plain = update(copy(state), UpdateBatch.from_rollout(device, adv_N, keep_N))
-    packed_state, packed = update(copy(state), pack_update_batch(batch, adv_N, keep_N, minibatches=2))
+    plain_state, plain = update(copy(state), UpdateBatch.from_rollout(device, adv_N, keep_N), None)
+    packed_state, packed = update(copy(state), pack_update_batch(batch, adv_N, keep_N, minibatches=2), None)
     assert bool(plain["finite"]) and bool(packed["finite"])
     for key in ("loss", "policy_loss", "kl", "clip_fraction", "ratio_mean", "ratio_max", "grad_norm"):
         np.testing.assert_allclose(float(packed[key]), float(plain[key]), rtol=1e-5, atol=1e-7, err_msg=key)

@@ -2,6 +2,7 @@
 big batch, and a tiny batch can be memorised."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -37,7 +38,8 @@ def run_steps(overrides, devices, batch, steps=2):
                            learning_rate=learning_rate_schedule(config.train))
     losses = []
     for _ in range(steps):
-        state, metrics = step(state, sharding.global_batch_from_process(batch, mesh))
+        state, metrics = step(state, sharding.global_batch_from_process(batch, mesh),
+                               jnp.int32(config.train.steps))
         losses.append(float(metrics["loss"]))
     params = jax.device_get(nnx.to_pure_dict(state.model))
     return losses, params, state
@@ -87,7 +89,8 @@ def test_non_finite_step_leaves_state_unchanged():
     finite = []
     for _ in range(4):
         before = jax.device_get(nnx.to_pure_dict(state.model))
-        state, metrics = step(state, sharding.global_batch_from_process(batch, mesh))
+        state, metrics = step(state, sharding.global_batch_from_process(batch, mesh),
+                               jnp.int32(config.train.steps))
         finite.append(bool(metrics["finite"]))
         if not finite[-1]:
             after = jax.device_get(nnx.to_pure_dict(state.model))

@@ -32,9 +32,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
+from apr_jax.optim import Schedule
 from apr_jax.rl.pack import PackedUpdateBatch
 from apr_jax.rl.rollout import RolloutBatch
 from apr_jax.train_state import Graphs, TrainState
@@ -227,14 +227,16 @@ def padding_share(valid_R: jax.Array, segment_ids_RxL: jax.Array, chunks: int) -
 
 
 def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
-                     learning_rate: optax.Schedule | None = None, state_shardings: Any = None
+                     learning_rate: Schedule | None = None, state_shardings: Any = None
                      ) -> Callable[[TrainState, UpdateBatch | PackedUpdateBatch],
                                    tuple[TrainState, dict[str, jax.Array]]]:
-    """Returns ``update(state, batch) -> (state, metrics)``, jitted and
+    """Returns ``update(state, batch, schedule_steps) -> (state, metrics)``, jitted and
     donating ``state``, whose ``ref`` holds the frozen reference model's
     ``nnx.Param`` state (unused, and may be None, when ``kl_coef == 0``).
     ``batch`` is an ``UpdateBatch`` (one thread per row) or a
     ``PackedUpdateBatch`` (packed threads); each compiles once.
+    ``schedule_steps`` (an int32 scalar, or None for ``train.steps``) is the
+    update where the learning-rate schedule ends (``apr_jax.optim``).
 
     Runs ``inner_epochs`` passes of ``minibatches`` optimizer updates each; a
     step whose loss or gradient is not finite leaves the state unchanged.
@@ -251,7 +253,8 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
     def micro_split(x, micro):
         return x.reshape((micro, x.shape[0] // micro) + x.shape[1:])
 
-    def update(state: TrainState, batch: UpdateBatch | PackedUpdateBatch):
+    def update(state: TrainState, batch: UpdateBatch | PackedUpdateBatch,
+               schedule_steps: jax.Array | None):
         R = batch.tokens_RxL.shape[0]
         M, A = cfg.minibatches, cfg.microbatches
         if R % (M * A):
@@ -302,7 +305,8 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
             (_, stats), grads = summed_gradients(grad_fn, params, minibatch,
                                                  active=lambda micro: jnp.any(micro["valid"]),
                                                  max_keys=("ratio_max",))
-            state, update_metrics = apply_gradients(graphs, state, grads, stats["loss"], learning_rate)
+            state, update_metrics = apply_gradients(graphs, state, grads, stats["loss"], learning_rate,
+                                                   schedule_steps)
             return state, {**stats, **update_metrics}
 
         def epoch(state, _):
@@ -323,7 +327,7 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
 
     jit_kwargs: dict[str, Any] = {"donate_argnums": (0,)}
     if state_shardings is not None:
-        jit_kwargs.update(in_shardings=(state_shardings, None), out_shardings=(state_shardings, None))
+        jit_kwargs.update(in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, None))
     return jax.jit(update, **jit_kwargs)
 
 
