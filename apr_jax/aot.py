@@ -45,7 +45,7 @@ from flax import nnx
 from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax import train_state
-from apr_jax.cli import run_command
+from apr_jax.cli import Command, Flag, run_command
 from apr_jax.decode.engine import decode_page_size, make_decoder
 from apr_jax.decode.model_api import NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
@@ -215,7 +215,7 @@ def compile_train_step(config: RunConfig, vocab_size: int,
                            grad_accum=config.train.grad_accum,
                            learning_rate=learning_rate_schedule(config.train))
     with jax.set_mesh(mesh):  # as train.py calls it
-        return step.lower(state, abstract_batch(config, mesh)).compile()
+        return step.lower(state, abstract_batch(config, mesh), jax.ShapeDtypeStruct((), jnp.int32)).compile()
 
 
 def compile_engine(config: RunConfig, vocab_size: int, devices: Sequence[jax.Device],
@@ -315,12 +315,35 @@ def format_result(result: dict[str, Any]) -> str:
             f"[compiled in {result['compile_s']}s]")
 
 
+COMMAND = Command(
+    "python -m apr_jax.aot",
+    "Compile the train step or the evaluation engine ahead of time for TPU slices; report "
+    "memory per device.",
+    flags=(
+        Flag("config", "the config file (default configs/default.py)", value="FILE"),
+        Flag("topology", "slices, comma-separated (v4-32, v5p-64, ...; cpu: this host's devices)",
+             value="NAMES", required=True, example="v4-32,v5p-64"),
+        Flag("remat", f"remat policies to compile, comma-separated: {', '.join(REMATS)} "
+             "(default config.model.remat)", value="POLICIES"),
+        Flag("step", "what to compile, comma-separated: train, engine (default train)",
+             value="STEPS"),
+        Flag("problems", "problems the engine evaluates at once (default config.eval.batch_problems "
+             "or 256)", value="N"),
+        Flag("libtpu", "the libtpu.so to compile with (default: TPU_LIBRARY_PATH, an installed "
+             "libtpu, or ~/.cache/apr_jax/libtpu)", value="PATH"),
+        Flag("json", "also write the results as JSON", value="FILE"),
+    ),
+    overrides="set one config key, e.g. --config.train.batch_size=16",
+    examples=("python -m apr_jax.aot --config=configs/countdown4_apr_228m.py --topology=v4-32,v5p-64 "
+              "--remat=none,dots,full",),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def body() -> int:
-        flags, overrides = config_lib.parse_command_line(
-            argv, allowed=("config", "topology", "remat", "libtpu", "json", "step", "problems"))
+        flags, overrides = config_lib.parse_command_line(argv, COMMAND)
         if not flags.get("topology"):
             raise ValueError("--topology is required, e.g. --topology=v4-32,v5p-64")
         config = load_run_config(flags.get("config"), overrides)

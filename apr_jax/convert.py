@@ -33,7 +33,7 @@ from flax import nnx
 from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax.checkpoint import Checkpointer, CheckpointError
-from apr_jax.cli import run_command
+from apr_jax.cli import Command, Flag, run_command
 from apr_jax.model.config import ModelConfig
 from apr_jax.model.transformer import Transformer
 from apr_jax.pretrained.hf_config import ConversionError, read_architecture
@@ -41,7 +41,19 @@ from apr_jax.pretrained.safetensors_io import open_checkpoint
 from apr_jax.pretrained.tokenizer import FILE_NAME, PretrainedTokenizer, convert_tokenizer
 from apr_jax.pretrained.weights import check_tensors, load_state
 
-FLAGS = ("hf_dir", "out", "config")
+COMMAND = Command(
+    "python -m apr_jax.convert",
+    "Convert a Hugging Face Llama-family model into a checkpoint this project trains from.",
+    flags=(
+        Flag("hf_dir", "the Hugging Face model directory (config.json, safetensors, tokenizer)",
+             value="DIR", required=True),
+        Flag("out", "where the checkpoint, tokenizer and config.py go", value="OUT", required=True),
+        Flag("config", "the base config (default configs/default.py)", value="FILE"),
+    ),
+    overrides="set one key of the base config, e.g. --config.model.param_dtype=bfloat16",
+    examples=("python -m apr_jax.convert --hf_dir=models/Qwen2.5-0.5B --out=runs/qwen_base "
+              "--config.model.param_dtype=bfloat16",),
+)
 CONFIG_PY = '''"""Config of the model converted from {source}.
 Base: {base}. Train from it: python -m apr_jax.train --config={path} --workdir=runs/NAME"""
 
@@ -114,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def body() -> None:
-        flags, overrides = config_lib.parse_command_line(argv, allowed=FLAGS)
-        for name in ("hf_dir", "out"):
-            if name not in flags:
-                raise config_lib.ConfigError(f"--{name} is required")
+        flags, overrides = config_lib.parse_command_line(argv, COMMAND)
         sharding.initialize_distributed()
         base = config_lib.load_config(flags.get("config"), overrides)
         config = convert(flags["hf_dir"], flags["out"], base)

@@ -21,9 +21,18 @@ import re
 import sys
 from typing import Any, Iterable, Sequence
 
+from apr_jax.cli import Command, Flag, read_command_line, run_command
 from apr_jax.countdown.solver import is_solvable
 from apr_jax.countdown.verifier import remaining_numbers
 
+COMMAND = Command(
+    "python -m apr_jax.failures",
+    "Classify an APR model's wrong Countdown answers: no spawn, solvable child, spawn errors, "
+    "unsolvable choices.",
+    args=(Flag("RESULTS.jsonl", "results with thread trees: a run's results_test.jsonl or "
+               "python -m apr_jax.evaluate --out"),),
+    examples=("python -m apr_jax.failures runs/default/results_test.jsonl",),
+)
 CLASSES = ("no spawn", "solvable child", "spawn errors", "unsolvable choices")
 _MESSAGE_RE = re.compile(r"<child>(?:[bc][0-9]+ )?([^\n|]*) \| ([0-9]+(?: [0-9]+)*) -> ([0-9]+)", re.ASCII)
 
@@ -76,10 +85,15 @@ def breakdown(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m apr_jax.failures RESULTS.jsonl", file=sys.stderr)
+    return run_command(lambda: _run(argv), usage=(), compile_cache=False)
+
+
+def _run(argv: Sequence[str]) -> int:
+    paths = read_command_line(argv, COMMAND).args
+    if len(paths) != 1:
+        print(COMMAND.usage(), file=sys.stderr)
         return 2
-    path = argv[0]
+    path = paths[0]
     try:
         with open(path) as f:
             rows = [json.loads(line) for line in f if line.strip()]

@@ -14,11 +14,28 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from apr_jax.cli import Command, Flag  # no JAX: --help stays fast
+
 # The imports live in the functions: the dataset build's worker processes are
 # started by spawn once JAX runs, and each imports this main module again; at
 # module level, JAX, Flax and orbax would cost every worker seconds.
 if TYPE_CHECKING:
     from apr_jax.run_config import RunConfig
+
+COMMAND = Command(
+    "python -m apr_jax.train",
+    "Supervised training or RL (config mode = \"rl\") from a config; the same command resumes.",
+    flags=(
+        Flag("workdir", "checkpoints, metrics and logs; resumed when it holds this run "
+             "(default runs/<config.name>)", value="DIR"),
+        Flag("config", "the config file (default configs/default.py)", value="FILE"),
+        Flag("print_config", "print the whole config (every key, overrides applied) as JSON "
+             "and exit", value=None),
+    ),
+    overrides="set one config key, e.g. --config.train.lr=1e-3",
+    examples=("python -m apr_jax.train --workdir=runs/demo --config=configs/default.py "
+              "--config.train.steps=200",),
+)
 
 
 def run(config: RunConfig, workdir: str, *, stop_at: int | None = None
@@ -34,6 +51,12 @@ def run(config: RunConfig, workdir: str, *, stop_at: int | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
+    from apr_jax.cli import answer_help
+
+    argv = sys.argv[1:] if argv is None else argv
+    if answer_help(COMMAND, argv):  # before JAX is imported
+        return 0
+
     from apr_jax import config as config_lib
     from apr_jax.checkpoint import CheckpointError
     from apr_jax.cli import run_command
@@ -41,10 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     from apr_jax.run_config import load_run_config
     from apr_jax.workdir import default_workdir
 
-    argv = sys.argv[1:] if argv is None else argv
-
     def body() -> None:
-        flags, overrides = config_lib.parse_command_line(argv, switches=("print_config",))
+        flags, overrides = config_lib.parse_command_line(argv, COMMAND)
         config = load_run_config(flags.get("config"), overrides)
         if flags.get("print_config"):
             print(config_lib.to_json(config))

@@ -22,6 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from apr_jax import config as config_lib
+from apr_jax.cli import Command, Flag, run_command
 from apr_jax.convert import convert
 from apr_jax.pretrained.safetensors_io import save_file
 
@@ -64,8 +65,31 @@ def write_checkpoint(directory: str, s: dict[str, int]) -> int:
     return sum(os.path.getsize(os.path.join(directory, n)) for n in files)
 
 
-def main(argv: list[str]) -> None:
-    flags, overrides = config_lib.parse_command_line(argv, allowed=("config", *SHAPE_FLAGS))
+COMMAND = Command(
+    "python benchmarks/convert_throughput.py",
+    "Seconds and MB/s of python -m apr_jax.convert on a synthetic bf16 Llama-shaped checkpoint.",
+    flags=(
+        Flag("config", "the base config (default configs/default.py)", value="FILE"),
+        Flag("layers", f"transformer layers (default {SHAPE_FLAGS['layers']})", value="N"),
+        Flag("d_model", f"model width (default {SHAPE_FLAGS['d_model']})", value="N"),
+        Flag("d_ff", f"MLP width (default {SHAPE_FLAGS['d_ff']})", value="N"),
+        Flag("heads", f"attention heads (default {SHAPE_FLAGS['heads']})", value="N"),
+        Flag("kv_heads", f"key/value heads (default {SHAPE_FLAGS['kv_heads']})", value="N"),
+        Flag("vocab", f"vocabulary size (default {SHAPE_FLAGS['vocab']})", value="N"),
+    ),
+    overrides="set one key of the base config, e.g. --config.model.param_dtype=bfloat16",
+    examples=("python benchmarks/convert_throughput.py --layers=32 --d_model=4096 --d_ff=14336 "
+              "--vocab=128256 --heads=32 --kv_heads=8",),
+)
+
+
+def main(argv: list[str]) -> int:
+    """Exit code 2 with one line for a bad command line."""
+    return run_command(lambda: _main(argv), usage=(config_lib.ConfigError,), compile_cache=False)
+
+
+def _main(argv: list[str]) -> None:
+    flags, overrides = config_lib.parse_command_line(argv, COMMAND)
     shapes = {k: config_lib.int_flag(flags, k, default, zero_ok=False) for k, default in SHAPE_FLAGS.items()}
     base = config_lib.load_config(flags.get("config"), overrides)
     root = tempfile.mkdtemp(prefix="convert_bench_")
@@ -85,4 +109,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -23,11 +23,13 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from apr_jax import config as config_lib
 from apr_jax import sharding
 from apr_jax.aot import memory_report
+from apr_jax.cli import Command, Flag, run_command
 from apr_jax.model.config import REMATS, flops_per_token, num_params, peak_flops_per_device
 from apr_jax.optim import learning_rate_schedule
 from apr_jax.run_config import RunConfig, load_run_config
@@ -53,7 +55,7 @@ def measure(config: RunConfig, vocab: int, steps: int) -> dict[str, Any]:
         "positions": np.tile(np.arange(L, dtype=np.int32), (B, 1))}, mesh)
     start = time.time()
     with jax.set_mesh(mesh):
-        compiled = step_fn.lower(state, batch).compile()
+        compiled = step_fn.lower(state, batch, jnp.int32(config.train.steps)).compile()
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     compile_s = time.time() - start
@@ -85,9 +87,32 @@ HEADER = ("remat | kernel  | compile | step (ms) |    tokens/s | TFLOP/s |    MF
           "temp GiB | total GiB")
 
 
-def main(argv: list[str]) -> None:
-    flags, overrides = config_lib.parse_command_line(
-        argv, allowed=("config", "steps", "vocab", "remat", "json"))
+COMMAND = Command(
+    "python benchmarks/train_throughput.py",
+    "Train-step time, tokens/s, MFU and planned memory per device, one row per remat policy.",
+    flags=(
+        Flag("config", "the config file (default configs/default.py)", value="FILE"),
+        Flag("steps", "timed steps (default 20)", value="N"),
+        Flag("vocab", "vocabulary size of the random tokens (default config.data.vocab_size)",
+             value="N"),
+        Flag("remat", f"remat policies, comma-separated: {', '.join(REMATS)} "
+             "(default config.model.remat)", value="POLICIES"),
+        Flag("json", "also write the rows as JSON", value="FILE"),
+    ),
+    overrides="set one config key, e.g. --config.train.batch_size=16",
+    examples=("python benchmarks/train_throughput.py --config=configs/default.py "
+              "--remat=none,dots,full",),
+)
+
+
+def main(argv: list[str]) -> int:
+    """Exit code 2 with one line for a bad command line; compiles are timed,
+    so JAX's persistent compilation cache stays off."""
+    return run_command(lambda: _main(argv), usage=(config_lib.ConfigError,), compile_cache=False)
+
+
+def _main(argv: list[str]) -> None:
+    flags, overrides = config_lib.parse_command_line(argv, COMMAND)
     config = load_run_config(flags.get("config"), overrides)
     steps = config_lib.int_flag(flags, "steps", 20, zero_ok=False)
     vocab = config_lib.int_flag(flags, "vocab", config.data.vocab_size, zero_ok=False)
@@ -112,8 +137,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except config_lib.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main(sys.argv[1:]))

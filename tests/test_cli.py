@@ -49,3 +49,19 @@ def test_commands_keep_compiled_programs_on_disk(tmp_path, monkeypatch):
         assert enable_compile_cache() == str(tmp_path / "xla")  # a directory JAX already has is kept
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def test_help_goes_to_stdout_with_exit_0(capsys):
+    from apr_jax.cli import HelpRequested
+
+    assert run_command(raises(HelpRequested("usage: demo\n\nhelp")), usage=(ValueError,),
+                       compile_cache=False) == 0
+    assert capsys.readouterr() == ("usage: demo\n\nhelp\n", "")
+
+
+def test_command_line_mistakes_exit_2_even_outside_usage(capsys, monkeypatch):
+    from apr_jax.cli import UsageError
+
+    monkeypatch.delenv("APR_JAX_DEBUG", raising=False)
+    assert run_command(raises(UsageError("unknown flag --x")), usage=(), compile_cache=False) == USAGE_ERROR
+    assert capsys.readouterr().err == "error: unknown flag --x\n"

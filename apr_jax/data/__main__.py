@@ -4,11 +4,9 @@
     python -m apr_jax.data traces --kind apr --problems problems.jsonl --out traces.jsonl
     python -m apr_jax.data build --config=configs/default.py [--config.data.vocab_size=128 ...]
 
-Commands and flags: ``problems`` (--numbers --count --seed --out --min-number
---max-number --min-target --max-target), ``traces`` (--kind --problems --out
---style --max-children --max-depth --seed --workers, 0 workers = one per CPU),
-``build`` (--config and --config.* overrides). Every user mistake is one line
-on stderr and exit code 2.
+Each command's flags are in its ``Command`` below (``--help`` prints them:
+``python -m apr_jax.data traces --help``). Every user mistake is one line on
+stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -17,21 +15,53 @@ import sys
 import time
 from typing import Sequence
 
-from apr_jax.cli import run_command
-from apr_jax.config import ConfigError, int_flag, parse_command_line
+from apr_jax.cli import Command, CommandLine, Flag, read_command_line, run_command
+from apr_jax.config import ConfigError, int_flag
 from apr_jax.countdown.problems import generate_problems, load_problems, save_problems
 from apr_jax.countdown.render import STYLES
 from apr_jax.countdown.traces import KINDS
 
-PROBLEM_FLAGS = ("numbers", "count", "seed", "out", "min-number", "max-number", "min-target",
-                 "max-target")
-TRACE_FLAGS = ("kind", "problems", "out", "style", "max-children", "max-depth", "seed", "workers")
-
-
-def _required(flags: dict[str, str], *names: str) -> None:
-    for name in names:
-        if name not in flags:
-            raise ConfigError(f"--{name} is required")
+PROBLEMS = Command(
+    "python -m apr_jax.data problems", "Write solvable Countdown problems as JSONL.",
+    flags=(
+        Flag("numbers", "input numbers per problem (default 4)", value="N"),
+        Flag("count", "problems to write", value="N", required=True),
+        Flag("seed", "random seed (default 0)", value="N"),
+        Flag("out", "the JSONL file to write", value="FILE", required=True),
+        Flag("min-number", "smallest input number (default 1)", value="N"),
+        Flag("max-number", "largest input number (default 99)", value="N"),
+        Flag("min-target", "smallest target (default 10)", value="N"),
+        Flag("max-target", "largest target (default 100)", value="N"),
+    ),
+    examples=("python -m apr_jax.data problems --numbers 4 --count 1000 --seed 0 --out problems.jsonl",),
+)
+TRACES = Command(
+    "python -m apr_jax.data traces", "Write one search-trace thread tree (JSON) per problem.",
+    flags=(
+        Flag("kind", f"trace kind: {' or '.join(KINDS)}", value="KIND", required=True),
+        Flag("problems", "the problems JSONL (python -m apr_jax.data problems)", value="FILE",
+             required=True),
+        Flag("out", "the JSONL file to write", value="FILE", required=True),
+        Flag("style", f"how traces are written: {' or '.join(STYLES)} (default terse)", value="STYLE"),
+        Flag("max-children", "children per spawn, at most (default 4)", value="N"),
+        Flag("max-depth", "spawn depth, at most (default 1)", value="N"),
+        Flag("seed", "random seed (default 0)", value="N"),
+        Flag("workers", "worker processes (default 1; 0 = one per CPU)", value="N"),
+    ),
+    examples=("python -m apr_jax.data traces --kind apr --problems problems.jsonl --out traces.jsonl",),
+)
+BUILD = Command(
+    "python -m apr_jax.data build",
+    "Build or reuse the dataset cache of a config; print its directory.",
+    flags=(Flag("config", "the config file (default configs/default.py)", value="FILE"),),
+    overrides="set one config key, e.g. --config.data.vocab_size=128",
+    examples=("python -m apr_jax.data build --config=configs/default.py --config.data.vocab_size=128",),
+)
+COMMAND = Command(
+    "python -m apr_jax.data", "Countdown problems, search traces and dataset caches.",
+    subcommands=(PROBLEMS, TRACES, BUILD),
+    examples=PROBLEMS.examples + TRACES.examples + BUILD.examples,
+)
 
 
 def _choice(flags: dict[str, str], name: str, choices: Sequence[str], default: str) -> str:
@@ -41,10 +71,9 @@ def _choice(flags: dict[str, str], name: str, choices: Sequence[str], default: s
     return value
 
 
-def _problems(argv: Sequence[str]) -> None:
+def _problems(line: CommandLine) -> None:
     """Write solvable Countdown problems as JSONL."""
-    flags, _ = parse_command_line(argv, allowed=PROBLEM_FLAGS)
-    _required(flags, "count", "out")
+    flags = line.flags
     problems = generate_problems(
         int_flag(flags, "count", 0), num_inputs=int_flag(flags, "numbers", 4),
         min_number=int_flag(flags, "min-number", 1), max_number=int_flag(flags, "max-number", 99),
@@ -54,11 +83,10 @@ def _problems(argv: Sequence[str]) -> None:
     print(f"problems: wrote {len(problems)} to {flags['out']}", file=sys.stderr)
 
 
-def _traces(argv: Sequence[str]) -> None:
+def _traces(line: CommandLine) -> None:
     """Write one thread tree (JSON) per problem."""
     from apr_jax.data.tfds_builder import generate_traces, resolve_num_workers
-    flags, _ = parse_command_line(argv, allowed=TRACE_FLAGS)
-    _required(flags, "kind", "problems", "out")
+    flags = line.flags
     trace = {"kind": _choice(flags, "kind", KINDS, ""), "style": _choice(flags, "style", STYLES, "terse"),
              "max_children": int_flag(flags, "max-children", 4),
              "max_depth": int_flag(flags, "max-depth", 1), "seed": int_flag(flags, "seed", 0)}
@@ -84,12 +112,11 @@ def _traces(argv: Sequence[str]) -> None:
           f"search failed {failed}; {rate:.0f} problems/s", file=sys.stderr)
 
 
-def _build(argv: Sequence[str]) -> None:
+def _build(line: CommandLine) -> None:
     """Build or reuse the dataset cache of a config; print its directory."""
     from apr_jax.data.build import build_dataset
     from apr_jax.run_config import load_run_config
-    flags, overrides = parse_command_line(argv, allowed=("config",))
-    info = build_dataset(load_run_config(flags.get("config"), overrides))
+    info = build_dataset(load_run_config(line.flags.get("config"), line.overrides))
     print(info.dir)
 
 
@@ -97,11 +124,9 @@ COMMANDS = {"problems": _problems, "traces": _traces, "build": _build}
 
 
 def _run(argv: Sequence[str]) -> None:
-    if not argv or argv[0] not in COMMANDS:
-        got = f", got {argv[0]!r}" if argv else ""
-        raise ConfigError(f"give a command: {', '.join(COMMANDS)}{got}")
+    line = read_command_line(argv, COMMAND, error=ConfigError)
     try:
-        COMMANDS[argv[0]](argv[1:])
+        COMMANDS[line.command.name](line)
     except OSError as e:  # missing input file, unwritable output, ...
         name = f" {e.filename}" if e.filename else ""
         raise ConfigError(f"{e.strerror or e}:{name}") from None

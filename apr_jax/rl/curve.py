@@ -11,9 +11,16 @@ import os
 import sys
 from typing import Any, Sequence
 
-from apr_jax import config as config_lib
-from apr_jax.cli import run_command
+from apr_jax.cli import Command, Flag, read_command_line, run_command
 from apr_jax.metrics_log import read_metrics
+
+COMMAND = Command(
+    "python -m apr_jax.rl.curve",
+    "Plot an RL run's held-out accuracy, training reward and spawn share over its steps.",
+    args=(Flag("WORKDIR", "the RL run's workdir (reads its metrics.jsonl)"),),
+    flags=(Flag("out", "the PNG to write (default WORKDIR/rl_curve.png)", value="PNG"),),
+    examples=("python -m apr_jax.rl.curve runs/default_rl --out=rl_curve.png",),
+)
 
 
 def curves(rows: Sequence[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
@@ -49,11 +56,9 @@ def plot(series: dict[str, list[tuple[int, float]]], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    workdirs = [a for a in argv if not a.startswith("--")]
 
     def body() -> None:
-        flags, _ = config_lib.parse_command_line([a for a in argv if a.startswith("--")],
-                                                 allowed=("out",))
+        flags, _, workdirs, _ = read_command_line(argv, COMMAND)
         if len(workdirs) != 1:
             raise ValueError("give one RL workdir: python -m apr_jax.rl.curve WORKDIR [--out=PNG]")
         path = os.path.join(workdirs[0], "metrics.jsonl")

@@ -18,13 +18,13 @@ the joined products (less what was given away) and writes ``Answer: N``::
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import sys
 from typing import Sequence
 
 from apr_jax import protocol
+from apr_jax.cli import Command, Flag, UsageError, read_command_line, run_command
 from apr_jax.threads import Segment, Thread, ThreadTree
 
 NAMES = ("Ana", "Ben", "Cai", "Dee", "Eli", "Fay")
@@ -82,17 +82,40 @@ def write_splits(out: str, sizes: dict[str, int], seed: int = 0) -> dict[str, st
     return paths
 
 
+COMMAND = Command(
+    "python -m apr_jax.tasks.examples.arithmetic",
+    "Write arithmetic word problems with a parallel decomposition as ThreadTree JSONL splits.",
+    flags=(
+        Flag("out", "directory for train/validation/test.jsonl", value="DIR", required=True),
+        Flag("seed", "random seed (default 0)", value="N"),
+        *(Flag(split, f"{split} problems (default {size})", value="N")
+          for split, size in SPLIT_SIZES.items()),
+    ),
+    examples=("python -m apr_jax.tasks.examples.arithmetic --out examples/arithmetic",),
+)
+
+
+def _integer(flags: dict[str, str], name: str, default: int, *, count: bool = True) -> int:
+    raw = flags.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"--{name} must be an integer, got {raw!r}") from None
+    if count and value < 0:
+        raise UsageError(f"--{name} must be >= 0, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m apr_jax.tasks.examples.arithmetic",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="directory for train/validation/test.jsonl")
-    parser.add_argument("--seed", type=int, default=0)
-    for split, size in SPLIT_SIZES.items():
-        parser.add_argument(f"--{split}", type=int, default=size, help=f"problems (default {size})")
-    args = parser.parse_args(argv)
-    paths = write_splits(args.out, {s: getattr(args, s) for s in SPLIT_SIZES}, args.seed)
-    print(f"wrote {', '.join(paths.values())}", file=sys.stderr)
-    return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> None:
+        flags = read_command_line(argv, COMMAND).flags
+        sizes = {split: _integer(flags, split, size) for split, size in SPLIT_SIZES.items()}
+        paths = write_splits(flags["out"], sizes, _integer(flags, "seed", 0, count=False))
+        print(f"wrote {', '.join(paths.values())}", file=sys.stderr)
+
+    return run_command(body, usage=(OSError,), compile_cache=False)
 
 
 if __name__ == "__main__":
