@@ -7,6 +7,12 @@ DRY_RUN="${APR_DRY_RUN:-0}"
 LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(dirname "$LAUNCH_DIR")"
 
+# --help: the comment block at the top of the script, without the "# ".
+usage() {
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+  exit 0
+}
+
 die() {
   echo "error: $*" >&2
   exit 2
@@ -106,9 +112,20 @@ location_flags() {
   return 0
 }
 
-# Shell commands that install gcsfuse (once) and mount BUCKET at /mnt/gcs/BUCKET.
+# Where setup.sh mounts buckets on every worker (gs://BUCKET -> MOUNT_ROOT/BUCKET).
+MOUNT_ROOT="${APR_MOUNT_ROOT:-/mnt/gcs}"
+# On every worker: the checkout, its virtual environment (a supported Python,
+# made by setup.sh with uv), and the detached run's pid / exit-code files.
+# Left unquoted in the remote commands, so ~ expands there.
+REMOTE_VENV='~/apr_jax_venv'
+REMOTE_RUN_DIR='~/apr_jax_run'
+PYTHON_VERSIONS="3.11 3.12 3.13"  # pyproject.toml: requires-python >=3.11,<3.14
+MODULES="train evaluate compare convert aot"
+
+# Shell commands that install gcsfuse (once) and mount BUCKET at MOUNT_ROOT/BUCKET.
 bucket_mount_command() {
-  local mount="/mnt/gcs/$1"
+  local mount
+  mount="$(quote_arg "$MOUNT_ROOT/$1")"
   echo "set -e; if ! command -v gcsfuse >/dev/null; then \
 curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null; \
 echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null; \
@@ -117,8 +134,26 @@ sudo mkdir -p $mount && sudo chown \$USER $mount; \
 mountpoint -q $mount || gcsfuse --implicit-dirs --rename-dir-limit=200000 $1 $mount"
 }
 
+# gs://BUCKET/PATH -> BUCKET.
+bucket_of() {
+  local rest="${1#gs://}"
+  echo "${rest%%/*}"
+}
+
 # gs://BUCKET/PATH -> the path where setup.sh mounted it on every worker.
 mounted_path() {
   local rest="${1#gs://}"
-  echo "/mnt/gcs/$rest"
+  echo "$MOUNT_ROOT/$rest"
+}
+
+# A path as the workers see it: gs://BUCKET/... becomes the mounted path
+# (BUCKET must be the mounted one, $2); anything else is kept. $3 names the
+# flag for the error message.
+worker_path() {
+  if [[ "$1" == gs://* ]]; then
+    [[ "$(bucket_of "$1")" == "$2" ]] || die "$3: $1 is not in gs://$2, the bucket mounted on the workers (launch/setup.sh --bucket=$2)"
+    mounted_path "$1"
+  else
+    echo "$1"
+  fi
 }

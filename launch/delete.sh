@@ -12,7 +12,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1; shift; continue ;;
     --queued) QUEUED=1; shift; continue ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) usage ;;
   esac
   parse_flag "$@"
   take_slice_flag || die "unknown flag --$FLAG_NAME (see --help)"
