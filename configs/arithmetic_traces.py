@@ -14,6 +14,8 @@ import ml_collections
 
 from apr_jax.config import sibling
 
+RUNS_ON = "cpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
+
 default = sibling(__file__, "default")
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "arithmetic")
 

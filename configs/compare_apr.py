@@ -19,6 +19,8 @@ trace draws 1-4 children and spawns once (`apr_jax.countdown.traces`).
 
 from apr_jax.config import sibling
 
+RUNS_ON = "cpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
+
 default = sibling(__file__, "default")
 
 

@@ -6,6 +6,8 @@ the sequential search does not fit the context)."""
 
 from apr_jax.config import sibling
 
+RUNS_ON = "cpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
+
 compare_apr = sibling(__file__, "compare_apr")
 default_sosp = sibling(__file__, "default_sosp")
 

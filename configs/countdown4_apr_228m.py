@@ -4,6 +4,8 @@
 
 from apr_jax.config import sibling
 
+RUNS_ON = "tpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
+
 default = sibling(__file__, "default")
 
 
@@ -56,6 +58,7 @@ def get_config():
     c.train.eval_every = 1000
     c.train.eval_batches = 8
     c.train.checkpoint_every = 1000
+    c.train.time_limit_minutes = 0.0  # a pod run trains all its steps
 
     c.eval.num_problems = 1000
     c.eval.max_children = 10

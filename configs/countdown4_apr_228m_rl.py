@@ -9,6 +9,8 @@ starts from ``runs/countdown4_apr_228m`` (configs/countdown4_apr_228m.py).
 from apr_jax.config import sibling
 from apr_jax.run_config import RLConfig, section_defaults
 
+RUNS_ON = "tpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
+
 countdown4_apr_228m = sibling(__file__, "countdown4_apr_228m")
 
 
@@ -37,5 +39,6 @@ def get_config():
     c.train.grad_accum = 16  # microbatches of 6720 / 16 = 420 rows x 4096 tokens
     c.train.log_every = 1
     c.train.checkpoint_every = 50
+    c.train.time_limit_minutes = 0.0  # a pod run trains all its steps
     c.eval.num_problems = 0
     return c

@@ -23,6 +23,8 @@ README), so 4 workers leave room on the device machine's 16 cores.
 
 from apr_jax.config import sibling
 
+RUNS_ON = "gpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
+
 default = sibling(__file__, "default")
 
 TIME_LIMIT_MINUTES = 10.0

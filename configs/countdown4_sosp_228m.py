@@ -3,6 +3,8 @@ and schedule as countdown4_apr_228m, one long thread per problem."""
 
 from apr_jax.config import sibling
 
+RUNS_ON = "tpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
+
 countdown4_apr_228m = sibling(__file__, "countdown4_apr_228m")
 default_sosp = sibling(__file__, "default_sosp")
 

@@ -3,6 +3,8 @@ task, model and training budget on one H200, one search thread per problem."""
 
 from apr_jax.config import sibling
 
+RUNS_ON = "gpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
+
 countdown4_apr_h200 = sibling(__file__, "countdown4_apr_h200")
 default_sosp = sibling(__file__, "default_sosp")
 

@@ -9,6 +9,8 @@ import ml_collections
 
 from apr_jax.run_config import default_config
 
+RUNS_ON = "cpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = default_config()
@@ -36,5 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.d_ff = 384
     c.model.max_len = 256
 
-    c.train.time_limit_minutes = 6.5  # the demo's budget; stops checkpointed, resumable
+    # The demo's budget: a machine too slow for every step plans the steps that fit and
+    # anneals there (apr_jax.step_budget); stops checkpointed, resumable.
+    c.train.time_limit_minutes = 6.5
     return c

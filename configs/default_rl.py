@@ -11,6 +11,8 @@ import ml_collections
 from apr_jax.config import sibling
 from apr_jax.run_config import RLConfig, section_defaults
 
+RUNS_ON = "cpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
+
 default = sibling(__file__, "default")
 
 

@@ -135,3 +135,26 @@ def test_h200_schedule_warms_up_and_decays_inside_its_time_limit():
     schedule = learning_rate_schedule(train)
     assert float(schedule(train.warmup_steps)) == pytest.approx(train.lr)
     assert float(schedule(train.steps)) == pytest.approx(train.lr * train.min_lr_ratio)
+
+
+# What the laptop demo sizes for a 2-core CPU: an accelerator config that keeps
+# one of these values inherited it (a pod run stopped after the demo's minutes).
+LAPTOP_ONLY = ("train.time_limit_minutes", "eval.num_problems", "eval.batch_problems",
+               "task.num_validation", "task.num_test")
+CONFIG_FILES = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_accelerator_configs_state_their_own_limits(name):
+    """Every config says what it is sized for; one meant for an accelerator
+    keeps none of the laptop demo's limits, and a TPU pod run has no time limit."""
+    path = os.path.join(ROOT, "configs", name)
+    runs_on = getattr(config_lib.config_module(path), "RUNS_ON", None)
+    assert runs_on in ("cpu", "gpu", "tpu"), f"{name}: RUNS_ON must be cpu, gpu or tpu"
+    if runs_on == "cpu":
+        return
+    config, demo = load_config(path), load_config(None)
+    inherited = [key for key in LAPTOP_ONLY if config_lib.get(config, key) == config_lib.get(demo, key)]
+    assert not inherited, f"{name} ({runs_on}) keeps the laptop demo's {', '.join(inherited)}"
+    if runs_on == "tpu":
+        assert config.train.time_limit_minutes == 0, f"{name}: a pod run must not stop on a time limit"
