@@ -22,13 +22,21 @@ test problems:
   ``--samples`` samples at ``--temperature``. Models trained with
   ``config.trace.condition`` are asked with prefixes (``c<n>`` / ``b<n>``) and
   the table reports how often they obey; others are held to the count or
-  budget by the engine's limits.
+  budget by the engine's limits. APR is also asked with no prefix
+  (``adaptive``: it decides how many children to spawn, up to
+  ``eval.max_children``), one starred point in those figures;
+- how APR's width follows the problems' difficulty (``Task.difficulty``):
+  the Spearman correlation of children spawned with difficulty and the spawn
+  rate and children per difficulty quartile of every APR setting
+  (``apr_jax.width_stats``), in ``compare.md`` and as boxes in
+  ``width_vs_difficulty.png``.
 
 Writes ``context.png``, ``total_tokens.png``, ``sequential_tokens.png``,
-``wall_clock.png``, ``compare.md`` (table, paired sign tests, the share of
-SoS+ traces longer than each context), ``compare.json`` and one JSON line per
-problem and setting (thread trees included) in ``results.jsonl`` under the
-workdir.
+``wall_clock.png``, ``width_vs_difficulty.png`` (when the task knows
+difficulty), ``compare.md`` (table, paired sign tests, the share of SoS+
+traces longer than each context, width against difficulty),
+``compare.json`` and one JSON line per problem and setting (thread trees
+included) in ``results.jsonl`` under the workdir.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from typing import Any, Sequence
 
 from apr_jax import config as config_lib
 from apr_jax.checkpoint import CheckpointError
-from apr_jax.cli import run_command
+from apr_jax.cli import Command, Flag, run_command
 from apr_jax.countdown.problems import Problem
 from apr_jax.countdown.render import approx_tokens, conditioning_prefix
 from apr_jax.countdown.traces import make_trace
@@ -50,8 +58,30 @@ from apr_jax.run_config import RunConfig, load_run_config
 from apr_jax.threads import ThreadTree
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-FLAGS = ("workdir", "apr_config", "sosp_config", "num", "contexts", "children", "budgets",
-         "samples", "temperature", "seed")
+COMMAND = Command(
+    "python -m apr_jax.compare",
+    "Train APR and SoS+ on the same problems and budget, then compare them at equal context, "
+    "compute and latency.",
+    flags=(
+        Flag("workdir", "holds the apr/ and sosp/ runs and the report (default runs/compare)",
+             value="DIR"),
+        Flag("apr_config", "the APR config (default configs/compare_apr.py)", value="FILE"),
+        Flag("sosp_config", "the SoS+ config (default configs/compare_sosp.py)", value="FILE"),
+        Flag("num", "held-out test problems (default the APR config's eval.num_problems)", value="N"),
+        Flag("contexts", "per-thread context windows, comma-separated (default 1/2, 3/4 and all "
+             "of model.max_len)", value="N,N,..."),
+        Flag("children", "APR child counts, comma-separated (default 1 to eval.max_children)",
+             value="N,N,..."),
+        Flag("budgets", "SoS+ token budgets, comma-separated (default 64 to 1024, up to twice "
+             "model.max_len)", value="N,N,..."),
+        Flag("samples", "SoS+ samples per problem for majority vote and pass@k (default 4)",
+             value="K"),
+        Flag("temperature", "sampling temperature of those samples (default 0.7)", value="T"),
+        Flag("seed", "sampling seed (default 0)", value="N"),
+    ),
+    overrides="set one config key in both runs, e.g. --config.train.steps=400",
+    examples=("python -m apr_jax.compare --workdir=runs/compare --config.train.steps=400",),
+)
 RUNS = (("apr", "APR"), ("sosp", "SoS+"))
 
 
@@ -60,8 +90,8 @@ class Point:
     """One evaluated setting of one model."""
 
     model: str  # "APR" | "SoS+"
-    sweep: str  # context | children | budget | vote
-    value: int  # the sweep's setting (context, children, budget or samples)
+    sweep: str  # context | children | adaptive | budget | vote
+    value: int  # the sweep's setting (context, children, children cap, budget or samples)
     summary: dict[str, Any]  # evaluate_problems' summary
     obeyed: float | None = None  # share of samples meeting a conditioned request
     solve_rates: dict[Problem, float] = dataclasses.field(default_factory=dict, repr=False)
@@ -220,6 +250,12 @@ def children_sweep(m: Measurer, children: Sequence[int]) -> list[Point]:
     return points
 
 
+def adaptive_point(m: Measurer) -> Point:
+    """APR asked with no prefix: the model decides how many children to spawn
+    (the engine allows up to ``eval.max_children``, the point's value)."""
+    return m.measure("adaptive", m.config.eval.max_children, prefix="")
+
+
 def budget_sweep(m: Measurer, budgets: Sequence[int]) -> list[Point]:
     """SoS+ at each token budget: asked by prefix when trained conditioned
     (the thread may write up to its context), otherwise cut at the budget."""
@@ -244,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int | None:
         from apr_jax.compare_report import write_report
         from apr_jax.evaluate import load_for_inference, problems_for
-        flags, overrides = config_lib.parse_command_line(argv, allowed=FLAGS)
+        flags, overrides = config_lib.parse_command_line(argv, COMMAND)
         workdir = flags.get("workdir", os.path.join("runs", "compare"))
         apr_cfg, sosp_cfg = load_pair(
             flags.get("apr_config", os.path.join(CONFIGS_DIR, "compare_apr.py")),
@@ -275,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         apr = Measurer("APR", loaded["APR"], problems, seed)
         sosp = Measurer("SoS+", loaded["SoS+"], problems, seed)
         points = context_sweep(apr, contexts) + context_sweep(sosp, contexts)
-        points += children_sweep(apr, children) + budget_sweep(sosp, budgets)
+        points += children_sweep(apr, children) + [adaptive_point(apr)]
+        points += budget_sweep(sosp, budgets)
         points.append(sosp.measure("vote", samples, samples=samples, temperature=temperature))
         lengths = {"SoS+": trace_lengths(sosp_cfg, loaded["SoS+"].tokenizer, problems),
                    "APR": trace_lengths(apr_cfg, loaded["APR"].tokenizer, problems)}

@@ -9,8 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apr_jax.evaluate import paired_comparisons
+from apr_jax.evaluate import WIDTH_PLOT, paired_comparisons, plot_width
 from apr_jax.run_config import RunConfig
+from apr_jax.width_stats import width_line
 
 COLORS = {"APR": "tab:blue", "SoS+": "tab:orange"}
 FIGURES = ("context.png", "total_tokens.png", "sequential_tokens.png", "wall_clock.png")
@@ -61,8 +62,9 @@ def plot_context(points: Sequence[Any], path: str, caption: str) -> None:
 
 
 def plot_compute(points: Sequence[Any], path: str, x_key: str, xlabel: str) -> None:
-    """APR per child count, SoS+ per budget and SoS+ with k samples, against
-    ``x_key``: total, sequential tokens or wall-clock per problem."""
+    """APR per child count, APR choosing its width (no prefix, a star), SoS+
+    per budget and SoS+ with k samples, against ``x_key``: total, sequential
+    tokens or wall-clock per problem."""
     plt, fig, ax = _axes(f"accuracy against {xlabel}", xlabel)
 
     def x(p: Any, samples: int = 1) -> float:
@@ -75,6 +77,10 @@ def plot_compute(points: Sequence[Any], path: str, x_key: str, xlabel: str) -> N
     apr = _of(points, "APR", "children")
     _line(ax, [x(p) for p in apr], [p.summary["accuracy"] for p in apr], "APR (children)",
           COLORS["APR"], values=[f"c{p.value}" for p in apr])
+    adaptive = _of(points, "APR", "adaptive")
+    if adaptive:
+        _line(ax, [x(p) for p in adaptive], [p.summary["accuracy"] for p in adaptive],
+              "APR adaptive (no prefix)", COLORS["APR"], "*", values=["adaptive" for _ in adaptive])
     sosp = _of(points, "SoS+", "budget")
     _line(ax, [x(p) for p in sosp], [p.summary["accuracy"] for p in sosp], "SoS+ (token budget)",
           COLORS["SoS+"], values=[f"b{p.value}" for p in sosp])
@@ -107,7 +113,7 @@ def _table(points: Sequence[Any]) -> list[str]:
              "| wall ms/problem | stopped at context | obeyed request |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     names = {"context": "context {}", "children": "children c{}", "budget": "budget b{}",
-             "vote": "{} samples"}
+             "vote": "{} samples", "adaptive": "adaptive (no prefix, up to c{})"}
     for p in points:
         s = p.summary
         k = s["samples"]
@@ -127,6 +133,44 @@ def token_split(rows: Sequence[dict[str, Any]]) -> tuple[float, float, float]:
     rest = [s["total_tokens"] - n for s, n in zip(samples, root)]
     path = [s["sequential_tokens"] - n for s, n in zip(samples, root)]
     return float(np.mean(root)), float(np.mean(rest)), float(np.mean(path))
+
+
+def setting_name(p: Any) -> str:
+    return {"context": f"context {p.value}", "children": f"c{p.value}", "budget": f"b{p.value}",
+            "vote": f"{p.value} samples", "adaptive": "adaptive"}[p.sweep]
+
+
+def width_section(points: Sequence[Any]) -> list[str]:
+    """``compare.md``'s lines on APR's width against difficulty: one
+    ``width_stats.width_line`` per APR setting, and how the adaptive setting
+    compares with the fixed widths; empty when difficulty is unknown."""
+    apr = [p for p in points if p.model == "APR" and "width_spearman" in p.summary]
+    if not apr:
+        return []
+    lines = ["## Width against difficulty", "",
+             "Children spawned per problem against the task's oracle difficulty: Spearman rank "
+             "correlation (average ranks for ties; n/a when undefined), then the spawn rate and "
+             "mean children per difficulty quartile (a problem's quartile is where its average "
+             "rank falls, so equal difficulties share one).", ""]
+    lines += [f"- APR {setting_name(p)}: {width_line(p.summary)}" for p in apr]
+    for p in _of(points, "APR", "adaptive"):
+        s = p.summary
+        fixed = _of(points, "APR", "children")
+        line = (f"- adaptive APR: {_pct(s['accuracy'])} at {s['mean_total_tokens']:.0f} total and "
+                f"{s['mean_sequential_tokens']:.0f} sequential tokens, "
+                f"{s['mean_children']:.2f} children per problem")
+        if fixed:
+            best = max(fixed, key=lambda f: f.summary["accuracy"])
+            line += (f"; best fixed width c{best.value}: {_pct(best.summary['accuracy'])} at "
+                     f"{best.summary['mean_total_tokens']:.0f} total and "
+                     f"{best.summary['mean_sequential_tokens']:.0f} sequential tokens")
+        lines.append(line)
+    return lines + [""]
+
+
+def _inputs(num_inputs: Any) -> str:
+    """``4``, or ``3/4`` for a task mixing counts of numbers."""
+    return "/".join(map(str, num_inputs)) if isinstance(num_inputs, (list, tuple)) else str(num_inputs)
 
 
 def goal_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
@@ -161,8 +205,9 @@ def goal_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
 def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[int]],
                  contexts: Sequence[int], configs: dict[str, RunConfig],
                  trained_steps: dict[str, int], temperature: float) -> list[str]:
-    """Write the four figures, ``compare.md``, ``compare.json`` and
-    ``results.jsonl``; their paths."""
+    """Write the four figures (and ``width_vs_difficulty.png`` when the task
+    knows difficulty), ``compare.md``, ``compare.json`` and ``results.jsonl``;
+    their paths."""
     os.makedirs(workdir, exist_ok=True)
     caption = length_caption(lengths, contexts)
     paths = [os.path.join(workdir, name) for name in FIGURES]
@@ -170,6 +215,12 @@ def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[in
     plot_compute(points, paths[1], "total", "total tokens per problem")
     plot_compute(points, paths[2], "sequential", "sequential tokens (critical path)")
     plot_compute(points, paths[3], "wall", "wall-clock seconds per problem")
+    figures = list(FIGURES)
+    width_panels = [(f"APR {setting_name(p)}", p.rows) for p in points
+                    if p.model == "APR" and p.sweep in ("adaptive", "children")]
+    if plot_width(width_panels, os.path.join(workdir, WIDTH_PLOT)):
+        paths.append(os.path.join(workdir, WIDTH_PLOT))
+        figures.append(WIDTH_PLOT)
 
     apr, task = configs["APR"], configs["APR"].task
     tokens = apr.train.steps * apr.train.batch_size * apr.data.seq_len
@@ -178,7 +229,7 @@ def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[in
     unequal = len(set(trained_steps.values())) > 1
     md = [
         "# APR against SoS+ at equal context, compute and latency", "",
-        f"Countdown-{task.num_inputs}, numbers {task.min_number}-{task.max_number}, targets "
+        f"Countdown-{_inputs(task.num_inputs)}, numbers {task.min_number}-{task.max_number}, targets "
         f"{task.min_target}-{task.max_target}; {problems} held-out test problems. Both runs train "
         f"{tokens:,} token slots ({apr.train.steps} steps x {apr.train.batch_size} rows x "
         f"{apr.data.seq_len}); steps trained: {steps}"
@@ -198,7 +249,8 @@ def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[in
            "*obeyed request*: share of samples whose child count equals the requested one "
            "(APR `c<n>`) or whose written tokens, counted as the generators count them, stay "
            "within the requested budget (SoS+ `b<n>`).", ""]
-    md += [f"![{name}]({name})" for name in FIGURES]
+    md += width_section(points)
+    md += [f"![{name}]({name})" for name in figures]
     paths.append(os.path.join(workdir, "compare.md"))
     with open(paths[-1], "w") as f:
         f.write("\n".join(md) + "\n")

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 
+from apr_jax.countdown.problems import input_counts
 from apr_jax.model.config import ModelConfig
 from apr_jax.tasks.base import TASK_NAMES
 
@@ -43,7 +44,7 @@ CHOICES = {
     "rl.old_logprobs": ("sampling", "recompute"),
 }
 POSITIVE_INTS = (
-    "task.num_inputs", "task.num_train", "task.num_test", "data.vocab_size", "data.seq_len",
+    "task.num_train", "task.num_test", "data.vocab_size", "data.seq_len",
     "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads", "model.d_ff",
     "model.max_len", "train.batch_size", "train.grad_accum", "train.steps", "train.log_every",
     "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
@@ -51,6 +52,10 @@ POSITIVE_INTS = (
 )
 
 NON_NEGATIVE_INTS = ("data.pipeline_workers",)  # data.num_workers: resolve_num_workers checks it
+
+# Counts of numbers: an int, or a list of ints mixed in equal shares (e.g. [3, 4]),
+# each in [2, 6]; an override may turn one form into the other.
+INPUT_COUNT_KEYS = ("task.num_inputs",)
 
 
 class ConfigError(ValueError):
@@ -80,6 +85,8 @@ def _coerce(key: str, raw: str, current: Any) -> Any:
     def bad(kind: str) -> ConfigError:
         return ConfigError(f"config.{key}: expected {kind}, got {raw!r}")
 
+    if key in INPUT_COUNT_KEYS:
+        return _coerce_counts(raw, bad)
     if isinstance(current, bool):
         low = raw.strip().lower()
         if low in ("true", "1", "yes"):
@@ -119,6 +126,22 @@ def _coerce(key: str, raw: str, current: Any) -> Any:
         return raw
 
 
+def _coerce_counts(raw: str, bad: Any) -> int | list:
+    """An ``INPUT_COUNT_KEYS`` value: an int (``4``) or a list (``[3,4]``);
+    ``validate`` checks the counts themselves."""
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        raise bad("an integer or a list such as [3, 4]") from None
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # as any int key takes "4.0"
+    if isinstance(value, bool) or not isinstance(value, (int, list)):
+        raise bad("an integer or a list such as [3, 4]")
+    return value
+
+
 def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
     """Set ``config.<key>`` from the string ``raw``; unknown keys are errors."""
     parts = key.split(".")
@@ -132,8 +155,11 @@ def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> Non
     if isinstance(current, ml_collections.ConfigDict):
         raise ConfigError(f"config.{key} is a section; set one of its fields, e.g. "
                           f"config.{key}.{next(iter(current.keys()))}")
+    value = _coerce(key, raw, current)
     with node.unlocked() if hasattr(node, "unlocked") else _null():
-        node[parts[-1]] = _coerce(key, raw, current)
+        if key in INPUT_COUNT_KEYS and type(value) is not type(current):
+            del node[parts[-1]]  # a ConfigDict field keeps its first type; this key takes both
+        node[parts[-1]] = value
 
 
 class _null:
@@ -200,6 +226,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in NON_NEGATIVE_INTS:
         if key in keys and get(config, key) < 0:
             raise ConfigError(f"config.{key}={get(config, key)} must be >= 0")
+    for key in INPUT_COUNT_KEYS:
+        if key in keys:
+            try:
+                input_counts(get(config, key), name=f"config.{key}")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     try:  # the model section's own checks (head layout, numerics, rotary)
         ModelConfig.from_config(config.model, config.data.vocab_size)
     except ValueError as e:
@@ -275,39 +307,29 @@ def identity_diff(saved: dict, current: Any, ignore: Iterable[str] = ()) -> list
     return diffs
 
 
-def parse_command_line(argv: Sequence[str], *, allowed: Sequence[str] = ("workdir", "config"),
-                       switches: Sequence[str] = ()) -> tuple[dict[str, str], list[str]]:
+def parse_command_line(argv: Sequence[str], command: Any = None, *,
+                       allowed: Sequence[str] | dict[str, str] = ("workdir", "config"),
+                       switches: Sequence[str] | dict[str, str] = ()
+                       ) -> tuple[dict[str, str], list[str]]:
     """Split ``--flag=value`` / ``--flag value`` arguments into plain flags and
     ``config.*`` overrides; a switch (``--name`` alone) reads as ``"true"``.
-    Unknown flags are errors."""
-    flags: dict[str, str] = {}
-    overrides: list[str] = []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; flags look like --name=value")
-        name, eq, value = arg[2:].partition("=")
-        if not name.startswith("config.") and name not in allowed and name not in switches:
-            close = difflib.get_close_matches(name, [*allowed, *switches], n=1)
-            hint = f"; did you mean --{close[0]}?" if close else ""
-            raise ConfigError(f"unknown flag --{name}{hint}")
-        if name in switches:
-            if eq:
-                raise ConfigError(f"flag --{name} takes no value")
-            value = "true"
-        elif not eq:
-            if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                raise ConfigError(f"flag --{name} needs a value")
-            value = args[i + 1]
-            i += 1
-        if name.startswith("config."):
-            overrides.append(f"{name}={value}")
-        else:
-            flags[name] = value
-        i += 1
-    return flags, overrides
+    ``command`` (an ``apr_jax.cli.Command``) names the flags with their help;
+    without one, ``allowed`` and ``switches`` do (names, or name -> one-line
+    description) and ``--config.*`` overrides are accepted. ``--help``/``-h``
+    raises ``apr_jax.cli.HelpRequested`` with the help made from the same
+    flags; unknown flags and other mistakes raise ``ConfigError``."""
+    import sys
+
+    from apr_jax import cli
+
+    if command is None:
+        command = cli.flags_command(f"python {os.path.basename(sys.argv[0])}", allowed, switches,
+                                    overrides="set one config key, e.g. --config.train.lr=1e-3")
+    if command.args or command.subcommands:
+        raise TypeError(f"{command.prog} takes arguments or subcommands: "
+                        f"read it with apr_jax.cli.read_command_line")
+    line = cli.read_command_line(argv, command, error=ConfigError)
+    return line.flags, line.overrides
 
 
 def int_flag(flags: dict[str, str], name: str, default: int, *, zero_ok: bool = True) -> int:

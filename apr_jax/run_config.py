@@ -137,10 +137,12 @@ class RLConfig:
     packed_update: bool = True  # update on the threads packed into rows (False: one thread per max_len row)
     require_eos: bool = True  # reward a correct answer only when the root then stopped on EOS
     format_penalty: float = 0.0  # subtracted when the root ends without an answer line
-    acceleration_weight: float = 0.0  # x min(total / critical-path tokens - 1, cap) for correct rollouts
-    acceleration_cap: float = 0.2
+    acceleration_weight: float = 0.0  # x min(ln(total / critical-path tokens), cap) for correct rollouts
+    acceleration_cap: float = 2.0  # cap on ln(acceleration): binds only above e^2 = 7.4x
     latency_bonus: float = 0.0  # x (1 - sequential / total tokens) for correct rollouts
     condition_penalty: float = 0.0  # x relative miss of the requested child count
+    token_cost: float = 0.0  # x clip(total / correct group mean - 1, -1, 1) off correct rollouts; <= 0.45
+    latency_weight: float = 0.0  # x clip(1 - critical path / correct group mean, -1, 1) for correct; <= 0.45
     condition_children: tuple[int, ...] = ()  # child counts to request when trace.condition (empty: eval.max_children)
     max_threads: int = 0  # thread slots per rollout; 0 = the engine's full tree
     rollout_chunks: int = 1  # sequential engine runs per step (bounds KV-cache memory)

@@ -67,6 +67,7 @@ class SFTTask:
                                           grad_accum=config.train.grad_accum,
                                           learning_rate=learning_rate_schedule(config.train))
         self.eval_step = make_eval_step(self.graphs, shardings, batch_shardings)
+        self.schedule_steps = config.train.steps  # the loop sets the step budget's
         seq_len = config.data.seq_len
         self.flops_per_step = flops_per_token(self.model_cfg, seq_len) * config.train.batch_size * seq_len
         self.peak_flops = peak_flops
@@ -93,7 +94,7 @@ class SFTTask:
         self._window_tokens += int((batch_np["segment_ids"] > 0).sum()) * jax.process_count()
         batch = sharding.global_batch_from_process(batch_np, self.mesh)
         with jax.set_mesh(self.mesh):  # traced with the mesh: shard_map kernels, constraints
-            self.state, metrics = self.train_step(self.state, batch)
+            self.state, metrics = self.train_step(self.state, batch, np.int32(self.schedule_steps))
         self._window_steps += 1
         return metrics
 
@@ -106,7 +107,7 @@ class SFTTask:
         if self.peak_flops:
             row["mfu"] = (self.flops_per_step * self._window_steps / elapsed
                           / (self.peak_flops * jax.device_count()))
-        if step % self.config.train.eval_every == 0 or step == self.config.train.steps:
+        if step % self.config.train.eval_every == 0 or step == self.schedule_steps:
             row.update(self.validate())
         self._window_start, self._window_tokens, self._window_steps = time.time(), 0, 0
         return row
@@ -183,8 +184,7 @@ def run_sft(config: RunConfig, workdir: str, *, stop_at: int | None = None
     finally:
         task.data.close()  # stops the input pipeline's threads and worker processes
     last = dict(result.last, step=result.step, preempted=result.preempted)
-    finished = result.step >= config.train.steps or result.out_of_time
-    if finished and not result.preempted and config.eval.num_problems > 0:
+    if result.finished and not result.preempted and config.eval.num_problems > 0:
         model, _ = task.graphs.merge(task.state)
         last.update(final_evaluation(config, workdir, info, model, tokenizer, result.step, mesh))
     return last
@@ -196,7 +196,8 @@ def final_evaluation(config: RunConfig, workdir: str, info: DatasetInfo,
     """Decode held-out test problems with the engine (its cache built inside
     jit under the run's ``mesh``), print the table and an honest summary, and
     write ``results_test.jsonl`` in the workdir."""
-    from apr_jax.evaluate import ACCELERATOR_HINT, evaluate_problems, format_table, sweep_settings
+    from apr_jax.evaluate import (ACCELERATOR_HINT, WIDTH_PLOT, evaluate_problems, format_table,
+                                  plot_width, sweep_settings)
 
     problems = make_problem_source(info, "test")[:config.eval.num_problems]
     (setting, kwargs), = sweep_settings(None, [], config)
@@ -209,6 +210,8 @@ def final_evaluation(config: RunConfig, workdir: str, info: DatasetInfo,
                 f.write(json.dumps(row) + "\n")
         with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, **{f"test_{k}": v for k, v in summary.items()}}) + "\n")
+        if plot_width([(f"{config.name}@{step}", rows)], os.path.join(workdir, WIDTH_PLOT)):
+            print(f"width plot: {os.path.join(workdir, WIDTH_PLOT)}")
         print(f"held-out test ({len(problems)} problems, {config.trace.kind}):")
         print(format_table([(f"{config.name}@{step}", summary)]))
         print(f"solved {summary['accuracy']:.1%} of held-out problems; "

@@ -5,6 +5,19 @@
     python -m benchmarks.tokens_per_trace --contexts 128,192,256,384 [--max-nodes 16]
     python -m benchmarks.tokens_per_trace --critical-path [--max-nodes 8]
 
+    python -m benchmarks.tokens_per_trace --width [--probe-nodes 5,16,3] [--sequential-share 0.25] [--test 1000]
+
+``--width`` compares fixed-width APR traces (the root spawns one child per
+kept first operation) with traces whose width follows the search
+(``trace.probe_nodes``: the root first searches its best branch itself and
+spawns only if that misses) or the problem's reachable share
+(``trace.sequential_share``: an easy problem is searched by the root alone, a
+harder one forks wider), on Countdown-3 and -4 with numbers 1-20 and
+targets 10-50: written tokens per trace (all threads, the root's, the
+critical path's), the longest root sequence (prompt and joins included: what
+must fit ``data.seq_len``), the share solved and the share of traces per
+root child count.
+
 ``--critical-path`` prints, per setting and child count n, how a conditioned
 APR trace asked for ``c<n>`` splits its written tokens: the root's, a child's,
 and the critical path's share of all of them (the sequential/total ratio the
@@ -117,6 +130,44 @@ def critical_path_table(num_train: int, num_test: int, vocab_size: int, **trace)
                   f"{sum(totals) / len(totals):6.0f} {sum(ratios) / len(ratios):16.2f}", flush=True)
 
 
+WIDTH_SETTINGS = ("c3 1-20 t10-50", "c4 1-20 t10-50")  # the adaptive config's task and a 4-input one
+
+
+def width_table(num_train: int, num_test: int, vocab_size: int, probes: list[int],
+                shares: list[float], **trace) -> None:
+    """Fixed width vs the probe and reachable-share rules, on the same held-out problems: mean
+    written tokens per trace (all threads, root, critical path), share solved
+    and the share of traces whose root spawns 0, 1, 2, 3, 4, 5+ children."""
+    counts = ("0", "1", "2", "3", "4", "5+")
+    print(f"{'setting':16s} {'rule':9s} {'total':>6s} {'root':>5s} {'seq':>5s} {'root max':>8s} "
+          f"{'solved':>6s}  "
+          + " ".join(f"{'c=' + c:>5s}" for c in counts))
+    for name in WIDTH_SETTINGS:
+        splits = make_splits(num_train, 0, num_test, seed=0, **SETTINGS[name])
+        rules = {"fixed": TraceConfig(kind="apr", **trace)}
+        rules.update({f"probe {n}": TraceConfig(kind="apr", probe_nodes=n, **trace) for n in probes})
+        rules.update({f"share {x:g}": TraceConfig(kind="apr", sequential_share=x, **trace) for x in shares})
+        tok = train_tokenizer([make_trace(p, cfg) for cfg in rules.values() for p in splits["train"]],
+                              vocab_size)
+        for rule, cfg in rules.items():
+            totals, roots, seqs, solved, children = [], [], [], 0, [0] * len(counts)
+            longest = 0
+            for problem in splits["test"]:
+                tree = make_trace(problem, cfg)
+                sequences = tree.to_sequences(tok)
+                longest = max(longest, len(sequences[0].tokens))
+                written = [int(s.loss_mask.sum()) for s in sequences]
+                totals.append(sum(written))
+                roots.append(written[0])
+                seqs.append(sequential_tokens(written, tree_spawns(tree)))
+                solved += bool(tree.solution)
+                children[min(len(tree.threads[0].children), len(counts) - 1)] += 1
+            n = len(splits["test"])
+            print(f"{name:16s} {rule:9s} {sum(totals) / n:6.1f} {sum(roots) / n:5.1f} "
+                  f"{sum(seqs) / n:5.1f} {longest:8d} {solved / n:6.1%}  "
+                  + " ".join(f"{c / n:5.1%}" for c in children), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=600)
@@ -129,7 +180,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-children", type=int, default=4)
     parser.add_argument("--critical-path", action="store_true",
                         help="written tokens and sequential/total per requested child count")
+    parser.add_argument("--width", action="store_true",
+                        help="fixed width vs trace.probe_nodes: tokens and child counts")
+    parser.add_argument("--probe-nodes", default="5,16,3", help="probe budgets --width compares")
+    parser.add_argument("--sequential-share", default="0.25",
+                        help="trace.sequential_share values --width compares")
     args = parser.parse_args(argv)
+    if args.width:
+        width_table(args.train, args.test, args.vocab_size,
+                    [int(n) for n in args.probe_nodes.split(",")],
+                    [float(x) for x in args.sequential_share.split(",")], max_nodes=args.max_nodes,
+                    beam_size=args.beam_size, max_children=args.max_children)
+        return
     if args.critical_path:
         critical_path_table(args.train, args.test, args.vocab_size, max_nodes=args.max_nodes,
                             beam_size=args.beam_size, max_children=args.max_children)

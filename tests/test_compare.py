@@ -44,12 +44,19 @@ def test_compare_writes_every_figure_and_the_table(compared):
         assert os.path.getsize(os.path.join(workdir, name)) > 5000, name
     md = open(os.path.join(workdir, "compare.md")).read()
     for line in ("| APR | context 48 |", "| SoS+ | context 128 |", "| APR | children c2 |",
-                 "| SoS+ | budget b64 |", "| SoS+ | 2 samples |"):
+                 "| SoS+ | budget b64 |", "| SoS+ | 2 samples |",
+                 "| APR | adaptive (no prefix, up to c4) |"):
         assert line in md
+    assert "## Width against difficulty" in md and "- APR adaptive: width vs difficulty: spearman" in md
+    assert "- APR c2: width vs difficulty" in md and "![width_vs_difficulty.png]" in md
+    assert os.path.getsize(os.path.join(workdir, "width_vs_difficulty.png")) > 5000
     assert md.count("APR vs SoS+:") == 2 and "sign test p =" in md  # one per context
     assert "longer than the context: > 48:" in md and "longest APR thread" in md
     points = json.load(open(os.path.join(workdir, "compare.json")))["points"]
-    assert len(points) == 2 * 2 + 2 + 1 + 1
+    assert len(points) == 2 * 2 + 2 + 1 + 1 + 1  # contexts, children, adaptive, budget, vote
+    adaptive = next(p for p in points if p["sweep"] == "adaptive")
+    assert adaptive["model"] == "APR" and adaptive["obeyed"] is None
+    assert {"width_spearman", "width_spawn_rate_q1", "mean_children"} <= set(adaptive["summary"])
     conditioned = [p for p in points if p["sweep"] in ("children", "budget")]
     assert all(0.0 <= p["obeyed"] <= 1.0 for p in conditioned)
     vote = next(p for p in points if p["sweep"] == "vote")
@@ -96,6 +103,10 @@ def test_context_sweep_asks_each_model_for_what_fits_the_window(compared):
                for r in rows if r["sweep"] == "context"}
     assert prompts[("SoS+", 48)].startswith("b64 ") and prompts[("SoS+", 128)].startswith("b128 ")
     assert prompts[("APR", 48)].startswith("c4 ") and prompts[("APR", 128)].startswith("c4 ")
+    adaptive = [r for r in rows if r["sweep"] == "adaptive"]
+    assert len(adaptive) == 3  # asked with no prefix: the model picks its width
+    assert all(r["tree"]["threads"][0]["segments"][0]["text"][0].isdigit() for r in adaptive)
+    assert all(r["difficulty"] is not None and r["num_inputs"] == 4 for r in adaptive)
 
 
 def test_evaluate_asks_a_conditioned_sosp_run_for_a_budget_it_knows():
@@ -151,3 +162,41 @@ def test_token_split_separates_the_root_from_the_critical_path():
     first = sample([10, 5, 7], 17)  # the root, then two children side by side
     first["samples"] = [sample([20, 4], 24)]
     assert token_split([first]) == (15.0, 8.0, 5.5)
+
+
+def _point(model, sweep, value, children, difficulty, accuracy=0.5):
+    from apr_jax.width_stats import width_summary
+    rows = [{"difficulty": d, "children": c, "samples": []} for d, c in zip(difficulty, children)]
+    summary = {"accuracy": accuracy, "mean_total_tokens": 100.0 + value, "mean_sequential_tokens": 60.0,
+               "mean_children": sum(children) / len(children), "samples": 1, "wall_s": 1.0,
+               "problems": len(rows), **width_summary(difficulty, children)}
+    return compare.Point(model, sweep, value, summary, rows=rows)
+
+
+def test_report_has_width_lines_and_draws_the_adaptive_point(tmp_path, monkeypatch):
+    from apr_jax import compare_report
+    difficulty = [0.1, 0.4, 0.6, 0.9]
+    points = [_point("APR", "children", 1, [1, 1, 1, 1], difficulty, 0.3),
+              _point("APR", "children", 2, [2, 2, 1, 2], difficulty, 0.45),
+              _point("APR", "adaptive", 4, [0, 1, 3, 4], difficulty, 0.6),
+              _point("SoS+", "budget", 64, [0, 0, 0, 0], difficulty, 0.2)]
+    lines = compare_report.width_section(points)
+    assert lines[0] == "## Width against difficulty"
+    assert "- APR c1: width vs difficulty: spearman n/a; spawn rate by difficulty quartile " \
+           "100% 100% 100% 100%" in lines[4]
+    # adaptive: children rise with difficulty, rank for rank
+    assert lines[6].startswith("- APR adaptive: width vs difficulty: spearman 1.00; spawn rate by "
+                               "difficulty quartile 0% 100% 100% 100%; children 0.0 1.0 3.0 4.0")
+    assert lines[7] == ("- adaptive APR: 60.0% at 104 total and 60 sequential tokens, 2.00 children "
+                        "per problem; best fixed width c2: 45.0% at 102 total and 60 sequential tokens")
+    assert not any("SoS+" in line for line in lines)
+    unknown = [_point("APR", "adaptive", 4, [0, 1, 3, 4], [None] * 4)]
+    assert compare_report.width_section(unknown) == []
+    path = tmp_path / "total.png"
+    drawn = []
+    monkeypatch.setattr(compare_report, "_line", lambda ax, xs, ys, label, *a, **k: drawn.append(
+        (label, list(xs), list(ys))))
+    compare_report.plot_compute(points, str(path), "total", "total tokens per problem")
+    assert path.stat().st_size > 1000
+    assert ("APR adaptive (no prefix)", [104.0], [0.6]) in drawn
+    assert ("APR (children)", [101.0, 102.0], [0.3, 0.45]) in drawn

@@ -5,9 +5,10 @@ import random
 
 import pytest
 
-from apr_jax.countdown.problems import (Problem, generate_problems, load_problems,
-                                        make_splits, save_problems, unseen_problems)
-from apr_jax.countdown.solver import is_solvable
+from apr_jax.countdown.problems import (Problem, difficulty, generate_problems, load_problems,
+                                        make_splits, save_problems, unseen_problems,
+                                        with_difficulties, with_difficulty)
+from apr_jax.countdown.solver import is_solvable, reachable_share
 
 
 def test_generate_is_solvable_in_range_and_deterministic():
@@ -100,6 +101,9 @@ def test_save_load_round_trip(tmp_path):
     ('{"numbers": [1, 2], "target": 5.5}', "target"),
     ('{"numbers": [1, -2], "target": 5}', "non-negative"),
     ('[1, 2, 5]', "object"),
+    ('{"numbers": [1, 2], "target": 3, "reachable_share": 1.5}', "reachable_share"),
+    ('{"numbers": [1, 2], "target": 3, "reachable_share": true}', "reachable_share"),
+    ('{"numbers": [1, 2], "target": 3, "reachable_share": "0.5"}', "reachable_share"),
 ])
 def test_load_errors_name_file_and_line(tmp_path, line, word):
     path = tmp_path / "bad.jsonl"
@@ -146,3 +150,93 @@ def test_batched_drawing_gives_the_problems_of_drawing_one_at_a_time(monkeypatch
         [("test", 5), ("validation", 5), ("train", 30)], *ranges, 4)
     assert generate_problems(60, **kwargs) == _one_at_a_time([("all", 60)], *ranges, 4,
                                                             unique=False)["all"]
+
+
+# ---- oracle difficulty stored with each problem ---------------------------------------
+
+def test_reachable_share_round_trips_but_leaves_identity_alone(tmp_path):
+    """The share is written and read back (JSONL too), and absent when unknown;
+    equality, hashing and ``key`` ignore it, so deduplication is unchanged."""
+    plain, rated = Problem((2, 3), 6), Problem((2, 3), 6, 1 / 3)
+    assert plain.to_dict() == {"numbers": [2, 3], "target": 6}
+    assert rated.to_dict() == {"numbers": [2, 3], "target": 6, "reachable_share": 1 / 3}
+    assert Problem.from_dict(rated.to_dict()).reachable_share == 1 / 3
+    assert Problem.from_dict(plain.to_dict()).reachable_share is None
+    assert plain == rated and hash(plain) == hash(rated) and plain.key == rated.key
+    assert len({plain, rated, Problem((3, 2), 6)}) == 2
+    path = str(tmp_path / "p.jsonl")
+    save_problems(path, [rated, plain])
+    assert [p.reachable_share for p in load_problems(path)] == [1 / 3, None]
+
+
+def test_difficulty_is_computed_only_when_missing():
+    assert with_difficulty(Problem((2, 3), 6)).reachable_share == pytest.approx(1 / 3)
+    assert with_difficulty({"numbers": [2, 3], "target": 6}).reachable_share == pytest.approx(1 / 3)
+    assert with_difficulty(Problem((2, 3), 6, 0.25)).reachable_share == 0.25  # kept as stored
+    assert difficulty(Problem((2, 3), 6)) == pytest.approx(2 / 3)
+    assert difficulty(Problem((2, 3), 6, 0.25)) == 0.75
+    mixed = [Problem((3, 1, 2), 6), Problem((2, 3), 6, 0.5), Problem((1, 2, 3), 9), Problem((2, 2), 4)]
+    assert [p.reachable_share for p in with_difficulties(mixed)] == [5 / 8, 0.5, 1 / 8, 1 / 3]
+
+
+def test_splits_and_unseen_problems_carry_their_shares():
+    splits = make_splits(40, 10, 10, num_inputs=3, max_number=20, max_target=50, seed=3)
+    problems = [p for split in splits.values() for p in split]
+    assert all(p.reachable_share == reachable_share(p.numbers, p.target) for p in problems)
+    unseen = unseen_problems(20, {p.key for p in problems}, num_inputs=3, min_number=1,
+                             max_number=20, min_target=10, max_target=50, seed=3)
+    assert len(unseen) == 20
+    assert all(p.reachable_share == reachable_share(p.numbers, p.target) for p in unseen)
+
+
+# ---- several counts of numbers in one split ----------------------------------------------
+
+MIXED = dict(num_inputs=[3, 4], min_number=1, max_number=20, min_target=10, max_target=50)
+
+
+def test_mixed_counts_share_each_split_equally_and_spread_difficulty():
+    """[3, 4]: each split holds both counts in equal shares (the first count
+    takes an odd one), listed in turn; unique across splits; deterministic;
+    held-out sets stable when train grows; difficulty varies within a split."""
+    splits = make_splits(101, 20, 21, seed=0, **MIXED)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 101, "validation": 20, "test": 21}
+    for name, problems in splits.items():
+        sizes = [len(p.numbers) for p in problems]
+        assert sizes[:4] == [3, 4, 3, 4]
+        assert sizes.count(3) - sizes.count(4) == len(problems) % 2
+        shares = [p.reachable_share for p in problems]
+        assert len(set(shares)) > 5 and max(shares) - min(shares) > 0.2, name
+        assert all(is_solvable(p.numbers, p.target) for p in problems)
+    keys = [p.key for split in splits.values() for p in split]
+    assert len(keys) == len(set(keys))
+    assert make_splits(101, 20, 21, seed=0, **MIXED) == splits
+    bigger = make_splits(300, 20, 21, seed=0, **MIXED)
+    assert bigger["test"] == splits["test"] and bigger["validation"] == splits["validation"]
+    assert make_splits(101, 20, 21, seed=1, **MIXED) != splits
+    one = dict(MIXED, num_inputs=[3])
+    assert make_splits(30, 5, 5, seed=0, **one) == make_splits(30, 5, 5, seed=0, **dict(one, num_inputs=3))
+
+
+def test_mixed_counts_for_unseen_problems():
+    splits = make_splits(40, 10, 10, seed=0, **MIXED)
+    seen = {p.key for split in splits.values() for p in split}
+    unseen = unseen_problems(31, seen, seed=0, **MIXED)
+    sizes = [len(p.numbers) for p in unseen]
+    assert (sizes.count(3), sizes.count(4)) == (16, 15) and sizes[:2] == [3, 4]
+    assert not {p.key for p in unseen} & seen and len({p.key for p in unseen}) == 31
+    assert unseen == unseen_problems(31, seen, seed=0, **MIXED)
+
+
+@pytest.mark.parametrize("num_inputs, message", [
+    ([3, 9], r"^num_inputs=\[3, 9\]: each count must be in \[2, 6\]$"),
+    ([], r"^num_inputs=\[\] must name at least one count$"),
+    ([3, 3], r"^num_inputs=\[3, 3\]: each count must appear once$"),
+    ([3, "4"], r"^num_inputs=\[3, '4'\]: each count must be an integer$"),
+    (7, r"^num_inputs=7 must be in \[2, 6\]$"),
+    ("3", r"^num_inputs='3' must be an integer or a list of integers$"),
+])
+def test_bad_input_counts_are_one_line_errors(num_inputs, message):
+    with pytest.raises(ValueError, match=message):
+        make_splits(4, 0, 0, **dict(MIXED, num_inputs=num_inputs))
+    with pytest.raises(ValueError, match=message):
+        unseen_problems(4, set(), **dict(MIXED, num_inputs=num_inputs))

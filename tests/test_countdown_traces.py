@@ -6,10 +6,12 @@ import hashlib
 import re
 import string
 
+import numpy as np
 import pytest
 
 from apr_jax import protocol
-from apr_jax.countdown.problems import Problem, generate_problems
+from apr_jax.config import load_config
+from apr_jax.countdown.problems import Problem, generate_problems, make_splits, with_difficulty
 from apr_jax.countdown.render import (MIN_BUDGET_BUCKET, approx_tokens, budget_bucket,
                                      budget_within, conditioning_prefix, parse_prompt,
                                      problem_prompt)
@@ -220,6 +222,192 @@ def test_traces_are_byte_for_byte_those_the_cache_format_pins():
         for p in generate_problems(30, num_inputs=4, seed=5):
             digest.update(make_trace(p, cfg).to_json().encode())
     assert digest.hexdigest() == "39808b905646b368b71f3cb9922918e8193b88352346226a888c25781929d481"
+
+
+PROBE = TraceConfig(kind="apr", probe_nodes=16)  # the whole best branch (max_nodes)
+
+
+def _spawn_messages(tree: ThreadTree) -> list[str]:
+    return [m for block in _SPAWN_RE.findall(tree.threads[0].written_text)
+            for m in block.split(protocol.SEP)]
+
+
+def _search_lines(tree: ThreadTree) -> int:
+    return sum(line.startswith(">") for line in tree.threads[0].written_text.splitlines())
+
+
+def _first_branch(sosp_text: str) -> str:
+    """The lines of a SoS+ root's first branch (up to its second depth-1 line or answer)."""
+    lines = sosp_text.splitlines(keepends=True)
+    end = next(i for i, line in enumerate(lines[1:], 1) if line.startswith(("> ", "ans ")))
+    return "".join(lines[:end])
+
+
+@pytest.mark.parametrize("problem, children", [
+    (Problem((8, 11, 3), 22), 0), (Problem((4, 20, 9), 44), 0), (Problem((53, 22, 26, 31), 27), 0),
+    (Problem((16, 12, 19), 23), 3), (Problem((16, 15, 17, 9), 13), 3), (Problem((4, 9, 17), 35), 3),
+])
+def test_probe_width_follows_the_problem(problem, children):
+    """With a probe the root searches its best branch itself, as SoS+ writes
+    it: when that reaches the target it answers without spawning (the SoS+
+    trace, exactly); otherwise it spawns for the other kept branches. Fixed
+    width spawns 4 on every problem; the answer is the same either way."""
+    tree, fixed = make_trace(problem, PROBE), make_trace(problem, TraceConfig(kind="apr"))
+    sosp = make_trace(problem, TraceConfig(kind="sosp"))
+    _check_tree(tree, problem, PROBE)
+    assert fixed.num_spawned == 4 and tree.num_spawned == children
+    assert tree.solution == fixed.solution == sosp.solution
+    root = tree.threads[0].written_text
+    if children == 0:
+        assert root == sosp.threads[0].written_text and " goal\n" in root
+    else:
+        probe = root[:root.index(protocol.SPAWN_OPEN)]
+        assert probe == _first_branch(sosp.threads[0].written_text) and " goal\n" not in probe
+        assert _spawn_messages(tree) == _spawn_messages(fixed)[1:]
+
+
+def test_a_cut_probe_hands_its_branch_to_a_child_and_a_finished_one_does_not():
+    """The probe visits at most probe_nodes nodes. When it stopped with nodes
+    of its branch left, the branch goes to the first child whole (so the
+    search still solves what the sequential one solves); a probe that visited
+    its whole branch, even in exactly probe_nodes nodes, hands it to no one."""
+    p = Problem((3, 7, 11), 40)  # best branch: 11-7=4 [3 4] and its 3 leaves
+    fixed = _spawn_messages(make_trace(p, TraceConfig(kind="apr")))
+    exact = make_trace(p, TraceConfig(kind="apr", probe_nodes=4))
+    assert _search_lines(exact) == 4 and _spawn_messages(exact) == fixed[1:]
+    cut = make_trace(p, TraceConfig(kind="apr", probe_nodes=3))
+    assert _search_lines(cut) == 3 and _spawn_messages(cut) == fixed
+    q = Problem((53, 22, 26, 31), 27)  # the probe's 6 nodes stop one short of the goal
+    cut = make_trace(q, TraceConfig(kind="apr", probe_nodes=6))
+    assert cut.num_spawned == 4 and " goal\n" not in cut.threads[0].written_text
+    assert cut.solution == make_trace(q, PROBE).solution == ["53-22=31", "31/31=1", "26+1=27"]
+    assert cut.threads[1].written_text.endswith(protocol.return_block("53-22=31 31/31=1 26+1=27"))
+
+
+def test_a_probe_that_leaves_no_branch_is_the_sosp_trace():
+    """With one kept successor the probe (the whole branch) is the whole search."""
+    probe, sosp = TraceConfig(kind="apr", beam_size=1, probe_nodes=16), TraceConfig(kind="sosp", beam_size=1)
+    for p in _problems(3) + _problems(4):
+        tree = make_trace(p, probe)
+        assert tree.num_spawned == 0
+        assert tree.threads[0].text == make_trace(p, sosp).threads[0].text
+
+
+def test_probe_gives_a_mix_of_widths_on_random_countdown3():
+    """Probe traces on the demo's task: some spawn nothing, some several."""
+    config = load_config(None)
+    cfg, task = TraceConfig(kind="apr", probe_nodes=5), config.task
+    problems = make_splits(300, 0, 0, num_inputs=task.num_inputs, max_number=task.max_number,
+                           min_target=task.min_target, max_target=task.max_target, seed=3)["train"]
+    counts = []
+    for p in problems:
+        tree = make_trace(p, cfg)
+        _check_tree(tree, p, cfg)
+        assert tree.solution == make_trace(p, TraceConfig(kind="sosp")).solution
+        counts.append(tree.num_spawned)
+    assert sum(c == 0 for c in counts) >= 0.2 * len(counts)
+    assert sum(c >= 2 for c in counts) >= 0.2 * len(counts)
+
+
+PROBE_CASES = [(style, n, depth, probe) for style in ("terse", "reference") for n in (3, 4)
+               for depth in (1, 2) for probe in (3, 16)]
+
+
+@pytest.mark.parametrize("style, num_inputs, max_depth, probe_nodes", PROBE_CASES)
+def test_probe_traces_are_well_formed_and_solve_what_sosp_solves(style, num_inputs, max_depth,
+                                                                 probe_nodes):
+    """Every spawn point probes (children too, at max_depth 2), cut or not,
+    with spawning points drawn: well-formed, verified, the SoS+ answers."""
+    cfg = TraceConfig(kind="apr", style=style, max_depth=max_depth, max_children=3,
+                      spawn_prob=0.7, probe_nodes=probe_nodes)
+    sosp = TraceConfig(kind="sosp", style=style)
+    widths = set()
+    for p in _problems(num_inputs):
+        tree = make_trace(p, cfg)
+        _check_tree(tree, p, cfg)
+        assert tree.solution == make_trace(p, sosp).solution
+        widths.add(tree.num_spawned)
+    assert 0 in widths and len(widths) >= 2
+
+
+def test_probe_config_checks():
+    with pytest.raises(ValueError, match="probe_nodes must be >= 0"):
+        TraceConfig(probe_nodes=-1)
+    with pytest.raises(ValueError, match="do not combine"):
+        TraceConfig(probe_nodes=4, condition=True)
+
+
+def test_probe_traces_are_byte_for_byte_those_the_cache_format_pins():
+    """The probe setting's bytes (``FORMAT_VERSION`` 5 added it; the pin
+    above still holds for every setting without a probe)."""
+    digest = hashlib.sha256()
+    for style, depth, probe in (("terse", 1, 16), ("terse", 2, 6), ("reference", 2, 3)):
+        cfg = TraceConfig(kind="apr", style=style, max_depth=depth, probe_nodes=probe)
+        for num_inputs in (3, 4):
+            for p in generate_problems(30, num_inputs=num_inputs, seed=5):
+                digest.update(make_trace(p, cfg).to_json().encode())
+    assert digest.hexdigest() == "40679f468548552558c486c27ce179ac8230fb3029fd5de1fba0d7c77360082b"
+
+
+@pytest.mark.parametrize("numbers, target, share, children", [
+    ((93, 92, 65), 64, 1 / 3, 0),  # a short sequential search settles it: the root alone
+    ((74, 80, 37), 40, 0.2, 3),  # ceil(0.5 / 0.2)
+    ((4, 48, 6), 32, 2 / 11, 3),
+    ((12, 25, 4), 73, 0.1, 4),  # ceil(0.5 / 0.1) = 5, at most max_children
+])
+def test_width_follows_the_reachable_share(numbers, target, share, children):
+    """configs/adaptive.py: easy problems are searched alone (the SoS+ trace),
+    harder ones fork wider."""
+    cfg = TraceConfig.from_config(load_config("configs/adaptive.py").trace)
+    problem = with_difficulty(Problem(numbers, target))
+    assert problem.reachable_share == pytest.approx(share)
+    tree = make_trace(problem, cfg)
+    _check_tree(tree, problem, cfg)
+    assert tree.num_spawned == children
+    if children == 0:
+        assert tree.threads[0].text == make_trace(problem, TraceConfig(kind="sosp")).threads[0].text
+    else:  # the first round spawns that many of the fixed trace's children, in its order
+        fixed = make_trace(problem, TraceConfig(kind="apr"))
+        assert tree.threads[0].written_text.split("</spawn>")[0] == \
+            "<sep>".join(fixed.threads[0].written_text.split("</spawn>")[0].split("<sep>")[:children])
+
+
+def test_share_width_ranks_random_problems_by_difficulty():
+    """On the adaptive config's task the traces' child counts follow the
+    oracle difficulty (Spearman > 0.8), solving what SoS+ solves."""
+    config = load_config("configs/adaptive.py")
+    cfg, task = TraceConfig.from_config(config.trace), config.task
+    problems = make_splits(400, 0, 0, num_inputs=task.num_inputs, max_number=task.max_number,
+                           min_target=task.min_target, max_target=task.max_target, seed=3)["train"]
+    children, difficulty = [], []
+    for p in problems:
+        tree = make_trace(p, cfg)
+        _check_tree(tree, p, cfg)
+        assert tree.solution == make_trace(p, TraceConfig(kind="sosp")).solution
+        children.append(tree.num_spawned)
+        difficulty.append(1 - p.reachable_share)
+    rank = lambda x: np.argsort(np.argsort(np.asarray(x) + 1e-9 * np.arange(len(x))))
+    assert np.corrcoef(rank(children), rank(difficulty))[0, 1] > 0.8
+    assert set(children) == {0, 3, 4}
+
+
+def test_share_width_config_checks():
+    with pytest.raises(ValueError, match="sequential_share must be in"):
+        TraceConfig(sequential_share=1.5)
+    with pytest.raises(ValueError, match="viable_children must be > 0"):
+        TraceConfig(viable_children=0)
+    with pytest.raises(ValueError, match="do not combine"):
+        TraceConfig(sequential_share=0.25, condition=True)
+
+
+def test_share_width_traces_are_byte_for_byte_those_the_cache_format_pins():
+    digest = hashlib.sha256()
+    for share, viable in ((0.25, 0.5), (0.5, 1.0)):
+        cfg = TraceConfig(kind="apr", sequential_share=share, viable_children=viable)
+        for num_inputs in (3, 4):
+            for p in generate_problems(30, num_inputs=num_inputs, seed=5):
+                digest.update(make_trace(p, cfg).to_json().encode())
+    assert digest.hexdigest() == "339cd8b81204629a6b213c0a42410ae56b480098e573ca9d2f35fbdeee204a81"
 
 
 def test_tree_dict_is_the_dataclass_fields_and_shares_nothing():

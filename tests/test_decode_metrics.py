@@ -102,3 +102,19 @@ def test_sign_test_p_by_hand():
     assert math.isclose(metrics.sign_test_p(1, 4), 2 * (1 + 5) / 2 ** 5)
     assert metrics.sign_test_p(28, 19) == metrics.sign_test_p(19, 28)
     assert 0.2 < metrics.sign_test_p(28, 19) < 0.3
+
+
+def test_spawn_measures_count_children_rounds_and_depth_by_hand():
+    # root spawns [1, 2] then [3] (2 rounds); 1 spawns [4] (1 round); 4 spawns
+    # once and every child of that round was dropped (1 round, no thread).
+    measures = metrics.spawn_measures(parent=[-1, 0, 0, 0, 1], rounds=[2, 1, 0, 0, 1])
+    assert measures == {"children": 4, "spawn_rounds": 4, "depth": 2}
+    assert metrics.spawn_measures([-1], [0]) == {"children": 0, "spawn_rounds": 0, "depth": 0}
+    # a child numbered before its parent still gets its depth from the chain
+    assert metrics.spawn_measures([-1, 2, 0], [1, 0, 1])["depth"] == 2
+    with pytest.raises(ValueError, match="own ancestor"):
+        metrics.spawn_measures([-1, 2, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match="root"):
+        metrics.spawn_measures([0, -1], [0, 0])
+    with pytest.raises(ValueError, match="round counts"):
+        metrics.spawn_measures([-1, 0], [1])

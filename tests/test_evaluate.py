@@ -9,6 +9,7 @@ import pytest
 from apr_jax import evaluate, train
 from apr_jax.run_config import load_run_config
 from apr_jax.countdown.problems import Problem, save_problems
+from apr_jax.threads import ThreadTree
 
 TINY = [
     "config.task.num_train=120", "config.task.num_validation=8", "config.task.num_test=8",
@@ -50,6 +51,19 @@ def test_cli_prints_table_writes_results_and_plot(workdir, tmp_path, capsys, cap
     by_setting = {r["setting"]: r for r in rows}
     assert by_setting["tokens=4"]["total_tokens"] <= 4 * by_setting["tokens=4"]["num_threads"]
     assert os.path.getsize(tmp_path / "results.png") > 1000
+    from apr_jax.countdown.problems import difficulty
+    for row in rows:  # how wide each problem went, and how hard it is
+        assert row["num_inputs"] == 3
+        assert row["difficulty"] == pytest.approx(difficulty(Problem(tuple(row["numbers"]), row["target"])))
+        for sample in [row, *row["samples"]]:
+            assert sample["children"] == sample["num_threads"] - 1
+            assert sample["spawn_rounds"] >= (sample["children"] > 0)
+            assert sample["depth"] == max(ThreadTree.from_dict(sample["tree"]).depth(i)
+                                          for i in range(sample["num_threads"]))
+    assert printed.count("width vs difficulty: spearman n/a") == 2  # one line per setting; 2 problems
+    assert "spawn rate by difficulty quartile" in printed
+    assert os.path.getsize(tmp_path / "results_width.png") > 1000
+    assert f"width plot: {tmp_path / 'results_width.png'}" in printed
     assert not [r for r in caplog.records if "read only" in r.getMessage()]  # no orbax notice
 
 
@@ -67,7 +81,119 @@ def test_wall_time_leaves_the_compile_out(workdir, monkeypatch):
 def test_checkpoint_flag_and_split(workdir, capsys):
     code = evaluate.main([f"--checkpoint={workdir}/checkpoints/2", "--split=test", "--num=3"])
     assert code == 0
-    assert "evaluating" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "evaluating" in printed
+    # without --out the width figure goes in the run's workdir
+    assert f"width plot: {workdir}/width_vs_difficulty.png" in printed
+    assert os.path.getsize(os.path.join(workdir, "width_vs_difficulty.png")) > 1000
+
+
+class _NoDifficulty:
+    """A task without ``difficulty`` (as a task written before it existed)."""
+
+    def __init__(self, task):
+        self._task = task
+
+    def __getattr__(self, name):
+        if name == "difficulty":
+            raise AttributeError(name)
+        return getattr(self._task, name)
+
+
+def test_unknown_difficulty_gives_no_width_figures(workdir, tmp_path, monkeypatch, capsys):
+    real = evaluate.get_task
+    monkeypatch.setattr(evaluate, "get_task", lambda config: _NoDifficulty(real(config)))
+    out, plot = tmp_path / "results.jsonl", tmp_path / "width.png"
+    problems = tmp_path / "problems.jsonl"
+    save_problems(str(problems), [Problem((3, 5, 7), 22), Problem((2, 4, 9), 17),
+                                  Problem((1, 2, 3, 4), 24)])
+    code = evaluate.main([f"--workdir={workdir}", f"--problems={problems}", f"--out={out}",
+                          f"--width_plot={plot}"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = [json.loads(l) for l in open(out)]
+    assert [r["difficulty"] for r in rows] == [None, None, None]
+    assert [r["num_inputs"] for r in rows] == [3, 3, 4]
+    assert all(r["children"] == r["num_threads"] - 1 for r in rows)
+    assert "width vs difficulty" not in printed and "width plot" not in printed
+    assert not plot.exists()
+
+
+def test_problem_difficulty_reads_the_task_defensively():
+    class Known:
+        def difficulty(self, problem):
+            return 0.25
+
+    class Unknown:
+        def difficulty(self, problem):
+            return None
+
+    assert evaluate.problem_difficulty(Known(), None) == 0.25
+    assert evaluate.problem_difficulty(Unknown(), None) is None
+    assert evaluate.problem_difficulty(object(), None) is None
+    assert evaluate.input_count({"numbers": [1, 2, 3, 4], "target": 5}) == 4
+    assert evaluate.input_count({"question": "2+2?"}) is None
+
+
+def test_width_figure_has_one_panel_per_setting_with_known_difficulty(tmp_path):
+    def row(difficulty, children, *more):
+        return {"difficulty": difficulty, "children": children,
+                "samples": [{"children": c} for c in more]}
+    known = [row(0.1, 0), row(0.4, 1, 3), row(0.6, 2), row(0.9, 4), row(0.9, 3)]
+    groups, labels = evaluate.children_by_quartile(known + [row(None, 7)])
+    # average ranks 1, 2, 3, 4.5, 4.5 of 5: positions .1 .3 .5 .8 .8 -> Q1 Q2 Q3 Q4 Q4;
+    # a problem's children are the mean over its samples (1 and 3: 2)
+    assert groups == [[0.0], [2.0], [2.0], [4.0, 3.0]]
+    assert labels[3] == "Q4\n0.90-0.90\nn=2"
+    path = tmp_path / "w.png"
+    assert evaluate.plot_width([("a default", known), ("b default", [row(None, 1)])], str(path))
+    assert path.stat().st_size > 1000
+    other = tmp_path / "none.png"
+    assert not evaluate.plot_width([("b default", [row(None, 1)])], str(other))
+    assert not other.exists()
+
+
+def _drawn_lines(monkeypatch):
+    """(label, marker) of every line of each figure saved from now on."""
+    from matplotlib.figure import Figure
+    drawn, save = [], Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        drawn.extend((line.get_label(), line.get_marker()) for ax in fig.axes for line in ax.lines)
+        return save(fig, *args, **kwargs)
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return drawn
+
+
+def test_children_sweep_asks_for_adaptive_width_and_plots_every_setting(tmp_path, monkeypatch):
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(evaluate.__file__))),
+                           "configs")
+    apr = load_run_config(os.path.join(configs, "compare_apr.py"), [])  # conditioned APR
+    sosp = load_run_config(os.path.join(configs, "compare_sosp.py"), [])
+    kind, values = evaluate.parse_sweep("children=adaptive,1,4")
+    assert (kind, values) == ("children", ["adaptive", 1, 4])
+    assert evaluate.sweep_settings(kind, values, apr) == [
+        ("children=adaptive", {"prefix": ""}), ("children=1", {"prefix": "c1 "}),
+        ("children=4", {"prefix": "c4 "})]
+    # SoS+ takes no children sweep: its default setting, a reference point
+    assert evaluate.sweep_settings(kind, values, sosp) == evaluate.sweep_settings(None, [], sosp)
+    with pytest.raises(ValueError, match="integers"):
+        evaluate.parse_sweep("budget=adaptive,64")
+    assert [evaluate.setting_mark(s) for s in ("children=adaptive", "children=2", "budget=128",
+                                               "tokens=64", "default")] == [
+        "adaptive", "c2", "b128", "t64", "default"]
+
+    def summary(accuracy, total, sequential):
+        return {"accuracy": accuracy, "mean_total_tokens": total, "mean_sequential_tokens": sequential}
+    series = {"apr@9": [("children=adaptive", summary(0.6, 90, 40)),
+                        ("children=1", summary(0.3, 50, 40)), ("children=4", summary(0.5, 120, 45))],
+              "sosp@9": [("default", summary(0.4, 150, 150))]}
+    path = tmp_path / "sweep.png"
+    drawn = _drawn_lines(monkeypatch)
+    evaluate.plot_sweep(series, str(path))
+    assert path.stat().st_size > 1000
+    # each panel: a line through c1 and c4, a star for adaptive, a star for SoS+'s lone point
+    assert drawn == [("apr@9", "o"), ("apr@9 adaptive", "*"), ("sosp@9 default", "*")] * 2
 
 
 def test_split_list_and_unseen_split(workdir, tmp_path, capsys):

@@ -1,6 +1,8 @@
 """Property-based round trips: trace generator -> ThreadTree JSON -> tokenizer
 -> training sequences, for random problems and trace settings."""
 
+import dataclasses
+
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -32,11 +34,17 @@ def problems(draw):
     return Problem(numbers, target)
 
 
+def _trace_config(probe_nodes: int, condition: bool, **fields) -> TraceConfig:
+    """A probe (the search sets the width) or a c<n>/b<n> request, not both."""
+    return TraceConfig(probe_nodes=probe_nodes, condition=condition and not probe_nodes, **fields)
+
+
 TRACE_CONFIGS = st.builds(
-    TraceConfig, kind=st.sampled_from(["apr", "sosp"]), style=st.sampled_from(["terse", "reference"]),
+    _trace_config, kind=st.sampled_from(["apr", "sosp"]), style=st.sampled_from(["terse", "reference"]),
     max_children=st.integers(1, 4), spawn_prob=st.sampled_from([0.0, 0.5, 1.0]),
     max_depth=st.integers(1, 2), beam_size=st.integers(1, 4), condition=st.booleans(),
-    seed=st.integers(0, 1000), max_nodes=st.integers(1, 12))
+    seed=st.integers(0, 1000), max_nodes=st.integers(1, 12),
+    probe_nodes=st.sampled_from([0, 0, 1, 2, 4, 12]))
 
 
 @SETTINGS
@@ -50,6 +58,9 @@ def test_trace_json_and_tokens_round_trip(tokenizer, problem, cfg):
         assert verify_operations(answer, problem).ok
     elif not is_solvable(problem.numbers, problem.target):
         assert answer == []
+    if not cfg.condition:  # unrequested, every setting's search finds the sequential search's path
+        sequential = dataclasses.replace(cfg, kind="sosp", probe_nodes=0)
+        assert tree.solution == make_trace(problem, sequential).solution
     sequences = tree.to_sequences(tokenizer)
     assert len(sequences) == len(tree.threads)
     for thread, seq in zip(tree.threads, sequences):
@@ -61,6 +72,26 @@ def test_trace_json_and_tokens_round_trip(tokenizer, problem, cfg):
         if thread.stop == "eos":
             expected_mask.append(1)
         assert seq.loss_mask.tolist() == expected_mask
+
+
+SOLVABLE = tuple(p for n in (3, 4) for p in make_splits(
+    100, 0, 0, num_inputs=n, max_number=20, min_target=10, max_target=50, seed=1)["train"])
+PROBE_CONFIGS = st.builds(
+    TraceConfig, kind=st.just("apr"), style=st.sampled_from(["terse", "reference"]),
+    max_children=st.integers(1, 4), spawn_prob=st.sampled_from([0.5, 1.0]),
+    max_depth=st.integers(1, 2), beam_size=st.integers(1, 4), seed=st.integers(0, 1000),
+    max_nodes=st.integers(1, 16), probe_nodes=st.integers(1, 4))  # small probes: often cut
+
+
+@SETTINGS
+@given(problem=st.sampled_from(SOLVABLE), cfg=PROBE_CONFIGS)
+def test_probe_traces_find_the_sequential_path(problem, cfg):
+    """Probes cut or whole, at the root or deeper: the path SoS+ finds, verified."""
+    tree = make_trace(problem, cfg)
+    tree.validate()
+    assert tree.solution == make_trace(problem, dataclasses.replace(cfg, kind="sosp")).solution
+    if tree.solution:
+        assert verify_operations(final_operations(tree), problem).ok
 
 
 @SETTINGS

@@ -1,11 +1,13 @@
-"""Per-step rollout diagnostics on hand-made thread trees, and the collapse
-and reward-hacking warnings on scripted metric rows."""
+"""Per-step rollout diagnostics on hand-made thread trees, the spread of the
+reward's speed and cost terms within groups, and the collapse and
+reward-hacking warnings on scripted metric rows."""
 
 import numpy as np
 import pytest
 
 from apr_jax.decode.engine import SampleResult, ThreadResult
-from apr_jax.rl.diagnostics import TrendWatch, rollout_diagnostics
+from apr_jax.rl.diagnostics import TrendWatch, rollout_diagnostics, term_spread
+from apr_jax.rl.reward import RewardConfig, score_results
 
 
 def thread(parent, depth, written, rounds=0, spawn_round=-1):
@@ -56,6 +58,37 @@ def test_split_accuracy_only_for_kinds_present():
     assert out["children_per_spawn"] == 0.0 and out["acceleration"] == 1.0
     with pytest.raises(ValueError, match="2 rollouts for 1 correctness flags"):
         rollout_diagnostics(rollouts()[:2], [True])
+
+
+def parallel(total, sequential):
+    """A rollout of a root and one round of children, ``total`` tokens in all
+    over a critical path of ``sequential``."""
+    return sample([thread(-1, 0, sequential // 2, rounds=1), thread(0, 1, total - sequential // 2, spawn_round=0)],
+                  sequential, [1])
+
+
+def test_acceleration_term_spread_is_logged_by_hand():
+    """Three groups of 4 at acceleration_weight 0.5: correct rollouts at 2x,
+    2.5x, 3x (and a wrong one); two correct at 2x (spread 0; two wrong);
+    one correct (no spread: left out). Logged: the mean of the two groups'
+    standard deviations of 0.5 ln(acceleration) over their correct rollouts."""
+    results = [[parallel(200, 100), parallel(250, 100), parallel(300, 100), parallel(300, 100)],
+               [parallel(200, 100), parallel(200, 100), parallel(300, 100), parallel(250, 100)],
+               [parallel(300, 100), parallel(200, 100), parallel(200, 100), parallel(200, 100)]]
+    correct = np.array([[True, True, True, False], [True, True, False, False], [True, False, False, False]])
+    scored = score_results(results, correct, np.ones((3, 4), bool), correct.astype(float),
+                           RewardConfig(acceleration_weight=0.5))
+    # 0.5 ln 2, 0.5 ln 2.5, 0.5 ln 3 = 0.346574, 0.458145, 0.549306; mean 0.451342;
+    # std sqrt((0.104768^2 + 0.006804^2 + 0.097964^2) / 3) = 0.082905; (0.082905 + 0) / 2:
+    summary = scored.summary()
+    assert summary["reward/acceleration_spread"] == pytest.approx(0.0414525, abs=1e-6)
+    # The mean term over all 12 rollouts: (0.346574 + 0.458145 + 0.549306 + 2 x 0.346574 + 0.549306) / 12
+    # = 2.596478 / 12
+    assert summary["reward/acceleration"] == pytest.approx(0.2163732, abs=1e-6)
+    assert term_spread([[0.1, 0.1, 0.4, 0.9]], [[True, True, True, False]]) == pytest.approx(np.sqrt(0.02))
+    assert term_spread([[0.1, 0.5]], [[True, False]]) is None
+    with pytest.raises(ValueError, match="must be the same"):
+        term_spread([[0.1, 0.5]], [[True, False, True]])
 
 
 def test_spawn_collapse_warns_once_per_drop_below_half_the_first_share():

@@ -206,3 +206,62 @@ def test_streamed_traces_need_a_task_that_generates_them(tmp_path):
                                          "traces, but task 'jsonl_traces' reads") as e:
         build_dataset(config, log=None)
     assert "\n" not in str(e.value) and not os.listdir(tmp_path / "data")
+
+
+# ---- oracle difficulty and mixed counts of numbers ------------------------------------
+
+def test_countdown_difficulty_and_mixed_counts_from_the_command_line():
+    """task.num_inputs=[3,4] overrides the default int: every split mixes both
+    counts equally; the task's difficulty is one minus the stored share, or is
+    computed for a problem without one; an int override turns it back."""
+    from apr_jax.countdown.problems import Problem
+    config = load_run_config(None, ["task.num_inputs=[3,4]", "task.num_train=40",
+                                    "task.num_validation=6", "task.num_test=6"])
+    assert config.task.num_inputs == [3, 4]
+    task = get_task(config)
+    splits = task.splits()
+    for problems in splits.values():
+        sizes = [len(p.numbers) for p in problems]
+        assert sizes.count(3) == sizes.count(4) == len(problems) // 2
+    test = splits["test"]
+    assert [task.difficulty(p) for p in test] == [1.0 - p.reachable_share for p in test]
+    assert len({task.difficulty(p) for p in splits["train"]}) > 3
+    assert task.difficulty(Problem((2, 3), 6)) == pytest.approx(2 / 3)
+    assert task.difficulty({"numbers": [3, 1, 2], "target": 6}) == 3 / 8
+    seen = {p.key for split in splits.values() for p in split}
+    assert sorted(len(p.numbers) for p in task.unseen(4, seen)) == [3, 3, 4, 4]
+    assert load_run_config(None, ["task.num_inputs=[3,4]", "task.num_inputs=4"]).task.num_inputs == 4
+
+
+def test_a_config_file_may_mix_counts_of_numbers(tmp_path):
+    path = tmp_path / "mixed.py"
+    path.write_text(
+        "from apr_jax.config import DEFAULT_CONFIG, config_module\n\n\n"
+        "def get_config():\n"
+        "    c = config_module(DEFAULT_CONFIG).get_config()\n"
+        "    del c.task.num_inputs  # a ConfigDict field keeps its type: an int here\n"
+        "    c.task.num_inputs = [2, 3, 4]\n"
+        "    return c\n")
+    assert config_lib.load_config(str(path)).task.num_inputs == [2, 3, 4]
+    assert config_lib.load_config(str(path), ["task.num_inputs=3"]).task.num_inputs == 3
+    assert config_lib.load_config(str(path), ["task.num_inputs=(3, 5)"]).task.num_inputs == [3, 5]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[3, 9]", "config.task.num_inputs=[3, 9]: each count must be in [2, 6]"),
+    ("[3,3]", "config.task.num_inputs=[3, 3]: each count must appear once"),
+    ("[]", "config.task.num_inputs=[] must name at least one count"),
+    ("[3, 'x']", "config.task.num_inputs=[3, 'x']: each count must be an integer"),
+    ("1", "config.task.num_inputs=1 must be in [2, 6]"),
+    ("three", "config.task.num_inputs: expected an integer or a list such as [3, 4], got 'three'"),
+    ("{3: 4}", "config.task.num_inputs: expected an integer or a list such as [3, 4], got '{3: 4}'"),
+])
+def test_bad_counts_of_numbers_are_one_line_config_errors(value, message):
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.load_config(None, [f"task.num_inputs={value}"])
+    assert str(e.value) == message
+
+
+def test_trace_files_have_no_oracle_difficulty():
+    task = JsonlTracesTask({"train": "", "validation": "", "test": ""}, "exact", "Answer:")
+    assert task.difficulty(TextProblem("2+2?", "4")) is None

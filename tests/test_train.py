@@ -36,6 +36,24 @@ def final_params(workdir, step=None):
     return step, jax.device_get(params["params"])
 
 
+def test_a_step_budget_ends_the_run_and_its_schedule(data_dir, tmp_path):
+    """A workdir whose time limit planned 4 of 6 steps trains 4, anneals at 4,
+    validates and evaluates there (``apr_jax.step_budget``)."""
+    from apr_jax.optim import learning_rate_schedule
+    from apr_jax.step_budget import StepBudget, write_budget
+
+    config = load_run_config(None, tiny(data_dir))
+    workdir = str(tmp_path / "budget")
+    write_budget(workdir, StepBudget(steps=4, decided_at=0, seconds_per_step=1.0, configured_steps=6))
+    result = train.run(config, workdir)
+    lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [l["step"] for l in lines] == [2, 4, 4] and result["step"] == 4
+    assert "val_loss" in lines[1] and "test_accuracy" in lines[2]
+    lr = learning_rate_schedule(config.train)
+    assert lines[1]["lr"] == pytest.approx(float(lr(3, 4)), rel=1e-5)
+    assert float(lr(3, 4)) != pytest.approx(float(lr(3, 6)), rel=1e-2)
+
+
 def test_train_writes_metrics_results_and_tensorboard(data_dir, tmp_path):
     config = load_run_config(None, tiny(data_dir))
     straight = str(tmp_path / "straight")

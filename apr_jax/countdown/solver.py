@@ -1,14 +1,17 @@
 """Exact Countdown solver: depth-first over pairs, memoised on the sorted
-multiset; and a vectorised yes/no check for many problems at once."""
+multiset; a vectorised yes/no check for many problems at once; and the
+oracle difficulty of a problem (the share of its first moves that can still
+reach the target), one at a time or vectorised."""
 
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Sequence
 
 import numpy as np
 
-from apr_jax.countdown.ops import combinations
+from apr_jax.countdown.ops import combinations, results
 
 _MASK_PAIRS = 1 << 17  # value pairs solvable_mask compares per chunk (fits a CPU cache)
 _EXACT_BOUND = 2.0 ** 61  # prod(numbers + 1) * (target + 1) below this: nothing overflows int64
@@ -172,3 +175,91 @@ def _reaches_target(a_NxA: np.ndarray, b_NxB: np.ndarray, target_N1: np.ndarray)
     hit = ((x + y == t) | (x * y == t) | (x - y == t)) & (y >= 0)
     hit |= (x == t * y) & (y > 0)  # x / y == t, exactly
     return hit.any(axis=(1, 2))
+
+
+# ---- oracle difficulty -------------------------------------------------------------
+
+def first_moves(numbers: Sequence[int]) -> list[tuple[int, ...]]:
+    """The distinct number multisets (sorted tuples) that one operation on one
+    pair of ``numbers`` leaves, in first-seen order; [] for one number."""
+    values = tuple(sorted(int(x) for x in numbers))
+    moves: dict[tuple[int, ...], None] = {}
+    for i, j in itertools.combinations(range(len(values)), 2):
+        rest = values[:i] + values[i + 1:j] + values[j + 1:]
+        for value, _ in results(values[i], values[j]):
+            moves.setdefault(tuple(sorted(rest + (value,))), None)
+    return list(moves)
+
+
+def reachable_share(numbers: Sequence[int], target: int) -> float:
+    """The share of the distinct first moves (``first_moves``) after which
+    ``target`` is still reachable using every remaining number once: 1.0 for
+    an easy problem, 0.0 for an unsolvable one; the oracle difficulty is one
+    minus it. One number (no move): 1.0 if it is the target, else 0.0."""
+    if not numbers:
+        raise ValueError("reachable_share needs at least one number")
+    if len(numbers) == 1:
+        return float(int(numbers[0]) == int(target))
+    moves = first_moves(numbers)
+    return sum(_reaches(move, int(target)) for move in moves) / len(moves)
+
+
+def reachable_shares(numbers_NxK: np.ndarray, target_N: np.ndarray) -> np.ndarray:
+    """``reachable_share`` for N problems of K numbers each, as a float [N] array.
+
+    Every problem's first moves are listed at once, deduplicated per problem
+    and checked together by ``solvable_mask``. Rows whose products could overflow int64 go through
+    ``reachable_share`` instead.
+    """
+    numbers_NxK = np.asarray(numbers_NxK, np.int64)
+    target_N = np.asarray(target_N, np.int64)
+    if numbers_NxK.ndim != 2 or numbers_NxK.shape[1] < 1 or target_N.shape != numbers_NxK.shape[:1]:
+        raise ValueError(f"reachable_shares needs numbers [N, K>=1] and targets [N], got "
+                         f"{numbers_NxK.shape} and {target_N.shape}")
+    n, k = numbers_NxK.shape
+    if k == 1:
+        return (numbers_NxK[:, 0] == target_N).astype(np.float64)
+    overflow_N = (np.prod(numbers_NxK.astype(np.float64) + 1.0, axis=1)
+                  * (target_N.astype(np.float64) + 1.0)) >= _EXACT_BOUND
+    owner_R, moves_RxK1 = _distinct_first_moves(numbers_NxK, ~overflow_N)
+    solved_R = solvable_mask(moves_RxK1, target_N[owner_R]).astype(np.float64)
+    share_N = (np.bincount(owner_R, weights=solved_R, minlength=n)
+               / np.maximum(np.bincount(owner_R, minlength=n), 1))
+    for i in np.flatnonzero(overflow_N):
+        share_N[i] = reachable_share(numbers_NxK[i].tolist(), int(target_N[i]))
+    return share_N
+
+
+def _distinct_first_moves(numbers_NxK: np.ndarray, keep_N: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """([R] problem index, [R, K-1] sorted remaining numbers): each distinct
+    first move of each kept problem once (moves sorted within each problem,
+    a move kept when it differs from the one before it)."""
+    moves_NxMxK1, valid_NxM = _all_first_moves(numbers_NxK, keep_N)
+    keys = [moves_NxMxK1[:, :, c] for c in reversed(range(moves_NxMxK1.shape[2]))]
+    order_NxM = np.lexsort(keys + [~valid_NxM], axis=-1)  # invalid moves last
+    moves_NxMxK1 = np.take_along_axis(moves_NxMxK1, order_NxM[:, :, None], axis=1)
+    first_NxM = np.take_along_axis(valid_NxM, order_NxM, axis=1)
+    first_NxM[:, 1:] &= np.any(moves_NxMxK1[:, 1:] != moves_NxMxK1[:, :-1], axis=2)
+    owner_NxM = np.broadcast_to(np.arange(len(numbers_NxK))[:, None], first_NxM.shape)
+    return owner_NxM[first_NxM], moves_NxMxK1[first_NxM]
+
+
+def _all_first_moves(numbers_NxK: np.ndarray, keep_N: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """([N, M, K-1] sorted remaining numbers, [N, M] valid): the sum, product,
+    difference and quotient of each pair (M = 4 * pairs); a move is invalid
+    when its division is inexact or its problem is not kept."""
+    n, k = numbers_NxK.shape
+    moves, valid = [], []
+    for i, j in itertools.combinations(range(k), 2):
+        x = np.maximum(numbers_NxK[:, i], numbers_NxK[:, j])
+        y = np.minimum(numbers_NxK[:, i], numbers_NxK[:, j])
+        divisor = np.maximum(y, 1)
+        exact = (y > 0) & (x % divisor == 0)
+        values_Nx4 = np.stack([x + y, x * y, x - y, np.where(exact, x // divisor, 0)], axis=1)
+        rest_NxR = np.delete(numbers_NxK, [i, j], axis=1)
+        moves.append(np.concatenate(
+            [np.broadcast_to(rest_NxR[:, None, :], (n, 4, k - 2)), values_Nx4[:, :, None]], axis=2))
+        valid.append(np.stack([keep_N, keep_N, keep_N, keep_N & exact], axis=1))
+    return np.sort(np.concatenate(moves, axis=1), axis=2), np.concatenate(valid, axis=1)

@@ -14,17 +14,45 @@ only in who writes which part of the search:
   sequential search would have left them); otherwise it searches its branch
   and returns the path or a failure message. Each spawn point spawns with
   probability ``spawn_prob`` and otherwise searches sequentially.
+
+With ``probe_nodes`` > 0 (unconditioned APR only) the width follows the
+search: each spawn point first *probes*, i.e. searches its best successor's
+branch itself, in its own context, written as SoS+ writes it, visiting at
+most ``probe_nodes`` of the nodes the sequential search gives that branch. A
+probe that reaches the target ends the thread's search (the root writes its
+answer and spawns nothing). Otherwise the thread spawns over the successors
+the probe left: the ones after the probed one, plus the probed one first when
+the probe stopped at its budget with nodes of the branch still unvisited (its
+child searches the whole branch again). Every branch is thus searched with the
+sequential search's budget, by the probe or by a child, so the search solves
+the same problems with the same path as ``probe_nodes`` = 0; it costs the
+probe's lines in the spawning thread, and the probe's nodes again in a child
+when the probe was cut.
+
+With ``sequential_share`` > 0 (unconditioned APR only) the root's width
+follows the problem's oracle difficulty, its reachable share (the share of
+distinct first moves after which the target can still be reached,
+``apr_jax.countdown.solver.reachable_share``). A problem whose share is at
+least ``sequential_share`` is one a short sequential search settles: the root
+searches it alone, and its trace is the SoS+ trace. Below it the root spawns
+``ceil(viable_children / share)`` children per round (at most
+``max_children``): enough that ``viable_children`` of them are expected to
+start on a first move that can still reach the target, so harder problems
+fork wider. The share is a function of the prompt, so the choice is the
+model's to learn from what it reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from typing import Any
 
 from apr_jax import protocol
 from apr_jax.countdown import render, search
 from apr_jax.countdown.problems import Problem, as_problem
+from apr_jax.countdown.solver import reachable_share
 from apr_jax.countdown.verifier import extract_answer
 from apr_jax.threads import Segment, Thread, ThreadTree
 
@@ -42,6 +70,11 @@ class TraceConfig:
     condition: bool = False  # prefix the prompt with c<children> (drawn per trace) / b<token budget>
     seed: int = 0
     max_nodes: int = 16  # nodes one root branch may visit (leaves included)
+    # apr: a problem with at least this reachable share is searched by the root alone (0 = off);
+    # below it the root spawns ceil(viable_children / share) children per round
+    sequential_share: float = 0.0
+    viable_children: float = 0.5
+    probe_nodes: int = 0  # apr: nodes a spawn point searches its best successor itself first (0 = off)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -52,6 +85,18 @@ class TraceConfig:
                 raise ValueError(f"trace {name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.spawn_prob <= 1.0:
             raise ValueError(f"trace spawn_prob must be in [0, 1], got {self.spawn_prob}")
+        if self.probe_nodes < 0:
+            raise ValueError(f"trace probe_nodes must be >= 0, got {self.probe_nodes}")
+        if not 0.0 <= self.sequential_share <= 1.0:
+            raise ValueError(f"trace sequential_share must be in [0, 1], got {self.sequential_share}")
+        if not self.viable_children > 0:
+            raise ValueError(f"trace viable_children must be > 0, got {self.viable_children}")
+        if self.sequential_share and self.condition:
+            raise ValueError("trace sequential_share (the problem decides the width) and "
+                             "trace.condition (a prefix requests it) do not combine; set one of them")
+        if self.probe_nodes and self.condition:
+            raise ValueError("trace probe_nodes (the search decides the width) and trace.condition "
+                             "(a prefix requests it) do not combine; set one of them")
 
     @classmethod
     def from_config(cls, trace: Any) -> "TraceConfig":
@@ -126,11 +171,68 @@ class _AprBuilder:
         drawn = rng.randint(1, cfg.max_children) if cfg.condition else cfg.max_children
         self.per_spawn = drawn if children is None else children
         self.rounds = 1 if cfg.condition else None
+        self.root_spawns = True
+        if cfg.sequential_share:
+            share = problem.reachable_share
+            if share is None:
+                share = reachable_share(problem.numbers, problem.target)
+            self.root_spawns = share < cfg.sequential_share
+            if self.root_spawns:
+                self.per_spawn = min(cfg.max_children,
+                                     math.ceil(cfg.viable_children / max(share, 1e-9)))
 
     def may_spawn(self, node: search.Node, depth: int) -> bool:
         """Spawning needs depth left and successors that are not leaves."""
         return (depth < self.cfg.max_depth and len(node.numbers) >= 3
                 and self.rng.random() < self.cfg.spawn_prob)
+
+    def write(self, index: int, text: str) -> None:
+        """Thread ``index`` writes ``text`` (one model segment with what it just wrote)."""
+        segments = self.threads[index].segments
+        if text and segments[-1].role == "model":
+            segments[-1] = Segment("model", segments[-1].text + text)
+        elif text:
+            segments.append(Segment("model", text))
+
+    def fork(self, index: int, node: search.Node, shared_budget: int | None, depth: int,
+             lead: str) -> tuple[tuple[str, ...] | None, int]:
+        """Thread ``index``'s spawn point at ``node``: probe the best successor
+        (``probe_nodes`` > 0), then spawn over the successors left (``delegate``).
+        Returns (first solution, nodes used as the sequential search counts them)."""
+        kids = search.expand(node, self.target, self.cfg.beam_size)
+        share = self.cfg.max_nodes if shared_budget is None else shared_budget
+        if not self.cfg.probe_nodes or not kids or share <= 0:
+            return self.delegate(index, kids, shared_budget, depth, lead)
+        solution, visits, whole = self.probe(kids[0], share)
+        lead += render.render_visits(visits, node, self.target, self.cfg.style)
+        if solution is not None:
+            self.write(index, lead)
+            return solution, len(visits)
+        used = len(visits) if whole else 0  # a cut probe's branch goes to a child in full
+        remaining = None if shared_budget is None else shared_budget - used
+        before = len(self.threads[index].segments)
+        solution, spawned = self.delegate(index, kids[1:] if whole else kids, remaining, depth, lead)
+        if len(self.threads[index].segments) == before:  # nothing spawned: the probe is all
+            self.write(index, lead)
+        return solution, used + spawned
+
+    def probe(self, kid: search.Node, share: int) -> tuple[tuple[str, ...] | None,
+                                                          list[search.Visit], bool]:
+        """The spawning thread's own search of ``kid``'s branch, to which the
+        sequential search gives ``share`` nodes: at most ``probe_nodes`` of them.
+        Returns (solution, visits, whole), ``whole`` when the probe did the
+        branch's whole sequential search (found the goal, visited every node
+        of the branch, or spent all of ``share``)."""
+        budget = min(self.cfg.probe_nodes, share)
+        visits: list[search.Visit] = []
+        solution = search.explore(kid, self.target, self.cfg.beam_size, budget, visits)
+        self.visits += len(visits)
+        whole = solution is not None or budget == share or len(visits) < budget
+        if not whole:  # the budget is spent: was a node of the branch left?
+            ahead: list[search.Visit] = []
+            search.explore(kid, self.target, self.cfg.beam_size, budget + 1, ahead)
+            whole = len(ahead) == budget
+        return solution, visits, whole
 
     def delegate(self, index: int, kids: list[search.Node], shared_budget: int | None,
                  depth: int, lead: str) -> tuple[tuple[str, ...] | None, int]:
@@ -176,12 +278,9 @@ class _AprBuilder:
         cfg = self.cfg
         if self.may_spawn(node, depth):
             self.visits += 1
-            kids = search.expand(node, self.target, cfg.beam_size)
-            solution, used = self.delegate(index, kids, budget - 1, depth, "\n")
-            used += 1
-            thread.segments.append(Segment("model", protocol.return_block(
-                render.return_message(solution, cfg.style))))
-            return solution, used
+            solution, used = self.fork(index, node, budget - 1, depth, "\n")
+            self.write(index, protocol.return_block(render.return_message(solution, cfg.style)))
+            return solution, used + 1
         visits: list[search.Visit] = []
         solution = search.explore(node, self.target, cfg.beam_size, budget, visits)
         self.visits += len(visits)
@@ -195,10 +294,9 @@ class _AprBuilder:
         root = Thread(parent=-1, segments=[Segment("prompt", "")], stop="eos")
         self.threads.append(root)
         root_node = search.root_node(problem.numbers)
-        if self.may_spawn(root_node, 0):
-            kids = search.expand(root_node, self.target, cfg.beam_size)
-            solution, _ = self.delegate(0, kids, None, 0, "")
-            root.segments.append(Segment("model", render.answer_line(solution, cfg.style)))
+        if self.may_spawn(root_node, 0) and self.root_spawns:
+            solution, _ = self.fork(0, root_node, None, 0, "")
+            self.write(0, render.answer_line(solution, cfg.style))
         else:
             text, solution, visits = _sequential(problem, cfg)
             self.visits += visits

@@ -41,7 +41,7 @@ from apr_jax.tasks.base import DEFAULT_TASK
 from apr_jax.tasks.registry import get_task, problem_type
 from apr_jax.threads import ThreadTree
 
-FORMAT_VERSION = 4  # bump when the cache layout or trace encoding changes
+FORMAT_VERSION = 5  # bump when the cache layout or trace encoding changes (5: trace.probe_nodes)
 MARKER = "info.json"
 TOKENIZER_FILE = "tokenizer.model"
 TFDS_SUBDIR = "tfds"

@@ -1,5 +1,6 @@
 """Host-side evaluation arithmetic: pass@k, cons@k, sequential tokens,
-acceleration and the paired sign test."""
+acceleration, the shape of a thread tree (children, spawn rounds, depth)
+and the paired sign test."""
 
 from __future__ import annotations
 
@@ -89,6 +90,31 @@ def sequential_tokens(written: Sequence[int], spawns: Sequence[Sequence[Sequence
         return total
 
     return seq(root)
+
+
+def spawn_measures(parent: Sequence[int], rounds: Sequence[int]) -> dict[str, int]:
+    """How wide and deep one sample's thread tree went, from each thread's
+    parent index (-1 for the root, thread 0) and the spawn rounds it ran:
+    ``children`` (threads spawned, at any depth), ``spawn_rounds`` (spawn
+    blocks run by all threads together, a round whose children were all
+    dropped included) and ``depth`` (the deepest thread's nesting: 0 when
+    nothing spawned, 1 for children of the root, ...)."""
+    if len(parent) != len(rounds):
+        raise ValueError(f"{len(parent)} parents but {len(rounds)} round counts")
+    if not parent or parent[0] != -1:
+        raise ValueError("thread 0 must be the root (parent -1)")
+    depth = [0] * len(parent)
+    for i in range(1, len(parent)):
+        node, steps = i, 0
+        while node != 0:
+            p = parent[node]
+            if not 0 <= p < len(parent) or p == node or steps >= len(parent):
+                raise ValueError(f"thread {node} has bad parent {p} (or is its own ancestor)")
+            node, steps = p, steps + 1
+        depth[i] = steps
+    if any(r < 0 for r in rounds):
+        raise ValueError(f"negative spawn round count in {list(rounds)}")
+    return {"children": len(parent) - 1, "spawn_rounds": int(sum(rounds)), "depth": max(depth)}
 
 
 def acceleration(total_tokens: int, sequential_tokens: int) -> float:

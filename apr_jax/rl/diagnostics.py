@@ -5,6 +5,14 @@ means logged with the reward: how often and how wide the rollouts spawn, how
 deep they nest, total and critical-path tokens, the acceleration (total /
 critical path), accuracy split by whether the rollout spawned, and every
 engine limit hit (``limits/NAME``, mean count per rollout).
+``reward_term_stats`` adds the reward's speed and cost terms that are on
+(``apr_jax.rl.reward``): ``reward/NAME``, the term's mean over all rollouts,
+and ``reward/NAME_spread``, how much it differs between the correct rollouts
+of a group, the only difference GRPO's group-relative advantage can see: the
+standard deviation (over G, not G - 1) of the term over each group's correct
+rollouts, averaged over the groups with at least two of them (left out when
+no group has two). A term that pays every correct rollout the same has
+spread 0.
 
 ``TrendWatch`` reads the logged rows in order and returns warning lines for
 the two failures RL on parallel reasoners is known for:
@@ -56,6 +64,29 @@ def rollout_diagnostics(results: Sequence[SampleResult], correct: Sequence[bool]
         out["accuracy_not_spawned"] = float(correct_N[~spawned_N].mean())
     for name in results[0].limits_hit:
         out[f"limits/{name}"] = float(np.mean([r.limits_hit[name] for r in results]))
+    return out
+
+
+def term_spread(term_PxG: np.ndarray, correct_PxG: np.ndarray) -> float | None:
+    """The mean over groups with at least two correct rollouts of the
+    standard deviation of ``term`` over the group's correct rollouts (module
+    docstring); None when no group has two."""
+    term_PxG, correct_PxG = np.asarray(term_PxG, np.float64), np.asarray(correct_PxG, bool)
+    if term_PxG.shape != correct_PxG.shape or term_PxG.ndim != 2:
+        raise ValueError(f"term {term_PxG.shape} and correctness {correct_PxG.shape} must be the same [P, G]")
+    stds = [float(np.std(term[counted])) for term, counted in zip(term_PxG, correct_PxG) if counted.sum() >= 2]
+    return float(np.mean(stds)) if stds else None
+
+
+def reward_term_stats(terms: dict[str, np.ndarray], correct_PxG: np.ndarray) -> dict[str, float]:
+    """``reward/NAME`` and ``reward/NAME_spread`` of each reward term
+    (``Scored.terms``, [P, G] each; module docstring)."""
+    out = {}
+    for name, term_PxG in terms.items():
+        out[f"reward/{name}"] = float(np.mean(term_PxG))
+        spread = term_spread(term_PxG, correct_PxG)
+        if spread is not None:
+            out[f"reward/{name}_spread"] = spread
     return out
 
 

@@ -9,14 +9,16 @@ verifier, and run the jitted GRPO update. Every ``rl.eval_every`` steps (and
 at step 0 and the last step) the policy decodes the first ``rl.eval_problems``
 validation problems greedily with ``evaluate.evaluate_problems``; the logged
 rows carry ``eval_*`` (accuracy over RL steps), the rollouts' spawn and limit
-diagnostics (``rl.diagnostics``) and warning lines for spawn collapse and
-reward hacking. The optimizer and loop settings are
-the ``train`` section's (``lr``, ``steps``, ``warmup_steps``, ``grad_clip``,
-``grad_accum`` = microbatches, ``log_every``, ``checkpoint_every`` ...), the
-engine limits the ``eval`` section's (``max_children``, ``max_rounds``,
-``max_depth``, ``tokens_per_thread``). Checkpoints hold the policy, the
-optimizer state and the prompt stream (with the sampler key), so a resumed run
-continues exactly; the frozen reference model is re-read from ``rl.init_from``.
+diagnostics (``rl.diagnostics``), the reward's speed and cost terms that are
+on with their spread within groups (``reward/NAME``, ``reward/NAME_spread``;
+``rl.reward``) and warning lines for spawn collapse and reward hacking. The
+optimizer and loop settings are the ``train`` section's (``lr``, ``steps``,
+``warmup_steps``, ``grad_clip``, ``grad_accum`` = microbatches, ``log_every``,
+``checkpoint_every`` ...), the engine limits the ``eval`` section's
+(``max_children``, ``max_rounds``, ``max_depth``, ``tokens_per_thread``).
+Checkpoints hold the policy, the optimizer state and the prompt stream (with
+the sampler key), so a resumed run continues exactly; the frozen reference
+model is re-read from ``rl.init_from``.
 """
 
 from __future__ import annotations
@@ -122,7 +124,9 @@ class RLSettings:
                                   acceleration_weight=float(rl.acceleration_weight),
                                   acceleration_cap=float(rl.acceleration_cap),
                                   latency_bonus=float(rl.latency_bonus),
-                                  condition_penalty=float(rl.condition_penalty))
+                                  condition_penalty=float(rl.condition_penalty),
+                                  token_cost=float(rl.token_cost),
+                                  latency_weight=float(rl.latency_weight))
         except ValueError as e:
             raise ConfigError(f"config.rl: {e}") from None
         if int(rl.prompts_per_step) % grpo.minibatches:
@@ -272,6 +276,7 @@ class RLTask:
         self._meta = {"config": config.to_dict(),
                       "tokenizer_b64": base64.b64encode(tokenizer.model_bytes()).decode(),
                       "init_from": os.path.abspath(settings.init_from)}
+        self.schedule_steps = config.train.steps  # in RL steps; the loop sets the step budget's
         self._window: dict[str, list[float]] = {}
         self.steps_without_signal = 0
         self.watch: TrendWatch | None = None  # built at the first row, from the logged history
@@ -321,7 +326,8 @@ class RLTask:
         t2 = time.time()
         with jax.set_mesh(self.mesh):
             if c.keep_N is None or c.keep_N.any():
-                self.state, metrics = self.update(self.state, self.update_batch(c, s.packed_update))
+                self.state, metrics = self.update(self.state, self.update_batch(c, s.packed_update),
+                                                  self.schedule_updates())
                 metrics = jax.device_get(metrics)
             else:  # no group has signal: nothing to learn from this batch
                 metrics = {"finite": True}
@@ -335,6 +341,10 @@ class RLTask:
             self._window.setdefault(k, []).append(v)
         return metrics
 
+    def schedule_updates(self) -> np.ndarray:
+        """``schedule_steps`` counted in optimizer updates, for the update step."""
+        return np.int32(self.schedule_steps * self.settings.updates_per_step)
+
     def start_row(self) -> dict[str, Any]:
         """The held-out evaluation of the starting (SFT) policy, logged at step 0."""
         return self._watched(0, self.held_out()) if self.settings.eval_every else {}
@@ -346,7 +356,7 @@ class RLTask:
             row["steps_without_signal"] = self.steps_without_signal
         self._window = {}
         every = self.settings.eval_every
-        if every and (step // every > (step - steps_in_window) // every or step == self.config.train.steps):
+        if every and (step // every > (step - steps_in_window) // every or step == self.schedule_steps):
             row.update(self.held_out())
         return self._watched(step, row)
 

@@ -44,6 +44,10 @@ class Task(Protocol):
     def score(self, text: str, problem: Any) -> Score:
         """Score what the root wrote (its model-written text) against ``problem``."""
 
+    def difficulty(self, problem: Any) -> float | None:
+        """The oracle difficulty of ``problem`` in [0, 1], higher is harder;
+        None when the task has none."""
+
     def cache_key(self) -> dict[str, Any]:
         """Extra identity of the built dataset (e.g. the content of input files)."""
 

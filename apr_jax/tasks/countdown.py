@@ -1,15 +1,17 @@
-"""Countdown behind the task interface: seeded problem splits, SoS+/APR search
-traces and the exact verifier (``apr_jax.countdown``)."""
+"""Countdown behind the task interface: seeded problem splits (one count of
+numbers, or several mixed: ``task.num_inputs = [3, 4]``), SoS+/APR search
+traces, the exact verifier and the oracle difficulty (``apr_jax.countdown``)."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from apr_jax.countdown.problems import Problem, make_splits, unseen_problems
+from apr_jax.countdown.problems import Problem, difficulty, make_splits, unseen_problems
 from apr_jax.countdown.render import problem_prompt
 from apr_jax.countdown.verifier import extract_answer, verify
 from apr_jax.tasks.base import Score
 
+# num_inputs: an int, or a list of ints drawn in equal shares (make_splits).
 RANGE_KEYS = ("num_inputs", "min_number", "max_number", "min_target", "max_target")
 
 
@@ -39,6 +41,11 @@ class CountdownTask:
         verdict = verify(text, problem)
         return Score(float(verdict.ok), verdict.reason,
                      extract_answer(text) if isinstance(text, str) else None)
+
+    def difficulty(self, problem: Problem | Mapping[str, Any]) -> float:
+        """One minus the share of first moves that keep the target reachable
+        (computed when the problem does not carry it); higher is harder."""
+        return difficulty(problem)
 
     def cache_key(self) -> dict[str, Any]:
         return {}  # the task and trace sections say it all

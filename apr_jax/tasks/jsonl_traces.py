@@ -190,6 +190,11 @@ class JsonlTracesTask:
             return Score(0.0, f"text must be a string, got {type(text).__name__}")
         return self._check(text, problem.to_dict())
 
+    def difficulty(self, problem: TextProblem) -> None:
+        """No oracle difficulty: a problem given as text has none."""
+        del problem
+        return None
+
     def dataset_builder(self, *, data_dir: str, num_workers: int, show_progress: bool) -> Any:
         from apr_jax.data.tfds_builder import AprTraceFiles
         del num_workers, show_progress  # nothing to generate
