@@ -54,14 +54,15 @@ def measure(config: RunConfig, vocab: int, steps: int) -> dict[str, Any]:
         "loss_mask": np.ones((B, L), np.int32), "segment_ids": np.ones((B, L), np.int32),
         "positions": np.tile(np.arange(L, dtype=np.int32), (B, 1))}, mesh)
     start = time.time()
+    schedule_steps = jnp.int32(config.train.steps)
     with jax.set_mesh(mesh):
-        compiled = step_fn.lower(state, batch, jnp.int32(config.train.steps)).compile()
-    state, metrics = compiled(state, batch)
+        compiled = step_fn.lower(state, batch, schedule_steps).compile()
+    state, metrics = compiled(state, batch, schedule_steps)
     jax.block_until_ready(metrics)
     compile_s = time.time() - start
     start = time.time()
     for _ in range(steps):
-        state, metrics = compiled(state, batch)
+        state, metrics = compiled(state, batch, schedule_steps)
     jax.block_until_ready(metrics)
     step_s = (time.time() - start) / steps
     tokens_per_s = B * L / step_s

@@ -257,6 +257,7 @@ class FakeSlice:
             "FAKE_UV_MODE": uv_mode, "FAKE_REAL_PYTHON": sys.executable,
             "FAKE_SITE_PACKAGES": sysconfig.get_paths()["purelib"],
             "APR_MOUNT_ROOT": str(root / "mnt"), "APR_POLL_SECONDS": "0",
+            "TMPDIR": str(root),  # setup.sh's source archive: one per fake, as tests run in parallel
         }
         self.set_state(state)
         if state != "MISSING":

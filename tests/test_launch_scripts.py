@@ -34,8 +34,8 @@ def fake(tmp_path):
 
 def launch(script, *args, env=None, fake=None, timeout=60):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("APR_")}
-    if fake is not None:
-        full_env.update(fake.env)
+    if fake is not None:  # logs copied back land in the fake's folder, not in the checkout
+        full_env.update(fake.env, APR_LOG_DIR=str(fake.root / "logs"))
     full_env.update(env or {})
     result = subprocess.run([os.path.join(LAUNCH, script), *args], cwd=REPO, env=full_env,
                             capture_output=True, text=True, timeout=timeout)

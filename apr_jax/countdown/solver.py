@@ -80,6 +80,18 @@ def is_solvable(numbers: Sequence[int], target: int) -> bool:
     return _reaches(tuple(int(x) for x in numbers), int(target))
 
 
+def _problem_batch(numbers_NxK: np.ndarray, target_N: np.ndarray,
+                   caller: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(numbers [N, K>=1], targets [N])`` as int64; a one-line error naming
+    ``caller`` for other shapes."""
+    numbers_NxK = np.asarray(numbers_NxK, np.int64)
+    target_N = np.asarray(target_N, np.int64)
+    if numbers_NxK.ndim != 2 or numbers_NxK.shape[1] < 1 or target_N.shape != numbers_NxK.shape[:1]:
+        raise ValueError(f"{caller} needs numbers [N, K>=1] and targets [N], got "
+                         f"{numbers_NxK.shape} and {target_N.shape}")
+    return numbers_NxK, target_N
+
+
 def solvable_mask(numbers_NxK: np.ndarray, target_N: np.ndarray) -> np.ndarray:
     """``is_solvable`` for N problems of K numbers each, as a bool [N] array.
 
@@ -89,11 +101,7 @@ def solvable_mask(numbers_NxK: np.ndarray, target_N: np.ndarray) -> np.ndarray:
     part, that one operation turns into the target. Rows whose values could
     overflow int64 are checked by ``is_solvable`` instead.
     """
-    numbers_NxK = np.asarray(numbers_NxK, np.int64)
-    target_N = np.asarray(target_N, np.int64)
-    if numbers_NxK.ndim != 2 or numbers_NxK.shape[1] < 1 or target_N.shape != numbers_NxK.shape[:1]:
-        raise ValueError(f"solvable_mask needs numbers [N, K>=1] and targets [N], got "
-                         f"{numbers_NxK.shape} and {target_N.shape}")
+    numbers_NxK, target_N = _problem_batch(numbers_NxK, target_N, "solvable_mask")
     n, k = numbers_NxK.shape
     if k == 1:
         return numbers_NxK[:, 0] == target_N
@@ -211,11 +219,7 @@ def reachable_shares(numbers_NxK: np.ndarray, target_N: np.ndarray) -> np.ndarra
     and checked together by ``solvable_mask``. Rows whose products could overflow int64 go through
     ``reachable_share`` instead.
     """
-    numbers_NxK = np.asarray(numbers_NxK, np.int64)
-    target_N = np.asarray(target_N, np.int64)
-    if numbers_NxK.ndim != 2 or numbers_NxK.shape[1] < 1 or target_N.shape != numbers_NxK.shape[:1]:
-        raise ValueError(f"reachable_shares needs numbers [N, K>=1] and targets [N], got "
-                         f"{numbers_NxK.shape} and {target_N.shape}")
+    numbers_NxK, target_N = _problem_batch(numbers_NxK, target_N, "reachable_shares")
     n, k = numbers_NxK.shape
     if k == 1:
         return (numbers_NxK[:, 0] == target_N).astype(np.float64)
