@@ -5,8 +5,9 @@ on one H200: a ~40M decoder with packed 1024-token rows in bf16, trained in
 The schedule is sized to the time limit: ``train.steps`` is the number of
 steps that fit in it at ``STEP_SECONDS`` per step, after ``STARTUP_SECONDS``
 for the compile, the first step and the checkpoint/validation pauses, so the
-warm-up and the cosine decay finish inside the limit (the limit is only a
-safety net). ``STEP_SECONDS`` is stated, not yet measured: 128 x 1024 tokens
+warm-up and the cosine decay finish inside the limit; where steps run slower,
+the run's step budget (``apr_jax.step_budget``) plans the steps that fit and
+anneals there. ``STEP_SECONDS`` is stated, not yet measured: 128 x 1024 tokens
 x 270 MFLOP/token (``flops_per_token``) = 35.4 PFLOP per step, at 35% of the
 H200's 989 TFLOP/s bf16 peak (a plain JAX baseline reached 36.5% at the 228M
 shape) = 0.10 s. ``bash benchmarks/accelerator.sh`` measures it on the
