@@ -21,7 +21,7 @@ import numpy as np
 from apr_jax.checkpoint import Checkpointer
 from apr_jax.metrics_log import MetricsLogger
 from apr_jax.run_config import TrainConfig
-from apr_jax.step_budget import PROBE_STEPS, StepBudget, plan_steps, read_budget, write_budget
+from apr_jax.step_budget import Probe, StepBudget, read_budget, write_budget
 from apr_jax.train_state import TrainState, abstract_like
 
 
@@ -110,12 +110,13 @@ class LoopResult:
         return self.step >= self.planned_steps or self.out_of_time
 
 
-def _agreed(value: int) -> int:
-    """``value`` as process 0 has it (every process plans the same budget)."""
+def _agreed(budget: StepBudget) -> StepBudget:
+    """``budget`` with process 0's steps: every process plans the same budget."""
     if jax.process_count() == 1:
-        return value
+        return budget
     from jax.experimental import multihost_utils
-    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+    steps = int(multihost_utils.broadcast_one_to_all(np.int32(budget.steps)))
+    return dataclasses.replace(budget, steps=steps)
 
 
 def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int | None = None,
@@ -165,8 +166,6 @@ def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int |
                      f"{budget.decided_at} for the time limit; {workdir}/step_budget.json)")
     planned = budget.steps if budget is not None else settings.steps
     logger.set_total(planned)
-    probing = budget is None and settings.time_limit_minutes > 0
-    probe_start: tuple[int, float] | None = None  # (step, time) after this run's first step
 
     stop = StopFlag()
     stop.install()
@@ -175,6 +174,8 @@ def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int |
     step, last_saved, last = start_step, (start_step if restored is not None else -1), {}
     pending: list[tuple[int, dict[str, Any]]] = []  # steps whose finite flag is not checked yet
     out_of_time = False
+    probe = (Probe(settings.steps, deadline, clock)
+             if budget is None and settings.time_limit_minutes > 0 else None)
     try:
         while step < min(planned, stop_at or planned):
             if stop.signal is not None:
@@ -187,23 +188,15 @@ def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int |
                                    else settings.steps)
             metrics = task.step()
             step += 1
-            if probing and (probe_start is None or step - probe_start[0] == PROBE_STEPS):
-                jax.block_until_ready(metrics)  # time finished steps, not dispatches
-                if probe_start is None:
-                    probe_start = (step, clock())
-                else:
-                    seconds_per_step = (clock() - probe_start[1]) / PROBE_STEPS
-                    planned = _agreed(plan_steps(configured=settings.steps, done=step,
-                                                 seconds_per_step=seconds_per_step,
-                                                 seconds_left=deadline - clock()))
-                    budget = StepBudget(planned, step, seconds_per_step, settings.steps)
-                    if jax.process_index() == 0:
-                        write_budget(workdir, budget)
-                    logger.set_total(planned)
-                    task.schedule_steps, probing = planned, False
-                    logger.print(f"step budget: {planned} of {settings.steps} steps fit in the "
-                                 f"time limit at {seconds_per_step:.3f} s/step; the learning rate "
-                                 f"anneals at step {planned}")
+            if probe is not None and (planned_budget := probe.after_step(step, metrics)):
+                budget, probe = _agreed(planned_budget), None
+                if jax.process_index() == 0:
+                    write_budget(workdir, budget)
+                planned = task.schedule_steps = budget.steps
+                logger.set_total(planned)
+                logger.print(f"step budget: {planned} of {settings.steps} steps fit in the time "
+                             f"limit at {budget.seconds_per_step:.3f} s/step; the learning rate "
+                             f"anneals at step {planned}")
             pending.append((step, metrics))
             if len(pending) > task.check_lag:
                 check_finite(*pending.pop(0))

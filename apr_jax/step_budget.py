@@ -15,6 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Any, Callable
+
+import jax
 
 BUDGET_FILE = "step_budget.json"
 PROBE_STEPS = 10  # steps timed after the first
@@ -40,6 +43,27 @@ def plan_steps(*, configured: int, done: int, seconds_per_step: float, seconds_l
     of ``seconds_left``, at most ``configured``, at least ``done``."""
     fit = done + int(SAFETY * max(seconds_left, 0.0) / max(seconds_per_step, 1e-9))
     return max(done, min(configured, fit))
+
+
+class Probe:
+    """Times ``PROBE_STEPS`` steps after a run's first one and plans its budget."""
+
+    def __init__(self, configured: int, deadline: float, clock: Callable[[], float]):
+        self.configured, self.deadline, self.clock = configured, deadline, clock
+        self.start: tuple[int, float] | None = None  # (step, time) after the first step
+
+    def after_step(self, step: int, metrics: Any) -> StepBudget | None:
+        """Called after each step; the budget once the probe has timed enough steps."""
+        if self.start is not None and step - self.start[0] < PROBE_STEPS:
+            return None
+        jax.block_until_ready(metrics)  # time finished steps, not dispatches
+        if self.start is None:
+            self.start = (step, self.clock())
+            return None
+        seconds_per_step = (self.clock() - self.start[1]) / PROBE_STEPS
+        planned = plan_steps(configured=self.configured, done=step, seconds_per_step=seconds_per_step,
+                             seconds_left=self.deadline - self.clock())
+        return StepBudget(planned, step, seconds_per_step, self.configured)
 
 
 def read_budget(workdir: str) -> StepBudget | None:
