@@ -34,7 +34,8 @@ def _axes(title: str, xlabel: str):
 
 
 def _save(plt: Any, fig: Any, ax: Any, path: str, caption: str = "") -> None:
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a figure of unlabelled points has no legend
+        ax.legend(fontsize=8)
     if caption:
         lines = textwrap.wrap(caption, 110)
         fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, va="bottom")
