@@ -203,6 +203,18 @@ def goal_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
     return lines
 
 
+def sign_test_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
+    """``- context W: APR vs SoS+: ...`` (``paired_comparisons``) for each
+    context where both models were evaluated."""
+    lines = []
+    for w in contexts:
+        rates = {p.model: p.solve_rates for p in points if p.sweep == "context" and p.value == w}
+        if len(rates) == 2:
+            lines += [f"- context {w}: " + line for line in
+                      paired_comparisons({"SoS+": rates["SoS+"], "APR": rates["APR"]})]
+    return lines
+
+
 def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[int]],
                  contexts: Sequence[int], configs: dict[str, RunConfig],
                  trained_steps: dict[str, int], temperature: float) -> list[str]:
@@ -239,12 +251,8 @@ def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[in
         f"Greedy decoding except the SoS+ sampling row (temperature {temperature}).", "",
         f"{caption}", "",
         "## Claims, as measured", "", *goal_lines(points, contexts), "",
-        "## Paired sign tests (same problems, one greedy sample each)", ""]
-    for w in contexts:
-        rates = {p.model: p.solve_rates for p in points if p.sweep == "context" and p.value == w}
-        if len(rates) == 2:
-            md += [f"- context {w}: " + line for line in
-                   paired_comparisons({"SoS+": rates["SoS+"], "APR": rates["APR"]})]
+        "## Paired sign tests (same problems, one greedy sample each)", "",
+        *sign_test_lines(points, contexts)]
     md += ["", "## Every setting", "", *_table(points), "",
            "*stopped at context*: share of samples with a thread cut at the context limit; "
            "*obeyed request*: share of samples whose child count equals the requested one "

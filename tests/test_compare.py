@@ -200,3 +200,22 @@ def test_report_has_width_lines_and_draws_the_adaptive_point(tmp_path, monkeypat
     assert path.stat().st_size > 1000
     assert ("APR adaptive (no prefix)", [104.0], [0.6]) in drawn
     assert ("APR (children)", [101.0, 102.0], [0.3, 0.45]) in drawn
+
+
+def test_sign_tests_count_each_models_wins_on_the_same_problems():
+    """At each context, APR's and SoS+'s wins over the other are counted on the
+    problems both decoded (a swap of the two models' rates shows)."""
+    from types import SimpleNamespace
+
+    from apr_jax.compare_report import sign_test_lines
+
+    def point(model, value, solved):
+        return SimpleNamespace(model=model, sweep="context", value=value,
+                               solve_rates={k: float(k in solved) for k in "abcdefgh"})
+
+    points = [point("APR", 96, "abcdef"), point("SoS+", 96, "ag"),
+              point("APR", 48, "a"), point("SoS+", 48, "abc"), point("APR", 160, "abc")]
+    assert sign_test_lines(points, [96, 48, 160]) == [
+        "- context 96: APR vs SoS+: 5 problems solved only by APR, 1 only by SoS+ (sign test p = 0.22)",
+        "- context 48: APR vs SoS+: 0 problems solved only by APR, 2 only by SoS+ (sign test p = 0.50)",
+    ]
