@@ -42,18 +42,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from apr_jax import config as config_lib
-from apr_jax import sharding
-from apr_jax import train_state
+from apr_jax.config import loading as config_lib
+from apr_jax.runtime import sharding
+from apr_jax.training import train_state
 from apr_jax.cli import Command, Flag, run_command
 from apr_jax.decode.engine import decode_page_size, make_decoder
 from apr_jax.decode.model_api import NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
-from apr_jax.evaluate import engine_config
+from apr_jax.evaluation.scoring import engine_config
 from apr_jax.model.config import REMATS, num_params
-from apr_jax.optim import learning_rate_schedule
-from apr_jax.run_config import RunConfig, load_run_config
-from apr_jax.train_step import make_train_step
+from apr_jax.training.optim import learning_rate_schedule
+from apr_jax.config.sections import RunConfig, load_run_config
+from apr_jax.training.train_step import make_train_step
 
 GIB = 2 ** 30
 

@@ -5,7 +5,7 @@ run as one line ``error: ...`` on stderr and an exit code, never a traceback
 (``APR_JAX_DEBUG=1`` re-raises, for the traceback).
 
 Each command describes its command line once, as a ``Command`` of ``Flag``s;
-``read_command_line`` (``apr_jax.config.parse_command_line`` for config
+``read_command_line`` (``apr_jax.config.loading.parse_command_line`` for config
 commands) reads argv by it, and ``--help``/``-h`` anywhere in argv raises
 ``HelpRequested`` with the help generated from that same ``Command``, which
 ``run_command`` prints to stdout with exit 0. This module imports no JAX, so a

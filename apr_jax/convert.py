@@ -30,9 +30,9 @@ import jax
 import ml_collections
 from flax import nnx
 
-from apr_jax import config as config_lib
-from apr_jax import sharding
-from apr_jax.checkpoint import Checkpointer, CheckpointError
+from apr_jax.config import loading as config_lib
+from apr_jax.runtime import sharding
+from apr_jax.runtime.checkpoint import Checkpointer, CheckpointError
 from apr_jax.cli import Command, Flag, run_command
 from apr_jax.model.config import ModelConfig
 from apr_jax.model.transformer import Transformer

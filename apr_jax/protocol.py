@@ -16,6 +16,9 @@ as ``<trunc>``.
 
 from __future__ import annotations
 
+import math
+import re
+
 CHILD = "<child>"
 SPAWN_OPEN = "<spawn>"
 SPAWN_CLOSE = "</spawn>"
@@ -54,3 +57,37 @@ def child_prompt(message: str) -> str:
 def return_block(message: str) -> str:
     """The text a child ends with to hand ``message`` back to its parent."""
     return RETURN_OPEN + message + RETURN_CLOSE
+
+
+# ---- conditioning prefixes -------------------------------------------------------
+# A conditioned model is asked for its shape by a prompt prefix: ``c4 `` (APR:
+# four children per spawn) or ``b512 `` (SoS+: a 512-token search budget).
+PREFIX_KINDS = {"sosp": "b", "apr": "c"}
+MIN_BUDGET_BUCKET = 64
+_TOKEN_RE = re.compile(r"[A-Za-z]+|[^A-Za-z ]")
+
+
+def approx_tokens(text: str) -> int:
+    """Token count under a digit-splitting tokenizer, approximately: one per
+    letter run and one per other non-space character (digits, marks, newlines)."""
+    return len(_TOKEN_RE.findall(text))
+
+
+def budget_bucket(num_tokens: int) -> int:
+    """Round a token count up to a power of two (at least ``MIN_BUDGET_BUCKET``)."""
+    return max(MIN_BUDGET_BUCKET, 1 << max(0, math.ceil(math.log2(max(1, num_tokens)))))
+
+
+def budget_within(num_tokens: int) -> int:
+    """The largest budget bucket whose traces fit in ``num_tokens`` tokens
+    (``MIN_BUDGET_BUCKET`` when none does): the request that suits a context."""
+    return max(MIN_BUDGET_BUCKET, 1 << (max(1, num_tokens).bit_length() - 1))
+
+
+def conditioning_prefix(kind: str, value: int) -> str:
+    """``b512 `` (SoS+ token budget) or ``c4 `` (APR child-thread count)."""
+    if kind not in PREFIX_KINDS:
+        raise ValueError(f"conditioning kind {kind!r} is not one of {tuple(PREFIX_KINDS)}")
+    if value < 0:
+        raise ValueError(f"conditioning value must be >= 0, got {value}")
+    return f"{PREFIX_KINDS[kind]}{int(value)} "

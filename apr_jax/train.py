@@ -12,15 +12,12 @@ resumes from the newest readable checkpoint. SIGTERM (TPU preemption) saves a ch
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
 
 from apr_jax.cli import Command, Flag  # no JAX: --help stays fast
 
-# The imports live in the functions: the dataset build's worker processes are
-# started by spawn once JAX runs, and each imports this main module again; at
-# module level, JAX, Flax and orbax would cost every worker seconds.
-if TYPE_CHECKING:
-    from apr_jax.run_config import RunConfig
+# The imports live in main: the dataset build's worker processes are started
+# by spawn once JAX runs, and each imports this main module again; at module
+# level, JAX, Flax and orbax would cost every worker seconds.
 
 COMMAND = Command(
     "python -m apr_jax.train",
@@ -38,17 +35,6 @@ COMMAND = Command(
 )
 
 
-def run(config: RunConfig, workdir: str, *, stop_at: int | None = None
-        ) -> dict[str, Any]:
-    """Train per ``config`` (SFT or RL by ``config.mode``) in ``workdir``;
-    returns the last logged metrics. ``stop_at`` ends this run at that step
-    (checkpointed, resumable), as a preemption would."""
-    if config.mode == "rl":
-        from apr_jax.rl.train_rl import run_rl
-        return run_rl(config, workdir, stop_at=stop_at)
-    from apr_jax.sft import run_sft
-    return run_sft(config, workdir, stop_at=stop_at)
-
 
 def main(argv: list[str] | None = None) -> int:
     from apr_jax.cli import answer_help
@@ -57,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     if answer_help(COMMAND, argv):  # before JAX is imported
         return 0
 
-    from apr_jax import config as config_lib
-    from apr_jax.checkpoint import CheckpointError
+    from apr_jax.config import loading as config_lib
+    from apr_jax.runtime.checkpoint import CheckpointError
     from apr_jax.cli import run_command
-    from apr_jax.loop import TrainingError
-    from apr_jax.run_config import load_run_config
-    from apr_jax.workdir import default_workdir
+    from apr_jax.training.loop import TrainingError
+    from apr_jax.training.run import run_training
+    from apr_jax.config.sections import load_run_config
+    from apr_jax.training.workdir import default_workdir
 
     def body() -> None:
         flags, overrides = config_lib.parse_command_line(argv, COMMAND)
@@ -70,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if flags.get("print_config"):
             print(config_lib.to_json(config))
             return
-        run(config, flags.get("workdir") or default_workdir(config))
+        run_training(config, flags.get("workdir") or default_workdir(config))
 
     return run_command(body, usage=(ValueError,), failures=(CheckpointError, TrainingError))
 

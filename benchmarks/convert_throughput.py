@@ -21,7 +21,7 @@ import time
 import ml_dtypes
 import numpy as np
 
-from apr_jax import config as config_lib
+from apr_jax.config import loading as config_lib
 from apr_jax.cli import Command, Flag, run_command
 from apr_jax.convert import convert
 from apr_jax.pretrained.safetensors_io import save_file

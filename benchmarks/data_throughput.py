@@ -18,8 +18,9 @@ import multiprocessing
 import time
 from typing import Any, Sequence
 
-from apr_jax.countdown.problems import Problem, generate_problems
-from apr_jax.countdown.traces import TraceConfig, make_trace
+from apr_jax.tasks.countdown.problems import Problem, generate_problems
+from apr_jax.config.trace import TraceConfig
+from apr_jax.tasks.countdown.traces import make_trace
 
 COUNTDOWN = {  # name: (num_inputs, max_number, max_target) with numbers from 1, targets from 10
     "countdown4": (4, 99, 100),
@@ -98,7 +99,7 @@ def measure_dataset_build(num_train: int, num_workers: int, config_path: str | N
     count), plus the grain pipeline on the result per worker count."""
     import tempfile
 
-    from apr_jax.run_config import load_run_config
+    from apr_jax.config.sections import load_run_config
     from apr_jax.data.build import build_dataset
 
     with tempfile.TemporaryDirectory() as tmp:

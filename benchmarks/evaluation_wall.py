@@ -1,7 +1,7 @@
 """Wall time of a run's held-out evaluation, the first call (tracing and
 compiling included) apart from the calls after it (decoding only).
 
-Calls ``evaluate.evaluate_problems`` ``--repeat`` times in one process on the
+Calls ``scoring.evaluate_problems`` ``--repeat`` times in one process on the
 first ``--num`` problems of ``--split`` and prints each call's wall time and
 accuracy. It uses only functions every version of the evaluation has had, so
 it also times an older checkout of the engine on the same run:
@@ -17,6 +17,8 @@ import argparse
 import time
 
 from apr_jax import evaluate
+from apr_jax.evaluation import loading
+from apr_jax.evaluation import scoring
 
 
 def main() -> None:
@@ -26,12 +28,12 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    loaded = evaluate.load_for_inference(args.workdir)
-    problems = evaluate.problems_for({"split": args.split}, loaded.config, args.num)
+    loaded = loading.load_for_inference(args.workdir)
+    problems = loading.problems_for({"split": args.split}, loaded.config, args.num)
     print(f"{evaluate.__file__}: {len(problems)} {args.split} problems of {loaded.source}")
     for call in range(args.repeat):
         start = time.perf_counter()
-        _, summary = evaluate.evaluate_problems(loaded.model, loaded.tokenizer, loaded.config, problems)
+        _, summary = scoring.evaluate_problems(loaded.model, loaded.tokenizer, loaded.config, problems)
         seconds = time.perf_counter() - start
         print(f"call {call + 1}: {seconds:.1f} s, accuracy {summary['accuracy']:.1%}, "
               f"{summary['mean_total_tokens']:.0f} tokens per problem", flush=True)

@@ -35,8 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from apr_jax import train  # noqa: E402
-from apr_jax.run_config import load_run_config  # noqa: E402
+from apr_jax.training.run import run_training  # noqa: E402
+from apr_jax.config.sections import load_run_config  # noqa: E402
 from apr_jax.rl.train_rl import make_task, run_rl  # noqa: E402
 
 PATHS = {True: "packed", False: "one thread per row"}
@@ -105,7 +105,7 @@ def main() -> None:
         sft = load_run_config(args.config, overrides + [
             "config.mode=sft", f"config.train.steps={args.sft_steps}", "config.eval.num_problems=0",
             f"config.train.checkpoint_every={args.sft_steps}", f"config.train.eval_every={args.sft_steps}"])
-        train.run(sft, sft_dir)
+        run_training(sft, sft_dir)
         config.rl.init_from = sft_dir
     rl_dir = os.path.join(workdir, "rl")
     if args.compare:

@@ -11,7 +11,7 @@ depend on this machine's speed; the budget is given to a run by writing the
 
 - ``full``: every step (``train.steps``);
 - ``budget``: ``share`` of the steps, planned before the first step, so the
-  learning rate anneals at the last one (what ``apr_jax.step_budget`` does);
+  learning rate anneals at the last one (what ``apr_jax.training.step_budget`` does);
 - ``hard stop``: the same steps with the schedule still planned for every
   step, the behaviour of a time limit without a step budget.
 
@@ -28,9 +28,10 @@ import os
 import time
 
 from apr_jax import train
-from apr_jax.optim import learning_rate_schedule
-from apr_jax.run_config import load_run_config
-from apr_jax.step_budget import StepBudget, read_budget, write_budget
+from apr_jax.training.run import run_training
+from apr_jax.training.optim import learning_rate_schedule
+from apr_jax.config.sections import load_run_config
+from apr_jax.training.step_budget import StepBudget, read_budget, write_budget
 
 
 def run_one(name: str, overrides: list[str], workdir: str, budget: StepBudget | None) -> dict:
@@ -40,7 +41,7 @@ def run_one(name: str, overrides: list[str], workdir: str, budget: StepBudget | 
     if budget is not None:
         write_budget(workdir, budget)
     start = time.time()
-    last = train.run(config, workdir)
+    last = run_training(config, workdir)
     planned = read_budget(workdir)
     steps = planned.steps if planned else config.train.steps
     schedule_end = planned.schedule_steps(steps - 1) if planned else config.train.steps

@@ -41,8 +41,9 @@ import argparse
 import tempfile
 import os
 
-from apr_jax.countdown.problems import make_splits
-from apr_jax.countdown.traces import TraceConfig, apr_trace, make_trace
+from apr_jax.tasks.countdown.problems import make_splits
+from apr_jax.config.trace import TraceConfig
+from apr_jax.tasks.countdown.traces import apr_trace, make_trace
 from apr_jax.decode.metrics import sequential_tokens, tree_spawns
 from apr_jax.data.tokenizer import Tokenizer
 

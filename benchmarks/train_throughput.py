@@ -26,15 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apr_jax import config as config_lib
-from apr_jax import sharding
+from apr_jax.config import loading as config_lib
+from apr_jax.runtime import sharding
 from apr_jax.aot import memory_report
 from apr_jax.cli import Command, Flag, run_command
 from apr_jax.model.config import REMATS, flops_per_token, num_params, peak_flops_per_device
-from apr_jax.optim import learning_rate_schedule
-from apr_jax.run_config import RunConfig, load_run_config
-from apr_jax.train_state import build_model_and_optimizer, shardings_of, split
-from apr_jax.train_step import make_train_step
+from apr_jax.training.optim import learning_rate_schedule
+from apr_jax.config.sections import RunConfig, load_run_config
+from apr_jax.training.train_state import build_model_and_optimizer, shardings_of, split
+from apr_jax.training.train_step import make_train_step
 
 GIB = 2 ** 30
 

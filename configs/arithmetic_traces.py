@@ -6,13 +6,13 @@ scored by the numeric answer checker. From scratch on the CPU:
 
 or from a pretrained model: convert it with this config as the base
 (``python -m apr_jax.convert --hf_dir=DIR --out=OUT --config=configs/arithmetic_traces.py``)
-and train ``--config=OUT/config.py`` (README: "Your own task and model")."""
+and train ``--config=OUT/config.py`` (docs/tasks.md)."""
 
 import os
 
 import ml_collections
 
-from apr_jax.config import sibling
+from apr_jax.config.loading import sibling
 
 RUNS_ON = "cpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
 

@@ -4,20 +4,20 @@ a regime where the context binds on 2 CPU cores.
 Countdown-4 with numbers 1-10 and targets 10-30, the default demo's 0.8M
 model with a 160-token context, and a search of at most 8 nodes per root
 branch (beam 4). The root spawns one child per first operation, so a child
-searches three numbers, writing about twice as much as the root writes for it
-(the critical path is then well under half of all tokens). In 200 held-out
-problems' traces 74% of SoS+ traces are longer than 160 tokens (84% > 96;
-mean 261), while the longest APR thread is 169 (mean 107): see `compare.md`'s
-caption. Countdown-3 (the default demo's task) binds less and its children
-write little more than their messages; its comparison is in the README.
+searches three numbers, writing more than the root writes for it (the
+critical path is then well under half of all tokens). Most SoS+ traces of
+this task are longer than the 160-token context, while APR threads fit it:
+`compare.md`'s caption gives the shares. Countdown-3 (the default demo's task)
+binds less and its children write little more than their messages. Measured
+figures of both: docs/experiments.md.
 
 Both runs train 1200 steps of 32 packed 160-token rows (6.1M tokens, no time
 limit, so the budgets are equal). Both are conditioned (`c<children>` /
 `b<token budget>` prefixes), which the compute sweeps use; a conditioned APR
-trace draws 1-4 children and spawns once (`apr_jax.countdown.traces`).
+trace draws 1-4 children and spawns once (`apr_jax.tasks.countdown.traces`).
 """
 
-from apr_jax.config import sibling
+from apr_jax.config.loading import sibling
 
 RUNS_ON = "cpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
 

@@ -1,10 +1,10 @@
 """SoS+ side of the laptop comparison (`python -m apr_jax.compare`):
 configs/compare_apr.py's task, search, model and training tokens with one
 sequential search thread per problem. Training rows are 160 tokens, so the
-74% of SoS+ traces that are longer are cut at 160 tokens (the regime's point:
-the sequential search does not fit the context)."""
+SoS+ traces that are longer are cut at 160 tokens (the regime's point: the
+sequential search does not fit the context)."""
 
-from apr_jax.config import sibling
+from apr_jax.config.loading import sibling
 
 RUNS_ON = "cpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
 

@@ -2,7 +2,7 @@
 (18 layers, d=1024, 16 heads, 4096 context), batch 256, lr 5e-5 cosine,
 19k steps, 500k training problems. For TPU pod slices (FSDP over the slice)."""
 
-from apr_jax.config import sibling
+from apr_jax.config.loading import sibling
 
 RUNS_ON = "tpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
 
@@ -45,8 +45,8 @@ def get_config():
     c.mesh.tensor = 1
 
     c.train.batch_size = 256
-    # Two microbatches of 128 x 4096: XLA plans 23 GiB per chip on a v4-32
-    # (`python -m apr_jax.aot`); a single 256-row step needs 31.4 GiB.
+    # Two microbatches of 128 x 4096 per 256-row step: the same schedule and loss
+    # with half the activations (`python -m apr_jax.aot` plans the memory per chip).
     c.train.grad_accum = 2
     c.train.steps = 19_000
     c.train.lr = 5e-5
@@ -65,5 +65,5 @@ def get_config():
     c.eval.max_rounds = 2
     c.eval.tokens_per_thread = 4096
     c.eval.batch_problems = 256
-    c.eval.lanes = 352  # 22 per v4-32 batch shard: two samples of 11 live threads each (aot --step=engine: 24.2 GiB of 32 per v4 chip)
+    c.eval.lanes = 352  # 22 per v4-32 batch shard: two samples of 11 live threads each (memory per chip: aot --step=engine)
     return c

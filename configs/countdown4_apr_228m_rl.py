@@ -6,8 +6,8 @@ starts from ``runs/countdown4_apr_228m`` (configs/countdown4_apr_228m.py).
         --workdir=runs/countdown4_apr_228m_rl
 """
 
-from apr_jax.config import sibling
-from apr_jax.run_config import RLConfig, section_defaults
+from apr_jax.config.loading import sibling
+from apr_jax.config.sections import RLConfig, section_defaults
 
 RUNS_ON = "tpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
 

@@ -6,7 +6,7 @@ The schedule is sized to the time limit: ``train.steps`` is the number of
 steps that fit in it at ``STEP_SECONDS`` per step, after ``STARTUP_SECONDS``
 for the compile, the first step and the checkpoint/validation pauses, so the
 warm-up and the cosine decay finish inside the limit; where steps run slower,
-the run's step budget (``apr_jax.step_budget``) plans the steps that fit and
+the run's step budget (``apr_jax.training.step_budget``) plans the steps that fit and
 anneals there. ``STEP_SECONDS`` is stated, not yet measured: 128 x 1024 tokens
 x 270 MFLOP/token (``flops_per_token``) = 35.4 PFLOP per step, at 35% of the
 H200's 989 TFLOP/s bf16 peak (a plain JAX baseline reached 36.5% at the 228M
@@ -16,13 +16,13 @@ device (``step_ms`` in its summary); put that figure here.
 Its traces are streamed (``data.traces``): the build draws the 202,000
 problems and trains the tokenizer on a 10,000-tree sample, and the input
 pipeline's worker processes generate each trace when it is read. 128 rows x
-1024 tokens per 0.10 s step is 1.3M row tokens/s; on a 2-core machine the
-training process's reader threads alone made 1.1-1.6M and two worker
-processes 2.2-2.7M (``python -m benchmarks.data_throughput``, see the
-README), so 4 workers leave room on the device machine's 16 cores.
+1024 tokens per 0.10 s step is 1.3M row tokens/s, which the training
+process's reader threads alone do not reliably supply, so 4 pipeline workers
+generate them (``python -m benchmarks.data_throughput`` measures it; figures
+in docs/experiments.md).
 """
 
-from apr_jax.config import sibling
+from apr_jax.config.loading import sibling
 
 RUNS_ON = "gpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
 

@@ -1,7 +1,7 @@
 """The reference study's SoS+ (sequential) baseline at 228M: the same model
 and schedule as countdown4_apr_228m, one long thread per problem."""
 
-from apr_jax.config import sibling
+from apr_jax.config.loading import sibling
 
 RUNS_ON = "tpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
 

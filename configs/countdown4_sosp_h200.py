@@ -1,7 +1,7 @@
 """SoS+ (sequential) baseline for configs/countdown4_apr_h200.py: the same
 task, model and training budget on one H200, one search thread per problem."""
 
-from apr_jax.config import sibling
+from apr_jax.config.loading import sibling
 
 RUNS_ON = "gpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
 

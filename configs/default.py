@@ -1,13 +1,13 @@
-"""Default: APR on an easy Countdown-3, end to end on a 2-core CPU in ~10 minutes.
+"""Default: APR on an easy Countdown-3, sized to run end to end on a 2-core CPU.
 
 Every key not set here keeps the default written, with its meaning, in
-``apr_jax/run_config.py`` (data, train, eval, rl), ``apr_jax/model/config.py``
-(model), ``apr_jax/countdown/traces.py`` (trace) and ``apr_jax/sharding.py``
+``apr_jax/config/sections.py`` (data, train, eval, rl), ``apr_jax/model/config.py``
+(model), ``apr_jax/tasks/countdown/traces.py`` (trace) and ``apr_jax/runtime/sharding.py``
 (mesh); ``python -m apr_jax.train --print_config`` prints the whole config."""
 
 import ml_collections
 
-from apr_jax.run_config import default_config
+from apr_jax.config.sections import default_config
 
 RUNS_ON = "cpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
 

@@ -8,8 +8,8 @@ in RL steps, logging, checkpoints); the engine limits are the ``eval`` section's
 
 import ml_collections
 
-from apr_jax.config import sibling
-from apr_jax.run_config import RLConfig, section_defaults
+from apr_jax.config.loading import sibling
+from apr_jax.config.sections import RLConfig, section_defaults
 
 RUNS_ON = "cpu"  # what it is sized for: cpu (a laptop), gpu (one GPU) or tpu (a pod slice)
 
@@ -20,17 +20,17 @@ def get_config() -> ml_collections.ConfigDict:
     c = default.get_config()
     c.name = "default_rl"
     c.mode = "rl"
-    c.rl = section_defaults(RLConfig)  # every key's meaning: apr_jax.run_config.RLConfig
+    c.rl = section_defaults(RLConfig)  # every key's meaning: apr_jax.config.sections.RLConfig
     c.rl.init_from = "runs/default"
-    c.rl.prompts_per_step = 32  # 16 gained 3-4 points in 80 steps (two seeds), 32 gained 7 (README)
+    c.rl.prompts_per_step = 32  # prompts per RL step (16 and 32 compared: docs/experiments.md)
     c.rl.samples_per_prompt = 8
-    c.rl.temperature = 0.6  # the default SFT model solves 39% of test samples here (pass@4 61%)
+    c.rl.temperature = 0.6  # sampling temperature of the rollouts
     c.rl.skip_flat_groups = True
     c.rl.eval_every = 10
     c.rl.eval_problems = 100  # first 100 validation problems, greedy
 
-    c.train.steps = 80  # RL steps: ~40 min on 2 cores; greedy held-out 47.3% -> 54.5% (README)
-    c.train.lr = 5e-5  # 1e-4 moved the policy too far (KL 0.09) and lost 2.9 points
+    c.train.steps = 80  # RL steps (what they reach: docs/experiments.md)
+    c.train.lr = 5e-5  # the RL learning rate (a run at 1e-4: docs/experiments.md)
     c.train.warmup_steps = 5
     c.train.min_lr_ratio = 1.0  # constant after warm-up
     c.train.weight_decay = 0.0

@@ -34,8 +34,8 @@ def sft(tmp_path_factory):
     """The toy RL setting's (tests/rl_toy.py) starting point: a tiny model
     trained 150 SFT steps; it knows the trace format, rarely the answer.
     Trained once per test session, shared by the xdist workers."""
-    from apr_jax import train
-    from apr_jax.run_config import load_run_config
+    from apr_jax.training.run import run_training
+    from apr_jax.config.sections import load_run_config
     from rl_toy import TOY
 
     base = tmp_path_factory.getbasetemp()
@@ -51,7 +51,7 @@ def sft(tmp_path_factory):
                 "config.train.warmup_steps=10", "config.train.log_every=150",
                 "config.train.eval_every=1000", "config.train.eval_batches=1",
                 "config.train.checkpoint_every=1000"])
-            train.run(config, workdir)
+            run_training(config, workdir)
             (root / "done").write_text("ok")
         fcntl.flock(lock, fcntl.LOCK_UN)
     return {"data": data, "sft": workdir}

@@ -7,7 +7,7 @@ import os
 import jax
 from flax import nnx
 
-from apr_jax.evaluate import load_for_inference
+from apr_jax.evaluation.loading import load_for_inference
 
 TOY = [
     "config.task.num_inputs=3", "config.task.max_number=6", "config.task.min_target=1",

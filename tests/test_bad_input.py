@@ -1,4 +1,4 @@
-"""Every row of the bad-input table in the README's Bad input section, tried for real.
+"""Every row of the bad-input table in docs/errors.md, tried for real.
 
 The table is the source of truth: each row's id names a case below, and the
 message the case produces must equal the row's "What you see" column (with
@@ -15,19 +15,23 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from apr_jax import evaluate, sharding, train, train_state
-from apr_jax.workdir import check_workdir
-from apr_jax.checkpoint import Checkpointer, encode_file
-from apr_jax.run_config import load_run_config
-from apr_jax.countdown.problems import Problem
-from apr_jax.countdown.verifier import verify
+from apr_jax import evaluate
+from apr_jax.runtime import sharding
+from apr_jax import train
+from apr_jax.training import train_state
+from apr_jax.training.workdir import check_workdir
+from apr_jax.runtime.checkpoint import Checkpointer, encode_file
+from apr_jax.config.sections import load_run_config
+from apr_jax.tasks.countdown.problems import Problem
+from apr_jax.tasks.countdown.verifier import verify
 from apr_jax.data.build import build_dataset, config_hash
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.decode.engine import Engine, EngineConfig, to_thread_trees
 from apr_jax.decode.model_api import DecodeModel
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "errors.md")
 TINY = [
     "config.task.num_train=240", "config.task.num_validation=16", "config.task.num_test=16",
     "config.model.num_layers=2", "config.model.d_model=32", "config.model.num_heads=2",
@@ -132,7 +136,7 @@ def _(ctx): return train_cli(ctx, "--config=configs/nope.py")
 
 @case("B37")
 def _(ctx):
-    rl_config = os.path.join(os.path.dirname(DOC), "configs", "default_rl.py")
+    rl_config = os.path.join(ROOT, "configs", "default_rl.py")
     return train_cli(ctx, f"--config={rl_config}", "--config.rl.max_threads=5")
 
 
@@ -257,7 +261,7 @@ def traces_cli(ctx, name, edit):
     lines = [json.dumps(t) for t in trees[:2]] + [edit(trees[2])]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
-    example = os.path.join(os.path.dirname(DOC), "configs", "arithmetic_traces.py")
+    example = os.path.join(ROOT, "configs", "arithmetic_traces.py")
     return cli(train.main, [f"--workdir={ctx['root']}/fresh_traces", f"--config={example}",
                             f"--config.task.train={path}", f"--config.data.dir={ctx['root']}/data"])
 
@@ -288,14 +292,14 @@ def _(ctx):
 
 @case("B69")
 def _(ctx):
-    example = os.path.join(os.path.dirname(DOC), "configs", "arithmetic_traces.py")
+    example = os.path.join(ROOT, "configs", "arithmetic_traces.py")
     return cli(train.main, [f"--workdir={ctx['root']}/fresh_traces", f"--config={example}",
                             "--config.task.checker=my_checks.py", f"--config.data.dir={ctx['root']}/data"])
 
 
 @case("B70")
 def _(ctx):
-    example = os.path.join(os.path.dirname(DOC), "configs", "arithmetic_traces.py")
+    example = os.path.join(ROOT, "configs", "arithmetic_traces.py")
     return cli(train.main, [f"--workdir={ctx['root']}/fresh_traces", f"--config={example}",
                             "--config.data.traces=streamed", f"--config.data.dir={ctx['root']}/data"])
 

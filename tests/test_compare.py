@@ -7,9 +7,10 @@ import os
 import pytest
 
 from apr_jax import compare
-from apr_jax.config import ConfigError
-from apr_jax.run_config import load_run_config
-from apr_jax.loop import TrainingError
+from apr_jax.evaluation import compare as compare_lib
+from apr_jax.config.loading import ConfigError
+from apr_jax.config.sections import load_run_config
+from apr_jax.training.loop import TrainingError
 from apr_jax.threads import Segment, Thread, ThreadTree
 from tiny import TINY_RUN
 
@@ -69,12 +70,12 @@ def test_finished_runs_are_reused_and_other_configs_refused(compared, capsys):
     config = load_run_config(SOSP_CONFIG, TINY + [f"config.data.dir={compared['data']}"])
     run_dir = os.path.join(compared["workdir"], "sosp")
     before = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
-    compare.train_or_reuse(config, run_dir)
+    compare_lib.train_or_reuse(config, run_dir)
     assert "reusing the finished run" in capsys.readouterr().out
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == before
     other = load_run_config(SOSP_CONFIG, TINY + ["config.model.d_ff=96"])
     with pytest.raises(TrainingError, match="holds a run of a different config: config.model.d_ff"):
-        compare.train_or_reuse(other, run_dir)
+        compare_lib.train_or_reuse(other, run_dir)
 
 
 @pytest.mark.slow
@@ -110,7 +111,7 @@ def test_context_sweep_asks_each_model_for_what_fits_the_window(compared):
 
 
 def test_evaluate_asks_a_conditioned_sosp_run_for_a_budget_it_knows():
-    from apr_jax.evaluate import sweep_settings
+    from apr_jax.evaluation.sweeps import sweep_settings
     config = load_run_config(SOSP_CONFIG, ["config.eval.tokens_per_thread=160"])
     assert sweep_settings(None, [], config) == [("default", {"prefix": "b128 "})]
     assert [kw["prefix"] for _, kw in sweep_settings("tokens", [96, 300], config)] == ["b64 ", "b256 "]
@@ -119,15 +120,15 @@ def test_evaluate_asks_a_conditioned_sosp_run_for_a_budget_it_knows():
 
 def test_unequal_budgets_and_bad_flags_are_one_line_errors(tmp_path, capsys):
     shorter = tmp_path / "short_sosp.py"
-    shorter.write_text(f"from apr_jax.config import config_module\n"
+    shorter.write_text(f"from apr_jax.config.loading import config_module\n"
                        f"base = config_module({SOSP_CONFIG!r})\n"
                        f"def get_config():\n    c = base.get_config()\n"
                        f"    c.train.steps = 400\n    return c\n")
     with pytest.raises(ConfigError, match="unequal training budgets: APR 6,144,000 tokens, SoS"):
-        compare.load_pair(APR_CONFIG, str(shorter), [])
+        compare_lib.load_pair(APR_CONFIG, str(shorter), [])
     with pytest.raises(ConfigError, match="train different tasks"):
-        compare.load_pair(APR_CONFIG, os.path.join(compare.CONFIGS_DIR, "countdown4_sosp_h200.py"), [])
-    compare.load_pair(APR_CONFIG, SOSP_CONFIG, ["config.train.steps=10"])  # shared: still equal
+        compare_lib.load_pair(APR_CONFIG, os.path.join(compare.CONFIGS_DIR, "countdown4_sosp_h200.py"), [])
+    compare_lib.load_pair(APR_CONFIG, SOSP_CONFIG, ["config.train.steps=10"])  # shared: still equal
     workdir = tmp_path / "w"
     code = compare.main([f"--workdir={workdir}", f"--sosp_config={APR_CONFIG}"])
     assert code == 2 and "trace.kind=sosp" in capsys.readouterr().err
@@ -145,15 +146,15 @@ def test_obedience_counts_children_and_budget():
         return {"num_threads": threads, "tree": tree.to_dict()}
     rows = [{**sample(3, "1+2=3\n"), "samples": [sample(4, "")]},
             {**sample(1, "abc " * 20), "samples": []}]
-    assert compare.obedience("children", 2, rows) == pytest.approx(1 / 3)
+    assert compare_lib.obedience("children", 2, rows) == pytest.approx(1 / 3)
     # "1+2=3\n" is six tokens as the generators count them; a run of letters is one.
-    assert compare.obedience("budget", 20, rows) == 1.0
-    assert compare.obedience("budget", 6, rows) == pytest.approx(2 / 3)
-    assert compare.obedience("budget", 5, rows) == pytest.approx(1 / 3)
+    assert compare_lib.obedience("budget", 20, rows) == 1.0
+    assert compare_lib.obedience("budget", 6, rows) == pytest.approx(2 / 3)
+    assert compare_lib.obedience("budget", 5, rows) == pytest.approx(1 / 3)
 
 
 def test_token_split_separates_the_root_from_the_critical_path():
-    from apr_jax.compare_report import token_split
+    from apr_jax.evaluation.compare_report import token_split
 
     def sample(written, sequential):
         return {"tree": {"meta": {"written_tokens": written}}, "total_tokens": sum(written),
@@ -165,16 +166,16 @@ def test_token_split_separates_the_root_from_the_critical_path():
 
 
 def _point(model, sweep, value, children, difficulty, accuracy=0.5):
-    from apr_jax.width_stats import width_summary
+    from apr_jax.evaluation.width_stats import width_summary
     rows = [{"difficulty": d, "children": c, "samples": []} for d, c in zip(difficulty, children)]
     summary = {"accuracy": accuracy, "mean_total_tokens": 100.0 + value, "mean_sequential_tokens": 60.0,
                "mean_children": sum(children) / len(children), "samples": 1, "wall_s": 1.0,
                "problems": len(rows), **width_summary(difficulty, children)}
-    return compare.Point(model, sweep, value, summary, rows=rows)
+    return compare_lib.Point(model, sweep, value, summary, rows=rows)
 
 
 def test_report_has_width_lines_and_draws_the_adaptive_point(tmp_path, monkeypatch):
-    from apr_jax import compare_report
+    from apr_jax.evaluation import compare_report
     difficulty = [0.1, 0.4, 0.6, 0.9]
     points = [_point("APR", "children", 1, [1, 1, 1, 1], difficulty, 0.3),
               _point("APR", "children", 2, [2, 2, 1, 2], difficulty, 0.45),
@@ -207,7 +208,7 @@ def test_sign_tests_count_each_models_wins_on_the_same_problems():
     problems both decoded (a swap of the two models' rates shows)."""
     from types import SimpleNamespace
 
-    from apr_jax.compare_report import sign_test_lines
+    from apr_jax.evaluation.compare_report import sign_test_lines
 
     def point(model, value, solved):
         return SimpleNamespace(model=model, sweep="context", value=value,

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from apr_jax import config as config_lib
-from apr_jax.config import ConfigError, load_config, parse_command_line
+from apr_jax.config import loading as config_lib
+from apr_jax.config.loading import ConfigError, load_config, parse_command_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,7 +125,7 @@ def test_typed_flags_read_values_and_defaults():
 def test_h200_schedule_warms_up_and_decays_inside_its_time_limit():
     """The one-GPU config's steps fit its time limit at its stated step time,
     and its learning rate reaches the end of the cosine at the last step."""
-    from apr_jax.optim import learning_rate_schedule
+    from apr_jax.training.optim import learning_rate_schedule
     path = os.path.join(ROOT, "configs", "countdown4_apr_h200.py")
     module = config_lib.config_module(path)
     train = load_config(path).train

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from apr_jax import config as config_lib
+from apr_jax.config import loading as config_lib
 from apr_jax import protocol
 from apr_jax.convert import convert, main
 from apr_jax.decode.protocol_ids import ProtocolIds
-from apr_jax.evaluate import load_for_inference
+from apr_jax.evaluation.loading import load_for_inference
 from apr_jax.pretrained import safetensors_io
-from apr_jax.run_config import load_run_config
+from apr_jax.config.sections import load_run_config
 from apr_jax.pretrained.tokenizer import PretrainedTokenizer
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf")
@@ -208,8 +208,8 @@ def test_missing_dataset_tokenizer_is_named():
 
 @pytest.mark.slow
 def test_sft_starts_from_a_converted_model(tmp_path):
-    from apr_jax.loop import TrainingError
-    from apr_jax.sft import run_sft
+    from apr_jax.training.loop import TrainingError
+    from apr_jax.training.sft import run_sft
     from rl_toy import TOY
 
     task = [o.removeprefix("config.") for o in TOY if not o.startswith("config.model.")]
@@ -253,7 +253,7 @@ def test_each_device_reads_only_its_slice():
     on a 4-way fsdp x 2-way tensor mesh no read covers a whole sharded matrix."""
     from flax import nnx as nnx_
 
-    from apr_jax import sharding
+    from apr_jax.runtime import sharding
     from apr_jax.model.config import ModelConfig
     from apr_jax.model.transformer import Transformer
     from apr_jax.pretrained.hf_config import read_architecture

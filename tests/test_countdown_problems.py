@@ -1,14 +1,14 @@
-"""Tests for apr_jax.countdown.problems."""
+"""Tests for apr_jax.tasks.countdown.problems."""
 
 import json
 import random
 
 import pytest
 
-from apr_jax.countdown.problems import (Problem, difficulty, generate_problems, load_problems,
+from apr_jax.tasks.countdown.problems import (Problem, difficulty, generate_problems, load_problems,
                                         make_splits, save_problems, unseen_problems,
                                         with_difficulties, with_difficulty)
-from apr_jax.countdown.solver import is_solvable, reachable_share
+from apr_jax.tasks.countdown.solver import is_solvable, reachable_share
 
 
 def test_generate_is_solvable_in_range_and_deterministic():
@@ -134,7 +134,7 @@ def test_batched_drawing_gives_the_problems_of_drawing_one_at_a_time(monkeypatch
     the generator is rewound), in this process or in two while the next round
     is drawn: the same problems in the same order as drawing and checking one
     candidate at a time with ``randint``."""
-    from apr_jax.countdown import problems
+    from apr_jax.tasks.countdown import problems
     monkeypatch.setattr(problems, "_DRAW_BATCH", 64)
     num_inputs, min_number, max_number, min_target, max_target = ranges
     kwargs = dict(num_inputs=num_inputs, min_number=min_number, max_number=max_number,

@@ -1,4 +1,4 @@
-"""Tests for apr_jax.countdown.solver."""
+"""Tests for apr_jax.tasks.countdown.solver."""
 
 import itertools
 import random
@@ -6,9 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from apr_jax.countdown.solver import (first_moves, is_solvable, reachable_share,
+from apr_jax.tasks.countdown.solver import (first_moves, is_solvable, reachable_share,
                                       reachable_shares, solvable_mask, solve)
-from apr_jax.countdown.verifier import verify_operations
+from apr_jax.tasks.countdown.verifier import verify_operations
 
 
 def _brute_force(numbers: list[int], target: int) -> bool:

@@ -1,4 +1,4 @@
-"""Tests for apr_jax.countdown.traces (with search.py and render.py)."""
+"""Tests for apr_jax.tasks.countdown.traces (with search.py and render.py)."""
 
 import dataclasses
 import functools
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from apr_jax import protocol
-from apr_jax.config import load_config
-from apr_jax.countdown.problems import Problem, generate_problems, make_splits, with_difficulty
-from apr_jax.countdown.render import (MIN_BUDGET_BUCKET, approx_tokens, budget_bucket,
-                                     budget_within, conditioning_prefix, parse_prompt,
-                                     problem_prompt)
-from apr_jax.countdown.traces import TraceConfig, apr_trace, final_operations, make_trace
-from apr_jax.countdown.verifier import verify
+from apr_jax.config.loading import load_config
+from apr_jax.tasks.countdown.problems import Problem, generate_problems, make_splits, with_difficulty
+from apr_jax.protocol import MIN_BUDGET_BUCKET, approx_tokens, budget_bucket, budget_within, conditioning_prefix
+from apr_jax.tasks.countdown.render import parse_prompt, problem_prompt
+from apr_jax.config.trace import TraceConfig
+from apr_jax.tasks.countdown.traces import apr_trace, final_operations, make_trace
+from apr_jax.tasks.countdown.verifier import verify
 from apr_jax.threads import ThreadTree
 from configs.default import get_config
 

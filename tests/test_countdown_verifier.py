@@ -1,12 +1,12 @@
-"""Tests for apr_jax.countdown.verifier."""
+"""Tests for apr_jax.tasks.countdown.verifier."""
 
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from apr_jax.countdown.ops import exact_result, parse_operation
-from apr_jax.countdown.problems import Problem, generate_problems
-from apr_jax.countdown.solver import solve
-from apr_jax.countdown.verifier import extract_answer, verify, verify_operations
+from apr_jax.tasks.countdown.ops import exact_result, parse_operation
+from apr_jax.tasks.countdown.problems import Problem, generate_problems
+from apr_jax.tasks.countdown.solver import solve
+from apr_jax.tasks.countdown.verifier import extract_answer, verify, verify_operations
 
 PROBLEM = Problem((53, 22, 26, 31), 27)
 GOOD = ["53-22=31", "31/31=1", "26+1=27"]

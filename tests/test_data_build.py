@@ -6,12 +6,12 @@ import re
 
 import pytest
 
-from apr_jax.run_config import load_run_config
-from apr_jax.countdown.problems import load_problems, make_splits
-from apr_jax.countdown.traces import make_trace
+from apr_jax.config.sections import load_run_config
+from apr_jax.tasks.countdown.problems import load_problems, make_splits
+from apr_jax.tasks.countdown.traces import make_trace
 from apr_jax.data import build
 from apr_jax.data.build import DatasetInfo, build_dataset, cache_dir, config_hash, open_split
-from apr_jax.data.tfds_builder import generate_traces
+from apr_jax.tasks.countdown.tfds_builder import generate_traces
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.threads import ThreadTree
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from apr_jax.countdown.problems import load_problems
+from apr_jax.tasks.countdown.problems import load_problems
 from apr_jax.data.__main__ import main
 from apr_jax.threads import ThreadTree
 

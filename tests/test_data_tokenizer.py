@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from apr_jax import protocol
-from apr_jax.countdown.problems import make_splits
-from apr_jax.countdown.traces import TraceConfig, make_trace
+from apr_jax.tasks.countdown.problems import make_splits
+from apr_jax.config.trace import TraceConfig
+from apr_jax.tasks.countdown.traces import make_trace
 from apr_jax.data.tokenizer import Tokenizer, required_vocab_size
 
 CASES = [(n, kind, style) for n in (3, 4) for kind in ("apr", "sosp")

@@ -234,7 +234,7 @@ def test_bad_input_is_a_clear_error():
 
 
 def test_config_from_eval_section_and_pool_size():
-    from apr_jax.run_config import load_run_config
+    from apr_jax.config.sections import load_run_config
 
     config = load_run_config(None, ["config.eval.tokens_per_thread=200", "config.eval.batch_problems=32",
                                 "config.eval.max_children=4", "config.eval.max_rounds=2",

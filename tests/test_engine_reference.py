@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import reference_engine_loop as ref
-from apr_jax.countdown.problems import make_splits
-from apr_jax.countdown.render import problem_prompt
-from apr_jax.countdown.traces import TraceConfig, make_trace
+from apr_jax.tasks.countdown.problems import make_splits
+from apr_jax.tasks.countdown.render import problem_prompt
+from apr_jax.config.trace import TraceConfig
+from apr_jax.tasks.countdown.traces import make_trace
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.decode.engine import Engine, EngineConfig
 from apr_jax.decode.model_api import DecodeModel

@@ -6,9 +6,14 @@ import tempfile
 
 import pytest
 
-from apr_jax import evaluate, train
-from apr_jax.run_config import load_run_config
-from apr_jax.countdown.problems import Problem, save_problems
+from apr_jax import evaluate
+from apr_jax.evaluation import loading
+from apr_jax.evaluation import report
+from apr_jax.evaluation import scoring
+from apr_jax.evaluation import sweeps
+from apr_jax.training.run import run_training
+from apr_jax.config.sections import load_run_config
+from apr_jax.tasks.countdown.problems import Problem, save_problems
 from apr_jax.threads import ThreadTree
 
 TINY = [
@@ -27,7 +32,7 @@ TINY = [
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     config = load_run_config(None, TINY + [f"config.data.dir={root / 'data'}"])
-    train.run(config, str(root / "run"))
+    run_training(config, str(root / "run"))
     return str(root / "run")
 
 
@@ -51,7 +56,7 @@ def test_cli_prints_table_writes_results_and_plot(workdir, tmp_path, capsys, cap
     by_setting = {r["setting"]: r for r in rows}
     assert by_setting["tokens=4"]["total_tokens"] <= 4 * by_setting["tokens=4"]["num_threads"]
     assert os.path.getsize(tmp_path / "results.png") > 1000
-    from apr_jax.countdown.problems import difficulty
+    from apr_jax.tasks.countdown.problems import difficulty
     for row in rows:  # how wide each problem went, and how hard it is
         assert row["num_inputs"] == 3
         assert row["difficulty"] == pytest.approx(difficulty(Problem(tuple(row["numbers"]), row["target"])))
@@ -69,10 +74,10 @@ def test_cli_prints_table_writes_results_and_plot(workdir, tmp_path, capsys, cap
 
 def test_wall_time_leaves_the_compile_out(workdir, monkeypatch):
     import types
-    loaded = evaluate.load_for_inference(workdir)
+    loaded = loading.load_for_inference(workdir)
     clock = iter([100.0, 130.0])  # evaluate's clock around the engine run: 30 s in all
-    monkeypatch.setattr(evaluate, "time", types.SimpleNamespace(time=lambda: next(clock)))
-    _, summary = evaluate.evaluate_problems(loaded.model, loaded.tokenizer, loaded.config,
+    monkeypatch.setattr(scoring, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    _, summary = scoring.evaluate_problems(loaded.model, loaded.tokenizer, loaded.config,
                                             [Problem((3, 5, 7), 22)], tokens_per_thread=5)
     assert summary["compile_s"] > 0
     assert summary["wall_s"] == pytest.approx(30.0 - summary["compile_s"])
@@ -101,8 +106,9 @@ class _NoDifficulty:
 
 
 def test_unknown_difficulty_gives_no_width_figures(workdir, tmp_path, monkeypatch, capsys):
-    real = evaluate.get_task
-    monkeypatch.setattr(evaluate, "get_task", lambda config: _NoDifficulty(real(config)))
+    real = scoring.get_task
+    for module in (scoring, loading):
+        monkeypatch.setattr(module, "get_task", lambda config: _NoDifficulty(real(config)))
     out, plot = tmp_path / "results.jsonl", tmp_path / "width.png"
     problems = tmp_path / "problems.jsonl"
     save_problems(str(problems), [Problem((3, 5, 7), 22), Problem((2, 4, 9), 17),
@@ -128,11 +134,11 @@ def test_problem_difficulty_reads_the_task_defensively():
         def difficulty(self, problem):
             return None
 
-    assert evaluate.problem_difficulty(Known(), None) == 0.25
-    assert evaluate.problem_difficulty(Unknown(), None) is None
-    assert evaluate.problem_difficulty(object(), None) is None
-    assert evaluate.input_count({"numbers": [1, 2, 3, 4], "target": 5}) == 4
-    assert evaluate.input_count({"question": "2+2?"}) is None
+    assert scoring.problem_difficulty(Known(), None) == 0.25
+    assert scoring.problem_difficulty(Unknown(), None) is None
+    assert scoring.problem_difficulty(object(), None) is None
+    assert scoring.input_count({"numbers": [1, 2, 3, 4], "target": 5}) == 4
+    assert scoring.input_count({"question": "2+2?"}) is None
 
 
 def test_width_figure_has_one_panel_per_setting_with_known_difficulty(tmp_path):
@@ -140,16 +146,16 @@ def test_width_figure_has_one_panel_per_setting_with_known_difficulty(tmp_path):
         return {"difficulty": difficulty, "children": children,
                 "samples": [{"children": c} for c in more]}
     known = [row(0.1, 0), row(0.4, 1, 3), row(0.6, 2), row(0.9, 4), row(0.9, 3)]
-    groups, labels = evaluate.children_by_quartile(known + [row(None, 7)])
+    groups, labels = report.children_by_quartile(known + [row(None, 7)])
     # average ranks 1, 2, 3, 4.5, 4.5 of 5: positions .1 .3 .5 .8 .8 -> Q1 Q2 Q3 Q4 Q4;
     # a problem's children are the mean over its samples (1 and 3: 2)
     assert groups == [[0.0], [2.0], [2.0], [4.0, 3.0]]
     assert labels[3] == "Q4\n0.90-0.90\nn=2"
     path = tmp_path / "w.png"
-    assert evaluate.plot_width([("a default", known), ("b default", [row(None, 1)])], str(path))
+    assert report.plot_width([("a default", known), ("b default", [row(None, 1)])], str(path))
     assert path.stat().st_size > 1000
     other = tmp_path / "none.png"
-    assert not evaluate.plot_width([("b default", [row(None, 1)])], str(other))
+    assert not report.plot_width([("b default", [row(None, 1)])], str(other))
     assert not other.exists()
 
 
@@ -170,16 +176,16 @@ def test_children_sweep_asks_for_adaptive_width_and_plots_every_setting(tmp_path
                            "configs")
     apr = load_run_config(os.path.join(configs, "compare_apr.py"), [])  # conditioned APR
     sosp = load_run_config(os.path.join(configs, "compare_sosp.py"), [])
-    kind, values = evaluate.parse_sweep("children=adaptive,1,4")
+    kind, values = sweeps.parse_sweep("children=adaptive,1,4")
     assert (kind, values) == ("children", ["adaptive", 1, 4])
-    assert evaluate.sweep_settings(kind, values, apr) == [
+    assert sweeps.sweep_settings(kind, values, apr) == [
         ("children=adaptive", {"prefix": ""}), ("children=1", {"prefix": "c1 "}),
         ("children=4", {"prefix": "c4 "})]
     # SoS+ takes no children sweep: its default setting, a reference point
-    assert evaluate.sweep_settings(kind, values, sosp) == evaluate.sweep_settings(None, [], sosp)
+    assert sweeps.sweep_settings(kind, values, sosp) == sweeps.sweep_settings(None, [], sosp)
     with pytest.raises(ValueError, match="integers"):
-        evaluate.parse_sweep("budget=adaptive,64")
-    assert [evaluate.setting_mark(s) for s in ("children=adaptive", "children=2", "budget=128",
+        sweeps.parse_sweep("budget=adaptive,64")
+    assert [report.setting_mark(s) for s in ("children=adaptive", "children=2", "budget=128",
                                                "tokens=64", "default")] == [
         "adaptive", "c2", "b128", "t64", "default"]
 
@@ -190,7 +196,7 @@ def test_children_sweep_asks_for_adaptive_width_and_plots_every_setting(tmp_path
               "sosp@9": [("default", summary(0.4, 150, 150))]}
     path = tmp_path / "sweep.png"
     drawn = _drawn_lines(monkeypatch)
-    evaluate.plot_sweep(series, str(path))
+    report.plot_sweep(series, str(path))
     assert path.stat().st_size > 1000
     # each panel: a line through c1 and c4, a star for adaptive, a star for SoS+'s lone point
     assert drawn == [("apr@9", "o"), ("apr@9 adaptive", "*"), ("sosp@9 default", "*")] * 2
@@ -255,23 +261,23 @@ def _rates(values: list[float]) -> dict:
 
 
 def test_paired_comparisons_count_problems_only_one_run_solved():
-    lines = evaluate.paired_comparisons({"sft@800": _rates([1, 0, 0, 1, 0]),
+    lines = report.paired_comparisons({"sft@800": _rates([1, 0, 0, 1, 0]),
                                          "rl@60": _rates([1, 1, 1, 0, 0]),
                                          "other@5": _rates([1, 0, 0, 1, 0])})
     assert lines[0] == "rl@60 vs sft@800: 2 problems solved only by rl@60, 1 only by sft@800 (sign test p = 1.00)"
     assert lines[1].startswith("other@5 vs sft@800: 0 problems solved only by other@5, 0 only")
-    assert evaluate.paired_comparisons({"one@1": _rates([1])}) == []
+    assert report.paired_comparisons({"one@1": _rates([1])}) == []
 
 
 def test_paired_comparisons_with_samples_compare_solve_rates_on_shared_problems():
     sft = _rates([0.25, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0])
     rl = _rates([0.5, 0.25, 0.5, 0.25, 0.75, 0.25, 0.5, 0.25])
     rl[Problem((99, 1, 1), 10)] = 1.0  # only rl saw this problem: not paired
-    lines = evaluate.paired_comparisons({"sft@800": sft, "rl@60": rl})
+    lines = report.paired_comparisons({"sft@800": sft, "rl@60": rl})
     # 7 problems better under rl, 0 under sft, one tie: p = 2 / 2**7
     assert lines == ["rl@60 vs sft@800: 7 problems solved more often by rl@60, 0 more often by "
                      "sft@800 (sign test p = 0.02)"]
-    assert evaluate.paired_comparisons({"a@1": _rates([1.0]), "b@1": {Problem((7, 7, 7), 3): 1.0}}) == [
+    assert report.paired_comparisons({"a@1": _rates([1.0]), "b@1": {Problem((7, 7, 7), 3): 1.0}}) == [
         "b@1 vs a@1: no problems in common, not compared"]
 
 
@@ -279,20 +285,20 @@ def test_loading_a_checkpoint_leaves_no_temporary_files(workdir, tmp_path, monke
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    loaded = evaluate.load_for_inference(workdir)
+    loaded = loading.load_for_inference(workdir)
     assert loaded.tokenizer.encode("1+2") and not list(scratch.iterdir())
 
 
 def test_eval_overrides_reach_keys_a_saved_config_predates():
     """A checkpoint's config written before ``eval.long_prefill_chunks`` existed
     still takes it at evaluation; other sections stay as trained."""
-    from apr_jax.run_config import RunConfig
+    from apr_jax.config.sections import RunConfig
     written = load_run_config(None, TINY).to_dict()
     del written["eval"]["long_prefill_chunks"]
     saved = RunConfig.from_config(written)
-    changed = evaluate.with_eval_overrides(saved, ["config.eval.long_prefill_chunks=[16, 32]",
+    changed = loading.with_eval_overrides(saved, ["config.eval.long_prefill_chunks=[16, 32]",
                                                    "config.eval.max_children=3"])
     assert changed.eval.long_prefill_chunks == (16, 32) and changed.eval.max_children == 3
     assert changed.model == saved.model and changed.section("task") == saved.section("task")
     with pytest.raises(ValueError, match="only config.eval"):
-        evaluate.with_eval_overrides(saved, ["config.model.d_model=64"])
+        loading.with_eval_overrides(saved, ["config.model.d_model=64"])

@@ -2,7 +2,8 @@
 
 import json
 
-from apr_jax.failures import breakdown, child_start, classify, main
+from apr_jax.failures import main
+from apr_jax.tasks.countdown.failures import breakdown, child_start, classify
 
 NUMBERS, TARGET = [16, 12, 19], 23  # 19-12=7, 16+7=23
 

@@ -7,10 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from apr_jax import protocol
-from apr_jax.countdown.problems import Problem, make_splits
-from apr_jax.countdown.solver import is_solvable
-from apr_jax.countdown.traces import TraceConfig, final_operations, make_trace
-from apr_jax.countdown.verifier import verify_operations
+from apr_jax.tasks.countdown.problems import Problem, make_splits
+from apr_jax.tasks.countdown.solver import is_solvable
+from apr_jax.config.trace import TraceConfig
+from apr_jax.tasks.countdown.traces import final_operations, make_trace
+from apr_jax.tasks.countdown.verifier import verify_operations
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.threads import ThreadTree
 

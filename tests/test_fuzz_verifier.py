@@ -6,10 +6,10 @@ import random
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from apr_jax.countdown.problems import Problem
-from apr_jax.countdown.render import answer_line
-from apr_jax.countdown.solver import solve
-from apr_jax.countdown.verifier import extract_answer, verify
+from apr_jax.tasks.countdown.problems import Problem
+from apr_jax.tasks.countdown.render import answer_line
+from apr_jax.tasks.countdown.solver import solve
+from apr_jax.tasks.countdown.verifier import extract_answer, verify
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from apr_jax import cli
-from apr_jax.config import ConfigError, parse_command_line
+from apr_jax.config.loading import ConfigError, parse_command_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "apr_jax")
@@ -76,7 +76,7 @@ def test_discovery_finds_the_commands():
                 "apr_jax.aot", "apr_jax.data", "apr_jax.rl.curve", "apr_jax.failures",
                 "apr_jax.tasks.examples.arithmetic"}
     assert expected <= set(ENTRY_POINTS), ENTRY_POINTS
-    assert "apr_jax.processes" not in ENTRY_POINTS  # names __main__ in a docstring only
+    assert "apr_jax.runtime.processes" not in ENTRY_POINTS  # names __main__ in a docstring only
 
 
 def check_command(main, command: cli.Command, capsys) -> None:

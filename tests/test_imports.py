@@ -104,3 +104,51 @@ def test_a_cycle_through_a_lazy_import_is_found(tmp_path, lazy):
     (package / "b.py").write_text(body)
     modules = {f"{PACKAGE}.{p.stem}": p for p in package.glob("[ab].py")}
     assert find_cycle(import_graph(modules)) is not None
+
+
+# ---- layers: the generic pipeline imports no task ----------------------------------
+
+GENERIC_LAYERS = ("config", "data", "model", "pretrained", "training", "decode", "evaluation",
+                  "rl", "runtime", "protocol", "threads", "cli")
+TASK_INTERFACE = ("apr_jax.tasks.base", "apr_jax.tasks.registry")  # how generic code reaches a task
+ENTRY_POINTS = ("apr_jax.data.__main__",)  # python -m apr_jax.data composes a task's tools too
+
+
+def is_generic(module: str) -> bool:
+    parts = module.split(".")
+    return len(parts) > 1 and parts[1] in GENERIC_LAYERS and module not in ENTRY_POINTS
+
+
+def task_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``generic -> task`` for every import of a task module (anything under
+    ``apr_jax.tasks`` but its interface) by a module of a generic layer."""
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() if is_generic(module)
+                  for target in targets
+                  if target.startswith(f"{PACKAGE}.tasks") and target not in TASK_INTERFACE
+                  and target != f"{PACKAGE}.tasks")
+
+
+def test_no_generic_layer_imports_a_task_module():
+    modules = module_names()
+    assert "apr_jax.tasks.countdown.traces" in modules and "apr_jax.data.build" in modules
+    found = task_imports(import_graph(modules))
+    assert not found, "generic layers import task modules: " + "; ".join(found)
+
+
+def test_a_task_import_from_a_generic_layer_is_found(tmp_path):
+    """A lazy import inside a function counts as much as a module-level one."""
+    package = tmp_path / PACKAGE
+    for folder in ("data", "tasks", "tasks/countdown"):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
+    (package / "tasks" / "countdown" / "traces.py").write_text("X = 1\n")
+    (package / "tasks" / "registry.py").write_text("from apr_jax.tasks.countdown import traces\n")
+    (package / "data" / "build.py").write_text(
+        "from apr_jax.tasks import registry\n\ndef f():\n    from apr_jax.tasks.countdown.traces import X\n")
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(tmp_path).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    assert task_imports(import_graph(modules)) == ["apr_jax.data.build -> apr_jax.tasks.countdown.traces"]

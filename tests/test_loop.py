@@ -11,12 +11,12 @@ import optax
 import pytest
 from flax import nnx
 
-from apr_jax import train_state
-from apr_jax.checkpoint import Checkpointer
-from apr_jax.loop import LoopSettings, TrainingError, run_loop
-from apr_jax.optim import learning_rate_schedule
-from apr_jax.run_config import TrainConfig
-from apr_jax.step_budget import PROBE_STEPS, SAFETY, read_budget
+from apr_jax.training import train_state
+from apr_jax.runtime.checkpoint import Checkpointer
+from apr_jax.training.loop import LoopSettings, TrainingError, run_loop
+from apr_jax.training.optim import learning_rate_schedule
+from apr_jax.config.sections import TrainConfig
+from apr_jax.training.step_budget import PROBE_STEPS, SAFETY, read_budget
 
 
 class FakeClock:

@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from apr_jax.loss import masked_lm_loss, next_token_targets
+from apr_jax.training.loss import masked_lm_loss, next_token_targets
 
 
 def test_targets_shift_and_respect_masks_and_segments():

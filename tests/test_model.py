@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from apr_jax.model import ModelConfig, Transformer, flops_per_token, num_params, peak_flops_per_device
-from apr_jax import sharding
+from apr_jax.runtime import sharding
 from apr_jax.model import attention
 
 VOCAB = 64

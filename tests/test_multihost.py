@@ -20,15 +20,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from apr_jax import sharding, train_state
-from apr_jax.checkpoint import Checkpointer
-from apr_jax.run_config import load_run_config
+from apr_jax.runtime import sharding
+from apr_jax.training import train_state
+from apr_jax.runtime.checkpoint import Checkpointer
+from apr_jax.config.sections import load_run_config
 from apr_jax.data.build import build_dataset
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer
-from apr_jax.evaluate import load_for_inference
-from apr_jax.optim import learning_rate_schedule
-from apr_jax.train_step import make_train_step
+from apr_jax.evaluation.loading import load_for_inference
+from apr_jax.training.optim import learning_rate_schedule
+from apr_jax.training.train_step import make_train_step
 from local_cluster import PROCESSES, free_port, run_processes, worker_env
 from tiny import TINY_RUN
 
@@ -45,11 +46,12 @@ TINY = TINY_RUN + [
 WORKER = """
 import sys
 from apr_jax import train
-from apr_jax.checkpoint import Checkpointer
-from apr_jax.run_config import load_run_config
+from apr_jax.training.run import run_training
+from apr_jax.runtime.checkpoint import Checkpointer
+from apr_jax.config.sections import load_run_config
 config = load_run_config(None, sys.argv[2:])
-assert train.run(config, sys.argv[1], stop_at={stop_at})["step"] == {stop_at}
-assert train.run(config, sys.argv[1])["step"] == {steps}
+assert run_training(config, sys.argv[1], stop_at={stop_at})["step"] == {stop_at}
+assert run_training(config, sys.argv[1])["step"] == {steps}
 """.format(stop_at=STOP_AT, steps=STEPS)
 
 

@@ -142,7 +142,7 @@ def test_tensor_devices_decode_prompts_of_their_own(model, attention):
     tensor axis too (each device holds the whole model inside the loop):
     eight loops for eight devices, the same threads as one device. The same
     engine decodes both: its compiled decoder is keyed by the mesh."""
-    from apr_jax import sharding
+    from apr_jax.runtime import sharding
 
     scripted = _scripted(model)
     cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=10, max_context=SLOTS,

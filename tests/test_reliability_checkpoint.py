@@ -14,13 +14,16 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from apr_jax import sharding, train, train_state
-from apr_jax.checkpoint import Checkpointer
-from apr_jax.run_config import load_run_config
+from apr_jax.runtime import sharding
+from apr_jax import train
+from apr_jax.training.run import run_training
+from apr_jax.training import train_state
+from apr_jax.runtime.checkpoint import Checkpointer
+from apr_jax.config.sections import load_run_config
 from apr_jax.data.build import build_dataset
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer
-from apr_jax.evaluate import load_for_inference
+from apr_jax.evaluation.loading import load_for_inference
 from tiny import TINY_RUN
 
 TINY = TINY_RUN + [
@@ -36,7 +39,7 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     config = load_run_config(None, TINY + [f"config.data.dir={root / 'data'}"])
     workdir = str(root / "base")
-    train.run(config, workdir)
+    run_training(config, workdir)
     return config, workdir
 
 
@@ -51,7 +54,7 @@ def files_under(path):
 
 
 def restore(config, workdir, *, read_only=False):
-    """Checkpointer.restore_latest as train.run calls it."""
+    """Checkpointer.restore_latest as run_training calls it."""
     info = build_dataset(config, log=None)
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     _, model, optimizer = train_state.build_model_and_optimizer(
@@ -146,7 +149,7 @@ def test_resume_after_damage_redoes_the_lost_steps_exactly(base, tmp_path, capsy
     config, original = base
     workdir = copy_run(base, tmp_path)
     truncate_params_data(os.path.join(workdir, "checkpoints", "6"))
-    assert train.run(config, workdir)["step"] == 6  # saving step 6 again must not fail
+    assert run_training(config, workdir)["step"] == 6  # saving step 6 again must not fail
     out = capsys.readouterr().out
     assert "resumed from step 4" in out
     assert_trees_equal(params_at(workdir, 6), params_at(original, 6))
@@ -211,7 +214,7 @@ def test_run_gives_the_sigterm_handler_back(base, tmp_path):
     config, _ = base
     workdir = copy_run(base, tmp_path)
     before = signal.getsignal(signal.SIGTERM)
-    train.run(config, workdir)
+    run_training(config, workdir)
     assert signal.getsignal(signal.SIGTERM) is before
 
 

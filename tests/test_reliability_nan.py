@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from apr_jax import train
-from apr_jax.checkpoint import Checkpointer
+from apr_jax.runtime.checkpoint import Checkpointer
 from tiny import TINY_RUN
 
 TINY = TINY_RUN + [

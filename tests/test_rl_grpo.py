@@ -16,7 +16,7 @@ from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_w
                              grpo_token_terms, make_grpo_update, rollout_token_weights, target_logprobs)
 from apr_jax.rl.pack import pack_update_batch
 from apr_jax.rl.rollout import RolloutBatch
-from apr_jax import train_state
+from apr_jax.training import train_state
 
 
 def test_group_advantages_by_hand():

@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from apr_jax import train_state
+from apr_jax.training import train_state
 from apr_jax.data.packing import gather_index, pack_layout
 from apr_jax.decode import engine_loop
 from apr_jax.model.config import ModelConfig

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from apr_jax.countdown.problems import Problem
+from apr_jax.tasks.countdown.problems import Problem
 from apr_jax.rl.prompts import PromptStream
-from apr_jax.tasks.countdown import CountdownTask
+from apr_jax.tasks.countdown.task import CountdownTask
 
 COUNTDOWN = CountdownTask({}, {"style": "terse"})
 

@@ -127,7 +127,7 @@ def test_bad_prompts_are_one_line_errors():
 def test_sharded_rollout_decodes_shard_local_and_equals_one_device():
     """Under a data x fsdp mesh each shard decodes its prompts with its own
     lanes; the rows equal the single-device rollout's (keys follow threads)."""
-    from apr_jax import sharding
+    from apr_jax.runtime import sharding
 
     model = make_toy_model(ToyConfig(vocab_size=V, d_model=16, num_heads=2, num_layers=1, d_ff=32),
                            jax.random.key(3))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from apr_jax import train
-from apr_jax.config import ConfigError
-from apr_jax.run_config import load_run_config
-from apr_jax.metrics_log import read_metrics
-from apr_jax.evaluate import load_for_inference
+from apr_jax.config.loading import ConfigError
+from apr_jax.config.sections import load_run_config
+from apr_jax.runtime.metrics_log import read_metrics
+from apr_jax.evaluation.loading import load_for_inference
 from apr_jax.rl.train_rl import RLSettings, load_sft, run_rl
 from rl_toy import RL_CONFIG, rl_overrides
 

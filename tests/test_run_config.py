@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from apr_jax.config import ConfigError, load_config
-from apr_jax.run_config import RunConfig, load_run_config
+from apr_jax.config.loading import ConfigError, load_config
+from apr_jax.config.sections import RunConfig, load_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""Tests for apr_jax.sharding on eight virtual CPU devices."""
+"""Tests for apr_jax.runtime.sharding on eight virtual CPU devices."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from apr_jax import sharding
+from apr_jax.runtime import sharding
 from apr_jax.model import ModelConfig, Transformer
 from apr_jax.model.transformer import CACHE_AXES
 

@@ -8,14 +8,14 @@ import os
 import ml_collections
 import pytest
 
-from apr_jax import config as config_lib
+from apr_jax.config import loading as config_lib
 from apr_jax.data.build import build_dataset, config_hash, make_problem_source
 from apr_jax.data.tokenizer import load_tokenizer
 from apr_jax.decode.replay_model import make_replay_model
-from apr_jax.evaluate import evaluate_problems
-from apr_jax.run_config import RLConfig, RunConfig, load_run_config, section_defaults
+from apr_jax.evaluation.scoring import evaluate_problems
+from apr_jax.config.sections import RLConfig, RunConfig, load_run_config, section_defaults
 from apr_jax.tasks.checkers import final_answer_line, make_checker
-from apr_jax.tasks.countdown import CountdownTask
+from apr_jax.tasks.countdown.task import CountdownTask
 from apr_jax.tasks.examples.arithmetic import make_tree, write_splits
 from apr_jax.tasks.jsonl_traces import JsonlTracesTask, TextProblem
 from apr_jax.tasks.registry import get_task
@@ -158,11 +158,11 @@ def test_replayed_reference_traces_score_full_marks(tmp_path):
 
 @pytest.mark.slow
 def test_worked_example_from_a_converted_checkpoint(tmp_path):
-    """README "Your own task and model": convert a tiny Qwen3, SFT on the
+    """docs/tasks.md, "The worked example": convert a tiny Qwen3, SFT on the
     arithmetic traces, evaluate with the numeric checker, one GRPO step."""
     from apr_jax import convert
     from apr_jax.rl.train_rl import run_rl
-    from apr_jax.sft import run_sft
+    from apr_jax.training.sft import run_sft
 
     out = tmp_path / "qwen3"
     base = ml_collections.ConfigDict(jsonl_config(tmp_path, "data.seq_len=64").to_dict())
@@ -188,11 +188,11 @@ def test_worked_example_from_a_converted_checkpoint(tmp_path):
     assert result["step"] == 1 and 0.0 <= result["reward"] <= 1.0
 
 
-def test_readme_two_thread_example_is_a_valid_trace():
+def test_docs_tasks_md_two_thread_example_is_a_valid_trace():
     from apr_jax.tasks.jsonl_traces import parse_tree, problem_of
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, "docs", "tasks.md"), encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("## Your own task and model"):]
+    section = text[text.index("## The trace format"):]
     block = section[section.index("```json\n") + 8:section.index("```", section.index("```json\n") + 8)]
     tree = parse_tree(json.loads(block))
     assert len(tree.threads) == 2
@@ -202,8 +202,8 @@ def test_readme_two_thread_example_is_a_valid_trace():
 
 def test_streamed_traces_need_a_task_that_generates_them(tmp_path):
     config = jsonl_config(tmp_path, "data.traces=streamed")
-    with pytest.raises(ValueError, match="data.traces='streamed' generates Countdown search "
-                                         "traces, but task 'jsonl_traces' reads") as e:
+    with pytest.raises(ValueError, match="data.traces='streamed' generates each trace when it is read, "
+                                         "but task 'jsonl_traces' reads") as e:
         build_dataset(config, log=None)
     assert "\n" not in str(e.value) and not os.listdir(tmp_path / "data")
 
@@ -214,7 +214,7 @@ def test_countdown_difficulty_and_mixed_counts_from_the_command_line():
     """task.num_inputs=[3,4] overrides the default int: every split mixes both
     counts equally; the task's difficulty is one minus the stored share, or is
     computed for a problem without one; an int override turns it back."""
-    from apr_jax.countdown.problems import Problem
+    from apr_jax.tasks.countdown.problems import Problem
     config = load_run_config(None, ["task.num_inputs=[3,4]", "task.num_train=40",
                                     "task.num_validation=6", "task.num_test=6"])
     assert config.task.num_inputs == [3, 4]
@@ -236,7 +236,7 @@ def test_countdown_difficulty_and_mixed_counts_from_the_command_line():
 def test_a_config_file_may_mix_counts_of_numbers(tmp_path):
     path = tmp_path / "mixed.py"
     path.write_text(
-        "from apr_jax.config import DEFAULT_CONFIG, config_module\n\n\n"
+        "from apr_jax.config.loading import DEFAULT_CONFIG, config_module\n\n\n"
         "def get_config():\n"
         "    c = config_module(DEFAULT_CONFIG).get_config()\n"
         "    del c.task.num_inputs  # a ConfigDict field keeps its type: an int here\n"

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from apr_jax import protocol
-from apr_jax.countdown.problems import make_splits
-from apr_jax.countdown.traces import TraceConfig, make_trace
+from apr_jax.tasks.countdown.problems import make_splits
+from apr_jax.config.trace import TraceConfig
+from apr_jax.tasks.countdown.traces import make_trace
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.decode.engine import Engine, EngineConfig
 from apr_jax.decode.protocol_ids import ProtocolIds

@@ -9,8 +9,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from apr_jax import config as config_lib, train
-from apr_jax.run_config import load_run_config
+from apr_jax.config import loading as config_lib
+from apr_jax import train
+from apr_jax.training.run import run_training
+from apr_jax.config.sections import load_run_config
 from tiny import TINY_RUN
 
 TINY = TINY_RUN + [
@@ -38,14 +40,14 @@ def final_params(workdir, step=None):
 
 def test_a_step_budget_ends_the_run_and_its_schedule(data_dir, tmp_path):
     """A workdir whose time limit planned 4 of 6 steps trains 4, anneals at 4,
-    validates and evaluates there (``apr_jax.step_budget``)."""
-    from apr_jax.optim import learning_rate_schedule
-    from apr_jax.step_budget import StepBudget, write_budget
+    validates and evaluates there (``apr_jax.training.step_budget``)."""
+    from apr_jax.training.optim import learning_rate_schedule
+    from apr_jax.training.step_budget import StepBudget, write_budget
 
     config = load_run_config(None, tiny(data_dir))
     workdir = str(tmp_path / "budget")
     write_budget(workdir, StepBudget(steps=4, decided_at=0, seconds_per_step=1.0, configured_steps=6))
-    result = train.run(config, workdir)
+    result = run_training(config, workdir)
     lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [l["step"] for l in lines] == [2, 4, 4] and result["step"] == 4
     assert "val_loss" in lines[1] and "test_accuracy" in lines[2]
@@ -57,7 +59,7 @@ def test_a_step_budget_ends_the_run_and_its_schedule(data_dir, tmp_path):
 def test_train_writes_metrics_results_and_tensorboard(data_dir, tmp_path):
     config = load_run_config(None, tiny(data_dir))
     straight = str(tmp_path / "straight")
-    train.run(config, straight)
+    run_training(config, straight)
     lines = [json.loads(l) for l in open(os.path.join(straight, "metrics.jsonl"))]
     # Three logged steps, then the held-out evaluation's summary.
     assert [l["step"] for l in lines] == [2, 4, 6, 6]

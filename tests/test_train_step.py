@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from apr_jax import sharding
-from apr_jax.run_config import load_run_config
-from apr_jax.optim import learning_rate_schedule
-from apr_jax.train_state import build_model_and_optimizer, shardings_of, split
-from apr_jax.train_step import make_train_step
+from apr_jax.runtime import sharding
+from apr_jax.config.sections import load_run_config
+from apr_jax.training.optim import learning_rate_schedule
+from apr_jax.training.train_state import build_model_and_optimizer, shardings_of, split
+from apr_jax.training.train_step import make_train_step
 
 VOCAB = 64
 TINY = ["config.model.num_layers=2", "config.model.d_model=32", "config.model.num_heads=4",

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from apr_jax import width_stats
+from apr_jax.evaluation import width_stats
 
 
 def test_average_ranks_share_the_mean_rank_of_a_tie():

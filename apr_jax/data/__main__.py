@@ -16,10 +16,9 @@ import time
 from typing import Sequence
 
 from apr_jax.cli import Command, CommandLine, Flag, read_command_line, run_command
-from apr_jax.config import ConfigError, int_flag
-from apr_jax.countdown.problems import generate_problems, load_problems, save_problems
-from apr_jax.countdown.render import STYLES
-from apr_jax.countdown.traces import KINDS
+from apr_jax.config.loading import ConfigError, int_flag
+from apr_jax.tasks.countdown.problems import generate_problems, load_problems, save_problems
+from apr_jax.config.trace import KINDS, STYLES
 
 PROBLEMS = Command(
     "python -m apr_jax.data problems", "Write solvable Countdown problems as JSONL.",
@@ -85,7 +84,8 @@ def _problems(line: CommandLine) -> None:
 
 def _traces(line: CommandLine) -> None:
     """Write one thread tree (JSON) per problem."""
-    from apr_jax.data.tfds_builder import generate_traces, resolve_num_workers
+    from apr_jax.data.tfds_builder import resolve_num_workers
+    from apr_jax.tasks.countdown.tfds_builder import generate_traces
     flags = line.flags
     trace = {"kind": _choice(flags, "kind", KINDS, ""), "style": _choice(flags, "style", STYLES, "terse"),
              "max_children": int_flag(flags, "max-children", 4),
@@ -115,7 +115,7 @@ def _traces(line: CommandLine) -> None:
 def _build(line: CommandLine) -> None:
     """Build or reuse the dataset cache of a config; print its directory."""
     from apr_jax.data.build import build_dataset
-    from apr_jax.run_config import load_run_config
+    from apr_jax.config.sections import load_run_config
     info = build_dataset(load_run_config(line.flags.get("config"), line.overrides))
     print(info.dir)
 

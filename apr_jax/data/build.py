@@ -7,7 +7,8 @@
         info.json          <- written last: the completion marker
 
 With ``data.traces="stored"`` every split's trees are generated here and
-written as TFDS records. With ``"streamed"`` (Countdown) only the problems and
+written as TFDS records. With ``"streamed"`` (a task that generates its
+trees, such as Countdown) only the problems and
 the tokenizer are built, from a sample of generated trees, and the input
 pipeline generates each tree when it reads it: the build's cost is drawing
 the problems, plus a fixed-size sample of traces.
@@ -32,14 +33,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from apr_jax.data.sources import GeneratedTrees, StoredTrees
-from apr_jax.data.tfds_builder import SPLITS, generate_traces, resolve_num_workers
+from apr_jax.data.sources import StoredTrees
+from apr_jax.data.tfds_builder import SPLITS, resolve_num_workers
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
-from apr_jax.jsonl_io import read_jsonl, write_jsonl
-from apr_jax.run_config import RunConfig
+from apr_jax.runtime.jsonl import read_jsonl, write_jsonl
+from apr_jax.config.sections import RunConfig
 from apr_jax.tasks.base import DEFAULT_TASK
-from apr_jax.tasks.registry import get_task, problem_type
-from apr_jax.threads import ThreadTree
+from apr_jax.tasks.registry import get_task, task_class
 
 FORMAT_VERSION = 5  # bump when the cache layout or trace encoding changes (5: trace.probe_nodes)
 MARKER = "info.json"
@@ -135,7 +135,7 @@ def open_split(info: DatasetInfo, split: str) -> Any:
     if split not in info.counts:
         raise ValueError(f"split {split!r} is not one of {sorted(info.counts)}")
     if info.traces == "streamed":
-        return GeneratedTrees(make_problem_source(info, split), info.trace)
+        return task_class(info.task).streamed_trees(make_problem_source(info, split), info.trace)
     if info.counts[split] == 0:
         return []  # TFDS does not write empty splits
     import tensorflow_datasets as tfds
@@ -152,7 +152,7 @@ def make_problem_source(info: DatasetInfo, split: str) -> list[Any]:
     dataset's task's problem type."""
     if split not in info.problem_paths:
         raise ValueError(f"split {split!r} is not one of {sorted(info.problem_paths)}")
-    return read_jsonl(info.problem_paths[split], problem_type(info.task).from_dict)
+    return read_jsonl(info.problem_paths[split], task_class(info.task).problem_type.from_dict)
 
 
 def build_dataset(config: RunConfig, *, force: bool = False, log: TextIO | None | str = "stdout"
@@ -195,8 +195,8 @@ def build_dataset(config: RunConfig, *, force: bool = False, log: TextIO | None 
 def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[str, Any]:
     task = get_task(config)
     streamed = config.data.traces == "streamed"
-    if streamed and task.name != "countdown":
-        raise ValueError(f"config.data.traces='streamed' generates Countdown search traces, but "
+    if streamed and not task.streams_traces:
+        raise ValueError(f"config.data.traces='streamed' generates each trace when it is read, but "
                          f"task {task.name!r} reads its trees from files: set "
                          f"config.data.traces=stored")
     num_workers = resolve_num_workers(config.data.num_workers)
@@ -220,9 +220,8 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
     step = max(1, counts["train"] // TOKENIZER_SAMPLE_TREES)
     if streamed:  # generate the sample; the pipeline generates the rest when it reads them
         sample = splits["train"][::step]
-        results = list(generate_traces(sample, task.trace, num_workers=num_workers))
-        trees = [ThreadTree.from_json(tree_json) for _, tree_json, _, _ in results]
-        failed = {"train": sum(not solved for _, _, solved, _ in results)}
+        trees, num_failed = task.generate_trees(sample, num_workers)
+        failed = {"train": num_failed}
         tfds_dir = ""
     else:
         import tensorflow_datasets as tfds

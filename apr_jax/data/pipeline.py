@@ -35,7 +35,7 @@ import numpy as np
 from apr_jax.data.build import DatasetInfo, open_split
 from apr_jax.data.packing import pack_layout
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
-from apr_jax.run_config import RunConfig
+from apr_jax.config.sections import RunConfig
 from apr_jax.threads import ThreadTree
 
 FEATURES = ("tokens", "loss_mask", "segment_ids", "positions")

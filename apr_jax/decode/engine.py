@@ -52,7 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from apr_jax import sharding, threads as threads_lib
+from apr_jax.runtime import sharding
+from apr_jax import threads as threads_lib
 from apr_jax.decode import engine_loop, metrics
 from apr_jax.decode.model_api import DecodeFn, as_decode_model
 from apr_jax.decode.protocol_ids import ProtocolIds
@@ -113,7 +114,7 @@ class EngineConfig:
 
     @classmethod
     def from_eval_config(cls, eval_cfg: Any, max_context: int) -> "EngineConfig":
-        """From a run config's ``eval`` section (``apr_jax.run_config.EvalConfig``,
+        """From a run config's ``eval`` section (``apr_jax.config.sections.EvalConfig``,
         whose fields name the engine's limits, sampling and buckets)."""
         e = eval_cfg
         return cls(

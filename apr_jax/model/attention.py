@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from apr_jax import sharding
+from apr_jax.runtime import sharding
 
 _MASKED = -1e30
 IMPLEMENTATIONS = ("xla", "triton", "cudnn", "splash")

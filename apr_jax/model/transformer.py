@@ -26,7 +26,7 @@ from flax import nnx
 from apr_jax.model import attention
 from apr_jax.model.config import ModelConfig
 from apr_jax.model.layers import RMSNorm, SwiGLU, apply_rotary, dtype_of, make_param, normal
-from apr_jax.sharding import constrain
+from apr_jax.runtime.sharding import constrain
 
 ACT_BLD = ("activation_batch", "activation_length", "activation_embed")
 ACT_BLNH = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")

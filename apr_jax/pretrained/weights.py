@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from apr_jax import sharding
+from apr_jax.runtime import sharding
 from apr_jax.pretrained.hf_config import ConversionError, HFArchitecture
 
 # Tensors some checkpoints carry that the model computes itself.

@@ -12,7 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from apr_jax.cli import Command, Flag, read_command_line, run_command
-from apr_jax.metrics_log import read_metrics
+from apr_jax.runtime.metrics_log import read_metrics
 
 COMMAND = Command(
     "python -m apr_jax.rl.curve",

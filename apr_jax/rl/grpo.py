@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from apr_jax.optim import Schedule
+from apr_jax.training.optim import Schedule
 from apr_jax.rl.pack import PackedUpdateBatch
 from apr_jax.rl.rollout import RolloutBatch
-from apr_jax.train_state import Graphs, TrainState
-from apr_jax.update import apply_gradients, summed_gradients
+from apr_jax.training.train_state import Graphs, TrainState
+from apr_jax.training.update import apply_gradients, summed_gradients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +236,7 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
     ``batch`` is an ``UpdateBatch`` (one thread per row) or a
     ``PackedUpdateBatch`` (packed threads); each compiles once.
     ``schedule_steps`` (an int32 scalar, or None for ``train.steps``) is the
-    update where the learning-rate schedule ends (``apr_jax.optim``).
+    update where the learning-rate schedule ends (``apr_jax.training.optim``).
 
     Runs ``inner_epochs`` passes of ``minibatches`` optimizer updates each; a
     step whose loss or gradient is not finite leaves the state unchanged.

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from apr_jax.countdown.render import conditioning_prefix
+from apr_jax.protocol import conditioning_prefix
 
 
 class PromptStream:

@@ -1,13 +1,13 @@
 """GRPO training from an SFT checkpoint: ``python -m apr_jax.train
 --config=configs/NAME_rl.py`` (``config.mode == "rl"``) calls ``run_rl``,
-which plugs ``RLTask`` into the shared loop (``apr_jax.loop``).
+which plugs ``RLTask`` into the shared loop (``apr_jax.training.loop``).
 
 Each step: take ``rl.prompts_per_step`` problems (and the sampler key) from
 the prompt stream, roll every prompt out ``rl.samples_per_prompt`` times with
 the jitted fixed-shape rollout, score the rollouts on the host with the
 verifier, and run the jitted GRPO update. Every ``rl.eval_every`` steps (and
 at step 0 and the last step) the policy decodes the first ``rl.eval_problems``
-validation problems greedily with ``evaluate.evaluate_problems``; the logged
+validation problems greedily with ``scoring.evaluate_problems``; the logged
 rows carry ``eval_*`` (accuracy over RL steps), the rollouts' spawn and limit
 diagnostics (``rl.diagnostics``), the reward's speed and cost terms that are
 on with their spread within groups (``reward/NAME``, ``reward/NAME_spread``;
@@ -33,22 +33,24 @@ import jax
 import numpy as np
 from flax import nnx
 
-from apr_jax import config as config_lib
-from apr_jax import sharding
-from apr_jax import train_state as ts
-from apr_jax.config import ConfigError
-from apr_jax.checkpoint import split_checkpoint_path
+from apr_jax.config import loading as config_lib
+from apr_jax.runtime import sharding
+from apr_jax.training import train_state as ts
+from apr_jax.config.loading import ConfigError
+from apr_jax.runtime.checkpoint import split_checkpoint_path
 from apr_jax.data.build import build_dataset_once, make_problem_source
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.decode.engine import EngineConfig, decode_page_size
 from apr_jax.decode.model_api import DecodeModel, NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
-from apr_jax.evaluate import Loaded, evaluate_problems, load_for_inference, sweep_settings
-from apr_jax.evaluate import engine_config as eval_engine_config
-from apr_jax.loop import LoopSettings, TrainingError, run_loop
-from apr_jax.metrics_log import read_metrics
+from apr_jax.evaluation.loading import Loaded, load_for_inference
+from apr_jax.evaluation.scoring import evaluate_problems
+from apr_jax.evaluation.sweeps import sweep_settings
+from apr_jax.evaluation.scoring import engine_config as eval_engine_config
+from apr_jax.training.loop import LoopSettings, TrainingError, run_loop
+from apr_jax.runtime.metrics_log import read_metrics
 from apr_jax.model.config import COMPUTE_FIELDS
-from apr_jax.optim import learning_rate_schedule
+from apr_jax.training.optim import learning_rate_schedule
 from apr_jax.rl.diagnostics import TrendWatch
 from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal,
                              make_grpo_update)
@@ -56,9 +58,9 @@ from apr_jax.rl.pack import PackedUpdateBatch, pack_update_batch
 from apr_jax.rl.prompts import PromptStream
 from apr_jax.rl.reward import RewardConfig, Scored, score_rollouts
 from apr_jax.rl.rollout import RolloutBatch, encode_prompts, engine_arrays, make_rollout
-from apr_jax.run_config import RunConfig
+from apr_jax.config.sections import RunConfig
 from apr_jax.tasks.registry import get_task
-from apr_jax.workdir import check_workdir
+from apr_jax.training.workdir import check_workdir
 
 
 @dataclasses.dataclass(frozen=True)

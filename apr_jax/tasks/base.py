@@ -34,6 +34,12 @@ class Task(Protocol):
     name: str
     answer_key: str  # the result rows' field for the extracted answer
     problem_type: Any  # has from_dict(d), to_dict(), key; hashable
+    accelerator_hint: str  # printed after a CPU run's evaluation: configs for a real run ("": none)
+
+    @staticmethod
+    def check_settings(task: Any) -> None:
+        """A one-line ValueError for a bad ``task`` section (a mapping);
+        called when a config is loaded."""
 
     def splits(self) -> dict[str, list[Any]]:
         """Problems per split (train, validation, test)."""
@@ -55,6 +61,21 @@ class Task(Protocol):
         """A TFDS builder writing one ``tree`` (ThreadTree JSON) per problem;
         ``problems()`` gives the splits, ``stats[split]["failed"]`` the traces
         that do not reach the reference answer."""
+
+    # A task that generates its trees from its problems may also stream them
+    # (``data.traces="streamed"``): it sets ``streams_traces = True`` and gives
+    # the two methods below. Other tasks set ``streams_traces = False``.
+    streams_traces: bool
+
+    def generate_trees(self, problems: list[Any], num_workers: int) -> tuple[list[Any], int]:
+        """The ``ThreadTree`` of each problem, in order, and how many of them
+        fail to reach the reference answer (streamed tasks only)."""
+
+    @staticmethod
+    def streamed_trees(problems: list[Any], trace: Any) -> Any:
+        """A random-access source generating each problem's tree when it is
+        read (``len`` and ``[index]``), from the ``trace`` section as written;
+        it must pickle cheaply (input-pipeline worker processes get a copy)."""
 
 
 def answer_key_value(answer: Any) -> Any:

@@ -24,7 +24,8 @@ import re
 from typing import Any, Mapping
 
 from apr_jax import protocol
-from apr_jax.jsonl_io import read_jsonl
+from apr_jax.data.tfds_builder import AprTraceFiles
+from apr_jax.runtime.jsonl import read_jsonl
 from apr_jax.tasks.base import Score
 from apr_jax.tasks.checkers import make_checker
 from apr_jax.threads import ThreadTree
@@ -141,12 +142,18 @@ class JsonlTracesTask:
     name = "jsonl_traces"
     answer_key = "final_answer"
     problem_type = TextProblem
+    streams_traces = False  # the trees are given, not generated
+    accelerator_hint = ""
 
     def __init__(self, paths: Mapping[str, str], checker: str = "exact", answer_prefix: str = ""):
         self.paths = {split: os.path.abspath(paths[split]) if paths[split] else "" for split in SPLITS}
         self.answer_prefix = answer_prefix
         self._check = make_checker(checker, answer_prefix)
         self._trees: dict[str, list[ThreadTree]] | None = None
+
+    @staticmethod
+    def check_settings(task: Mapping[str, Any]) -> None:
+        del task  # the files are checked when they are read
 
     @classmethod
     def from_config(cls, config: Any) -> "JsonlTracesTask":
@@ -196,7 +203,6 @@ class JsonlTracesTask:
         return None
 
     def dataset_builder(self, *, data_dir: str, num_workers: int, show_progress: bool) -> Any:
-        from apr_jax.data.tfds_builder import AprTraceFiles
         del num_workers, show_progress  # nothing to generate
         trees = self.trees()
         failed = {split: sum(not self.score(t.threads[0].written_text, problem_of(t)).ok for t in ts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from apr_jax.tasks.base import TASK_NAMES, Task
-from apr_jax.tasks.countdown import CountdownTask
+from apr_jax.tasks.countdown.task import CountdownTask
 from apr_jax.tasks.jsonl_traces import JsonlTracesTask
 
 TASKS = {"countdown": CountdownTask, "jsonl_traces": JsonlTracesTask}
@@ -20,8 +20,9 @@ def get_task(config: Any) -> Task:
     return TASKS[name].from_config(config)
 
 
-def problem_type(name: str) -> Any:
-    """The problem class of task ``name`` (to read a dataset's problem files)."""
+def task_class(name: str) -> Any:
+    """The class of task ``name``: its ``problem_type`` (to read a dataset's
+    problem files) and, for a streamed dataset, its ``streamed_trees``."""
     if name not in TASKS:
         raise ValueError(f"task {name!r} is not one of {', '.join(TASKS)}")
-    return TASKS[name].problem_type
+    return TASKS[name]

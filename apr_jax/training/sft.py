@@ -14,18 +14,20 @@ import jax
 import numpy as np
 from flax import nnx
 
-from apr_jax import sharding
-from apr_jax import train_state as ts
-from apr_jax.checkpoint import decode_bytes, encode_file, has_checkpoints, restore_params
+from apr_jax.runtime import sharding
+from apr_jax.training import train_state as ts
+from apr_jax.runtime.jsonl import write_jsonl
+from apr_jax.runtime.checkpoint import decode_bytes, encode_file, has_checkpoints, restore_params
 from apr_jax.data.build import DatasetInfo, build_dataset_once, make_problem_source
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
-from apr_jax.loop import LoopSettings, TrainingError, run_loop
+from apr_jax.training.loop import LoopSettings, TrainingError, run_loop
 from apr_jax.model.config import COMPUTE_FIELDS, ModelConfig, flops_per_token, num_params, peak_flops_per_device
-from apr_jax.optim import learning_rate_schedule
-from apr_jax.run_config import RunConfig
-from apr_jax.train_step import make_eval_step, make_train_step
-from apr_jax.workdir import check_workdir
+from apr_jax.training.optim import learning_rate_schedule
+from apr_jax.config.sections import RunConfig
+from apr_jax.training.train_step import make_eval_step, make_train_step
+from apr_jax.tasks.registry import get_task
+from apr_jax.training.workdir import check_workdir
 
 
 def check_batch(config: RunConfig, mesh: jax.sharding.Mesh) -> int:
@@ -196,8 +198,9 @@ def final_evaluation(config: RunConfig, workdir: str, info: DatasetInfo,
     """Decode held-out test problems with the engine (its cache built inside
     jit under the run's ``mesh``), print the table and an honest summary, and
     write ``results_test.jsonl`` in the workdir."""
-    from apr_jax.evaluate import (ACCELERATOR_HINT, WIDTH_PLOT, evaluate_problems, format_table,
-                                  plot_width, sweep_settings)
+    from apr_jax.evaluation.report import WIDTH_PLOT, format_table, plot_width
+    from apr_jax.evaluation.scoring import evaluate_problems
+    from apr_jax.evaluation.sweeps import sweep_settings
 
     problems = make_problem_source(info, "test")[:config.eval.num_problems]
     (setting, kwargs), = sweep_settings(None, [], config)
@@ -205,17 +208,16 @@ def final_evaluation(config: RunConfig, workdir: str, info: DatasetInfo,
                                       samples=config.eval.samples, seed=config.seed, mesh=mesh,
                                       **kwargs)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results_test.jsonl"), "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, **{f"test_{k}": v for k, v in summary.items()}}) + "\n")
+        write_jsonl(os.path.join(workdir, "results_test.jsonl"), rows)
+        write_jsonl(os.path.join(workdir, "metrics.jsonl"),
+                    [{"step": step, **{f"test_{k}": v for k, v in summary.items()}}], append=True)
         if plot_width([(f"{config.name}@{step}", rows)], os.path.join(workdir, WIDTH_PLOT)):
             print(f"width plot: {os.path.join(workdir, WIDTH_PLOT)}")
         print(f"held-out test ({len(problems)} problems, {config.trace.kind}):")
         print(format_table([(f"{config.name}@{step}", summary)]))
         print(f"solved {summary['accuracy']:.1%} of held-out problems; "
               f"{summary['well_formed']:.1%} of outputs were well formed (ended with an answer line)")
-        if jax.default_backend() == "cpu" and config.task.name == "countdown":
-            print(ACCELERATOR_HINT)  # the Countdown accelerator configs
+        hint = get_task(config).accelerator_hint
+        if jax.default_backend() == "cpu" and hint:
+            print(hint)
     return {f"test_{k}": v for k, v in summary.items()}

@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from apr_jax.loss import masked_lm_loss
-from apr_jax.optim import Schedule
-from apr_jax.train_state import Graphs, TrainState
-from apr_jax.update import apply_gradients, summed_gradients
+from apr_jax.training.loss import masked_lm_loss
+from apr_jax.training.optim import Schedule
+from apr_jax.training.train_state import Graphs, TrainState
+from apr_jax.training.update import apply_gradients, summed_gradients
 
 Batch = dict[str, jax.Array]
 
@@ -50,7 +50,7 @@ def make_train_step(graphs: Graphs, state_shardings: TrainState, batch_shardings
                     ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``step(state, batch, schedule_steps) -> (state, metrics)``,
     jitted and donating state; ``schedule_steps`` (an int32 scalar, traced) is
-    the step where the learning-rate schedule ends (``apr_jax.optim``)."""
+    the step where the learning-rate schedule ends (``apr_jax.training.optim``)."""
 
     def step(state: TrainState, batch: Batch, schedule_steps: jax.Array):
         model_graphdef, params, rest = _split_params(graphs, state)

@@ -27,23 +27,19 @@ path written as ``Solution: ['53-22=31', ...]``.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Sequence
 
-from apr_jax.countdown.problems import Problem
-from apr_jax.countdown.search import GOAL, INNER, Node, Visit
-from apr_jax.countdown.verifier import NO_SOLUTION, REFERENCE_MARKER, TERSE_MARKER
+from apr_jax.config.trace import STYLES
+from apr_jax.tasks.countdown.problems import Problem
+from apr_jax.tasks.countdown.search import GOAL, INNER, Node, Visit
+from apr_jax.tasks.countdown.verifier import NO_SOLUTION, REFERENCE_MARKER, TERSE_MARKER
 
-STYLES = ("terse", "reference")
-PREFIX_KINDS = {"sosp": "b", "apr": "c"}
-MIN_BUDGET_BUCKET = 64
 
 _TERSE_PROMPT_RE = re.compile(r"(?:[bc][0-9]+ )?([0-9]+(?: [0-9]+)*) -> ([0-9]+)\n?", re.ASCII)
 _REFERENCE_PROMPT_RE = re.compile(
     r"(?:[bc][0-9]+ )?Current State: ([0-9]+):\[([0-9]+(?:, [0-9]+)*)\], Operations: \[\]\n?",
     re.ASCII)
-_TOKEN_RE = re.compile(r"[A-Za-z]+|[^A-Za-z ]")
 
 
 def check_style(style: str) -> str:
@@ -81,32 +77,6 @@ def parse_prompt(text: str) -> Problem:
     if m:
         return Problem(tuple(int(x) for x in m.group(2).split(", ")), int(m.group(1)))
     raise ValueError(f"not a Countdown prompt: {text[:60]!r}")
-
-
-def approx_tokens(text: str) -> int:
-    """Token count under a digit-splitting tokenizer, approximately: one per
-    letter run and one per other non-space character (digits, marks, newlines)."""
-    return len(_TOKEN_RE.findall(text))
-
-
-def budget_bucket(num_tokens: int) -> int:
-    """Round a token count up to a power of two (at least ``MIN_BUDGET_BUCKET``)."""
-    return max(MIN_BUDGET_BUCKET, 1 << max(0, math.ceil(math.log2(max(1, num_tokens)))))
-
-
-def budget_within(num_tokens: int) -> int:
-    """The largest budget bucket whose traces fit in ``num_tokens`` tokens
-    (``MIN_BUDGET_BUCKET`` when none does): the request that suits a context."""
-    return max(MIN_BUDGET_BUCKET, 1 << (max(1, num_tokens).bit_length() - 1))
-
-
-def conditioning_prefix(kind: str, value: int) -> str:
-    """``b512 `` (SoS+ token budget) or ``c4 `` (APR child-thread count)."""
-    if kind not in PREFIX_KINDS:
-        raise ValueError(f"conditioning kind {kind!r} is not one of {tuple(PREFIX_KINDS)}")
-    if value < 0:
-        raise ValueError(f"conditioning value must be >= 0, got {value}")
-    return f"{PREFIX_KINDS[kind]}{int(value)} "
 
 
 # ---- search lines --------------------------------------------------------------

@@ -11,6 +11,8 @@ from typing import Any
 
 import jax
 
+from apr_jax.runtime.jsonl import json_line
+
 
 class MetricsLogger:
     """Writes one JSON object per logged step; only process 0 writes."""
@@ -48,7 +50,7 @@ class MetricsLogger:
         warnings = [str(w) for w in metrics.get("warnings", ())]
         if warnings:
             record["warnings"] = warnings
-        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.write(json_line(record))
         if self._tb is not None:
             for k, v in record.items():
                 if k not in ("step", "time") and isinstance(v, (int, float)):

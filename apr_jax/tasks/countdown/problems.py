@@ -15,9 +15,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from apr_jax.countdown.solver import is_solvable, reachable_share, reachable_shares, solvable_mask
-from apr_jax.jsonl_io import read_jsonl, write_jsonl
-from apr_jax.processes import process_pool
+from apr_jax.tasks.countdown.solver import is_solvable, reachable_share, reachable_shares, solvable_mask
+from apr_jax.runtime.jsonl import read_jsonl, write_jsonl
+from apr_jax.runtime.processes import process_pool
 
 MIN_INPUTS, MAX_INPUTS = 2, 6
 _MAX_FAILED_DRAWS = 20_000  # consecutive useless draws before giving up
@@ -30,7 +30,7 @@ _PARALLEL_MIN = 20_000  # fewer problems than this are checked in this process
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """Numbers and a target; ``reachable_share`` (the oracle difficulty's
-    complement, ``apr_jax.countdown.solver.reachable_share``) when known. The
+    complement, ``apr_jax.tasks.countdown.solver.reachable_share``) when known. The
     share is not part of equality, hashing or ``key``."""
 
     numbers: tuple[int, ...]

@@ -9,9 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apr_jax.evaluate import WIDTH_PLOT, paired_comparisons, plot_width
-from apr_jax.run_config import RunConfig
-from apr_jax.width_stats import width_line
+from apr_jax.runtime.jsonl import write_jsonl
+from apr_jax.evaluation.report import WIDTH_PLOT, paired_comparisons, plot_width
+from apr_jax.config.sections import RunConfig
+from apr_jax.evaluation.width_stats import width_line
 
 COLORS = {"APR": "tab:blue", "SoS+": "tab:orange"}
 FIGURES = ("context.png", "total_tokens.png", "sequential_tokens.png", "wall_clock.png")
@@ -268,8 +269,6 @@ def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[in
         json.dump({"points": [p.to_dict() for p in points], "caption": caption,
                    "trace_lengths": lengths, "contexts": list(contexts)}, f, indent=1)
     paths.append(os.path.join(workdir, "results.jsonl"))
-    with open(paths[-1], "w") as f:
-        for p in points:
-            for row in p.rows:
-                f.write(json.dumps({"model": p.model, "sweep": p.sweep, "value": p.value, **row}) + "\n")
+    write_jsonl(paths[-1], ({"model": p.model, "sweep": p.sweep, "value": p.value, **row}
+                            for p in points for row in p.rows))
     return paths

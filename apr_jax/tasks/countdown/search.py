@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from apr_jax.countdown.ops import results
+from apr_jax.tasks.countdown.ops import results
 
 INNER, GOAL, DEAD = 0, 1, -1  # visit status: inner node, leaf == target, leaf != target
 

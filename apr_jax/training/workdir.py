@@ -7,10 +7,10 @@ import os
 
 import jax
 
-from apr_jax import config as config_lib
-from apr_jax.checkpoint import has_checkpoints
-from apr_jax.loop import TrainingError
-from apr_jax.run_config import RunConfig
+from apr_jax.config import loading as config_lib
+from apr_jax.runtime.checkpoint import has_checkpoints
+from apr_jax.training.loop import TrainingError
+from apr_jax.config.sections import RunConfig
 
 
 def default_workdir(config: RunConfig) -> str:

@@ -16,10 +16,10 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
-from apr_jax.config import ConfigError, load_config
-from apr_jax.countdown.traces import TraceConfig
+from apr_jax.config.loading import ConfigError, load_config
+from apr_jax.config.trace import TraceConfig
 from apr_jax.model.config import ModelConfig
-from apr_jax.sharding import MeshConfig
+from apr_jax.runtime.sharding import MeshConfig
 from apr_jax.tasks.base import DEFAULT_TASK
 
 
@@ -254,5 +254,5 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def load_run_config(path: str | None = None, overrides: Iterable[str] = ()) -> RunConfig:
-    """``apr_jax.config.load_config`` (file, overrides, checks), then the frozen tree."""
+    """``apr_jax.config.loading.load_config`` (file, overrides, checks), then the frozen tree."""
     return RunConfig.from_config(load_config(path, overrides))

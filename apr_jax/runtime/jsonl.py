@@ -1,4 +1,5 @@
-"""Reading JSONL input files with one-line errors that name the file and line."""
+"""JSON lines: the one reader (one-line errors that name the file and line)
+and the one writer of every ``.jsonl`` file the package writes."""
 
 from __future__ import annotations
 
@@ -31,8 +32,14 @@ def read_jsonl(path: str, parse: Callable[[Any], T], *, kind: str = "problem fil
     return out
 
 
-def write_jsonl(path: str, items: Iterable[Any]) -> None:
-    """One compact JSON line per item's ``to_dict()``."""
-    with open(path, "w", encoding="utf-8") as f:
-        for item in items:
-            f.write(json.dumps(item.to_dict(), separators=(",", ":")) + "\n")
+def json_line(record: Any) -> str:
+    """``record`` (a dict, or an object with ``to_dict()``) as one compact JSON line."""
+    value = record.to_dict() if hasattr(record, "to_dict") else record
+    return json.dumps(value, separators=(",", ":")) + "\n"
+
+
+def write_jsonl(path: str, records: Iterable[Any], *, append: bool = False) -> None:
+    """One ``json_line`` per record, replacing the file (or after its lines)."""
+    with open(path, "a" if append else "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json_line(record))

@@ -15,8 +15,8 @@ import dataclasses
 import re
 from typing import Any, Mapping, Sequence
 
-from apr_jax.countdown.ops import exact_result, parse_operation
-from apr_jax.countdown.problems import Problem, as_problem
+from apr_jax.tasks.countdown.ops import exact_result, parse_operation
+from apr_jax.tasks.countdown.problems import Problem, as_problem
 
 TERSE_MARKER = "ans "
 REFERENCE_MARKER = "Solution: "

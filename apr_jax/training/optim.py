@@ -1,7 +1,7 @@
 """AdamW with linear warm-up, cosine decay and global-norm clipping.
 
 The decay ends at the run's planned last step. That is ``train.steps``
-unless a time-limited run planned fewer (``apr_jax.step_budget``): the jitted
+unless a time-limited run planned fewer (``apr_jax.training.step_budget``): the jitted
 steps then pass the plan as the traced ``schedule_steps`` argument, so a new
 plan needs no recompile and the optimizer state keeps its structure.
 """
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from apr_jax.run_config import TrainConfig
+from apr_jax.config.sections import TrainConfig
 
 
 class Schedule(Protocol):

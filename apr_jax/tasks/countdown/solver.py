@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from apr_jax.countdown.ops import combinations, results
+from apr_jax.tasks.countdown.ops import combinations, results
 
 _MASK_PAIRS = 1 << 17  # value pairs solvable_mask compares per chunk (fits a CPU cache)
 _EXACT_BOUND = 2.0 ** 61  # prod(numbers + 1) * (target + 1) below this: nothing overflows int64

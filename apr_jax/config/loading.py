@@ -18,12 +18,12 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 
-from apr_jax.countdown.problems import input_counts
 from apr_jax.model.config import ModelConfig
-from apr_jax.tasks.base import TASK_NAMES
+from apr_jax.tasks.base import DEFAULT_TASK, TASK_NAMES
+from apr_jax.tasks.registry import task_class
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "default.py")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "default.py")
 
 # Sections whose values define what a checkpoint *is*; a workdir whose saved
 # config differs here holds another run and is never resumed or overwritten.
@@ -53,8 +53,8 @@ POSITIVE_INTS = (
 
 NON_NEGATIVE_INTS = ("data.pipeline_workers",)  # data.num_workers: resolve_num_workers checks it
 
-# Counts of numbers: an int, or a list of ints mixed in equal shares (e.g. [3, 4]),
-# each in [2, 6]; an override may turn one form into the other.
+# Keys that take an int or a list of ints (Countdown's counts of numbers, mixed
+# in equal shares: [3, 4]); an override may turn one form into the other.
 INPUT_COUNT_KEYS = ("task.num_inputs",)
 
 
@@ -226,12 +226,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in NON_NEGATIVE_INTS:
         if key in keys and get(config, key) < 0:
             raise ConfigError(f"config.{key}={get(config, key)} must be >= 0")
-    for key in INPUT_COUNT_KEYS:
-        if key in keys:
-            try:
-                input_counts(get(config, key), name=f"config.{key}")
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+    try:  # the task section is the task's to check
+        task_class(config.task.get("name", DEFAULT_TASK)).check_settings(config.task.to_dict())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     try:  # the model section's own checks (head layout, numerics, rotary)
         ModelConfig.from_config(config.model, config.data.vocab_size)
     except ValueError as e:

@@ -32,7 +32,7 @@ when the probe was cut.
 With ``sequential_share`` > 0 (unconditioned APR only) the root's width
 follows the problem's oracle difficulty, its reachable share (the share of
 distinct first moves after which the target can still be reached,
-``apr_jax.countdown.solver.reachable_share``). A problem whose share is at
+``apr_jax.tasks.countdown.solver.reachable_share``). A problem whose share is at
 least ``sequential_share`` is one a short sequential search settles: the root
 searches it alone, and its trace is the SoS+ trace. Below it the root spawns
 ``ceil(viable_children / share)`` children per round (at most
@@ -44,70 +44,17 @@ model's to learn from what it reads.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from typing import Any
 
 from apr_jax import protocol
-from apr_jax.countdown import render, search
-from apr_jax.countdown.problems import Problem, as_problem
-from apr_jax.countdown.solver import reachable_share
-from apr_jax.countdown.verifier import extract_answer
+from apr_jax.config.trace import TraceConfig
+from apr_jax.tasks.countdown import render, search
+from apr_jax.tasks.countdown.problems import Problem, as_problem
+from apr_jax.tasks.countdown.solver import reachable_share
+from apr_jax.tasks.countdown.verifier import extract_answer
 from apr_jax.threads import Segment, Thread, ThreadTree
-
-KINDS = ("apr", "sosp")
-
-
-@dataclasses.dataclass(frozen=True)
-class TraceConfig:
-    kind: str = "apr"  # apr | sosp
-    style: str = "terse"  # terse | reference
-    max_children: int = 4  # children per spawn round
-    spawn_prob: float = 1.0  # probability that a spawn point spawns
-    max_depth: int = 1  # thread nesting depth (1 = children do not spawn)
-    beam_size: int = 4  # successors kept per expanded node
-    condition: bool = False  # prefix the prompt with c<children> (drawn per trace) / b<token budget>
-    seed: int = 0
-    max_nodes: int = 16  # nodes one root branch may visit (leaves included)
-    # apr: a problem with at least this reachable share is searched by the root alone (0 = off);
-    # below it the root spawns ceil(viable_children / share) children per round
-    sequential_share: float = 0.0
-    viable_children: float = 0.5
-    probe_nodes: int = 0  # apr: nodes a spawn point searches its best successor itself first (0 = off)
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"trace kind {self.kind!r} is not one of {KINDS}")
-        render.check_style(self.style)
-        for name in ("max_children", "max_depth", "beam_size", "max_nodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"trace {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.spawn_prob <= 1.0:
-            raise ValueError(f"trace spawn_prob must be in [0, 1], got {self.spawn_prob}")
-        if self.probe_nodes < 0:
-            raise ValueError(f"trace probe_nodes must be >= 0, got {self.probe_nodes}")
-        if not 0.0 <= self.sequential_share <= 1.0:
-            raise ValueError(f"trace sequential_share must be in [0, 1], got {self.sequential_share}")
-        if not self.viable_children > 0:
-            raise ValueError(f"trace viable_children must be > 0, got {self.viable_children}")
-        if self.sequential_share and self.condition:
-            raise ValueError("trace sequential_share (the problem decides the width) and "
-                             "trace.condition (a prefix requests it) do not combine; set one of them")
-        if self.probe_nodes and self.condition:
-            raise ValueError("trace probe_nodes (the search decides the width) and trace.condition "
-                             "(a prefix requests it) do not combine; set one of them")
-
-    @classmethod
-    def from_config(cls, trace: Any) -> "TraceConfig":
-        """From the ``trace`` section of a config (ConfigDict or mapping)."""
-        values = dict(trace.to_dict() if hasattr(trace, "to_dict") else trace)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"unknown trace config field(s) {unknown}; known: {sorted(fields)}")
-        return cls(**values)
-
 
 def trace_rng(problem: Problem, seed: int) -> random.Random:
     """A generator seeded by (seed, problem) so each trace is deterministic."""
@@ -118,7 +65,7 @@ def trace_rng(problem: Problem, seed: int) -> random.Random:
 
 
 def _budget_prefix(cfg: TraceConfig, kind: str, value: int) -> str:
-    return render.conditioning_prefix(kind, value) if cfg.condition else ""
+    return protocol.conditioning_prefix(kind, value) if cfg.condition else ""
 
 
 def _sequential(problem: Problem, cfg: TraceConfig) -> tuple[str, tuple[str, ...] | None, int]:
@@ -148,7 +95,7 @@ def sosp_trace(problem: Problem, cfg: TraceConfig, rng: random.Random | None = N
     text, solution, visits = _sequential(problem, cfg)
     prefix = ""
     if cfg.condition:
-        prefix = _budget_prefix(cfg, "sosp", render.budget_bucket(render.approx_tokens(text)))
+        prefix = _budget_prefix(cfg, "sosp", protocol.budget_bucket(protocol.approx_tokens(text)))
     root = Thread(parent=-1, segments=[
         Segment("prompt", render.problem_prompt(problem, cfg.style, prefix)),
         Segment("model", text)], stop="eos")

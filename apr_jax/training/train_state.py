@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from apr_jax import sharding
+from apr_jax.runtime import sharding
 from apr_jax.model.config import ModelConfig
 from apr_jax.model.transformer import Transformer
-from apr_jax.optim import make_optimizer
-from apr_jax.run_config import RunConfig
+from apr_jax.training.optim import make_optimizer
+from apr_jax.config.sections import RunConfig
 
 
 @jax.tree_util.register_dataclass

@@ -3,7 +3,7 @@
 A mode plugs in a ``Task`` (its train state and data stream, one step, the
 logged row); ``run_loop`` owns the rest: restore from the newest readable
 checkpoint, the step count, SIGTERM, the time limit and the step budget it
-plans (``apr_jax.step_budget``), the NaN policy, metrics and progress,
+plans (``apr_jax.training.step_budget``), the NaN policy, metrics and progress,
 checkpoint cadence and the end-of-run save.
 """
 
@@ -18,11 +18,11 @@ from typing import Any, Callable, Protocol
 import jax
 import numpy as np
 
-from apr_jax.checkpoint import Checkpointer
-from apr_jax.metrics_log import MetricsLogger
-from apr_jax.run_config import TrainConfig
-from apr_jax.step_budget import Probe, StepBudget, read_budget, write_budget
-from apr_jax.train_state import TrainState, abstract_like
+from apr_jax.runtime.checkpoint import Checkpointer
+from apr_jax.runtime.metrics_log import MetricsLogger
+from apr_jax.config.sections import TrainConfig
+from apr_jax.training.step_budget import Probe, StepBudget, read_budget, write_budget
+from apr_jax.training.train_state import TrainState, abstract_like
 
 
 class TrainingError(RuntimeError):
@@ -122,7 +122,7 @@ def _agreed(budget: StepBudget) -> StepBudget:
 def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int | None = None,
              clock: Callable[[], float] = time.monotonic) -> LoopResult:
     """Restore ``task`` from ``workdir`` and train it to ``settings.steps``, or
-    to the step budget a time limit plans (``apr_jax.step_budget``); ``stop_at``
+    to the step budget a time limit plans (``apr_jax.training.step_budget``); ``stop_at``
     ends it earlier, checkpointed and resumable, as a preemption would.
     ``clock`` (seconds) times the limit and the budget's probe."""
     checkpointer = Checkpointer(workdir, keep=settings.keep_checkpoints)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from apr_jax.optim import Schedule
-from apr_jax.train_state import Graphs, TrainState
+from apr_jax.training.optim import Schedule
+from apr_jax.training.train_state import Graphs, TrainState
 
 # value_and_grad(params, microbatch) -> ((loss, aux), grads)
 ValueAndGrad = Callable[[Any, Any], tuple[tuple[jax.Array, Any], Any]]
@@ -55,7 +55,7 @@ def apply_gradients(graphs: Graphs, state: TrainState, grads: Any, loss: jax.Arr
                     ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update of ``state`` by ``grads``; when ``loss`` or the
     gradient norm is not finite the state comes back unchanged. The schedule
-    ends at ``schedule_steps`` (None: ``train.steps``; ``apr_jax.optim``).
+    ends at ``schedule_steps`` (None: ``train.steps``; ``apr_jax.training.optim``).
     Returns the new state and ``grad_norm``, ``finite`` and (with
     ``learning_rate``, the optimizer's schedule) ``lr``."""
     # merge() shares Variables with ``state``; the identity map keeps an
