@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from apr_jax.config import loading as config_lib
+from apr_jax.cli import int_flag, parse_command_line
 from apr_jax.runtime import sharding
 from apr_jax.training import train_state
 from apr_jax.cli import Command, Flag, run_command
@@ -52,7 +52,8 @@ from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.evaluation.scoring import engine_config
 from apr_jax.model.config import REMATS, num_params
 from apr_jax.training.optim import learning_rate_schedule
-from apr_jax.config.sections import RunConfig, load_run_config
+from apr_jax.config.sections import RunConfig
+from apr_jax.config.loading import load_run_config
 from apr_jax.training.train_step import make_train_step
 
 GIB = 2 ** 30
@@ -245,7 +246,7 @@ def compile_engine(config: RunConfig, vocab_size: int, devices: Sequence[jax.Dev
             jax.eval_shape(lambda: jax.random.key(0)),
             jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
     with jax.set_mesh(mesh):  # as evaluation calls it
-        return decode.func.lower(*args, *decode.args, **decode.keywords).compile()
+        return decode.lower(*args).compile()
 
 
 def memory_report(compiled: jax.stages.Compiled) -> dict[str, int]:
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def body() -> int:
-        flags, overrides = config_lib.parse_command_line(argv, COMMAND)
+        flags, overrides = parse_command_line(argv, COMMAND)
         if not flags.get("topology"):
             raise ValueError("--topology is required, e.g. --topology=v4-32,v5p-64")
         config = load_run_config(flags.get("config"), overrides)
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         for step in steps:
             if step not in ("train", "engine"):
                 raise ValueError(f"--step={step} is not one of train, engine")
-        problems = config_lib.int_flag(flags, "problems", int(config.eval.batch_problems) or 256, zero_ok=False)
+        problems = int_flag(flags, "problems", int(config.eval.batch_problems) or 256, zero_ok=False)
         for name in names:
             if name != "cpu":
                 topology_spec(name)  # every name checked before the first compile

@@ -17,7 +17,9 @@ import dataclasses
 import difflib
 import os
 import sys
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+from apr_jax.config.checks import ConfigError
 
 USAGE_ERROR = 2  # bad flags, config, input files
 RUN_FAILED = 1  # the run itself failed (checkpoint, training)
@@ -264,3 +266,48 @@ def run_command(body: Callable[[], int | None], *, usage: Errors, failures: Erro
         print(f"error: {one_line(e)}", file=sys.stderr)
         return USAGE_ERROR if isinstance(e, usage) else RUN_FAILED
     return 0 if code is None else code
+
+
+def parse_command_line(argv: Sequence[str], command: Any = None, *,
+                       allowed: Sequence[str] | dict[str, str] = ("workdir", "config"),
+                       switches: Sequence[str] | dict[str, str] = ()
+                       ) -> tuple[dict[str, str], list[str]]:
+    """Split ``--flag=value`` / ``--flag value`` arguments into plain flags and
+    ``config.*`` overrides; a switch (``--name`` alone) reads as ``"true"``.
+    ``command`` (a ``Command``) names the flags with their help;
+    without one, ``allowed`` and ``switches`` do (names, or name -> one-line
+    description) and ``--config.*`` overrides are accepted. ``--help``/``-h``
+    raises ``HelpRequested`` with the help made from the same
+    flags; unknown flags and other mistakes raise ``ConfigError``."""
+    if command is None:
+        command = flags_command(f"python {os.path.basename(sys.argv[0])}", allowed, switches,
+                                    overrides="set one config key, e.g. --config.train.lr=1e-3")
+    if command.args or command.subcommands:
+        raise TypeError(f"{command.prog} takes arguments or subcommands: "
+                        f"read it with apr_jax.cli.read_command_line")
+    line = read_command_line(argv, command, error=ConfigError)
+    return line.flags, line.overrides
+
+
+
+def int_flag(flags: dict[str, str], name: str, default: int, *, zero_ok: bool = True) -> int:
+    """The integer flag ``--name`` (``default`` when absent); one-line errors."""
+    try:
+        value = int(flags.get(name, default))
+    except ValueError:
+        raise ConfigError(f"--{name} must be an integer, got {flags[name]!r}") from None
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"--{name} must be positive, got {value}")
+    return value
+
+
+
+def float_flag(flags: dict[str, str], name: str) -> float | None:
+    """The number flag ``--name``, or None when absent; one-line errors."""
+    if name not in flags:
+        return None
+    try:
+        return float(flags[name])
+    except ValueError:
+        raise ConfigError(f"--{name} must be a number, got {flags[name]!r}") from None
+

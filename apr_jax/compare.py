@@ -45,7 +45,8 @@ import os
 import sys
 
 from apr_jax.cli import Command, Flag, run_command
-from apr_jax.config import loading as config_lib
+from apr_jax.cli import float_flag, int_flag, parse_command_line
+from apr_jax.config.checks import ConfigError
 from apr_jax.evaluation.compare import (Measurer, adaptive_point, budget_sweep, children_sweep,
                                         context_sweep, int_list, load_pair, trace_lengths,
                                         train_or_reuse)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int | None:
         from apr_jax.evaluation.compare_report import write_report
         from apr_jax.evaluation.loading import load_for_inference, problems_for
-        flags, overrides = config_lib.parse_command_line(argv, COMMAND)
+        flags, overrides = parse_command_line(argv, COMMAND)
         workdir = flags.get("workdir", os.path.join("runs", "compare"))
         apr_cfg, sosp_cfg = load_pair(
             flags.get("apr_config", os.path.join(CONFIGS_DIR, "compare_apr.py")),
@@ -97,17 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         contexts = int_list(flags, "contexts", ",".join(
             str(max_len * q // 4) for q in (2, 3, 4) if max_len * q // 4 >= 16))
         if max(contexts) > max_len:
-            raise config_lib.ConfigError(f"--contexts: {max(contexts)} exceeds the models' "
+            raise ConfigError(f"--contexts: {max(contexts)} exceeds the models' "
                                          f"config.model.max_len={max_len}")
         children = int_list(flags, "children", ",".join(
             str(n) for n in range(1, apr_cfg.eval.max_children + 1)))
         budgets = int_list(flags, "budgets", ",".join(
             str(b) for b in (64, 128, 256, 512, 1024) if b <= 2 * max_len))
-        samples = config_lib.int_flag(flags, "samples", 4, zero_ok=False)
-        temperature = config_lib.float_flag(flags, "temperature")
+        samples = int_flag(flags, "samples", 4, zero_ok=False)
+        temperature = float_flag(flags, "temperature")
         temperature = 0.7 if temperature is None else temperature
-        seed = config_lib.int_flag(flags, "seed", 0)
-        num = config_lib.int_flag(flags, "num", apr_cfg.eval.num_problems, zero_ok=False)
+        seed = int_flag(flags, "seed", 0)
+        num = int_flag(flags, "num", apr_cfg.eval.num_problems, zero_ok=False)
 
         loaded = {}
         for (key, label), config in zip(RUNS, (apr_cfg, sosp_cfg)):

@@ -31,6 +31,7 @@ import ml_collections
 from flax import nnx
 
 from apr_jax.config import loading as config_lib
+from apr_jax.cli import parse_command_line
 from apr_jax.runtime import sharding
 from apr_jax.runtime.checkpoint import Checkpointer, CheckpointError
 from apr_jax.cli import Command, Flag, run_command
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def body() -> None:
-        flags, overrides = config_lib.parse_command_line(argv, COMMAND)
+        flags, overrides = parse_command_line(argv, COMMAND)
         sharding.initialize_distributed()
         base = config_lib.load_config(flags.get("config"), overrides)
         config = convert(flags["hf_dir"], flags["out"], base)

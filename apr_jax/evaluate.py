@@ -43,7 +43,7 @@ import os
 import sys
 
 from apr_jax.cli import Command, Flag, run_command
-from apr_jax.config import loading as config_lib
+from apr_jax.cli import float_flag, int_flag, parse_command_line
 from apr_jax.evaluation.loading import SPLIT_CHOICES, load_for_inference, problems_for, with_eval_overrides
 from apr_jax.evaluation.report import WIDTH_PLOT, format_table, paired_comparisons, plot_sweep, plot_width
 from apr_jax.evaluation.scoring import evaluate_problems
@@ -88,17 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def body() -> int | None:
-        flags, overrides = config_lib.parse_command_line(argv, COMMAND)
+        flags, overrides = parse_command_line(argv, COMMAND)
         sources = [s for s in flags.get("workdir", "").split(",") if s]
         if "checkpoint" in flags:
             sources.append(flags["checkpoint"])
         if not sources:
             raise ValueError("give --workdir=DIR or --checkpoint=DIR/checkpoints/STEP")
-        num = config_lib.int_flag(flags, "num", 100, zero_ok=False)
-        samples = config_lib.int_flag(flags, "samples", 1, zero_ok=False)
-        show, seed = config_lib.int_flag(flags, "show", 0), config_lib.int_flag(flags, "seed", 0)
-        temperature = config_lib.float_flag(flags, "temperature")
-        top_p = config_lib.float_flag(flags, "top_p")
+        num = int_flag(flags, "num", 100, zero_ok=False)
+        samples = int_flag(flags, "samples", 1, zero_ok=False)
+        show, seed = int_flag(flags, "show", 0), int_flag(flags, "seed", 0)
+        temperature = float_flag(flags, "temperature")
+        top_p = float_flag(flags, "top_p")
         sweep_kind, sweep_values = parse_sweep(flags["sweep"]) if "sweep" in flags else (None, [])
         out = open(flags["out"], "w") if "out" in flags else None
         table, series, solve_rates, panels = [], {}, {}, []

@@ -44,15 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from apr_jax.config import loading as config_lib
+    from apr_jax.cli import parse_command_line
     from apr_jax.runtime.checkpoint import CheckpointError
     from apr_jax.cli import run_command
     from apr_jax.training.loop import TrainingError
     from apr_jax.training.run import run_training
-    from apr_jax.config.sections import load_run_config
+    from apr_jax.config.loading import load_run_config
     from apr_jax.training.workdir import default_workdir
 
     def body() -> None:
-        flags, overrides = config_lib.parse_command_line(argv, COMMAND)
+        flags, overrides = parse_command_line(argv, COMMAND)
         config = load_run_config(flags.get("config"), overrides)
         if flags.get("print_config"):
             print(config_lib.to_json(config))

@@ -22,6 +22,8 @@ import ml_dtypes
 import numpy as np
 
 from apr_jax.config import loading as config_lib
+from apr_jax.cli import int_flag, parse_command_line
+from apr_jax.config.checks import ConfigError
 from apr_jax.cli import Command, Flag, run_command
 from apr_jax.convert import convert
 from apr_jax.pretrained.safetensors_io import save_file
@@ -85,12 +87,12 @@ COMMAND = Command(
 
 def main(argv: list[str]) -> int:
     """Exit code 2 with one line for a bad command line."""
-    return run_command(lambda: _main(argv), usage=(config_lib.ConfigError,), compile_cache=False)
+    return run_command(lambda: _main(argv), usage=(ConfigError,), compile_cache=False)
 
 
 def _main(argv: list[str]) -> None:
-    flags, overrides = config_lib.parse_command_line(argv, COMMAND)
-    shapes = {k: config_lib.int_flag(flags, k, default, zero_ok=False) for k, default in SHAPE_FLAGS.items()}
+    flags, overrides = parse_command_line(argv, COMMAND)
+    shapes = {k: int_flag(flags, k, default, zero_ok=False) for k, default in SHAPE_FLAGS.items()}
     base = config_lib.load_config(flags.get("config"), overrides)
     root = tempfile.mkdtemp(prefix="convert_bench_")
     try:

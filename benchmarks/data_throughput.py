@@ -99,7 +99,7 @@ def measure_dataset_build(num_train: int, num_workers: int, config_path: str | N
     count), plus the grain pipeline on the result per worker count."""
     import tempfile
 
-    from apr_jax.config.sections import load_run_config
+    from apr_jax.config.loading import load_run_config
     from apr_jax.data.build import build_dataset
 
     with tempfile.TemporaryDirectory() as tmp:

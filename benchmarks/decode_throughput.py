@@ -73,7 +73,7 @@ from apr_jax.decode.replay_model import make_replay_model
 from apr_jax.decode.sampler import SamplingConfig, bucket_length, generate
 from apr_jax.model.config import ModelConfig, peak_flops_per_device
 from apr_jax.model.transformer import Transformer
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.threads import ThreadTree
 
 BANDWIDTH = {"h200": 4.8e12, "h100": 3.35e12, "a100": 2.0e12, "tpu v5 lite": 8.1e11,

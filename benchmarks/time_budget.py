@@ -27,10 +27,9 @@ import json
 import os
 import time
 
-from apr_jax import train
 from apr_jax.training.run import run_training
 from apr_jax.training.optim import learning_rate_schedule
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.training.step_budget import StepBudget, read_budget, write_budget
 
 

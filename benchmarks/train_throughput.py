@@ -26,13 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apr_jax.config import loading as config_lib
+from apr_jax.cli import int_flag, parse_command_line
+from apr_jax.config.checks import ConfigError
 from apr_jax.runtime import sharding
 from apr_jax.aot import memory_report
 from apr_jax.cli import Command, Flag, run_command
 from apr_jax.model.config import REMATS, flops_per_token, num_params, peak_flops_per_device
 from apr_jax.training.optim import learning_rate_schedule
-from apr_jax.config.sections import RunConfig, load_run_config
+from apr_jax.config.sections import RunConfig
+from apr_jax.config.loading import load_run_config
 from apr_jax.training.train_state import build_model_and_optimizer, shardings_of, split
 from apr_jax.training.train_step import make_train_step
 
@@ -109,18 +111,18 @@ COMMAND = Command(
 def main(argv: list[str]) -> int:
     """Exit code 2 with one line for a bad command line; compiles are timed,
     so JAX's persistent compilation cache stays off."""
-    return run_command(lambda: _main(argv), usage=(config_lib.ConfigError,), compile_cache=False)
+    return run_command(lambda: _main(argv), usage=(ConfigError,), compile_cache=False)
 
 
 def _main(argv: list[str]) -> None:
-    flags, overrides = config_lib.parse_command_line(argv, COMMAND)
+    flags, overrides = parse_command_line(argv, COMMAND)
     config = load_run_config(flags.get("config"), overrides)
-    steps = config_lib.int_flag(flags, "steps", 20, zero_ok=False)
-    vocab = config_lib.int_flag(flags, "vocab", config.data.vocab_size, zero_ok=False)
+    steps = int_flag(flags, "steps", 20, zero_ok=False)
+    vocab = int_flag(flags, "vocab", config.data.vocab_size, zero_ok=False)
     remats = [r.strip() for r in flags.get("remat", config.model.remat).split(",") if r.strip()]
     for remat in remats:
         if remat not in REMATS:
-            raise config_lib.ConfigError(f"--remat={remat} is not one of {', '.join(REMATS)}")
+            raise ConfigError(f"--remat={remat} is not one of {', '.join(REMATS)}")
     rows = []
     for remat in remats:
         rows.append(measure(config.replace(model=dataclasses.replace(config.model, remat=remat)), vocab, steps))

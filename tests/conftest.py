@@ -35,7 +35,7 @@ def sft(tmp_path_factory):
     trained 150 SFT steps; it knows the trace format, rarely the answer.
     Trained once per test session, shared by the xdist workers."""
     from apr_jax.training.run import run_training
-    from apr_jax.config.sections import load_run_config
+    from apr_jax.config.loading import load_run_config
     from rl_toy import TOY
 
     base = tmp_path_factory.getbasetemp()

@@ -13,7 +13,7 @@ from flax import nnx
 from apr_jax import aot
 from apr_jax.runtime import sharding
 from apr_jax.training import train_state
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [

@@ -21,7 +21,7 @@ from apr_jax import train
 from apr_jax.training import train_state
 from apr_jax.training.workdir import check_workdir
 from apr_jax.runtime.checkpoint import Checkpointer, encode_file
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.tasks.countdown.problems import Problem
 from apr_jax.tasks.countdown.verifier import verify
 from apr_jax.data.build import build_dataset, config_hash

@@ -8,8 +8,8 @@ import pytest
 
 from apr_jax import compare
 from apr_jax.evaluation import compare as compare_lib
-from apr_jax.config.loading import ConfigError
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.checks import ConfigError
+from apr_jax.config.loading import load_run_config
 from apr_jax.training.loop import TrainingError
 from apr_jax.threads import Segment, Thread, ThreadTree
 from tiny import TINY_RUN

@@ -5,7 +5,11 @@ import sys
 import pytest
 
 from apr_jax.config import loading as config_lib
-from apr_jax.config.loading import ConfigError, load_config, parse_command_line
+from apr_jax.cli import float_flag, int_flag
+from apr_jax.config.identity import LATER_KEYS, identity_diff
+from apr_jax.config.loading import load_config
+from apr_jax.config.checks import ConfigError
+from apr_jax.cli import parse_command_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,12 +62,12 @@ def test_pretrained_model_keys_default_to_todays_model():
 def test_runs_saved_before_the_pretrained_keys_still_match():
     current = load_config(None)
     saved = current.to_dict()
-    for key in config_lib.LATER_KEYS:
+    for key in LATER_KEYS:
         section, name = key.split(".")
         del saved[section][name]
-    assert config_lib.identity_diff(saved, current) == []
+    assert identity_diff(saved, current) == []
     changed = load_config(None, ["config.model.qk_norm=true"])
-    assert config_lib.identity_diff(saved, changed) == ["config.model.qk_norm (saved None, now True)"]
+    assert identity_diff(saved, changed) == ["config.model.qk_norm (saved None, now True)"]
 
 
 def test_missing_config_file():
@@ -91,10 +95,10 @@ def test_command_line_forms():
 def test_identity_diff_names_changed_fields():
     a = load_config(None)
     b = load_config(None, ["config.model.d_model=256", "config.train.steps=5"])
-    diffs = config_lib.identity_diff(a.to_dict(), b)
+    diffs = identity_diff(a.to_dict(), b)
     assert diffs == ["config.model.d_model (saved 128, now 256)"]
     c = load_config(None, ["config.model.d_model=256", "config.model.remat=full"])
-    assert config_lib.identity_diff(a.to_dict(), c, ignore=["model.remat"]) == diffs
+    assert identity_diff(a.to_dict(), c, ignore=["model.remat"]) == diffs
 
 
 def test_configs_build_on_each_other_without_touching_sys_path():
@@ -105,10 +109,10 @@ def test_configs_build_on_each_other_without_touching_sys_path():
 
 
 @pytest.mark.parametrize("flags, call, message", [
-    ({"num": "abc"}, lambda f: config_lib.int_flag(f, "num", 1), "--num must be an integer, got 'abc'"),
-    ({"num": "0"}, lambda f: config_lib.int_flag(f, "num", 1, zero_ok=False), "--num must be positive, got 0"),
-    ({"seed": "-1"}, lambda f: config_lib.int_flag(f, "seed", 0), "--seed must be positive, got -1"),
-    ({"top_p": "x"}, lambda f: config_lib.float_flag(f, "top_p"), "--top_p must be a number, got 'x'"),
+    ({"num": "abc"}, lambda f: int_flag(f, "num", 1), "--num must be an integer, got 'abc'"),
+    ({"num": "0"}, lambda f: int_flag(f, "num", 1, zero_ok=False), "--num must be positive, got 0"),
+    ({"seed": "-1"}, lambda f: int_flag(f, "seed", 0), "--seed must be positive, got -1"),
+    ({"top_p": "x"}, lambda f: float_flag(f, "top_p"), "--top_p must be a number, got 'x'"),
 ])
 def test_typed_flags_are_one_line_errors(flags, call, message):
     with pytest.raises(ConfigError) as e:
@@ -117,9 +121,9 @@ def test_typed_flags_are_one_line_errors(flags, call, message):
 
 
 def test_typed_flags_read_values_and_defaults():
-    assert config_lib.int_flag({"num": "7"}, "num", 1) == 7 and config_lib.int_flag({}, "num", 3) == 3
-    assert config_lib.int_flag({"show": "0"}, "show", 2) == 0
-    assert config_lib.float_flag({"top_p": "0.5"}, "top_p") == 0.5 and config_lib.float_flag({}, "top_p") is None
+    assert int_flag({"num": "7"}, "num", 1) == 7 and int_flag({}, "num", 3) == 3
+    assert int_flag({"show": "0"}, "show", 2) == 0
+    assert float_flag({"top_p": "0.5"}, "top_p") == 0.5 and float_flag({}, "top_p") is None
 
 
 def test_h200_schedule_warms_up_and_decays_inside_its_time_limit():

@@ -24,7 +24,7 @@ from apr_jax.convert import convert, main
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.evaluation.loading import load_for_inference
 from apr_jax.pretrained import safetensors_io
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.pretrained.tokenizer import PretrainedTokenizer
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf")

@@ -200,9 +200,9 @@ def test_reference_style_wording():
 def test_config_reading_and_errors():
     cfg = TraceConfig.from_config(get_config().trace)
     assert (cfg.kind, cfg.style, cfg.max_children) == ("apr", "terse", 4)
-    with pytest.raises(ValueError, match="trace kind"):
+    with pytest.raises(ValueError, match="config.trace.kind=.bfs. is not one of apr, sosp"):
         TraceConfig(kind="bfs")
-    with pytest.raises(ValueError, match="trace style"):
+    with pytest.raises(ValueError, match="config.trace.style=.verbose. is not one of terse, reference"):
         TraceConfig(style="verbose")
     with pytest.raises(ValueError, match="unknown trace config"):
         TraceConfig.from_config({"kind": "apr", "widht": 3})
@@ -331,7 +331,7 @@ def test_probe_traces_are_well_formed_and_solve_what_sosp_solves(style, num_inpu
 
 
 def test_probe_config_checks():
-    with pytest.raises(ValueError, match="probe_nodes must be >= 0"):
+    with pytest.raises(ValueError, match=r"config.trace.probe_nodes=-1 must be >= 0"):
         TraceConfig(probe_nodes=-1)
     with pytest.raises(ValueError, match="do not combine"):
         TraceConfig(probe_nodes=4, condition=True)
@@ -392,9 +392,9 @@ def test_share_width_ranks_random_problems_by_difficulty():
 
 
 def test_share_width_config_checks():
-    with pytest.raises(ValueError, match="sequential_share must be in"):
+    with pytest.raises(ValueError, match=r"config.trace.sequential_share=1.5 must be in \[0, 1\]"):
         TraceConfig(sequential_share=1.5)
-    with pytest.raises(ValueError, match="viable_children must be > 0"):
+    with pytest.raises(ValueError, match="config.trace.viable_children=.* must be positive"):
         TraceConfig(viable_children=0)
     with pytest.raises(ValueError, match="do not combine"):
         TraceConfig(sequential_share=0.25, condition=True)

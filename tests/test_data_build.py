@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.tasks.countdown.problems import load_problems, make_splits
 from apr_jax.tasks.countdown.traces import make_trace
 from apr_jax.data import build

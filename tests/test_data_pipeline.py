@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from apr_jax import protocol
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.tasks.countdown.problems import Problem
 from apr_jax.data.build import build_dataset, make_problem_source, open_split
 from apr_jax.data.pipeline import FEATURES, TokenizeTree, make_iterator, pack_sequences, tree_dataset

@@ -53,7 +53,7 @@ def scripted(scripts):
 
 
 BASE = EngineConfig(max_children=2, max_rounds=2, max_depth=2, tokens_per_thread=12,
-                    max_context=32, max_threads=8, row_buckets=1, kv_buckets=1)
+                    max_context=32, max_threads=8, row_buckets=1, kv_buckets=1, batch_problems=0)
 
 
 def run_scripted(scripts, **limits):
@@ -234,7 +234,7 @@ def test_bad_input_is_a_clear_error():
 
 
 def test_config_from_eval_section_and_pool_size():
-    from apr_jax.config.sections import load_run_config
+    from apr_jax.config.loading import load_run_config
 
     config = load_run_config(None, ["config.eval.tokens_per_thread=200", "config.eval.batch_problems=32",
                                 "config.eval.max_children=4", "config.eval.max_rounds=2",
@@ -390,7 +390,7 @@ def test_no_step_copies_the_kv_pool():
     decode = make_decoder(model.decode_fn, model.init_cache, cfg, ProtocolIds(), 8, 4)
     args = (model.params, jnp.zeros((8, 4), jnp.int32), jnp.full((8,), 4, jnp.int32), jnp.int32(8),
             jax.random.key(0), jnp.int32(0))
-    temp = decode.func.lower(*args, *decode.args, **decode.keywords).compile().memory_analysis().temp_size_in_bytes
+    temp = decode.lower(*args).compile().memory_analysis().temp_size_in_bytes
     pool = jax.eval_shape(lambda: model.init_cache(64, 256))
     assert temp < 0.25 * (pool.k.size + pool.v.size) * pool.k.dtype.itemsize
 
@@ -421,7 +421,7 @@ def test_split_by_kv_length_reads_fewer_slots_and_writes_the_same_threads():
     scripts = {20: {20: [SO, 30, SEP, 31, SC], 31: [16, EOS]},
                30: {2: [15, RO, 40, RC]}, 31: {2: [RO, 41, 42, RC]}}
     cfg = EngineConfig(max_children=2, max_rounds=1, max_depth=1, tokens_per_thread=30, max_context=40,
-                       prefill_chunk=4, row_buckets=4, kv_buckets=3)
+                       prefill_chunk=4, row_buckets=4, kv_buckets=3, batch_problems=0)
     runs = [Engine(scripted(scripts), dataclasses.replace(cfg, split_by_kv_length=split)).run([ROOT, [22]])
             for split in (False, True)]
     for a, b in zip(*(r.samples for r in runs)):
@@ -446,7 +446,7 @@ def test_long_queues_take_the_long_chunk_and_write_the_same_threads():
     scripts = {20: {14: [SO, 30, SEP, 31, SEP, 32, SC], 29: [EOS]},
                30: {2: [RO, 40, 41, RC]}, 31: {2: [RO, 42, RC]}, 32: {2: [RO, 43, RC]}}
     cfg = EngineConfig(max_children=3, max_rounds=1, max_depth=1, tokens_per_thread=20, max_context=40,
-                       prefill_chunk=3, row_buckets=2, kv_buckets=2)
+                       prefill_chunk=3, row_buckets=2, kv_buckets=2, batch_problems=0)
     runs = [Engine(scripted(scripts), dataclasses.replace(cfg, long_prefill_chunks=longs)).run([long_root])
             for longs in ((), (16,), (10, 16))]
     short, wide, ladder = (r.samples[0][0] for r in runs)
@@ -483,10 +483,10 @@ def test_every_lane_holds_a_fresh_forward_of_its_last_thread(toy_params):
     decode = make_decoder(_biased_decode, _toy_cache, cfg, ProtocolIds(), 6, 8)
     s = jax.device_get(decode(params, jnp.asarray(tokens), jnp.asarray([len(p) for p in prompts]),
                               jnp.int32(6), jax.random.key(0), jnp.int32(0)))
-    assert int(s.next_free_G.sum()) > 2 * cfg.lanes  # lanes were reused
-    assert np.sum(s.lane_row_N >= 0) >= 2
+    assert int(s.next_free_N.sum()) > 2 * cfg.lanes  # lanes were reused
+    assert np.sum(s.lane_row_C >= 0) >= 2
     # One fresh forward of every used lane's buffer, each cut at its fed length.
-    used = [(lane, int(row)) for lane, row in enumerate(s.lane_row_N) if row >= 0]
+    used = [(lane, int(row)) for lane, row in enumerate(s.lane_row_C) if row >= 0]
     rows_U = np.array([row for _, row in used])
     fed_U = np.asarray(s.fed_R)[rows_U]
     L = s.buf_RxL.shape[1]

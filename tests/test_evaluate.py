@@ -12,7 +12,7 @@ from apr_jax.evaluation import report
 from apr_jax.evaluation import scoring
 from apr_jax.evaluation import sweeps
 from apr_jax.training.run import run_training
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.tasks.countdown.problems import Problem, save_problems
 from apr_jax.threads import ThreadTree
 

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from apr_jax import cli
-from apr_jax.config.loading import ConfigError, parse_command_line
+from apr_jax.config.checks import ConfigError
+from apr_jax.cli import parse_command_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "apr_jax")

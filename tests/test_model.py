@@ -213,7 +213,7 @@ def test_remat_policies_recompute_what_they_name():
 
 def test_boolean_remat_of_older_configs_maps_to_a_policy():
     assert tiny(remat=True).remat == "full" and tiny(remat=False).remat == "none"
-    with pytest.raises(ValueError, match="model.remat must be one of"):
+    with pytest.raises(ValueError, match="config.model.remat=.some. is not one of none, dots, full"):
         tiny(remat="some")
 
 

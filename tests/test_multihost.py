@@ -23,7 +23,7 @@ from flax import nnx
 from apr_jax.runtime import sharding
 from apr_jax.training import train_state
 from apr_jax.runtime.checkpoint import Checkpointer
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.data.build import build_dataset
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer
@@ -48,7 +48,7 @@ import sys
 from apr_jax import train
 from apr_jax.training.run import run_training
 from apr_jax.runtime.checkpoint import Checkpointer
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 config = load_run_config(None, sys.argv[2:])
 assert run_training(config, sys.argv[1], stop_at={stop_at})["step"] == {stop_at}
 assert run_training(config, sys.argv[1])["step"] == {steps}

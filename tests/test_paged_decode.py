@@ -179,6 +179,5 @@ def test_gpu_engine_lowers_the_paged_kernel_for_cuda():
     decode = make_decoder(gpu.decode_fn, gpu.init_cache, cfg, IDS, 4, 8, page_size=page_size)
     args = (gpu.params, jnp.zeros((4, 8), jnp.int32), jnp.full((4,), 3, jnp.int32), jnp.int32(4),
             jax.random.key(0), jnp.int32(0))
-    hlo = decode.func.trace(*args, *decode.args, **decode.keywords).lower(
-        lowering_platforms=("cuda",)).as_text()
+    hlo = decode.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     assert page_size == 16 and "xla.gpu.triton" in hlo

@@ -19,7 +19,7 @@ from apr_jax import train
 from apr_jax.training.run import run_training
 from apr_jax.training import train_state
 from apr_jax.runtime.checkpoint import Checkpointer
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.data.build import build_dataset
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.data.build import build_dataset
 from cpu_flags import xla_flags
 from rl_toy import RL_CONFIG, rl_overrides

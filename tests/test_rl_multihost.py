@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.rl.train_rl import run_rl
 from local_cluster import PROCESSES, free_port, run_processes, worker_env
 from rl_toy import RL_CONFIG, final_params, rl_overrides
@@ -23,7 +23,7 @@ EXTRA = (f"config.train.steps={STEPS}", "config.mesh.data=8", "config.rl.kl_coef
 
 WORKER = """
 import sys
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.rl.train_rl import run_rl
 config = load_run_config(sys.argv[2], sys.argv[3:])
 assert run_rl(config, sys.argv[1], stop_at={stop_at})["step"] == {stop_at}

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 
 from apr_jax import threads
-from apr_jax.config.loading import ConfigError
+from apr_jax.config.checks import ConfigError
 from apr_jax.tasks.countdown.problems import Problem
 from apr_jax.decode.engine import SampleResult, ThreadResult
 from apr_jax.rl.grpo import group_advantages
 from apr_jax.rl.reward import (MAX_GROUP_WEIGHT, RewardConfig, rollout_reward, score_results,
                                score_rollouts)
 from apr_jax.rl.train_rl import RLSettings
-from apr_jax.config.sections import RLConfig, load_run_config
+from apr_jax.config.sections import RLConfig
+from apr_jax.config.loading import load_run_config
 from apr_jax.tasks.countdown.task import CountdownTask
 from rl_toy import RL_CONFIG
 

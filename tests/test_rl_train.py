@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from apr_jax import train
-from apr_jax.config.loading import ConfigError
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.checks import ConfigError
+from apr_jax.config.loading import load_run_config
 from apr_jax.runtime.metrics_log import read_metrics
 from apr_jax.evaluation.loading import load_for_inference
 from apr_jax.rl.train_rl import RLSettings, load_sft, run_rl
@@ -65,27 +65,27 @@ def test_sft_checkpoint_loads_under_another_compute_dtype_kernel_and_remat(sft, 
 
 
 def test_rl_settings_errors_name_the_key():
-    config = load_run_config(RL_CONFIG, ["config.rl.samples_per_prompt=1"])
+    # The rl section's own fields fail when the config is loaded.
     with pytest.raises(ConfigError, match="config.rl.samples_per_prompt=1 must be >= 2"):
-        RLSettings.from_config(config)
+        load_run_config(RL_CONFIG, ["config.rl.samples_per_prompt=1"])
+    with pytest.raises(ConfigError, match="config.rl.prompt_pool=-1 must be >= 0"):
+        load_run_config(RL_CONFIG, ["config.rl.prompt_pool=-1"])
+    with pytest.raises(ConfigError, match="config.rl.eval_every=5 needs config.rl.eval_problems > 0"):
+        load_run_config(RL_CONFIG, ["config.rl.eval_every=5", "config.rl.eval_problems=0"])
+    # The update's and the reward's fields, and what reads other sections, when RL starts.
     config = load_run_config(RL_CONFIG, ["config.rl.temperature=0"])
     with pytest.raises(ConfigError, match="config.rl: RL needs a sampling temperature > 0"):
         RLSettings.from_config(config)
-    config = load_run_config(RL_CONFIG, ["config.rl.prompt_pool=-1"])
-    with pytest.raises(ConfigError, match="config.rl.prompt_pool=-1 must be >= 0"):
-        RLSettings.from_config(config)
     config = load_run_config(RL_CONFIG, ["config.rl.prompts_per_step=8", "config.rl.minibatches=3"])
     with pytest.raises(ConfigError, match="prompts_per_step=8 is not divisible by config.rl.minibatches=3"):
-        RLSettings.from_config(config)
-    config = load_run_config(RL_CONFIG, ["config.rl.eval_every=5", "config.rl.eval_problems=0"])
-    with pytest.raises(ConfigError, match="config.rl.eval_every=5 needs config.rl.eval_problems > 0"):
         RLSettings.from_config(config)
     config = load_run_config(RL_CONFIG, ["config.rl.condition_children=[2, 6]"])
     with pytest.raises(ConfigError, match=r"condition_children=\[2, 6\] asks for more children than "
                                           "config.eval.max_children=4"):
         RLSettings.from_config(config)
-    with pytest.raises(ConfigError, match="config.rl.advantage='ppo' is not one of grpo, drgrpo"):
-        load_run_config(RL_CONFIG, ["config.rl.advantage=ppo"])
+    config = load_run_config(RL_CONFIG, ["config.rl.advantage=ppo"])
+    with pytest.raises(ConfigError, match="config.rl: advantage 'ppo' is not one of grpo, drgrpo"):
+        RLSettings.from_config(config)
 
 
 def test_thread_slots_must_hold_every_spawn_round():

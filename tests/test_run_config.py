@@ -6,8 +6,10 @@ import os
 
 import pytest
 
-from apr_jax.config.loading import ConfigError, load_config
-from apr_jax.config.sections import RunConfig, load_run_config
+from apr_jax.config.loading import load_config
+from apr_jax.config.checks import ConfigError
+from apr_jax.config.sections import RunConfig
+from apr_jax.config.loading import load_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,5 +71,5 @@ def test_unknown_keys_are_named():
 def test_bad_section_values_fail_at_the_edge():
     saved = load_config(None).to_dict()
     saved["trace"]["max_depth"] = 0
-    with pytest.raises(ValueError, match="trace max_depth must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"^config.trace.max_depth=0 must be a positive integer$"):
         RunConfig.from_config(saved)

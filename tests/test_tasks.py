@@ -9,11 +9,13 @@ import ml_collections
 import pytest
 
 from apr_jax.config import loading as config_lib
+from apr_jax.config.checks import ConfigError
 from apr_jax.data.build import build_dataset, config_hash, make_problem_source
 from apr_jax.data.tokenizer import load_tokenizer
 from apr_jax.decode.replay_model import make_replay_model
 from apr_jax.evaluation.scoring import evaluate_problems
-from apr_jax.config.sections import RLConfig, RunConfig, load_run_config, section_defaults
+from apr_jax.config.sections import RLConfig, RunConfig, section_defaults
+from apr_jax.config.loading import load_run_config
 from apr_jax.tasks.checkers import final_answer_line, make_checker
 from apr_jax.tasks.countdown.task import CountdownTask
 from apr_jax.tasks.examples.arithmetic import make_tree, write_splits
@@ -41,7 +43,7 @@ def test_countdown_is_the_default_task_and_keeps_its_data_hash():
 
 
 def test_unknown_task_name_is_a_config_error():
-    with pytest.raises(config_lib.ConfigError, match="config.task.name='gsm' is not one of countdown, jsonl_traces"):
+    with pytest.raises(ConfigError, match="config.task.name='gsm' is not one of countdown, jsonl_traces"):
         config_lib.load_config(None, ["task.name=gsm"])
 
 
@@ -257,7 +259,7 @@ def test_a_config_file_may_mix_counts_of_numbers(tmp_path):
     ("{3: 4}", "config.task.num_inputs: expected an integer or a list such as [3, 4], got '{3: 4}'"),
 ])
 def test_bad_counts_of_numbers_are_one_line_config_errors(value, message):
-    with pytest.raises(config_lib.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         config_lib.load_config(None, [f"task.num_inputs={value}"])
     assert str(e.value) == message
 

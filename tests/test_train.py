@@ -12,7 +12,7 @@ import pytest
 from apr_jax.config import loading as config_lib
 from apr_jax import train
 from apr_jax.training.run import run_training
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from tiny import TINY_RUN
 
 TINY = TINY_RUN + [

@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 from apr_jax.runtime import sharding
-from apr_jax.config.sections import load_run_config
+from apr_jax.config.loading import load_run_config
 from apr_jax.training.optim import learning_rate_schedule
 from apr_jax.training.train_state import build_model_and_optimizer, shardings_of, split
 from apr_jax.training.train_step import make_train_step

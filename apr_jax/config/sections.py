@@ -12,15 +12,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import types
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Mapping
 
 import ml_collections
 
-from apr_jax.config.loading import ConfigError, load_config
+from apr_jax.config import checks
+from apr_jax.config.checks import ConfigError
 from apr_jax.config.trace import TraceConfig
+from apr_jax.decode.limits import EngineLimits
 from apr_jax.model.config import ModelConfig
 from apr_jax.runtime.sharding import MeshConfig
-from apr_jax.tasks.base import DEFAULT_TASK
+from apr_jax.tasks.base import DEFAULT_TASK, TASK_NAMES
+from apr_jax.tasks.registry import task_class
+
+MODES = ("sft", "rl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +35,10 @@ class TaskConfig:
 
     name: str
     settings: Mapping[str, Any]
+
+    def __post_init__(self):
+        checks.choice("task.name", self.name, TASK_NAMES)
+        task_class(self.name).check_settings(dict(self.settings))  # the task's own keys
 
     def as_dict(self) -> dict[str, Any]:
         """The section as a dict, ``name`` included."""
@@ -61,6 +70,13 @@ class DataConfig:
     traces: str = "stored"
     pipeline_workers: int = 0  # input-pipeline processes; 0: reader threads in the training process
 
+    def __post_init__(self):
+        for name in ("vocab_size", "seq_len"):
+            checks.positive_int(f"data.{name}", getattr(self, name))
+        checks.choice("data.traces", self.traces, ("stored", "streamed"))
+        checks.non_negative_int("data.pipeline_workers", self.pipeline_workers)
+        # data.num_workers: apr_jax.data.tfds_builder.resolve_num_workers reads and checks it
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -85,32 +101,32 @@ class TrainConfig:
     on_nan: str = "stop"  # stop | skip
     time_limit_minutes: float = 0.0  # 0: no limit; else stop training (checkpointed) after this
 
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum", "steps", "log_every", "eval_every",
+                     "checkpoint_every", "keep_checkpoints"):
+            checks.positive_int(f"train.{name}", getattr(self, name))
+        checks.choice("train.on_nan", self.on_nan, ("stop", "skip"))
+        checks.within("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        checks.positive("train.lr", self.lr)
+
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """The ``eval`` section: the engine's limits and sampling for evaluation
-    (and RL rollouts)."""
+class EvalConfig(EngineLimits):
+    """The ``eval`` section: the engine's limits (``EngineLimits``: fields,
+    defaults and checks) and the evaluation's problems and sampling (also RL's
+    rollouts' limits)."""
 
     num_problems: int = 100
     samples: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    max_children: int = 4
-    max_rounds: int = 2
-    max_depth: int = 1
-    tokens_per_thread: int = 192
-    batch_problems: int = 50  # problems per compiled engine call
-    lanes: int = 0  # KV-cache lanes; 0 = every sample of a batch at once
-    prefill_chunk: int = 8  # prompt and join tokens fed per thread per step
-    long_prefill_chunks: tuple[int, ...] = ()  # wider feeds for longer queues, ascending (empty: off)
-    row_buckets: int = 6  # live-row buckets (halvings of the lane pool) the engine compiles
-    kv_buckets: int = 3  # KV-length buckets (halvings of the context)
-    split_by_kv_length: bool = False  # one engine call per KV-length bucket: fewer KV reads, more calls
-    # How decode calls read the cache: xla (gather lanes up to a KV bucket), paged (the
-    # platform's Pallas paged kernel reads each row's pages below its length; interpreted
-    # off GPU/TPU), auto (paged on GPU/TPU when the shapes suit it, else xla).
-    decode_attention: str = "xla"
-    page_size: int = 16  # cache slots per page: divides the context (TPU: 8k and head_dim 128k; GPU: 2^k)
+
+    checked_as: ClassVar[str] = "config.eval."
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks.non_negative_int("eval.num_problems", self.num_problems)  # 0: no held-out evaluation
+        checks.positive_int("eval.samples", self.samples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +165,27 @@ class RLConfig:
     eval_every: int = 0  # RL steps between greedy held-out evaluations (and at 0 and the end); 0: none
     eval_problems: int = 0  # validation problems of each held-out evaluation (the first N)
 
+    def __post_init__(self):
+        """The RL-only fields; the update's (clip, KL, advantage, epochs) and the
+        reward's are checked by ``GrpoConfig`` and ``RewardConfig``, and the
+        fields that depend on other sections by ``apr_jax.rl.train_rl.RLSettings``."""
+        for name in ("prompts_per_step", "rollout_chunks"):
+            checks.positive_int(f"rl.{name}", getattr(self, name))
+        if not (checks.is_int(self.samples_per_prompt) and self.samples_per_prompt >= 2):
+            raise ConfigError(f"config.rl.samples_per_prompt={self.samples_per_prompt} must be >= 2 "
+                              f"(GRPO compares the samples of one prompt)")
+        for name in ("prompt_pool", "max_threads", "eval_every", "eval_problems"):
+            checks.non_negative_int(f"rl.{name}", getattr(self, name))
+        checks.choice("rl.split", self.split, ("train", "validation", "test"))
+        if any(int(c) < 0 for c in self.condition_children):
+            raise ConfigError(f"config.rl.condition_children={list(self.condition_children)} must be >= 0")
+        if self.eval_every > 0 and self.eval_problems == 0:
+            raise ConfigError(f"config.rl.eval_every={self.eval_every} needs config.rl.eval_problems > 0 "
+                              f"(or eval_every=0 for no held-out evaluation)")
+        if self.prompts_per_step % self.rollout_chunks:
+            raise ConfigError(f"config.rl.prompts_per_step={self.prompts_per_step} is not divisible by "
+                              f"config.rl.rollout_chunks={self.rollout_chunks}")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -178,17 +215,35 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown config key 'config.{unknown[0]}'")
         top = {**TOP_DEFAULTS, **{k: d[k] for k in TOP_DEFAULTS if k in d}}
+        checks.choice("mode", top["mode"], MODES)
         task = dict(d.get("task") or {})
-        data = _section(DataConfig, d, "data")
-        _check_keys(ModelConfig, d, "model", exempt=("vocab_size",))
-        model = ModelConfig.from_config(d.get("model") or {}, data.vocab_size)
-        return cls(
-            name=str(top["name"]), mode=str(top["mode"]), seed=int(top["seed"]),
-            task=TaskConfig(str(task.pop("name", DEFAULT_TASK)), types.MappingProxyType(task)),
-            trace=_section(TraceConfig, d, "trace"), data=data, model=model, mesh=_section(MeshConfig, d, "mesh"),
-            train=_section(TrainConfig, d, "train"), eval=_section(EvalConfig, d, "eval"),
-            rl=_section(RLConfig, d, "rl") if "rl" in d else None,
-            source=types.MappingProxyType(d))
+        try:  # every section checks its own fields; a ValueError is a config mistake
+            task_config = TaskConfig(str(task.pop("name", DEFAULT_TASK)), types.MappingProxyType(task))
+            data = _section(DataConfig, d, "data")
+            _check_keys(ModelConfig, d, "model", exempt=("vocab_size",))
+            model = ModelConfig.from_config(d.get("model") or {}, data.vocab_size)
+            config = cls(
+                name=str(top["name"]), mode=str(top["mode"]), seed=int(top["seed"]), task=task_config,
+                trace=_section(TraceConfig, d, "trace"), data=data, model=model,
+                mesh=_section(MeshConfig, d, "mesh"), train=_section(TrainConfig, d, "train"),
+                eval=_section(EvalConfig, d, "eval"), rl=_section(RLConfig, d, "rl") if "rl" in d else None,
+                source=types.MappingProxyType(d))
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        config.check_sections_agree()
+        return config
+
+    def check_sections_agree(self) -> None:
+        """The checks that read two sections."""
+        if self.data.seq_len > self.model.max_len:
+            raise ConfigError(f"config.data.seq_len={self.data.seq_len} exceeds "
+                              f"config.model.max_len={self.model.max_len}")
+        # RL splits its rollout rows into grad_accum microbatches; train.batch_size is SFT's.
+        if self.mode == "sft" and self.train.batch_size % self.train.grad_accum:
+            raise ConfigError(f"config.train.batch_size={self.train.batch_size} is not divisible by "
+                              f"config.train.grad_accum={self.train.grad_accum}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as written (a copy of the dict it was built from)."""
@@ -251,8 +306,3 @@ def default_config() -> ml_collections.ConfigDict:
                       ("mesh", MeshConfig), ("train", TrainConfig), ("eval", EvalConfig)):
         setattr(c, name, section_defaults(cls))
     return c
-
-
-def load_run_config(path: str | None = None, overrides: Iterable[str] = ()) -> RunConfig:
-    """``apr_jax.config.loading.load_config`` (file, overrides, checks), then the frozen tree."""
-    return RunConfig.from_config(load_config(path, overrides))

@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from apr_jax.config import checks
+from apr_jax.config.checks import ConfigError
+
 KINDS = ("apr", "sosp")  # a tree of threads | one sequential thread (SoS+)
 STYLES = ("terse", "reference")  # how search lines are written
 
@@ -30,27 +33,20 @@ class TraceConfig:
     probe_nodes: int = 0  # apr: nodes a spawn point searches its best successor itself first (0 = off)
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"trace kind {self.kind!r} is not one of {KINDS}")
-        if self.style not in STYLES:
-            raise ValueError(f"trace style {self.style!r} is not one of {STYLES}")
+        checks.choice("trace.kind", self.kind, KINDS)
+        checks.choice("trace.style", self.style, STYLES)
         for name in ("max_children", "max_depth", "beam_size", "max_nodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"trace {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.spawn_prob <= 1.0:
-            raise ValueError(f"trace spawn_prob must be in [0, 1], got {self.spawn_prob}")
-        if self.probe_nodes < 0:
-            raise ValueError(f"trace probe_nodes must be >= 0, got {self.probe_nodes}")
-        if not 0.0 <= self.sequential_share <= 1.0:
-            raise ValueError(f"trace sequential_share must be in [0, 1], got {self.sequential_share}")
-        if not self.viable_children > 0:
-            raise ValueError(f"trace viable_children must be > 0, got {self.viable_children}")
+            checks.positive_int(f"trace.{name}", getattr(self, name))
+        checks.within("trace.spawn_prob", self.spawn_prob, 0.0, 1.0)
+        checks.non_negative_int("trace.probe_nodes", self.probe_nodes)
+        checks.within("trace.sequential_share", self.sequential_share, 0.0, 1.0)
+        checks.positive("trace.viable_children", self.viable_children)
         if self.sequential_share and self.condition:
-            raise ValueError("trace sequential_share (the problem decides the width) and "
-                             "trace.condition (a prefix requests it) do not combine; set one of them")
+            raise ConfigError("config.trace.sequential_share (the problem decides the width) and "
+                              "config.trace.condition (a prefix requests it) do not combine; set one of them")
         if self.probe_nodes and self.condition:
-            raise ValueError("trace probe_nodes (the search decides the width) and trace.condition "
-                             "(a prefix requests it) do not combine; set one of them")
+            raise ConfigError("config.trace.probe_nodes (the search decides the width) and "
+                              "config.trace.condition (a prefix requests it) do not combine; set one of them")
 
     @classmethod
     def from_config(cls, trace: Any) -> "TraceConfig":

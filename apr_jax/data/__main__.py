@@ -16,7 +16,8 @@ import time
 from typing import Sequence
 
 from apr_jax.cli import Command, CommandLine, Flag, read_command_line, run_command
-from apr_jax.config.loading import ConfigError, int_flag
+from apr_jax.config.checks import ConfigError
+from apr_jax.cli import int_flag
 from apr_jax.tasks.countdown.problems import generate_problems, load_problems, save_problems
 from apr_jax.config.trace import KINDS, STYLES
 
@@ -115,7 +116,7 @@ def _traces(line: CommandLine) -> None:
 def _build(line: CommandLine) -> None:
     """Build or reuse the dataset cache of a config; print its directory."""
     from apr_jax.data.build import build_dataset
-    from apr_jax.config.sections import load_run_config
+    from apr_jax.config.loading import load_run_config
     info = build_dataset(load_run_config(line.flags.get("config"), line.overrides))
     print(info.dir)
 

@@ -37,7 +37,8 @@ branches, fewer KV reads, one more weight read per extra non-empty bucket.
 (gather the rows' lanes up to a KV-length bucket), ``paged`` (the model's
 paged kernel reads each row's ``page_size``-slot pages below its own length
 in place; a one-line error where it cannot run) or ``auto`` (paged on GPU and
-TPU when the shapes suit the kernel, else xla).
+TPU when the shapes suit the kernel, else xla). Array names end in their
+shape (legend: ``apr_jax.decode``'s docstring).
 """
 
 from __future__ import annotations
@@ -45,65 +46,41 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from apr_jax.runtime import sharding
 from apr_jax import threads as threads_lib
 from apr_jax.decode import engine_loop, metrics
 from apr_jax.decode.model_api import DecodeFn, as_decode_model
+from apr_jax.decode.limits import EngineLimits
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig, bucket_length, check_prompts
-from apr_jax.model.attention import DECODE_ATTENTIONS
+from apr_jax.runtime import sharding
 
 ROLE_NAMES = ("prompt", "model", "join")
 LIMIT_STOPS = ("token_limit", "context_limit", "depth_limit", "round_limit", "running")
 
 
 @dataclasses.dataclass(frozen=True)
-class EngineConfig:
-    max_children: int = 4  # children per spawn
-    max_rounds: int = 2  # spawns per thread
-    max_depth: int = 1  # nesting depth; 0 = no spawning
-    tokens_per_thread: int = 256  # model-written tokens per thread
+class EngineConfig(EngineLimits):
+    """The limits (``EngineLimits``: a config's ``eval`` section) and what one
+    engine call adds: the context buffer, sampling, samples and thread slots."""
+
     max_context: int = 512  # tokens per thread buffer (prompt + written + joins)
     sampling: SamplingConfig = SamplingConfig()
     samples_per_problem: int = 1
     max_threads: int = 0  # rows per sample; 0 = derived (module docstring)
-    batch_problems: int = 0  # problems per compiled call; 0 = all at once
-    lanes: int = 0  # KV-cache lanes; 0 = every sample of a batch at once
-    prefill_chunk: int = 8  # forced tokens fed per thread per step
-    long_prefill_chunks: tuple[int, ...] = ()  # wider feeds for longer queues, ascending, > prefill_chunk
-    row_buckets: int = 6  # live-row buckets: the pool halved this many times
-    kv_buckets: int = 3  # KV-length buckets: max_context halved this many times
-    split_by_kv_length: bool = False  # one model call per KV-length bucket (module docstring)
-    decode_attention: str = "xla"  # width-1 decode reads: xla, paged or auto (module docstring)
-    page_size: int = 16  # cache slots per page of the paged kernel
 
     def __post_init__(self):
-        for name, low in (("max_children", 1), ("max_rounds", 0), ("max_depth", 0),
-                          ("tokens_per_thread", 1), ("max_context", 4),
-                          ("samples_per_problem", 1), ("max_threads", 0), ("batch_problems", 0),
-                          ("lanes", 0), ("prefill_chunk", 1), ("row_buckets", 1),
-                          ("kv_buckets", 1), ("page_size", 1)):
+        super().__post_init__()
+        for name, low in (("max_context", 4), ("samples_per_problem", 1), ("max_threads", 0)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise ValueError(f"EngineConfig.{name} must be an int >= {low}, got {value!r}")
-        longs = self.long_prefill_chunks
-        if (not isinstance(longs, tuple)
-                or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) for w in longs)
-                or list(longs) != sorted(set(longs)) or (longs and longs[0] <= self.prefill_chunk)):
-            raise ValueError(f"EngineConfig.long_prefill_chunks={longs!r} must be a tuple of "
-                             f"ascending ints, each more than prefill_chunk={self.prefill_chunk}")
-        if not isinstance(self.split_by_kv_length, (bool, np.bool_)):
-            raise ValueError(f"EngineConfig.split_by_kv_length must be a bool, got {self.split_by_kv_length!r}")
-        if self.decode_attention not in DECODE_ATTENTIONS:
-            raise ValueError(f"EngineConfig.decode_attention must be one of {', '.join(DECODE_ATTENTIONS)}, "
-                             f"got {self.decode_attention!r}")
         if not isinstance(self.sampling, SamplingConfig):
             raise ValueError(f"EngineConfig.sampling must be a SamplingConfig, got {self.sampling!r}")
         if self.lanes and self.lanes < self.lanes_per_group:
@@ -113,19 +90,15 @@ class EngineConfig:
                 f"up to max_depth={self.max_depth}, capped at max_threads={self.threads_per_sample})")
 
     @classmethod
-    def from_eval_config(cls, eval_cfg: Any, max_context: int) -> "EngineConfig":
-        """From a run config's ``eval`` section (``apr_jax.config.sections.EvalConfig``,
-        whose fields name the engine's limits, sampling and buckets)."""
-        e = eval_cfg
-        return cls(
-            max_children=e.max_children, max_rounds=e.max_rounds, max_depth=e.max_depth,
-            tokens_per_thread=e.tokens_per_thread, max_context=int(max_context),
-            sampling=SamplingConfig(float(e.temperature), float(e.top_p)),
-            samples_per_problem=e.samples, batch_problems=e.batch_problems, lanes=e.lanes,
-            prefill_chunk=e.prefill_chunk, long_prefill_chunks=tuple(e.long_prefill_chunks),
-            row_buckets=e.row_buckets, kv_buckets=e.kv_buckets,
-            split_by_kv_length=e.split_by_kv_length, decode_attention=e.decode_attention,
-            page_size=e.page_size)
+    def from_eval_config(cls, eval_cfg: Any, max_context: int, **overrides: Any) -> "EngineConfig":
+        """From a run config's ``eval`` section (an ``EngineLimits`` with the
+        evaluation's sampling and samples per problem), then ``overrides``
+        (any field, e.g. ``samples_per_problem=4`` or ``max_threads=9``)."""
+        limits = {f.name: getattr(eval_cfg, f.name) for f in dataclasses.fields(EngineLimits)}
+        limits["long_prefill_chunks"] = tuple(limits["long_prefill_chunks"])
+        return cls(**{**limits, "max_context": int(max_context),
+                      "sampling": SamplingConfig(float(eval_cfg.temperature), float(eval_cfg.top_p)),
+                      "samples_per_problem": eval_cfg.samples, **overrides})
 
     @property
     def full_tree(self) -> int:
@@ -253,8 +226,8 @@ class Engine:
                                   num_prompts, width,
                                   page_size=decode_page_size(self.cfg, self.model.page_size_for))
             start = time.perf_counter()
-            compiled = decode.func.lower(*args, *decode.args, **decode.keywords).compile()
-            self._compiled[key] = functools.partial(compiled, limits=decode.keywords["limits"])
+            compiled = decode.lower(*args).compile()
+            self._compiled[key] = functools.partial(compiled, limits=decode.limits)
             self.compile_s += time.perf_counter() - start
         return self._compiled[key]
 
@@ -329,23 +302,57 @@ def loop_limits(cfg: EngineConfig, num_groups: int) -> engine_loop.Limits:
         max_steps=jnp.int32(min(waves * cfg.threads_per_sample * cfg.max_context, 2 ** 31 - 1)))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Decoder:
+    """The engine's decoding function for one batch shape (``make_decoder``):
+    ``decoder(params, prompt_PxT, prompt_len_P, num_active, key, first_thread)
+    -> LoopState``. ``lower`` and ``trace`` take the same arguments and give
+    its ahead-of-time stages; an executable compiled from them takes
+    ``limits`` (the loop's traced limits) as a keyword."""
+
+    spec: engine_loop.LoopSpec
+    limits: engine_loop.Limits
+    samples: int  # samples per prompt
+    decode_fn: DecodeFn
+    init_cache: Callable[[int, int], Any]
+
+    def __call__(self, params: Any, prompt_PxT: jax.Array, prompt_len_P: jax.Array, num_active: jax.Array,
+                 key: jax.Array, first_thread: jax.Array) -> engine_loop.LoopState:
+        """Decode (jitted; compiled on first use of a shape)."""
+        return _decode_jit(params, prompt_PxT, prompt_len_P, num_active, key, first_thread, **self._keywords())
+
+    def lower(self, params: Any, prompt_PxT: Any, prompt_len_P: Any, num_active: Any, key: Any,
+              first_thread: Any) -> jax.stages.Lowered:
+        """The decoder lowered for these arguments (arrays or ``ShapeDtypeStruct``s)."""
+        return _decode_jit.lower(params, prompt_PxT, prompt_len_P, num_active, key, first_thread,
+                                 **self._keywords())
+
+    def trace(self, params: Any, prompt_PxT: Any, prompt_len_P: Any, num_active: Any, key: Any,
+              first_thread: Any) -> jax.stages.Traced:
+        """The decoder traced for these arguments (``.lower(lowering_platforms=...)``
+        lowers it for another platform)."""
+        return _decode_jit.trace(params, prompt_PxT, prompt_len_P, num_active, key, first_thread,
+                                 **self._keywords())
+
+    def _keywords(self) -> dict[str, Any]:
+        """``_decode_jit``'s keyword arguments: the limits and the static settings."""
+        return {"limits": self.limits, "spec": self.spec, "samples": self.samples,
+                "decode_fn": self.decode_fn, "init_cache": self.init_cache}
+
+
 def make_decoder(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg: EngineConfig,
-                 ids: ProtocolIds, num_prompts: int, prompt_width: int, page_size: int = 0
-                 ) -> Callable[..., engine_loop.LoopState]:
-    """The one decoding function of evaluation and RL rollouts:
-    ``decode(params, prompt_PxT, prompt_len_P, num_active, key, first_thread)
-    -> LoopState`` for ``num_prompts`` prompts of (static) width ``prompt_width``
-    (without BOS), ``samples_per_problem`` samples each. Pure; jitted once per
-    shape (the cache is built inside, under the caller's mesh if any).
+                 ids: ProtocolIds, num_prompts: int, prompt_width: int, page_size: int = 0) -> Decoder:
+    """The one decoding function of evaluation and RL rollouts (``Decoder``)
+    for ``num_prompts`` prompts of (static) width ``prompt_width`` (without
+    BOS), ``samples_per_problem`` samples each. Pure; jitted once per shape
+    (the cache is built inside, under the caller's mesh if any).
     ``page_size`` (``decode_page_size``; 0: xla) is passed to ``decode_fn``
     in width-1 calls."""
     if prompt_width + 2 > cfg.max_context:
         raise ValueError(f"prompt width {prompt_width} leaves no room in max_context {cfg.max_context}")
-    groups = num_prompts * cfg.samples_per_problem
-    return functools.partial(
-        _decode_jit, limits=loop_limits(cfg, groups), spec=loop_spec(cfg, ids, groups, init_cache, page_size),
-        samples=cfg.samples_per_problem,
-        decode_fn=decode_fn, init_cache=init_cache)
+    rollouts = num_prompts * cfg.samples_per_problem
+    return Decoder(spec=loop_spec(cfg, ids, rollouts, init_cache, page_size), limits=loop_limits(cfg, rollouts),
+                   samples=cfg.samples_per_problem, decode_fn=decode_fn, init_cache=init_cache)
 
 
 def decode_axes(mesh: Any, num_prompts: int) -> tuple[str, ...]:
@@ -408,27 +415,46 @@ def _per_shard(s: engine_loop.LoopState) -> engine_loop.LoopState:
 
 
 def state_arrays(state: engine_loop.LoopState, num_prompts: int) -> dict[str, np.ndarray]:
-    """A loop state on the host as numpy arrays keyed by field name without its
-    shape suffix, per-row fields shaped [problem, sample, thread, ...] and
-    per-group ones [problem, sample] (the cache and lane fields left out)."""
+    """A loop state on the host as ``sample_major`` arrays (the cache and lane
+    fields left out), ``step`` and ``counters`` combined over shards."""
     host = jax.device_get(dataclasses.replace(state, cache=None))
-    groups = host.next_free_G.shape[0]
-    samples = groups // num_prompts
-    slots = host.buf_RxL.shape[0] // groups
-    out = {}
-    for field in dataclasses.fields(host):
-        name, value = field.name, getattr(host, field.name)
-        if name.endswith("_N") or name == "cache":
-            continue
-        base, _, suffix = name.rpartition("_")
-        if suffix in ("R", "RxL"):
-            out[base] = np.asarray(value).reshape((num_prompts, samples, slots) + value.shape[1:])
-        elif suffix == "G":
-            out[base] = np.asarray(value).reshape(num_prompts, samples)
-        else:
-            out[name] = np.asarray(value)
+    fields = {f.name: getattr(host, f.name) for f in dataclasses.fields(host)
+              if f.name != "cache" and shape_suffix(f.name) != "C"}
+    out = sample_major(fields, num_prompts)
     out["step"] = out["step"].max()  # one entry per shard
     out["counters"] = out["counters"].sum(axis=0)
+    return out
+
+
+def shape_suffix(name: str) -> str:
+    """The shape suffix of an array's name (``buf_RxL`` -> ``RxL``; ``""`` for
+    a name without one, such as ``step`` or ``num_groups``)."""
+    base, _, suffix = name.rpartition("_")
+    return suffix if base and suffix[:1].isupper() else ""
+
+
+def sample_major(fields: Mapping[str, Any], num_prompts: int) -> dict[str, np.ndarray]:
+    """The host-side reshaper of engine state (``state_arrays``,
+    ``rl.rollout.engine_arrays``): arrays keyed by their field names, as numpy
+    arrays keyed by the name without its shape suffix, per-row (``_R``,
+    ``_RxL``) ones shaped [problem, sample, thread, ...] and per-rollout
+    (``_N``) ones [problem, sample]; unsuffixed ones kept whole under their
+    own name. The layout ``sample_results`` reads."""
+    arrays = {name: np.asarray(value) for name, value in fields.items()}
+    rollouts = next(a.shape[0] for name, a in arrays.items() if shape_suffix(name) == "N")
+    rows = next(a.shape[0] for name, a in arrays.items() if shape_suffix(name) in ("R", "RxL"))
+    samples, slots = rollouts // num_prompts, rows // rollouts
+    out = {}
+    for name, a in arrays.items():
+        suffix = shape_suffix(name)
+        if suffix in ("R", "RxL"):
+            out[name.removesuffix("_" + suffix)] = a.reshape((num_prompts, samples, slots) + a.shape[1:])
+        elif suffix == "N":
+            out[name.removesuffix("_N")] = a.reshape(num_prompts, samples)
+        elif suffix:
+            raise ValueError(f"{name}: no per-sample layout for shape suffix {suffix!r}")
+        else:
+            out[name] = a
     return out
 
 

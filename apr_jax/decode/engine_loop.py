@@ -1,9 +1,11 @@
 """The on-device multi-thread decoding loop: spawn and join inside one
 ``lax.while_loop``, fixed shapes, no host round trips, and a step that costs
-what is alive rather than what was allocated.
+what is alive rather than what was allocated. Array names end in their shape
+(the legend is in ``apr_jax.decode``'s docstring).
 
-Threads. Every sample of every problem (a *group*) owns ``S`` thread rows
-(slots) of one flat batch of ``R = G * S`` rows; this is the output layout.
+Threads. Every sample of every problem (a *group*: one of the ``N`` rollouts)
+owns ``S`` thread rows (slots) of one flat batch of ``R = N * S`` rows; this is
+the output layout.
 Slot 0 is the root; children take the next free slots in spawn order and keep
 them (slots are never reused, so every thread's tokens survive to the output).
 A spawn that finds too few free slots gets fewer children (the rest are
@@ -13,7 +15,7 @@ Per row a token buffer ``buf_RxL`` holds the thread's whole context. Tokens at
 ``[fed, length)`` are the *forced queue*: written by the engine (prompt, child
 prompt, join block) or just sampled, and not yet fed to the model.
 
-KV lanes. The cache is a pool of ``N`` lanes, separate from the thread rows. A
+KV lanes. The cache is a pool of ``C`` lanes, separate from the thread rows. A
 thread holds one lane from the moment it starts until it is done (a waiting
 parent keeps its lane); the lane then returns to the pool and the next thread
 writes over it from slot 0 (queries never look past their own position, so
@@ -24,8 +26,8 @@ and a finished group's lanes take the next group at once (continuous batching).
 
 A step. Running threads with exactly one queued token (the one just sampled)
 are gathered into a *decode* call of width 1; those with more (prompts, join
-blocks) into a *prefill* call that feeds up to ``C = prefill_chunk`` tokens;
-with ``long_prefill_chunks`` (ascending widths above C) a thread goes to the
+blocks) into a *prefill* call that feeds up to ``prefill_chunk`` tokens;
+with ``long_prefill_chunks`` (ascending wider widths) a thread goes to the
 narrowest call whose width is at least half its queue, or the widest one (a
 queue takes one or two steps where the widths allow, and no row waits in a
 call more than twice as wide as what it feeds).
@@ -88,14 +90,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from apr_jax import threads as threads_lib
 from apr_jax.decode.model_api import DecodeFn
-from apr_jax.decode.protocol_ids import ProtocolIds
+from apr_jax.decode.protocol_ids import CHILD_PREFIX, ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig, sample_tokens, top_p_mask
 
 FREE, RUNNING, WAITING, DONE = 0, 1, 2, 3
@@ -109,18 +111,18 @@ class LoopSpec:
     """Static shape/behaviour of one compiled loop."""
 
     ids: ProtocolIds
-    slots: int  # S: thread rows per group
+    slots: int  # S: thread rows per group (rollout)
     max_children: int  # K
     max_context: int  # L
-    lanes: int  # N: KV-cache lanes
+    lanes: int  # C: KV-cache lanes
     lanes_per_group: int  # lanes reserved for each group in flight
-    prefill_chunk: int  # C: forced tokens fed per thread per step
-    row_buckets: tuple[int, ...]  # ascending; the last is N
+    prefill_chunk: int  # forced tokens fed per thread per step
+    row_buckets: tuple[int, ...]  # ascending; the last is C
     kv_buckets: tuple[int, ...]  # ascending; the last is L
     sampling: SamplingConfig
     cache_axes: tuple[int, ...]  # lane axis of each cache leaf (``cache_axes``)
     split_by_kv_length: bool = False  # one model call per KV-length bucket
-    long_prefill_chunks: tuple[int, ...] = ()  # ascending widths > C for longer queues
+    long_prefill_chunks: tuple[int, ...] = ()  # ascending widths > prefill_chunk for longer queues
     page_size: int = 0  # > 0: decode calls read the pool through the model's paged kernel
 
 
@@ -138,8 +140,9 @@ class Limits:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LoopState:
-    """The while-loop carry. ``_R`` fields are per thread row, ``_N`` per KV
-    lane, ``_G`` per group; ``counters`` are float32 totals (``COUNTERS``)."""
+    """The while-loop carry. ``_R`` fields are per thread row, ``_C`` per KV
+    lane, ``_N`` per group (rollout); ``counters`` are float32 totals
+    (``COUNTERS``)."""
 
     step: jax.Array
     cache: Any
@@ -160,11 +163,11 @@ class LoopState:
     child_lo_R: jax.Array  # first slot of the current spawn's children
     child_n_R: jax.Array
     lane_R: jax.Array  # the lane the thread holds (or last held); -1 never had one
-    lane_row_N: jax.Array  # the row holding (or that last held) the lane; -1 never used
-    lane_busy_N: jax.Array  # bool
-    next_free_G: jax.Array
-    dropped_children_G: jax.Array  # messages over max_children
-    dropped_pool_G: jax.Array  # messages that found no free slot
+    lane_row_C: jax.Array  # the row holding (or that last held) the lane; -1 never used
+    lane_busy_C: jax.Array  # bool
+    next_free_N: jax.Array
+    dropped_children_N: jax.Array  # messages over max_children
+    dropped_pool_N: jax.Array  # messages that found no free slot
     admitted: jax.Array  # groups admitted so far (in order)
     num_groups: jax.Array  # groups to decode; the trailing rest stay idle
     counters: jax.Array  # float32 [len(COUNTERS)]
@@ -197,7 +200,10 @@ def compact(member_X: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     # Where every entry is a member (e.g. all lanes free at the start) the
     # destinations fold to the same iota as the values, and the TPU compiler
     # (libtpu 0.0.42) aborts on a scatter whose indices and updates are one
-    # instruction; the barrier keeps them apart.
+    # instruction; the barrier keeps them apart. Remove when a newer libtpu
+    # compiles the engine without it: drop the barrier (keep the arange) and
+    # run tests/test_aot.py::test_engine_compiles_for_a_tpu_slice with that
+    # libtpu installed; if it passes, delete the barrier and this comment.
     entries_X = jax.lax.optimization_barrier(jnp.arange(member_X.shape[0], dtype=jnp.int32))
     index_M = jnp.zeros((size,), jnp.int32).at[_drop_index(member_X, rank_X, size)].set(
         entries_X, mode="drop")
@@ -208,16 +214,16 @@ def _take_lanes(s: LoopState, want_X: jax.Array, rows_X: jax.Array) -> LoopState
     """Give free lanes, lowest first, to the wanting entries' thread rows in
     order (an entry finds none when the pool is empty; admission reserves
     enough that it never is)."""
-    N = s.lane_busy_N.shape[0]
-    free_list_N, free_count = compact(~s.lane_busy_N, N)
+    C = s.lane_busy_C.shape[0]
+    free_list_C, free_count = compact(~s.lane_busy_C, C)
     rank_X = jnp.cumsum(want_X) - 1
     got_X = want_X & (rank_X < free_count)
-    lane_X = jnp.where(got_X, free_list_N[jnp.clip(rank_X, 0, N - 1)], -1)
-    at_X = _drop_index(got_X, lane_X, N)
+    lane_X = jnp.where(got_X, free_list_C[jnp.clip(rank_X, 0, C - 1)], -1)
+    at_X = _drop_index(got_X, lane_X, C)
     R = s.lane_R.shape[0]
     return s.replace(
-        lane_row_N=s.lane_row_N.at[at_X].set(rows_X, mode="drop"),
-        lane_busy_N=s.lane_busy_N.at[at_X].set(True, mode="drop"),
+        lane_row_C=s.lane_row_C.at[at_X].set(rows_X, mode="drop"),
+        lane_busy_C=s.lane_busy_C.at[at_X].set(True, mode="drop"),
         lane_R=s.lane_R.at[_drop_index(got_X, rows_X, R)].set(lane_X, mode="drop"))
 
 
@@ -225,7 +231,7 @@ def init_state(spec: LoopSpec, prompt_buf_RxL: jax.Array, prompt_len_R: jax.Arra
                num_groups: jax.Array, cache: Any) -> LoopState:
     """Roots hold their prompts as forced tokens; no group is admitted yet."""
     R, L = prompt_buf_RxL.shape
-    G, N = R // spec.slots, spec.lanes
+    N, C = R // spec.slots, spec.lanes
     is_root_R = (jnp.arange(R) % spec.slots) == 0
     i32 = functools.partial(jnp.full, (R,), dtype=jnp.int32)
     return LoopState(
@@ -235,32 +241,32 @@ def init_state(spec: LoopSpec, prompt_buf_RxL: jax.Array, prompt_len_R: jax.Arra
         status_R=i32(FREE), stop_R=i32(STOP["running"]), parent_R=i32(-1), depth_R=i32(0),
         rounds_R=i32(0), spawn_round_R=i32(-1), written_R=i32(0), spawn_open_R=i32(-1),
         return_open_R=i32(-1), child_lo_R=i32(0), child_n_R=i32(0), lane_R=i32(-1),
-        lane_row_N=jnp.full((N,), -1, jnp.int32), lane_busy_N=jnp.zeros((N,), bool),
-        next_free_G=jnp.ones((G,), jnp.int32), dropped_children_G=jnp.zeros((G,), jnp.int32),
-        dropped_pool_G=jnp.zeros((G,), jnp.int32), admitted=jnp.int32(0),
-        num_groups=jnp.minimum(num_groups, G).astype(jnp.int32),
+        lane_row_C=jnp.full((C,), -1, jnp.int32), lane_busy_C=jnp.zeros((C,), bool),
+        next_free_N=jnp.ones((N,), jnp.int32), dropped_children_N=jnp.zeros((N,), jnp.int32),
+        dropped_pool_N=jnp.zeros((N,), jnp.int32), admitted=jnp.int32(0),
+        num_groups=jnp.minimum(num_groups, N).astype(jnp.int32),
         counters=jnp.zeros((len(COUNTERS),), jnp.float32))
 
 
 def admit(spec: LoopSpec, s: LoopState) -> LoopState:
     """Start the next groups' roots while the pool can hold their worst case."""
     S = spec.slots
-    G = s.next_free_G.shape[0]
-    g_G = jnp.arange(G)
-    in_flight = jnp.sum((g_G < s.admitted) & (s.status_R[::S] != DONE))
+    N = s.next_free_N.shape[0]
+    g_N = jnp.arange(N)
+    in_flight = jnp.sum((g_N < s.admitted) & (s.status_R[::S] != DONE))
     room = spec.lanes // spec.lanes_per_group - in_flight
     count = jnp.clip(room, 0, s.num_groups - s.admitted)
-    new_G = (g_G >= s.admitted) & (g_G < s.admitted + count)
-    new_R = jnp.zeros_like(s.status_R, bool).at[g_G * S].set(new_G)
+    new_N = (g_N >= s.admitted) & (g_N < s.admitted + count)
+    new_R = jnp.zeros_like(s.status_R, bool).at[g_N * S].set(new_N)
     s = _take_lanes(s, new_R, jnp.arange(new_R.shape[0], dtype=jnp.int32))
     return s.replace(status_R=jnp.where(new_R, RUNNING, s.status_R), admitted=s.admitted + count)
 
 
 def free_lanes(s: LoopState) -> LoopState:
     """Return the lanes of finished threads to the pool."""
-    row_N = jnp.maximum(s.lane_row_N, 0)
-    done_N = s.lane_busy_N & (s.status_R[row_N] == DONE)
-    return s.replace(lane_busy_N=s.lane_busy_N & ~done_N)
+    row_C = jnp.maximum(s.lane_row_C, 0)
+    done_C = s.lane_busy_C & (s.status_R[row_C] == DONE)
+    return s.replace(lane_busy_C=s.lane_busy_C & ~done_C)
 
 
 def sample_rows(key: jax.Array, thread_B: jax.Array, at_B: jax.Array, logits_BxV: jax.Array,
@@ -314,10 +320,10 @@ def _run_if(pred: jax.Array, fn: Callable[[Any], Any], carry: Any) -> Any:
     return jax.lax.while_loop(lambda c: pred & ~c[0], body, (jnp.bool_(False), carry))[1]
 
 
-def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, member_N: jax.Array,
+def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, member_C: jax.Array,
                 width: int, page_size: int = 0):
     """Feed up to ``width`` queued tokens of each member lane's thread in one
-    bucketed model call; returns (cache, fed_N, logits_NxV at each member's
+    bucketed model call; returns (cache, fed_C, logits_CxV at each member's
     last fed token, counters).
 
     The rows are compacted into the smallest row bucket that holds them. They
@@ -331,15 +337,15 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
     one that gathered the largest bucket would copy it too)."""
     if page_size and width != 1:
         raise ValueError(f"the paged decode feeds one token per row, not {width}")
-    N, L, T = spec.lanes, spec.max_context, width
+    C, L, T = spec.lanes, spec.max_context, width
     kv_buckets = (L,) if page_size else spec.kv_buckets
     paged = {"page_size": page_size} if page_size else {}
-    row_N = jnp.maximum(s.lane_row_N, 0)
-    fed_N = s.fed_R[row_N]
-    n_feed_N = jnp.where(member_N, jnp.minimum(s.length_R[row_N] - fed_N, width), 0)
-    lanes_M, count = compact(member_N, N)
+    row_C = jnp.maximum(s.lane_row_C, 0)
+    fed_C = s.fed_R[row_C]
+    n_feed_C = jnp.where(member_C, jnp.minimum(s.length_R[row_C] - fed_C, width), 0)
+    lanes_M, count = compact(member_C, C)
     row_bucket = _bucket(spec.row_buckets, count)
-    kv_bucket = _bucket(kv_buckets, jnp.max(jnp.where(member_N, fed_N + n_feed_N, 0)))
+    kv_bucket = _bucket(kv_buckets, jnp.max(jnp.where(member_C, fed_C + n_feed_C, 0)))
     t_1xT = jnp.arange(T)[None]
     V = _vocab_size(spec, decode_fn, params, s.cache)
 
@@ -347,14 +353,14 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
         def call(carry):
             lanes_B = lanes_M[:B]
             valid_B = jnp.arange(B) < count
-            n_B = jnp.where(valid_B, n_feed_N[lanes_B], 0)
-            fed_B = fed_N[lanes_B]
+            n_B = jnp.where(valid_B, n_feed_C[lanes_B], 0)
+            fed_B = fed_C[lanes_B]
             at_BxT = fed_B[:, None] + t_1xT
             pos_BxT = jnp.where(t_1xT < n_B[:, None], at_BxT, -1)
-            tok_BxT = s.buf_RxL[row_N[lanes_B][:, None], jnp.minimum(at_BxT, L - 1)]
+            tok_BxT = s.buf_RxL[row_C[lanes_B][:, None], jnp.minimum(at_BxT, L - 1)]
             logits_BxTxV, cache = decode_fn(params, tok_BxT, pos_BxT, carry[0], lanes_B, kv_len, **paged)
             last_BxV = logits_BxTxV[jnp.arange(B), jnp.maximum(n_B - 1, 0)].astype(jnp.float32)
-            logits_NxV = jnp.zeros((N, V), jnp.float32).at[_drop_index(valid_B, lanes_B, N)].set(
+            logits_CxV = jnp.zeros((C, V), jnp.float32).at[_drop_index(valid_B, lanes_B, C)].set(
                 last_BxV, mode="drop")
             live_B = jnp.where(valid_B, fed_B + n_B, 0)
             # The paged kernel reads whole pages; the others their KV bucket.
@@ -362,7 +368,7 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
             counters = jnp.stack([jnp.float32(B * width), jnp.sum(n_B).astype(jnp.float32),
                                   jnp.asarray(read, jnp.float32), jnp.sum(live_B).astype(jnp.float32),
                                   jnp.float32(1)])
-            return cache, logits_NxV, counters
+            return cache, logits_CxV, counters
         return call
 
     def row(B: int):
@@ -372,11 +378,11 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
             return carry
         return kv_pairs
 
-    carry = (s.cache, jnp.zeros((N, V), jnp.float32), jnp.zeros((len(COUNTERS),), jnp.float32))
+    carry = (s.cache, jnp.zeros((C, V), jnp.float32), jnp.zeros((len(COUNTERS),), jnp.float32))
     for i, B in enumerate(spec.row_buckets):
         carry = _run_if((count > 0) & (row_bucket == i), row(B), carry)
-    cache, logits_NxV, counters = carry
-    return cache, n_feed_N, logits_NxV, counters
+    cache, logits_CxV, counters = carry
+    return cache, n_feed_C, logits_CxV, counters
 
 
 def prefill_widths(spec: LoopSpec) -> tuple[int, ...]:
@@ -387,47 +393,98 @@ def prefill_widths(spec: LoopSpec) -> tuple[int, ...]:
     return tuple(sorted({1, spec.prefill_chunk, *spec.long_prefill_chunks}))
 
 
-def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, s: LoopState,
-                     limits: Limits):
-    """Feed every running thread (decode and prefill calls); append sampled
-    tokens where a queue emptied; classify what they do."""
+class ModelCall(NamedTuple):
+    """One model call of a step (``_model_call``)."""
+
+    member_C: jax.Array  # bool: the lanes whose threads it feeds
+    width: int  # queued tokens it feeds per thread at most
+    spec: LoopSpec  # the loop spec it runs under (its KV-length buckets)
+    page_size: int  # > 0: a width-1 call through the model's paged kernel
+
+
+class Routing(NamedTuple):
+    """Which lanes' threads feed in which model call this step."""
+
+    row_C: jax.Array  # the thread row each lane holds (or last held; 0 if never used)
+    run_C: jax.Array  # bool: that thread is running, so it feeds this step
+    queue_C: jax.Array  # its queued tokens (``[fed, length)`` of its buffer)
+    calls: tuple[ModelCall, ...]  # the step's model calls, in the order they run
+
+
+def _route(spec: LoopSpec, s: LoopState) -> Routing:
+    """Send every running thread to one model call: width 1 for the one token
+    it just sampled, else the narrowest prefill width at least half its queue
+    (or the widest, ``prefill_widths``), each width split by KV-length bucket
+    where the spec asks (``_split_by_kv_length``)."""
+    row_C = jnp.maximum(s.lane_row_C, 0)
+    run_C = s.lane_busy_C & (s.status_R[row_C] == RUNNING)
+    queue_C = s.length_R[row_C] - s.fed_R[row_C]
+    widths = prefill_widths(spec)
+    half_C = jnp.where(queue_C > 1, jnp.maximum((queue_C + 1) // 2, 2), 1)
+    width_class_C = jnp.minimum(jnp.searchsorted(jnp.asarray(widths), half_C), len(widths) - 1)
+    by_width = [(run_C & (width_class_C == c), width) for c, width in enumerate(widths)]
+    calls = tuple(call for member_C, width in by_width
+                  for call in _split_by_kv_length(spec, s, row_C, queue_C, member_C, width))
+    return Routing(row_C=row_C, run_C=run_C, queue_C=queue_C, calls=calls)
+
+
+def _split_by_kv_length(spec: LoopSpec, s: LoopState, row_C: jax.Array, queue_C: jax.Array,
+                        member_C: jax.Array, width: int) -> list[ModelCall]:
+    """The model calls that feed ``member_C`` at ``width``: one, or one per
+    KV-length bucket with ``split_by_kv_length``; a paged width-1 call reads
+    each row's own pages and is never split."""
+    page_size = spec.page_size if width == 1 else 0
+    if page_size or not spec.split_by_kv_length:
+        return [ModelCall(member_C=member_C, width=width, spec=spec, page_size=page_size)]
+    kv_class_C = _bucket(spec.kv_buckets, s.fed_R[row_C] + jnp.minimum(queue_C, width))
+    return [ModelCall(member_C=member_C & (kv_class_C == c), width=width,
+                      spec=dataclasses.replace(spec, kv_buckets=(kv,)), page_size=0)
+            for c, kv in enumerate(spec.kv_buckets)]
+
+
+def _feed(decode_fn: DecodeFn, params: Any, s: LoopState, routing: Routing
+          ) -> tuple[LoopState, jax.Array, jax.Array]:
+    """Run the step's model calls in order. Returns the state (the cache with
+    the fed tokens' keys and values, the counters added), the tokens fed per
+    lane, and the float32 logits at each lane's last fed token."""
+    fed_C = jnp.zeros_like(routing.queue_C)
+    logits_CxV = None
+    for call in routing.calls:
+        cache, fed_call_C, logits_call_CxV, counters = _model_call(
+            call.spec, decode_fn, params, s, call.member_C, call.width, call.page_size)
+        s = s.replace(cache=cache, counters=s.counters + counters)
+        fed_C = jnp.where(call.member_C, fed_call_C, fed_C)
+        logits_CxV = (logits_call_CxV if logits_CxV is None
+                      else jnp.where(call.member_C[:, None], logits_call_CxV, logits_CxV))
+    return s, fed_C, logits_CxV
+
+
+def _sample(spec: LoopSpec, key: jax.Array, first_thread: jax.Array, s: LoopState, routing: Routing,
+            fed_C: jax.Array, logits_CxV: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Sample a token for every lane's thread (``sample_rows``) and move the
+    step's lane results onto thread rows: ``fed_R`` advanced by the tokens
+    fed, and the token ``x_R`` and its log-prob ``lp_R`` (0 on rows that did
+    not run; only rows whose queue emptied use them)."""
+    R = s.buf_RxL.shape[0]
+    row_C = routing.row_C
+    x_C, lp_C = sample_rows(key, first_thread + row_C, s.length_R[row_C], logits_CxV, spec.sampling)
+    at_C = _drop_index(routing.run_C, row_C, R)
+    fed_R = s.fed_R.at[at_C].add(fed_C, mode="drop")
+    x_R = jnp.zeros((R,), jnp.int32).at[at_C].set(x_C, mode="drop")
+    lp_R = jnp.zeros((R,), jnp.float32).at[at_C].set(lp_C, mode="drop")
+    return fed_R, x_R, lp_R
+
+
+def _classify(spec: LoopSpec, s: LoopState, limits: Limits, fed_R: jax.Array, x_R: jax.Array,
+              lp_R: jax.Array) -> tuple[LoopState, jax.Array, jax.Array, jax.Array]:
+    """Append ``x_R`` to each running thread whose queue emptied (role
+    ``model``, log-prob ``lp_R``) and apply what it does (module docstring):
+    stop the thread, open or close a spawn block, remember a ``<return>``; a
+    thread whose forced tokens filled its buffer stops with ``context_limit``.
+    Returns the state, the threads that spawn, and the buffer indices of
+    their block's ``<spawn>`` and ``</spawn>``."""
     ids, L = spec.ids, spec.max_context
     R = s.buf_RxL.shape[0]
-    row_N = jnp.maximum(s.lane_row_N, 0)
-    run_N = s.lane_busy_N & (s.status_R[row_N] == RUNNING)
-    queue_N = s.length_R[row_N] - s.fed_R[row_N]
-    widths = prefill_widths(spec)
-    half_N = jnp.where(queue_N > 1, jnp.maximum((queue_N + 1) // 2, 2), 1)
-    width_class_N = jnp.minimum(jnp.searchsorted(jnp.asarray(widths), half_N), len(widths) - 1)
-    calls = [(run_N & (width_class_N == c), width) for c, width in enumerate(widths)]
-
-    def split(member_N: jax.Array, width: int) -> list[tuple[jax.Array, int, LoopSpec, int]]:
-        """The model calls (members, width, spec, page size) that feed
-        ``member_N``: one, or one per KV-length bucket with
-        ``split_by_kv_length``; a paged width-1 call reads each row's own
-        pages and is never split."""
-        page_size = spec.page_size if width == 1 else 0
-        if page_size or not spec.split_by_kv_length:
-            return [(member_N, width, spec, page_size)]
-        kv_class_N = _bucket(spec.kv_buckets, s.fed_R[row_N] + jnp.minimum(queue_N, width))
-        return [(member_N & (kv_class_N == c), width, dataclasses.replace(spec, kv_buckets=(kv,)), 0)
-                for c, kv in enumerate(spec.kv_buckets)]
-
-    fed_N = jnp.zeros_like(queue_N)
-    logits_NxV = None
-    for member_N, width, call_spec, page_size in [c for member_N, w in calls for c in split(member_N, w)]:
-        cache, fed_c_N, logits_c_NxV, counters = _model_call(call_spec, decode_fn, params, s, member_N, width,
-                                                             page_size)
-        s = s.replace(cache=cache, counters=s.counters + counters)
-        fed_N = jnp.where(member_N, fed_c_N, fed_N)
-        logits_NxV = logits_c_NxV if logits_NxV is None else jnp.where(member_N[:, None], logits_c_NxV,
-                                                                         logits_NxV)
-    x_N, lp_N = sample_rows(key, first_thread + row_N, s.length_R[row_N], logits_NxV, spec.sampling)
-
-    at_N = _drop_index(run_N, row_N, R)
-    fed_R = s.fed_R.at[at_N].add(fed_N, mode="drop")
-    x_R = jnp.zeros((R,), jnp.int32).at[at_N].set(x_N, mode="drop")
-    lp_R = jnp.zeros((R,), jnp.float32).at[at_N].set(lp_N, mode="drop")
     rows_R = jnp.arange(R)
     running_R = s.status_R == RUNNING
     ready_R = running_R & (fed_R == s.length_R)
@@ -470,129 +527,145 @@ def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thr
     return s, spawn_R, block_open_R, at_R
 
 
+def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params: Any, key: jax.Array,
+                     first_thread: jax.Array, s: LoopState, limits: Limits
+                     ) -> tuple[LoopState, jax.Array, jax.Array, jax.Array]:
+    """Feed every running thread (decode and prefill calls); append sampled
+    tokens where a queue emptied; classify what they do (``_classify``'s
+    results)."""
+    routing = _route(spec, s)
+    s, fed_C, logits_CxV = _feed(decode_fn, params, s, routing)
+    fed_R, x_R, lp_R = _sample(spec, key, first_thread, s, routing, fed_C, logits_CxV)
+    return _classify(spec, s, limits, fed_R, x_R, lp_R)
+
+
 def _spawn(spec: LoopSpec, s: LoopState, spawn_R, block_open_R, block_close_R) -> LoopState:
     """Create one child per message of each spawn block closed this step. The
-    spawners (at most one per lane) are handled in row order, ``N`` at a time."""
-    ids, S, K, L, N = spec.ids, spec.slots, spec.max_children, spec.max_context, spec.lanes
+    spawners (at most one per lane) are handled in row order, ``C`` at a time."""
+    ids, S, K, L, C = spec.ids, spec.slots, spec.max_children, spec.max_context, spec.lanes
     R = s.buf_RxL.shape[0]
-    sp_N, count = compact(spawn_R, N)
-    valid_N = jnp.arange(N) < count
-    buf_NxL = s.buf_RxL[sp_N]
+    sp_C, count = compact(spawn_R, C)
+    valid_C = jnp.arange(C) < count
+    buf_CxL = s.buf_RxL[sp_C]
     j_1xL = jnp.arange(L)[None]
-    in_block_NxL = (valid_N[:, None] & (j_1xL > block_open_R[sp_N][:, None])
-                    & (j_1xL < block_close_R[sp_N][:, None]))
-    is_sep_NxL = in_block_NxL & (buf_NxL == ids.sep)
-    msg_id_NxL = jnp.cumsum(is_sep_NxL, axis=1)
-    n_msgs_N = jnp.where(valid_N, 1 + is_sep_NxL.sum(axis=1), 0)
-    req_N = jnp.minimum(n_msgs_N, K)
+    in_block_CxL = (valid_C[:, None] & (j_1xL > block_open_R[sp_C][:, None])
+                    & (j_1xL < block_close_R[sp_C][:, None]))
+    is_sep_CxL = in_block_CxL & (buf_CxL == ids.sep)
+    msg_id_CxL = jnp.cumsum(is_sep_CxL, axis=1)
+    n_msgs_C = jnp.where(valid_C, 1 + is_sep_CxL.sum(axis=1), 0)
+    req_C = jnp.minimum(n_msgs_C, K)
 
     # Contiguous free slots per group, in row order of its spawners.
-    group_N = sp_N // S
-    excl_N = jnp.cumsum(req_N) - req_N
-    first_N = valid_N & ((jnp.arange(N) == 0) | (group_N != jnp.roll(group_N, 1)))
-    offset_N = excl_N - jax.lax.cummax(jnp.where(first_N, excl_N, 0))
-    next_free_N = s.next_free_G[group_N]
-    granted_N = jnp.where(valid_N, jnp.clip(S - next_free_N - offset_N, 0, req_N), 0)
-    child_lo_N = next_free_N + offset_N
+    group_C = sp_C // S
+    excl_C = jnp.cumsum(req_C) - req_C
+    first_C = valid_C & ((jnp.arange(C) == 0) | (group_C != jnp.roll(group_C, 1)))
+    offset_C = excl_C - jax.lax.cummax(jnp.where(first_C, excl_C, 0))
+    next_free_C = s.next_free_N[group_C]
+    granted_C = jnp.where(valid_C, jnp.clip(S - next_free_C - offset_C, 0, req_C), 0)
+    child_lo_C = next_free_C + offset_C
 
     # Message k of spawner n: tokens [start, start + len) of its buffer.
     k_K = jnp.arange(K)
-    in_msg_NxLxK = (msg_id_NxL[:, :, None] == k_K) & in_block_NxL[:, :, None]
-    msg_len_NxK = jnp.sum(in_msg_NxLxK & ~is_sep_NxL[:, :, None], axis=1)
-    sep_at_NxK = jnp.sum(jnp.where(in_msg_NxLxK & is_sep_NxL[:, :, None], j_1xL[:, :, None], 0), axis=1)
-    msg_start_NxK = jnp.where(k_K == 0, block_open_R[sp_N][:, None], sep_at_NxK) + 1
+    in_msg_CxLxK = (msg_id_CxL[:, :, None] == k_K) & in_block_CxL[:, :, None]
+    msg_len_CxK = jnp.sum(in_msg_CxLxK & ~is_sep_CxL[:, :, None], axis=1)
+    sep_at_CxK = jnp.sum(jnp.where(in_msg_CxLxK & is_sep_CxL[:, :, None], j_1xL[:, :, None], 0), axis=1)
+    msg_start_CxK = jnp.where(k_K == 0, block_open_R[sp_C][:, None], sep_at_CxK) + 1
 
-    # The new children (never more than the free lanes, so N entries), in order.
-    is_new_NxK = k_K[None] < granted_N[:, None]
-    new_M, _ = compact(is_new_NxK.reshape(-1), N)
-    new_valid_M = jnp.arange(N) < jnp.minimum(granted_N.sum(), N)
+    # The new children (never more than the free lanes, so C entries), in order.
+    is_new_CxK = k_K[None] < granted_C[:, None]
+    new_M, _ = compact(is_new_CxK.reshape(-1), C)
+    new_valid_M = jnp.arange(C) < jnp.minimum(granted_C.sum(), C)
     owner_M, k_M = new_M // K, new_M % K
-    row_M = group_N[owner_M] * S + child_lo_N[owner_M] + k_M
-    mlen_M = msg_len_NxK[owner_M, k_M]
-    src_MxL = buf_NxL[owner_M[:, None], jnp.clip(msg_start_NxK[owner_M, k_M][:, None] + j_1xL - 2, 0, L - 1)]
+    row_M = group_C[owner_M] * S + child_lo_C[owner_M] + k_M
+    mlen_M = msg_len_CxK[owner_M, k_M]
+    src_MxL = buf_CxL[owner_M[:, None],
+                      jnp.clip(msg_start_CxK[owner_M, k_M][:, None] + j_1xL - CHILD_PREFIX, 0, L - 1)]
     child_MxL = jnp.where(j_1xL == 0, ids.bos, jnp.where(j_1xL == 1, ids.child,
-                          jnp.where(j_1xL < 2 + mlen_M[:, None], src_MxL, ids.pad)))
+                          jnp.where(j_1xL < CHILD_PREFIX + mlen_M[:, None], src_MxL, ids.pad)))
     # The TPU compiler (libtpu 0.0.42) nests the producer of a scatter's
     # updates into the scatter and aborts when that producer is this
     # element-wise gather over 128-slot rows (``fusion_emitter.cc``: not a
-    # sublane gather); the barrier keeps it a separate fusion.
+    # sublane gather); the barrier keeps it a separate fusion. Remove when a
+    # newer libtpu compiles the engine without it: delete the barrier line and
+    # run tests/test_aot.py::test_engine_compiles_for_a_tpu_slice (128-slot
+    # rows) with that libtpu installed; if it passes, delete this comment too.
     child_MxL = jax.lax.optimization_barrier(child_MxL)
     at_M = _drop_index(new_valid_M, row_M, R)
     s = _take_lanes(s, new_valid_M, row_M)
-    spawner_M = sp_N[owner_M]
-    at_N = _drop_index(valid_N, sp_N, R)
-    G = s.next_free_G.shape[0]
-    at_group_N = _drop_index(valid_N, group_N, G)
+    spawner_M = sp_C[owner_M]
+    at_C = _drop_index(valid_C, sp_C, R)
+    N = s.next_free_N.shape[0]
+    at_group_C = _drop_index(valid_C, group_C, N)
     return s.replace(
         buf_RxL=s.buf_RxL.at[at_M].set(child_MxL, mode="drop"),
-        length_R=s.length_R.at[at_M].set(jnp.minimum(2 + mlen_M, L), mode="drop"),
+        length_R=s.length_R.at[at_M].set(jnp.minimum(CHILD_PREFIX + mlen_M, L), mode="drop"),
         status_R=s.status_R.at[at_M].set(RUNNING, mode="drop"),
         parent_R=s.parent_R.at[at_M].set(spawner_M % S, mode="drop"),
         depth_R=s.depth_R.at[at_M].set(s.depth_R[spawner_M] + 1, mode="drop"),
         spawn_round_R=s.spawn_round_R.at[at_M].set(s.rounds_R[spawner_M], mode="drop"),
-        rounds_R=s.rounds_R.at[at_N].add(1, mode="drop"),
-        child_lo_R=s.child_lo_R.at[at_N].set(child_lo_N, mode="drop"),
-        child_n_R=s.child_n_R.at[at_N].set(granted_N, mode="drop"),
-        next_free_G=s.next_free_G.at[at_group_N].add(granted_N, mode="drop"),
-        dropped_children_G=s.dropped_children_G.at[at_group_N].add(n_msgs_N - req_N, mode="drop"),
-        dropped_pool_G=s.dropped_pool_G.at[at_group_N].add(req_N - granted_N, mode="drop"))
+        rounds_R=s.rounds_R.at[at_C].add(1, mode="drop"),
+        child_lo_R=s.child_lo_R.at[at_C].set(child_lo_C, mode="drop"),
+        child_n_R=s.child_n_R.at[at_C].set(granted_C, mode="drop"),
+        next_free_N=s.next_free_N.at[at_group_C].add(granted_C, mode="drop"),
+        dropped_children_N=s.dropped_children_N.at[at_group_C].add(n_msgs_C - req_C, mode="drop"),
+        dropped_pool_N=s.dropped_pool_N.at[at_group_C].add(req_C - granted_C, mode="drop"))
 
 
 def join_ready(spec: LoopSpec, s: LoopState) -> jax.Array:
     """Waiting rows whose children of the current spawn are all done."""
     S = spec.slots
-    G = s.buf_RxL.shape[0] // S
-    done_GxS = (s.status_R == DONE).reshape(G, S).astype(jnp.int32)
-    cum_Gx1S = jnp.concatenate([jnp.zeros((G, 1), jnp.int32), jnp.cumsum(done_GxS, axis=1)], axis=1)
-    lo_GxS = s.child_lo_R.reshape(G, S)
-    n_GxS = s.child_n_R.reshape(G, S)
-    done_count_GxS = (jnp.take_along_axis(cum_Gx1S, jnp.clip(lo_GxS + n_GxS, 0, S), axis=1)
-                      - jnp.take_along_axis(cum_Gx1S, jnp.clip(lo_GxS, 0, S), axis=1))
-    return (s.status_R == WAITING) & (done_count_GxS == n_GxS).reshape(-1)
+    N = s.buf_RxL.shape[0] // S
+    done_NxS = (s.status_R == DONE).reshape(N, S).astype(jnp.int32)
+    cum_Nx1S = jnp.concatenate([jnp.zeros((N, 1), jnp.int32), jnp.cumsum(done_NxS, axis=1)], axis=1)
+    lo_NxS = s.child_lo_R.reshape(N, S)
+    n_NxS = s.child_n_R.reshape(N, S)
+    done_count_NxS = (jnp.take_along_axis(cum_Nx1S, jnp.clip(lo_NxS + n_NxS, 0, S), axis=1)
+                      - jnp.take_along_axis(cum_Nx1S, jnp.clip(lo_NxS, 0, S), axis=1))
+    return (s.status_R == WAITING) & (done_count_NxS == n_NxS).reshape(-1)
 
 
 def _join(spec: LoopSpec, s: LoopState, ready_R, limits: Limits) -> LoopState:
     """Append each ready parent's join block and let it run again. The parents
-    (each holds a lane) are handled ``N`` at a time."""
-    ids, S, K, L, N = spec.ids, spec.slots, spec.max_children, spec.max_context, spec.lanes
+    (each holds a lane) are handled ``C`` at a time."""
+    ids, S, K, L, C = spec.ids, spec.slots, spec.max_children, spec.max_context, spec.lanes
     R = s.buf_RxL.shape[0]
-    p_N, count = compact(ready_R, N)
-    valid_N = jnp.arange(N) < count
+    p_C, count = compact(ready_R, C)
+    valid_C = jnp.arange(C) < count
     k_K = jnp.arange(K)
-    child_NxK = (p_N // S * S)[:, None] + jnp.clip(s.child_lo_R[p_N][:, None] + k_K, 0, S - 1)
-    n_N = s.child_n_R[p_N]
-    has_NxK = k_K < n_N[:, None]
-    returned_NxK = s.stop_R[child_NxK] == STOP["return"]
-    c_len_NxK = s.length_R[child_NxK]
-    c_ret_NxK = s.return_open_R[child_NxK]
-    m_start_NxK = jnp.where(c_ret_NxK >= 0, c_ret_NxK + 1, c_len_NxK - 1)
-    m_len_NxK = jnp.where(returned_NxK, c_len_NxK - 1 - m_start_NxK, 1)
-    piece_NxK = jnp.where(has_NxK, 1 + m_len_NxK, jnp.where(k_K == 0, 1, 0))
-    off_NxK = jnp.cumsum(piece_NxK, axis=1) - piece_NxK
-    total_N = piece_NxK.sum(axis=1) + 1
+    child_CxK = (p_C // S * S)[:, None] + jnp.clip(s.child_lo_R[p_C][:, None] + k_K, 0, S - 1)
+    n_C = s.child_n_R[p_C]
+    has_CxK = k_K < n_C[:, None]
+    returned_CxK = s.stop_R[child_CxK] == STOP["return"]
+    c_len_CxK = s.length_R[child_CxK]
+    c_ret_CxK = s.return_open_R[child_CxK]
+    m_start_CxK = jnp.where(c_ret_CxK >= 0, c_ret_CxK + 1, c_len_CxK - 1)
+    m_len_CxK = jnp.where(returned_CxK, c_len_CxK - 1 - m_start_CxK, 1)
+    piece_CxK = jnp.where(has_CxK, 1 + m_len_CxK, jnp.where(k_K == 0, 1, 0))
+    off_CxK = jnp.cumsum(piece_CxK, axis=1) - piece_CxK
+    total_C = piece_CxK.sum(axis=1) + 1
 
     t_1xL = jnp.arange(L)[None]  # position inside the join block
-    starts_NxLxK = (off_NxK[:, None, :] <= t_1xL[:, :, None]) & (piece_NxK[:, None, :] > 0)
-    kt_NxL = jnp.clip(starts_NxLxK.sum(axis=-1) - 1, 0, K - 1)
-    within_NxL = t_1xL - jnp.take_along_axis(off_NxK, kt_NxL, axis=1)
-    src_row_NxL = jnp.take_along_axis(child_NxK, kt_NxL, axis=1)
-    src_col_NxL = jnp.take_along_axis(m_start_NxK, kt_NxL, axis=1) + within_NxL - 1
-    src_NxL = s.buf_RxL[src_row_NxL, jnp.clip(src_col_NxL, 0, L - 1)]
-    body_NxL = jnp.where(jnp.take_along_axis(returned_NxK, kt_NxL, axis=1), src_NxL, ids.trunc)
-    delim_NxL = jnp.where(kt_NxL == 0, ids.join_open, ids.sep)
-    tok_NxL = jnp.where(t_1xL == total_N[:, None] - 1, ids.join_close,
-                        jnp.where(within_NxL == 0, delim_NxL, body_NxL))
-    length_N = s.length_R[p_N]
-    col_NxL = length_N[:, None] + t_1xL
-    write_NxL = valid_N[:, None] & (t_1xL < total_N[:, None]) & (col_NxL < L)
-    row_NxL = jnp.where(write_NxL, p_N[:, None], R)
+    starts_CxLxK = (off_CxK[:, None, :] <= t_1xL[:, :, None]) & (piece_CxK[:, None, :] > 0)
+    kt_CxL = jnp.clip(starts_CxLxK.sum(axis=-1) - 1, 0, K - 1)
+    within_CxL = t_1xL - jnp.take_along_axis(off_CxK, kt_CxL, axis=1)
+    src_row_CxL = jnp.take_along_axis(child_CxK, kt_CxL, axis=1)
+    src_col_CxL = jnp.take_along_axis(m_start_CxK, kt_CxL, axis=1) + within_CxL - 1
+    src_CxL = s.buf_RxL[src_row_CxL, jnp.clip(src_col_CxL, 0, L - 1)]
+    body_CxL = jnp.where(jnp.take_along_axis(returned_CxK, kt_CxL, axis=1), src_CxL, ids.trunc)
+    delim_CxL = jnp.where(kt_CxL == 0, ids.join_open, ids.sep)
+    tok_CxL = jnp.where(t_1xL == total_C[:, None] - 1, ids.join_close,
+                        jnp.where(within_CxL == 0, delim_CxL, body_CxL))
+    length_C = s.length_R[p_C]
+    col_CxL = length_C[:, None] + t_1xL
+    write_CxL = valid_C[:, None] & (t_1xL < total_C[:, None]) & (col_CxL < L)
+    row_CxL = jnp.where(write_CxL, p_C[:, None], R)
 
-    total_R = jnp.zeros((R,), jnp.int32).at[_drop_index(valid_N, p_N, R)].set(total_N, mode="drop")
+    total_R = jnp.zeros((R,), jnp.int32).at[_drop_index(valid_C, p_C, R)].set(total_C, mode="drop")
     truncated_R = ready_R & (s.length_R + total_R > L)
     over_R = ready_R & ~truncated_R & (s.written_R >= limits.tokens_per_thread)
     return s.replace(
-        buf_RxL=s.buf_RxL.at[row_NxL, col_NxL].set(tok_NxL, mode="drop"),
-        role_RxL=s.role_RxL.at[row_NxL, col_NxL].set(ROLE_JOIN, mode="drop"),
+        buf_RxL=s.buf_RxL.at[row_CxL, col_CxL].set(tok_CxL, mode="drop"),
+        role_RxL=s.role_RxL.at[row_CxL, col_CxL].set(ROLE_JOIN, mode="drop"),
         length_R=jnp.where(ready_R, jnp.minimum(s.length_R + total_R, L), s.length_R),
         status_R=jnp.where(truncated_R | over_R, DONE, jnp.where(ready_R, RUNNING, s.status_R)),
         stop_R=jnp.where(truncated_R, STOP["context_limit"],
@@ -616,8 +689,8 @@ def step(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, limits:
 
 def groups_running(spec: LoopSpec, s: LoopState) -> jax.Array:
     """Some group is not yet admitted, or an admitted group's root is not done."""
-    g_G = jnp.arange(s.next_free_G.shape[0])
-    return (s.admitted < s.num_groups) | jnp.any((g_G < s.admitted) & (s.status_R[:: spec.slots] != DONE))
+    g_N = jnp.arange(s.next_free_N.shape[0])
+    return (s.admitted < s.num_groups) | jnp.any((g_N < s.admitted) & (s.status_R[:: spec.slots] != DONE))
 
 
 def initial_rows(ids: ProtocolIds, prompt_PxT: jax.Array, prompt_len_P: jax.Array, samples: int,

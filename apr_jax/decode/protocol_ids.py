@@ -7,6 +7,8 @@ from typing import Any
 
 from apr_jax import protocol
 
+CHILD_PREFIX = 2  # tokens before a child's message in its context: ``<bos> <child>``
+
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolIds:

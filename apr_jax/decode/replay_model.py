@@ -22,8 +22,9 @@ only slot ``p - 1`` of its lane (``< kv_len``), so slots beyond a reused lane's
 current position never matter. Positions < 0 are padding: nothing is written
 and their logits are the fallback's.
 
-Lookup: every (sequence m, position p) of the sequences is a row of a table
-sorted by ``(p, h1, h2)``; a query binary-searches it (O(log N) per query, no
+Lookup: every (sequence q, position p) of the sequences is a row of a table
+(``E`` rows; shape suffixes as in ``apr_jax.decode``'s docstring) sorted by
+``(p, h1, h2)``; a query binary-searches it (O(log E) per query, no
 table-sized intermediate) and accepts the entry only if position, both hashes
 and the token itself agree.
 """
@@ -55,19 +56,19 @@ def _hash_step(h, tok, base: int):
     return x ^ (x >> np.uint32(16))
 
 
-def prefix_hashes(tokens_MxL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The two hashes of every prefix of each row of ``tokens_MxL`` (uint32
+def prefix_hashes(tokens_QxL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two hashes of every prefix of each row of ``tokens_QxL`` (uint32
     [M, L] each; entry [m, p] hashes tokens [m, 0..p])."""
-    tok_MxL = np.asarray(tokens_MxL, np.uint32).reshape(len(tokens_MxL), -1)
+    tok_QxL = np.asarray(tokens_QxL, np.uint32).reshape(len(tokens_QxL), -1)
     out = []
     for base, seed in zip(_BASES, _SEEDS):
-        h_M = np.full(tok_MxL.shape[0], seed, np.uint32)
-        h_MxL = np.empty(tok_MxL.shape, np.uint32)
+        h_Q = np.full(tok_QxL.shape[0], seed, np.uint32)
+        h_QxL = np.empty(tok_QxL.shape, np.uint32)
         with np.errstate(over="ignore"):
-            for p in range(tok_MxL.shape[1]):
-                h_M = _hash_step(h_M, tok_MxL[:, p], base)
-                h_MxL[:, p] = h_M
-        out.append(h_MxL)
+            for p in range(tok_QxL.shape[1]):
+                h_Q = _hash_step(h_Q, tok_QxL[:, p], base)
+                h_QxL[:, p] = h_Q
+        out.append(h_QxL)
     return out[0], out[1]
 
 
@@ -108,28 +109,28 @@ class ReplayDecode:
         logits_BxTxV = LOGIT_SCALE * jax.nn.one_hot(next_TxB.T, self.vocab_size, dtype=jnp.float32)
         return logits_BxTxV, cache
 
-    def _lookup(self, params, pos_Q, h1_Q, h2_Q, tok_Q):
+    def _lookup(self, params, pos_TxB, h1_TxB, h2_TxB, tok_TxB):
         """Next token of the table row keyed (pos, h1, h2) with token tok, else the fallback."""
-        t_pos, t_h1, t_h2 = params["pos_N"], params["h1_N"], params["h2_N"]
+        t_pos, t_h1, t_h2 = params["pos_E"], params["h1_E"], params["h2_E"]
         n = t_pos.shape[0]
 
-        def less(i_Q):  # table[i] < query, lexicographically on (pos, h1, h2)
-            a, b, c = t_pos[i_Q], t_h1[i_Q], t_h2[i_Q]
-            return (a < pos_Q) | ((a == pos_Q) & ((b < h1_Q) | ((b == h1_Q) & (c < h2_Q))))
+        def less(i_TxB):  # table[i] < query, lexicographically on (pos, h1, h2)
+            a, b, c = t_pos[i_TxB], t_h1[i_TxB], t_h2[i_TxB]
+            return (a < pos_TxB) | ((a == pos_TxB) & ((b < h1_TxB) | ((b == h1_TxB) & (c < h2_TxB))))
 
         def halve(_, lo_hi):
-            lo_Q, hi_Q = lo_hi
-            mid_Q = (lo_Q + hi_Q) // 2
-            go_right_Q = less(jnp.minimum(mid_Q, n - 1)) & (lo_Q < hi_Q)
-            return (jnp.where(go_right_Q, mid_Q + 1, lo_Q),
-                    jnp.where(go_right_Q | (lo_Q >= hi_Q), hi_Q, mid_Q))
+            lo_TxB, hi_TxB = lo_hi
+            mid_TxB = (lo_TxB + hi_TxB) // 2
+            go_right_TxB = less(jnp.minimum(mid_TxB, n - 1)) & (lo_TxB < hi_TxB)
+            return (jnp.where(go_right_TxB, mid_TxB + 1, lo_TxB),
+                    jnp.where(go_right_TxB | (lo_TxB >= hi_TxB), hi_TxB, mid_TxB))
 
-        lo_Q = jnp.zeros(pos_Q.shape, jnp.int32)
-        lo_Q, _ = jax.lax.fori_loop(0, self.search_steps, halve, (lo_Q, jnp.full_like(lo_Q, n)))
-        i_Q = jnp.minimum(lo_Q, n - 1)
-        found_Q = ((lo_Q < n) & (t_pos[i_Q] == pos_Q) & (t_h1[i_Q] == h1_Q) & (t_h2[i_Q] == h2_Q)
-                   & (params["tok_N"][i_Q] == tok_Q))
-        return jnp.where(found_Q, params["next_N"][i_Q], self.fallback_id)
+        lo_TxB = jnp.zeros(pos_TxB.shape, jnp.int32)
+        lo_TxB, _ = jax.lax.fori_loop(0, self.search_steps, halve, (lo_TxB, jnp.full_like(lo_TxB, n)))
+        i_TxB = jnp.minimum(lo_TxB, n - 1)
+        found_TxB = ((lo_TxB < n) & (t_pos[i_TxB] == pos_TxB) & (t_h1[i_TxB] == h1_TxB)
+                     & (t_h2[i_TxB] == h2_TxB) & (params["tok_E"][i_TxB] == tok_TxB))
+        return jnp.where(found_TxB, params["next_E"][i_TxB], self.fallback_id)
 
 
 def replay_tables(sequences: Sequence[Sequence[int]], max_len: int, fallback_id: int
@@ -137,26 +138,26 @@ def replay_tables(sequences: Sequence[Sequence[int]], max_len: int, fallback_id:
     """One row per (sequence, position < max_len), sorted by (position, h1, h2,
     sequence index): the position, both prefix hashes, the token there and the
     token that follows it (``fallback_id`` at a sequence's end)."""
-    lens_M = np.asarray([min(len(seq), max_len) for seq in sequences])
-    tok_MxL = np.zeros((len(sequences), int(lens_M.max())), np.int64)
-    next_MxL = np.full(tok_MxL.shape, fallback_id, np.int64)
-    for m, seq in enumerate(sequences):
+    lens_Q = np.asarray([min(len(seq), max_len) for seq in sequences])
+    tok_QxL = np.zeros((len(sequences), int(lens_Q.max())), np.int64)
+    next_QxL = np.full(tok_QxL.shape, fallback_id, np.int64)
+    for q, seq in enumerate(sequences):
         seq_L = np.asarray(seq, np.int64)
-        tok_MxL[m, :lens_M[m]] = seq_L[:lens_M[m]]
-        following = seq_L[1:lens_M[m] + 1]
-        next_MxL[m, :len(following)] = following
-    h1_MxL, h2_MxL = prefix_hashes(tok_MxL)
-    valid_MxL = np.arange(tok_MxL.shape[1])[None] < lens_M[:, None]
-    m_MxL, pos_MxL = np.indices(tok_MxL.shape)
-    flat = {"pos_N": pos_MxL[valid_MxL], "h1_N": h1_MxL[valid_MxL], "h2_N": h2_MxL[valid_MxL],
-            "tok_N": tok_MxL[valid_MxL], "next_N": next_MxL[valid_MxL], "m_N": m_MxL[valid_MxL]}
-    order = np.lexsort((flat["m_N"], flat["h2_N"], flat["h1_N"], flat["pos_N"]))
+        tok_QxL[q, :lens_Q[q]] = seq_L[:lens_Q[q]]
+        following = seq_L[1:lens_Q[q] + 1]
+        next_QxL[q, :len(following)] = following
+    h1_QxL, h2_QxL = prefix_hashes(tok_QxL)
+    valid_QxL = np.arange(tok_QxL.shape[1])[None] < lens_Q[:, None]
+    seq_QxL, pos_QxL = np.indices(tok_QxL.shape)
+    flat = {"pos_E": pos_QxL[valid_QxL], "h1_E": h1_QxL[valid_QxL], "h2_E": h2_QxL[valid_QxL],
+            "tok_E": tok_QxL[valid_QxL], "next_E": next_QxL[valid_QxL], "seq_E": seq_QxL[valid_QxL]}
+    order = np.lexsort((flat["seq_E"], flat["h2_E"], flat["h1_E"], flat["pos_E"]))
     return {
-        "pos_N": flat["pos_N"][order].astype(np.int32),
-        "h1_N": flat["h1_N"][order].astype(np.uint32),
-        "h2_N": flat["h2_N"][order].astype(np.uint32),
-        "tok_N": flat["tok_N"][order].astype(np.int32),
-        "next_N": flat["next_N"][order].astype(np.int32),
+        "pos_E": flat["pos_E"][order].astype(np.int32),
+        "h1_E": flat["h1_E"][order].astype(np.uint32),
+        "h2_E": flat["h2_E"][order].astype(np.uint32),
+        "tok_E": flat["tok_E"][order].astype(np.int32),
+        "next_E": flat["next_E"][order].astype(np.int32),
     }
 
 
@@ -185,7 +186,7 @@ def make_replay_model(sequences: Sequence[Sequence[int]], vocab_size: int, max_l
     or beyond ``max_len`` are never looked up (longer sequences are cut there)."""
     seqs = _check(sequences, vocab_size, max_len, fallback_id)
     tables = replay_tables(seqs, max_len, fallback_id)
-    steps = int(len(tables["pos_N"])).bit_length()  # ceil(log2(N + 1))
+    steps = int(len(tables["pos_E"])).bit_length()  # ceil(log2(E + 1)), E table rows
     decode = ReplayDecode(vocab_size=int(vocab_size), fallback_id=int(fallback_id), search_steps=steps)
     return DecodeModel(params={k: jnp.asarray(v) for k, v in tables.items()}, decode_fn=decode,
                        init_cache=init_replay_cache, page_size_for=replay_page_size)

@@ -86,26 +86,26 @@ def _generate_jit(params, prompt_BxT, prompt_len_B, cache, key, *, decode_fn: De
     logits_BxTxV, cache = decode_fn(params, prompt_BxT, positions_BxT, cache, lanes_B, kv_len)
     last_BxV = logits_BxTxV[jnp.arange(B), prompt_len_B - 1]
     first_B = sample_tokens(jax.random.fold_in(key, 0), last_BxV, sampling)
-    stop_S = jnp.asarray(stop_ids, jnp.int32)
+    stop_X = jnp.asarray(stop_ids, jnp.int32)
 
     def cond(state):
         i, _, done_B, _, _, _ = state
         return (i < max_new_tokens) & ~jnp.all(done_B)
 
     def body(state):
-        i, tok_B, done_B, out_BxN, count_B, cache = state
-        out_BxN = out_BxN.at[:, i].set(jnp.where(done_B, pad_id, tok_B))
+        i, tok_B, done_B, out_BxW, count_B, cache = state
+        out_BxW = out_BxW.at[:, i].set(jnp.where(done_B, pad_id, tok_B))
         count_B = count_B + (~done_B).astype(jnp.int32)
-        done_B = done_B | jnp.any(tok_B[:, None] == stop_S[None], axis=-1)
+        done_B = done_B | jnp.any(tok_B[:, None] == stop_X[None], axis=-1)
         pos_Bx1 = jnp.where(done_B, -1, prompt_len_B + i)[:, None]
         logits_Bx1xV, cache = decode_fn(params, tok_B[:, None], pos_Bx1, cache, lanes_B, kv_len)
         tok_B = sample_tokens(jax.random.fold_in(key, i + 1), logits_Bx1xV[:, 0], sampling)
-        return i + 1, tok_B, done_B, out_BxN, count_B, cache
+        return i + 1, tok_B, done_B, out_BxW, count_B, cache
 
     init = (jnp.int32(0), first_B, jnp.zeros((B,), bool),
             jnp.full((B, max_new_tokens), pad_id, jnp.int32), jnp.zeros((B,), jnp.int32), cache)
-    _, _, _, out_BxN, count_B, cache = jax.lax.while_loop(cond, body, init)
-    return out_BxN, count_B, cache  # the cache is returned so its donated buffer is reused
+    _, _, _, out_BxW, count_B, cache = jax.lax.while_loop(cond, body, init)
+    return out_BxW, count_B, cache  # the cache is returned so its donated buffer is reused
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

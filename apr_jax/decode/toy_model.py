@@ -4,7 +4,7 @@ Used by the decoding tests and the throughput benchmark so they do not depend
 on the full Flax model: pre-norm attention + MLP blocks with rotary positions,
 a fixed-size KV cache of lanes written at each token's own position of its lane
 (slot == position), and dense masked attention over the lane's first ``kv_len``
-slots.
+slots. Array names end in their shape (legend: ``apr_jax.decode``'s docstring).
 """
 
 from __future__ import annotations
@@ -42,17 +42,17 @@ def init_params(cfg: ToyConfig, key: jax.Array) -> dict:
     """Random weights, scaled so logits are O(1)."""
     dt = jnp.dtype(cfg.dtype)
     k = jax.random.split(key, 7)
-    D, F, N = cfg.d_model, cfg.d_ff, cfg.num_layers
+    D, F, Y = cfg.d_model, cfg.d_ff, cfg.num_layers
 
     def dense(key, shape, fan_in):
         return (jax.random.normal(key, shape) / jnp.sqrt(fan_in)).astype(dt)
 
     return {
         "embed_VxD": dense(k[0], (cfg.vocab_size, D), 1.0),
-        "wqkv_NxDx3D": dense(k[1], (N, D, 3 * D), D),
-        "wo_NxDxD": dense(k[2], (N, D, D), D),
-        "w1_NxDxF": dense(k[3], (N, D, F), D),
-        "w2_NxFxD": dense(k[4], (N, F, D), F),
+        "wqkv_YxDx3D": dense(k[1], (Y, D, 3 * D), D),
+        "wo_YxDxD": dense(k[2], (Y, D, D), D),
+        "w1_YxDxF": dense(k[3], (Y, D, F), D),
+        "w2_YxFxD": dense(k[4], (Y, F, D), F),
         "unembed_DxV": dense(k[5], (D, cfg.vocab_size), D),
     }
 
@@ -67,39 +67,39 @@ def _rms_norm(x):
     return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + 1e-6)
 
 
-def _rope(x_BxTxHxK, positions_BxT):
-    half = x_BxTxHxK.shape[-1] // 2
+def _rope(x_BxTxHxJ, positions_BxT):
+    half = x_BxTxHxJ.shape[-1] // 2
     freq = 1.0 / (10000.0 ** (jnp.arange(half) / half))
     angle_BxTx1xK = (jnp.maximum(positions_BxT, 0)[..., None] * freq)[:, :, None, :]
     sin, cos = jnp.sin(angle_BxTx1xK), jnp.cos(angle_BxTx1xK)
-    x1, x2 = x_BxTxHxK[..., :half], x_BxTxHxK[..., half:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxHxK.dtype)
+    x1, x2 = x_BxTxHxJ[..., :half], x_BxTxHxJ[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxHxJ.dtype)
 
 
 def decode(cfg: ToyConfig, params: dict, tokens_BxT, positions_BxT, cache, lanes_B=None, kv_len=None):
     """Write K/V at each token's position of its lane, attend to slots <= position
     (only slots < ``kv_len`` are read). Lanes default to one per row."""
     B, T = tokens_BxT.shape
-    S = cache["k"].shape[2]
+    L = cache["k"].shape[2]
     lanes_B = jnp.arange(B) if lanes_B is None else lanes_B
-    kv_len = S if kv_len is None else kv_len
+    kv_len = L if kv_len is None else kv_len
     lanes_BxT = jnp.broadcast_to(lanes_B[:, None], (B, T))
-    slots_BxT = jnp.where(positions_BxT < 0, S, positions_BxT)  # padding -> dropped
-    mask_BxTxS = jnp.arange(kv_len)[None, None, :] <= positions_BxT[:, :, None]
+    slots_BxT = jnp.where(positions_BxT < 0, L, positions_BxT)  # padding -> dropped
+    mask_BxTxL = jnp.arange(kv_len)[None, None, :] <= positions_BxT[:, :, None]
     x_BxTxD = params["embed_VxD"][tokens_BxT]
     ks, vs = cache["k"], cache["v"]
     for n in range(cfg.num_layers):
-        h = _rms_norm(x_BxTxD) @ params["wqkv_NxDx3D"][n]
+        h = _rms_norm(x_BxTxD) @ params["wqkv_YxDx3D"][n]
         q, k, v = (a.reshape(B, T, cfg.num_heads, cfg.head_dim) for a in jnp.split(h, 3, axis=-1))
         q, k = _rope(q, positions_BxT), _rope(k, positions_BxT)
         ks = ks.at[n, lanes_BxT, slots_BxT].set(k, mode="drop")
         vs = vs.at[n, lanes_BxT, slots_BxT].set(v, mode="drop")
-        k_BxSxHxK, v_BxSxHxK = ks[n, lanes_B, :kv_len], vs[n, lanes_B, :kv_len]
-        scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q, k_BxSxHxK) / jnp.sqrt(cfg.head_dim)
-        scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, _NEG)
-        attn = jnp.einsum("bhts,bshk->bthk", jax.nn.softmax(scores_BxHxTxS, axis=-1), v_BxSxHxK)
-        x_BxTxD = x_BxTxD + attn.reshape(B, T, -1) @ params["wo_NxDxD"][n]
-        x_BxTxD = x_BxTxD + jax.nn.gelu(_rms_norm(x_BxTxD) @ params["w1_NxDxF"][n]) @ params["w2_NxFxD"][n]
+        k_BxLxHxJ, v_BxLxHxJ = ks[n, lanes_B, :kv_len], vs[n, lanes_B, :kv_len]
+        scores_BxHxTxL = jnp.einsum("bthk,bshk->bhts", q, k_BxLxHxJ) / jnp.sqrt(cfg.head_dim)
+        scores_BxHxTxL = jnp.where(mask_BxTxL[:, None], scores_BxHxTxL, _NEG)
+        attn = jnp.einsum("bhts,bshk->bthk", jax.nn.softmax(scores_BxHxTxL, axis=-1), v_BxLxHxJ)
+        x_BxTxD = x_BxTxD + attn.reshape(B, T, -1) @ params["wo_YxDxD"][n]
+        x_BxTxD = x_BxTxD + jax.nn.gelu(_rms_norm(x_BxTxD) @ params["w1_YxDxF"][n]) @ params["w2_YxFxD"][n]
     logits_BxTxV = (_rms_norm(x_BxTxD) @ params["unembed_DxV"]).astype(jnp.float32)
     return logits_BxTxV, {"k": ks, "v": vs}
 

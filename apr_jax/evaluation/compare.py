@@ -11,8 +11,10 @@ import json
 import os
 from typing import Any, Sequence
 
-from apr_jax.config import loading as config_lib
-from apr_jax.config.sections import RunConfig, load_run_config
+from apr_jax.config.checks import ConfigError
+from apr_jax.config.identity import identity_diff
+from apr_jax.config.sections import RunConfig
+from apr_jax.config.loading import load_run_config
 from apr_jax.protocol import approx_tokens, conditioning_prefix
 from apr_jax.tasks.registry import get_task
 from apr_jax.threads import ThreadTree
@@ -48,9 +50,9 @@ def int_list(flags: dict[str, str], name: str, default: str) -> list[int]:
     try:
         values = [int(v) for v in raw.split(",") if v.strip()]
     except ValueError:
-        raise config_lib.ConfigError(f"--{name}={raw!r}: expected integers such as 1,2,4") from None
+        raise ConfigError(f"--{name}={raw!r}: expected integers such as 1,2,4") from None
     if not values or any(v <= 0 for v in values):
-        raise config_lib.ConfigError(f"--{name}={raw!r}: expected positive integers such as 1,2,4")
+        raise ConfigError(f"--{name}={raw!r}: expected positive integers such as 1,2,4")
     return values
 
 
@@ -67,13 +69,13 @@ def load_pair(apr_path: str, sosp_path: str, overrides: Sequence[str]
     sosp = load_run_config(sosp_path, overrides)
     for config, path, kind in ((apr, apr_path, "apr"), (sosp, sosp_path, "sosp")):
         if config.mode != "sft" or config.trace.kind != kind:
-            raise config_lib.ConfigError(f"{path}: expected an SFT config with trace.kind={kind}, "
+            raise ConfigError(f"{path}: expected an SFT config with trace.kind={kind}, "
                                          f"got mode={config.mode} trace.kind={config.trace.kind}")
     if apr.task.as_dict() != sosp.task.as_dict():
-        raise config_lib.ConfigError(f"{apr_path} and {sosp_path} train different tasks; "
+        raise ConfigError(f"{apr_path} and {sosp_path} train different tasks; "
                                      f"the comparison needs the same problems")
     if training_tokens(apr) != training_tokens(sosp):
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"unequal training budgets: APR {training_tokens(apr):,} tokens, SoS+ "
             f"{training_tokens(sosp):,} (config.train.steps x batch_size x data.seq_len)")
     return apr, sosp
@@ -97,7 +99,7 @@ def train_or_reuse(config: RunConfig, run_dir: str) -> None:
     saved_path = os.path.join(run_dir, "config.json")
     if os.path.exists(saved_path) and finished(run_dir, config):
         with open(saved_path) as f:
-            diffs = config_lib.identity_diff(json.load(f), config)
+            diffs = identity_diff(json.load(f), config)
         if diffs:
             raise TrainingError(f"{run_dir} holds a run of a different config: "
                                 f"{'; '.join(diffs[:3])}; use another --workdir")

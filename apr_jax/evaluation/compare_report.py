@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 from typing import Any, Sequence
 
 import numpy as np
@@ -12,6 +11,7 @@ import numpy as np
 from apr_jax.runtime.jsonl import write_jsonl
 from apr_jax.evaluation.report import WIDTH_PLOT, paired_comparisons, plot_width
 from apr_jax.config.sections import RunConfig
+from apr_jax.evaluation.plots import pyplot, save_figure
 from apr_jax.evaluation.width_stats import width_line
 
 COLORS = {"APR": "tab:blue", "SoS+": "tab:orange"}
@@ -22,29 +22,13 @@ def _of(points: Sequence[Any], model: str, sweep: str) -> list[Any]:
     return [p for p in points if p.model == model and p.sweep == sweep]
 
 
-def _axes(title: str, xlabel: str):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _axes(title: str, xlabel: str) -> tuple[Any, Any]:
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("held-out accuracy (%)")
     ax.grid(alpha=0.3)
-    return plt, fig, ax
-
-
-def _save(plt: Any, fig: Any, ax: Any, path: str, caption: str = "") -> None:
-    if ax.get_legend_handles_labels()[0]:  # a figure of unlabelled points has no legend
-        ax.legend(fontsize=8)
-    if caption:
-        lines = textwrap.wrap(caption, 110)
-        fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, va="bottom")
-        fig.tight_layout(rect=(0, 0.035 + 0.025 * len(lines), 1, 1))
-    else:
-        fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig, ax
 
 
 def _line(ax: Any, xs: Sequence[float], ys: Sequence[float], label: str, color: str,
@@ -55,19 +39,19 @@ def _line(ax: Any, xs: Sequence[float], ys: Sequence[float], label: str, color: 
 
 
 def plot_context(points: Sequence[Any], path: str, caption: str) -> None:
-    plt, fig, ax = _axes("accuracy at a per-thread context limit",
+    fig, ax = _axes("accuracy at a per-thread context limit",
                          "context window per thread (tokens)")
     for model in COLORS:
         ps = _of(points, model, "context")
         _line(ax, [p.value for p in ps], [p.summary["accuracy"] for p in ps], model, COLORS[model])
-    _save(plt, fig, ax, path, caption)
+    save_figure(fig, path, legend_axes=[ax], caption=caption)
 
 
 def plot_compute(points: Sequence[Any], path: str, x_key: str, xlabel: str) -> None:
     """APR per child count, APR choosing its width (no prefix, a star), SoS+
     per budget and SoS+ with k samples, against ``x_key``: total, sequential
     tokens or wall-clock per problem."""
-    plt, fig, ax = _axes(f"accuracy against {xlabel}", xlabel)
+    fig, ax = _axes(f"accuracy against {xlabel}", xlabel)
 
     def x(p: Any, samples: int = 1) -> float:
         if x_key == "wall":
@@ -95,7 +79,7 @@ def plot_compute(points: Sequence[Any], path: str, x_key: str, xlabel: str) -> N
         _line(ax, xs, [c["cons"] for c in curve], "SoS+ majority vote (cons@k)", COLORS["SoS+"],
               "s--", values=[f"k={c['k']}" for c in curve])
         _line(ax, xs, [c["pass"] for c in curve], "SoS+ pass@k", COLORS["SoS+"], "^:")
-    _save(plt, fig, ax, path)
+    save_figure(fig, path, legend_axes=[ax])
 
 
 def _pct(v: float) -> str:

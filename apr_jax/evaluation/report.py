@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from apr_jax.decode.metrics import sign_test_p
+from apr_jax.evaluation.plots import pyplot, save_figure
 from apr_jax.evaluation.sweeps import ADAPTIVE
 from apr_jax.evaluation.width_stats import difficulty_quartiles, width_line
 
@@ -74,9 +75,7 @@ def plot_width(panels: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str
             if any(r.get("difficulty") is not None for r in rows)]
     if not kept:
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = min(4, len(kept))
     nrows = -(-len(kept) // cols)
@@ -95,9 +94,7 @@ def plot_width(panels: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str
         ax.set_ylabel("children spawned per problem")
     for ax in list(axes.flat)[len(kept):]:
         ax.set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -138,9 +135,7 @@ def plot_sweep(series: dict[str, list[tuple[str, dict[str, Any]]]], path: str) -
     evaluated setting, named by ``setting_mark``: one line per model through
     its fixed settings; a model's ``adaptive`` setting (no prefix) and a lone
     point are drawn as stars."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for n, (label, points) in enumerate(series.items()):
@@ -163,7 +158,4 @@ def plot_sweep(series: dict[str, list[tuple[str, dict[str, Any]]]], path: str) -
         ax.set_xlabel(name)
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, legend_axes=axes)

@@ -6,7 +6,6 @@ tokens, width against difficulty)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from typing import Any, Sequence
 
@@ -35,11 +34,12 @@ def engine_config(config: RunConfig, *, samples: int = 1,
     if not 4 <= limit <= config.model.max_len:
         raise ValueError(f"context limit {limit} must be between 4 and the model's "
                          f"config.model.max_len={config.model.max_len}")
-    base = EngineConfig.from_eval_config(config.eval, limit)
-    sampling = SamplingConfig(base.sampling.temperature if temperature is None else temperature,
-                              base.sampling.top_p if top_p is None else top_p)
-    return dataclasses.replace(base, samples_per_problem=samples, sampling=sampling,
-                               tokens_per_thread=tokens_per_thread or base.tokens_per_thread)
+    e = config.eval
+    return EngineConfig.from_eval_config(
+        e, limit, samples_per_problem=samples,
+        sampling=SamplingConfig(e.temperature if temperature is None else temperature,
+                                e.top_p if top_p is None else top_p),
+        tokens_per_thread=tokens_per_thread or e.tokens_per_thread)
 
 
 def problem_difficulty(task: Any, problem: Any) -> float | None:

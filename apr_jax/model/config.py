@@ -7,6 +7,8 @@ from typing import Any
 
 import jax
 
+from apr_jax.config import checks
+
 DTYPES = ("float32", "bfloat16")
 ATTENTIONS = ("auto", "xla", "triton", "cudnn", "splash")
 # Activation checkpointing per block: keep every activation, keep only the
@@ -48,9 +50,7 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("vocab_size", "num_layers", "d_model", "num_heads",
                      "num_kv_heads", "d_ff", "max_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+            checks.positive_int(f"model.{name}", getattr(self, name))
         if self.head_dim == 0:
             if self.d_model % self.num_heads:
                 raise ValueError(f"config.model.d_model={self.d_model} is not divisible by "
@@ -64,14 +64,11 @@ class ModelConfig:
         if self.head_dim % 2:
             raise ValueError(f"model head_dim ({self.head_dim}) must be even for rotary")
         for name in ("param_dtype", "compute_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"model.{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"model.attention must be one of {ATTENTIONS}, got {self.attention!r}")
+            checks.choice(f"model.{name}", getattr(self, name), DTYPES)
+        checks.choice("model.attention", self.attention, ATTENTIONS)
         if isinstance(self.remat, bool):  # older configs: remat on/off
             object.__setattr__(self, "remat", "full" if self.remat else "none")
-        if self.remat not in REMATS:
-            raise ValueError(f"model.remat must be one of {REMATS}, got {self.remat!r}")
+        checks.choice("model.remat", self.remat, REMATS)
         if self.rope_theta <= 0:
             raise ValueError(f"model.rope_theta must be positive, got {self.rope_theta!r}")
         if self.norm_eps <= 0:
@@ -149,8 +146,8 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return float(6 * n_matmul + attention)
 
 
-# Dense bf16 matrix peak per device (vendor figures). Measured on one H200 with
-# large bf16 matmuls: about 800e12, i.e. ~80% of the 989e12 figure used here.
+# Dense bf16 matrix peak per device (vendor figures): what MFU on an accelerator
+# is relative to.
 _PEAKS = (
     ("h200", 989e12), ("h100", 989e12), ("gh200", 989e12), ("a100", 312e12),
     ("l4", 121e12), ("v6 lite", 918e12), ("v6e", 918e12), ("v5 lite", 197e12),

@@ -12,6 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from apr_jax.cli import Command, Flag, read_command_line, run_command
+from apr_jax.evaluation.plots import pyplot, save_figure
 from apr_jax.runtime.metrics_log import read_metrics
 
 COMMAND = Command(
@@ -34,9 +35,7 @@ def curves(rows: Sequence[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]
 
 
 def plot(series: dict[str, list[tuple[int, float]]], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = {"eval_accuracy": "held-out accuracy (greedy)", "reward": "training reward",
@@ -48,10 +47,7 @@ def plot(series: dict[str, list[tuple[int, float]]], path: str) -> None:
     ax.set_xlabel("RL step")
     ax.set_ylabel("%")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, legend_axes=[ax])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ row count of the unpacked update, which holds its threads whatever they are
 are threads). The threads fill the first rows; the update skips the
 microbatches left empty, so its forwards compute about as many rows as the
 tokens need, rounded up to a microbatch (``train.grad_accum`` sets its size).
+Array names end in their shape (legend: ``apr_jax.decode``'s docstring).
 """
 
 from __future__ import annotations
@@ -71,21 +72,21 @@ def pack_update_batch(batch: Any, adv_N: np.ndarray, keep_N: np.ndarray | None, 
            "old_logp": np.zeros((R, L), np.float32), "adv": np.zeros((R, L), np.float32),
            "rollout": np.zeros((R, L), np.int32)}
     for m in range(minibatches):
-        threads_S = np.flatnonzero(keep_R & (minibatch_R == m))
-        lengths_S = length_R[threads_S]
-        layout = pack_layout(lengths_S, L, first_fit_decreasing=True)
-        source_KxL, column_KxL, segment_KxL = gather_index(layout, lengths_S, L)
-        real = source_KxL >= 0
-        row_KxL = threads_S[np.where(real, source_KxL, 0)]  # the rollout row each slot reads
+        threads_M = np.flatnonzero(keep_R & (minibatch_R == m))
+        lengths_M = length_R[threads_M]
+        layout = pack_layout(lengths_M, L, first_fit_decreasing=True)
+        source_BxL, column_BxL, segment_BxL = gather_index(layout, lengths_M, L)
+        real = source_BxL >= 0
+        row_BxL = threads_M[np.where(real, source_BxL, 0)]  # the rollout row each slot reads
         first = m * rows_per_mb
         rows = slice(first, first + layout.num_rows)
-        out["segment_ids"][rows] = segment_KxL
-        out["positions"][rows] = column_KxL
+        out["segment_ids"][rows] = segment_BxL
+        out["positions"][rows] = column_BxL
         gathered = {"tokens": tokens_RxL, "mask": model_RxL, "old_logp": logp_RxL}
         for name, value_RxL in gathered.items():
-            out[name][rows] = np.where(real, value_RxL[row_KxL, column_KxL], 0)
-        out["rollout"][rows] = np.where(real, rollout_R[row_KxL], 0)
-        out["adv"][rows] = np.where(real, adv_N[rollout_R[row_KxL]], 0.0)
+            out[name][rows] = np.where(real, value_RxL[row_BxL, column_BxL], 0)
+        out["rollout"][rows] = np.where(real, rollout_R[row_BxL], 0)
+        out["adv"][rows] = np.where(real, adv_N[rollout_R[row_BxL]], 0.0)
     return PackedUpdateBatch(
         tokens_RxL=out["tokens"], positions_RxL=out["positions"], segment_ids_RxL=out["segment_ids"],
         mask_RxL=out["mask"], old_logp_RxL=out["old_logp"], adv_RxL=out["adv"],

@@ -153,9 +153,9 @@ def rollout_reward(*, verified: bool, well_formed: bool, total_tokens: int, sequ
 def _to_group_mean(x_PxG: np.ndarray, correct_PxG: np.ndarray) -> np.ndarray:
     """``x`` over the mean of ``x`` on its group's correct rollouts, [P, G];
     1 where that mean is 0 or the group has no correct rollout."""
-    count_P1 = correct_PxG.sum(axis=1, keepdims=True)
-    mean_P1 = np.where(correct_PxG, x_PxG, 0.0).sum(axis=1, keepdims=True) / np.maximum(count_P1, 1)
-    return np.where(mean_P1 > 0, x_PxG / np.where(mean_P1 > 0, mean_P1, 1.0), 1.0)
+    count_Px1 = correct_PxG.sum(axis=1, keepdims=True)
+    mean_Px1 = np.where(correct_PxG, x_PxG, 0.0).sum(axis=1, keepdims=True) / np.maximum(count_Px1, 1)
+    return np.where(mean_Px1 > 0, x_PxG / np.where(mean_Px1 > 0, mean_Px1, 1.0), 1.0)
 
 
 def group_terms(correct_PxG: np.ndarray, credit_PxG: np.ndarray, total_PxG: np.ndarray,

@@ -9,7 +9,8 @@ so the batch always has ``R = P * G * S`` rows of ``L = max_context`` tokens,
 whatever the number of children the model spawned: unused slots are rows with
 ``valid == False``. Row ``r`` belongs to rollout ``r // S`` (problem
 ``r // (G * S)``) and is thread ``r % S`` of it (0 = the root). One shape, so
-XLA compiles the rollout, and the update that consumes it, once.
+XLA compiles the rollout, and the update that consumes it, once. Array names
+end in their shape, with the letters of ``apr_jax.decode``'s legend.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from apr_jax.decode import engine_loop
-from apr_jax.decode.engine import EngineConfig, make_decoder
+from apr_jax.decode.engine import EngineConfig, make_decoder, sample_major
 from apr_jax.decode.model_api import DecodeFn
 from apr_jax.decode.protocol_ids import ProtocolIds
 
@@ -78,30 +79,22 @@ class RolloutBatch:
                                 self.tokens_RxL.shape)
 
 
+# RolloutBatch fields copied from the engine's loop state: batch field -> LoopState field.
+LOOP_FIELDS = {
+    "tokens_RxL": "buf_RxL", "role_RxL": "role_RxL", "logp_RxL": "logp_RxL", "length_R": "length_R",
+    "parent_R": "parent_R", "depth_R": "depth_R", "stop_R": "stop_R", "written_R": "written_R",
+    "rounds_R": "rounds_R", "spawn_round_R": "spawn_round_R", "threads_N": "next_free_N",
+    "dropped_children_N": "dropped_children_N", "dropped_pool_N": "dropped_pool_N",
+}
+
+
 def engine_arrays(batch: RolloutBatch, num_prompts: int) -> dict[str, np.ndarray]:
     """The batch on the host, shaped as ``Engine.run_arrays`` returns the loop
-    state ([problem, sample, thread, ...]), for ``engine.sample_results``."""
+    state ([problem, sample, thread, ...], by ``engine.sample_major``) and
+    keyed by the loop state's names, for ``engine.sample_results``."""
     host = jax.device_get(batch)
-    n = host.threads_N.shape[0]
-    samples = n // num_prompts
-    slots = host.tokens_RxL.shape[0] // n
-
-    def per_row(x):
-        return np.asarray(x).reshape((num_prompts, samples, slots) + x.shape[1:])
-
-    def per_rollout(x):
-        return np.asarray(x).reshape(num_prompts, samples)
-
-    return {
-        "buf": per_row(host.tokens_RxL), "role": per_row(host.role_RxL),
-        "logp": per_row(host.logp_RxL), "length": per_row(host.length_R),
-        "parent": per_row(host.parent_R), "depth": per_row(host.depth_R),
-        "stop": per_row(host.stop_R), "written": per_row(host.written_R),
-        "rounds": per_row(host.rounds_R), "spawn_round": per_row(host.spawn_round_R),
-        "next_free": per_rollout(host.threads_N),
-        "dropped_children": per_rollout(host.dropped_children_N),
-        "dropped_pool": per_rollout(host.dropped_pool_N),
-    }
+    return sample_major({loop_name: getattr(host, name) for name, loop_name in LOOP_FIELDS.items()},
+                        num_prompts)
 
 
 def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg: EngineConfig,
@@ -146,11 +139,8 @@ def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg
         rollout_R = row_R // S
         thread_R = row_R % S
         return RolloutBatch(
-            tokens_RxL=s.buf_RxL, role_RxL=s.role_RxL, logp_RxL=s.logp_RxL, length_R=s.length_R,
-            valid_R=thread_R < s.next_free_G[rollout_R], rollout_R=rollout_R, thread_R=thread_R,
-            parent_R=s.parent_R, depth_R=s.depth_R, stop_R=s.stop_R, written_R=s.written_R,
-            rounds_R=s.rounds_R, spawn_round_R=s.spawn_round_R, threads_N=s.next_free_G,
-            dropped_children_N=s.dropped_children_G, dropped_pool_N=s.dropped_pool_G)
+            valid_R=thread_R < s.next_free_N[rollout_R], rollout_R=rollout_R, thread_R=thread_R,
+            **{name: getattr(s, loop_name) for name, loop_name in LOOP_FIELDS.items()})
 
     return jax.jit(rollout)
 

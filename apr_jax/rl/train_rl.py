@@ -33,20 +33,20 @@ import jax
 import numpy as np
 from flax import nnx
 
-from apr_jax.config import loading as config_lib
+from apr_jax.config.identity import identity_diff
 from apr_jax.runtime import sharding
 from apr_jax.training import train_state as ts
-from apr_jax.config.loading import ConfigError
+from apr_jax.config.checks import ConfigError
 from apr_jax.runtime.checkpoint import split_checkpoint_path
 from apr_jax.data.build import build_dataset_once, make_problem_source
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.decode.engine import EngineConfig, decode_page_size
 from apr_jax.decode.model_api import DecodeModel, NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
+from apr_jax.decode.sampler import SamplingConfig
 from apr_jax.evaluation.loading import Loaded, load_for_inference
 from apr_jax.evaluation.scoring import evaluate_problems
 from apr_jax.evaluation.sweeps import sweep_settings
-from apr_jax.evaluation.scoring import engine_config as eval_engine_config
 from apr_jax.training.loop import LoopSettings, TrainingError, run_loop
 from apr_jax.runtime.metrics_log import read_metrics
 from apr_jax.model.config import COMPUTE_FIELDS
@@ -87,34 +87,13 @@ class RLSettings:
         if config.rl is None:
             raise ConfigError("config has no rl section; RL configs set config.rl.init_from and friends "
                               "(see configs/default_rl.py)")
-        rl = config.rl
-        for name in ("prompts_per_step", "samples_per_prompt", "inner_epochs", "minibatches",
-                     "rollout_chunks"):
-            if int(getattr(rl, name)) < 1:
-                raise ConfigError(f"config.rl.{name}={getattr(rl, name)} must be a positive integer")
-        if int(rl.samples_per_prompt) < 2:
-            raise ConfigError(f"config.rl.samples_per_prompt={rl.samples_per_prompt} must be >= 2 "
-                              f"(GRPO compares the samples of one prompt)")
-        if int(rl.prompt_pool) < 0:
-            raise ConfigError(f"config.rl.prompt_pool={rl.prompt_pool} must be >= 0 (0 = the whole split)")
-        if int(rl.max_threads) < 0:
-            raise ConfigError(f"config.rl.max_threads={rl.max_threads} must be >= 0 (0 = derived)")
-        if rl.split not in ("train", "validation", "test"):
-            raise ConfigError(f"config.rl.split={rl.split!r} is not one of train, validation, test")
+        rl = config.rl  # its own fields are checked (RLConfig); here what a run needs of them
         if not str(rl.init_from):
             raise ConfigError("config.rl.init_from is empty; name the SFT workdir or checkpoint")
-        if any(int(c) < 0 for c in rl.condition_children):
-            raise ConfigError(f"config.rl.condition_children={list(rl.condition_children)} must be >= 0")
         if any(int(c) > int(config.eval.max_children) for c in rl.condition_children):
             raise ConfigError(f"config.rl.condition_children={list(rl.condition_children)} asks for more "
                               f"children than config.eval.max_children={config.eval.max_children} lets a "
                               f"spawn have")
-        for name in ("eval_every", "eval_problems"):
-            if int(getattr(rl, name)) < 0:
-                raise ConfigError(f"config.rl.{name}={getattr(rl, name)} must be >= 0 (0 = no held-out evaluation)")
-        if int(rl.eval_every) > 0 and int(rl.eval_problems) == 0:
-            raise ConfigError(f"config.rl.eval_every={rl.eval_every} needs config.rl.eval_problems > 0 "
-                              f"(or eval_every=0 for no held-out evaluation)")
         try:
             grpo = GrpoConfig(
                 clip_low=float(rl.clip_low), clip_high=float(rl.clip_high), kl_coef=float(rl.kl_coef),
@@ -134,9 +113,6 @@ class RLSettings:
         if int(rl.prompts_per_step) % grpo.minibatches:
             raise ConfigError(f"config.rl.prompts_per_step={rl.prompts_per_step} is not divisible by "
                               f"config.rl.minibatches={grpo.minibatches}")
-        if int(rl.prompts_per_step) % int(rl.rollout_chunks):
-            raise ConfigError(f"config.rl.prompts_per_step={rl.prompts_per_step} is not divisible by "
-                              f"config.rl.rollout_chunks={rl.rollout_chunks}")
         settings = cls(init_from=str(rl.init_from), prompts_per_step=int(rl.prompts_per_step),
                        samples_per_prompt=int(rl.samples_per_prompt), split=str(rl.split),
                        prompt_pool=int(rl.prompt_pool),
@@ -159,9 +135,10 @@ class RLSettings:
     def engine_config(self, config: RunConfig) -> EngineConfig:
         """The evaluation engine's limits (``eval`` section) with this run's
         sampling, group size and thread slots; one compiled call per chunk."""
-        cfg = eval_engine_config(config, samples=self.samples_per_prompt,
-                                 temperature=self.grpo.temperature, top_p=1.0)
-        return dataclasses.replace(cfg, max_threads=self.max_threads, batch_problems=0)
+        return EngineConfig.from_eval_config(
+            config.eval, config.model.max_len, samples_per_problem=self.samples_per_prompt,
+            sampling=SamplingConfig(self.grpo.temperature, 1.0), max_threads=self.max_threads,
+            batch_problems=0)
 
     @property
     def updates_per_step(self) -> int:
@@ -186,7 +163,7 @@ def load_sft(config: RunConfig, settings: RLSettings, workdir: str,
                             f"use another --workdir")
     loaded = load_for_inference(path)
     # The policy is the SFT model; how it computes (dtype, kernel, remat) may differ.
-    diffs = config_lib.identity_diff(loaded.config.to_dict(), config,
+    diffs = identity_diff(loaded.config.to_dict(), config,
                                      ignore=[f"model.{name}" for name in COMPUTE_FIELDS])
     if diffs:
         raise TrainingError(f"SFT checkpoint {loaded.source} does not match the config: "

@@ -8,6 +8,7 @@ import os
 import jax
 
 from apr_jax.config import loading as config_lib
+from apr_jax.config.identity import identity_diff
 from apr_jax.runtime.checkpoint import has_checkpoints
 from apr_jax.training.loop import TrainingError
 from apr_jax.config.sections import RunConfig
@@ -37,7 +38,7 @@ def check_workdir(workdir: str, config: RunConfig) -> None:
                 saved = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise TrainingError(f"{path} is unreadable ({e}); move it away to start over") from None
-        diffs = config_lib.identity_diff(saved, config)
+        diffs = identity_diff(saved, config)
         if diffs:
             raise TrainingError(f"workdir {workdir} holds a run of a different config: "
                                 f"{'; '.join(diffs[:3])}; use another --workdir")

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 from apr_jax.tasks.countdown.problems import Problem, difficulty, input_counts, make_splits, unseen_problems
 from apr_jax.tasks.countdown.render import problem_prompt
 from apr_jax.tasks.countdown.verifier import extract_answer, verify
+from apr_jax.config import checks
 from apr_jax.tasks.base import Score
 from apr_jax.tasks.countdown.streamed import GeneratedTrees
 from apr_jax.tasks.countdown.tfds_builder import AprCountdown, generate_traces
@@ -32,6 +33,9 @@ class CountdownTask:
 
     @staticmethod
     def check_settings(task: Mapping[str, Any]) -> None:
+        for name in ("num_train", "num_test"):
+            if name in task:
+                checks.positive_int(f"task.{name}", task[name])
         if "num_inputs" in task:
             input_counts(task["num_inputs"], name="config.task.num_inputs")
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
 
 from apr_jax import protocol
 from apr_jax.config.trace import TraceConfig
