@@ -42,21 +42,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from apr_jax.cli import int_flag, parse_command_line
-from apr_jax.runtime import sharding
-from apr_jax.training import train_state
-from apr_jax.cli import Command, Flag, run_command
+from apr_jax.cli import Command, Flag, int_flag, parse_command_line, run_command
+from apr_jax.config.loading import load_run_config
+from apr_jax.config.sections import RunConfig
 from apr_jax.decode.engine import decode_page_size, make_decoder
 from apr_jax.decode.model_api import NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.evaluation.scoring import engine_config
 from apr_jax.model.config import REMATS, num_params
+from apr_jax.runtime import sharding
+from apr_jax.training import train_state
 from apr_jax.training.optim import learning_rate_schedule
-from apr_jax.config.sections import RunConfig
-from apr_jax.config.loading import load_run_config
 from apr_jax.training.train_step import make_train_step
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +80,7 @@ class TopologySpec:
 
 # Chips per slice -> chip grid. v4/v5p names count TensorCores (2 per chip);
 # v5e ("v5litepod") and v6e names count chips.
-_GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
-            256: "4x8x8", 512: "8x8x8"}
+_GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8", 512: "8x8x8"}
 _GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 _FAMILIES = {  # prefix: (chip, cores per chip, grids, chip config, HBM GiB per device)
     "v4": ("v4", 2, _GRID_3D, "megacore", 32),
@@ -103,10 +101,10 @@ def topology_spec(accelerator_type: str) -> TopologySpec:
     """The compiler's view of a gcloud accelerator type; ValueError if unknown."""
     prefix, _, count = accelerator_type.rpartition("-")
     family = _FAMILIES.get(prefix)
-    if family is None or not count.isdigit() or int(count) % family[1] or \
-            int(count) // family[1] not in family[2]:
-        raise ValueError(f"unknown TPU accelerator type {accelerator_type!r}; known: "
-                         f"{', '.join(known_accelerator_types())}")
+    if family is None or not count.isdigit() or int(count) % family[1] or int(count) // family[1] not in family[2]:
+        raise ValueError(
+            f"unknown TPU accelerator type {accelerator_type!r}; known: {', '.join(known_accelerator_types())}"
+        )
     chip, cores, grids, chip_config, hbm_gib = family
     shape = grids[int(count) // cores]
     host = (2, 2, 1)  # four chips per host ...
@@ -145,8 +143,9 @@ def topology_devices(spec: TopologySpec, libtpu: str | None = None) -> list[jax.
     if path is None:
         raise RuntimeError(
             "compiling for TPU needs the TPU compiler (libtpu), which CPU-only jaxlib lacks; "
-            "install it with `pip install --target ~/.cache/apr_jax/libtpu \"libtpu==0.0.42.*\"` "
-            "(found there by default), or pass --libtpu=PATH / set TPU_LIBRARY_PATH")
+            'install it with `pip install --target ~/.cache/apr_jax/libtpu "libtpu==0.0.42.*"` '
+            "(found there by default), or pass --libtpu=PATH / set TPU_LIBRARY_PATH"
+        )
     # libtpu reads these when it initialises; on a host without TPUs they would
     # otherwise be looked up from the (absent) TPU VM metadata. Set only while
     # the plugin starts, so nothing leaks into later (sub)processes.
@@ -154,12 +153,21 @@ def topology_devices(spec: TopologySpec, libtpu: str | None = None) -> list[jax.
     if not (os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")):
         # No TPU VM here: no metadata to look up and no chips to guard, so
         # several compile-only processes may load libtpu at once.
-        settings.update(TPU_ACCELERATOR_TYPE=spec.accelerator_type, TPU_WORKER_HOSTNAMES="localhost",
-                        TPU_SKIP_MDS_QUERY="1", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+        settings.update(
+            TPU_ACCELERATOR_TYPE=spec.accelerator_type,
+            TPU_WORKER_HOSTNAMES="localhost",
+            TPU_SKIP_MDS_QUERY="1",
+            ALLOW_MULTIPLE_LIBTPU_LOAD="1",
+        )
     with _environment(settings):
         topology = topologies.get_topology_desc(
-            f"{spec.chip}:{spec.shape}", "tpu", chip_config_name=spec.chip_config,
-            chips_per_host_bounds=spec.chips_per_host, num_slices=1, wrap=(False, False, False))
+            f"{spec.chip}:{spec.shape}",
+            "tpu",
+            chip_config_name=spec.chip_config,
+            chips_per_host_bounds=spec.chips_per_host,
+            num_slices=1,
+            wrap=(False, False, False),
+        )
     return list(topology.devices)
 
 
@@ -178,73 +186,94 @@ def _environment(settings: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def abstract_train_state(config: RunConfig, vocab_size: int, mesh: jax.sharding.Mesh,
-                         platform: str | None = None
-                         ) -> tuple[train_state.Graphs, train_state.TrainState, train_state.TrainState]:
+def abstract_train_state(
+    config: RunConfig, vocab_size: int, mesh: jax.sharding.Mesh, platform: str | None = None
+) -> tuple[train_state.Graphs, train_state.TrainState, train_state.TrainState]:
     """(graphs, abstract state, state shardings) of the trainer's model (built
     for ``platform``, default this host's backend) and optimizer."""
+
     def make():
         model = train_state.new_model(config, vocab_size, platform)
         return model, train_state.new_optimizer(model, config)
 
     graphs, abstract = train_state.split(*nnx.eval_shape(make))
     shardings = sharding.model_state_shardings(abstract, mesh)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            abstract, shardings)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     return graphs, abstract, shardings
 
 
 def abstract_batch(config: RunConfig, mesh: jax.sharding.Mesh) -> dict:
     shape_BxL = (config.train.batch_size, config.data.seq_len)
     batch_sharding = sharding.batch_sharding(mesh)
-    return {name: jax.ShapeDtypeStruct(shape_BxL, jnp.int32, sharding=batch_sharding)
-            for name in ("tokens", "loss_mask", "segment_ids", "positions")}
+    return {
+        name: jax.ShapeDtypeStruct(shape_BxL, jnp.int32, sharding=batch_sharding)
+        for name in ("tokens", "loss_mask", "segment_ids", "positions")
+    }
 
 
-def compile_train_step(config: RunConfig, vocab_size: int,
-                       devices: Sequence[jax.Device]) -> jax.stages.Compiled:
+def compile_train_step(config: RunConfig, vocab_size: int, devices: Sequence[jax.Device]) -> jax.stages.Compiled:
     """Lowers and compiles train.py's step for ``devices`` without running it."""
     mesh = sharding.make_mesh(config.mesh, devices)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = config.train.batch_size // config.train.grad_accum
     if micro % shards:
-        raise ValueError(f"config.train.batch_size={config.train.batch_size} (microbatch {micro}) "
-                         f"does not divide over the {shards} data-parallel devices of the mesh "
-                         f"{dict(mesh.shape)}")
+        raise ValueError(
+            f"config.train.batch_size={config.train.batch_size} (microbatch {micro}) "
+            f"does not divide over the {shards} data-parallel devices of the mesh "
+            f"{dict(mesh.shape)}"
+        )
     graphs, state, shardings = abstract_train_state(config, vocab_size, mesh, devices[0].platform)
-    step = make_train_step(graphs, shardings, sharding.batch_sharding(mesh),
-                           grad_accum=config.train.grad_accum,
-                           learning_rate=learning_rate_schedule(config.train))
+    step = make_train_step(
+        graphs,
+        shardings,
+        sharding.batch_sharding(mesh),
+        grad_accum=config.train.grad_accum,
+        learning_rate=learning_rate_schedule(config.train),
+    )
     with jax.set_mesh(mesh):  # as train.py calls it
         return step.lower(state, abstract_batch(config, mesh), jax.ShapeDtypeStruct((), jnp.int32)).compile()
 
 
-def compile_engine(config: RunConfig, vocab_size: int, devices: Sequence[jax.Device],
-                   num_problems: int, prompt_width: int) -> jax.stages.Compiled:
+def compile_engine(
+    config: RunConfig, vocab_size: int, devices: Sequence[jax.Device], num_problems: int, prompt_width: int
+) -> jax.stages.Compiled:
     """Lowers and compiles evaluation's engine loop (``num_problems`` prompts of
     ``prompt_width`` tokens, the ``eval`` section's samples, lanes and limits)
     for ``devices`` without running it."""
     mesh = sharding.make_mesh(config.mesh, devices)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if num_problems % shards:
-        raise ValueError(f"--problems={num_problems} does not divide over the {shards} data-parallel "
-                         f"devices of the mesh {dict(mesh.shape)}")
+        raise ValueError(
+            f"--problems={num_problems} does not divide over the {shards} data-parallel "
+            f"devices of the mesh {dict(mesh.shape)}"
+        )
     model = nnx.eval_shape(lambda: train_state.new_model(config, vocab_size, devices[0].platform))
     graphdef, params = nnx.split(model)
-    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          params, sharding.model_state_shardings(params, mesh))
-    cfg = dataclasses.replace(engine_config(config, samples=int(config.eval.samples)),
-                              row_buckets=1, kv_buckets=1)
-    decode = make_decoder(NnxDecode(graphdef), model.init_cache, cfg, ProtocolIds(), num_problems,
-                          prompt_width, page_size=decode_page_size(cfg, model.decode_page_size))
+    params = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        params,
+        sharding.model_state_shardings(params, mesh),
+    )
+    cfg = dataclasses.replace(engine_config(config, samples=int(config.eval.samples)), row_buckets=1, kv_buckets=1)
+    decode = make_decoder(
+        NnxDecode(graphdef),
+        model.init_cache,
+        cfg,
+        ProtocolIds(),
+        num_problems,
+        prompt_width,
+        page_size=decode_page_size(cfg, model.decode_page_size),
+    )
     batch = sharding.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    args = (params,
-            jax.ShapeDtypeStruct((num_problems, prompt_width), jnp.int32, sharding=batch),
-            jax.ShapeDtypeStruct((num_problems,), jnp.int32, sharding=batch),
-            jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-            jax.eval_shape(lambda: jax.random.key(0)),
-            jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
+    args = (
+        params,
+        jax.ShapeDtypeStruct((num_problems, prompt_width), jnp.int32, sharding=batch),
+        jax.ShapeDtypeStruct((num_problems,), jnp.int32, sharding=batch),
+        jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+        jax.eval_shape(lambda: jax.random.key(0)),
+        jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+    )
     with jax.set_mesh(mesh):  # as evaluation calls it
         return decode.lower(*args).compile()
 
@@ -253,17 +282,27 @@ def memory_report(compiled: jax.stages.Compiled) -> dict[str, int]:
     """Bytes XLA plans per device: inputs, outputs, temporaries, aliased
     (donated inputs reused as outputs) and their peak sum."""
     m = compiled.memory_analysis()
-    report = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
-              "temporaries": int(m.temp_size_in_bytes), "aliased": int(m.alias_size_in_bytes),
-              "code": int(m.generated_code_size_in_bytes)}
-    report["total"] = (report["arguments"] + report["outputs"] - report["aliased"]
-                       + report["temporaries"] + report["code"])
+    report = {
+        "arguments": int(m.argument_size_in_bytes),
+        "outputs": int(m.output_size_in_bytes),
+        "temporaries": int(m.temp_size_in_bytes),
+        "aliased": int(m.alias_size_in_bytes),
+        "code": int(m.generated_code_size_in_bytes),
+    }
+    report["total"] = (
+        report["arguments"] + report["outputs"] - report["aliased"] + report["temporaries"] + report["code"]
+    )
     return report
 
 
-def check_topology(config: RunConfig, accelerator_type: str,
-                   libtpu: str | None = None, step: str = "train", problems: int = 0,
-                   prompt_width: int = 32) -> dict[str, Any]:
+def check_topology(
+    config: RunConfig,
+    accelerator_type: str,
+    libtpu: str | None = None,
+    step: str = "train",
+    problems: int = 0,
+    prompt_width: int = 32,
+) -> dict[str, Any]:
     """Compile ``step`` ("train" or "engine": evaluating ``problems`` prompts)
     for one slice ("cpu": this host's devices); returns its per-device memory
     plan and whether it fits the device memory."""
@@ -273,9 +312,15 @@ def check_topology(config: RunConfig, accelerator_type: str,
         spec = topology_spec(accelerator_type)
         devices, hosts, hbm = topology_devices(spec, libtpu), spec.num_hosts, spec.hbm_bytes_per_device
     started = time.time()
-    result = {"topology": accelerator_type, "step": step, "remat": config.model.remat, "devices": len(devices),
-              "hosts": hosts,
-              "device_kind": devices[0].device_kind, "hbm_per_device": hbm}
+    result = {
+        "topology": accelerator_type,
+        "step": step,
+        "remat": config.model.remat,
+        "devices": len(devices),
+        "hosts": hosts,
+        "device_kind": devices[0].device_kind,
+        "hbm_per_device": hbm,
+    }
     try:
         if step == "engine":
             result["problems"] = problems
@@ -285,58 +330,71 @@ def check_topology(config: RunConfig, accelerator_type: str,
     except jax.errors.JaxRuntimeError as e:  # the compiler itself refuses a plan over HBM
         if not str(e).startswith("RESOURCE_EXHAUSTED"):
             raise
-        result.update(compile_s=round(time.time() - started, 1), memory=None, fits=False,
-                      error=str(e).splitlines()[0])
+        result.update(compile_s=round(time.time() - started, 1), memory=None, fits=False, error=str(e).splitlines()[0])
         return result
     memory = memory_report(compiled)
-    result.update(compile_s=round(time.time() - started, 1), memory=memory,
-                  fits=hbm is None or memory["total"] <= hbm)
+    result.update(compile_s=round(time.time() - started, 1), memory=memory, fits=hbm is None or memory["total"] <= hbm)
     return result
 
 
 def _size(num_bytes: int) -> str:
-    return f"{num_bytes / GIB:.2f} GiB" if num_bytes >= GIB // 10 else f"{num_bytes / 2 ** 20:.1f} MiB"
+    return f"{num_bytes / GIB:.2f} GiB" if num_bytes >= GIB // 10 else f"{num_bytes / 2**20:.1f} MiB"
 
 
 def format_result(result: dict[str, Any]) -> str:
-    what = (f"engine ({result['problems']} problems)" if result.get("step") == "engine"
-            else f"remat={result['remat']}")
+    what = f"engine ({result['problems']} problems)" if result.get("step") == "engine" else f"remat={result['remat']}"
     if result["memory"] is None:
-        return (f"{result['topology']} {what}: {result['devices']} x "
-                f"{result['device_kind']} ({result['hosts']} hosts): DOES NOT FIT: {result['error']} "
-                f"[compiled in {result['compile_s']}s]")
+        return (
+            f"{result['topology']} {what}: {result['devices']} x "
+            f"{result['device_kind']} ({result['hosts']} hosts): DOES NOT FIT: {result['error']} "
+            f"[compiled in {result['compile_s']}s]"
+        )
     m = {k: _size(v) for k, v in result["memory"].items()}
     verdict = "fits" if result["fits"] else "DOES NOT FIT"
-    return (f"{result['topology']} {what}: {result['devices']} x {result['device_kind']} "
-            f"({result['hosts']} hosts), per device: arguments {m['arguments']}, "
-            f"temporaries {m['temporaries']}, outputs {m['outputs']} "
-            f"(aliased {m['aliased']}), total {m['total']}"
-            + (f" of {result['hbm_per_device'] / GIB:.0f} GiB HBM: {verdict}"
-               if result["hbm_per_device"] else "") + " "
-            f"[compiled in {result['compile_s']}s]")
+    return (
+        f"{result['topology']} {what}: {result['devices']} x {result['device_kind']} "
+        f"({result['hosts']} hosts), per device: arguments {m['arguments']}, "
+        f"temporaries {m['temporaries']}, outputs {m['outputs']} "
+        f"(aliased {m['aliased']}), total {m['total']}"
+        + (f" of {result['hbm_per_device'] / GIB:.0f} GiB HBM: {verdict}" if result["hbm_per_device"] else "")
+        + " "
+        f"[compiled in {result['compile_s']}s]"
+    )
 
 
 COMMAND = Command(
     "python -m apr_jax.aot",
-    "Compile the train step or the evaluation engine ahead of time for TPU slices; report "
-    "memory per device.",
+    "Compile the train step or the evaluation engine ahead of time for TPU slices; report memory per device.",
     flags=(
         Flag("config", "the config file (default configs/default.py)", value="FILE"),
-        Flag("topology", "slices, comma-separated (v4-32, v5p-64, ...; cpu: this host's devices)",
-             value="NAMES", required=True, example="v4-32,v5p-64"),
-        Flag("remat", f"remat policies to compile, comma-separated: {', '.join(REMATS)} "
-             "(default config.model.remat)", value="POLICIES"),
-        Flag("step", "what to compile, comma-separated: train, engine (default train)",
-             value="STEPS"),
-        Flag("problems", "problems the engine evaluates at once (default config.eval.batch_problems "
-             "or 256)", value="N"),
-        Flag("libtpu", "the libtpu.so to compile with (default: TPU_LIBRARY_PATH, an installed "
-             "libtpu, or ~/.cache/apr_jax/libtpu)", value="PATH"),
+        Flag(
+            "topology",
+            "slices, comma-separated (v4-32, v5p-64, ...; cpu: this host's devices)",
+            value="NAMES",
+            required=True,
+            example="v4-32,v5p-64",
+        ),
+        Flag(
+            "remat",
+            f"remat policies to compile, comma-separated: {', '.join(REMATS)} (default config.model.remat)",
+            value="POLICIES",
+        ),
+        Flag("step", "what to compile, comma-separated: train, engine (default train)", value="STEPS"),
+        Flag(
+            "problems", "problems the engine evaluates at once (default config.eval.batch_problems or 256)", value="N"
+        ),
+        Flag(
+            "libtpu",
+            "the libtpu.so to compile with (default: TPU_LIBRARY_PATH, an installed "
+            "libtpu, or ~/.cache/apr_jax/libtpu)",
+            value="PATH",
+        ),
         Flag("json", "also write the results as JSON", value="FILE"),
     ),
     overrides="set one config key, e.g. --config.train.batch_size=16",
-    examples=("python -m apr_jax.aot --config=configs/countdown4_apr_228m.py --topology=v4-32,v5p-64 "
-              "--remat=none,dots,full",),
+    examples=(
+        "python -m apr_jax.aot --config=configs/countdown4_apr_228m.py --topology=v4-32,v5p-64 --remat=none,dots,full",
+    ),
 )
 
 
@@ -361,12 +419,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             if name != "cpu":
                 topology_spec(name)  # every name checked before the first compile
-        print(f"{config.name}: {num_params(config.model) / 1e6:.2f}M parameters, batch "
-              f"{config.train.batch_size} x {config.data.seq_len}, mesh {config.section('mesh')}",
-              flush=True)
+        print(
+            f"{config.name}: {num_params(config.model) / 1e6:.2f}M parameters, batch "
+            f"{config.train.batch_size} x {config.data.seq_len}, mesh {config.section('mesh')}",
+            flush=True,
+        )
         results = []
         for step in steps:
-            for remat in (remats if step == "train" else [config.model.remat]):
+            for remat in remats if step == "train" else [config.model.remat]:
                 run = config.replace(model=dataclasses.replace(config.model, remat=remat))
                 for name in names:
                     results.append(check_topology(run, name, flags.get("libtpu"), step, problems))

@@ -30,9 +30,11 @@ COMPILE_CACHE_ENV = "APR_JAX_COMPILE_CACHE"
 DEFAULT_COMPILE_CACHE = "~/.cache/apr_jax/xla"
 
 HELP_FLAGS = ("-h", "--help")
-CONFIG_KEYS_NOTE = ("config keys: `python -m apr_jax.train --print_config [--config=FILE]` prints "
-                    "every key with its value;\neach key's meaning is written beside its default "
-                    "(configs/default.py says where). Set one with --config.a.b=value.")
+CONFIG_KEYS_NOTE = (
+    "config keys: `python -m apr_jax.train --print_config [--config=FILE]` prints "
+    "every key with its value;\neach key's meaning is written beside its default "
+    "(configs/default.py says where). Set one with --config.a.b=value."
+)
 
 
 def enable_compile_cache() -> str | None:
@@ -150,17 +152,29 @@ class Command:
         return "\n".join(lines)
 
 
-def flags_command(prog: str, flags: Sequence[str] | Mapping[str, str],
-                  switches: Sequence[str] | Mapping[str, str] = (), *, overrides: str = "",
-                  summary: str = "", examples: Sequence[str] = ()) -> Command:
+def flags_command(
+    prog: str,
+    flags: Sequence[str] | Mapping[str, str],
+    switches: Sequence[str] | Mapping[str, str] = (),
+    *,
+    overrides: str = "",
+    summary: str = "",
+    examples: Sequence[str] = (),
+) -> Command:
     """A ``Command`` from flag names or name -> one-line description mappings."""
+
     def described(names: Sequence[str] | Mapping[str, str]) -> list[tuple[str, str]]:
         if isinstance(names, Mapping):
             return list(names.items())
         return [(n, "(undocumented)") for n in names]
-    return Command(prog, summary or prog, examples=tuple(examples), overrides=overrides, flags=(
-        *(Flag(n, h) for n, h in described(flags)),
-        *(Flag(n, h, value=None) for n, h in described(switches))))
+
+    return Command(
+        prog,
+        summary or prog,
+        examples=tuple(examples),
+        overrides=overrides,
+        flags=(*(Flag(n, h) for n, h in described(flags)), *(Flag(n, h, value=None) for n, h in described(switches))),
+    )
 
 
 def wants_help(argv: Sequence[str]) -> bool:
@@ -175,8 +189,7 @@ class CommandLine(NamedTuple):
     command: Command  # the (sub)command that read them
 
 
-def read_command_line(argv: Sequence[str], command: Command, *,
-                      error: type[Exception] = UsageError) -> CommandLine:
+def read_command_line(argv: Sequence[str], command: Command, *, error: type[Exception] = UsageError) -> CommandLine:
     """Read ``argv`` by ``command``: ``--flag=value`` or ``--flag value``, a
     switch alone, ``--config.a.b=value`` overrides where the command takes
     them, its positional arguments, or a subcommand first. ``--help``/``-h``
@@ -245,8 +258,9 @@ def one_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def run_command(body: Callable[[], int | None], *, usage: Errors, failures: Errors = (),
-                compile_cache: bool = True) -> int:
+def run_command(
+    body: Callable[[], int | None], *, usage: Errors, failures: Errors = (), compile_cache: bool = True
+) -> int:
     """Run a command's ``body`` and return its exit code (0 when it returns
     None). ``HelpRequested`` prints its help to stdout and exits 0;
     ``usage`` errors (and ``UsageError``) exit ``USAGE_ERROR``, ``failures``
@@ -268,10 +282,13 @@ def run_command(body: Callable[[], int | None], *, usage: Errors, failures: Erro
     return 0 if code is None else code
 
 
-def parse_command_line(argv: Sequence[str], command: Any = None, *,
-                       allowed: Sequence[str] | dict[str, str] = ("workdir", "config"),
-                       switches: Sequence[str] | dict[str, str] = ()
-                       ) -> tuple[dict[str, str], list[str]]:
+def parse_command_line(
+    argv: Sequence[str],
+    command: Any = None,
+    *,
+    allowed: Sequence[str] | dict[str, str] = ("workdir", "config"),
+    switches: Sequence[str] | dict[str, str] = (),
+) -> tuple[dict[str, str], list[str]]:
     """Split ``--flag=value`` / ``--flag value`` arguments into plain flags and
     ``config.*`` overrides; a switch (``--name`` alone) reads as ``"true"``.
     ``command`` (a ``Command``) names the flags with their help;
@@ -280,14 +297,16 @@ def parse_command_line(argv: Sequence[str], command: Any = None, *,
     raises ``HelpRequested`` with the help made from the same
     flags; unknown flags and other mistakes raise ``ConfigError``."""
     if command is None:
-        command = flags_command(f"python {os.path.basename(sys.argv[0])}", allowed, switches,
-                                    overrides="set one config key, e.g. --config.train.lr=1e-3")
+        command = flags_command(
+            f"python {os.path.basename(sys.argv[0])}",
+            allowed,
+            switches,
+            overrides="set one config key, e.g. --config.train.lr=1e-3",
+        )
     if command.args or command.subcommands:
-        raise TypeError(f"{command.prog} takes arguments or subcommands: "
-                        f"read it with apr_jax.cli.read_command_line")
+        raise TypeError(f"{command.prog} takes arguments or subcommands: read it with apr_jax.cli.read_command_line")
     line = read_command_line(argv, command, error=ConfigError)
     return line.flags, line.overrides
-
 
 
 def int_flag(flags: dict[str, str], name: str, default: int, *, zero_ok: bool = True) -> int:
@@ -301,7 +320,6 @@ def int_flag(flags: dict[str, str], name: str, default: int, *, zero_ok: bool = 
     return value
 
 
-
 def float_flag(flags: dict[str, str], name: str) -> float | None:
     """The number flag ``--name``, or None when absent; one-line errors."""
     if name not in flags:
@@ -310,4 +328,3 @@ def float_flag(flags: dict[str, str], name: str) -> float | None:
         return float(flags[name])
     except ValueError:
         raise ConfigError(f"--{name} must be a number, got {flags[name]!r}") from None
-

@@ -44,12 +44,19 @@ from __future__ import annotations
 import os
 import sys
 
-from apr_jax.cli import Command, Flag, run_command
-from apr_jax.cli import float_flag, int_flag, parse_command_line
+from apr_jax.cli import Command, Flag, float_flag, int_flag, parse_command_line, run_command
 from apr_jax.config.checks import ConfigError
-from apr_jax.evaluation.compare import (Measurer, adaptive_point, budget_sweep, children_sweep,
-                                        context_sweep, int_list, load_pair, trace_lengths,
-                                        train_or_reuse)
+from apr_jax.evaluation.compare import (
+    Measurer,
+    adaptive_point,
+    budget_sweep,
+    children_sweep,
+    context_sweep,
+    int_list,
+    load_pair,
+    trace_lengths,
+    train_or_reuse,
+)
 from apr_jax.runtime.checkpoint import CheckpointError
 from apr_jax.training.loop import TrainingError
 
@@ -57,22 +64,24 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 COMMAND = Command(
     "python -m apr_jax.compare",
-    "Train APR and SoS+ on the same problems and budget, then compare them at equal context, "
-    "compute and latency.",
+    "Train APR and SoS+ on the same problems and budget, then compare them at equal context, compute and latency.",
     flags=(
-        Flag("workdir", "holds the apr/ and sosp/ runs and the report (default runs/compare)",
-             value="DIR"),
+        Flag("workdir", "holds the apr/ and sosp/ runs and the report (default runs/compare)", value="DIR"),
         Flag("apr_config", "the APR config (default configs/compare_apr.py)", value="FILE"),
         Flag("sosp_config", "the SoS+ config (default configs/compare_sosp.py)", value="FILE"),
         Flag("num", "held-out test problems (default the APR config's eval.num_problems)", value="N"),
-        Flag("contexts", "per-thread context windows, comma-separated (default 1/2, 3/4 and all "
-             "of model.max_len)", value="N,N,..."),
-        Flag("children", "APR child counts, comma-separated (default 1 to eval.max_children)",
-             value="N,N,..."),
-        Flag("budgets", "SoS+ token budgets, comma-separated (default 64 to 1024, up to twice "
-             "model.max_len)", value="N,N,..."),
-        Flag("samples", "SoS+ samples per problem for majority vote and pass@k (default 4)",
-             value="K"),
+        Flag(
+            "contexts",
+            "per-thread context windows, comma-separated (default 1/2, 3/4 and all of model.max_len)",
+            value="N,N,...",
+        ),
+        Flag("children", "APR child counts, comma-separated (default 1 to eval.max_children)", value="N,N,..."),
+        Flag(
+            "budgets",
+            "SoS+ token budgets, comma-separated (default 64 to 1024, up to twice model.max_len)",
+            value="N,N,...",
+        ),
+        Flag("samples", "SoS+ samples per problem for majority vote and pass@k (default 4)", value="K"),
         Flag("temperature", "sampling temperature of those samples (default 0.7)", value="T"),
         Flag("seed", "sampling seed (default 0)", value="N"),
     ),
@@ -89,21 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int | None:
         from apr_jax.evaluation.compare_report import write_report
         from apr_jax.evaluation.loading import load_for_inference, problems_for
+
         flags, overrides = parse_command_line(argv, COMMAND)
         workdir = flags.get("workdir", os.path.join("runs", "compare"))
         apr_cfg, sosp_cfg = load_pair(
             flags.get("apr_config", os.path.join(CONFIGS_DIR, "compare_apr.py")),
-            flags.get("sosp_config", os.path.join(CONFIGS_DIR, "compare_sosp.py")), overrides)
+            flags.get("sosp_config", os.path.join(CONFIGS_DIR, "compare_sosp.py")),
+            overrides,
+        )
         max_len = min(apr_cfg.model.max_len, sosp_cfg.model.max_len)
-        contexts = int_list(flags, "contexts", ",".join(
-            str(max_len * q // 4) for q in (2, 3, 4) if max_len * q // 4 >= 16))
+        contexts = int_list(
+            flags, "contexts", ",".join(str(max_len * q // 4) for q in (2, 3, 4) if max_len * q // 4 >= 16)
+        )
         if max(contexts) > max_len:
-            raise ConfigError(f"--contexts: {max(contexts)} exceeds the models' "
-                                         f"config.model.max_len={max_len}")
-        children = int_list(flags, "children", ",".join(
-            str(n) for n in range(1, apr_cfg.eval.max_children + 1)))
-        budgets = int_list(flags, "budgets", ",".join(
-            str(b) for b in (64, 128, 256, 512, 1024) if b <= 2 * max_len))
+            raise ConfigError(f"--contexts: {max(contexts)} exceeds the models' config.model.max_len={max_len}")
+        children = int_list(flags, "children", ",".join(str(n) for n in range(1, apr_cfg.eval.max_children + 1)))
+        budgets = int_list(flags, "budgets", ",".join(str(b) for b in (64, 128, 256, 512, 1024) if b <= 2 * max_len))
         samples = int_flag(flags, "samples", 4, zero_ok=False)
         temperature = float_flag(flags, "temperature")
         temperature = 0.7 if temperature is None else temperature
@@ -123,11 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         points += children_sweep(apr, children) + [adaptive_point(apr)]
         points += budget_sweep(sosp, budgets)
         points.append(sosp.measure("vote", samples, samples=samples, temperature=temperature))
-        lengths = {"SoS+": trace_lengths(sosp_cfg, loaded["SoS+"].tokenizer, problems),
-                   "APR": trace_lengths(apr_cfg, loaded["APR"].tokenizer, problems)}
-        written = write_report(workdir, points, lengths, contexts,
-                               {"APR": apr_cfg, "SoS+": sosp_cfg},
-                               {label: run.step for label, run in loaded.items()}, temperature)
+        lengths = {
+            "SoS+": trace_lengths(sosp_cfg, loaded["SoS+"].tokenizer, problems),
+            "APR": trace_lengths(apr_cfg, loaded["APR"].tokenizer, problems),
+        }
+        written = write_report(
+            workdir,
+            points,
+            lengths,
+            contexts,
+            {"APR": apr_cfg, "SoS+": sosp_cfg},
+            {label: run.step for label, run in loaded.items()},
+            temperature,
+        )
         for path in written:
             print(f"wrote {path}")
 

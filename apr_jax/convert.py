@@ -30,30 +30,35 @@ import jax
 import ml_collections
 from flax import nnx
 
+from apr_jax.cli import Command, Flag, parse_command_line, run_command
 from apr_jax.config import loading as config_lib
-from apr_jax.cli import parse_command_line
-from apr_jax.runtime import sharding
-from apr_jax.runtime.checkpoint import Checkpointer, CheckpointError
-from apr_jax.cli import Command, Flag, run_command
 from apr_jax.model.config import ModelConfig
 from apr_jax.model.transformer import Transformer
 from apr_jax.pretrained.hf_config import ConversionError, read_architecture
 from apr_jax.pretrained.safetensors_io import open_checkpoint
 from apr_jax.pretrained.tokenizer import FILE_NAME, PretrainedTokenizer, convert_tokenizer
 from apr_jax.pretrained.weights import check_tensors, load_state
+from apr_jax.runtime import sharding
+from apr_jax.runtime.checkpoint import Checkpointer, CheckpointError
 
 COMMAND = Command(
     "python -m apr_jax.convert",
     "Convert a Hugging Face Llama-family model into a checkpoint this project trains from.",
     flags=(
-        Flag("hf_dir", "the Hugging Face model directory (config.json, safetensors, tokenizer)",
-             value="DIR", required=True),
+        Flag(
+            "hf_dir",
+            "the Hugging Face model directory (config.json, safetensors, tokenizer)",
+            value="DIR",
+            required=True,
+        ),
         Flag("out", "where the checkpoint, tokenizer and config.py go", value="OUT", required=True),
         Flag("config", "the base config (default configs/default.py)", value="FILE"),
     ),
     overrides="set one key of the base config, e.g. --config.model.param_dtype=bfloat16",
-    examples=("python -m apr_jax.convert --hf_dir=models/Qwen2.5-0.5B --out=runs/qwen_base "
-              "--config.model.param_dtype=bfloat16",),
+    examples=(
+        "python -m apr_jax.convert --hf_dir=models/Qwen2.5-0.5B --out=runs/qwen_base "
+        "--config.model.param_dtype=bfloat16",
+    ),
 )
 CONFIG_PY = '''"""Config of the model converted from {source}.
 Base: {base}. Train from it: python -m apr_jax.train --config={path} --workdir=runs/NAME"""
@@ -73,8 +78,9 @@ CONFIG = r"""
 '''
 
 
-def converted_config(base: ml_collections.ConfigDict, model_fields: dict, tokenizer: PretrainedTokenizer,
-                     out: str, hf_dir: str) -> ml_collections.ConfigDict:
+def converted_config(
+    base: ml_collections.ConfigDict, model_fields: dict, tokenizer: PretrainedTokenizer, out: str, hf_dir: str
+) -> ml_collections.ConfigDict:
     """``base`` with the pretrained architecture, tokenizer and starting point."""
     config = ml_collections.ConfigDict(base.to_dict())
     for name, value in model_fields.items():
@@ -97,15 +103,17 @@ def convert(hf_dir: str, out: str, base: ml_collections.ConfigDict) -> ml_collec
     arch = read_architecture(hf_dir)
     tensors = open_checkpoint(hf_dir)
     check_tensors(arch, tensors, hf_dir)
-    tokenizer = convert_tokenizer(hf_dir, arch.vocab_size, bos_token_id=arch.bos_token_id,
-                                  eos_token_id=arch.eos_token_id)
+    tokenizer = convert_tokenizer(
+        hf_dir, arch.vocab_size, bos_token_id=arch.bos_token_id, eos_token_id=arch.eos_token_id
+    )
     config = converted_config(base, arch.model_fields(), tokenizer, out, hf_dir)
 
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     model_cfg = ModelConfig.from_config(config.model, tokenizer.vocab_size)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
-    params = load_state(nnx.state(abstract), arch, tensors, mesh, new_rows=tokenizer.added_ids,
-                        mean_rows=tokenizer.original_size)
+    params = load_state(
+        nnx.state(abstract), arch, tensors, mesh, new_rows=tokenizer.added_ids, mean_rows=tokenizer.original_size
+    )
 
     if jax.process_index() == 0:
         os.makedirs(out, exist_ok=True)
@@ -113,11 +121,20 @@ def convert(hf_dir: str, out: str, base: ml_collections.ConfigDict) -> ml_collec
         with open(os.path.join(out, "config.json"), "w") as f:
             f.write(config_lib.to_json(config))
         with open(os.path.join(out, "config.py"), "w") as f:
-            f.write(CONFIG_PY.format(source=hf_dir, base=base.get("name"), path=os.path.join(out, "config.py"),
-                                     config=config_lib.to_json(config)))
+            f.write(
+                CONFIG_PY.format(
+                    source=hf_dir,
+                    base=base.get("name"),
+                    path=os.path.join(out, "config.py"),
+                    config=config_lib.to_json(config),
+                )
+            )
     checkpointer = Checkpointer(out, keep=1, async_save=False)
-    meta = {"config": config.to_dict(), "tokenizer_b64": base64.b64encode(tokenizer.model_bytes()).decode(),
-            "converted_from": hf_dir}
+    meta = {
+        "config": config.to_dict(),
+        "tokenizer_b64": base64.b64encode(tokenizer.model_bytes()).decode(),
+        "converted_from": hf_dir,
+    }
     checkpointer.save_params(0, params, meta)
     checkpointer.close()
     return config
@@ -133,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         config = convert(flags["hf_dir"], flags["out"], base)
         if jax.process_index() == 0:
             out = os.path.abspath(flags["out"])
-            print(f"converted {flags['hf_dir']} -> {out}/checkpoints/0 "
-                  f"({json.dumps(dict(config.model))}, vocab {config.data.vocab_size})")
+            print(
+                f"converted {flags['hf_dir']} -> {out}/checkpoints/0 "
+                f"({json.dumps(dict(config.model))}, vocab {config.data.vocab_size})"
+            )
             print(f"train from it: python -m apr_jax.train --config={out}/config.py --workdir=runs/NAME")
 
     return run_command(body, usage=(ValueError, CheckpointError, ImportError))

@@ -42,8 +42,7 @@ from __future__ import annotations
 import os
 import sys
 
-from apr_jax.cli import Command, Flag, run_command
-from apr_jax.cli import float_flag, int_flag, parse_command_line
+from apr_jax.cli import Command, Flag, float_flag, int_flag, parse_command_line, run_command
 from apr_jax.evaluation.loading import SPLIT_CHOICES, load_for_inference, problems_for, with_eval_overrides
 from apr_jax.evaluation.report import WIDTH_PLOT, format_table, paired_comparisons, plot_sweep, plot_width
 from apr_jax.evaluation.scoring import evaluate_problems
@@ -56,31 +55,31 @@ COMMAND = Command(
     "Decode held-out problems with the spawn/join engine and score them with the task's verifier.",
     flags=(
         Flag("workdir", "trained runs, comma-separated: the newest checkpoint of each", value="DIRS"),
-        Flag("checkpoint", "one checkpoint (DIR/checkpoints/STEP), besides or instead of --workdir",
-             value="DIR"),
+        Flag("checkpoint", "one checkpoint (DIR/checkpoints/STEP), besides or instead of --workdir", value="DIR"),
         Flag("problems", "a JSONL of problems to decode instead of --split", value="FILE"),
-        Flag("split", f"comma-separated splits: {', '.join(SPLIT_CHOICES)} (default test)",
-             value="SPLITS"),
+        Flag("split", f"comma-separated splits: {', '.join(SPLIT_CHOICES)} (default test)", value="SPLITS"),
         Flag("num", "problems from each split, or the first N of --problems (default 100)", value="N"),
         Flag("samples", "samples per problem, for pass@K and cons@K (default 1)", value="K"),
         Flag("temperature", "sampling temperature (default config.eval.temperature)", value="T"),
         Flag("top_p", "nucleus sampling threshold (default config.eval.top_p)", value="P"),
         Flag("out", "write one JSON line per problem and setting, thread tree included", value="FILE"),
-        Flag("sweep", f"KIND=V1,V2,... with KIND one of {', '.join(SWEEP_KINDS)}: one setting "
-             "per value", value="SPEC"),
+        Flag("sweep", f"KIND=V1,V2,... with KIND one of {', '.join(SWEEP_KINDS)}: one setting per value", value="SPEC"),
         Flag("plot", "the sweep's PNG (default OUT.png with --out, else sweep.png)", value="PNG"),
-        Flag("width_plot", "children per problem by difficulty quartile, when the task knows "
-             f"difficulty (default OUT_width.png with --out, else WORKDIR/{WIDTH_PLOT})",
-             value="PNG"),
+        Flag(
+            "width_plot",
+            "children per problem by difficulty quartile, when the task knows "
+            f"difficulty (default OUT_width.png with --out, else WORKDIR/{WIDTH_PLOT})",
+            value="PNG",
+        ),
         Flag("show", "print the thread trees of the first N problems (default 0)", value="N"),
         Flag("seed", "sampling seed (default 0)", value="N"),
     ),
-    overrides="set one config.eval.* key (the rest comes from the checkpoint), "
-              "e.g. --config.eval.max_children=2",
-    examples=("python -m apr_jax.evaluate --workdir=runs/default --split=test --num=200",
-              "python -m apr_jax.evaluate --workdir=runs/apr,runs/sosp --sweep=tokens=64,128,256",
-              "python -m apr_jax.evaluate --workdir=runs/apr_c,runs/sosp "
-              "--sweep=children=adaptive,1,2,3,4"),
+    overrides="set one config.eval.* key (the rest comes from the checkpoint), e.g. --config.eval.max_children=2",
+    examples=(
+        "python -m apr_jax.evaluate --workdir=runs/default --split=test --num=200",
+        "python -m apr_jax.evaluate --workdir=runs/apr,runs/sosp --sweep=tokens=64,128,256",
+        "python -m apr_jax.evaluate --workdir=runs/apr_c,runs/sosp --sweep=children=adaptive,1,2,3,4",
+    ),
 )
 
 
@@ -103,25 +102,35 @@ def main(argv: list[str] | None = None) -> int:
         out = open(flags["out"], "w") if "out" in flags else None
         table, series, solve_rates, panels = [], {}, {}, []
         width_plot = flags.get("width_plot") or (
-            os.path.splitext(flags["out"])[0] + "_width.png" if "out" in flags else None)
+            os.path.splitext(flags["out"])[0] + "_width.png" if "out" in flags else None
+        )
         for source in sources:
             loaded = load_for_inference(source)
             config = with_eval_overrides(loaded.config, overrides)
             problems = problems_for(flags, config, num)
             run_name = os.path.basename(os.path.dirname(os.path.dirname(loaded.source)))
             label = f"{run_name}@{loaded.step}"  # the workdir's name: runs of one config differ
-            print(f"evaluating {loaded.source} ({config.trace.kind}) on {len(problems)} problems",
-                  flush=True)
-            width_plot = width_plot or os.path.join(
-                os.path.dirname(os.path.dirname(loaded.source)), WIDTH_PLOT)
+            print(f"evaluating {loaded.source} ({config.trace.kind}) on {len(problems)} problems", flush=True)
+            width_plot = width_plot or os.path.join(os.path.dirname(os.path.dirname(loaded.source)), WIDTH_PLOT)
             settings = sweep_settings(sweep_kind, sweep_values, config)
             if sweep_kind is not None and settings[0][0] == "default":
-                print(f"  {label} is {config.trace.kind}: --sweep={sweep_kind} does not apply, "
-                      f"evaluated once at its default setting", flush=True)
+                print(
+                    f"  {label} is {config.trace.kind}: --sweep={sweep_kind} does not apply, "
+                    f"evaluated once at its default setting",
+                    flush=True,
+                )
             for setting, kwargs in settings:
                 rows, summary = evaluate_problems(
-                    loaded.model, loaded.tokenizer, config, problems, samples=samples,
-                    temperature=temperature, top_p=top_p, seed=seed, **kwargs)
+                    loaded.model,
+                    loaded.tokenizer,
+                    config,
+                    problems,
+                    samples=samples,
+                    temperature=temperature,
+                    top_p=top_p,
+                    seed=seed,
+                    **kwargs,
+                )
                 table.append((f"{label} {setting}", summary))
                 if sweep_kind is None:
                     solve_rates[label] = {p: r["solve_rate"] for p, r in zip(problems, rows)}
@@ -132,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                         out.write(json_line({"model": label, "setting": setting, **row}))
                 for row in rows[:show]:
                     from apr_jax.threads import ThreadTree
+
                     print(ThreadTree.from_dict(row["tree"]).render())
                     print()
         print(format_table(table))
@@ -140,15 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         if out:
             out.close()
         if sweep_kind is not None:
-            plot = flags.get("plot") or (os.path.splitext(flags["out"])[0] + ".png" if "out" in flags
-                                         else "sweep.png")
+            plot = flags.get("plot") or (os.path.splitext(flags["out"])[0] + ".png" if "out" in flags else "sweep.png")
             plot_sweep(series, plot)
             print(f"plot: {plot}")
         if plot_width(panels, width_plot):
             print(f"width plot: {width_plot}")
 
     return run_command(body, usage=(ValueError, CheckpointError, OSError))
-
 
 
 if __name__ == "__main__":

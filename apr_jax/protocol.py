@@ -32,8 +32,15 @@ TRUNC = "<trunc>"
 # Order matters: sentencepiece gives user-defined symbols consecutive ids in
 # this order, right after pad=0, unk=1, bos=2, eos=3.
 RESERVED: tuple[str, ...] = (
-    CHILD, SPAWN_OPEN, SPAWN_CLOSE, SEP, JOIN_OPEN, JOIN_CLOSE,
-    RETURN_OPEN, RETURN_CLOSE, TRUNC,
+    CHILD,
+    SPAWN_OPEN,
+    SPAWN_CLOSE,
+    SEP,
+    JOIN_OPEN,
+    JOIN_CLOSE,
+    RETURN_OPEN,
+    RETURN_CLOSE,
+    TRUNC,
 )
 
 

@@ -27,8 +27,7 @@ import numpy as np
 ROLES = ("prompt", "model", "join")
 # Why a thread stopped. "eos" and "return" are normal ends; the rest are
 # limits the engine enforced (or "running" for a thread never finished).
-STOPS = ("eos", "return", "token_limit", "context_limit", "depth_limit",
-         "round_limit", "cancelled", "running")
+STOPS = ("eos", "return", "token_limit", "context_limit", "depth_limit", "round_limit", "cancelled", "running")
 
 
 class Encoder(Protocol):
@@ -116,12 +115,20 @@ class ThreadTree:
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and dicts, keyed as ``from_dict`` reads them (a copy:
         nothing in it aliases the tree)."""
-        return {"problem": copy.deepcopy(self.problem),
-                "threads": [{"parent": t.parent,
-                             "segments": [{"role": s.role, "text": s.text} for s in t.segments],
-                             "children": list(t.children), "stop": t.stop}
-                            for t in self.threads],
-                "solution": list(self.solution), "meta": copy.deepcopy(self.meta)}
+        return {
+            "problem": copy.deepcopy(self.problem),
+            "threads": [
+                {
+                    "parent": t.parent,
+                    "segments": [{"role": s.role, "text": s.text} for s in t.segments],
+                    "children": list(t.children),
+                    "stop": t.stop,
+                }
+                for t in self.threads
+            ],
+            "solution": list(self.solution),
+            "meta": copy.deepcopy(self.meta),
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -129,12 +136,17 @@ class ThreadTree:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ThreadTree":
         threads = [
-            Thread(parent=t["parent"], segments=[Segment(**s) for s in t["segments"]],
-                   children=list(t.get("children", [])), stop=t.get("stop", "eos"))
+            Thread(
+                parent=t["parent"],
+                segments=[Segment(**s) for s in t["segments"]],
+                children=list(t.get("children", [])),
+                stop=t.get("stop", "eos"),
+            )
             for t in d["threads"]
         ]
-        return cls(problem=d["problem"], threads=threads,
-                   solution=list(d.get("solution", [])), meta=dict(d.get("meta", {})))
+        return cls(
+            problem=d["problem"], threads=threads, solution=list(d.get("solution", [])), meta=dict(d.get("meta", {}))
+        )
 
     @classmethod
     def from_json(cls, s: str) -> "ThreadTree":

@@ -21,19 +21,19 @@ from apr_jax.cli import Command, Flag  # no JAX: --help stays fast
 
 COMMAND = Command(
     "python -m apr_jax.train",
-    "Supervised training or RL (config mode = \"rl\") from a config; the same command resumes.",
+    'Supervised training or RL (config mode = "rl") from a config; the same command resumes.',
     flags=(
-        Flag("workdir", "checkpoints, metrics and logs; resumed when it holds this run "
-             "(default runs/<config.name>)", value="DIR"),
+        Flag(
+            "workdir",
+            "checkpoints, metrics and logs; resumed when it holds this run (default runs/<config.name>)",
+            value="DIR",
+        ),
         Flag("config", "the config file (default configs/default.py)", value="FILE"),
-        Flag("print_config", "print the whole config (every key, overrides applied) as JSON "
-             "and exit", value=None),
+        Flag("print_config", "print the whole config (every key, overrides applied) as JSON and exit", value=None),
     ),
     overrides="set one config key, e.g. --config.train.lr=1e-3",
-    examples=("python -m apr_jax.train --workdir=runs/demo --config=configs/default.py "
-              "--config.train.steps=200",),
+    examples=("python -m apr_jax.train --workdir=runs/demo --config=configs/default.py --config.train.steps=200",),
 )
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     if answer_help(COMMAND, argv):  # before JAX is imported
         return 0
 
+    from apr_jax.cli import parse_command_line, run_command
     from apr_jax.config import loading as config_lib
-    from apr_jax.cli import parse_command_line
+    from apr_jax.config.loading import load_run_config
     from apr_jax.runtime.checkpoint import CheckpointError
-    from apr_jax.cli import run_command
     from apr_jax.training.loop import TrainingError
     from apr_jax.training.run import run_training
-    from apr_jax.config.loading import load_run_config
     from apr_jax.training.workdir import default_workdir
 
     def body() -> None:

@@ -34,9 +34,9 @@ def packed_segments(batch: int, length: int, rng: np.random.Generator) -> np.nda
         pos, s = 0, 1
         while pos < length - length // 8:
             n = int(rng.integers(max(2, length // 16), max(3, length // 4)))
-            seg[b, pos:pos + n] = s
+            seg[b, pos : pos + n] = s
             pos, s = pos + n, s + 1
-        seg[b, length - length // 8:] = 0
+        seg[b, length - length // 8 :] = 0
     return seg
 
 
@@ -47,6 +47,7 @@ def value_and_grads(implementation: str, segments: jax.Array):
     def loss(q, k, v):
         out = attention.packed_attention(q, k, v, segments, implementation).astype(jnp.float32)
         return jnp.sum(jnp.where(real, out, 0.0) ** 2), out
+
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
 
 
@@ -68,10 +69,14 @@ def check(shape: tuple[int, int, int, int], dtype: jnp.dtype, kernel: str, repea
     flash = value_and_grads(kernel, segments)
     hlo = flash.lower(q, k, v).compile().as_text()
     mark = KERNEL_MARKS.get(kernel)
-    row = {"shape": "x".join(map(str, shape)), "dtype": jnp.dtype(dtype).name, "kernel": kernel,
-           "kernel_calls": hlo.count(mark) if mark else None,
-           "t_by_t_arrays": bool(re.search(rf"\b{t}x{t}x", hlo)) if kernel != "xla" else True,
-           "kernel_ms": 1e3 * seconds_per_call(flash, q, k, v, repeats=repeats)}
+    row = {
+        "shape": "x".join(map(str, shape)),
+        "dtype": jnp.dtype(dtype).name,
+        "kernel": kernel,
+        "kernel_calls": hlo.count(mark) if mark else None,
+        "t_by_t_arrays": bool(re.search(rf"\b{t}x{t}x", hlo)) if kernel != "xla" else True,
+        "kernel_ms": 1e3 * seconds_per_call(flash, q, k, v, repeats=repeats),
+    }
     if b * n * t * t * 4 <= attention.DENSE_LIMIT_BYTES:
         reference = value_and_grads("xla", segments)
         (_, out), grads = flash(q, k, v)
@@ -81,18 +86,23 @@ def check(shape: tuple[int, int, int, int], dtype: jnp.dtype, kernel: str, repea
         row["max_out_diff"] = float(np.max(np.abs(np.asarray(out)[real] - np.asarray(out_ref)[real])))
         row["max_rel_grad_diff"] = max(
             float(jnp.max(jnp.abs(a.astype(jnp.float32) - r.astype(jnp.float32)))) / scale(r)
-            for a, r in zip(grads, grads_ref))
+            for a, r in zip(grads, grads_ref)
+        )
         row["xla_ms"] = 1e3 * seconds_per_call(reference, q, k, v, repeats=repeats)
     return row
 
 
 def format_row(row: dict) -> str:
-    line = (f"{row['shape']} {row['dtype']}: kernel {row['kernel']} "
-            f"({row['kernel_calls']} kernel calls, T x T arrays: {row['t_by_t_arrays']}); "
-            f"fwd+bwd {row['kernel_ms']:.2f} ms")
+    line = (
+        f"{row['shape']} {row['dtype']}: kernel {row['kernel']} "
+        f"({row['kernel_calls']} kernel calls, T x T arrays: {row['t_by_t_arrays']}); "
+        f"fwd+bwd {row['kernel_ms']:.2f} ms"
+    )
     if "xla_ms" in row:
-        line += (f", xla {row['xla_ms']:.2f} ms; max |out diff| {row['max_out_diff']:.3g}, "
-                 f"max rel grad diff {row['max_rel_grad_diff']:.3g}")
+        line += (
+            f", xla {row['xla_ms']:.2f} ms; max |out diff| {row['max_out_diff']:.3g}, "
+            f"max rel grad diff {row['max_rel_grad_diff']:.3g}"
+        )
     else:
         line += "; xla not run (logits over the dense limit)"
     return line
@@ -106,10 +116,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default="")
     args = p.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}): "
-          f"model.attention={args.kernel} -> "
-          f"{attention.resolve_implementation(args.kernel, jnp.dtype(args.dtype), jax.default_backend())}",
-          flush=True)
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}): "
+        f"model.attention={args.kernel} -> "
+        f"{attention.resolve_implementation(args.kernel, jnp.dtype(args.dtype), jax.default_backend())}",
+        flush=True,
+    )
     rows = []
     for text in args.shapes.split(","):
         shape = tuple(int(x) for x in text.split("x"))

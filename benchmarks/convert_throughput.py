@@ -21,15 +21,13 @@ import time
 import ml_dtypes
 import numpy as np
 
+from apr_jax.cli import Command, Flag, int_flag, parse_command_line, run_command
 from apr_jax.config import loading as config_lib
-from apr_jax.cli import int_flag, parse_command_line
 from apr_jax.config.checks import ConfigError
-from apr_jax.cli import Command, Flag, run_command
 from apr_jax.convert import convert
 from apr_jax.pretrained.safetensors_io import save_file
 
-FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures",
-                       "hf", "qwen2")
+FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "hf", "qwen2")
 SHAPE_FLAGS = {"layers": 8, "d_model": 1024, "d_ff": 2816, "heads": 16, "kv_heads": 8, "vocab": 32000}
 
 
@@ -42,26 +40,49 @@ def write_checkpoint(directory: str, s: dict[str, int]) -> int:
         return (0.02 * rng.standard_normal(shape, np.float32)).astype(ml_dtypes.bfloat16)
 
     weight_map = {}
-    files = {"embed.safetensors": {"model.embed_tokens.weight": w(v, d), "model.norm.weight": w(d),
-                                   "lm_head.weight": w(v, d)}}
+    files = {
+        "embed.safetensors": {
+            "model.embed_tokens.weight": w(v, d),
+            "model.norm.weight": w(d),
+            "lm_head.weight": w(v, d),
+        }
+    }
     for i in range(s["layers"]):
         p = f"model.layers.{i}."
         files[f"layer{i}.safetensors"] = {
-            p + "input_layernorm.weight": w(d), p + "post_attention_layernorm.weight": w(d),
-            p + "self_attn.q_proj.weight": w(s["heads"] * h, d), p + "self_attn.k_proj.weight": w(s["kv_heads"] * h, d),
-            p + "self_attn.v_proj.weight": w(s["kv_heads"] * h, d), p + "self_attn.o_proj.weight": w(d, s["heads"] * h),
-            p + "mlp.gate_proj.weight": w(f, d), p + "mlp.up_proj.weight": w(f, d), p + "mlp.down_proj.weight": w(d, f)}
+            p + "input_layernorm.weight": w(d),
+            p + "post_attention_layernorm.weight": w(d),
+            p + "self_attn.q_proj.weight": w(s["heads"] * h, d),
+            p + "self_attn.k_proj.weight": w(s["kv_heads"] * h, d),
+            p + "self_attn.v_proj.weight": w(s["kv_heads"] * h, d),
+            p + "self_attn.o_proj.weight": w(d, s["heads"] * h),
+            p + "mlp.gate_proj.weight": w(f, d),
+            p + "mlp.up_proj.weight": w(f, d),
+            p + "mlp.down_proj.weight": w(d, f),
+        }
     for name, tensors in files.items():
         save_file(os.path.join(directory, name), tensors)
         weight_map.update({k: name for k in tensors})
     with open(os.path.join(directory, "model.safetensors.index.json"), "w") as out:
         json.dump({"weight_map": weight_map}, out)
     with open(os.path.join(directory, "config.json"), "w") as out:
-        json.dump({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": v,
-                   "hidden_size": d, "intermediate_size": f, "num_hidden_layers": s["layers"],
-                   "num_attention_heads": s["heads"], "num_key_value_heads": s["kv_heads"],
-                   "max_position_embeddings": 4096, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
-                   "tie_word_embeddings": False}, out)
+        json.dump(
+            {
+                "model_type": "llama",
+                "architectures": ["LlamaForCausalLM"],
+                "vocab_size": v,
+                "hidden_size": d,
+                "intermediate_size": f,
+                "num_hidden_layers": s["layers"],
+                "num_attention_heads": s["heads"],
+                "num_key_value_heads": s["kv_heads"],
+                "max_position_embeddings": 4096,
+                "rope_theta": 500000.0,
+                "rms_norm_eps": 1e-5,
+                "tie_word_embeddings": False,
+            },
+            out,
+        )
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(FIXTURE, name), os.path.join(directory, name))
     return sum(os.path.getsize(os.path.join(directory, n)) for n in files)
@@ -80,8 +101,10 @@ COMMAND = Command(
         Flag("vocab", f"vocabulary size (default {SHAPE_FLAGS['vocab']})", value="N"),
     ),
     overrides="set one key of the base config, e.g. --config.model.param_dtype=bfloat16",
-    examples=("python benchmarks/convert_throughput.py --layers=32 --d_model=4096 --d_ff=14336 "
-              "--vocab=128256 --heads=32 --kv_heads=8",),
+    examples=(
+        "python benchmarks/convert_throughput.py --layers=32 --d_model=4096 --d_ff=14336 "
+        "--vocab=128256 --heads=32 --kv_heads=8",
+    ),
 )
 
 
@@ -103,9 +126,11 @@ def _main(argv: list[str]) -> None:
         convert(hf_dir, os.path.join(root, "out"), base)
         seconds = time.perf_counter() - start
         params = size // 2
-        print(f"converted {params / 1e6:.0f}M parameters ({size / 1e6:.0f} MB bf16, "
-              f"{shapes['layers'] + 1} shards) into {base.model.param_dtype} in "
-              f"{seconds:.1f} s: {size / 1e6 / seconds:.0f} MB/s read")
+        print(
+            f"converted {params / 1e6:.0f}M parameters ({size / 1e6:.0f} MB bf16, "
+            f"{shapes['layers'] + 1} shards) into {base.model.param_dtype} in "
+            f"{seconds:.1f} s: {size / 1e6 / seconds:.0f} MB/s read"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -17,8 +17,7 @@ import argparse
 import time
 
 from apr_jax import evaluate
-from apr_jax.evaluation import loading
-from apr_jax.evaluation import scoring
+from apr_jax.evaluation import loading, scoring
 
 
 def main() -> None:
@@ -35,8 +34,11 @@ def main() -> None:
         start = time.perf_counter()
         _, summary = scoring.evaluate_problems(loaded.model, loaded.tokenizer, loaded.config, problems)
         seconds = time.perf_counter() - start
-        print(f"call {call + 1}: {seconds:.1f} s, accuracy {summary['accuracy']:.1%}, "
-              f"{summary['mean_total_tokens']:.0f} tokens per problem", flush=True)
+        print(
+            f"call {call + 1}: {seconds:.1f} s, accuracy {summary['accuracy']:.1%}, "
+            f"{summary['mean_total_tokens']:.0f} tokens per problem",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import json
 import os
 import time
 
-from apr_jax.training.run import run_training
-from apr_jax.training.optim import learning_rate_schedule
 from apr_jax.config.loading import load_run_config
+from apr_jax.training.optim import learning_rate_schedule
+from apr_jax.training.run import run_training
 from apr_jax.training.step_budget import StepBudget, read_budget, write_budget
 
 
@@ -44,19 +44,24 @@ def run_one(name: str, overrides: list[str], workdir: str, budget: StepBudget | 
     planned = read_budget(workdir)
     steps = planned.steps if planned else config.train.steps
     schedule_end = planned.schedule_steps(steps - 1) if planned else config.train.steps
-    return {"run": name, "steps": last["step"], "schedule_end": schedule_end,
-            "last_lr": float(learning_rate_schedule(config.train)(steps - 1, schedule_end)),
-            "test_accuracy": last.get("test_accuracy"), "seconds": round(time.time() - start, 1)}
+    return {
+        "run": name,
+        "steps": last["step"],
+        "schedule_end": schedule_end,
+        "last_lr": float(learning_rate_schedule(config.train)(steps - 1, schedule_end)),
+        "test_accuracy": last.get("test_accuracy"),
+        "seconds": round(time.time() - start, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--share", type=float, default=0.75, help="share of train.steps that fit")
     parser.add_argument("--workdir", default="runs/time_budget", help="one folder per run below it")
-    parser.add_argument("--probe-minutes", type=float, default=0.0,
-                        help="also run with this real time limit (0: skip)")
-    parser.add_argument("--runs", default="full,budget,hard_stop",
-                        help="which of full, budget, hard_stop to run (comma-separated)")
+    parser.add_argument("--probe-minutes", type=float, default=0.0, help="also run with this real time limit (0: skip)")
+    parser.add_argument(
+        "--runs", default="full,budget,hard_stop", help="which of full, budget, hard_stop to run (comma-separated)"
+    )
     args = parser.parse_args(argv)
     base = ["config.eval.num_problems=200", "config.train.time_limit_minutes=0"]
     steps = load_run_config(None, base).train.steps
@@ -71,14 +76,14 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(run_one(name, base, os.path.join(args.workdir, name), plans[name]))
     if args.probe_minutes > 0:
         probe = [*base[:1], f"config.train.time_limit_minutes={args.probe_minutes}"]
-        rows.append(run_one(f"probe_{args.probe_minutes:g}min", probe,
-                            os.path.join(args.workdir, "probe"), None))
+        rows.append(run_one(f"probe_{args.probe_minutes:g}min", probe, os.path.join(args.workdir, "probe"), None))
     print(f"\ndefault demo, {args.share:.0%} of {steps} steps; accuracy on the 200 test problems:")
     print(f"{'run':<16} {'steps':>6} {'schedule ends':>14} {'last lr':>10} {'test accuracy':>14} {'seconds':>8}")
     for r in rows:
         acc = f"{r['test_accuracy']:.1%}" if r["test_accuracy"] is not None else "-"
-        print(f"{r['run']:<16} {r['steps']:>6} {r['schedule_end']:>14} {r['last_lr']:>10.2e} "
-              f"{acc:>14} {r['seconds']:>8}")
+        print(
+            f"{r['run']:<16} {r['steps']:>6} {r['schedule_end']:>14} {r['last_lr']:>10.2e} {acc:>14} {r['seconds']:>8}"
+        )
     with open(os.path.join(args.workdir, "summary.json"), "w") as f:
         json.dump(rows, f, indent=2)
 

@@ -26,19 +26,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apr_jax.cli import int_flag, parse_command_line
-from apr_jax.config.checks import ConfigError
-from apr_jax.runtime import sharding
 from apr_jax.aot import memory_report
-from apr_jax.cli import Command, Flag, run_command
-from apr_jax.model.config import REMATS, flops_per_token, num_params, peak_flops_per_device
-from apr_jax.training.optim import learning_rate_schedule
-from apr_jax.config.sections import RunConfig
+from apr_jax.cli import Command, Flag, int_flag, parse_command_line, run_command
+from apr_jax.config.checks import ConfigError
 from apr_jax.config.loading import load_run_config
+from apr_jax.config.sections import RunConfig
+from apr_jax.model.config import REMATS, flops_per_token, num_params, peak_flops_per_device
+from apr_jax.runtime import sharding
+from apr_jax.training.optim import learning_rate_schedule
 from apr_jax.training.train_state import build_model_and_optimizer, shardings_of, split
 from apr_jax.training.train_step import make_train_step
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 def measure(config: RunConfig, vocab: int, steps: int) -> dict[str, Any]:
@@ -46,15 +45,24 @@ def measure(config: RunConfig, vocab: int, steps: int) -> dict[str, Any]:
     mesh = sharding.make_mesh(config.mesh)
     model_cfg, model, optimizer = build_model_and_optimizer(config, vocab, mesh)
     graphs, state = split(model, optimizer)
-    step_fn = make_train_step(graphs, shardings_of(state),
-                              sharding.batch_sharding(mesh), grad_accum=config.train.grad_accum,
-                              learning_rate=learning_rate_schedule(config.train))
+    step_fn = make_train_step(
+        graphs,
+        shardings_of(state),
+        sharding.batch_sharding(mesh),
+        grad_accum=config.train.grad_accum,
+        learning_rate=learning_rate_schedule(config.train),
+    )
     B, L = config.train.batch_size, config.data.seq_len
     rng = np.random.default_rng(0)
-    batch = sharding.global_batch_from_process({
-        "tokens": rng.integers(4, vocab, (B, L)).astype(np.int32),
-        "loss_mask": np.ones((B, L), np.int32), "segment_ids": np.ones((B, L), np.int32),
-        "positions": np.tile(np.arange(L, dtype=np.int32), (B, 1))}, mesh)
+    batch = sharding.global_batch_from_process(
+        {
+            "tokens": rng.integers(4, vocab, (B, L)).astype(np.int32),
+            "loss_mask": np.ones((B, L), np.int32),
+            "segment_ids": np.ones((B, L), np.int32),
+            "positions": np.tile(np.arange(L, dtype=np.int32), (B, 1)),
+        },
+        mesh,
+    )
     start = time.time()
     schedule_steps = jnp.int32(config.train.steps)
     with jax.set_mesh(mesh):
@@ -70,24 +78,35 @@ def measure(config: RunConfig, vocab: int, steps: int) -> dict[str, Any]:
     tokens_per_s = B * L / step_s
     achieved = tokens_per_s * flops_per_token(model_cfg, L)
     peak = peak_flops_per_device()
-    return {"remat": config.model.remat, "attention": model.blocks[0].attn.implementation,
-            "params_m": num_params(model_cfg) / 1e6, "batch": B, "seq_len": L,
-            "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-            "compile_s": compile_s, "step_ms": step_s * 1e3, "tokens_per_s": tokens_per_s,
-            "tflops": achieved / 1e12, "peak_tflops": peak / 1e12 if peak else None,
-            "mfu": achieved / (peak * jax.device_count()) if peak else None,
-            "memory": memory_report(compiled), "loss": float(metrics["loss"])}
+    return {
+        "remat": config.model.remat,
+        "attention": model.blocks[0].attn.implementation,
+        "params_m": num_params(model_cfg) / 1e6,
+        "batch": B,
+        "seq_len": L,
+        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "compile_s": compile_s,
+        "step_ms": step_s * 1e3,
+        "tokens_per_s": tokens_per_s,
+        "tflops": achieved / 1e12,
+        "peak_tflops": peak / 1e12 if peak else None,
+        "mfu": achieved / (peak * jax.device_count()) if peak else None,
+        "memory": memory_report(compiled),
+        "loss": float(metrics["loss"]),
+    }
 
 
 def format_row(row: dict[str, Any]) -> str:
     mfu = f"{row['mfu']:6.1%}" if row["mfu"] is not None else "   n/a"
-    return (f"{row['remat']:>5} | {row['attention']:>7} | {row['compile_s']:7.1f} | "
-            f"{row['step_ms']:9.1f} | {row['tokens_per_s']:11,.0f} | {row['tflops']:7.3f} | {mfu} | "
-            f"{row['memory']['temporaries'] / GIB:8.3f} | {row['memory']['total'] / GIB:8.3f}")
+    return (
+        f"{row['remat']:>5} | {row['attention']:>7} | {row['compile_s']:7.1f} | "
+        f"{row['step_ms']:9.1f} | {row['tokens_per_s']:11,.0f} | {row['tflops']:7.3f} | {mfu} | "
+        f"{row['memory']['temporaries'] / GIB:8.3f} | {row['memory']['total'] / GIB:8.3f}"
+    )
 
 
-HEADER = ("remat | kernel  | compile | step (ms) |    tokens/s | TFLOP/s |    MFU | "
-          "temp GiB | total GiB")
+HEADER = "remat | kernel  | compile | step (ms) |    tokens/s | TFLOP/s |    MFU | temp GiB | total GiB"
 
 
 COMMAND = Command(
@@ -96,15 +115,16 @@ COMMAND = Command(
     flags=(
         Flag("config", "the config file (default configs/default.py)", value="FILE"),
         Flag("steps", "timed steps (default 20)", value="N"),
-        Flag("vocab", "vocabulary size of the random tokens (default config.data.vocab_size)",
-             value="N"),
-        Flag("remat", f"remat policies, comma-separated: {', '.join(REMATS)} "
-             "(default config.model.remat)", value="POLICIES"),
+        Flag("vocab", "vocabulary size of the random tokens (default config.data.vocab_size)", value="N"),
+        Flag(
+            "remat",
+            f"remat policies, comma-separated: {', '.join(REMATS)} (default config.model.remat)",
+            value="POLICIES",
+        ),
         Flag("json", "also write the rows as JSON", value="FILE"),
     ),
     overrides="set one config key, e.g. --config.train.batch_size=16",
-    examples=("python benchmarks/train_throughput.py --config=configs/default.py "
-              "--remat=none,dots,full",),
+    examples=("python benchmarks/train_throughput.py --config=configs/default.py --remat=none,dots,full",),
 )
 
 
@@ -128,10 +148,12 @@ def _main(argv: list[str]) -> None:
         rows.append(measure(config.replace(model=dataclasses.replace(config.model, remat=remat)), vocab, steps))
         if len(rows) == 1:
             r = rows[0]
-            print(f"config {config.name}: {r['params_m']:.2f}M params, batch {r['batch']} x "
-                  f"{r['seq_len']}, {r['devices']} x {r['device_kind']}, mesh {config.section('mesh')}, "
-                  f"{steps} timed steps; MFU against "
-                  + (f"{r['peak_tflops']:.3g} TFLOP/s per device" if r["peak_tflops"] else "n/a"))
+            print(
+                f"config {config.name}: {r['params_m']:.2f}M params, batch {r['batch']} x "
+                f"{r['seq_len']}, {r['devices']} x {r['device_kind']}, mesh {config.section('mesh')}, "
+                f"{steps} timed steps; MFU against "
+                + (f"{r['peak_tflops']:.3g} TFLOP/s per device" if r["peak_tflops"] else "n/a")
+            )
             print(HEADER, flush=True)
         print(format_row(rows[-1]), flush=True)
     if flags.get("json"):

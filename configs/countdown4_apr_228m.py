@@ -65,5 +65,7 @@ def get_config():
     c.eval.max_rounds = 2
     c.eval.tokens_per_thread = 4096
     c.eval.batch_problems = 256
-    c.eval.lanes = 352  # 22 per v4-32 batch shard: two samples of 11 live threads each (memory per chip: aot --step=engine)
+    c.eval.lanes = (
+        352  # 22 per v4-32 batch shard: two samples of 11 live threads each (memory per chip: aot --step=engine)
+    )
     return c

@@ -33,8 +33,7 @@ STEP_SECONDS = 0.10
 STARTUP_SECONDS = 90.0  # compile + first step (~60 s) and two checkpoints/validations
 
 
-def steps_that_fit(minutes: float, step_seconds: float = STEP_SECONDS,
-                   startup_seconds: float = STARTUP_SECONDS) -> int:
+def steps_that_fit(minutes: float, step_seconds: float = STEP_SECONDS, startup_seconds: float = STARTUP_SECONDS) -> int:
     """Training steps that fit in ``minutes`` at ``step_seconds`` each."""
     return max(1, int((60 * minutes - startup_seconds) / step_seconds))
 

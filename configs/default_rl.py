@@ -34,7 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.warmup_steps = 5
     c.train.min_lr_ratio = 1.0  # constant after warm-up
     c.train.weight_decay = 0.0
-    c.train.grad_accum = 64  # microbatches of 32 x 8 x 9 / 64 = 36 rows (empty ones skipped: fine-grained for packed rows)
+    c.train.grad_accum = (
+        64  # microbatches of 32 x 8 x 9 / 64 = 36 rows (empty ones skipped: fine-grained for packed rows)
+    )
     c.train.log_every = 5
     c.train.checkpoint_every = 25
     c.train.time_limit_minutes = 0.0

@@ -5,8 +5,7 @@ import fcntl
 import os
 
 import pytest
-
-from cpu_flags import FAST_COMPILE, xla_flags
+from helpers.cpu_flags import FAST_COMPILE, xla_flags
 
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 if FAST_COMPILE not in os.environ["XLA_FLAGS"]:
@@ -34,9 +33,10 @@ def sft(tmp_path_factory):
     """The toy RL setting's (tests/rl_toy.py) starting point: a tiny model
     trained 150 SFT steps; it knows the trace format, rarely the answer.
     Trained once per test session, shared by the xdist workers."""
-    from apr_jax.training.run import run_training
+    from helpers.rl_toy import TOY
+
     from apr_jax.config.loading import load_run_config
-    from rl_toy import TOY
+    from apr_jax.training.run import run_training
 
     base = tmp_path_factory.getbasetemp()
     # Under xdist every worker's base sits in one per-session folder.
@@ -46,12 +46,38 @@ def sft(tmp_path_factory):
     with open(root / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (root / "done").exists():
-            config = load_run_config(None, TOY + [
-                f"config.data.dir={data}", "config.train.batch_size=16", "config.train.steps=150",
-                "config.train.warmup_steps=10", "config.train.log_every=150",
-                "config.train.eval_every=1000", "config.train.eval_batches=1",
-                "config.train.checkpoint_every=1000"])
+            config = load_run_config(
+                None,
+                TOY
+                + [
+                    f"config.data.dir={data}",
+                    "config.train.batch_size=16",
+                    "config.train.steps=150",
+                    "config.train.warmup_steps=10",
+                    "config.train.log_every=150",
+                    "config.train.eval_every=1000",
+                    "config.train.eval_batches=1",
+                    "config.train.checkpoint_every=1000",
+                ],
+            )
             run_training(config, workdir)
             (root / "done").write_text("ok")
         fcntl.flock(lock, fcntl.LOCK_UN)
     return {"data": data, "sft": workdir}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A ``tiny_model_config()`` Transformer with seed-0 parameters."""
+    from flax import nnx
+    from helpers.tiny import tiny_model_config
+
+    from apr_jax.model.transformer import Transformer
+
+    return Transformer(tiny_model_config(), rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A dataset cache shared by one test module's runs."""
+    return str(tmp_path_factory.mktemp("data"))

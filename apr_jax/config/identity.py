@@ -14,11 +14,17 @@ IDENTITY_SECTIONS = ("task", "trace", "data", "model")
 # saved without them had: an absent key matches only its default.
 LATER_KEYS = {
     "task.name": "countdown",
-    "data.tokenizer": "", "data.traces": "stored",
+    "data.tokenizer": "",
+    "data.traces": "stored",
     "data.pipeline_workers": 0,  # the data iterator's saved state has one form per worker count
-    "model.head_dim": 0, "model.qkv_bias": False, "model.qk_norm": False, "model.norm_eps": 1e-6,
-    "model.rope_scaling_factor": 0.0, "model.rope_low_freq_factor": 1.0,
-    "model.rope_high_freq_factor": 4.0, "model.rope_original_max_len": 8192,
+    "model.head_dim": 0,
+    "model.qkv_bias": False,
+    "model.qk_norm": False,
+    "model.norm_eps": 1e-6,
+    "model.rope_scaling_factor": 0.0,
+    "model.rope_low_freq_factor": 1.0,
+    "model.rope_high_freq_factor": 4.0,
+    "model.rope_original_max_len": 8192,
 }
 
 # Where the data cache lives and how it is built do not change what is trained.
@@ -34,7 +40,6 @@ def identity(config: Any) -> dict:
         for key in keys:
             out[section].pop(key, None)
     return out
-
 
 
 def identity_diff(saved: dict, current: Any, ignore: Iterable[str] = ()) -> list[str]:
@@ -62,4 +67,3 @@ def identity_diff(saved: dict, current: Any, ignore: Iterable[str] = ()) -> list
 
     walk(saved, now, "")
     return diffs
-

@@ -49,6 +49,7 @@ def _unknown_key(key: str, config: ml_collections.ConfigDict) -> ConfigError:
 
 def _coerce(key: str, raw: str, current: Any) -> Any:
     """Parse ``raw`` to the type of the field's current value."""
+
     def bad(kind: str) -> ConfigError:
         return ConfigError(f"config.{key}: expected {kind}, got {raw!r}")
 
@@ -120,8 +121,9 @@ def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> Non
             node = node[part]
     current = node[parts[-1]]
     if isinstance(current, ml_collections.ConfigDict):
-        raise ConfigError(f"config.{key} is a section; set one of its fields, e.g. "
-                          f"config.{key}.{next(iter(current.keys()))}")
+        raise ConfigError(
+            f"config.{key} is a section; set one of its fields, e.g. config.{key}.{next(iter(current.keys()))}"
+        )
     value = _coerce(key, raw, current)
     with node.unlocked() if hasattr(node, "unlocked") else _null():
         if key in INPUT_COUNT_KEYS and type(value) is not type(current):

@@ -102,8 +102,15 @@ class TrainConfig:
     time_limit_minutes: float = 0.0  # 0: no limit; else stop training (checkpointed) after this
 
     def __post_init__(self):
-        for name in ("batch_size", "grad_accum", "steps", "log_every", "eval_every",
-                     "checkpoint_every", "keep_checkpoints"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "steps",
+            "log_every",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
             checks.positive_int(f"train.{name}", getattr(self, name))
         checks.choice("train.on_nan", self.on_nan, ("stop", "skip"))
         checks.within("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
@@ -172,19 +179,25 @@ class RLConfig:
         for name in ("prompts_per_step", "rollout_chunks"):
             checks.positive_int(f"rl.{name}", getattr(self, name))
         if not (checks.is_int(self.samples_per_prompt) and self.samples_per_prompt >= 2):
-            raise ConfigError(f"config.rl.samples_per_prompt={self.samples_per_prompt} must be >= 2 "
-                              f"(GRPO compares the samples of one prompt)")
+            raise ConfigError(
+                f"config.rl.samples_per_prompt={self.samples_per_prompt} must be >= 2 "
+                f"(GRPO compares the samples of one prompt)"
+            )
         for name in ("prompt_pool", "max_threads", "eval_every", "eval_problems"):
             checks.non_negative_int(f"rl.{name}", getattr(self, name))
         checks.choice("rl.split", self.split, ("train", "validation", "test"))
         if any(int(c) < 0 for c in self.condition_children):
             raise ConfigError(f"config.rl.condition_children={list(self.condition_children)} must be >= 0")
         if self.eval_every > 0 and self.eval_problems == 0:
-            raise ConfigError(f"config.rl.eval_every={self.eval_every} needs config.rl.eval_problems > 0 "
-                              f"(or eval_every=0 for no held-out evaluation)")
+            raise ConfigError(
+                f"config.rl.eval_every={self.eval_every} needs config.rl.eval_problems > 0 "
+                f"(or eval_every=0 for no held-out evaluation)"
+            )
         if self.prompts_per_step % self.rollout_chunks:
-            raise ConfigError(f"config.rl.prompts_per_step={self.prompts_per_step} is not divisible by "
-                              f"config.rl.rollout_chunks={self.rollout_chunks}")
+            raise ConfigError(
+                f"config.rl.prompts_per_step={self.prompts_per_step} is not divisible by "
+                f"config.rl.rollout_chunks={self.rollout_chunks}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,11 +236,19 @@ class RunConfig:
             _check_keys(ModelConfig, d, "model", exempt=("vocab_size",))
             model = ModelConfig.from_config(d.get("model") or {}, data.vocab_size)
             config = cls(
-                name=str(top["name"]), mode=str(top["mode"]), seed=int(top["seed"]), task=task_config,
-                trace=_section(TraceConfig, d, "trace"), data=data, model=model,
-                mesh=_section(MeshConfig, d, "mesh"), train=_section(TrainConfig, d, "train"),
-                eval=_section(EvalConfig, d, "eval"), rl=_section(RLConfig, d, "rl") if "rl" in d else None,
-                source=types.MappingProxyType(d))
+                name=str(top["name"]),
+                mode=str(top["mode"]),
+                seed=int(top["seed"]),
+                task=task_config,
+                trace=_section(TraceConfig, d, "trace"),
+                data=data,
+                model=model,
+                mesh=_section(MeshConfig, d, "mesh"),
+                train=_section(TrainConfig, d, "train"),
+                eval=_section(EvalConfig, d, "eval"),
+                rl=_section(RLConfig, d, "rl") if "rl" in d else None,
+                source=types.MappingProxyType(d),
+            )
         except ConfigError:
             raise
         except ValueError as e:
@@ -238,12 +259,15 @@ class RunConfig:
     def check_sections_agree(self) -> None:
         """The checks that read two sections."""
         if self.data.seq_len > self.model.max_len:
-            raise ConfigError(f"config.data.seq_len={self.data.seq_len} exceeds "
-                              f"config.model.max_len={self.model.max_len}")
+            raise ConfigError(
+                f"config.data.seq_len={self.data.seq_len} exceeds config.model.max_len={self.model.max_len}"
+            )
         # RL splits its rollout rows into grad_accum microbatches; train.batch_size is SFT's.
         if self.mode == "sft" and self.train.batch_size % self.train.grad_accum:
-            raise ConfigError(f"config.train.batch_size={self.train.batch_size} is not divisible by "
-                              f"config.train.grad_accum={self.train.grad_accum}")
+            raise ConfigError(
+                f"config.train.batch_size={self.train.batch_size} is not divisible by "
+                f"config.train.grad_accum={self.train.grad_accum}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The config as written (a copy of the dict it was built from)."""
@@ -302,7 +326,13 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     for key, value in TOP_DEFAULTS.items():
         setattr(c, key, value)
-    for name, cls in (("trace", TraceConfig), ("data", DataConfig), ("model", ModelConfig),
-                      ("mesh", MeshConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+    for name, cls in (
+        ("trace", TraceConfig),
+        ("data", DataConfig),
+        ("model", ModelConfig),
+        ("mesh", MeshConfig),
+        ("train", TrainConfig),
+        ("eval", EvalConfig),
+    ):
         setattr(c, name, section_defaults(cls))
     return c

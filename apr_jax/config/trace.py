@@ -42,11 +42,15 @@ class TraceConfig:
         checks.within("trace.sequential_share", self.sequential_share, 0.0, 1.0)
         checks.positive("trace.viable_children", self.viable_children)
         if self.sequential_share and self.condition:
-            raise ConfigError("config.trace.sequential_share (the problem decides the width) and "
-                              "config.trace.condition (a prefix requests it) do not combine; set one of them")
+            raise ConfigError(
+                "config.trace.sequential_share (the problem decides the width) and "
+                "config.trace.condition (a prefix requests it) do not combine; set one of them"
+            )
         if self.probe_nodes and self.condition:
-            raise ConfigError("config.trace.probe_nodes (the search decides the width) and "
-                              "config.trace.condition (a prefix requests it) do not combine; set one of them")
+            raise ConfigError(
+                "config.trace.probe_nodes (the search decides the width) and "
+                "config.trace.condition (a prefix requests it) do not combine; set one of them"
+            )
 
     @classmethod
     def from_config(cls, trace: Any) -> "TraceConfig":

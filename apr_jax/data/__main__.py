@@ -15,14 +15,14 @@ import sys
 import time
 from typing import Sequence
 
-from apr_jax.cli import Command, CommandLine, Flag, read_command_line, run_command
+from apr_jax.cli import Command, CommandLine, Flag, int_flag, read_command_line, run_command
 from apr_jax.config.checks import ConfigError
-from apr_jax.cli import int_flag
-from apr_jax.tasks.countdown.problems import generate_problems, load_problems, save_problems
 from apr_jax.config.trace import KINDS, STYLES
+from apr_jax.tasks.countdown.problems import generate_problems, load_problems, save_problems
 
 PROBLEMS = Command(
-    "python -m apr_jax.data problems", "Write solvable Countdown problems as JSONL.",
+    "python -m apr_jax.data problems",
+    "Write solvable Countdown problems as JSONL.",
     flags=(
         Flag("numbers", "input numbers per problem (default 4)", value="N"),
         Flag("count", "problems to write", value="N", required=True),
@@ -36,11 +36,11 @@ PROBLEMS = Command(
     examples=("python -m apr_jax.data problems --numbers 4 --count 1000 --seed 0 --out problems.jsonl",),
 )
 TRACES = Command(
-    "python -m apr_jax.data traces", "Write one search-trace thread tree (JSON) per problem.",
+    "python -m apr_jax.data traces",
+    "Write one search-trace thread tree (JSON) per problem.",
     flags=(
         Flag("kind", f"trace kind: {' or '.join(KINDS)}", value="KIND", required=True),
-        Flag("problems", "the problems JSONL (python -m apr_jax.data problems)", value="FILE",
-             required=True),
+        Flag("problems", "the problems JSONL (python -m apr_jax.data problems)", value="FILE", required=True),
         Flag("out", "the JSONL file to write", value="FILE", required=True),
         Flag("style", f"how traces are written: {' or '.join(STYLES)} (default terse)", value="STYLE"),
         Flag("max-children", "children per spawn, at most (default 4)", value="N"),
@@ -58,7 +58,8 @@ BUILD = Command(
     examples=("python -m apr_jax.data build --config=configs/default.py --config.data.vocab_size=128",),
 )
 COMMAND = Command(
-    "python -m apr_jax.data", "Countdown problems, search traces and dataset caches.",
+    "python -m apr_jax.data",
+    "Countdown problems, search traces and dataset caches.",
     subcommands=(PROBLEMS, TRACES, BUILD),
     examples=PROBLEMS.examples + TRACES.examples + BUILD.examples,
 )
@@ -75,10 +76,14 @@ def _problems(line: CommandLine) -> None:
     """Write solvable Countdown problems as JSONL."""
     flags = line.flags
     problems = generate_problems(
-        int_flag(flags, "count", 0), num_inputs=int_flag(flags, "numbers", 4),
-        min_number=int_flag(flags, "min-number", 1), max_number=int_flag(flags, "max-number", 99),
-        min_target=int_flag(flags, "min-target", 10), max_target=int_flag(flags, "max-target", 100),
-        seed=int_flag(flags, "seed", 0))
+        int_flag(flags, "count", 0),
+        num_inputs=int_flag(flags, "numbers", 4),
+        min_number=int_flag(flags, "min-number", 1),
+        max_number=int_flag(flags, "max-number", 99),
+        min_target=int_flag(flags, "min-target", 10),
+        max_target=int_flag(flags, "max-target", 100),
+        seed=int_flag(flags, "seed", 0),
+    )
     save_problems(flags["out"], problems)
     print(f"problems: wrote {len(problems)} to {flags['out']}", file=sys.stderr)
 
@@ -87,36 +92,48 @@ def _traces(line: CommandLine) -> None:
     """Write one thread tree (JSON) per problem."""
     from apr_jax.data.tfds_builder import resolve_num_workers
     from apr_jax.tasks.countdown.tfds_builder import generate_traces
+
     flags = line.flags
-    trace = {"kind": _choice(flags, "kind", KINDS, ""), "style": _choice(flags, "style", STYLES, "terse"),
-             "max_children": int_flag(flags, "max-children", 4),
-             "max_depth": int_flag(flags, "max-depth", 1), "seed": int_flag(flags, "seed", 0)}
+    trace = {
+        "kind": _choice(flags, "kind", KINDS, ""),
+        "style": _choice(flags, "style", STYLES, "terse"),
+        "max_children": int_flag(flags, "max-children", 4),
+        "max_depth": int_flag(flags, "max-depth", 1),
+        "seed": int_flag(flags, "seed", 0),
+    }
     workers = int_flag(flags, "workers", 1)  # 0: one process per CPU
     problems = load_problems(flags["problems"])
     start = time.perf_counter()
     written, failed, skipped = 0, 0, 0
     with open(flags["out"], "w", encoding="utf-8") as out:
         for index, tree_json, solved, error in generate_traces(
-                problems, trace, num_workers=resolve_num_workers(workers),
-                check=True, progress="traces"):
+            problems, trace, num_workers=resolve_num_workers(workers), check=True, progress="traces"
+        ):
             if tree_json is None:
                 p = problems[index]
-                print(f"{flags['problems']}: skipped problem {index + 1} "
-                      f"({' '.join(map(str, p.numbers))} -> {p.target}): {error}", file=sys.stderr)
+                print(
+                    f"{flags['problems']}: skipped problem {index + 1} "
+                    f"({' '.join(map(str, p.numbers))} -> {p.target}): {error}",
+                    file=sys.stderr,
+                )
                 skipped += 1
                 continue
             out.write(tree_json + "\n")
             written += 1
             failed += int(not solved)
     rate = len(problems) / max(time.perf_counter() - start, 1e-9)
-    print(f"traces: wrote {written} of {len(problems)} to {flags['out']}; skipped {skipped}; "
-          f"search failed {failed}; {rate:.0f} problems/s", file=sys.stderr)
+    print(
+        f"traces: wrote {written} of {len(problems)} to {flags['out']}; skipped {skipped}; "
+        f"search failed {failed}; {rate:.0f} problems/s",
+        file=sys.stderr,
+    )
 
 
 def _build(line: CommandLine) -> None:
     """Build or reuse the dataset cache of a config; print its directory."""
-    from apr_jax.data.build import build_dataset
     from apr_jax.config.loading import load_run_config
+    from apr_jax.data.build import build_dataset
+
     info = build_dataset(load_run_config(line.flags.get("config"), line.overrides))
     print(info.dir)
 

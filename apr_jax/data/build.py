@@ -33,11 +33,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from apr_jax.config.sections import RunConfig
 from apr_jax.data.sources import StoredTrees
 from apr_jax.data.tfds_builder import SPLITS, resolve_num_workers
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.runtime.jsonl import read_jsonl, write_jsonl
-from apr_jax.config.sections import RunConfig
 from apr_jax.tasks.base import DEFAULT_TASK
 from apr_jax.tasks.registry import get_task, task_class
 
@@ -88,9 +88,12 @@ class DatasetInfo:
                 tokenizer_path=os.path.join(directory, d["tokenizer_path"]),
                 problem_paths={k: os.path.join(directory, v) for k, v in d["problem_paths"].items()},
                 counts={k: int(v) for k, v in d["counts"].items()},
-                stats=dict(d["stats"]), config_hash=d["config_hash"],
-                task=d.get("task", DEFAULT_TASK), traces=d.get("traces", "stored"),
-                trace=dict(d.get("trace", {})))
+                stats=dict(d["stats"]),
+                config_hash=d["config_hash"],
+                task=d.get("task", DEFAULT_TASK),
+                traces=d.get("traces", "stored"),
+                trace=dict(d.get("trace", {})),
+            )
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a valid dataset info file ({e})") from None
 
@@ -102,8 +105,13 @@ def config_hash(config: RunConfig) -> str:
     task = config.task.as_dict()
     if task["name"] == DEFAULT_TASK:  # caches built before tasks had names keep their hash
         del task["name"]
-    key = {"format": FORMAT_VERSION, "task": task, "trace": config.section("trace"),
-           "vocab_size": config.data.vocab_size, **get_task(config).cache_key()}
+    key = {
+        "format": FORMAT_VERSION,
+        "task": task,
+        "trace": config.section("trace"),
+        "vocab_size": config.data.vocab_size,
+        **get_task(config).cache_key(),
+    }
     if config.data.traces != "stored":  # stored caches keep the hash they had before
         key["traces"] = config.data.traces
     given = pretrained_tokenizer_path(config)
@@ -119,8 +127,9 @@ def pretrained_tokenizer_path(config: RunConfig) -> str | None:
     if not path:
         return None
     if not os.path.isfile(path):
-        raise ValueError(f"config.data.tokenizer={path!r} does not exist "
-                         f"(python -m apr_jax.convert writes OUT/tokenizer.apr.json)")
+        raise ValueError(
+            f"config.data.tokenizer={path!r} does not exist (python -m apr_jax.convert writes OUT/tokenizer.apr.json)"
+        )
     return os.path.abspath(path)
 
 
@@ -139,11 +148,14 @@ def open_split(info: DatasetInfo, split: str) -> Any:
     if info.counts[split] == 0:
         return []  # TFDS does not write empty splits
     import tensorflow_datasets as tfds
+
     try:
         records = tfds.builder_from_directory(info.tfds_dir).as_data_source(split)
     except Exception as e:  # missing or damaged files of a once complete cache
-        raise ValueError(f"dataset {info.dir} is damaged: cannot open split {split!r} "
-                         f"({type(e).__name__}); delete that directory to rebuild it") from None
+        raise ValueError(
+            f"dataset {info.dir} is damaged: cannot open split {split!r} "
+            f"({type(e).__name__}); delete that directory to rebuild it"
+        ) from None
     return StoredTrees(records)
 
 
@@ -155,8 +167,7 @@ def make_problem_source(info: DatasetInfo, split: str) -> list[Any]:
     return read_jsonl(info.problem_paths[split], task_class(info.task).problem_type.from_dict)
 
 
-def build_dataset(config: RunConfig, *, force: bool = False, log: TextIO | None | str = "stdout"
-                  ) -> DatasetInfo:
+def build_dataset(config: RunConfig, *, force: bool = False, log: TextIO | None | str = "stdout") -> DatasetInfo:
     """Builds the dataset of ``config`` unless a complete cache exists.
 
     Progress and the summary go to ``log`` (default: the current stdout; None
@@ -196,16 +207,19 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
     task = get_task(config)
     streamed = config.data.traces == "streamed"
     if streamed and not task.streams_traces:
-        raise ValueError(f"config.data.traces='streamed' generates each trace when it is read, but "
-                         f"task {task.name!r} reads its trees from files: set "
-                         f"config.data.traces=stored")
+        raise ValueError(
+            f"config.data.traces='streamed' generates each trace when it is read, but "
+            f"task {task.name!r} reads its trees from files: set "
+            f"config.data.traces=stored"
+        )
     num_workers = resolve_num_workers(config.data.num_workers)
     start, cpu_start = time.perf_counter(), time.process_time()
     if streamed:
         builder, splits = None, task.splits(num_workers)
     else:
-        builder = task.dataset_builder(data_dir=os.path.join(work_dir, TFDS_SUBDIR),
-                                       num_workers=num_workers, show_progress=log is not None)
+        builder = task.dataset_builder(
+            data_dir=os.path.join(work_dir, TFDS_SUBDIR), num_workers=num_workers, show_progress=log is not None
+        )
         splits = builder.problems()
     problem_paths = {}
     for split, problems in splits.items():
@@ -225,10 +239,10 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
         tfds_dir = ""
     else:
         import tensorflow_datasets as tfds
+
         tfds.disable_progress_bar()
         with contextlib.redirect_stdout(io.StringIO()):  # TFDS's own chatter
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
         failed = {split: int(builder.stats.get(split, {}).get("failed", 0)) for split in SPLITS}
         tfds_dir = builder.data_dir
     trace_seconds = time.perf_counter() - start
@@ -267,14 +281,21 @@ def _build_into(config: RunConfig, work_dir: str, log: TextIO | None) -> dict[st
         "mean_tokens_per_sequence": float(lengths.mean()) if lengths.size else 0.0,
         "max_tokens_per_sequence": int(lengths.max()) if lengths.size else 0,
         "tokens_per_sequence_percentiles": {
-            str(q): float(np.percentile(lengths, q)) if lengths.size else 0.0
-            for q in (50, 90, 99)},
+            str(q): float(np.percentile(lengths, q)) if lengths.size else 0.0 for q in (50, 90, 99)
+        },
     }
     info = DatasetInfo(
-        dir=work_dir, tfds_dir=tfds_dir, tokenizer_path=tokenizer_path,
-        problem_paths=problem_paths, counts=counts, stats=stats,
-        config_hash=config_hash(config), task=task.name, traces=config.data.traces,
-        trace=config.section("trace") if streamed else {})
+        dir=work_dir,
+        tfds_dir=tfds_dir,
+        tokenizer_path=tokenizer_path,
+        problem_paths=problem_paths,
+        counts=counts,
+        stats=stats,
+        config_hash=config_hash(config),
+        task=task.name,
+        traces=config.data.traces,
+        trace=config.section("trace") if streamed else {},
+    )
     with open(os.path.join(work_dir, MARKER + ".tmp"), "w", encoding="utf-8") as f:
         f.write(info.to_json())
     os.replace(os.path.join(work_dir, MARKER + ".tmp"), os.path.join(work_dir, MARKER))
@@ -287,29 +308,37 @@ def _say(log: TextIO | None, line: str) -> None:
         print(line, file=log, flush=True)
 
 
-def _print_summary(log: TextIO | None, info: DatasetInfo, stats: dict[str, Any],
-                   seq_len: int) -> None:
+def _print_summary(log: TextIO | None, info: DatasetInfo, stats: dict[str, Any], seq_len: int) -> None:
     if log is None:
         return
     counts = ", ".join(f"{k} {v}" for k, v in info.counts.items())
     failed = ", ".join(f"{k} {v}" for k, v in stats["failed"].items())
     rate = stats["traces"] / max(stats["trace_seconds"], 1e-9)
     seconds = stats["problem_seconds"] + stats["trace_seconds"] + stats["tokenizer_seconds"]
-    _say(log, f"dataset: built {info.dir} in {seconds:.1f} s with {stats['workers']} workers "
-              f"(problems {stats['problem_seconds']:.1f} s, traces {stats['trace_seconds']:.1f} s, "
-              f"tokenizer and statistics {stats['tokenizer_seconds']:.1f} s)")
+    _say(
+        log,
+        f"dataset: built {info.dir} in {seconds:.1f} s with {stats['workers']} workers "
+        f"(problems {stats['problem_seconds']:.1f} s, traces {stats['trace_seconds']:.1f} s, "
+        f"tokenizer and statistics {stats['tokenizer_seconds']:.1f} s)",
+    )
     if info.traces == "streamed":
-        _say(log, f"  problems: {counts}; traces/s {rate:.0f} for a sample of {stats['traces']} "
-                  f"(the input pipeline generates every trace as it reads it); "
-                  f"search failed in the sample: {failed}")
+        _say(
+            log,
+            f"  problems: {counts}; traces/s {rate:.0f} for a sample of {stats['traces']} "
+            f"(the input pipeline generates every trace as it reads it); "
+            f"search failed in the sample: {failed}",
+        )
     else:
         _say(log, f"  problems: {counts}; traces/s {rate:.0f}; search failed: {failed}")
-    _say(log, f"  tokenizer: vocab {stats['tokenizer_vocab_size']}"
-              f"{' (byte fallback)' if stats['byte_fallback'] else ''}; "
-              f"{stats['threads_per_tree']:.2f} sequences per tree; tokens per sequence: mean "
-              f"{stats['mean_tokens_per_sequence']:.1f}, max {stats['max_tokens_per_sequence']}, "
-              f"{stats['over_seq_len']}/{stats['sampled_sequences']} sampled longer than "
-              f"seq_len {seq_len}")
+    _say(
+        log,
+        f"  tokenizer: vocab {stats['tokenizer_vocab_size']}"
+        f"{' (byte fallback)' if stats['byte_fallback'] else ''}; "
+        f"{stats['threads_per_tree']:.2f} sequences per tree; tokens per sequence: mean "
+        f"{stats['mean_tokens_per_sequence']:.1f}, max {stats['max_tokens_per_sequence']}, "
+        f"{stats['over_seq_len']}/{stats['sampled_sequences']} sampled longer than "
+        f"seq_len {seq_len}",
+    )
 
 
 def build_dataset_once(config: RunConfig) -> DatasetInfo:

@@ -31,14 +31,16 @@ class Layout:
     num_rows: int
 
 
-def pack_layout(lengths_S: Sequence[int] | np.ndarray, seq_len: int, *, packing: bool = True,
-                first_fit_decreasing: bool = False) -> Layout:
+def pack_layout(
+    lengths_S: Sequence[int] | np.ndarray, seq_len: int, *, packing: bool = True, first_fit_decreasing: bool = False
+) -> Layout:
     """The layout of sequences of ``lengths_S`` tokens in rows of ``seq_len``
     (next-fit in order, or first-fit decreasing; module docstring)."""
     lengths_S = np.asarray(lengths_S, np.int64).reshape(-1)
     if lengths_S.size and (lengths_S.min() < 0 or lengths_S.max() > seq_len):
-        raise ValueError(f"sequence lengths must be in [0, seq_len={seq_len}], got "
-                         f"{lengths_S.min()}..{lengths_S.max()}")
+        raise ValueError(
+            f"sequence lengths must be in [0, seq_len={seq_len}], got {lengths_S.min()}..{lengths_S.max()}"
+        )
     n = lengths_S.size
     row_S, offset_S, segment_S = (np.zeros(n, np.int32) for _ in range(3))
     used_K = np.zeros(max(n, 1), np.int64)  # tokens placed in each row (at most one row per sequence)
@@ -60,8 +62,7 @@ def pack_layout(lengths_S: Sequence[int] | np.ndarray, seq_len: int, *, packing:
     return Layout(row_S, offset_S, segment_S, rows)
 
 
-def gather_index(layout: Layout, lengths_S: np.ndarray, seq_len: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gather_index(layout: Layout, lengths_S: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every slot of the ``layout.num_rows`` packed rows: the sequence it
     holds (-1 on padding), the token index inside that sequence (its
     position; 0 on padding) and its segment id (0 on padding); int32

@@ -32,10 +32,10 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from apr_jax.config.sections import RunConfig
 from apr_jax.data.build import DatasetInfo, open_split
 from apr_jax.data.packing import pack_layout
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
-from apr_jax.config.sections import RunConfig
 from apr_jax.threads import ThreadTree
 
 FEATURES = ("tokens", "loss_mask", "segment_ids", "positions")
@@ -64,8 +64,9 @@ def empty_rows(num_rows: int, seq_len: int, pad_id: int = 0) -> dict[str, np.nda
     return rows
 
 
-def place(rows: dict[str, np.ndarray], row: int, offset: int, segment_id: int,
-          tokens: np.ndarray, loss_mask: np.ndarray) -> None:
+def place(
+    rows: dict[str, np.ndarray], row: int, offset: int, segment_id: int, tokens: np.ndarray, loss_mask: np.ndarray
+) -> None:
     """Write one sequence into ``rows[.., row, offset:offset+n]``."""
     n = len(tokens)
     end = offset + n
@@ -75,8 +76,9 @@ def place(rows: dict[str, np.ndarray], row: int, offset: int, segment_id: int,
     rows["positions"][row, offset:end] = np.arange(n, dtype=np.int32)
 
 
-def pack_sequences(sequences: Sequence[TokenPair], seq_len: int, *, packing: bool,
-                   pad_id: int = 0) -> tuple[dict[str, np.ndarray], int]:
+def pack_sequences(
+    sequences: Sequence[TokenPair], seq_len: int, *, packing: bool, pad_id: int = 0
+) -> tuple[dict[str, np.ndarray], int]:
     """Packs ``sequences`` (in order, next-fit) into as many rows as needed.
 
     Returns (rows dict of int32 [R, seq_len], number of truncated sequences).
@@ -98,8 +100,7 @@ class PackedBatchIterator(grain.DatasetIterator):
     counts sequences, truncated sequences, real tokens and rows so far.
     """
 
-    def __init__(self, parent: grain.DatasetIterator, *, batch_size: int, seq_len: int,
-                 packing: bool, pad_id: int = 0):
+    def __init__(self, parent: grain.DatasetIterator, *, batch_size: int, seq_len: int, packing: bool, pad_id: int = 0):
         super().__init__(parent)
         if batch_size <= 0 or seq_len <= 0:
             raise ValueError(f"batch_size ({batch_size}) and seq_len ({seq_len}) must be positive")
@@ -131,7 +132,7 @@ class PackedBatchIterator(grain.DatasetIterator):
             self._tree_index, self._resume_index = self._resume_index, 0
         tokens, mask = self._tree[self._tree_index]
         if len(tokens) > self._seq_len:
-            return tokens[:self._seq_len], mask[:self._seq_len]
+            return tokens[: self._seq_len], mask[: self._seq_len]
         return tokens, mask
 
     def _advance(self) -> None:
@@ -172,8 +173,7 @@ class PackedBatchIterator(grain.DatasetIterator):
             parent_state, index = self._tree_parent_state, self._tree_index
         else:
             parent_state, index = self._parent.get_state(), 0
-        return {"parent": parent_state, "tree_index": index, "exhausted": self._exhausted,
-                "stats": dict(self.stats)}
+        return {"parent": parent_state, "tree_index": index, "exhausted": self._exhausted, "stats": dict(self.stats)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state["parent"])
@@ -184,9 +184,15 @@ class PackedBatchIterator(grain.DatasetIterator):
         self.stats = {k: int(v) for k, v in state["stats"].items()}
 
 
-def tree_dataset(info: DatasetInfo, split: str, *, process_index: int = 0,
-                 process_count: int = 1, seed: int = 0,
-                 num_epochs: int | None = None) -> grain.MapDataset:
+def tree_dataset(
+    info: DatasetInfo,
+    split: str,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    seed: int = 0,
+    num_epochs: int | None = None,
+) -> grain.MapDataset:
     """This process's shard of a split, shuffled globally per epoch, repeated."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
@@ -198,17 +204,25 @@ def tree_dataset(info: DatasetInfo, split: str, *, process_index: int = 0,
     if not len(source):
         raise ValueError(f"split {split!r} is empty (config.task.num_{split}=0)")
     if len(source) < process_count:
-        raise ValueError(f"split {split!r} has {len(source)} examples, fewer than "
-                         f"{process_count} processes")
+        raise ValueError(f"split {split!r} has {len(source)} examples, fewer than {process_count} processes")
     ds = grain.MapDataset.source(source).shuffle(seed=seed)
     ds = ds.slice(slice(process_index, None, process_count))
     return ds.repeat(num_epochs)
 
 
-def make_iterator(config: RunConfig, info: DatasetInfo, split: str, *, batch_size: int,
-                  process_index: int = 0, process_count: int = 1, seed: int | None = None,
-                  num_epochs: int | None = None, num_threads: int = 2,
-                  num_workers: int | None = None) -> PackedBatchIterator:
+def make_iterator(
+    config: RunConfig,
+    info: DatasetInfo,
+    split: str,
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    seed: int | None = None,
+    num_epochs: int | None = None,
+    num_threads: int = 2,
+    num_workers: int | None = None,
+) -> PackedBatchIterator:
     """Checkpointable iterator of this process's batches (see module doc).
 
     ``num_epochs=None`` repeats forever for ``train`` and reads once otherwise.
@@ -222,22 +236,31 @@ def make_iterator(config: RunConfig, info: DatasetInfo, split: str, *, batch_siz
         num_epochs = 1
     seed = config.data.shuffle_seed if seed is None else seed
     tokenizer = load_tokenizer(info.tokenizer_path)
-    ds = tree_dataset(info, split, process_index=process_index, process_count=process_count,
-                      seed=seed, num_epochs=num_epochs)
+    ds = tree_dataset(
+        info, split, process_index=process_index, process_count=process_count, seed=seed, num_epochs=num_epochs
+    )
     ds = ds.map(TokenizeTree(tokenizer))
     read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(8, 4 * num_threads))
     trees = ds.to_iter_dataset(read)
     workers = config.data.pipeline_workers if num_workers is None else num_workers
     if workers:
         from absl import flags  # grain reads its absl flags when it starts workers
+
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()  # their defaults: our command lines are not absl's
         # A tree is a few small arrays: pickled through the queue, they cost less
         # than a shared-memory block each.
         trees = grain.experimental.WithOptionsIterDataset(
-            trees, grain.experimental.DatasetOptions(min_shm_size=1 << 20))
-        trees = trees.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=workers, per_worker_buffer_size=max(8, 4 * num_threads)))
+            trees, grain.experimental.DatasetOptions(min_shm_size=1 << 20)
+        )
+        trees = trees.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(8, 4 * num_threads))
+        )
     trees = trees.__iter__()
-    return PackedBatchIterator(trees, batch_size=batch_size, seq_len=config.data.seq_len,
-                               packing=bool(config.data.packing), pad_id=tokenizer.pad_id)
+    return PackedBatchIterator(
+        trees,
+        batch_size=batch_size,
+        seq_len=config.data.seq_len,
+        packing=bool(config.data.packing),
+        pad_id=tokenizer.pad_id,
+    )

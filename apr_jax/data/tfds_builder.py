@@ -33,19 +33,26 @@ class AprTraceFiles(tfds.core.GeneratorBasedBuilder):
         and resolving it needs the ``importlib_resources`` backport."""
         return None
 
-    def __init__(self, *, trees: Mapping[str, Sequence[str]], problems: Mapping[str, Sequence[Any]],
-                 failed: Mapping[str, int], **kwargs):
+    def __init__(
+        self,
+        *,
+        trees: Mapping[str, Sequence[str]],
+        problems: Mapping[str, Sequence[Any]],
+        failed: Mapping[str, int],
+        **kwargs,
+    ):
         self._trees = {split: list(trees[split]) for split in SPLITS}
         self._problems = {split: list(problems[split]) for split in SPLITS}
-        self.stats = {split: {"examples": len(self._trees[split]), "failed": int(failed[split])}
-                      for split in SPLITS}
+        self.stats = {split: {"examples": len(self._trees[split]), "failed": int(failed[split])} for split in SPLITS}
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
-            builder=self, description="Thread trees (JSON) read from JSONL files.",
-            features=tfds.features.FeaturesDict({"tree": tfds.features.Text()}))
+            builder=self,
+            description="Thread trees (JSON) read from JSONL files.",
+            features=tfds.features.FeaturesDict({"tree": tfds.features.Text()}),
+        )
 
     def problems(self) -> dict[str, list[Any]]:
         return self._problems

@@ -35,8 +35,7 @@ MODEL_TYPES = ("bpe", "unigram")
 class Tokenizer:
     """A trained sentencepiece model; picklable, processor loaded lazily."""
 
-    def __init__(self, model_path: str | os.PathLike | None = None, *,
-                 model_proto: bytes | None = None):
+    def __init__(self, model_path: str | os.PathLike | None = None, *, model_proto: bytes | None = None):
         if (model_path is None) == (model_proto is None):
             raise ValueError("Tokenizer needs exactly one of model_path or model_proto")
         if model_path is not None:
@@ -75,13 +74,15 @@ class Tokenizer:
         sp = self._sp
         specials = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
         if specials != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            raise ValueError(f"tokenizer model has pad/unk/bos/eos ids {specials}, "
-                             f"expected {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}")
+            raise ValueError(
+                f"tokenizer model has pad/unk/bos/eos ids {specials}, expected {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}"
+            )
         for offset, symbol in enumerate(protocol.RESERVED):
             got = sp.piece_to_id(symbol)
             if got != NUM_SPECIAL + offset:
-                raise ValueError(f"tokenizer model gives protocol symbol {symbol!r} "
-                                 f"id {got}, expected {NUM_SPECIAL + offset}")
+                raise ValueError(
+                    f"tokenizer model gives protocol symbol {symbol!r} id {got}, expected {NUM_SPECIAL + offset}"
+                )
 
     # ---- properties --------------------------------------------------------
     @property
@@ -140,9 +141,16 @@ class Tokenizer:
 
     # ---- training ----------------------------------------------------------
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, model_path: str | os.PathLike, *,
-              model_type: str = "bpe", byte_fallback: bool | None = None,
-              num_threads: int | None = None) -> "Tokenizer":
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        model_path: str | os.PathLike,
+        *,
+        model_type: str = "bpe",
+        byte_fallback: bool | None = None,
+        num_threads: int | None = None,
+    ) -> "Tokenizer":
         """Trains a model on ``texts`` and writes it to ``model_path``.
 
         ``byte_fallback=None`` turns byte fallback on when ``vocab_size`` has
@@ -161,22 +169,36 @@ class Tokenizer:
             byte_fallback = vocab_size >= required + NUM_BYTE_PIECES
         minimum = required + (NUM_BYTE_PIECES if byte_fallback else 0)
         if vocab_size < minimum:
-            raise ValueError(f"vocab_size {vocab_size} is too small: this text needs at least "
-                             f"{minimum} ({required - NUM_SPECIAL - len(protocol.RESERVED)} "
-                             f"characters + {NUM_SPECIAL} special + {len(protocol.RESERVED)} "
-                             f"protocol{' + 256 byte' if byte_fallback else ''} pieces)")
+            raise ValueError(
+                f"vocab_size {vocab_size} is too small: this text needs at least "
+                f"{minimum} ({required - NUM_SPECIAL - len(protocol.RESERVED)} "
+                f"characters + {NUM_SPECIAL} special + {len(protocol.RESERVED)} "
+                f"protocol{' + 256 byte' if byte_fallback else ''} pieces)"
+            )
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(texts), model_writer=model,
-                vocab_size=vocab_size, model_type=model_type,
+                sentence_iterator=iter(texts),
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type=model_type,
                 user_defined_symbols=list(protocol.RESERVED),
-                pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-                split_digits=True, byte_fallback=byte_fallback,
-                normalization_rule_name="identity", add_dummy_prefix=False,
-                remove_extra_whitespaces=False, split_by_whitespace=False,
-                character_coverage=1.0, max_sentence_length=1 << 24, hard_vocab_limit=False,
-                num_threads=num_threads or os.cpu_count() or 1, minloglevel=2)
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                split_digits=True,
+                byte_fallback=byte_fallback,
+                normalization_rule_name="identity",
+                add_dummy_prefix=False,
+                remove_extra_whitespaces=False,
+                split_by_whitespace=False,
+                character_coverage=1.0,
+                max_sentence_length=1 << 24,
+                hard_vocab_limit=False,
+                num_threads=num_threads or os.cpu_count() or 1,
+                minloglevel=2,
+            )
         except RuntimeError as e:
             raise ValueError(_explain_training_error(str(e), vocab_size)) from None
         model_path = os.fspath(model_path)
@@ -215,17 +237,17 @@ def required_vocab_size(texts: Iterable[str], *, byte_fallback: bool) -> int:
         for symbol in protocol.RESERVED:
             text = text.replace(symbol, "")
         chars.update(text)
-    return (len(chars) + NUM_SPECIAL + len(protocol.RESERVED)
-            + (NUM_BYTE_PIECES if byte_fallback else 0))
+    return len(chars) + NUM_SPECIAL + len(protocol.RESERVED) + (NUM_BYTE_PIECES if byte_fallback else 0)
 
 
 def _explain_training_error(message: str, vocab_size: int) -> str:
     too_high = re.search(r"Please set it to a value <= (\d+)", message)
     if too_high:
-        return (f"vocab_size {vocab_size} is too large for this training text: "
-                f"sentencepiece can make at most {too_high.group(1)} pieces")
+        return (
+            f"vocab_size {vocab_size} is too large for this training text: "
+            f"sentencepiece can make at most {too_high.group(1)} pieces"
+        )
     too_small = re.search(r"(\d+) vs (\d+)", message)
     if too_small:
-        return (f"vocab_size {vocab_size} is too small: sentencepiece needs at least "
-                f"{too_small.group(2)}")
+        return f"vocab_size {vocab_size} is too small: sentencepiece needs at least {too_small.group(2)}"
     return "sentencepiece training failed: " + message.strip().splitlines()[-1]

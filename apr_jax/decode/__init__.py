@@ -35,7 +35,19 @@ from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig, generate, sample_tokens
 
 __all__ = [
-    "DecodeModel", "Engine", "EngineConfig", "EngineOutput", "ProtocolIds", "SampleResult",
-    "SamplingConfig", "ThreadResult", "as_decode_model", "cons_at_k", "generate", "pass_at_k",
-    "sample_tokens", "sequential_tokens", "to_thread_trees",
+    "DecodeModel",
+    "Engine",
+    "EngineConfig",
+    "EngineOutput",
+    "ProtocolIds",
+    "SampleResult",
+    "SamplingConfig",
+    "ThreadResult",
+    "as_decode_model",
+    "cons_at_k",
+    "generate",
+    "pass_at_k",
+    "sample_tokens",
+    "sequential_tokens",
+    "to_thread_trees",
 ]

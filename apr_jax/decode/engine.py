@@ -55,8 +55,8 @@ from jax.sharding import PartitionSpec
 
 from apr_jax import threads as threads_lib
 from apr_jax.decode import engine_loop, metrics
-from apr_jax.decode.model_api import DecodeFn, as_decode_model
 from apr_jax.decode.limits import EngineLimits
+from apr_jax.decode.model_api import DecodeFn, as_decode_model
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig, bucket_length, check_prompts
 from apr_jax.runtime import sharding
@@ -87,7 +87,8 @@ class EngineConfig(EngineLimits):
             raise ValueError(
                 f"EngineConfig.lanes={self.lanes} cannot hold one problem: a sample needs "
                 f"{self.lanes_per_group} lanes (root + max_children={self.max_children} per level "
-                f"up to max_depth={self.max_depth}, capped at max_threads={self.threads_per_sample})")
+                f"up to max_depth={self.max_depth}, capped at max_threads={self.threads_per_sample})"
+            )
 
     @classmethod
     def from_eval_config(cls, eval_cfg: Any, max_context: int, **overrides: Any) -> "EngineConfig":
@@ -96,9 +97,15 @@ class EngineConfig(EngineLimits):
         (any field, e.g. ``samples_per_problem=4`` or ``max_threads=9``)."""
         limits = {f.name: getattr(eval_cfg, f.name) for f in dataclasses.fields(EngineLimits)}
         limits["long_prefill_chunks"] = tuple(limits["long_prefill_chunks"])
-        return cls(**{**limits, "max_context": int(max_context),
-                      "sampling": SamplingConfig(float(eval_cfg.temperature), float(eval_cfg.top_p)),
-                      "samples_per_problem": eval_cfg.samples, **overrides})
+        return cls(
+            **{
+                **limits,
+                "max_context": int(max_context),
+                "sampling": SamplingConfig(float(eval_cfg.temperature), float(eval_cfg.top_p)),
+                "samples_per_problem": eval_cfg.samples,
+                **overrides,
+            }
+        )
 
     @property
     def full_tree(self) -> int:
@@ -106,7 +113,7 @@ class EngineConfig(EngineLimits):
         if self.max_depth == 0 or self.max_rounds == 0:
             return 1
         fan = self.max_rounds * self.max_children
-        return int(sum(fan ** d for d in range(self.max_depth + 1)))
+        return int(sum(fan**d for d in range(self.max_depth + 1)))
 
     @property
     def threads_per_sample(self) -> int:
@@ -118,7 +125,7 @@ class EngineConfig(EngineLimits):
     def lanes_per_group(self) -> int:
         """Most threads of one sample alive at once: a waiting parent's children
         all run or wait, one spawn round at a time."""
-        live = 1 if self.max_rounds == 0 else sum(self.max_children ** d for d in range(self.max_depth + 1))
+        live = 1 if self.max_rounds == 0 else sum(self.max_children**d for d in range(self.max_depth + 1))
         return int(min(live, self.threads_per_sample))
 
     def lanes_for(self, num_groups: int) -> int:
@@ -186,8 +193,10 @@ def efficiency(counters: dict[str, float]) -> dict[str, float]:
     """Token-forwards computed per token fed, and KV slots read per live slot."""
     if not counters or not counters.get("tokens_fed"):
         return {}
-    return {"forwards_per_token": counters["forwards_computed"] / counters["tokens_fed"],
-            "kv_read_per_live": counters["kv_slots_read"] / max(counters["kv_slots_live"], 1.0)}
+    return {
+        "forwards_per_token": counters["forwards_computed"] / counters["tokens_fed"],
+        "kv_read_per_live": counters["kv_slots_read"] / max(counters["kv_slots_live"], 1.0),
+    }
 
 
 class Engine:
@@ -200,19 +209,25 @@ class Engine:
         self._compiled: dict[tuple[int, int, Any], Any] = {}  # (problems, prompt width, mesh) -> executable
         self.compile_s = 0.0  # total seconds spent compiling, over this engine's runs
 
-    def run_arrays(self, prompts: Sequence[Sequence[int]], key: jax.Array,
-                   num_active: int | None = None) -> dict[str, np.ndarray]:
+    def run_arrays(
+        self, prompts: Sequence[Sequence[int]], key: jax.Array, num_active: int | None = None
+    ) -> dict[str, np.ndarray]:
         """Decode one batch (problems from ``num_active`` on are padding, left
         idle); the final loop state as numpy arrays with rows reshaped to
         [problem, sample, thread, ...] (see ``state_arrays``)."""
         width = bucket_length(max(len(p) for p in prompts))
         tokens = np.full((len(prompts), width), self.ids.pad, np.int32)
         for n, prompt in enumerate(prompts):
-            tokens[n, :len(prompt)] = prompt
+            tokens[n, : len(prompt)] = prompt
         width = min(width, self.cfg.max_context - 2)
-        args = (self.model.params, jnp.asarray(tokens[:, :width]),
-                jnp.asarray([len(p) for p in prompts], jnp.int32),
-                jnp.int32(len(prompts) if num_active is None else num_active), key, jnp.int32(0))
+        args = (
+            self.model.params,
+            jnp.asarray(tokens[:, :width]),
+            jnp.asarray([len(p) for p in prompts], jnp.int32),
+            jnp.int32(len(prompts) if num_active is None else num_active),
+            key,
+            jnp.int32(0),
+        )
         state = self._decoder(len(prompts), width, args)(*args)
         return state_arrays(state, len(prompts))
 
@@ -222,9 +237,15 @@ class Engine:
         by later batches and runs."""
         key = (num_prompts, width, jax.sharding.get_abstract_mesh())
         if key not in self._compiled:
-            decode = make_decoder(self.model.decode_fn, self.model.init_cache, self.cfg, self.ids,
-                                  num_prompts, width,
-                                  page_size=decode_page_size(self.cfg, self.model.page_size_for))
+            decode = make_decoder(
+                self.model.decode_fn,
+                self.model.init_cache,
+                self.cfg,
+                self.ids,
+                num_prompts,
+                width,
+                page_size=decode_page_size(self.cfg, self.model.page_size_for),
+            )
             start = time.perf_counter()
             compiled = decode.lower(*args).compile()
             self._compiled[key] = functools.partial(compiled, limits=decode.limits)
@@ -237,8 +258,9 @@ class Engine:
         room = self.cfg.max_context - 2
         for i, p in enumerate(prompts):
             if len(p) > room:
-                raise ValueError(f"prompt {i} has {len(p)} tokens; max_context {self.cfg.max_context} "
-                                 f"leaves room for {room}")
+                raise ValueError(
+                    f"prompt {i} has {len(p)} tokens; max_context {self.cfg.max_context} leaves room for {room}"
+                )
         key = jax.random.key(0) if key is None else key
         compiled_before = self.compile_s
         batch = self.cfg.batch_problems or len(prompts)
@@ -246,15 +268,14 @@ class Engine:
         steps = []
         counters = dict.fromkeys(engine_loop.COUNTERS, 0.0)
         for b, start in enumerate(range(0, len(prompts), batch)):
-            chunk = prompts[start:start + batch]
+            chunk = prompts[start : start + batch]
             padded = chunk + [[self.ids.pad]] * (batch - len(chunk))
             arrays = self.run_arrays(padded, jax.random.fold_in(key, b), num_active=len(chunk))
             steps.append(int(arrays["step"]))
             for name, value in zip(engine_loop.COUNTERS, arrays["counters"]):
                 counters[name] += float(value)
             samples.extend(sample_results(arrays, len(chunk), first_problem=start))
-        return EngineOutput(samples=samples, steps=steps, counters=counters,
-                            compile_s=self.compile_s - compiled_before)
+        return EngineOutput(samples=samples, steps=steps, counters=counters, compile_s=self.compile_s - compiled_before)
 
 
 def decode_page_size(cfg: EngineConfig, page_size_for: Callable[[str, int, int], int] | None) -> int:
@@ -263,32 +284,44 @@ def decode_page_size(cfg: EngineConfig, page_size_for: Callable[[str, int, int],
     ``page_size_for`` (``DecodeModel``; None: the model has no paged decode)."""
     if page_size_for is None:
         if cfg.decode_attention == "paged":
-            raise ValueError("eval.decode_attention='paged' needs a model with a paged decode "
-                             "(the Transformer); this model has none")
+            raise ValueError(
+                "eval.decode_attention='paged' needs a model with a paged decode (the Transformer); this model has none"
+            )
         return 0
     return page_size_for(cfg.decode_attention, cfg.page_size, cfg.max_context)
 
 
-def loop_spec(cfg: EngineConfig, ids: ProtocolIds, num_groups: int,
-              init_cache: Callable[[int, int], Any], page_size: int = 0) -> engine_loop.LoopSpec:
+def loop_spec(
+    cfg: EngineConfig, ids: ProtocolIds, num_groups: int, init_cache: Callable[[int, int], Any], page_size: int = 0
+) -> engine_loop.LoopSpec:
     """The static loop shape for a batch of ``num_groups`` samples."""
     lanes = cfg.lanes_for(num_groups)
     return engine_loop.LoopSpec(
-        ids=ids, slots=cfg.threads_per_sample, max_children=cfg.max_children,
-        max_context=cfg.max_context, lanes=lanes, lanes_per_group=cfg.lanes_per_group,
+        ids=ids,
+        slots=cfg.threads_per_sample,
+        max_children=cfg.max_children,
+        max_context=cfg.max_context,
+        lanes=lanes,
+        lanes_per_group=cfg.lanes_per_group,
         prefill_chunk=min(cfg.prefill_chunk, cfg.max_context),
-        long_prefill_chunks=tuple(sorted({min(w, cfg.max_context) for w in cfg.long_prefill_chunks}
-                                         - {min(cfg.prefill_chunk, cfg.max_context)})),
+        long_prefill_chunks=tuple(
+            sorted(
+                {min(w, cfg.max_context) for w in cfg.long_prefill_chunks} - {min(cfg.prefill_chunk, cfg.max_context)}
+            )
+        ),
         row_buckets=halvings(lanes, cfg.row_buckets, minimum=1),
         kv_buckets=halvings(cfg.max_context, cfg.kv_buckets, minimum=8),
-        sampling=cfg.sampling, cache_axes=engine_loop.cache_axes(init_cache),
-        split_by_kv_length=cfg.split_by_kv_length, page_size=page_size)
+        sampling=cfg.sampling,
+        cache_axes=engine_loop.cache_axes(init_cache),
+        split_by_kv_length=cfg.split_by_kv_length,
+        page_size=page_size,
+    )
 
 
 def halvings(size: int, count: int, minimum: int) -> tuple[int, ...]:
     """``size``, ``size/2``, ... (rounded up, at least ``minimum``), ``count``
     of them at most, ascending and distinct."""
-    return tuple(sorted({max(min(minimum, size), -(-size // 2 ** i)) for i in range(count)}))
+    return tuple(sorted({max(min(minimum, size), -(-size // 2**i)) for i in range(count)}))
 
 
 def loop_limits(cfg: EngineConfig, num_groups: int) -> engine_loop.Limits:
@@ -297,9 +330,11 @@ def loop_limits(cfg: EngineConfig, num_groups: int) -> engine_loop.Limits:
     in_flight = cfg.lanes_for(num_groups) // cfg.lanes_per_group
     waves = -(-num_groups // in_flight)
     return engine_loop.Limits(
-        max_rounds=jnp.int32(cfg.max_rounds), max_depth=jnp.int32(cfg.max_depth),
+        max_rounds=jnp.int32(cfg.max_rounds),
+        max_depth=jnp.int32(cfg.max_depth),
         tokens_per_thread=jnp.int32(cfg.tokens_per_thread),
-        max_steps=jnp.int32(min(waves * cfg.threads_per_sample * cfg.max_context, 2 ** 31 - 1)))
+        max_steps=jnp.int32(min(waves * cfg.threads_per_sample * cfg.max_context, 2**31 - 1)),
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -316,32 +351,51 @@ class Decoder:
     decode_fn: DecodeFn
     init_cache: Callable[[int, int], Any]
 
-    def __call__(self, params: Any, prompt_PxT: jax.Array, prompt_len_P: jax.Array, num_active: jax.Array,
-                 key: jax.Array, first_thread: jax.Array) -> engine_loop.LoopState:
+    def __call__(
+        self,
+        params: Any,
+        prompt_PxT: jax.Array,
+        prompt_len_P: jax.Array,
+        num_active: jax.Array,
+        key: jax.Array,
+        first_thread: jax.Array,
+    ) -> engine_loop.LoopState:
         """Decode (jitted; compiled on first use of a shape)."""
         return _decode_jit(params, prompt_PxT, prompt_len_P, num_active, key, first_thread, **self._keywords())
 
-    def lower(self, params: Any, prompt_PxT: Any, prompt_len_P: Any, num_active: Any, key: Any,
-              first_thread: Any) -> jax.stages.Lowered:
+    def lower(
+        self, params: Any, prompt_PxT: Any, prompt_len_P: Any, num_active: Any, key: Any, first_thread: Any
+    ) -> jax.stages.Lowered:
         """The decoder lowered for these arguments (arrays or ``ShapeDtypeStruct``s)."""
-        return _decode_jit.lower(params, prompt_PxT, prompt_len_P, num_active, key, first_thread,
-                                 **self._keywords())
+        return _decode_jit.lower(params, prompt_PxT, prompt_len_P, num_active, key, first_thread, **self._keywords())
 
-    def trace(self, params: Any, prompt_PxT: Any, prompt_len_P: Any, num_active: Any, key: Any,
-              first_thread: Any) -> jax.stages.Traced:
+    def trace(
+        self, params: Any, prompt_PxT: Any, prompt_len_P: Any, num_active: Any, key: Any, first_thread: Any
+    ) -> jax.stages.Traced:
         """The decoder traced for these arguments (``.lower(lowering_platforms=...)``
         lowers it for another platform)."""
-        return _decode_jit.trace(params, prompt_PxT, prompt_len_P, num_active, key, first_thread,
-                                 **self._keywords())
+        return _decode_jit.trace(params, prompt_PxT, prompt_len_P, num_active, key, first_thread, **self._keywords())
 
     def _keywords(self) -> dict[str, Any]:
         """``_decode_jit``'s keyword arguments: the limits and the static settings."""
-        return {"limits": self.limits, "spec": self.spec, "samples": self.samples,
-                "decode_fn": self.decode_fn, "init_cache": self.init_cache}
+        return {
+            "limits": self.limits,
+            "spec": self.spec,
+            "samples": self.samples,
+            "decode_fn": self.decode_fn,
+            "init_cache": self.init_cache,
+        }
 
 
-def make_decoder(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg: EngineConfig,
-                 ids: ProtocolIds, num_prompts: int, prompt_width: int, page_size: int = 0) -> Decoder:
+def make_decoder(
+    decode_fn: DecodeFn,
+    init_cache: Callable[[int, int], Any],
+    cfg: EngineConfig,
+    ids: ProtocolIds,
+    num_prompts: int,
+    prompt_width: int,
+    page_size: int = 0,
+) -> Decoder:
     """The one decoding function of evaluation and RL rollouts (``Decoder``)
     for ``num_prompts`` prompts of (static) width ``prompt_width`` (without
     BOS), ``samples_per_problem`` samples each. Pure; jitted once per shape
@@ -351,8 +405,13 @@ def make_decoder(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg
     if prompt_width + 2 > cfg.max_context:
         raise ValueError(f"prompt width {prompt_width} leaves no room in max_context {cfg.max_context}")
     rollouts = num_prompts * cfg.samples_per_problem
-    return Decoder(spec=loop_spec(cfg, ids, rollouts, init_cache, page_size), limits=loop_limits(cfg, rollouts),
-                   samples=cfg.samples_per_problem, decode_fn=decode_fn, init_cache=init_cache)
+    return Decoder(
+        spec=loop_spec(cfg, ids, rollouts, init_cache, page_size),
+        limits=loop_limits(cfg, rollouts),
+        samples=cfg.samples_per_problem,
+        decode_fn=decode_fn,
+        init_cache=init_cache,
+    )
 
 
 def decode_axes(mesh: Any, num_prompts: int) -> tuple[str, ...]:
@@ -371,8 +430,9 @@ def decode_axes(mesh: Any, num_prompts: int) -> tuple[str, ...]:
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "samples", "decode_fn", "init_cache"))
-def _decode_jit(params, prompt_PxT, prompt_len_P, num_active, key, first_thread, limits, *,
-                spec, samples, decode_fn, init_cache) -> engine_loop.LoopState:
+def _decode_jit(
+    params, prompt_PxT, prompt_len_P, num_active, key, first_thread, limits, *, spec, samples, decode_fn, init_cache
+) -> engine_loop.LoopState:
     """``run_loop``, shard-local under a mesh: each shard (``decode_axes``)
     decodes its slice of the prompts with its own lanes (no gathers across
     devices in the loop). Scalars come back with one entry per shard."""
@@ -380,46 +440,76 @@ def _decode_jit(params, prompt_PxT, prompt_len_P, num_active, key, first_thread,
     axes = decode_axes(mesh, P)
     shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
     if shards == 1 or P % shards:
-        return _per_shard(engine_loop.run_loop(params, prompt_PxT, prompt_len_P, num_active, key, limits,
-                                               first_thread, spec=spec, samples=samples,
-                                               decode_fn=decode_fn, init_cache=init_cache))
+        return _per_shard(
+            engine_loop.run_loop(
+                params,
+                prompt_PxT,
+                prompt_len_P,
+                num_active,
+                key,
+                limits,
+                first_thread,
+                spec=spec,
+                samples=samples,
+                decode_fn=decode_fn,
+                init_cache=init_cache,
+            )
+        )
     per = P // shards
     lanes = max(spec.lanes // shards, spec.lanes_per_group)
-    local_spec = dataclasses.replace(spec, lanes=lanes,
-                                     row_buckets=halvings(lanes, len(spec.row_buckets), minimum=1))
+    local_spec = dataclasses.replace(spec, lanes=lanes, row_buckets=halvings(lanes, len(spec.row_buckets), minimum=1))
     local_limits = dataclasses.replace(limits, max_steps=limits.max_steps * shards)
 
     def local(params, prompt_PxT, prompt_len_P, num_active, key, first_thread):
         i = jax.lax.axis_index(axes)
         s = engine_loop.run_loop(
-            params, prompt_PxT, prompt_len_P, jnp.clip(num_active - i * per, 0, per), key, local_limits,
-            first_thread + i * per * samples * spec.slots, spec=local_spec, samples=samples,
-            decode_fn=decode_fn, init_cache=init_cache)
+            params,
+            prompt_PxT,
+            prompt_len_P,
+            jnp.clip(num_active - i * per, 0, per),
+            key,
+            local_limits,
+            first_thread + i * per * samples * spec.slots,
+            spec=local_spec,
+            samples=samples,
+            decode_fn=decode_fn,
+            init_cache=init_cache,
+        )
         return _per_shard(s)
 
     rows = PartitionSpec(axes)
-    out_specs = engine_loop.LoopState(**{
-        f.name: rows for f in dataclasses.fields(engine_loop.LoopState) if f.name != "cache"},
-        cache=jax.tree.unflatten(jax.tree.structure(jax.eval_shape(functools.partial(init_cache, 1, 1))),
-                                 [PartitionSpec(*(None,) * a, axes) for a in spec.cache_axes]))
+    out_specs = engine_loop.LoopState(
+        **{f.name: rows for f in dataclasses.fields(engine_loop.LoopState) if f.name != "cache"},
+        cache=jax.tree.unflatten(
+            jax.tree.structure(jax.eval_shape(functools.partial(init_cache, 1, 1))),
+            [PartitionSpec(*(None,) * a, axes) for a in spec.cache_axes],
+        ),
+    )
     replicated = PartitionSpec()
-    return jax.shard_map(local, in_specs=(replicated, rows, rows, replicated, replicated, replicated),
-                         out_specs=out_specs, check_vma=False)(
-        params, prompt_PxT, prompt_len_P, num_active, key, first_thread)
+    return jax.shard_map(
+        local,
+        in_specs=(replicated, rows, rows, replicated, replicated, replicated),
+        out_specs=out_specs,
+        check_vma=False,
+    )(params, prompt_PxT, prompt_len_P, num_active, key, first_thread)
 
 
 def _per_shard(s: engine_loop.LoopState) -> engine_loop.LoopState:
     """The loop's scalars with a leading shard axis of 1."""
-    return s.replace(step=s.step[None], admitted=s.admitted[None], num_groups=s.num_groups[None],
-                     counters=s.counters[None])
+    return s.replace(
+        step=s.step[None], admitted=s.admitted[None], num_groups=s.num_groups[None], counters=s.counters[None]
+    )
 
 
 def state_arrays(state: engine_loop.LoopState, num_prompts: int) -> dict[str, np.ndarray]:
     """A loop state on the host as ``sample_major`` arrays (the cache and lane
     fields left out), ``step`` and ``counters`` combined over shards."""
     host = jax.device_get(dataclasses.replace(state, cache=None))
-    fields = {f.name: getattr(host, f.name) for f in dataclasses.fields(host)
-              if f.name != "cache" and shape_suffix(f.name) != "C"}
+    fields = {
+        f.name: getattr(host, f.name)
+        for f in dataclasses.fields(host)
+        if f.name != "cache" and shape_suffix(f.name) != "C"
+    }
     out = sample_major(fields, num_prompts)
     out["step"] = out["step"].max()  # one entry per shard
     out["counters"] = out["counters"].sum(axis=0)
@@ -458,13 +548,13 @@ def sample_major(fields: Mapping[str, Any], num_prompts: int) -> dict[str, np.nd
     return out
 
 
-def sample_results(arrays: dict[str, np.ndarray], num_problems: int, first_problem: int = 0
-                   ) -> list[list[SampleResult]]:
+def sample_results(
+    arrays: dict[str, np.ndarray], num_problems: int, first_problem: int = 0
+) -> list[list[SampleResult]]:
     """``[problem][sample]`` results of the first ``num_problems`` problems of
     loop-state arrays shaped as ``Engine.run_arrays`` returns them."""
     samples = arrays["next_free"].shape[1]
-    return [[_sample_result(arrays, n, k, first_problem + n) for k in range(samples)]
-            for n in range(num_problems)]
+    return [[_sample_result(arrays, n, k, first_problem + n) for k in range(samples)] for n in range(num_problems)]
 
 
 def _sample_result(a: dict[str, np.ndarray], n: int, k: int, problem_index: int) -> SampleResult:
@@ -475,13 +565,19 @@ def _sample_result(a: dict[str, np.ndarray], n: int, k: int, problem_index: int)
     threads = []
     for i in range(used):
         length = int(a["length"][n, k, i])
-        threads.append(ThreadResult(
-            tokens=[int(x) for x in a["buf"][n, k, i, :length]],
-            roles=[ROLE_NAMES[int(r)] for r in a["role"][n, k, i, :length]],
-            parent=parent[i], children=[c for c in range(used) if parent[c] == i and c != i],
-            stop=threads_lib.STOPS[int(a["stop"][n, k, i])], depth=int(a["depth"][n, k, i]),
-            spawn_round=spawn_round[i], rounds=int(a["rounds"][n, k, i]),
-            written=int(a["written"][n, k, i])))
+        threads.append(
+            ThreadResult(
+                tokens=[int(x) for x in a["buf"][n, k, i, :length]],
+                roles=[ROLE_NAMES[int(r)] for r in a["role"][n, k, i, :length]],
+                parent=parent[i],
+                children=[c for c in range(used) if parent[c] == i and c != i],
+                stop=threads_lib.STOPS[int(a["stop"][n, k, i])],
+                depth=int(a["depth"][n, k, i]),
+                spawn_round=spawn_round[i],
+                rounds=int(a["rounds"][n, k, i]),
+                written=int(a["written"][n, k, i]),
+            )
+        )
     spawns = metrics.spawns_from_parents(parent, spawn_round)
     children_per_spawn = []
     for i, t in enumerate(threads):
@@ -491,11 +587,16 @@ def _sample_result(a: dict[str, np.ndarray], n: int, k: int, problem_index: int)
     limits["dropped_children"] = int(a["dropped_children"][n, k])
     limits["dropped_pool"] = int(a["dropped_pool"][n, k])
     return SampleResult(
-        problem_index=problem_index, sample_index=k, threads=threads,
+        problem_index=problem_index,
+        sample_index=k,
+        threads=threads,
         written_tokens=sum(t.written for t in threads),
         sequential_tokens=metrics.sequential_tokens([t.written for t in threads], spawns),
-        num_threads=used, children_per_spawn=children_per_spawn,
-        max_context_used=max(len(t.tokens) for t in threads), limits_hit=limits)
+        num_threads=used,
+        children_per_spawn=children_per_spawn,
+        max_context_used=max(len(t.tokens) for t in threads),
+        limits_hit=limits,
+    )
 
 
 def to_thread_trees(output: EngineOutput, tokenizer: Any, problems: Sequence[dict]) -> list[threads_lib.ThreadTree]:
@@ -518,13 +619,20 @@ def to_thread_trees(output: EngineOutput, tokenizer: Any, problems: Sequence[dic
                     if i == len(tokens) or roles[i] != roles[start]:
                         segments.append(threads_lib.Segment(roles[start], tokenizer.decode(tokens[start:i])))
                         start = i
-                threads.append(threads_lib.Thread(parent=t.parent, segments=segments,
-                                                  children=list(t.children), stop=t.stop))
-            trees.append(threads_lib.ThreadTree(
-                problem=dict(problem), threads=threads,
-                meta={"sample": sample.sample_index,
-                      "spawn_round": [t.spawn_round for t in sample.threads],
-                      "written_tokens": [t.written for t in sample.threads],
-                      "sequential_tokens": sample.sequential_tokens,
-                      "limits_hit": dict(sample.limits_hit)}))
+                threads.append(
+                    threads_lib.Thread(parent=t.parent, segments=segments, children=list(t.children), stop=t.stop)
+                )
+            trees.append(
+                threads_lib.ThreadTree(
+                    problem=dict(problem),
+                    threads=threads,
+                    meta={
+                        "sample": sample.sample_index,
+                        "spawn_round": [t.spawn_round for t in sample.threads],
+                        "written_tokens": [t.written for t in sample.threads],
+                        "sequential_tokens": sample.sequential_tokens,
+                        "limits_hit": dict(sample.limits_hit),
+                    },
+                )
+            )
     return trees

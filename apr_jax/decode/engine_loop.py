@@ -205,8 +205,7 @@ def compact(member_X: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     # run tests/test_aot.py::test_engine_compiles_for_a_tpu_slice with that
     # libtpu installed; if it passes, delete the barrier and this comment.
     entries_X = jax.lax.optimization_barrier(jnp.arange(member_X.shape[0], dtype=jnp.int32))
-    index_M = jnp.zeros((size,), jnp.int32).at[_drop_index(member_X, rank_X, size)].set(
-        entries_X, mode="drop")
+    index_M = jnp.zeros((size,), jnp.int32).at[_drop_index(member_X, rank_X, size)].set(entries_X, mode="drop")
     return index_M, jnp.minimum(jnp.sum(member_X), size).astype(jnp.int32)
 
 
@@ -224,28 +223,47 @@ def _take_lanes(s: LoopState, want_X: jax.Array, rows_X: jax.Array) -> LoopState
     return s.replace(
         lane_row_C=s.lane_row_C.at[at_X].set(rows_X, mode="drop"),
         lane_busy_C=s.lane_busy_C.at[at_X].set(True, mode="drop"),
-        lane_R=s.lane_R.at[_drop_index(got_X, rows_X, R)].set(lane_X, mode="drop"))
+        lane_R=s.lane_R.at[_drop_index(got_X, rows_X, R)].set(lane_X, mode="drop"),
+    )
 
 
-def init_state(spec: LoopSpec, prompt_buf_RxL: jax.Array, prompt_len_R: jax.Array,
-               num_groups: jax.Array, cache: Any) -> LoopState:
+def init_state(
+    spec: LoopSpec, prompt_buf_RxL: jax.Array, prompt_len_R: jax.Array, num_groups: jax.Array, cache: Any
+) -> LoopState:
     """Roots hold their prompts as forced tokens; no group is admitted yet."""
     R, L = prompt_buf_RxL.shape
     N, C = R // spec.slots, spec.lanes
     is_root_R = (jnp.arange(R) % spec.slots) == 0
     i32 = functools.partial(jnp.full, (R,), dtype=jnp.int32)
     return LoopState(
-        step=jnp.int32(0), cache=cache, buf_RxL=prompt_buf_RxL.astype(jnp.int32),
-        role_RxL=jnp.zeros((R, L), jnp.int8), logp_RxL=jnp.zeros((R, L), jnp.float32),
-        length_R=jnp.where(is_root_R, prompt_len_R, 0).astype(jnp.int32), fed_R=i32(0),
-        status_R=i32(FREE), stop_R=i32(STOP["running"]), parent_R=i32(-1), depth_R=i32(0),
-        rounds_R=i32(0), spawn_round_R=i32(-1), written_R=i32(0), spawn_open_R=i32(-1),
-        return_open_R=i32(-1), child_lo_R=i32(0), child_n_R=i32(0), lane_R=i32(-1),
-        lane_row_C=jnp.full((C,), -1, jnp.int32), lane_busy_C=jnp.zeros((C,), bool),
-        next_free_N=jnp.ones((N,), jnp.int32), dropped_children_N=jnp.zeros((N,), jnp.int32),
-        dropped_pool_N=jnp.zeros((N,), jnp.int32), admitted=jnp.int32(0),
+        step=jnp.int32(0),
+        cache=cache,
+        buf_RxL=prompt_buf_RxL.astype(jnp.int32),
+        role_RxL=jnp.zeros((R, L), jnp.int8),
+        logp_RxL=jnp.zeros((R, L), jnp.float32),
+        length_R=jnp.where(is_root_R, prompt_len_R, 0).astype(jnp.int32),
+        fed_R=i32(0),
+        status_R=i32(FREE),
+        stop_R=i32(STOP["running"]),
+        parent_R=i32(-1),
+        depth_R=i32(0),
+        rounds_R=i32(0),
+        spawn_round_R=i32(-1),
+        written_R=i32(0),
+        spawn_open_R=i32(-1),
+        return_open_R=i32(-1),
+        child_lo_R=i32(0),
+        child_n_R=i32(0),
+        lane_R=i32(-1),
+        lane_row_C=jnp.full((C,), -1, jnp.int32),
+        lane_busy_C=jnp.zeros((C,), bool),
+        next_free_N=jnp.ones((N,), jnp.int32),
+        dropped_children_N=jnp.zeros((N,), jnp.int32),
+        dropped_pool_N=jnp.zeros((N,), jnp.int32),
+        admitted=jnp.int32(0),
         num_groups=jnp.minimum(num_groups, N).astype(jnp.int32),
-        counters=jnp.zeros((len(COUNTERS),), jnp.float32))
+        counters=jnp.zeros((len(COUNTERS),), jnp.float32),
+    )
 
 
 def admit(spec: LoopSpec, s: LoopState) -> LoopState:
@@ -269,16 +287,19 @@ def free_lanes(s: LoopState) -> LoopState:
     return s.replace(lane_busy_C=s.lane_busy_C & ~done_C)
 
 
-def sample_rows(key: jax.Array, thread_B: jax.Array, at_B: jax.Array, logits_BxV: jax.Array,
-                cfg: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+def sample_rows(
+    key: jax.Array, thread_B: jax.Array, at_B: jax.Array, logits_BxV: jax.Array, cfg: SamplingConfig
+) -> tuple[jax.Array, jax.Array]:
     """One token per row and its log-prob; row b's key depends only on its
     thread id and the buffer index the token goes to."""
     if cfg.greedy:
         x_B = sample_tokens(key, logits_BxV, cfg)
     else:
+
         def one(t, at, logits_V):
             k = jax.random.fold_in(jax.random.fold_in(key, t), at)
             return sample_tokens(k, logits_V[None], cfg)[0]
+
         x_B = jax.vmap(one)(thread_B, at_B, logits_BxV)
     return x_B, token_logprobs(logits_BxV, x_B, cfg)
 
@@ -292,8 +313,7 @@ def _bucket(sizes: tuple[int, ...], need: jax.Array) -> jax.Array:
 def cache_axes(init_cache: Callable[[int, int], Any]) -> tuple[int, ...]:
     """The lane axis of every cache leaf (its slot axis is the next one), found
     by building abstract caches of different sizes."""
-    a, b, c = (jax.eval_shape(functools.partial(init_cache, n, length))
-               for n, length in ((3, 17), (5, 17), (3, 19)))
+    a, b, c = (jax.eval_shape(functools.partial(init_cache, n, length)) for n, length in ((3, 17), (5, 17), (3, 19)))
     axes = []
     for x, y, z in zip(*(jax.tree.leaves(v) for v in (a, b, c))):
         lane = [i for i, (p, q) in enumerate(zip(x.shape, y.shape)) if p != q]
@@ -306,8 +326,16 @@ def cache_axes(init_cache: Callable[[int, int], Any]) -> tuple[int, ...]:
 
 def _vocab_size(spec: LoopSpec, decode_fn: DecodeFn, params, cache) -> int:
     logits_shape = jax.eval_shape(
-        lambda c: decode_fn(params, jnp.zeros((1, 1), jnp.int32), jnp.full((1, 1), -1, jnp.int32), c,
-                            jnp.zeros((1,), jnp.int32), spec.kv_buckets[0])[0], cache)
+        lambda c: decode_fn(
+            params,
+            jnp.zeros((1, 1), jnp.int32),
+            jnp.full((1, 1), -1, jnp.int32),
+            c,
+            jnp.zeros((1,), jnp.int32),
+            spec.kv_buckets[0],
+        )[0],
+        cache,
+    )
     return logits_shape.shape[-1]
 
 
@@ -315,13 +343,16 @@ def _run_if(pred: jax.Array, fn: Callable[[Any], Any], carry: Any) -> Any:
     """``fn(carry)`` when ``pred``, else ``carry``, as a while loop of at most
     one trip: buffers ``fn`` updates stay in place (a ``lax.cond`` or
     ``lax.switch`` branch that updates the cache pool makes XLA copy it whole)."""
+
     def body(c):
         return jnp.bool_(True), fn(c[1])
+
     return jax.lax.while_loop(lambda c: pred & ~c[0], body, (jnp.bool_(False), carry))[1]
 
 
-def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, member_C: jax.Array,
-                width: int, page_size: int = 0):
+def _model_call(
+    spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, member_C: jax.Array, width: int, page_size: int = 0
+):
     """Feed up to ``width`` queued tokens of each member lane's thread in one
     bucketed model call; returns (cache, fed_C, logits_CxV at each member's
     last fed token, counters).
@@ -360,15 +391,21 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
             tok_BxT = s.buf_RxL[row_C[lanes_B][:, None], jnp.minimum(at_BxT, L - 1)]
             logits_BxTxV, cache = decode_fn(params, tok_BxT, pos_BxT, carry[0], lanes_B, kv_len, **paged)
             last_BxV = logits_BxTxV[jnp.arange(B), jnp.maximum(n_B - 1, 0)].astype(jnp.float32)
-            logits_CxV = jnp.zeros((C, V), jnp.float32).at[_drop_index(valid_B, lanes_B, C)].set(
-                last_BxV, mode="drop")
+            logits_CxV = jnp.zeros((C, V), jnp.float32).at[_drop_index(valid_B, lanes_B, C)].set(last_BxV, mode="drop")
             live_B = jnp.where(valid_B, fed_B + n_B, 0)
             # The paged kernel reads whole pages; the others their KV bucket.
             read = jnp.sum(-(-live_B // page_size) * page_size) if page_size else B * kv_len
-            counters = jnp.stack([jnp.float32(B * width), jnp.sum(n_B).astype(jnp.float32),
-                                  jnp.asarray(read, jnp.float32), jnp.sum(live_B).astype(jnp.float32),
-                                  jnp.float32(1)])
+            counters = jnp.stack(
+                [
+                    jnp.float32(B * width),
+                    jnp.sum(n_B).astype(jnp.float32),
+                    jnp.asarray(read, jnp.float32),
+                    jnp.sum(live_B).astype(jnp.float32),
+                    jnp.float32(1),
+                ]
+            )
             return cache, logits_CxV, counters
+
         return call
 
     def row(B: int):
@@ -376,6 +413,7 @@ def _model_call(spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, membe
             for j, kv_len in enumerate(kv_buckets):
                 carry = _run_if(kv_bucket == j, run(B, kv_len), carry)
             return carry
+
         return kv_pairs
 
     carry = (s.cache, jnp.zeros((C, V), jnp.float32), jnp.zeros((len(COUNTERS),), jnp.float32))
@@ -423,13 +461,15 @@ def _route(spec: LoopSpec, s: LoopState) -> Routing:
     half_C = jnp.where(queue_C > 1, jnp.maximum((queue_C + 1) // 2, 2), 1)
     width_class_C = jnp.minimum(jnp.searchsorted(jnp.asarray(widths), half_C), len(widths) - 1)
     by_width = [(run_C & (width_class_C == c), width) for c, width in enumerate(widths)]
-    calls = tuple(call for member_C, width in by_width
-                  for call in _split_by_kv_length(spec, s, row_C, queue_C, member_C, width))
+    calls = tuple(
+        call for member_C, width in by_width for call in _split_by_kv_length(spec, s, row_C, queue_C, member_C, width)
+    )
     return Routing(row_C=row_C, run_C=run_C, queue_C=queue_C, calls=calls)
 
 
-def _split_by_kv_length(spec: LoopSpec, s: LoopState, row_C: jax.Array, queue_C: jax.Array,
-                        member_C: jax.Array, width: int) -> list[ModelCall]:
+def _split_by_kv_length(
+    spec: LoopSpec, s: LoopState, row_C: jax.Array, queue_C: jax.Array, member_C: jax.Array, width: int
+) -> list[ModelCall]:
     """The model calls that feed ``member_C`` at ``width``: one, or one per
     KV-length bucket with ``split_by_kv_length``; a paged width-1 call reads
     each row's own pages and is never split."""
@@ -437,13 +477,18 @@ def _split_by_kv_length(spec: LoopSpec, s: LoopState, row_C: jax.Array, queue_C:
     if page_size or not spec.split_by_kv_length:
         return [ModelCall(member_C=member_C, width=width, spec=spec, page_size=page_size)]
     kv_class_C = _bucket(spec.kv_buckets, s.fed_R[row_C] + jnp.minimum(queue_C, width))
-    return [ModelCall(member_C=member_C & (kv_class_C == c), width=width,
-                      spec=dataclasses.replace(spec, kv_buckets=(kv,)), page_size=0)
-            for c, kv in enumerate(spec.kv_buckets)]
+    return [
+        ModelCall(
+            member_C=member_C & (kv_class_C == c),
+            width=width,
+            spec=dataclasses.replace(spec, kv_buckets=(kv,)),
+            page_size=0,
+        )
+        for c, kv in enumerate(spec.kv_buckets)
+    ]
 
 
-def _feed(decode_fn: DecodeFn, params: Any, s: LoopState, routing: Routing
-          ) -> tuple[LoopState, jax.Array, jax.Array]:
+def _feed(decode_fn: DecodeFn, params: Any, s: LoopState, routing: Routing) -> tuple[LoopState, jax.Array, jax.Array]:
     """Run the step's model calls in order. Returns the state (the cache with
     the fed tokens' keys and values, the counters added), the tokens fed per
     lane, and the float32 logits at each lane's last fed token."""
@@ -451,16 +496,25 @@ def _feed(decode_fn: DecodeFn, params: Any, s: LoopState, routing: Routing
     logits_CxV = None
     for call in routing.calls:
         cache, fed_call_C, logits_call_CxV, counters = _model_call(
-            call.spec, decode_fn, params, s, call.member_C, call.width, call.page_size)
+            call.spec, decode_fn, params, s, call.member_C, call.width, call.page_size
+        )
         s = s.replace(cache=cache, counters=s.counters + counters)
         fed_C = jnp.where(call.member_C, fed_call_C, fed_C)
-        logits_CxV = (logits_call_CxV if logits_CxV is None
-                      else jnp.where(call.member_C[:, None], logits_call_CxV, logits_CxV))
+        logits_CxV = (
+            logits_call_CxV if logits_CxV is None else jnp.where(call.member_C[:, None], logits_call_CxV, logits_CxV)
+        )
     return s, fed_C, logits_CxV
 
 
-def _sample(spec: LoopSpec, key: jax.Array, first_thread: jax.Array, s: LoopState, routing: Routing,
-            fed_C: jax.Array, logits_CxV: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _sample(
+    spec: LoopSpec,
+    key: jax.Array,
+    first_thread: jax.Array,
+    s: LoopState,
+    routing: Routing,
+    fed_C: jax.Array,
+    logits_CxV: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Sample a token for every lane's thread (``sample_rows``) and move the
     step's lane results onto thread rows: ``fed_R`` advanced by the tokens
     fed, and the token ``x_R`` and its log-prob ``lp_R`` (0 on rows that did
@@ -475,8 +529,9 @@ def _sample(spec: LoopSpec, key: jax.Array, first_thread: jax.Array, s: LoopStat
     return fed_R, x_R, lp_R
 
 
-def _classify(spec: LoopSpec, s: LoopState, limits: Limits, fed_R: jax.Array, x_R: jax.Array,
-              lp_R: jax.Array) -> tuple[LoopState, jax.Array, jax.Array, jax.Array]:
+def _classify(
+    spec: LoopSpec, s: LoopState, limits: Limits, fed_R: jax.Array, x_R: jax.Array, lp_R: jax.Array
+) -> tuple[LoopState, jax.Array, jax.Array, jax.Array]:
     """Append ``x_R`` to each running thread whose queue emptied (role
     ``model``, log-prob ``lp_R``) and apply what it does (module docstring):
     stop the thread, open or close a spawn block, remember a ``<return>``; a
@@ -508,28 +563,52 @@ def _classify(spec: LoopSpec, s: LoopState, limits: Limits, fed_R: jax.Array, x_
     return_open_R = jnp.where(wrote(ids.return_open) & is_child_R, at_R, s.return_open_R)
 
     stop_R = jnp.select(
-        [wrote(ids.eos), wrote(ids.return_close) & is_child_R, depth_refused_R, round_refused_R,
-         spawn_R, write_R & (written_R >= limits.tokens_per_thread),
-         full_R | (write_R & (length_R >= L))],
-        [STOP["eos"], STOP["return"], STOP["depth_limit"], STOP["round_limit"],
-         -1, STOP["token_limit"], STOP["context_limit"]],
-        default=-1)
+        [
+            wrote(ids.eos),
+            wrote(ids.return_close) & is_child_R,
+            depth_refused_R,
+            round_refused_R,
+            spawn_R,
+            write_R & (written_R >= limits.tokens_per_thread),
+            full_R | (write_R & (length_R >= L)),
+        ],
+        [
+            STOP["eos"],
+            STOP["return"],
+            STOP["depth_limit"],
+            STOP["round_limit"],
+            -1,
+            STOP["token_limit"],
+            STOP["context_limit"],
+        ],
+        default=-1,
+    )
     ends_R = stop_R >= 0
     block_open_R = s.spawn_open_R  # the <spawn> that this step's </spawn> closes
     s = s.replace(
         buf_RxL=s.buf_RxL.at[rows_R, dest_R].set(x_R, mode="drop"),
         role_RxL=s.role_RxL.at[rows_R, dest_R].set(ROLE_MODEL, mode="drop"),
         logp_RxL=s.logp_RxL.at[rows_R, dest_R].set(lp_R, mode="drop"),
-        fed_R=fed_R, length_R=length_R, written_R=written_R,
+        fed_R=fed_R,
+        length_R=length_R,
+        written_R=written_R,
         status_R=jnp.where(ends_R, DONE, jnp.where(spawn_R, WAITING, s.status_R)),
         stop_R=jnp.where(ends_R, stop_R, s.stop_R),
-        spawn_open_R=spawn_open_R, return_open_R=return_open_R)
+        spawn_open_R=spawn_open_R,
+        return_open_R=return_open_R,
+    )
     return s, spawn_R, block_open_R, at_R
 
 
-def _feed_and_sample(spec: LoopSpec, decode_fn: DecodeFn, params: Any, key: jax.Array,
-                     first_thread: jax.Array, s: LoopState, limits: Limits
-                     ) -> tuple[LoopState, jax.Array, jax.Array, jax.Array]:
+def _feed_and_sample(
+    spec: LoopSpec,
+    decode_fn: DecodeFn,
+    params: Any,
+    key: jax.Array,
+    first_thread: jax.Array,
+    s: LoopState,
+    limits: Limits,
+) -> tuple[LoopState, jax.Array, jax.Array, jax.Array]:
     """Feed every running thread (decode and prefill calls); append sampled
     tokens where a queue emptied; classify what they do (``_classify``'s
     results)."""
@@ -548,8 +627,7 @@ def _spawn(spec: LoopSpec, s: LoopState, spawn_R, block_open_R, block_close_R) -
     valid_C = jnp.arange(C) < count
     buf_CxL = s.buf_RxL[sp_C]
     j_1xL = jnp.arange(L)[None]
-    in_block_CxL = (valid_C[:, None] & (j_1xL > block_open_R[sp_C][:, None])
-                    & (j_1xL < block_close_R[sp_C][:, None]))
+    in_block_CxL = valid_C[:, None] & (j_1xL > block_open_R[sp_C][:, None]) & (j_1xL < block_close_R[sp_C][:, None])
     is_sep_CxL = in_block_CxL & (buf_CxL == ids.sep)
     msg_id_CxL = jnp.cumsum(is_sep_CxL, axis=1)
     n_msgs_C = jnp.where(valid_C, 1 + is_sep_CxL.sum(axis=1), 0)
@@ -578,10 +656,12 @@ def _spawn(spec: LoopSpec, s: LoopState, spawn_R, block_open_R, block_close_R) -
     owner_M, k_M = new_M // K, new_M % K
     row_M = group_C[owner_M] * S + child_lo_C[owner_M] + k_M
     mlen_M = msg_len_CxK[owner_M, k_M]
-    src_MxL = buf_CxL[owner_M[:, None],
-                      jnp.clip(msg_start_CxK[owner_M, k_M][:, None] + j_1xL - CHILD_PREFIX, 0, L - 1)]
-    child_MxL = jnp.where(j_1xL == 0, ids.bos, jnp.where(j_1xL == 1, ids.child,
-                          jnp.where(j_1xL < CHILD_PREFIX + mlen_M[:, None], src_MxL, ids.pad)))
+    src_MxL = buf_CxL[owner_M[:, None], jnp.clip(msg_start_CxK[owner_M, k_M][:, None] + j_1xL - CHILD_PREFIX, 0, L - 1)]
+    child_MxL = jnp.where(
+        j_1xL == 0,
+        ids.bos,
+        jnp.where(j_1xL == 1, ids.child, jnp.where(j_1xL < CHILD_PREFIX + mlen_M[:, None], src_MxL, ids.pad)),
+    )
     # The TPU compiler (libtpu 0.0.42) nests the producer of a scatter's
     # updates into the scatter and aborts when that producer is this
     # element-wise gather over 128-slot rows (``fusion_emitter.cc``: not a
@@ -608,7 +688,8 @@ def _spawn(spec: LoopSpec, s: LoopState, spawn_R, block_open_R, block_close_R) -
         child_n_R=s.child_n_R.at[at_C].set(granted_C, mode="drop"),
         next_free_N=s.next_free_N.at[at_group_C].add(granted_C, mode="drop"),
         dropped_children_N=s.dropped_children_N.at[at_group_C].add(n_msgs_C - req_C, mode="drop"),
-        dropped_pool_N=s.dropped_pool_N.at[at_group_C].add(req_C - granted_C, mode="drop"))
+        dropped_pool_N=s.dropped_pool_N.at[at_group_C].add(req_C - granted_C, mode="drop"),
+    )
 
 
 def join_ready(spec: LoopSpec, s: LoopState) -> jax.Array:
@@ -619,8 +700,9 @@ def join_ready(spec: LoopSpec, s: LoopState) -> jax.Array:
     cum_Nx1S = jnp.concatenate([jnp.zeros((N, 1), jnp.int32), jnp.cumsum(done_NxS, axis=1)], axis=1)
     lo_NxS = s.child_lo_R.reshape(N, S)
     n_NxS = s.child_n_R.reshape(N, S)
-    done_count_NxS = (jnp.take_along_axis(cum_Nx1S, jnp.clip(lo_NxS + n_NxS, 0, S), axis=1)
-                      - jnp.take_along_axis(cum_Nx1S, jnp.clip(lo_NxS, 0, S), axis=1))
+    done_count_NxS = jnp.take_along_axis(cum_Nx1S, jnp.clip(lo_NxS + n_NxS, 0, S), axis=1) - jnp.take_along_axis(
+        cum_Nx1S, jnp.clip(lo_NxS, 0, S), axis=1
+    )
     return (s.status_R == WAITING) & (done_count_NxS == n_NxS).reshape(-1)
 
 
@@ -653,8 +735,7 @@ def _join(spec: LoopSpec, s: LoopState, ready_R, limits: Limits) -> LoopState:
     src_CxL = s.buf_RxL[src_row_CxL, jnp.clip(src_col_CxL, 0, L - 1)]
     body_CxL = jnp.where(jnp.take_along_axis(returned_CxK, kt_CxL, axis=1), src_CxL, ids.trunc)
     delim_CxL = jnp.where(kt_CxL == 0, ids.join_open, ids.sep)
-    tok_CxL = jnp.where(t_1xL == total_C[:, None] - 1, ids.join_close,
-                        jnp.where(within_CxL == 0, delim_CxL, body_CxL))
+    tok_CxL = jnp.where(t_1xL == total_C[:, None] - 1, ids.join_close, jnp.where(within_CxL == 0, delim_CxL, body_CxL))
     length_C = s.length_R[p_C]
     col_CxL = length_C[:, None] + t_1xL
     write_CxL = valid_C[:, None] & (t_1xL < total_C[:, None]) & (col_CxL < L)
@@ -668,19 +749,17 @@ def _join(spec: LoopSpec, s: LoopState, ready_R, limits: Limits) -> LoopState:
         role_RxL=s.role_RxL.at[row_CxL, col_CxL].set(ROLE_JOIN, mode="drop"),
         length_R=jnp.where(ready_R, jnp.minimum(s.length_R + total_R, L), s.length_R),
         status_R=jnp.where(truncated_R | over_R, DONE, jnp.where(ready_R, RUNNING, s.status_R)),
-        stop_R=jnp.where(truncated_R, STOP["context_limit"],
-                         jnp.where(over_R, STOP["token_limit"], s.stop_R)))
+        stop_R=jnp.where(truncated_R, STOP["context_limit"], jnp.where(over_R, STOP["token_limit"], s.stop_R)),
+    )
 
 
-def step(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, limits: Limits,
-         s: LoopState) -> LoopState:
+def step(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, limits: Limits, s: LoopState) -> LoopState:
     """One loop iteration: feed/sample the running threads, spawn, join, free
     finished threads' lanes, admit waiting groups."""
-    s, spawn_R, block_open_R, block_close_R = _feed_and_sample(spec, decode_fn, params, key,
-                                                               first_thread, s, limits)
-    s = jax.lax.cond(jnp.any(spawn_R),
-                     lambda st: _spawn(spec, st, spawn_R, block_open_R, block_close_R),
-                     lambda st: st, s)
+    s, spawn_R, block_open_R, block_close_R = _feed_and_sample(spec, decode_fn, params, key, first_thread, s, limits)
+    s = jax.lax.cond(
+        jnp.any(spawn_R), lambda st: _spawn(spec, st, spawn_R, block_open_R, block_close_R), lambda st: st, s
+    )
     ready_R = join_ready(spec, s)
     s = jax.lax.cond(jnp.any(ready_R), lambda st: _join(spec, st, ready_R, limits), lambda st: st, s)
     s = admit(spec, free_lanes(s))
@@ -693,8 +772,9 @@ def groups_running(spec: LoopSpec, s: LoopState) -> jax.Array:
     return (s.admitted < s.num_groups) | jnp.any((g_N < s.admitted) & (s.status_R[:: spec.slots] != DONE))
 
 
-def initial_rows(ids: ProtocolIds, prompt_PxT: jax.Array, prompt_len_P: jax.Array, samples: int,
-                 slots: int, max_context: int) -> tuple[jax.Array, jax.Array]:
+def initial_rows(
+    ids: ProtocolIds, prompt_PxT: jax.Array, prompt_len_P: jax.Array, samples: int, slots: int, max_context: int
+) -> tuple[jax.Array, jax.Array]:
     """Thread rows ``[P * samples * slots, L]``: ``<bos> prompt`` at slot 0 of
     every sample (prompts without BOS, right-padded), other slots empty."""
     P, T = prompt_PxT.shape
@@ -709,9 +789,20 @@ def initial_rows(ids: ProtocolIds, prompt_PxT: jax.Array, prompt_len_P: jax.Arra
     return buf_RxL.astype(jnp.int32), length_R.astype(jnp.int32)
 
 
-def run_loop(params, prompt_PxT: jax.Array, prompt_len_P: jax.Array, num_prompts: jax.Array,
-             key: jax.Array, limits: Limits, first_thread: jax.Array, *, spec: LoopSpec, samples: int,
-             decode_fn: DecodeFn, init_cache: Callable[[int, int], Any]) -> LoopState:
+def run_loop(
+    params,
+    prompt_PxT: jax.Array,
+    prompt_len_P: jax.Array,
+    num_prompts: jax.Array,
+    key: jax.Array,
+    limits: Limits,
+    first_thread: jax.Array,
+    *,
+    spec: LoopSpec,
+    samples: int,
+    decode_fn: DecodeFn,
+    init_cache: Callable[[int, int], Any],
+) -> LoopState:
     """Decode ``samples`` samples of the first ``num_prompts`` prompts (the rest
     are padding, left idle) until every root is done or ``max_steps``.
 
@@ -719,11 +810,11 @@ def run_loop(params, prompt_PxT: jax.Array, prompt_len_P: jax.Array, num_prompts
     a mesh it is laid out by the model's sharding rules. ``first_thread`` is
     the global id of this call's first thread row; sampling keys depend on it,
     so splitting a batch into several calls does not change the samples."""
-    buf_RxL, length_R = initial_rows(spec.ids, prompt_PxT, prompt_len_P, samples, spec.slots,
-                                     spec.max_context)
+    buf_RxL, length_R = initial_rows(spec.ids, prompt_PxT, prompt_len_P, samples, spec.slots, spec.max_context)
     cache = init_cache(spec.lanes, spec.max_context)
     s = admit(spec, init_state(spec, buf_RxL, length_R, num_prompts * samples, cache))
     return jax.lax.while_loop(
         lambda st: (st.step < limits.max_steps) & groups_running(spec, st),
         lambda st: step(spec, decode_fn, params, key, first_thread, limits, st),
-        s)
+        s,
+    )

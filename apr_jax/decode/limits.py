@@ -39,19 +39,35 @@ class EngineLimits:
 
     def __post_init__(self):
         where = self.checked_as
-        for name, low in (("max_children", 1), ("max_rounds", 0), ("max_depth", 0),
-                          ("tokens_per_thread", 1), ("batch_problems", 0), ("lanes", 0),
-                          ("prefill_chunk", 1), ("row_buckets", 1), ("kv_buckets", 1), ("page_size", 1)):
+        for name, low in (
+            ("max_children", 1),
+            ("max_rounds", 0),
+            ("max_depth", 0),
+            ("tokens_per_thread", 1),
+            ("batch_problems", 0),
+            ("lanes", 0),
+            ("prefill_chunk", 1),
+            ("row_buckets", 1),
+            ("kv_buckets", 1),
+            ("page_size", 1),
+        ):
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise ValueError(f"{where}{name} must be an int >= {low}, got {value!r}")
         longs = self.long_prefill_chunks
-        if (not isinstance(longs, tuple) or not all(_is_int(w) for w in longs)
-                or list(longs) != sorted(set(longs)) or (longs and longs[0] <= self.prefill_chunk)):
-            raise ValueError(f"{where}long_prefill_chunks={longs!r} must be a tuple of "
-                             f"ascending ints, each more than prefill_chunk={self.prefill_chunk}")
+        if (
+            not isinstance(longs, tuple)
+            or not all(_is_int(w) for w in longs)
+            or list(longs) != sorted(set(longs))
+            or (longs and longs[0] <= self.prefill_chunk)
+        ):
+            raise ValueError(
+                f"{where}long_prefill_chunks={longs!r} must be a tuple of "
+                f"ascending ints, each more than prefill_chunk={self.prefill_chunk}"
+            )
         if not isinstance(self.split_by_kv_length, (bool, np.bool_)):
             raise ValueError(f"{where}split_by_kv_length must be a bool, got {self.split_by_kv_length!r}")
         if self.decode_attention not in DECODE_ATTENTIONS:
-            raise ValueError(f"{where}decode_attention must be one of {', '.join(DECODE_ATTENTIONS)}, "
-                             f"got {self.decode_attention!r}")
+            raise ValueError(
+                f"{where}decode_attention must be one of {', '.join(DECODE_ATTENTIONS)}, got {self.decode_attention!r}"
+            )

@@ -55,7 +55,7 @@ def sign_test_p(only_a: int, only_b: int) -> float:
     n, k = only_a + only_b, min(only_a, only_b)
     if n == 0:
         return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 def spawns_from_parents(parent: Sequence[int], spawn_round: Sequence[int]) -> list[list[list[int]]]:
@@ -73,8 +73,7 @@ def spawns_from_parents(parent: Sequence[int], spawn_round: Sequence[int]) -> li
     return spawns
 
 
-def sequential_tokens(written: Sequence[int], spawns: Sequence[Sequence[Sequence[int]]],
-                      root: int = 0) -> int:
+def sequential_tokens(written: Sequence[int], spawns: Sequence[Sequence[Sequence[int]]], root: int = 0) -> int:
     """Tokens on the critical path: a thread's own written tokens plus, for each
     of its spawn rounds, the largest sequential count among that round's children."""
     if len(written) != len(spawns):
@@ -140,7 +139,7 @@ def tree_spawns(tree: ThreadTree) -> list[list[list[int]]]:
             if end < 0:
                 break
             n = text[start:end].count(protocol.SEP) + 1
-            rounds.append(thread.children[used:used + n])
+            rounds.append(thread.children[used : used + n])
             used += n
             start = text.find(protocol.SPAWN_OPEN, end)
         if used != len(thread.children):

@@ -48,15 +48,18 @@ def as_decode_model(model: Any) -> DecodeModel:
     if isinstance(model, DecodeModel):
         return model
     if not (callable(getattr(model, "decode", None)) and callable(getattr(model, "init_cache", None))):
-        raise ValueError(
-            f"{type(model).__name__} is not a DecodeModel and has no decode/init_cache methods")
+        raise ValueError(f"{type(model).__name__} is not a DecodeModel and has no decode/init_cache methods")
     from flax import nnx
 
     if not isinstance(model, nnx.Module):
         raise ValueError(f"{type(model).__name__} has decode/init_cache but is not an nnx.Module")
     graphdef, state = nnx.split(model)
-    return DecodeModel(params=state, decode_fn=NnxDecode(graphdef), init_cache=model.init_cache,
-                       page_size_for=getattr(model, "decode_page_size", None))
+    return DecodeModel(
+        params=state,
+        decode_fn=NnxDecode(graphdef),
+        init_cache=model.init_cache,
+        page_size_for=getattr(model, "decode_page_size", None),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,5 +73,4 @@ class NnxDecode:
         from flax import nnx
 
         paged = {"page_size": page_size} if page_size else {}
-        return nnx.merge(self.graphdef, params).decode(tokens_BxT, positions_BxT, cache, lanes_B, kv_len,
-                                                       **paged)
+        return nnx.merge(self.graphdef, params).decode(tokens_BxT, positions_BxT, cache, lanes_B, kv_len, **paged)

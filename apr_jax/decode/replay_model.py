@@ -81,9 +81,16 @@ class ReplayDecode:
     fallback_id: int
     search_steps: int  # ceil(log2(table rows + 1))
 
-    def __call__(self, params: dict, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: dict,
-                 lanes_B: jax.Array | None = None, kv_len: int | None = None, page_size: int = 0
-                 ) -> tuple[jax.Array, dict]:
+    def __call__(
+        self,
+        params: dict,
+        tokens_BxT: jax.Array,
+        positions_BxT: jax.Array,
+        cache: dict,
+        lanes_B: jax.Array | None = None,
+        kv_len: int | None = None,
+        page_size: int = 0,
+    ) -> tuple[jax.Array, dict]:
         del kv_len, page_size  # a query at p reads only slot p - 1, however the engine reads the cache
         tokens_TxB = jnp.asarray(tokens_BxT, jnp.int32).T
         positions_TxB = jnp.asarray(positions_BxT, jnp.int32).T
@@ -122,19 +129,25 @@ class ReplayDecode:
             lo_TxB, hi_TxB = lo_hi
             mid_TxB = (lo_TxB + hi_TxB) // 2
             go_right_TxB = less(jnp.minimum(mid_TxB, n - 1)) & (lo_TxB < hi_TxB)
-            return (jnp.where(go_right_TxB, mid_TxB + 1, lo_TxB),
-                    jnp.where(go_right_TxB | (lo_TxB >= hi_TxB), hi_TxB, mid_TxB))
+            return (
+                jnp.where(go_right_TxB, mid_TxB + 1, lo_TxB),
+                jnp.where(go_right_TxB | (lo_TxB >= hi_TxB), hi_TxB, mid_TxB),
+            )
 
         lo_TxB = jnp.zeros(pos_TxB.shape, jnp.int32)
         lo_TxB, _ = jax.lax.fori_loop(0, self.search_steps, halve, (lo_TxB, jnp.full_like(lo_TxB, n)))
         i_TxB = jnp.minimum(lo_TxB, n - 1)
-        found_TxB = ((lo_TxB < n) & (t_pos[i_TxB] == pos_TxB) & (t_h1[i_TxB] == h1_TxB)
-                     & (t_h2[i_TxB] == h2_TxB) & (params["tok_E"][i_TxB] == tok_TxB))
+        found_TxB = (
+            (lo_TxB < n)
+            & (t_pos[i_TxB] == pos_TxB)
+            & (t_h1[i_TxB] == h1_TxB)
+            & (t_h2[i_TxB] == h2_TxB)
+            & (params["tok_E"][i_TxB] == tok_TxB)
+        )
         return jnp.where(found_TxB, params["next_E"][i_TxB], self.fallback_id)
 
 
-def replay_tables(sequences: Sequence[Sequence[int]], max_len: int, fallback_id: int
-                  ) -> dict[str, np.ndarray]:
+def replay_tables(sequences: Sequence[Sequence[int]], max_len: int, fallback_id: int) -> dict[str, np.ndarray]:
     """One row per (sequence, position < max_len), sorted by (position, h1, h2,
     sequence index): the position, both prefix hashes, the token there and the
     token that follows it (``fallback_id`` at a sequence's end)."""
@@ -143,14 +156,20 @@ def replay_tables(sequences: Sequence[Sequence[int]], max_len: int, fallback_id:
     next_QxL = np.full(tok_QxL.shape, fallback_id, np.int64)
     for q, seq in enumerate(sequences):
         seq_L = np.asarray(seq, np.int64)
-        tok_QxL[q, :lens_Q[q]] = seq_L[:lens_Q[q]]
-        following = seq_L[1:lens_Q[q] + 1]
-        next_QxL[q, :len(following)] = following
+        tok_QxL[q, : lens_Q[q]] = seq_L[: lens_Q[q]]
+        following = seq_L[1 : lens_Q[q] + 1]
+        next_QxL[q, : len(following)] = following
     h1_QxL, h2_QxL = prefix_hashes(tok_QxL)
     valid_QxL = np.arange(tok_QxL.shape[1])[None] < lens_Q[:, None]
     seq_QxL, pos_QxL = np.indices(tok_QxL.shape)
-    flat = {"pos_E": pos_QxL[valid_QxL], "h1_E": h1_QxL[valid_QxL], "h2_E": h2_QxL[valid_QxL],
-            "tok_E": tok_QxL[valid_QxL], "next_E": next_QxL[valid_QxL], "seq_E": seq_QxL[valid_QxL]}
+    flat = {
+        "pos_E": pos_QxL[valid_QxL],
+        "h1_E": h1_QxL[valid_QxL],
+        "h2_E": h2_QxL[valid_QxL],
+        "tok_E": tok_QxL[valid_QxL],
+        "next_E": next_QxL[valid_QxL],
+        "seq_E": seq_QxL[valid_QxL],
+    }
     order = np.lexsort((flat["seq_E"], flat["h2_E"], flat["h1_E"], flat["pos_E"]))
     return {
         "pos_E": flat["pos_E"][order].astype(np.int32),
@@ -180,16 +199,21 @@ def _check(sequences: Any, vocab_size: int, max_len: int, fallback_id: int) -> l
     return out
 
 
-def make_replay_model(sequences: Sequence[Sequence[int]], vocab_size: int, max_len: int,
-                      fallback_id: int) -> DecodeModel:
+def make_replay_model(
+    sequences: Sequence[Sequence[int]], vocab_size: int, max_len: int, fallback_id: int
+) -> DecodeModel:
     """A ``DecodeModel`` replaying ``sequences`` (module docstring). Positions at
     or beyond ``max_len`` are never looked up (longer sequences are cut there)."""
     seqs = _check(sequences, vocab_size, max_len, fallback_id)
     tables = replay_tables(seqs, max_len, fallback_id)
     steps = int(len(tables["pos_E"])).bit_length()  # ceil(log2(E + 1)), E table rows
     decode = ReplayDecode(vocab_size=int(vocab_size), fallback_id=int(fallback_id), search_steps=steps)
-    return DecodeModel(params={k: jnp.asarray(v) for k, v in tables.items()}, decode_fn=decode,
-                       init_cache=init_replay_cache, page_size_for=replay_page_size)
+    return DecodeModel(
+        params={k: jnp.asarray(v) for k, v in tables.items()},
+        decode_fn=decode,
+        init_cache=init_replay_cache,
+        page_size_for=replay_page_size,
+    )
 
 
 def replay_page_size(decode_attention: str, page_size: int, max_len: int) -> int:
@@ -201,5 +225,4 @@ def replay_page_size(decode_attention: str, page_size: int, max_len: int) -> int
 
 def init_replay_cache(num_lanes: int, max_len: int) -> dict[str, jax.Array]:
     """Zeroed per-lane prefix hashes: ``h1``, ``h2`` uint32 [num_lanes, max_len]."""
-    return {"h1": jnp.zeros((num_lanes, max_len), jnp.uint32),
-            "h2": jnp.zeros((num_lanes, max_len), jnp.uint32)}
+    return {"h1": jnp.zeros((num_lanes, max_len), jnp.uint32), "h2": jnp.zeros((num_lanes, max_len), jnp.uint32)}

@@ -77,9 +77,19 @@ class GenerateOutput:
     static_argnames=("decode_fn", "sampling", "stop_ids", "max_new_tokens", "pad_id"),
     donate_argnames=("cache",),
 )
-def _generate_jit(params, prompt_BxT, prompt_len_B, cache, key, *, decode_fn: DecodeFn,
-                  sampling: SamplingConfig, stop_ids: tuple[int, ...], max_new_tokens: int,
-                  pad_id: int):
+def _generate_jit(
+    params,
+    prompt_BxT,
+    prompt_len_B,
+    cache,
+    key,
+    *,
+    decode_fn: DecodeFn,
+    sampling: SamplingConfig,
+    stop_ids: tuple[int, ...],
+    max_new_tokens: int,
+    pad_id: int,
+):
     B, T = prompt_BxT.shape
     lanes_B, kv_len = jnp.arange(B, dtype=jnp.int32), T + max_new_tokens
     positions_BxT = jnp.where(jnp.arange(T)[None] < prompt_len_B[:, None], jnp.arange(T)[None], -1)
@@ -102,8 +112,14 @@ def _generate_jit(params, prompt_BxT, prompt_len_B, cache, key, *, decode_fn: De
         tok_B = sample_tokens(jax.random.fold_in(key, i + 1), logits_Bx1xV[:, 0], sampling)
         return i + 1, tok_B, done_B, out_BxW, count_B, cache
 
-    init = (jnp.int32(0), first_B, jnp.zeros((B,), bool),
-            jnp.full((B, max_new_tokens), pad_id, jnp.int32), jnp.zeros((B,), jnp.int32), cache)
+    init = (
+        jnp.int32(0),
+        first_B,
+        jnp.zeros((B,), bool),
+        jnp.full((B, max_new_tokens), pad_id, jnp.int32),
+        jnp.zeros((B,), jnp.int32),
+        cache,
+    )
     _, _, _, out_BxW, count_B, cache = jax.lax.while_loop(cond, body, init)
     return out_BxW, count_B, cache  # the cache is returned so its donated buffer is reused
 
@@ -132,9 +148,15 @@ def check_prompts(prompts: Any, vocab_hint: str = "prompt") -> list[list[int]]:
     return out
 
 
-def generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-             stop_ids: Sequence[int] = (3,), sampling: SamplingConfig = SamplingConfig(),
-             key: jax.Array | None = None, pad_id: int = 0) -> GenerateOutput:
+def generate(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    stop_ids: Sequence[int] = (3,),
+    sampling: SamplingConfig = SamplingConfig(),
+    key: jax.Array | None = None,
+    pad_id: int = 0,
+) -> GenerateOutput:
     """Sample up to ``max_new_tokens`` after each prompt (prompts include BOS if
     the model expects it). A row ends at its first token in ``stop_ids``."""
     dm = as_decode_model(model)
@@ -148,7 +170,15 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     cache = dm.init_cache(len(prompts), width + max_new_tokens)
     key = jax.random.key(0) if key is None else key
     out, count, _ = _generate_jit(
-        dm.params, jnp.asarray(prompt_BxT), jnp.asarray(prompt_len_B), cache, key,
-        decode_fn=dm.decode_fn, sampling=sampling, stop_ids=tuple(int(s) for s in stop_ids),
-        max_new_tokens=int(max_new_tokens), pad_id=int(pad_id))
+        dm.params,
+        jnp.asarray(prompt_BxT),
+        jnp.asarray(prompt_len_B),
+        cache,
+        key,
+        decode_fn=dm.decode_fn,
+        sampling=sampling,
+        stop_ids=tuple(int(s) for s in stop_ids),
+        max_new_tokens=int(max_new_tokens),
+        pad_id=int(pad_id),
+    )
     return GenerateOutput(tokens=np.asarray(out), lengths=np.asarray(count))

@@ -30,8 +30,7 @@ class ToyConfig:
 
     def __post_init__(self):
         if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
-            raise ValueError(
-                f"d_model {self.d_model} must split into {self.num_heads} heads of even size")
+            raise ValueError(f"d_model {self.d_model} must split into {self.num_heads} heads of even size")
 
     @property
     def head_dim(self) -> int:

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 from apr_jax.config.checks import ConfigError
 from apr_jax.config.identity import identity_diff
-from apr_jax.config.sections import RunConfig
 from apr_jax.config.loading import load_run_config
+from apr_jax.config.sections import RunConfig
 from apr_jax.protocol import approx_tokens, conditioning_prefix
 from apr_jax.tasks.registry import get_task
 from apr_jax.threads import ThreadTree
@@ -40,9 +40,15 @@ class Point:
         return self.summary["wall_s"] / self.summary["problems"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "sweep": self.sweep, "value": self.value,
-                "summary": self.summary, "obeyed": self.obeyed,
-                "wall_per_problem_s": self.wall_per_problem, "votes": self.votes}
+        return {
+            "model": self.model,
+            "sweep": self.sweep,
+            "value": self.value,
+            "summary": self.summary,
+            "obeyed": self.obeyed,
+            "wall_per_problem_s": self.wall_per_problem,
+            "votes": self.votes,
+        }
 
 
 def int_list(flags: dict[str, str], name: str, default: str) -> list[int]:
@@ -61,23 +67,24 @@ def training_tokens(config: RunConfig) -> int:
     return int(config.train.steps * config.train.batch_size * config.data.seq_len)
 
 
-def load_pair(apr_path: str, sosp_path: str, overrides: Sequence[str]
-              ) -> tuple[RunConfig, RunConfig]:
+def load_pair(apr_path: str, sosp_path: str, overrides: Sequence[str]) -> tuple[RunConfig, RunConfig]:
     """Both configs with the shared overrides; they must train the same task
     on the same token budget, APR and SoS+ respectively."""
     apr = load_run_config(apr_path, overrides)
     sosp = load_run_config(sosp_path, overrides)
     for config, path, kind in ((apr, apr_path, "apr"), (sosp, sosp_path, "sosp")):
         if config.mode != "sft" or config.trace.kind != kind:
-            raise ConfigError(f"{path}: expected an SFT config with trace.kind={kind}, "
-                                         f"got mode={config.mode} trace.kind={config.trace.kind}")
+            raise ConfigError(
+                f"{path}: expected an SFT config with trace.kind={kind}, "
+                f"got mode={config.mode} trace.kind={config.trace.kind}"
+            )
     if apr.task.as_dict() != sosp.task.as_dict():
-        raise ConfigError(f"{apr_path} and {sosp_path} train different tasks; "
-                                     f"the comparison needs the same problems")
+        raise ConfigError(f"{apr_path} and {sosp_path} train different tasks; the comparison needs the same problems")
     if training_tokens(apr) != training_tokens(sosp):
         raise ConfigError(
             f"unequal training budgets: APR {training_tokens(apr):,} tokens, SoS+ "
-            f"{training_tokens(sosp):,} (config.train.steps x batch_size x data.seq_len)")
+            f"{training_tokens(sosp):,} (config.train.steps x batch_size x data.seq_len)"
+        )
     return apr, sosp
 
 
@@ -89,6 +96,7 @@ def finished(run_dir: str, config: RunConfig) -> bool:
     if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
         return False
     from apr_jax.runtime.checkpoint import Checkpointer
+
     steps = Checkpointer(run_dir, read_only=True, async_save=False).steps()
     return bool(steps) and steps[-1] >= config.train.steps
 
@@ -101,8 +109,9 @@ def train_or_reuse(config: RunConfig, run_dir: str) -> None:
         with open(saved_path) as f:
             diffs = identity_diff(json.load(f), config)
         if diffs:
-            raise TrainingError(f"{run_dir} holds a run of a different config: "
-                                f"{'; '.join(diffs[:3])}; use another --workdir")
+            raise TrainingError(
+                f"{run_dir} holds a run of a different config: {'; '.join(diffs[:3])}; use another --workdir"
+            )
         print(f"reusing the finished run in {run_dir}", flush=True)
         return
     print(f"training {config.name} in {run_dir}", flush=True)
@@ -117,22 +126,21 @@ def obedience(sweep: str, value: int, rows: Sequence[dict[str, Any]]) -> float:
     if sweep == "children":
         ok = [s["num_threads"] - 1 == value for s in samples]
     else:
-        ok = [approx_tokens(ThreadTree.from_dict(s["tree"]).threads[0].written_text) <= value
-              for s in samples]
+        ok = [approx_tokens(ThreadTree.from_dict(s["tree"]).threads[0].written_text) <= value for s in samples]
     return sum(ok) / len(ok)
 
 
 def vote_curve(rows: Sequence[dict[str, Any]], k: int) -> list[dict[str, float]]:
     """cons@j and pass@j for j = 1..k from the first j samples of each problem."""
     from apr_jax.decode.metrics import cons_at_k, pass_at_k
+
     curve = []
     for j in range(1, k + 1):
         cons, passed = [], []
         for r in rows:
             samples = [r, *r["samples"]][:j]
             correct = [bool(s["solved"]) for s in samples]
-            cons.append(cons_at_k([tuple(s["operations"]) if s["operations"] else None
-                                   for s in samples], correct))
+            cons.append(cons_at_k([tuple(s["operations"]) if s["operations"] else None for s in samples], correct))
             passed.append(pass_at_k(j, sum(correct), j))
         curve.append({"k": j, "cons": sum(cons) / len(rows), "pass": sum(passed) / len(rows)})
     return curve
@@ -146,25 +154,41 @@ class Measurer:
         self.label, self.loaded, self.problems, self.seed = label, loaded, list(problems), seed
         self.config = loaded.config
 
-    def measure(self, sweep: str, value: int, *, eval_overrides: dict[str, int] | None = None,
-                prefix: str | None = None, obey: bool = False, **kwargs: Any) -> Point:
+    def measure(
+        self,
+        sweep: str,
+        value: int,
+        *,
+        eval_overrides: dict[str, int] | None = None,
+        prefix: str | None = None,
+        obey: bool = False,
+        **kwargs: Any,
+    ) -> Point:
         from apr_jax.evaluation.scoring import evaluate_problems
         from apr_jax.evaluation.sweeps import default_prefix
+
         config = self.config.replace(eval=dataclasses.replace(self.config.eval, **(eval_overrides or {})))
         if prefix is None:
             prefix = default_prefix(config, kwargs.get("tokens_per_thread") or config.eval.tokens_per_thread)
         args = dict(prefix=prefix, seed=self.seed, **kwargs)
-        rows, summary = evaluate_problems(self.loaded.model, self.loaded.tokenizer, config,
-                                          self.problems, **args)
-        point = Point(self.label, sweep, value, summary,
-                      obeyed=obedience(sweep, value, rows) if obey else None,
-                      solve_rates={p: r["solve_rate"] for p, r in zip(self.problems, rows)},
-                      rows=rows)
+        rows, summary = evaluate_problems(self.loaded.model, self.loaded.tokenizer, config, self.problems, **args)
+        point = Point(
+            self.label,
+            sweep,
+            value,
+            summary,
+            obeyed=obedience(sweep, value, rows) if obey else None,
+            solve_rates={p: r["solve_rate"] for p, r in zip(self.problems, rows)},
+            rows=rows,
+        )
         if kwargs.get("samples", 1) > 1:
             point.votes = vote_curve(rows, kwargs["samples"])
-        print(f"  {self.label} {sweep}={value}: accuracy {summary['accuracy']:.1%}, "
-              f"{summary['mean_total_tokens']:.0f} tokens, {point.wall_per_problem * 1e3:.0f} ms/problem"
-              + (f", obeyed {point.obeyed:.0%}" if point.obeyed is not None else ""), flush=True)
+        print(
+            f"  {self.label} {sweep}={value}: accuracy {summary['accuracy']:.1%}, "
+            f"{summary['mean_total_tokens']:.0f} tokens, {point.wall_per_problem * 1e3:.0f} ms/problem"
+            + (f", obeyed {point.obeyed:.0%}" if point.obeyed is not None else ""),
+            flush=True,
+        )
         return point
 
 
@@ -180,8 +204,15 @@ def children_sweep(m: Measurer, children: Sequence[int]) -> list[Point]:
     for n in children:
         if m.config.trace.condition:
             most = max(n, m.config.eval.max_children)
-            points.append(m.measure("children", n, eval_overrides={"max_children": most},
-                                    prefix=conditioning_prefix("apr", n), obey=True))
+            points.append(
+                m.measure(
+                    "children",
+                    n,
+                    eval_overrides={"max_children": most},
+                    prefix=conditioning_prefix("apr", n),
+                    obey=True,
+                )
+            )
         else:
             points.append(m.measure("children", n, eval_overrides={"max_children": n}))
     return points
@@ -198,8 +229,10 @@ def budget_sweep(m: Measurer, budgets: Sequence[int]) -> list[Point]:
     (the thread may write up to its context), otherwise cut at the budget."""
     if m.config.trace.condition:
         room = m.config.model.max_len
-        return [m.measure("budget", b, prefix=conditioning_prefix("sosp", b), obey=True,
-                          tokens_per_thread=room) for b in budgets]
+        return [
+            m.measure("budget", b, prefix=conditioning_prefix("sosp", b), obey=True, tokens_per_thread=room)
+            for b in budgets
+        ]
     return [m.measure("budget", b, tokens_per_thread=b) for b in budgets]
 
 

@@ -8,11 +8,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apr_jax.runtime.jsonl import write_jsonl
-from apr_jax.evaluation.report import WIDTH_PLOT, paired_comparisons, plot_width
 from apr_jax.config.sections import RunConfig
 from apr_jax.evaluation.plots import pyplot, save_figure
+from apr_jax.evaluation.report import WIDTH_PLOT, paired_comparisons, plot_width
 from apr_jax.evaluation.width_stats import width_line
+from apr_jax.runtime.jsonl import write_jsonl
 
 COLORS = {"APR": "tab:blue", "SoS+": "tab:orange"}
 FIGURES = ("context.png", "total_tokens.png", "sequential_tokens.png", "wall_clock.png")
@@ -31,16 +31,22 @@ def _axes(title: str, xlabel: str) -> tuple[Any, Any]:
     return fig, ax
 
 
-def _line(ax: Any, xs: Sequence[float], ys: Sequence[float], label: str, color: str,
-          style: str = "o-", values: Sequence[Any] = ()) -> None:
+def _line(
+    ax: Any,
+    xs: Sequence[float],
+    ys: Sequence[float],
+    label: str,
+    color: str,
+    style: str = "o-",
+    values: Sequence[Any] = (),
+) -> None:
     ax.plot(xs, [100 * y for y in ys], style, label=label, color=color)
     for x, y, v in zip(xs, ys, values):
         ax.annotate(str(v), (x, 100 * y), fontsize=7, textcoords="offset points", xytext=(3, 3))
 
 
 def plot_context(points: Sequence[Any], path: str, caption: str) -> None:
-    fig, ax = _axes("accuracy at a per-thread context limit",
-                         "context window per thread (tokens)")
+    fig, ax = _axes("accuracy at a per-thread context limit", "context window per thread (tokens)")
     for model in COLORS:
         ps = _of(points, model, "context")
         _line(ax, [p.value for p in ps], [p.summary["accuracy"] for p in ps], model, COLORS[model])
@@ -61,23 +67,49 @@ def plot_compute(points: Sequence[Any], path: str, x_key: str, xlabel: str) -> N
         return p.summary["mean_sequential_tokens"]
 
     apr = _of(points, "APR", "children")
-    _line(ax, [x(p) for p in apr], [p.summary["accuracy"] for p in apr], "APR (children)",
-          COLORS["APR"], values=[f"c{p.value}" for p in apr])
+    _line(
+        ax,
+        [x(p) for p in apr],
+        [p.summary["accuracy"] for p in apr],
+        "APR (children)",
+        COLORS["APR"],
+        values=[f"c{p.value}" for p in apr],
+    )
     adaptive = _of(points, "APR", "adaptive")
     if adaptive:
-        _line(ax, [x(p) for p in adaptive], [p.summary["accuracy"] for p in adaptive],
-              "APR adaptive (no prefix)", COLORS["APR"], "*", values=["adaptive" for _ in adaptive])
+        _line(
+            ax,
+            [x(p) for p in adaptive],
+            [p.summary["accuracy"] for p in adaptive],
+            "APR adaptive (no prefix)",
+            COLORS["APR"],
+            "*",
+            values=["adaptive" for _ in adaptive],
+        )
     sosp = _of(points, "SoS+", "budget")
-    _line(ax, [x(p) for p in sosp], [p.summary["accuracy"] for p in sosp], "SoS+ (token budget)",
-          COLORS["SoS+"], values=[f"b{p.value}" for p in sosp])
+    _line(
+        ax,
+        [x(p) for p in sosp],
+        [p.summary["accuracy"] for p in sosp],
+        "SoS+ (token budget)",
+        COLORS["SoS+"],
+        values=[f"b{p.value}" for p in sosp],
+    )
     for p in _of(points, "SoS+", "vote"):
         if x_key == "total":  # j samples cost j times the tokens: the whole curve
             curve = p.votes
         else:  # samples run side by side: one point at k
             curve = p.votes[-1:]
         xs = [x(p, c["k"]) for c in curve]
-        _line(ax, xs, [c["cons"] for c in curve], "SoS+ majority vote (cons@k)", COLORS["SoS+"],
-              "s--", values=[f"k={c['k']}" for c in curve])
+        _line(
+            ax,
+            xs,
+            [c["cons"] for c in curve],
+            "SoS+ majority vote (cons@k)",
+            COLORS["SoS+"],
+            "s--",
+            values=[f"k={c['k']}" for c in curve],
+        )
         _line(ax, xs, [c["pass"] for c in curve], "SoS+ pass@k", COLORS["SoS+"], "^:")
     save_figure(fig, path, legend_axes=[ax])
 
@@ -89,17 +121,26 @@ def _pct(v: float) -> str:
 def length_caption(lengths: dict[str, list[int]], contexts: Sequence[int]) -> str:
     sosp, apr = lengths["SoS+"], lengths["APR"]
     over = ", ".join(f"> {w}: {np.mean([n > w for n in sosp]):.0%}" for w in contexts)
-    return (f"SoS+ training traces of these problems longer than the context: {over} "
-            f"(mean {np.mean(sosp):.0f} tokens); longest APR thread {max(apr)} tokens "
-            f"(mean {np.mean(apr):.0f}).")
+    return (
+        f"SoS+ training traces of these problems longer than the context: {over} "
+        f"(mean {np.mean(sosp):.0f} tokens); longest APR thread {max(apr)} tokens "
+        f"(mean {np.mean(apr):.0f})."
+    )
 
 
 def _table(points: Sequence[Any]) -> list[str]:
-    lines = ["| model | setting | accuracy | pass@k | cons@k | total tokens | sequential tokens "
-             "| wall ms/problem | stopped at context | obeyed request |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    names = {"context": "context {}", "children": "children c{}", "budget": "budget b{}",
-             "vote": "{} samples", "adaptive": "adaptive (no prefix, up to c{})"}
+    lines = [
+        "| model | setting | accuracy | pass@k | cons@k | total tokens | sequential tokens "
+        "| wall ms/problem | stopped at context | obeyed request |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "context": "context {}",
+        "children": "children c{}",
+        "budget": "budget b{}",
+        "vote": "{} samples",
+        "adaptive": "adaptive (no prefix, up to c{})",
+    }
     for p in points:
         s = p.summary
         k = s["samples"]
@@ -107,7 +148,8 @@ def _table(points: Sequence[Any]) -> list[str]:
             f"| {p.model} | {names[p.sweep].format(p.value)} | {_pct(s['accuracy'])} "
             f"| {_pct(s[f'pass@{k}'])} | {_pct(s[f'cons@{k}'])} | {s['mean_total_tokens']:.0f} "
             f"| {s['mean_sequential_tokens']:.0f} | {1e3 * p.wall_per_problem:.1f} "
-            f"| {_pct(s['context_limited'])} | {'' if p.obeyed is None else _pct(p.obeyed)} |")
+            f"| {_pct(s['context_limited'])} | {'' if p.obeyed is None else _pct(p.obeyed)} |"
+        )
     return lines
 
 
@@ -122,8 +164,13 @@ def token_split(rows: Sequence[dict[str, Any]]) -> tuple[float, float, float]:
 
 
 def setting_name(p: Any) -> str:
-    return {"context": f"context {p.value}", "children": f"c{p.value}", "budget": f"b{p.value}",
-            "vote": f"{p.value} samples", "adaptive": "adaptive"}[p.sweep]
+    return {
+        "context": f"context {p.value}",
+        "children": f"c{p.value}",
+        "budget": f"b{p.value}",
+        "vote": f"{p.value} samples",
+        "adaptive": "adaptive",
+    }[p.sweep]
 
 
 def width_section(points: Sequence[Any]) -> list[str]:
@@ -133,23 +180,31 @@ def width_section(points: Sequence[Any]) -> list[str]:
     apr = [p for p in points if p.model == "APR" and "width_spearman" in p.summary]
     if not apr:
         return []
-    lines = ["## Width against difficulty", "",
-             "Children spawned per problem against the task's oracle difficulty: Spearman rank "
-             "correlation (average ranks for ties; n/a when undefined), then the spawn rate and "
-             "mean children per difficulty quartile (a problem's quartile is where its average "
-             "rank falls, so equal difficulties share one).", ""]
+    lines = [
+        "## Width against difficulty",
+        "",
+        "Children spawned per problem against the task's oracle difficulty: Spearman rank "
+        "correlation (average ranks for ties; n/a when undefined), then the spawn rate and "
+        "mean children per difficulty quartile (a problem's quartile is where its average "
+        "rank falls, so equal difficulties share one).",
+        "",
+    ]
     lines += [f"- APR {setting_name(p)}: {width_line(p.summary)}" for p in apr]
     for p in _of(points, "APR", "adaptive"):
         s = p.summary
         fixed = _of(points, "APR", "children")
-        line = (f"- adaptive APR: {_pct(s['accuracy'])} at {s['mean_total_tokens']:.0f} total and "
-                f"{s['mean_sequential_tokens']:.0f} sequential tokens, "
-                f"{s['mean_children']:.2f} children per problem")
+        line = (
+            f"- adaptive APR: {_pct(s['accuracy'])} at {s['mean_total_tokens']:.0f} total and "
+            f"{s['mean_sequential_tokens']:.0f} sequential tokens, "
+            f"{s['mean_children']:.2f} children per problem"
+        )
         if fixed:
             best = max(fixed, key=lambda f: f.summary["accuracy"])
-            line += (f"; best fixed width c{best.value}: {_pct(best.summary['accuracy'])} at "
-                     f"{best.summary['mean_total_tokens']:.0f} total and "
-                     f"{best.summary['mean_sequential_tokens']:.0f} sequential tokens")
+            line += (
+                f"; best fixed width c{best.value}: {_pct(best.summary['accuracy'])} at "
+                f"{best.summary['mean_total_tokens']:.0f} total and "
+                f"{best.summary['mean_sequential_tokens']:.0f} sequential tokens"
+            )
         lines.append(line)
     return lines + [""]
 
@@ -168,11 +223,13 @@ def goal_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
         if a and b:
             root, rest, path = token_split(a[0].rows)
             a, b = a[0].summary, b[0].summary
-            lines.append(f"- context {w}: APR {_pct(a['accuracy'])} vs SoS+ {_pct(b['accuracy'])} "
-                         f"({100 * (a['accuracy'] - b['accuracy']):+.1f} points); APR sequential "
-                         f"tokens {a['mean_sequential_tokens'] / max(a['mean_total_tokens'], 1e-9):.2f}"
-                         f" x its total (the root writes {root:.0f} tokens, the other threads {rest:.0f}, "
-                         f"{path:.0f} of them on the critical path)")
+            lines.append(
+                f"- context {w}: APR {_pct(a['accuracy'])} vs SoS+ {_pct(b['accuracy'])} "
+                f"({100 * (a['accuracy'] - b['accuracy']):+.1f} points); APR sequential "
+                f"tokens {a['mean_sequential_tokens'] / max(a['mean_total_tokens'], 1e-9):.2f}"
+                f" x its total (the root writes {root:.0f} tokens, the other threads {rest:.0f}, "
+                f"{path:.0f} of them on the critical path)"
+            )
     apr = _of(points, "APR", "children")
     for vote in _of(points, "SoS+", "vote"):
         for c in vote.votes:
@@ -180,11 +237,15 @@ def goal_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
             within = [p for p in apr if p.summary["mean_total_tokens"] <= budget]
             if within:
                 best = max(within, key=lambda p: p.summary["accuracy"])
-                lines.append(f"- at <= {budget:.0f} total tokens: APR c{best.value} "
-                             f"{_pct(best.summary['accuracy'])} vs SoS+ cons@{c['k']} {_pct(c['cons'])}")
+                lines.append(
+                    f"- at <= {budget:.0f} total tokens: APR c{best.value} "
+                    f"{_pct(best.summary['accuracy'])} vs SoS+ cons@{c['k']} {_pct(c['cons'])}"
+                )
             else:
-                lines.append(f"- at <= {budget:.0f} total tokens: no APR setting that cheap; "
-                             f"SoS+ cons@{c['k']} {_pct(c['cons'])}")
+                lines.append(
+                    f"- at <= {budget:.0f} total tokens: no APR setting that cheap; "
+                    f"SoS+ cons@{c['k']} {_pct(c['cons'])}"
+                )
     return lines
 
 
@@ -195,14 +256,21 @@ def sign_test_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]
     for w in contexts:
         rates = {p.model: p.solve_rates for p in points if p.sweep == "context" and p.value == w}
         if len(rates) == 2:
-            lines += [f"- context {w}: " + line for line in
-                      paired_comparisons({"SoS+": rates["SoS+"], "APR": rates["APR"]})]
+            lines += [
+                f"- context {w}: " + line for line in paired_comparisons({"SoS+": rates["SoS+"], "APR": rates["APR"]})
+            ]
     return lines
 
 
-def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[int]],
-                 contexts: Sequence[int], configs: dict[str, RunConfig],
-                 trained_steps: dict[str, int], temperature: float) -> list[str]:
+def write_report(
+    workdir: str,
+    points: Sequence[Any],
+    lengths: dict[str, list[int]],
+    contexts: Sequence[int],
+    configs: dict[str, RunConfig],
+    trained_steps: dict[str, int],
+    temperature: float,
+) -> list[str]:
     """Write the four figures (and ``width_vs_difficulty.png`` when the task
     knows difficulty), ``compare.md``, ``compare.json`` and ``results.jsonl``;
     their paths."""
@@ -214,8 +282,9 @@ def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[in
     plot_compute(points, paths[2], "sequential", "sequential tokens (critical path)")
     plot_compute(points, paths[3], "wall", "wall-clock seconds per problem")
     figures = list(FIGURES)
-    width_panels = [(f"APR {setting_name(p)}", p.rows) for p in points
-                    if p.model == "APR" and p.sweep in ("adaptive", "children")]
+    width_panels = [
+        (f"APR {setting_name(p)}", p.rows) for p in points if p.model == "APR" and p.sweep in ("adaptive", "children")
+    ]
     if plot_width(width_panels, os.path.join(workdir, WIDTH_PLOT)):
         paths.append(os.path.join(workdir, WIDTH_PLOT))
         figures.append(WIDTH_PLOT)
@@ -226,23 +295,38 @@ def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[in
     steps = ", ".join(f"{model} {step}" for model, step in trained_steps.items())
     unequal = len(set(trained_steps.values())) > 1
     md = [
-        "# APR against SoS+ at equal context, compute and latency", "",
+        "# APR against SoS+ at equal context, compute and latency",
+        "",
         f"Countdown-{_inputs(task.num_inputs)}, numbers {task.min_number}-{task.max_number}, targets "
         f"{task.min_target}-{task.max_target}; {problems} held-out test problems. Both runs train "
         f"{tokens:,} token slots ({apr.train.steps} steps x {apr.train.batch_size} rows x "
         f"{apr.data.seq_len}); steps trained: {steps}"
         f"{' (UNEQUAL: a time limit stopped a run early)' if unequal else ''}. The per-thread "
         f"training context is {apr.data.seq_len} tokens. "
-        f"Greedy decoding except the SoS+ sampling row (temperature {temperature}).", "",
-        f"{caption}", "",
-        "## Claims, as measured", "", *goal_lines(points, contexts), "",
-        "## Paired sign tests (same problems, one greedy sample each)", "",
-        *sign_test_lines(points, contexts)]
-    md += ["", "## Every setting", "", *_table(points), "",
-           "*stopped at context*: share of samples with a thread cut at the context limit; "
-           "*obeyed request*: share of samples whose child count equals the requested one "
-           "(APR `c<n>`) or whose written tokens, counted as the generators count them, stay "
-           "within the requested budget (SoS+ `b<n>`).", ""]
+        f"Greedy decoding except the SoS+ sampling row (temperature {temperature}).",
+        "",
+        f"{caption}",
+        "",
+        "## Claims, as measured",
+        "",
+        *goal_lines(points, contexts),
+        "",
+        "## Paired sign tests (same problems, one greedy sample each)",
+        "",
+        *sign_test_lines(points, contexts),
+    ]
+    md += [
+        "",
+        "## Every setting",
+        "",
+        *_table(points),
+        "",
+        "*stopped at context*: share of samples with a thread cut at the context limit; "
+        "*obeyed request*: share of samples whose child count equals the requested one "
+        "(APR `c<n>`) or whose written tokens, counted as the generators count them, stay "
+        "within the requested budget (SoS+ `b<n>`).",
+        "",
+    ]
     md += width_section(points)
     md += [f"![{name}]({name})" for name in figures]
     paths.append(os.path.join(workdir, "compare.md"))
@@ -250,9 +334,18 @@ def write_report(workdir: str, points: Sequence[Any], lengths: dict[str, list[in
         f.write("\n".join(md) + "\n")
     paths.append(os.path.join(workdir, "compare.json"))
     with open(paths[-1], "w") as f:
-        json.dump({"points": [p.to_dict() for p in points], "caption": caption,
-                   "trace_lengths": lengths, "contexts": list(contexts)}, f, indent=1)
+        json.dump(
+            {
+                "points": [p.to_dict() for p in points],
+                "caption": caption,
+                "trace_lengths": lengths,
+                "contexts": list(contexts),
+            },
+            f,
+            indent=1,
+        )
     paths.append(os.path.join(workdir, "results.jsonl"))
-    write_jsonl(paths[-1], ({"model": p.model, "sweep": p.sweep, "value": p.value, **row}
-                            for p in points for row in p.rows))
+    write_jsonl(
+        paths[-1], ({"model": p.model, "sweep": p.sweep, "value": p.value, **row} for p in points for row in p.rows)
+    )
     return paths

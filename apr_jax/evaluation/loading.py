@@ -4,14 +4,14 @@ workdir (newest readable checkpoint) or one checkpoint folder."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from typing import Any, Sequence
 
 import jax
-from flax import nnx
-
 import ml_collections
+from flax import nnx
 
 from apr_jax.config import loading as config_lib
 from apr_jax.config.sections import RunConfig
@@ -29,11 +29,21 @@ class Loaded:
     source: str
 
 
+def _abstract_model(config: Any) -> Any:
+    """The Transformer of ``config`` as shapes only (no parameters allocated)."""
+    from apr_jax.model.transformer import Transformer
+
+    return nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+
+
+def _on_device(x: Any, device: jax.sharding.Sharding) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+
+
 def load_for_inference(path: str) -> Loaded:
     """Load the model, config and tokenizer from a workdir (newest readable
     checkpoint) or from one checkpoint folder ``WORKDIR/checkpoints/STEP``."""
     from apr_jax.data.tokenizer import load_tokenizer
-    from apr_jax.model.transformer import Transformer
 
     path = os.path.abspath(path)
     workdir, wanted = split_checkpoint_path(path)
@@ -44,38 +54,42 @@ def load_for_inference(path: str) -> Loaded:
     checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
     steps = checkpointer.steps()
     if wanted is not None and wanted not in steps:
-        raise CheckpointError(f"checkpoint step {wanted} not found in {workdir}/checkpoints "
-                              f"(have {steps})")
+        raise CheckpointError(f"checkpoint step {wanted} not found in {workdir}/checkpoints (have {steps})")
     candidates = [wanted] if wanted is not None else list(reversed(steps))
     if not candidates:
         raise CheckpointError(f"no checkpoint in {workdir}/checkpoints")
     import orbax.checkpoint as ocp
+
     for step in candidates:
         try:
             meta = checkpointer.restore_meta(step)
             config = RunConfig.from_config(meta["config"])
             tokenizer = load_tokenizer(data=decode_bytes(meta["tokenizer_b64"]))
             model_cfg = config.model_for(tokenizer.vocab_size)
-            abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+            abstract = _abstract_model(model_cfg)
             graphdef, state = nnx.split(abstract)
             # An explicit target sharding lets orbax read checkpoints written
             # by any topology (e.g. a multi-host slice) into this process.
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                  nnx.to_pure_dict(state))
+            target = jax.tree.map(functools.partial(_on_device, device=device), nnx.to_pure_dict(state))
             params = checkpointer.manager.restore(
-                step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+                step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
+            )["params"]
             nnx.replace_by_pure_dict(state, params)
-            return Loaded(config, tokenizer, nnx.merge(graphdef, state), step,
-                          os.path.join(checkpointer.directory, str(step)))
+            return Loaded(
+                config, tokenizer, nnx.merge(graphdef, state), step, os.path.join(checkpointer.directory, str(step))
+            )
         except Exception as e:
             if wanted is not None or step == candidates[-1]:
                 raise CheckpointError(
                     f"checkpoint {os.path.join(checkpointer.directory, str(step))} cannot be loaded "
                     f"with its own config and tokenizer ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
-            print(f"warning: checkpoint step {step} is unreadable ({type(e).__name__}); "
-                  f"trying the previous one", file=sys.stderr)
+                    f"{str(e).splitlines()[0][:160] if str(e) else ''})"
+                ) from None
+            print(
+                f"warning: checkpoint step {step} is unreadable ({type(e).__name__}); trying the previous one",
+                file=sys.stderr,
+            )
     raise CheckpointError(f"no readable checkpoint in {workdir}")
 
 
@@ -95,8 +109,9 @@ def with_eval_overrides(config: RunConfig, overrides: Sequence[str]) -> RunConfi
         key, raw = item.split("=", 1)
         key = key.removeprefix("config.")
         if not key.startswith("eval."):
-            raise ValueError(f"--config.{key}: only config.eval.* can change at evaluation; "
-                             f"the rest comes from the checkpoint")
+            raise ValueError(
+                f"--config.{key}: only config.eval.* can change at evaluation; the rest comes from the checkpoint"
+            )
         config_lib.apply_override(written, key, raw)
     return RunConfig.from_config(written)
 
@@ -109,6 +124,7 @@ def problems_for(flags: dict[str, str], config: RunConfig, num: int) -> list[Any
         problems = read_jsonl(flags["problems"], task.problem_type.from_dict)
         return problems[:num] if "num" in flags else problems
     from apr_jax.data.build import build_dataset, make_problem_source
+
     splits = flags.get("split", "test").split(",")
     for split in splits:
         if split not in SPLIT_CHOICES:
@@ -121,11 +137,9 @@ def problems_for(flags: dict[str, str], config: RunConfig, num: int) -> list[Any
             continue
         seen = {p.key for s in info.problem_paths for p in make_problem_source(info, s)}
         if not hasattr(task, "unseen"):
-            raise ValueError(f"--split=unseen: the {task.name} task cannot draw problems outside "
-                             f"its files")
+            raise ValueError(f"--split=unseen: the {task.name} task cannot draw problems outside its files")
         unseen = task.unseen(num, seen)
         if not unseen:
-            raise ValueError("--split=unseen: every solvable problem in the task's ranges "
-                             "is in a split already")
+            raise ValueError("--split=unseen: every solvable problem in the task's ranges is in a split already")
         problems += unseen
     return problems

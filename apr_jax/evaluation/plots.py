@@ -11,8 +11,10 @@ def pyplot() -> Any:
     """``matplotlib.pyplot`` on the file-only Agg backend (imported on first
     use: only commands that draw pay for it)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 

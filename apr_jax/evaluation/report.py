@@ -12,11 +12,22 @@ from apr_jax.evaluation.plots import pyplot, save_figure
 from apr_jax.evaluation.sweeps import ADAPTIVE
 from apr_jax.evaluation.width_stats import difficulty_quartiles, width_line
 
-TABLE_COLUMNS = (("setting", "{}"), ("accuracy", "{:.1%}"), ("pass@K", "{:.1%}"),
-                 ("cons@K", "{:.1%}"), ("well_formed", "{:.1%}"), ("tokens", "{:.0f}"),
-                 ("max_tokens", "{:d}"), ("sequential", "{:.0f}"), ("children", "{:.2f}"),
-                 ("spawned", "{:.0%}"), ("max_context", "{:d}"), ("wall_s", "{:.1f}"),
-                 ("tokens/s", "{:.0f}"), ("compile_s", "{:.1f}"))
+TABLE_COLUMNS = (
+    ("setting", "{}"),
+    ("accuracy", "{:.1%}"),
+    ("pass@K", "{:.1%}"),
+    ("cons@K", "{:.1%}"),
+    ("well_formed", "{:.1%}"),
+    ("tokens", "{:.0f}"),
+    ("max_tokens", "{:d}"),
+    ("sequential", "{:.0f}"),
+    ("children", "{:.2f}"),
+    ("spawned", "{:.0%}"),
+    ("max_context", "{:d}"),
+    ("wall_s", "{:.1f}"),
+    ("tokens/s", "{:.0f}"),
+    ("compile_s", "{:.1f}"),
+)
 WIDTH_PLOT = "width_vs_difficulty.png"
 
 
@@ -28,10 +39,22 @@ def format_table(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
     rows = []
     for setting, s in results:
         k = s["samples"]
-        values = [setting, s["accuracy"], s[f"pass@{k}"], s[f"cons@{k}"], s["well_formed"],
-                  s["mean_total_tokens"], s["max_total_tokens"], s["mean_sequential_tokens"],
-                  s["mean_children_per_spawn"], s["spawned"], s["max_context"], s["wall_s"],
-                  s["tokens_per_s"], s["compile_s"]]
+        values = [
+            setting,
+            s["accuracy"],
+            s[f"pass@{k}"],
+            s[f"cons@{k}"],
+            s["well_formed"],
+            s["mean_total_tokens"],
+            s["max_total_tokens"],
+            s["mean_sequential_tokens"],
+            s["mean_children_per_spawn"],
+            s["spawned"],
+            s["max_context"],
+            s["wall_s"],
+            s["tokens_per_s"],
+            s["compile_s"],
+        ]
         rows.append([fmt.format(v) for (_, fmt), v in zip(TABLE_COLUMNS, values)])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
@@ -60,8 +83,9 @@ def children_by_quartile(rows: Sequence[dict[str, Any]]) -> tuple[list[list[floa
     for q in range(4):
         inside = [i for i, k in enumerate(quartile) if k == q]
         groups.append([children[i] for i in inside])
-        span = (f"{min(difficulty[i] for i in inside):.2f}-{max(difficulty[i] for i in inside):.2f}"
-                if inside else "empty")
+        span = (
+            f"{min(difficulty[i] for i in inside):.2f}-{max(difficulty[i] for i in inside):.2f}" if inside else "empty"
+        )
         labels.append(f"Q{q + 1}\n{span}\nn={len(inside)}")
     return groups, labels
 
@@ -71,16 +95,14 @@ def plot_width(panels: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str
     quartile, one panel per (setting, result rows); panels whose problems'
     difficulty is unknown are left out. Writes ``path`` and returns True,
     or writes nothing and returns False when no panel is left."""
-    kept = [(label, rows) for label, rows in panels
-            if any(r.get("difficulty") is not None for r in rows)]
+    kept = [(label, rows) for label, rows in panels if any(r.get("difficulty") is not None for r in rows)]
     if not kept:
         return False
     plt = pyplot()
 
     cols = min(4, len(kept))
     nrows = -(-len(kept) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.8 * nrows), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.8 * nrows), squeeze=False, sharey=True)
     for ax, (label, rows) in zip(axes.flat, kept):
         groups, labels = children_by_quartile(rows)
         filled = [q for q, g in enumerate(groups) if g]
@@ -92,7 +114,7 @@ def plot_width(panels: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str
         ax.grid(alpha=0.3, axis="y")
     for ax in axes[:, 0]:
         ax.set_ylabel("children spawned per problem")
-    for ax in list(axes.flat)[len(kept):]:
+    for ax in list(axes.flat)[len(kept) :]:
         ax.set_visible(False)
     save_figure(fig, path)
     return True
@@ -115,9 +137,11 @@ def paired_comparisons(solve_rates: dict[str, dict[Any, float]]) -> list[str]:
         more_first = sum(first[k] > second[k] for k in shared)
         single = all(r in (0.0, 1.0) for k in shared for r in (first[k], second[k]))
         what = ("solved only by", "only by") if single else ("solved more often by", "more often by")
-        lines.append(f"{other} vs {labels[0]}: {more_other} problems {what[0]} {other}, "
-                     f"{more_first} {what[1]} {labels[0]} (sign test p = "
-                     f"{sign_test_p(more_other, more_first):.2f})")
+        lines.append(
+            f"{other} vs {labels[0]}: {more_other} problems {what[0]} {other}, "
+            f"{more_first} {what[1]} {labels[0]} (sign test p = "
+            f"{sign_test_p(more_other, more_first):.2f})"
+        )
     return lines
 
 
@@ -146,14 +170,26 @@ def plot_sweep(series: dict[str, list[tuple[str, dict[str, Any]]]], path: str) -
             stars, fixed = fixed + stars, []
         for ax, key in zip(axes, ("mean_total_tokens", "mean_sequential_tokens")):
             if fixed:
-                ax.plot([p[key] for _, p in fixed], [100 * p["accuracy"] for _, p in fixed], "o-",
-                        color=color, label=label)
+                ax.plot(
+                    [p[key] for _, p in fixed], [100 * p["accuracy"] for _, p in fixed], "o-", color=color, label=label
+                )
             for st, p in stars:
-                ax.plot([p[key]], [100 * p["accuracy"]], "*", markersize=12, color=color,
-                        label=f"{label} {setting_mark(st)}")
+                ax.plot(
+                    [p[key]],
+                    [100 * p["accuracy"]],
+                    "*",
+                    markersize=12,
+                    color=color,
+                    label=f"{label} {setting_mark(st)}",
+                )
             for st, p in points:
-                ax.annotate(setting_mark(st), (p[key], 100 * p["accuracy"]), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3))
+                ax.annotate(
+                    setting_mark(st),
+                    (p[key], 100 * p["accuracy"]),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                )
     for ax, name in zip(axes, ("total tokens per problem", "sequential tokens (critical path)")):
         ax.set_xlabel(name)
         ax.set_ylabel("accuracy (%)")

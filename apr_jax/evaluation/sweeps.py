@@ -26,8 +26,9 @@ def parse_sweep(spec: str) -> tuple[str, list[int | str]]:
         try:
             parsed.append(int(v))
         except ValueError:
-            raise ValueError(f"--sweep={spec!r}: values must be integers"
-                             + (f" or {ADAPTIVE}" if kind == "children" else "")) from None
+            raise ValueError(
+                f"--sweep={spec!r}: values must be integers" + (f" or {ADAPTIVE}" if kind == "children" else "")
+            ) from None
     if any(isinstance(v, int) and v <= 0 for v in parsed):
         raise ValueError(f"--sweep={spec!r}: values must be positive")
     return kind, parsed
@@ -43,8 +44,9 @@ def default_prefix(config: RunConfig, tokens_per_thread: int) -> str:
     return conditioning_prefix("sosp", budget_within(tokens_per_thread))
 
 
-def sweep_settings(kind: str | None, values: Sequence[int | str], config: RunConfig
-                   ) -> list[tuple[str, dict[str, Any]]]:
+def sweep_settings(
+    kind: str | None, values: Sequence[int | str], config: RunConfig
+) -> list[tuple[str, dict[str, Any]]]:
     """(label, evaluate_problems kwargs) per sweep point. A run of the other
     trace kind (children for SoS+, budget for APR) gets its default setting
     alone: a reference point beside the swept run."""
@@ -52,13 +54,12 @@ def sweep_settings(kind: str | None, values: Sequence[int | str], config: RunCon
     if kind is None:
         return default
     if kind == "tokens":
-        return [(f"tokens={v}", {"tokens_per_thread": v, "prefix": default_prefix(config, v)})
-                for v in values]
+        return [(f"tokens={v}", {"tokens_per_thread": v, "prefix": default_prefix(config, v)}) for v in values]
     wanted = {"children": "apr", "budget": "sosp"}[kind]
     if config.trace.kind != wanted:
         return default
     if not config.trace.condition:
-        raise ValueError(f"--sweep={kind}=... needs a model trained with config.trace.kind={wanted} "
-                         f"and config.trace.condition=true")
-    return [(f"{kind}={v}", {"prefix": "" if v == ADAPTIVE else conditioning_prefix(wanted, v)})
-            for v in values]
+        raise ValueError(
+            f"--sweep={kind}=... needs a model trained with config.trace.kind={wanted} and config.trace.condition=true"
+        )
+    return [(f"{kind}={v}", {"prefix": "" if v == ADAPTIVE else conditioning_prefix(wanted, v)}) for v in values]

@@ -78,8 +78,9 @@ def difficulty_quartiles(difficulty: Sequence[float]) -> np.ndarray:
     return np.minimum(np.floor(QUARTILES * position).astype(np.int64), QUARTILES - 1)
 
 
-def quartile_rates(difficulty: Sequence[float], children: Sequence[float],
-                   spawned: Sequence[float] | None = None) -> dict[str, list[float]]:
+def quartile_rates(
+    difficulty: Sequence[float], children: Sequence[float], spawned: Sequence[float] | None = None
+) -> dict[str, list[float]]:
     """Per difficulty quartile: ``problems`` (count), ``spawn_rate`` (mean of
     ``spawned``, each problem's share of samples that spawned; default
     children > 0) and ``children`` (mean children per problem); NaN for an
@@ -87,8 +88,10 @@ def quartile_rates(difficulty: Sequence[float], children: Sequence[float],
     children = np.asarray(children, dtype=np.float64)
     spawned = (children > 0).astype(np.float64) if spawned is None else np.asarray(spawned, np.float64)
     if not len(difficulty) == len(children) == len(spawned):
-        raise ValueError(f"quartile_rates needs one value per problem, got {len(difficulty)} "
-                         f"difficulties, {len(children)} children, {len(spawned)} spawn shares")
+        raise ValueError(
+            f"quartile_rates needs one value per problem, got {len(difficulty)} "
+            f"difficulties, {len(children)} children, {len(spawned)} spawn shares"
+        )
     quartile = difficulty_quartiles(difficulty)
     out: dict[str, list[float]] = {"problems": [], "spawn_rate": [], "children": []}
     for q in range(QUARTILES):
@@ -100,9 +103,12 @@ def quartile_rates(difficulty: Sequence[float], children: Sequence[float],
     return out
 
 
-def width_summary(difficulty: Sequence[float | None], children: Sequence[float],
-                  inputs: Sequence[int | None] | None = None,
-                  spawned: Sequence[float] | None = None) -> dict[str, float]:
+def width_summary(
+    difficulty: Sequence[float | None],
+    children: Sequence[float],
+    inputs: Sequence[int | None] | None = None,
+    spawned: Sequence[float] | None = None,
+) -> dict[str, float]:
     """The ``width_*`` summary keys (module docstring) from one entry per
     problem: its difficulty (None: unknown, left out), children spawned
     (mean over its samples), input count (None: unknown) and share of samples
@@ -111,8 +117,7 @@ def width_summary(difficulty: Sequence[float | None], children: Sequence[float],
     inputs = [None] * n if inputs is None else list(inputs)
     spawned = [float(c > 0) for c in children] if spawned is None else list(spawned)
     if not len(difficulty) == n == len(inputs) == len(spawned):
-        raise ValueError("width_summary needs one difficulty, children count, input count and "
-                         "spawn share per problem")
+        raise ValueError("width_summary needs one difficulty, children count, input count and spawn share per problem")
     known = [i for i, d in enumerate(difficulty) if d is not None and math.isfinite(d)]
     if not known:
         return {}
@@ -141,14 +146,16 @@ def width_line(summary: Mapping[str, Any]) -> str | None:
     The per-input-count figures appear when the problems mix input counts."""
     if "width_spearman" not in summary:
         return None
-    per_inputs = sorted((int(m.group(1)), v) for k, v in summary.items()
-                        if (m := _PER_INPUTS.match(k)))
+    per_inputs = sorted((int(m.group(1)), v) for k, v in summary.items() if (m := _PER_INPUTS.match(k)))
     line = f"width vs difficulty: spearman {_num(summary['width_spearman'], '{:.2f}')}"
     if len(per_inputs) > 1:
         line += " (" + ", ".join(f"{k} inputs {_num(v, '{:.2f}')}" for k, v in per_inputs) + ")"
     quarters = range(1, QUARTILES + 1)
-    line += ("; spawn rate by difficulty quartile "
-             + " ".join(_num(summary[f"width_spawn_rate_q{q}"], "{:.0%}") for q in quarters)
-             + "; children " + " ".join(_num(summary[f"width_children_q{q}"], "{:.1f}") for q in quarters)
-             + f" ({int(summary['width_problems'])} problems)")
+    line += (
+        "; spawn rate by difficulty quartile "
+        + " ".join(_num(summary[f"width_spawn_rate_q{q}"], "{:.0%}") for q in quarters)
+        + "; children "
+        + " ".join(_num(summary[f"width_children_q{q}"], "{:.1f}") for q in quarters)
+        + f" ({int(summary['width_problems'])} problems)"
+    )
     return line

@@ -3,5 +3,4 @@
 from apr_jax.model.config import ModelConfig, flops_per_token, num_params, peak_flops_per_device
 from apr_jax.model.transformer import KVCache, Transformer
 
-__all__ = ["ModelConfig", "Transformer", "KVCache", "num_params", "flops_per_token",
-           "peak_flops_per_device"]
+__all__ = ["ModelConfig", "Transformer", "KVCache", "num_params", "flops_per_token", "peak_flops_per_device"]

@@ -51,7 +51,7 @@ IMPLEMENTATIONS = ("xla", "triton", "cudnn", "splash")
 # Native platform of each flash kernel; elsewhere it runs in interpret mode.
 _KERNEL_PLATFORM = {"triton": "gpu", "splash": "tpu"}
 # The largest dense per-layer tensor a packed forward may build (global bytes).
-DENSE_LIMIT_BYTES = 2 * 2 ** 30
+DENSE_LIMIT_BYTES = 2 * 2**30
 DECODE_ATTENTIONS = ("auto", "xla", "paged")
 # Platforms with a native paged decode kernel (elsewhere the GPU one is interpreted).
 _PAGED_NATIVE = ("gpu", "tpu")
@@ -68,8 +68,10 @@ def resolve_implementation(name: str, compute_dtype: jnp.dtype, platform: str) -
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"model.attention={name!r} is not one of auto, {', '.join(IMPLEMENTATIONS)}")
     if name == "cudnn" and jnp.dtype(compute_dtype) not in (jnp.bfloat16, jnp.float16):
-        raise ValueError("model.attention='cudnn' needs model.compute_dtype='bfloat16'; "
-                         f"got {jnp.dtype(compute_dtype).name} (use 'triton' or 'xla')")
+        raise ValueError(
+            "model.attention='cudnn' needs model.compute_dtype='bfloat16'; "
+            f"got {jnp.dtype(compute_dtype).name} (use 'triton' or 'xla')"
+        )
     return name
 
 
@@ -82,9 +84,10 @@ def check_dense_size(implementation: str, num_bytes: int) -> None:
     """One-line ValueError when a dense attention tensor is over ``DENSE_LIMIT_BYTES``."""
     if num_bytes > DENSE_LIMIT_BYTES:
         raise ValueError(
-            f"model.attention={implementation!r} would build a {num_bytes / 2 ** 30:.1f} GiB "
-            f"T x T tensor per layer (limit {DENSE_LIMIT_BYTES / 2 ** 30:.0f} GiB); set "
-            "model.attention=auto (triton on GPU, splash on TPU) or shrink batch/seq_len")
+            f"model.attention={implementation!r} would build a {num_bytes / 2**30:.1f} GiB "
+            f"T x T tensor per layer (limit {DENSE_LIMIT_BYTES / 2**30:.0f} GiB); set "
+            "model.attention=auto (triton on GPU, splash on TPU) or shrink batch/seq_len"
+        )
 
 
 def segment_mask_BxTxS(segment_ids_BxT: jax.Array) -> jax.Array:
@@ -102,14 +105,12 @@ def cache_mask_BxTxS(positions_BxT: jax.Array, num_slots: int) -> jax.Array:
     return (slots_S[None, None, :] <= positions_BxT[:, :, None]) & (positions_BxT >= 0)[:, :, None]
 
 
-def xla_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
-                  mask_BxTxS: jax.Array) -> jax.Array:
+def xla_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, mask_BxTxS: jax.Array) -> jax.Array:
     """Grouped-query softmax attention with a boolean mask; softmax in float32."""
     b, t, n, h = q_BxTxNxH.shape
     k = k_BxSxKxH.shape[2]
-    q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k, n // k, h) * jnp.asarray(h ** -0.5, q_BxTxNxH.dtype)
-    logits = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
-                        preferred_element_type=jnp.float32)
+    q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k, n // k, h) * jnp.asarray(h**-0.5, q_BxTxNxH.dtype)
+    logits = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32)
     logits = jnp.where(mask_BxTxS[:, None, None], logits, _MASKED)
     probs = jax.nn.softmax(logits, axis=-1).astype(v_BxSxKxH.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH)
@@ -121,8 +122,9 @@ def cudnn_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT) -> jax.Arr
     b, t = segment_ids_BxT.shape
     check_dense_size("cudnn", b * t * t * q_BxTxNxH.dtype.itemsize)
     same_Bx1xTxT = (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])[:, None]
-    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=same_Bx1xTxT,
-                                        is_causal=True, implementation="cudnn")
+    return jax.nn.dot_product_attention(
+        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=same_Bx1xTxT, is_causal=True, implementation="cudnn"
+    )
 
 
 def flash_length(t: int, implementation: str, interpret: bool) -> int:
@@ -154,8 +156,9 @@ def _per_shard(local: Callable, q, k, v, segment_ids_BxT, head_axis: int) -> jax
     axes[0], axes[head_axis] = "activation_batch", "activation_heads"
     qkv_spec = sharding.logical_to_spec(tuple(axes), mesh, q.shape)
     seg_spec = PartitionSpec(qkv_spec[0], None)
-    return jax.shard_map(local, in_specs=(qkv_spec, qkv_spec, qkv_spec, seg_spec),
-                         out_specs=qkv_spec, check_vma=False)(q, k, v, segment_ids_BxT)
+    return jax.shard_map(local, in_specs=(qkv_spec, qkv_spec, qkv_spec, seg_spec), out_specs=qkv_spec, check_vma=False)(
+        q, k, v, segment_ids_BxT
+    )
 
 
 def _splash_block(t: int) -> int:
@@ -165,8 +168,7 @@ def _splash_block(t: int) -> int:
     return t  # interpret mode only (flash_length gives multiples of 128 on TPU)
 
 
-def splash_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT,
-                     interpret: bool = False) -> jax.Array:
+def splash_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, interpret: bool = False) -> jax.Array:
     """Pallas splash attention (TPU; ``interpret=True`` runs it anywhere, slowly).
     ``T`` must be a multiple of 128 unless interpreted (see ``flash_length``)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
@@ -175,25 +177,30 @@ def splash_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT,
     b, t, n, h = q_BxTxNxH.shape
     block = _splash_block(t)
     groups = n // k_BxTxKxH.shape[2]
-    q = jnp.swapaxes(q_BxTxNxH * jnp.asarray(h ** -0.5, q_BxTxNxH.dtype), 1, 2)
+    q = jnp.swapaxes(q_BxTxNxH * jnp.asarray(h**-0.5, q_BxTxNxH.dtype), 1, 2)
     k = jnp.swapaxes(jnp.repeat(k_BxTxKxH, groups, axis=2), 1, 2)
     v = jnp.swapaxes(jnp.repeat(v_BxTxKxH, groups, axis=2), 1, 2)
 
     def local(q_BxNxTxH, k_BxNxTxH, v_BxNxTxH, seg_BxT):
         heads = q_BxNxTxH.shape[1]
         mask = sm.MultiHeadMask([sm.CausalMask((t, t)) for _ in range(heads)])
-        sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
-                              block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-                              block_q_dq=block, block_kv_dq=block)
-        kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                    interpret=interpret)
+        sizes = sk.BlockSizes(
+            block_q=block,
+            block_kv=block,
+            block_kv_compute=block,
+            block_q_dkv=block,
+            block_kv_dkv=block,
+            block_kv_dkv_compute=block,
+            block_q_dq=block,
+            block_kv_dq=block,
+        )
+        kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
         return jax.vmap(kernel)(q_BxNxTxH, k_BxNxTxH, v_BxNxTxH, sk.SegmentIds(q=seg_BxT, kv=seg_BxT))
 
     return jnp.swapaxes(_per_shard(local, q, k, v, segment_ids_BxT, head_axis=1), 1, 2)
 
 
-def triton_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT,
-                     interpret: bool = False) -> jax.Array:
+def triton_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, interpret: bool = False) -> jax.Array:
     """Pallas Triton flash attention with segment ids (GPU; ``interpret=True``
     runs it anywhere, slowly). ``T`` must be a power of two or a multiple of 128."""
     from jax.experimental.pallas.ops.gpu import attention as gpu_attention
@@ -204,15 +211,20 @@ def triton_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT,
     v = jnp.repeat(v_BxTxKxH, groups, axis=2)
     forward, backward = min(128, t), min(64, t)
     sizes = gpu_attention.BlockSizes(
-        block_q=forward, block_k=forward, block_q_dkv=backward, block_kv_dkv=backward,
-        block_q_dq=backward, block_kv_dq=backward)
-    local = functools.partial(gpu_attention.mha, sm_scale=h ** -0.5, causal=True,
-                              block_sizes=sizes, interpret=interpret)
+        block_q=forward,
+        block_k=forward,
+        block_q_dkv=backward,
+        block_kv_dkv=backward,
+        block_q_dq=backward,
+        block_kv_dq=backward,
+    )
+    local = functools.partial(gpu_attention.mha, sm_scale=h**-0.5, causal=True, block_sizes=sizes, interpret=interpret)
     return _per_shard(local, q_BxTxNxH, k, v, segment_ids_BxT, head_axis=2)
 
 
-def packed_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT,
-                     implementation: str, platform: str | None = None) -> jax.Array:
+def packed_attention(
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, implementation: str, platform: str | None = None
+) -> jax.Array:
     """Training attention over packed sequences with the chosen kernel, for
     ``platform`` (default: JAX's default backend)."""
     platform = platform or jax.default_backend()
@@ -222,8 +234,7 @@ def packed_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT,
         interpret = interpret_kernel(implementation, platform)
         t = q_BxTxNxH.shape[1]
         length = flash_length(t, implementation, interpret)
-        q, k, v, seg = (_pad_length(x, length)
-                        for x in (q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT))
+        q, k, v, seg = (_pad_length(x, length) for x in (q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT))
         kernel = splash_attention if implementation == "splash" else triton_attention
         return kernel(q, k, v, seg, interpret=interpret)[:, :t]
     b, t, n, _ = q_BxTxNxH.shape
@@ -247,19 +258,22 @@ def paged_decode_problem(platform: str, head_dim: int, page_size: int, max_len: 
     if page_size < 1 or max_len % page_size:
         return f"eval.page_size={page_size} does not divide the context of {max_len} slots"
     if platform == "tpu" and (page_size % 8 or head_dim % 128):
-        return (f"the TPU paged kernel needs eval.page_size a multiple of 8 and head_dim a multiple "
-                f"of 128; got page_size={page_size}, head_dim={head_dim}")
+        return (
+            f"the TPU paged kernel needs eval.page_size a multiple of 8 and head_dim a multiple "
+            f"of 128; got page_size={page_size}, head_dim={head_dim}"
+        )
     if platform == "gpu":
         if not (_power_of_two(page_size) and _power_of_two(head_dim) and head_dim >= 16):
-            return (f"the GPU paged kernel (Triton) needs a power-of-two eval.page_size and "
-                    f"head_dim >= 16; got page_size={page_size}, head_dim={head_dim}")
+            return (
+                f"the GPU paged kernel (Triton) needs a power-of-two eval.page_size and "
+                f"head_dim >= 16; got page_size={page_size}, head_dim={head_dim}"
+            )
         if _gpu_compute_pages(max_len // page_size) * page_size < 16:
             return f"eval.page_size={page_size} gives the GPU paged kernel blocks under 16 slots"
     return None
 
 
-def resolve_decode_attention(name: str, platform: str, head_dim: int, page_size: int,
-                             max_len: int) -> int:
+def resolve_decode_attention(name: str, platform: str, head_dim: int, page_size: int, max_len: int) -> int:
     """The page size width-1 decode calls read the cache in (0: the ``xla``
     gather). ``auto`` is paged on GPU and TPU when the shapes suit the
     kernel; an explicit ``paged`` that cannot run is a ValueError."""
@@ -291,9 +305,18 @@ def _gpu_compute_pages(pages_per_lane: int) -> int:
     return _power_of_two_divisor(pages_per_lane // _gpu_splits(pages_per_lane), 8)
 
 
-def paged_decode_attention(q_BxNxH: jax.Array, k_BxKxH: jax.Array, v_BxKxH: jax.Array, k_pool: jax.Array,
-                           v_pool: jax.Array, layer: int, lanes_B: jax.Array, positions_B: jax.Array,
-                           page_size: int, platform: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+def paged_decode_attention(
+    q_BxNxH: jax.Array,
+    k_BxKxH: jax.Array,
+    v_BxKxH: jax.Array,
+    k_pool: jax.Array,
+    v_pool: jax.Array,
+    layer: int,
+    lanes_B: jax.Array,
+    positions_B: jax.Array,
+    page_size: int,
+    platform: str,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One new token per row: writes its K/V into slot ``positions_B[b]`` of
     lane ``lanes_B[b]`` of ``layer`` (position < 0: padding, nothing written,
     zeros out), then attends over that lane's slots 0..position, read in
@@ -313,23 +336,32 @@ def paged_decode_attention(q_BxNxH: jax.Array, k_BxKxH: jax.Array, v_BxKxH: jax.
     # and copy it whole to and from the kernel's at every layer.
     heads_Kx1 = jnp.arange(kv_heads)[:, None]
     k_pages, v_pages = (
-        pool.reshape(pages_shape).at[heads_Kx1, page_B[None], offset_B[None]].set(
-            jnp.swapaxes(new, 0, 1).astype(pool.dtype), mode="drop")
-        for pool, new in ((k_pool, k_BxKxH), (v_pool, v_BxKxH)))
+        pool.reshape(pages_shape)
+        .at[heads_Kx1, page_B[None], offset_B[None]]
+        .set(jnp.swapaxes(new, 0, 1).astype(pool.dtype), mode="drop")
+        for pool, new in ((k_pool, k_BxKxH), (v_pool, v_BxKxH))
+    )
     table_BxP = first_page_B[:, None] + jnp.arange(pages_per_lane, dtype=jnp.int32)
     lengths_B = jnp.where(real_B, positions_B + 1, 0).astype(jnp.int32)
-    q = q_BxNxH * jnp.asarray(head_dim ** -0.5, q_BxNxH.dtype)
+    q = q_BxNxH * jnp.asarray(head_dim**-0.5, q_BxNxH.dtype)
     if platform == "tpu":
         from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention as tpu_paged
 
         block = _power_of_two_divisor(pages_per_lane, max(1, _TPU_PAGED_BLOCK // page_size))
-        out = tpu_paged(q, k_pages.astype(q.dtype), v_pages.astype(q.dtype), lengths_B, table_BxP,
-                        pages_per_compute_block=block)
+        out = tpu_paged(
+            q, k_pages.astype(q.dtype), v_pages.astype(q.dtype), lengths_B, table_BxP, pages_per_compute_block=block
+        )
     else:
         from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention as gpu_paged
 
-        out = gpu_paged(q, k_pages.astype(q.dtype), v_pages.astype(q.dtype), table_BxP, lengths_B,
-                        k_splits=_gpu_splits(pages_per_lane),
-                        pages_per_compute_block=_gpu_compute_pages(pages_per_lane),
-                        interpret=platform != "gpu")
+        out = gpu_paged(
+            q,
+            k_pages.astype(q.dtype),
+            v_pages.astype(q.dtype),
+            table_BxP,
+            lengths_B,
+            k_splits=_gpu_splits(pages_per_lane),
+            pages_per_compute_block=_gpu_compute_pages(pages_per_lane),
+            interpret=platform != "gpu",
+        )
     return out, k_pages.reshape(k_pool.shape), v_pages.reshape(v_pool.shape)

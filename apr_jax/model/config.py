@@ -48,19 +48,21 @@ class ModelConfig:
     rope_original_max_len: int = 8192
 
     def __post_init__(self):
-        for name in ("vocab_size", "num_layers", "d_model", "num_heads",
-                     "num_kv_heads", "d_ff", "max_len"):
+        for name in ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "d_ff", "max_len"):
             checks.positive_int(f"model.{name}", getattr(self, name))
         if self.head_dim == 0:
             if self.d_model % self.num_heads:
-                raise ValueError(f"config.model.d_model={self.d_model} is not divisible by "
-                                 f"config.model.num_heads={self.num_heads}")
+                raise ValueError(
+                    f"config.model.d_model={self.d_model} is not divisible by config.model.num_heads={self.num_heads}"
+                )
             object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
         if not isinstance(self.head_dim, int) or isinstance(self.head_dim, bool) or self.head_dim < 1:
             raise ValueError(f"model.head_dim must be a positive integer (or 0), got {self.head_dim!r}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"config.model.num_heads={self.num_heads} is not divisible by "
-                             f"config.model.num_kv_heads={self.num_kv_heads}")
+            raise ValueError(
+                f"config.model.num_heads={self.num_heads} is not divisible by "
+                f"config.model.num_kv_heads={self.num_kv_heads}"
+            )
         if self.head_dim % 2:
             raise ValueError(f"model head_dim ({self.head_dim}) must be even for rotary")
         for name in ("param_dtype", "compute_dtype"):
@@ -73,20 +75,27 @@ class ModelConfig:
             raise ValueError(f"model.rope_theta must be positive, got {self.rope_theta!r}")
         if self.norm_eps <= 0:
             raise ValueError(f"model.norm_eps must be positive, got {self.norm_eps!r}")
-        if self.rope_scaling_factor < 0 or (self.rope_scaling_factor and not (
-                0 < self.rope_low_freq_factor < self.rope_high_freq_factor and self.rope_original_max_len > 0)):
+        if self.rope_scaling_factor < 0 or (
+            self.rope_scaling_factor
+            and not (0 < self.rope_low_freq_factor < self.rope_high_freq_factor and self.rope_original_max_len > 0)
+        ):
             raise ValueError(
                 f"model rope scaling needs rope_scaling_factor >= 0, 0 < rope_low_freq_factor < "
                 f"rope_high_freq_factor and rope_original_max_len > 0, got {self.rope_scaling_factor}, "
-                f"{self.rope_low_freq_factor}, {self.rope_high_freq_factor}, {self.rope_original_max_len}")
+                f"{self.rope_low_freq_factor}, {self.rope_high_freq_factor}, {self.rope_original_max_len}"
+            )
 
     @property
     def rope_llama3_scaling(self) -> tuple[float, float, float, int] | None:
         """(factor, low_freq_factor, high_freq_factor, original_max_len), or None when off."""
         if not self.rope_scaling_factor:
             return None
-        return (self.rope_scaling_factor, self.rope_low_freq_factor, self.rope_high_freq_factor,
-                self.rope_original_max_len)
+        return (
+            self.rope_scaling_factor,
+            self.rope_low_freq_factor,
+            self.rope_high_freq_factor,
+            self.rope_original_max_len,
+        )
 
     @classmethod
     def from_config(cls, model_cfg: Any, vocab_size: int) -> "ModelConfig":
@@ -139,8 +148,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     forward + backward. MFU = tokens/s * flops_per_token / (devices * peak).
     """
     d, h = cfg.d_model, cfg.head_dim
-    block_matmul = cfg.num_layers * (
-        d * cfg.num_heads * h * 2 + d * cfg.num_kv_heads * h * 2 + 3 * d * cfg.d_ff)
+    block_matmul = cfg.num_layers * (d * cfg.num_heads * h * 2 + d * cfg.num_kv_heads * h * 2 + 3 * d * cfg.d_ff)
     n_matmul = block_matmul + d * cfg.vocab_size
     attention = 6 * cfg.num_layers * cfg.num_heads * h * seq_len
     return float(6 * n_matmul + attention)
@@ -149,10 +157,21 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 # Dense bf16 matrix peak per device (vendor figures): what MFU on an accelerator
 # is relative to.
 _PEAKS = (
-    ("h200", 989e12), ("h100", 989e12), ("gh200", 989e12), ("a100", 312e12),
-    ("l4", 121e12), ("v6 lite", 918e12), ("v6e", 918e12), ("v5 lite", 197e12),
-    ("v5e", 197e12), ("v5p", 459e12), ("v5", 459e12), ("v4", 275e12),
+    ("h200", 989e12),
+    ("h100", 989e12),
+    ("gh200", 989e12),
+    ("a100", 312e12),
+    ("l4", 121e12),
+    ("v6 lite", 918e12),
+    ("v6e", 918e12),
+    ("v5 lite", 197e12),
+    ("v5e", 197e12),
+    ("v5p", 459e12),
+    ("v5", 459e12),
+    ("v4", 275e12),
 )
+
+
 def measured_cpu_matmul_flops(size: int = 1024, repeats: int = 3) -> float:
     """FLOP/s of a float32 ``size x size`` matmul on this host, best of
     ``repeats`` (about a second). CPUs have no published peak that JAX can
@@ -170,7 +189,7 @@ def measured_cpu_matmul_flops(size: int = 1024, repeats: int = 3) -> float:
         start = time.perf_counter()
         matmul(a).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+    return 2 * size**3 / best
 
 
 _CPU_PEAK: list[float] = []

@@ -28,8 +28,9 @@ def fast_init_key(key: jax.Array) -> jax.Array:
     return jax.random.wrap_key_data(jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)]), impl="rbg")
 
 
-def make_param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...],
-               axes: tuple[str | None, ...], dtype: jnp.dtype) -> nnx.Param:
+def make_param(
+    rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype: jnp.dtype
+) -> nnx.Param:
     """A parameter tagged with logical axes (placed later by ``sharding.shard_model``)."""
     value = init(fast_init_key(rngs.params()), shape, dtype)
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
@@ -52,8 +53,9 @@ class RMSNorm(nnx.Module):
         return (x * self.scale.get_value().astype(jnp.float32)).astype(x_BxLxD.dtype)
 
 
-def rotary_inv_freq(head_dim: int, theta: float,
-                    llama3_scaling: tuple[float, float, float, int] | None = None) -> jax.Array:
+def rotary_inv_freq(
+    head_dim: int, theta: float, llama3_scaling: tuple[float, float, float, int] | None = None
+) -> jax.Array:
     """Rotary frequencies, optionally rescaled the Llama 3.1 way: with
     ``(factor, low_freq_factor, high_freq_factor, original_max_len)``,
     wavelengths longer than ``original_max_len / low_freq_factor`` are
@@ -72,8 +74,12 @@ def rotary_inv_freq(head_dim: int, theta: float,
     return jnp.where(medium_F, smoothed_F, scaled_F)
 
 
-def apply_rotary(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, theta: float,
-                 llama3_scaling: tuple[float, float, float, int] | None = None) -> jax.Array:
+def apply_rotary(
+    x_BxLxNxH: jax.Array,
+    positions_BxL: jax.Array,
+    theta: float,
+    llama3_scaling: tuple[float, float, float, int] | None = None,
+) -> jax.Array:
     """Rotary position embedding (half-split convention) at explicit positions."""
     half = x_BxLxNxH.shape[-1] // 2
     inv_freq_F = rotary_inv_freq(x_BxLxNxH.shape[-1], theta, llama3_scaling)
@@ -89,12 +95,12 @@ def apply_rotary(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, theta: float,
 class SwiGLU(nnx.Module):
     """Gated MLP: down(silu(x W_gate) * (x W_up))."""
 
-    def __init__(self, d_model: int, d_ff: int, num_layers: int, *, param_dtype: jnp.dtype,
-                 rngs: nnx.Rngs):
-        self.gate_DxF = make_param(rngs, normal(d_model ** -0.5), (d_model, d_ff), ("embed", "mlp"), param_dtype)
-        self.up_DxF = make_param(rngs, normal(d_model ** -0.5), (d_model, d_ff), ("embed", "mlp"), param_dtype)
-        self.down_FxD = make_param(rngs, normal((2 * num_layers * d_ff) ** -0.5), (d_ff, d_model),
-                                   ("mlp", "embed"), param_dtype)
+    def __init__(self, d_model: int, d_ff: int, num_layers: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.gate_DxF = make_param(rngs, normal(d_model**-0.5), (d_model, d_ff), ("embed", "mlp"), param_dtype)
+        self.up_DxF = make_param(rngs, normal(d_model**-0.5), (d_model, d_ff), ("embed", "mlp"), param_dtype)
+        self.down_FxD = make_param(
+            rngs, normal((2 * num_layers * d_ff) ** -0.5), (d_ff, d_model), ("mlp", "embed"), param_dtype
+        )
 
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         dtype = x_BxLxD.dtype

@@ -68,11 +68,12 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, platform: str):
         d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         pdt = dtype_of(cfg.param_dtype)
-        self.q_DxNxH = make_param(rngs, normal(d ** -0.5), (d, n, h), ("embed", "heads", "head_dim"), pdt)
-        self.k_DxKxH = make_param(rngs, normal(d ** -0.5), (d, k, h), ("embed", "kv_heads", "head_dim"), pdt)
-        self.v_DxKxH = make_param(rngs, normal(d ** -0.5), (d, k, h), ("embed", "kv_heads", "head_dim"), pdt)
-        self.o_NxHxD = make_param(rngs, normal((2 * cfg.num_layers * n * h) ** -0.5), (n, h, d),
-                                  ("heads", "head_dim", "embed"), pdt)
+        self.q_DxNxH = make_param(rngs, normal(d**-0.5), (d, n, h), ("embed", "heads", "head_dim"), pdt)
+        self.k_DxKxH = make_param(rngs, normal(d**-0.5), (d, k, h), ("embed", "kv_heads", "head_dim"), pdt)
+        self.v_DxKxH = make_param(rngs, normal(d**-0.5), (d, k, h), ("embed", "kv_heads", "head_dim"), pdt)
+        self.o_NxHxD = make_param(
+            rngs, normal((2 * cfg.num_layers * n * h) ** -0.5), (n, h, d), ("heads", "head_dim", "embed"), pdt
+        )
         if cfg.qkv_bias:
             zeros = lambda key, shape, dtype: jnp.zeros(shape, dtype)
             self.q_bias_NxH = make_param(rngs, zeros, (n, h), ("heads", "head_dim"), pdt)
@@ -84,8 +85,7 @@ class Attention(nnx.Module):
         self.qkv_bias, self.qk_norm = cfg.qkv_bias, cfg.qk_norm
         self.rope_theta = cfg.rope_theta
         self.rope_scaling = cfg.rope_llama3_scaling
-        self.implementation = attention.resolve_implementation(cfg.attention, dtype_of(cfg.compute_dtype),
-                                                               platform)
+        self.implementation = attention.resolve_implementation(cfg.attention, dtype_of(cfg.compute_dtype), platform)
         self.platform = platform
 
     def project(self, x_BxLxD: jax.Array, positions_BxL: jax.Array):
@@ -109,11 +109,9 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
         q, k, v = self.project(x_BxLxD, positions_BxL)
-        return self.output(attention.packed_attention(q, k, v, segment_ids_BxL,
-                                                      self.implementation, self.platform))
+        return self.output(attention.packed_attention(q, k, v, segment_ids_BxL, self.implementation, self.platform))
 
-    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int,
-               page_size: int = 0):
+    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int, page_size: int = 0):
         """Writes the new K/V into ``layer`` of the cache pool at each row's
         lane, then attends over that lane's slots 0..position: through the
         paged kernel for a width-1 call when ``page_size`` is set, else by
@@ -121,8 +119,17 @@ class Attention(nnx.Module):
         q, k, v = self.project(x_BxTxD, positions_BxT)
         if page_size and positions_BxT.shape[1] == 1:
             o, k_cache, v_cache = attention.paged_decode_attention(
-                q[:, 0], k[:, 0], v[:, 0], k_cache, v_cache, layer, lanes_B, positions_BxT[:, 0], page_size,
-                self.platform)
+                q[:, 0],
+                k[:, 0],
+                v[:, 0],
+                k_cache,
+                v_cache,
+                layer,
+                lanes_B,
+                positions_BxT[:, 0],
+                page_size,
+                self.platform,
+            )
             return self.output(o[:, None]), constrain(k_cache, CACHE_AXES), constrain(v_cache, CACHE_AXES)
         num_slots = k_cache.shape[3]
         # Negative indices would wrap around: send padding to an out-of-range slot.
@@ -136,8 +143,9 @@ class Attention(nnx.Module):
         k_cache = k_cache.at[index].set(k_KxBxTxH.astype(k_cache.dtype), mode="drop")
         v_cache = v_cache.at[index].set(v_KxBxTxH.astype(v_cache.dtype), mode="drop")
         k_cache, v_cache = constrain(k_cache, CACHE_AXES), constrain(v_cache, CACHE_AXES)
-        k_BxSxKxH, v_BxSxKxH = (jnp.transpose(x[:, layer, lanes_B, :kv_len], (1, 2, 0, 3)).astype(q.dtype)
-                                for x in (k_cache, v_cache))
+        k_BxSxKxH, v_BxSxKxH = (
+            jnp.transpose(x[:, layer, lanes_B, :kv_len], (1, 2, 0, 3)).astype(q.dtype) for x in (k_cache, v_cache)
+        )
         o = attention.cached_attention(q, k_BxSxKxH, v_BxSxKxH, positions_BxT)
         return self.output(o), k_cache, v_cache
 
@@ -157,10 +165,10 @@ class Block(nnx.Module):
         x = constrain(x, ACT_BLD)
         return constrain(x + self.mlp(self.mlp_norm(x)), ACT_BLD)
 
-    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int,
-               page_size: int = 0):
-        h, k_cache, v_cache = self.attn.decode(self.attn_norm(x_BxTxD), positions_BxT,
-                                               k_cache, v_cache, layer, lanes_B, kv_len, page_size)
+    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int, page_size: int = 0):
+        h, k_cache, v_cache = self.attn.decode(
+            self.attn_norm(x_BxTxD), positions_BxT, k_cache, v_cache, layer, lanes_B, kv_len, page_size
+        )
         x = constrain(x_BxTxD + h, ACT_BLD)
         return constrain(x + self.mlp(self.mlp_norm(x)), ACT_BLD), k_cache, v_cache
 
@@ -189,13 +197,15 @@ class Transformer(nnx.Module):
         platform = platform or jax.default_backend()
         self.platform = platform
         pdt = dtype_of(cfg.param_dtype)
-        self.embed_VxD = make_param(rngs, normal(cfg.d_model ** -0.5), (cfg.vocab_size, cfg.d_model),
-                                    ("vocab", "embed"), pdt)
+        self.embed_VxD = make_param(
+            rngs, normal(cfg.d_model**-0.5), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pdt
+        )
         self.blocks = nnx.List([Block(cfg, rngs=rngs, platform=platform) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.d_model, param_dtype=pdt, rngs=rngs, eps=cfg.norm_eps)
         if not cfg.tie_embeddings:
-            self.head_DxV = make_param(rngs, normal(cfg.d_model ** -0.5), (cfg.d_model, cfg.vocab_size),
-                                       ("embed", "vocab"), pdt)
+            self.head_DxV = make_param(
+                rngs, normal(cfg.d_model**-0.5), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt
+            )
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -211,15 +221,16 @@ class Transformer(nnx.Module):
     def _logits(self, x_BxLxD: jax.Array) -> jax.Array:
         x = self.final_norm(x_BxLxD)
         if self.cfg.tie_embeddings:
-            logits = jnp.einsum("bld,vd->blv", x, self.embed_VxD.get_value().astype(x.dtype),
-                                preferred_element_type=jnp.float32)
+            logits = jnp.einsum(
+                "bld,vd->blv", x, self.embed_VxD.get_value().astype(x.dtype), preferred_element_type=jnp.float32
+            )
         else:
-            logits = jnp.einsum("bld,dv->blv", x, self.head_DxV.get_value().astype(x.dtype),
-                                preferred_element_type=jnp.float32)
+            logits = jnp.einsum(
+                "bld,dv->blv", x, self.head_DxV.get_value().astype(x.dtype), preferred_element_type=jnp.float32
+            )
         return constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
-    def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array,
-                 segment_ids_BxL: jax.Array) -> jax.Array:
+    def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array, segment_ids_BxL: jax.Array) -> jax.Array:
         """Packed training forward; returns logits [B, L, vocab] in float32."""
         _check_same_shape(tokens_BxL, positions=positions_BxL, segment_ids=segment_ids_BxL)
         x = self._embed(tokens_BxL)
@@ -242,12 +253,19 @@ class Transformer(nnx.Module):
         """The page size width-1 decode calls read the cache in for an
         ``eval.decode_attention`` choice on this model's platform (0: the xla
         gather); see ``attention.resolve_decode_attention``."""
-        return attention.resolve_decode_attention(decode_attention, self.platform, self.cfg.head_dim,
-                                                  page_size, max_len)
+        return attention.resolve_decode_attention(
+            decode_attention, self.platform, self.cfg.head_dim, page_size, max_len
+        )
 
-    def decode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
-               lanes_B: jax.Array | None = None, kv_len: int | None = None,
-               page_size: int = 0) -> tuple[jax.Array, KVCache]:
+    def decode(
+        self,
+        tokens_BxT: jax.Array,
+        positions_BxT: jax.Array,
+        cache: KVCache,
+        lanes_B: jax.Array | None = None,
+        kv_len: int | None = None,
+        page_size: int = 0,
+    ) -> tuple[jax.Array, KVCache]:
         """Cached forward of T new tokens per row, row b in cache lane
         ``lanes_B[b]`` (default: lane b), attending over slots ``< kv_len``
         (default: all), or, for a width-1 call with ``page_size`` > 0, over
@@ -270,8 +288,7 @@ class Transformer(nnx.Module):
         x = self._embed(tokens_BxT)
         k_cache, v_cache = cache.k, cache.v
         for layer, block in enumerate(self.blocks):
-            x, k_cache, v_cache = block.decode(x, positions_BxT, k_cache, v_cache, layer, lanes_B, kv_len,
-                                               page_size)
+            x, k_cache, v_cache = block.decode(x, positions_BxT, k_cache, v_cache, layer, lanes_B, kv_len, page_size)
         return self._logits(x), KVCache(k=k_cache, v=v_cache)
 
 

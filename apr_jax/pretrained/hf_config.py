@@ -49,11 +49,22 @@ class HFArchitecture:
 
     def model_fields(self) -> dict[str, Any]:
         """The ``config.model`` values that describe this architecture."""
-        return {"num_layers": self.num_layers, "d_model": self.d_model, "num_heads": self.num_heads,
-                "num_kv_heads": self.num_kv_heads, "d_ff": self.d_ff, "max_len": self.max_len,
-                "tie_embeddings": self.tie_embeddings, "rope_theta": self.rope_theta,
-                "head_dim": self.head_dim, "qkv_bias": self.qkv_bias, "qk_norm": self.qk_norm,
-                "norm_eps": self.norm_eps, "rope_scaling_factor": 0.0, **self.rope_llama3}
+        return {
+            "num_layers": self.num_layers,
+            "d_model": self.d_model,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "d_ff": self.d_ff,
+            "max_len": self.max_len,
+            "tie_embeddings": self.tie_embeddings,
+            "rope_theta": self.rope_theta,
+            "head_dim": self.head_dim,
+            "qkv_bias": self.qkv_bias,
+            "qk_norm": self.qk_norm,
+            "norm_eps": self.norm_eps,
+            "rope_scaling_factor": 0.0,
+            **self.rope_llama3,
+        }
 
 
 def read_architecture(hf_dir: str) -> HFArchitecture:
@@ -63,8 +74,9 @@ def read_architecture(hf_dir: str) -> HFArchitecture:
         with open(path) as f:
             raw = json.load(f)
     except FileNotFoundError:
-        raise ConversionError(f"{path}: not found (a Hugging Face model directory holds config.json "
-                              f"and *.safetensors)") from None
+        raise ConversionError(
+            f"{path}: not found (a Hugging Face model directory holds config.json and *.safetensors)"
+        ) from None
     except (OSError, json.JSONDecodeError) as e:
         raise ConversionError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
     if not isinstance(raw, dict):
@@ -77,7 +89,8 @@ def read_architecture(hf_dir: str) -> HFArchitecture:
     if model_type not in SUPPORTED:
         raise ConversionError(
             f"{path}: field model_type={model_type!r} (architectures {raw.get('architectures')}) is not "
-            f"supported; supported: {', '.join(f'{t} ({c})' for t, c in SUPPORTED.items())}")
+            f"supported; supported: {', '.join(f'{t} ({c})' for t, c in SUPPORTED.items())}"
+        )
     architectures = raw.get("architectures") or [SUPPORTED[model_type]]
     if architectures != [SUPPORTED[model_type]]:
         raise bad("architectures", f"is not supported; expected [{SUPPORTED[model_type]!r}]")
@@ -127,15 +140,16 @@ def read_architecture(hf_dir: str) -> HFArchitecture:
     llama3 = {}
     if rope_type == "llama3":
         try:
-            llama3 = {"rope_scaling_factor": positive_float("factor", scaling["factor"]),
-                      "rope_low_freq_factor": positive_float("low_freq_factor", scaling["low_freq_factor"]),
-                      "rope_high_freq_factor": positive_float("high_freq_factor", scaling["high_freq_factor"]),
-                      "rope_original_max_len": int(scaling["original_max_position_embeddings"])}
+            llama3 = {
+                "rope_scaling_factor": positive_float("factor", scaling["factor"]),
+                "rope_low_freq_factor": positive_float("low_freq_factor", scaling["low_freq_factor"]),
+                "rope_high_freq_factor": positive_float("high_freq_factor", scaling["high_freq_factor"]),
+                "rope_original_max_len": int(scaling["original_max_position_embeddings"]),
+            }
         except KeyError as e:
             raise bad(scaling_field, f"has rope_type 'llama3' but no {e.args[0]}") from None
     elif rope_type not in (None, "default"):
-        raise bad(scaling_field, f"has rope_type {rope_type!r}, which is not supported "
-                                 f"(plain rotary and llama3 only)")
+        raise bad(scaling_field, f"has rope_type {rope_type!r}, which is not supported (plain rotary and llama3 only)")
     rope_theta = positive_float("rope_theta", raw.get("rope_theta", rope.get("rope_theta", 10000.0)))
     norm_eps = positive_float("rms_norm_eps", raw.get("rms_norm_eps", 1e-6))
 
@@ -146,10 +160,21 @@ def read_architecture(hf_dir: str) -> HFArchitecture:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     return HFArchitecture(
-        model_type=model_type, vocab_size=positive_int("vocab_size"),
-        num_layers=positive_int("num_hidden_layers"), d_model=d_model, num_heads=num_heads,
-        num_kv_heads=num_kv_heads, head_dim=head_dim, d_ff=positive_int("intermediate_size"),
+        model_type=model_type,
+        vocab_size=positive_int("vocab_size"),
+        num_layers=positive_int("num_hidden_layers"),
+        d_model=d_model,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        d_ff=positive_int("intermediate_size"),
         max_len=positive_int("max_position_embeddings"),
-        tie_embeddings=bool(raw.get("tie_word_embeddings", False)), rope_theta=rope_theta,
-        norm_eps=norm_eps, qkv_bias=model_type == "qwen2", qk_norm=model_type == "qwen3",
-        bos_token_id=token_id("bos_token_id"), eos_token_id=token_id("eos_token_id"), rope_llama3=llama3)
+        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        rope_theta=rope_theta,
+        norm_eps=norm_eps,
+        qkv_bias=model_type == "qwen2",
+        qk_norm=model_type == "qwen3",
+        bos_token_id=token_id("bos_token_id"),
+        eos_token_id=token_id("eos_token_id"),
+        rope_llama3=llama3,
+    )

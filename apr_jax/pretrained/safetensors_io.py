@@ -22,8 +22,15 @@ import ml_dtypes
 import numpy as np
 
 DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
     "BOOL": np.bool_,
 }
 INDEX_FILE = "model.safetensors.index.json"
@@ -65,13 +72,16 @@ def open_file(path: str) -> dict[str, np.ndarray]:
         begin, end = (int(o) for o in entry["data_offsets"])
         expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if end - begin != expected or start + end > size:
-            raise SafetensorsError(f"{path}: tensor {name} has {end - begin} bytes for shape "
-                                   f"{list(shape)} {entry['dtype']} (expected {expected}) or runs past the end")
+            raise SafetensorsError(
+                f"{path}: tensor {name} has {end - begin} bytes for shape "
+                f"{list(shape)} {entry['dtype']} (expected {expected}) or runs past the end"
+            )
         if expected == 0:
             tensors[name] = np.zeros(shape, dtype)
             continue
-        tensors[name] = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r",
-                                  offset=start + begin, shape=shape)
+        tensors[name] = np.memmap(
+            path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", offset=start + begin, shape=shape
+        )
     return tensors
 
 
@@ -112,8 +122,11 @@ def save_file(path: str, tensors: dict[str, np.ndarray]) -> None:
     header, offset, buffers = {}, 0, []
     for name, array in tensors.items():
         data = np.ascontiguousarray(array).astype(np.dtype(array.dtype).newbyteorder("<")).tobytes()
-        header[name] = {"dtype": names[np.dtype(array.dtype)], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": names[np.dtype(array.dtype)],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         buffers.append(data)
         offset += len(data)
     raw = json.dumps(header).encode()

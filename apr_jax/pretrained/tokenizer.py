@@ -73,6 +73,7 @@ class PretrainedTokenizer:
         if self._backend is None:
             if self.kind == "sentencepiece":
                 import sentencepiece as spm
+
                 processor = spm.SentencePieceProcessor()
                 processor.LoadFromSerializedProto(base64.b64decode(self._doc["model_b64"]))
                 self._backend = processor
@@ -141,8 +142,7 @@ class PretrainedTokenizer:
         """Text of ``ids``; pad/bos/eos and ids the tokenizer lacks are skipped."""
         size = self._doc["tokenizer_size"]
         skip = {self.pad_id, self.bos_id, self.eos_id}
-        kept = [i for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
-                if 0 <= i < size and i not in skip]
+        kept = [i for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist() if 0 <= i < size and i not in skip]
         if self.kind == "sentencepiece":
             return self._impl.decode(kept)
         return self._impl.decode(kept, skip_special_tokens=False)
@@ -156,8 +156,7 @@ def _tokenizers_module():
     try:
         import tokenizers
     except ImportError:
-        raise ImportError("reading tokenizer.json needs the tokenizers package: "
-                          "pip install -e \".[hf]\"") from None
+        raise ImportError('reading tokenizer.json needs the tokenizers package: pip install -e ".[hf]"') from None
     return tokenizers
 
 
@@ -191,8 +190,9 @@ class _Source:
     fields: dict[str, Any] = dataclasses.field(default_factory=dict)  # more document fields
 
 
-def convert_tokenizer(hf_dir: str, embedding_rows: int, *, bos_token_id: int | None = None,
-                      eos_token_id: int | None = None) -> PretrainedTokenizer:
+def convert_tokenizer(
+    hf_dir: str, embedding_rows: int, *, bos_token_id: int | None = None, eos_token_id: int | None = None
+) -> PretrainedTokenizer:
     """The tokenizer of ``hf_dir`` with the protocol tokens added, sized for a
     checkpoint whose embedding has ``embedding_rows`` rows."""
     sp_path, json_path = os.path.join(hf_dir, "tokenizer.model"), os.path.join(hf_dir, "tokenizer.json")
@@ -206,7 +206,8 @@ def convert_tokenizer(hf_dir: str, embedding_rows: int, *, bos_token_id: int | N
     if original > embedding_rows:
         raise TokenizerMismatch(
             f"{source.path}: vocabulary of {original} tokens does not fit the checkpoint's embedding of "
-            f"{embedding_rows} rows (config.json field vocab_size)")
+            f"{embedding_rows} rows (config.json field vocab_size)"
+        )
     specials = _special_strings(hf_dir)
 
     def find(name: str, fallback_id: int | None) -> int | None:
@@ -214,8 +215,10 @@ def convert_tokenizer(hf_dir: str, embedding_rows: int, *, bos_token_id: int | N
         if text is not None:
             found = source.lookup(text)
             if found is None:
-                raise TokenizerMismatch(f"{os.path.join(hf_dir, 'tokenizer_config.json')}: field "
-                                        f"{name}_token={text!r} is not a token of {source.path}")
+                raise TokenizerMismatch(
+                    f"{os.path.join(hf_dir, 'tokenizer_config.json')}: field "
+                    f"{name}_token={text!r} is not a token of {source.path}"
+                )
             return found
         if name in specials:  # named as null: the tokenizer has none
             return None
@@ -233,17 +236,28 @@ def convert_tokenizer(hf_dir: str, embedding_rows: int, *, bos_token_id: int | N
         to_add.append(ADDED_PAD)
     existing = [s for s in to_add if source.lookup(s) is not None]
     if existing:
-        raise TokenizerMismatch(f"{source.path}: already holds the token {existing[0]!r} that the "
-                                f"protocol adds; such a tokenizer is not supported")
+        raise TokenizerMismatch(
+            f"{source.path}: already holds the token {existing[0]!r} that the "
+            f"protocol adds; such a tokenizer is not supported"
+        )
     extended = source.add(to_add)
     ids = {s: original + i for i, s in enumerate(to_add)}
     size = original + len(to_add)
-    doc = {"format": FORMAT,  # first: ``is_pretrained`` looks at the start
-           "kind": source.kind, "source": os.path.abspath(source.path), "original_size": original,
-           "tokenizer_size": size, "vocab_size": max(embedding_rows, size),
-           "bos_id": ids.get(ADDED_BOS, bos), "eos_id": eos, "pad_id": ids.get(ADDED_PAD, pad),
-           "added_ids": list(ids.values()), "protocol_ids": {s: ids[s] for s in protocol.RESERVED},
-           **source.fields, **extended}
+    doc = {
+        "format": FORMAT,  # first: ``is_pretrained`` looks at the start
+        "kind": source.kind,
+        "source": os.path.abspath(source.path),
+        "original_size": original,
+        "tokenizer_size": size,
+        "vocab_size": max(embedding_rows, size),
+        "bos_id": ids.get(ADDED_BOS, bos),
+        "eos_id": eos,
+        "pad_id": ids.get(ADDED_PAD, pad),
+        "added_ids": list(ids.values()),
+        "protocol_ids": {s: ids[s] for s in protocol.RESERVED},
+        **source.fields,
+        **extended,
+    }
     return PretrainedTokenizer(json.dumps(doc).encode())
 
 
@@ -259,8 +273,7 @@ def _tokenizers_json(path: str) -> _Source:
         tok.add_special_tokens([tokenizers.AddedToken(s, special=True, normalized=False) for s in strings])
         ids = [tok.token_to_id(s) for s in strings]
         if ids != list(range(original, original + len(strings))):
-            raise TokenizerMismatch(f"{path}: added tokens got ids {ids}, expected consecutive ids "
-                                    f"from {original}")
+            raise TokenizerMismatch(f"{path}: added tokens got ids {ids}, expected consecutive ids from {original}")
         return {"tokenizer_json": tok.to_str()}
 
     return _Source(path, "tokenizers", original, tok.token_to_id, add, default_ids={})
@@ -288,10 +301,19 @@ def _sentencepiece(path: str) -> _Source:
 
     def add(strings: list[str]) -> dict[str, Any]:
         for s in strings:
-            proto.pieces.append(model_pb2.ModelProto.SentencePiece(
-                piece=s, score=0.0, type=model_pb2.ModelProto.SentencePiece.USER_DEFINED))
+            proto.pieces.append(
+                model_pb2.ModelProto.SentencePiece(
+                    piece=s, score=0.0, type=model_pb2.ModelProto.SentencePiece.USER_DEFINED
+                )
+            )
         return {"model_b64": base64.b64encode(proto.SerializeToString()).decode()}
 
-    return _Source(path, "sentencepiece", len(proto.pieces), lookup, add,
-                   default_ids={"bos": processor.bos_id(), "eos": processor.eos_id()},
-                   fields={"unk_id": processor.unk_id()})
+    return _Source(
+        path,
+        "sentencepiece",
+        len(proto.pieces),
+        lookup,
+        add,
+        default_ids={"bos": processor.bos_id(), "eos": processor.eos_id()},
+        fields={"unk_id": processor.unk_id()},
+    )

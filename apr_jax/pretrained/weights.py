@@ -25,8 +25,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from apr_jax.runtime import sharding
 from apr_jax.pretrained.hf_config import ConversionError, HFArchitecture
+from apr_jax.runtime import sharding
 
 # Tensors some checkpoints carry that the model computes itself.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -57,8 +57,7 @@ def _identity(w: np.ndarray) -> np.ndarray:
 
 def sources(arch: HFArchitecture) -> dict[tuple, Source]:
     """Model parameter path (as in ``nnx.to_pure_dict``) -> its HF source."""
-    d, n, k, h, f, v = (arch.d_model, arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.d_ff,
-                        arch.vocab_size)
+    d, n, k, h, f, v = (arch.d_model, arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.d_ff, arch.vocab_size)
     out: dict[tuple, Source] = {
         ("embed_VxD",): Source("model.embed_tokens.weight", (v, d), "vocab_size, hidden_size", _identity),
         ("final_norm", "scale"): Source("model.norm.weight", (d,), "hidden_size", _identity),
@@ -71,35 +70,43 @@ def sources(arch: HFArchitecture) -> dict[tuple, Source]:
         p = f"model.layers.{i}."
         layer = {
             ("attn_norm", "scale"): Source(p + "input_layernorm.weight", (d,), "hidden_size", _identity),
-            ("mlp_norm", "scale"): Source(p + "post_attention_layernorm.weight", (d,), "hidden_size",
-                                          _identity),
-            ("attn", "q_DxNxH"): Source(p + "self_attn.q_proj.weight", (n * h, d), f"{heads}, hidden_size",
-                                        _linear_heads(n, h)),
-            ("attn", "k_DxKxH"): Source(p + "self_attn.k_proj.weight", (k * h, d), f"{kv_heads}, hidden_size",
-                                        _linear_heads(k, h)),
-            ("attn", "v_DxKxH"): Source(p + "self_attn.v_proj.weight", (k * h, d), f"{kv_heads}, hidden_size",
-                                        _linear_heads(k, h)),
-            ("attn", "o_NxHxD"): Source(p + "self_attn.o_proj.weight", (d, n * h), f"hidden_size, {heads}",
-                                        lambda w: w.reshape(d, n, h).transpose(1, 2, 0)),
-            ("mlp", "gate_DxF"): Source(p + "mlp.gate_proj.weight", (f, d), "intermediate_size, hidden_size",
-                                        _transpose),
-            ("mlp", "up_DxF"): Source(p + "mlp.up_proj.weight", (f, d), "intermediate_size, hidden_size",
-                                      _transpose),
-            ("mlp", "down_FxD"): Source(p + "mlp.down_proj.weight", (d, f), "hidden_size, intermediate_size",
-                                        _transpose),
+            ("mlp_norm", "scale"): Source(p + "post_attention_layernorm.weight", (d,), "hidden_size", _identity),
+            ("attn", "q_DxNxH"): Source(
+                p + "self_attn.q_proj.weight", (n * h, d), f"{heads}, hidden_size", _linear_heads(n, h)
+            ),
+            ("attn", "k_DxKxH"): Source(
+                p + "self_attn.k_proj.weight", (k * h, d), f"{kv_heads}, hidden_size", _linear_heads(k, h)
+            ),
+            ("attn", "v_DxKxH"): Source(
+                p + "self_attn.v_proj.weight", (k * h, d), f"{kv_heads}, hidden_size", _linear_heads(k, h)
+            ),
+            ("attn", "o_NxHxD"): Source(
+                p + "self_attn.o_proj.weight",
+                (d, n * h),
+                f"hidden_size, {heads}",
+                lambda w: w.reshape(d, n, h).transpose(1, 2, 0),
+            ),
+            ("mlp", "gate_DxF"): Source(
+                p + "mlp.gate_proj.weight", (f, d), "intermediate_size, hidden_size", _transpose
+            ),
+            ("mlp", "up_DxF"): Source(p + "mlp.up_proj.weight", (f, d), "intermediate_size, hidden_size", _transpose),
+            ("mlp", "down_FxD"): Source(
+                p + "mlp.down_proj.weight", (d, f), "hidden_size, intermediate_size", _transpose
+            ),
         }
         if arch.qkv_bias:
-            layer[("attn", "q_bias_NxH")] = Source(p + "self_attn.q_proj.bias", (n * h,), heads,
-                                                   lambda b: b.reshape(n, h))
-            layer[("attn", "k_bias_KxH")] = Source(p + "self_attn.k_proj.bias", (k * h,), kv_heads,
-                                                   lambda b: b.reshape(k, h))
-            layer[("attn", "v_bias_KxH")] = Source(p + "self_attn.v_proj.bias", (k * h,), kv_heads,
-                                                   lambda b: b.reshape(k, h))
+            layer[("attn", "q_bias_NxH")] = Source(
+                p + "self_attn.q_proj.bias", (n * h,), heads, lambda b: b.reshape(n, h)
+            )
+            layer[("attn", "k_bias_KxH")] = Source(
+                p + "self_attn.k_proj.bias", (k * h,), kv_heads, lambda b: b.reshape(k, h)
+            )
+            layer[("attn", "v_bias_KxH")] = Source(
+                p + "self_attn.v_proj.bias", (k * h,), kv_heads, lambda b: b.reshape(k, h)
+            )
         if arch.qk_norm:
-            layer[("attn", "q_norm", "scale")] = Source(p + "self_attn.q_norm.weight", (h,), "head_dim",
-                                                        _identity)
-            layer[("attn", "k_norm", "scale")] = Source(p + "self_attn.k_norm.weight", (h,), "head_dim",
-                                                        _identity)
+            layer[("attn", "q_norm", "scale")] = Source(p + "self_attn.q_norm.weight", (h,), "head_dim", _identity)
+            layer[("attn", "k_norm", "scale")] = Source(p + "self_attn.k_norm.weight", (h,), "head_dim", _identity)
         out.update({("blocks", i, *path): source for path, source in layer.items()})
     return out
 
@@ -110,20 +117,28 @@ def check_tensors(arch: HFArchitecture, tensors: dict[str, np.ndarray], hf_dir: 
     needed = {s.name: s for s in sources(arch).values()}
     for name, source in needed.items():
         if name not in tensors:
-            raise ConversionError(f"{hf_dir}: the safetensors hold no tensor {name} (config.json "
-                                  f"describes a {arch.model_type} model that needs it)")
+            raise ConversionError(
+                f"{hf_dir}: the safetensors hold no tensor {name} (config.json "
+                f"describes a {arch.model_type} model that needs it)"
+            )
         shape = tuple(tensors[name].shape)
         if shape != source.shape:
             raise ConversionError(
                 f"{_file_of(tensors[name], hf_dir)}: tensor {name} has shape {list(shape)} but "
-                f"config.json fields {source.fields} give {list(source.shape)}")
+                f"config.json fields {source.fields} give {list(source.shape)}"
+            )
     tied_head = arch.tie_embeddings and "lm_head.weight" in tensors
-    unused = sorted(name for name in tensors if name not in needed and not name.endswith(IGNORED_SUFFIXES)
-                    and not (tied_head and name == "lm_head.weight"))
+    unused = sorted(
+        name
+        for name in tensors
+        if name not in needed and not name.endswith(IGNORED_SUFFIXES) and not (tied_head and name == "lm_head.weight")
+    )
     if unused:
-        raise ConversionError(f"{_file_of(tensors[unused[0]], hf_dir)}: tensor {unused[0]} has no place "
-                              f"in the model ({len(unused)} "
-                              f"such tensors; config.json field model_type={arch.model_type!r})")
+        raise ConversionError(
+            f"{_file_of(tensors[unused[0]], hf_dir)}: tensor {unused[0]} has no place "
+            f"in the model ({len(unused)} "
+            f"such tensors; config.json field model_type={arch.model_type!r})"
+        )
 
 
 def _file_of(tensor: np.ndarray, hf_dir: str) -> str:
@@ -162,7 +177,7 @@ class _RowsWithMean:
         head = np.asarray(self.table[tuple(take)], dtype=np.float64)
         other = list(index)
         other[self.axis] = slice(None)
-        mean = np.expand_dims(self.mean[tuple(other[:self.axis] + other[self.axis + 1:])], self.axis)
+        mean = np.expand_dims(self.mean[tuple(other[: self.axis] + other[self.axis + 1 :])], self.axis)
         tail_shape = list(head.shape)
         tail_shape[self.axis] = rows.size - inside.size
         out = np.concatenate([head, np.broadcast_to(mean, tail_shape)], axis=self.axis)
@@ -174,8 +189,15 @@ class _RowsWithMean:
         return out
 
 
-def load_state(abstract_state: nnx.State, arch: HFArchitecture, tensors: dict[str, np.ndarray],
-               mesh: jax.sharding.Mesh, *, new_rows: list[int], mean_rows: int) -> dict:
+def load_state(
+    abstract_state: nnx.State,
+    arch: HFArchitecture,
+    tensors: dict[str, np.ndarray],
+    mesh: jax.sharding.Mesh,
+    *,
+    new_rows: list[int],
+    mean_rows: int,
+) -> dict:
     """The model's parameters as a pure dict of global arrays in their sharded
     layout, each host reading only the slices its devices hold."""
     pure = nnx.to_pure_dict(abstract_state)
@@ -192,8 +214,9 @@ def load_state(abstract_state: nnx.State, arch: HFArchitecture, tensors: dict[st
             axis = 0 if key == ("embed_VxD",) else 1
             view = _RowsWithMean(view, axis, leaf.shape[axis], new_rows, mean_rows)
         if tuple(view.shape) != tuple(leaf.shape):
-            raise ConversionError(f"tensor {source.name} maps to shape {list(view.shape)}, the model "
-                                  f"expects {list(leaf.shape)}")
+            raise ConversionError(
+                f"tensor {source.name} maps to shape {list(view.shape)}, the model expects {list(leaf.shape)}"
+            )
         dtype, slices = leaf.dtype, {}
 
         def read(index: tuple[slice, ...]) -> np.ndarray:

@@ -38,12 +38,19 @@ def plot(series: dict[str, list[tuple[int, float]]], path: str) -> None:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    labels = {"eval_accuracy": "held-out accuracy (greedy)", "reward": "training reward",
-              "spawned": "rollouts that spawn"}
+    labels = {
+        "eval_accuracy": "held-out accuracy (greedy)",
+        "reward": "training reward",
+        "spawned": "rollouts that spawn",
+    }
     for key, points in series.items():
         if points:
-            ax.plot([s for s, _ in points], [100 * v for _, v in points],
-                    "o-" if key == "eval_accuracy" else "-", label=labels[key])
+            ax.plot(
+                [s for s, _ in points],
+                [100 * v for _, v in points],
+                "o-" if key == "eval_accuracy" else "-",
+                label=labels[key],
+            )
     ax.set_xlabel("RL step")
     ax.set_ylabel("%")
     ax.grid(alpha=0.3)
@@ -60,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         path = os.path.join(workdirs[0], "metrics.jsonl")
         series = curves(read_metrics(path))
         if not series["eval_accuracy"]:
-            raise ValueError(f"{path} has no held-out evaluations (eval_accuracy); "
-                             f"train with config.rl.eval_every > 0")
+            raise ValueError(f"{path} has no held-out evaluations (eval_accuracy); train with config.rl.eval_every > 0")
         for step, accuracy in series["eval_accuracy"]:
             print(f"step {step:5d}  held-out accuracy {accuracy:.1%}")
         out = flags.get("out") or os.path.join(workdirs[0], "rl_curve.png")

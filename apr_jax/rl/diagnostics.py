@@ -55,8 +55,7 @@ def rollout_diagnostics(results: Sequence[SampleResult], correct: Sequence[bool]
         "max_depth": float(max(t.depth for r in results for t in r.threads)),
         "total_tokens": float(np.mean([r.written_tokens for r in results])),
         "sequential_tokens": float(np.mean([r.sequential_tokens for r in results])),
-        "acceleration": float(np.mean([acceleration(r.written_tokens, r.sequential_tokens)
-                                       for r in results])),
+        "acceleration": float(np.mean([acceleration(r.written_tokens, r.sequential_tokens) for r in results])),
     }
     if spawned_N.any():
         out["accuracy_spawned"] = float(correct_N[spawned_N].mean())
@@ -114,7 +113,8 @@ class TrendWatch:
                 if collapsed and not self.collapsed:
                     warnings.append(
                         f"spawn collapse at step {step}: {spawned:.1%} of rollouts spawn, less than "
-                        f"half the {first:.1%} of step {first_step}")
+                        f"half the {first:.1%} of step {first_step}"
+                    )
                 self.collapsed = collapsed
         if "reward" in row:
             self.rewards.append((step, float(row["reward"])))
@@ -127,7 +127,8 @@ class TrendWatch:
                     warnings.append(
                         f"reward hacking? at step {step} the training reward rose to {reward:.3f} "
                         f"(mean since step {last_step}) from {last_reward:.3f} while held-out "
-                        f"accuracy fell from {last_accuracy:.1%} to {accuracy:.1%}")
+                        f"accuracy fell from {last_accuracy:.1%} to {accuracy:.1%}"
+                    )
             self.last_eval = (step, reward, accuracy)
             self.rewards = []
         return warnings

@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from apr_jax.training.optim import Schedule
 from apr_jax.rl.pack import PackedUpdateBatch
 from apr_jax.rl.rollout import RolloutBatch
+from apr_jax.training.optim import Schedule
 from apr_jax.training.train_state import Graphs, TrainState
 from apr_jax.training.update import apply_gradients, summed_gradients
 
@@ -80,8 +80,7 @@ OLD_LOGPROBS = ("sampling", "recompute")
 ADVANTAGES = ("grpo", "drgrpo")  # std-normalised, mean-centred
 
 
-def group_advantages(rewards_PxG: jax.Array, advantage: str = "grpo", eps: float = 1e-6
-                     ) -> jax.Array:
+def group_advantages(rewards_PxG: jax.Array, advantage: str = "grpo", eps: float = 1e-6) -> jax.Array:
     """Reward minus the group mean (over G samples of a prompt), over the
     group std for ``"grpo"``; equal rewards give exactly 0."""
     if advantage not in ADVANTAGES:
@@ -89,7 +88,7 @@ def group_advantages(rewards_PxG: jax.Array, advantage: str = "grpo", eps: float
     rewards_PxG = jnp.asarray(rewards_PxG, jnp.float32)
     centered = rewards_PxG - rewards_PxG.mean(axis=1, keepdims=True)
     if advantage == "grpo":
-        std = jnp.sqrt(jnp.mean(centered ** 2, axis=1, keepdims=True))
+        std = jnp.sqrt(jnp.mean(centered**2, axis=1, keepdims=True))
         centered = jnp.where(std > eps, centered / jnp.maximum(std, eps), 0.0)
     return centered
 
@@ -116,8 +115,7 @@ def rollout_token_weights(mask_RxL: jax.Array, rollout_RxL: jax.Array, num_rollo
 
 
 # ---- log-probs and loss ------------------------------------------------------------
-def target_logprobs(logits_RxLxV: jax.Array, tokens_RxL: jax.Array, temperature: float = 1.0
-                    ) -> jax.Array:
+def target_logprobs(logits_RxLxV: jax.Array, tokens_RxL: jax.Array, temperature: float = 1.0) -> jax.Array:
     """``out[:, j]`` = log p(tokens[:, j] | tokens[:, :j]) from the logits at
     ``j - 1`` scaled by 1 / temperature; column 0 is 0."""
     logp_RxLxV = jax.nn.log_softmax(logits_RxLxV[:, :-1].astype(jnp.float32) / temperature, axis=-1)
@@ -125,8 +123,14 @@ def target_logprobs(logits_RxLxV: jax.Array, tokens_RxL: jax.Array, temperature:
     return jnp.pad(picked, ((0, 0), (1, 0)))
 
 
-def grpo_token_terms(logp_RxL: jax.Array, old_logp_RxL: jax.Array, ref_logp_RxL: jax.Array | None,
-                     adv_RxL: jax.Array, mask_RxL: jax.Array, cfg: GrpoConfig) -> dict[str, jax.Array]:
+def grpo_token_terms(
+    logp_RxL: jax.Array,
+    old_logp_RxL: jax.Array,
+    ref_logp_RxL: jax.Array | None,
+    adv_RxL: jax.Array,
+    mask_RxL: jax.Array,
+    cfg: GrpoConfig,
+) -> dict[str, jax.Array]:
     """Per-token clipped policy loss, k3 KL estimate, clip indicator and
     ratio; outside ``mask_RxL`` the log-ratios are 0 (ratio 1, KL 0).
     ``adv_RxL`` is each token's advantage (``[R, 1]``: one per row)."""
@@ -143,12 +147,18 @@ def grpo_token_terms(logp_RxL: jax.Array, old_logp_RxL: jax.Array, ref_logp_RxL:
     else:
         log_r = jnp.where(counted, ref_logp_RxL - logp_RxL, 0.0)
         kl = jnp.exp(log_r) - log_r - 1.0
-    return {"loss": policy + cfg.kl_coef * kl, "policy_loss": policy, "kl": kl,
-            "clip_fraction": clip_active.astype(jnp.float32), "ratio": ratio}
+    return {
+        "loss": policy + cfg.kl_coef * kl,
+        "policy_loss": policy,
+        "kl": kl,
+        "clip_fraction": clip_active.astype(jnp.float32),
+        "ratio": ratio,
+    }
 
 
-def grpo_loss(logp_RxL, old_logp_RxL, ref_logp_RxL, adv_RxL, weights_RxL, cfg: GrpoConfig
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def grpo_loss(
+    logp_RxL, old_logp_RxL, ref_logp_RxL, adv_RxL, weights_RxL, cfg: GrpoConfig
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The weighted loss, its weighted per-token statistics and the largest
     ratio (``ratio_max``) over the counted tokens (``weights_RxL > 0``)."""
     terms = grpo_token_terms(logp_RxL, old_logp_RxL, ref_logp_RxL, adv_RxL, weights_RxL, cfg)
@@ -175,8 +185,7 @@ class UpdateBatch:
     adv_N: jax.Array  # float32 [N]
 
     @classmethod
-    def from_rollout(cls, batch: RolloutBatch, adv_N: jax.Array, keep_N: jax.Array | None = None
-                     ) -> "UpdateBatch":
+    def from_rollout(cls, batch: RolloutBatch, adv_N: jax.Array, keep_N: jax.Array | None = None) -> "UpdateBatch":
         """``keep_N`` (bool [N], optional) drops whole rollouts from the update:
         their rows become invalid, so they carry no loss, no KL and no weight
         in the per-rollout mean, and all-dropped microbatches are skipped."""
@@ -184,35 +193,52 @@ class UpdateBatch:
         if keep_N is not None:
             valid_R = valid_R & jnp.asarray(keep_N, bool)[batch.rollout_R]
             mask_RxL = mask_RxL * valid_R[:, None]
-        return cls(batch.tokens_RxL, batch.positions_RxL, batch.segment_ids_RxL,
-                   mask_RxL, batch.logp_RxL, valid_R, batch.rollout_R,
-                   jnp.asarray(adv_N, jnp.float32))
+        return cls(
+            batch.tokens_RxL,
+            batch.positions_RxL,
+            batch.segment_ids_RxL,
+            mask_RxL,
+            batch.logp_RxL,
+            valid_R,
+            batch.rollout_R,
+            jnp.asarray(adv_N, jnp.float32),
+        )
 
 
-def _minibatch_order(valid_R: jax.Array, rollout_R: jax.Array, num_rollouts: int, minibatches: int
-                     ) -> jax.Array:
+def _minibatch_order(valid_R: jax.Array, rollout_R: jax.Array, num_rollouts: int, minibatches: int) -> jax.Array:
     """Row order grouping whole rollouts into minibatches and, inside each,
     putting valid rows first so all-padding microbatches can be skipped."""
     mb_R = rollout_R // (num_rollouts // minibatches)
     return jnp.argsort(mb_R * 2 + (~valid_R).astype(jnp.int32), stable=True)
 
 
-def _update_rows(batch: UpdateBatch | PackedUpdateBatch, num_rollouts: int, minibatches: int
-                 ) -> dict[str, jax.Array]:
+def _update_rows(batch: UpdateBatch | PackedUpdateBatch, num_rollouts: int, minibatches: int) -> dict[str, jax.Array]:
     """The rows the update trains on, grouped by minibatch (equal row counts,
     valid rows first in each): per row ``valid``; per token (``[R, L]``, or
     ``[R, 1]`` when constant along a row) tokens, positions, segment ids,
     mask, old log-probs, advantage and rollout."""
     if isinstance(batch, PackedUpdateBatch):  # laid out on the host already
-        return {"tokens": batch.tokens_RxL, "positions": batch.positions_RxL,
-                "segment_ids": batch.segment_ids_RxL, "mask": batch.mask_RxL,
-                "old_logp": batch.old_logp_RxL, "valid": batch.valid_R, "adv": batch.adv_RxL,
-                "rollout": batch.rollout_RxL}
+        return {
+            "tokens": batch.tokens_RxL,
+            "positions": batch.positions_RxL,
+            "segment_ids": batch.segment_ids_RxL,
+            "mask": batch.mask_RxL,
+            "old_logp": batch.old_logp_RxL,
+            "valid": batch.valid_R,
+            "adv": batch.adv_RxL,
+            "rollout": batch.rollout_RxL,
+        }
     order = _minibatch_order(batch.valid_R, batch.rollout_R, num_rollouts, minibatches)
-    rows = {"tokens": batch.tokens_RxL, "positions": batch.positions_RxL,
-            "segment_ids": batch.segment_ids_RxL, "mask": batch.mask_RxL,
-            "old_logp": batch.old_logp_RxL, "valid": batch.valid_R,
-            "adv": batch.adv_N[batch.rollout_R][:, None], "rollout": batch.rollout_R[:, None]}
+    rows = {
+        "tokens": batch.tokens_RxL,
+        "positions": batch.positions_RxL,
+        "segment_ids": batch.segment_ids_RxL,
+        "mask": batch.mask_RxL,
+        "old_logp": batch.old_logp_RxL,
+        "valid": batch.valid_R,
+        "adv": batch.adv_N[batch.rollout_R][:, None],
+        "rollout": batch.rollout_R[:, None],
+    }
     return jax.tree.map(lambda x: x[order], rows)
 
 
@@ -226,10 +252,14 @@ def padding_share(valid_R: jax.Array, segment_ids_RxL: jax.Array, chunks: int) -
     return 1.0 - real / jnp.maximum(computed, 1)
 
 
-def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
-                     learning_rate: Schedule | None = None, state_shardings: Any = None
-                     ) -> Callable[[TrainState, UpdateBatch | PackedUpdateBatch],
-                                   tuple[TrainState, dict[str, jax.Array]]]:
+def make_grpo_update(
+    graphs: Graphs,
+    cfg: GrpoConfig,
+    *,
+    num_rollouts: int,
+    learning_rate: Schedule | None = None,
+    state_shardings: Any = None,
+) -> Callable[[TrainState, UpdateBatch | PackedUpdateBatch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``update(state, batch, schedule_steps) -> (state, metrics)``, jitted and
     donating ``state``, whose ``ref`` holds the frozen reference model's
     ``nnx.Param`` state (unused, and may be None, when ``kl_coef == 0``).
@@ -253,8 +283,7 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
     def micro_split(x, micro):
         return x.reshape((micro, x.shape[0] // micro) + x.shape[1:])
 
-    def update(state: TrainState, batch: UpdateBatch | PackedUpdateBatch,
-               schedule_steps: jax.Array | None):
+    def update(state: TrainState, batch: UpdateBatch | PackedUpdateBatch, schedule_steps: jax.Array | None):
         R = batch.tokens_RxL.shape[0]
         M, A = cfg.minibatches, cfg.microbatches
         if R % (M * A):
@@ -272,7 +301,10 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
                 return jax.lax.cond(
                     jnp.any(chunk["valid"]),
                     lambda c: forward_logp(model_graphdef, params, rest, c),
-                    lambda c: jnp.zeros(c["tokens"].shape, jnp.float32), chunk)
+                    lambda c: jnp.zeros(c["tokens"].shape, jnp.float32),
+                    chunk,
+                )
+
             logp = jax.lax.map(chunk_logp, jax.tree.map(lambda x: micro_split(x, chunks), rows))
             return logp.reshape(rows["tokens"].shape)
 
@@ -283,30 +315,28 @@ def make_grpo_update(graphs: Graphs, cfg: GrpoConfig, *, num_rollouts: int,
             recomputed = batch_logp(policy_params)
             counted = rows["mask"] > 0
             gap = jnp.where(counted, jnp.abs(rows["old_logp"] - recomputed), 0.0)
-            gap_metrics = {"logp_gap_mean": gap.sum() / jnp.maximum(counted.sum(), 1),
-                           "logp_gap_max": gap.max()}
+            gap_metrics = {"logp_gap_mean": gap.sum() / jnp.maximum(counted.sum(), 1), "logp_gap_max": gap.max()}
             rows["old_logp"] = recomputed
 
         # Per-token weights: the per-rollout mean, over each minibatch's rollouts.
         mb_rows = jax.tree.map(lambda x: micro_split(x, M), rows)
         mb_rows["weights"] = jax.vmap(rollout_token_weights, in_axes=(0, 0, None))(
-            mb_rows["mask"], mb_rows.pop("rollout"), num_rollouts)
+            mb_rows["mask"], mb_rows.pop("rollout"), num_rollouts
+        )
         mb_rows = jax.tree.map(lambda x: micro_split_1(x, A), mb_rows)  # [M, A, rows, ...]
 
         def micro_loss(params, micro):
             logp = forward_logp(model_graphdef, params, rest, micro)
-            return grpo_loss(logp, micro["old_logp"], micro.get("ref_logp"), micro["adv"],
-                             micro["weights"], cfg)
+            return grpo_loss(logp, micro["old_logp"], micro.get("ref_logp"), micro["adv"], micro["weights"], cfg)
 
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
         def minibatch_step(state: TrainState, minibatch):
             _, params, _ = nnx.split(nnx.merge(graphs.model, state.model), nnx.Param, ...)
-            (_, stats), grads = summed_gradients(grad_fn, params, minibatch,
-                                                 active=lambda micro: jnp.any(micro["valid"]),
-                                                 max_keys=("ratio_max",))
-            state, update_metrics = apply_gradients(graphs, state, grads, stats["loss"], learning_rate,
-                                                   schedule_steps)
+            (_, stats), grads = summed_gradients(
+                grad_fn, params, minibatch, active=lambda micro: jnp.any(micro["valid"]), max_keys=("ratio_max",)
+            )
+            state, update_metrics = apply_gradients(graphs, state, grads, stats["loss"], learning_rate, schedule_steps)
             return state, {**stats, **update_metrics}
 
         def epoch(state, _):

@@ -44,8 +44,9 @@ class PackedUpdateBatch:
     valid_R: np.ndarray  # bool: the row holds a thread
 
 
-def pack_update_batch(batch: Any, adv_N: np.ndarray, keep_N: np.ndarray | None, *,
-                      minibatches: int) -> PackedUpdateBatch:
+def pack_update_batch(
+    batch: Any, adv_N: np.ndarray, keep_N: np.ndarray | None, *, minibatches: int
+) -> PackedUpdateBatch:
     """Packs the valid threads of ``batch`` (a ``RolloutBatch`` on the host)
     whose rollout ``keep_N`` keeps (all when None), minibatch by minibatch.
     ``adv_N`` is each rollout's advantage."""
@@ -67,10 +68,15 @@ def pack_update_batch(batch: Any, adv_N: np.ndarray, keep_N: np.ndarray | None, 
     rows_per_mb = R // minibatches
     minibatch_R = rollout_R // (N // minibatches)
 
-    out = {"tokens": np.zeros((R, L), np.int32), "positions": np.zeros((R, L), np.int32),
-           "segment_ids": np.zeros((R, L), np.int32), "mask": np.zeros((R, L), np.float32),
-           "old_logp": np.zeros((R, L), np.float32), "adv": np.zeros((R, L), np.float32),
-           "rollout": np.zeros((R, L), np.int32)}
+    out = {
+        "tokens": np.zeros((R, L), np.int32),
+        "positions": np.zeros((R, L), np.int32),
+        "segment_ids": np.zeros((R, L), np.int32),
+        "mask": np.zeros((R, L), np.float32),
+        "old_logp": np.zeros((R, L), np.float32),
+        "adv": np.zeros((R, L), np.float32),
+        "rollout": np.zeros((R, L), np.int32),
+    }
     for m in range(minibatches):
         threads_M = np.flatnonzero(keep_R & (minibatch_R == m))
         lengths_M = length_R[threads_M]
@@ -88,6 +94,12 @@ def pack_update_batch(batch: Any, adv_N: np.ndarray, keep_N: np.ndarray | None, 
         out["rollout"][rows] = np.where(real, rollout_R[row_BxL], 0)
         out["adv"][rows] = np.where(real, adv_N[rollout_R[row_BxL]], 0.0)
     return PackedUpdateBatch(
-        tokens_RxL=out["tokens"], positions_RxL=out["positions"], segment_ids_RxL=out["segment_ids"],
-        mask_RxL=out["mask"], old_logp_RxL=out["old_logp"], adv_RxL=out["adv"],
-        rollout_RxL=out["rollout"], valid_R=(out["segment_ids"] > 0).any(axis=1))
+        tokens_RxL=out["tokens"],
+        positions_RxL=out["positions"],
+        segment_ids_RxL=out["segment_ids"],
+        mask_RxL=out["mask"],
+        old_logp_RxL=out["old_logp"],
+        adv_RxL=out["adv"],
+        rollout_RxL=out["rollout"],
+        valid_R=(out["segment_ids"] > 0).any(axis=1),
+    )

@@ -21,8 +21,15 @@ from apr_jax.protocol import conditioning_prefix
 class PromptStream:
     """``take(count)`` -> (problems, requested child counts); ``next_key()``."""
 
-    def __init__(self, problems: Sequence[Any], *, seed: int, prompt: Callable[[Any, str], str],
-                 condition_kind: str | None = None, condition_values: Sequence[int] = ()):
+    def __init__(
+        self,
+        problems: Sequence[Any],
+        *,
+        seed: int,
+        prompt: Callable[[Any, str], str],
+        condition_kind: str | None = None,
+        condition_values: Sequence[int] = (),
+    ):
         """``prompt(problem, prefix)`` is the task's root prompt (``Task.prompt``)."""
         if not problems:
             raise ValueError("the RL prompt stream needs at least one problem")
@@ -51,7 +58,7 @@ class PromptStream:
                 self.epoch, self.position = self.epoch + 1, 0
             order = self._order(self.epoch)
             take = min(count - len(chosen), len(self.problems) - self.position)
-            chosen.extend(order[self.position:self.position + take].tolist())
+            chosen.extend(order[self.position : self.position + take].tolist())
             self.position += take
         values: list[int | None] = [None] * count
         if self.condition_kind is not None:
@@ -76,15 +83,21 @@ class PromptStream:
 
     # ---- checkpointing (grain iterator interface) ------------------------------
     def get_state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "num_problems": len(self.problems), "key": self._key_data.tolist()}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_problems": len(self.problems),
+            "key": self._key_data.tolist(),
+        }
 
     def set_state(self, state: bytes | str | dict[str, Any]) -> None:
         if isinstance(state, (bytes, str)):
             state = json.loads(state)
         if state.get("num_problems") != len(self.problems):
-            raise ValueError(f"saved prompt stream has {state.get('num_problems')} problems, "
-                             f"this run has {len(self.problems)}")
+            raise ValueError(
+                f"saved prompt stream has {state.get('num_problems')} problems, this run has {len(self.problems)}"
+            )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._key_data = np.asarray(state["key"], dtype=self._key_data.dtype)
 

@@ -80,14 +80,20 @@ class RewardConfig:
     latency_weight: float = 0.0  # group-relative, <= MAX_GROUP_WEIGHT
 
     def __post_init__(self):
-        for name, most in (("format_penalty", math.inf), ("acceleration_weight", math.inf),
-                           ("acceleration_cap", math.inf), ("latency_bonus", math.inf),
-                           ("condition_penalty", math.inf), ("token_cost", MAX_GROUP_WEIGHT),
-                           ("latency_weight", MAX_GROUP_WEIGHT)):
+        for name, most in (
+            ("format_penalty", math.inf),
+            ("acceleration_weight", math.inf),
+            ("acceleration_cap", math.inf),
+            ("latency_bonus", math.inf),
+            ("condition_penalty", math.inf),
+            ("token_cost", MAX_GROUP_WEIGHT),
+            ("latency_weight", MAX_GROUP_WEIGHT),
+        ):
             value = getattr(self, name)
             if not 0 <= value <= most:
-                bound = "" if most == math.inf else (
-                    f" and <= {most} (so a correct rollout always outearns a wrong one)")
+                bound = (
+                    "" if most == math.inf else (f" and <= {most} (so a correct rollout always outearns a wrong one)")
+                )
                 raise ValueError(f"{name} must be >= 0{bound}, got {value}")
 
     def counts_as_correct(self, verified: bool, well_formed: bool) -> bool:
@@ -125,13 +131,20 @@ def acceleration_term(total_tokens: int, sequential_tokens: int, cfg: RewardConf
     """A correct rollout's acceleration term (module docstring): 0 for one thread."""
     if not cfg.acceleration_weight:
         return 0.0
-    return cfg.acceleration_weight * min(math.log(acceleration(total_tokens, sequential_tokens)),
-                                         cfg.acceleration_cap)
+    return cfg.acceleration_weight * min(math.log(acceleration(total_tokens, sequential_tokens)), cfg.acceleration_cap)
 
 
-def rollout_reward(*, verified: bool, well_formed: bool, total_tokens: int, sequential_tokens: int,
-                   children: int, asked_children: int | None, cfg: RewardConfig,
-                   credit: float = 1.0) -> float:
+def rollout_reward(
+    *,
+    verified: bool,
+    well_formed: bool,
+    total_tokens: int,
+    sequential_tokens: int,
+    children: int,
+    asked_children: int | None,
+    cfg: RewardConfig,
+    credit: float = 1.0,
+) -> float:
     """One rollout's per-rollout reward (module docstring; the group terms
     are ``group_terms``') from the verifier's verdict on the root's text
     (accepted, with ``credit`` the verifier's reward) and whether the root
@@ -158,8 +171,13 @@ def _to_group_mean(x_PxG: np.ndarray, correct_PxG: np.ndarray) -> np.ndarray:
     return np.where(mean_Px1 > 0, x_PxG / np.where(mean_Px1 > 0, mean_Px1, 1.0), 1.0)
 
 
-def group_terms(correct_PxG: np.ndarray, credit_PxG: np.ndarray, total_PxG: np.ndarray,
-                sequential_PxG: np.ndarray, cfg: RewardConfig) -> dict[str, np.ndarray]:
+def group_terms(
+    correct_PxG: np.ndarray,
+    credit_PxG: np.ndarray,
+    total_PxG: np.ndarray,
+    sequential_PxG: np.ndarray,
+    cfg: RewardConfig,
+) -> dict[str, np.ndarray]:
     """The group-relative terms that are on, [P, G] float64 each, as added to
     the reward: ``token_cost`` (minus the cost) and ``latency`` (module
     docstring); 0 for rollouts not counted as correct."""
@@ -175,9 +193,14 @@ def group_terms(correct_PxG: np.ndarray, credit_PxG: np.ndarray, total_PxG: np.n
     return out
 
 
-def score_results(results: Sequence[Sequence[SampleResult]], verified: np.ndarray,
-                  well_formed: np.ndarray, credit: np.ndarray, cfg: RewardConfig,
-                  asked_children: Sequence[int | None] | None = None) -> Scored:
+def score_results(
+    results: Sequence[Sequence[SampleResult]],
+    verified: np.ndarray,
+    well_formed: np.ndarray,
+    credit: np.ndarray,
+    cfg: RewardConfig,
+    asked_children: Sequence[int | None] | None = None,
+) -> Scored:
     """Rewards of the engine's ``results`` ([problem][sample]) from the
     verifier's verdicts, [P, G] each: ``verified`` (the root's text is
     accepted), ``well_formed`` (the root stopped on EOS with an answer line)
@@ -188,8 +211,7 @@ def score_results(results: Sequence[Sequence[SampleResult]], verified: np.ndarra
     verified, well_formed = np.asarray(verified, bool), np.asarray(well_formed, bool)
     credit = np.asarray(credit, np.float64)
     P, G = verified.shape
-    if len(results) != P or any(len(r) != G for r in results) or well_formed.shape != (P, G) \
-            or credit.shape != (P, G):
+    if len(results) != P or any(len(r) != G for r in results) or well_formed.shape != (P, G) or credit.shape != (P, G):
         raise ValueError(f"results and verdicts must be [P, G] = [{P}, {G}] each")
     asked = list(asked_children) if asked_children is not None else [None] * P
     if len(asked) != P:
@@ -201,27 +223,49 @@ def score_results(results: Sequence[Sequence[SampleResult]], verified: np.ndarra
     for n in range(P):
         for k, result in enumerate(results[n]):
             rewards[n, k] = rollout_reward(
-                verified=bool(verified[n, k]), well_formed=bool(well_formed[n, k]),
-                total_tokens=int(total[n, k]), sequential_tokens=int(sequential[n, k]),
-                children=result.num_threads - 1, asked_children=asked[n], cfg=cfg,
-                credit=float(credit[n, k]))
+                verified=bool(verified[n, k]),
+                well_formed=bool(well_formed[n, k]),
+                total_tokens=int(total[n, k]),
+                sequential_tokens=int(sequential[n, k]),
+                children=result.num_threads - 1,
+                asked_children=asked[n],
+                cfg=cfg,
+                credit=float(credit[n, k]),
+            )
     terms = {}
     if cfg.acceleration_weight:
         terms["acceleration"] = np.array(
-            [[acceleration_term(int(total[n, k]), int(sequential[n, k]), cfg) if correct[n, k] else 0.0
-              for k in range(G)] for n in range(P)])
+            [
+                [
+                    acceleration_term(int(total[n, k]), int(sequential[n, k]), cfg) if correct[n, k] else 0.0
+                    for k in range(G)
+                ]
+                for n in range(P)
+            ]
+        )
     grouped = group_terms(correct, credit, total, sequential, cfg)
     for term in grouped.values():
         rewards = rewards + term
     terms.update(grouped)
-    return Scored(rewards=rewards.astype(np.float32), correct=correct, verified=verified,
-                  well_formed=well_formed, results=[r for per_problem in results for r in per_problem],
-                  terms=terms)
+    return Scored(
+        rewards=rewards.astype(np.float32),
+        correct=correct,
+        verified=verified,
+        well_formed=well_formed,
+        results=[r for per_problem in results for r in per_problem],
+        terms=terms,
+    )
 
 
-def score_rollouts(arrays: dict[str, np.ndarray], tokenizer: Any, problems: Sequence[Any],
-                   cfg: RewardConfig, asked_children: Sequence[int | None] | None = None, *,
-                   task: Task) -> Scored:
+def score_rollouts(
+    arrays: dict[str, np.ndarray],
+    tokenizer: Any,
+    problems: Sequence[Any],
+    cfg: RewardConfig,
+    asked_children: Sequence[int | None] | None = None,
+    *,
+    task: Task,
+) -> Scored:
     """Rewards of every rollout from loop-state arrays shaped [problem, sample, ...]
     (``rollout.engine_arrays``), scored by ``task``'s verifier;
     ``asked_children[n]`` is problem n's requested child count (None: not
@@ -230,8 +274,7 @@ def score_rollouts(arrays: dict[str, np.ndarray], tokenizer: Any, problems: Sequ
     if len(problems) != P:
         raise ValueError(f"{len(problems)} problems for {P} decoded prompts")
     results = sample_results(arrays, P)
-    trees = to_thread_trees(EngineOutput(samples=results, steps=[]), tokenizer,
-                            [p.to_dict() for p in problems])
+    trees = to_thread_trees(EngineOutput(samples=results, steps=[]), tokenizer, [p.to_dict() for p in problems])
     verified, well_formed = np.zeros((P, G), bool), np.zeros((P, G), bool)
     credit = np.zeros((P, G), np.float64)
     for n, problem in enumerate(problems):

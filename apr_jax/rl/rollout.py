@@ -63,8 +63,7 @@ class RolloutBatch:
     def model_mask_RxL(self) -> jax.Array:
         """1.0 on model-written tokens of valid rows; prompts, joins and padding are 0."""
         j_1xL = jnp.arange(self.tokens_RxL.shape[1])[None]
-        keep = ((self.role_RxL == engine_loop.ROLE_MODEL) & self.valid_R[:, None]
-                & (j_1xL < self.length_R[:, None]))
+        keep = (self.role_RxL == engine_loop.ROLE_MODEL) & self.valid_R[:, None] & (j_1xL < self.length_R[:, None])
         return keep.astype(jnp.float32)
 
     @property
@@ -75,16 +74,24 @@ class RolloutBatch:
 
     @property
     def positions_RxL(self) -> jax.Array:
-        return jnp.broadcast_to(jnp.arange(self.tokens_RxL.shape[1], dtype=jnp.int32),
-                                self.tokens_RxL.shape)
+        return jnp.broadcast_to(jnp.arange(self.tokens_RxL.shape[1], dtype=jnp.int32), self.tokens_RxL.shape)
 
 
 # RolloutBatch fields copied from the engine's loop state: batch field -> LoopState field.
 LOOP_FIELDS = {
-    "tokens_RxL": "buf_RxL", "role_RxL": "role_RxL", "logp_RxL": "logp_RxL", "length_R": "length_R",
-    "parent_R": "parent_R", "depth_R": "depth_R", "stop_R": "stop_R", "written_R": "written_R",
-    "rounds_R": "rounds_R", "spawn_round_R": "spawn_round_R", "threads_N": "next_free_N",
-    "dropped_children_N": "dropped_children_N", "dropped_pool_N": "dropped_pool_N",
+    "tokens_RxL": "buf_RxL",
+    "role_RxL": "role_RxL",
+    "logp_RxL": "logp_RxL",
+    "length_R": "length_R",
+    "parent_R": "parent_R",
+    "depth_R": "depth_R",
+    "stop_R": "stop_R",
+    "written_R": "written_R",
+    "rounds_R": "rounds_R",
+    "spawn_round_R": "spawn_round_R",
+    "threads_N": "next_free_N",
+    "dropped_children_N": "dropped_children_N",
+    "dropped_pool_N": "dropped_pool_N",
 }
 
 
@@ -93,13 +100,19 @@ def engine_arrays(batch: RolloutBatch, num_prompts: int) -> dict[str, np.ndarray
     state ([problem, sample, thread, ...], by ``engine.sample_major``) and
     keyed by the loop state's names, for ``engine.sample_results``."""
     host = jax.device_get(batch)
-    return sample_major({loop_name: getattr(host, name) for name, loop_name in LOOP_FIELDS.items()},
-                        num_prompts)
+    return sample_major({loop_name: getattr(host, name) for name, loop_name in LOOP_FIELDS.items()}, num_prompts)
 
 
-def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg: EngineConfig,
-                 ids: ProtocolIds, prompt_width: int, *, chunks: int = 1, page_size: int = 0
-                 ) -> Callable[[Any, jax.Array, PromptBatch], RolloutBatch]:
+def make_rollout(
+    decode_fn: DecodeFn,
+    init_cache: Callable[[int, int], Any],
+    cfg: EngineConfig,
+    ids: ProtocolIds,
+    prompt_width: int,
+    *,
+    chunks: int = 1,
+    page_size: int = 0,
+) -> Callable[[Any, jax.Array, PromptBatch], RolloutBatch]:
     """Returns ``rollout(params, key, prompts) -> RolloutBatch``, pure and jitted.
 
     ``prompt_width`` is the static prompt width T (tokens without BOS); the
@@ -129,18 +142,25 @@ def make_rollout(decode_fn: DecodeFn, init_cache: Callable[[int, int], Any], cfg
         if chunks == 1:
             s = run_chunk(jnp.int32(0), prompts.tokens_PxT, prompts.length_P)
         else:
-            per = jax.lax.map(lambda xs: run_chunk(*xs),
-                              (jnp.arange(chunks, dtype=jnp.int32),
-                               prompts.tokens_PxT.reshape(chunks, per_chunk, T),
-                               prompts.length_P.reshape(chunks, per_chunk)))
+            per = jax.lax.map(
+                lambda xs: run_chunk(*xs),
+                (
+                    jnp.arange(chunks, dtype=jnp.int32),
+                    prompts.tokens_PxT.reshape(chunks, per_chunk, T),
+                    prompts.length_P.reshape(chunks, per_chunk),
+                ),
+            )
             s = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), per.replace(cache=None))
         R = P * G * S
         row_R = jnp.arange(R, dtype=jnp.int32)
         rollout_R = row_R // S
         thread_R = row_R % S
         return RolloutBatch(
-            valid_R=thread_R < s.next_free_N[rollout_R], rollout_R=rollout_R, thread_R=thread_R,
-            **{name: getattr(s, loop_name) for name, loop_name in LOOP_FIELDS.items()})
+            valid_R=thread_R < s.next_free_N[rollout_R],
+            rollout_R=rollout_R,
+            thread_R=thread_R,
+            **{name: getattr(s, loop_name) for name, loop_name in LOOP_FIELDS.items()},
+        )
 
     return jax.jit(rollout)
 
@@ -153,5 +173,5 @@ def encode_prompts(token_lists: list[list[int]], width: int, pad_id: int = 0) ->
             raise ValueError(f"prompt {i} has {len(ids)} tokens; the rollout's prompt width is {width}")
         if not ids:
             raise ValueError(f"prompt {i} is empty")
-        tokens[i, :len(ids)] = ids
+        tokens[i, : len(ids)] = ids
     return PromptBatch(tokens, np.asarray([len(t) for t in token_lists], np.int32))

@@ -33,11 +33,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from apr_jax.config.identity import identity_diff
-from apr_jax.runtime import sharding
-from apr_jax.training import train_state as ts
 from apr_jax.config.checks import ConfigError
-from apr_jax.runtime.checkpoint import split_checkpoint_path
+from apr_jax.config.identity import identity_diff
+from apr_jax.config.sections import RunConfig
 from apr_jax.data.build import build_dataset_once, make_problem_source
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.decode.engine import EngineConfig, decode_page_size
@@ -47,19 +45,20 @@ from apr_jax.decode.sampler import SamplingConfig
 from apr_jax.evaluation.loading import Loaded, load_for_inference
 from apr_jax.evaluation.scoring import evaluate_problems
 from apr_jax.evaluation.sweeps import sweep_settings
-from apr_jax.training.loop import LoopSettings, TrainingError, run_loop
-from apr_jax.runtime.metrics_log import read_metrics
 from apr_jax.model.config import COMPUTE_FIELDS
-from apr_jax.training.optim import learning_rate_schedule
 from apr_jax.rl.diagnostics import TrendWatch
-from apr_jax.rl.grpo import (GrpoConfig, UpdateBatch, group_advantages, groups_with_signal,
-                             make_grpo_update)
+from apr_jax.rl.grpo import GrpoConfig, UpdateBatch, group_advantages, groups_with_signal, make_grpo_update
 from apr_jax.rl.pack import PackedUpdateBatch, pack_update_batch
 from apr_jax.rl.prompts import PromptStream
 from apr_jax.rl.reward import RewardConfig, Scored, score_rollouts
 from apr_jax.rl.rollout import RolloutBatch, encode_prompts, engine_arrays, make_rollout
-from apr_jax.config.sections import RunConfig
+from apr_jax.runtime import sharding
+from apr_jax.runtime.checkpoint import split_checkpoint_path
+from apr_jax.runtime.metrics_log import read_metrics
 from apr_jax.tasks.registry import get_task
+from apr_jax.training import train_state as ts
+from apr_jax.training.loop import LoopSettings, TrainingError, run_loop
+from apr_jax.training.optim import learning_rate_schedule
 from apr_jax.training.workdir import check_workdir
 
 
@@ -85,42 +84,63 @@ class RLSettings:
     @classmethod
     def from_config(cls, config: RunConfig) -> "RLSettings":
         if config.rl is None:
-            raise ConfigError("config has no rl section; RL configs set config.rl.init_from and friends "
-                              "(see configs/default_rl.py)")
+            raise ConfigError(
+                "config has no rl section; RL configs set config.rl.init_from and friends (see configs/default_rl.py)"
+            )
         rl = config.rl  # its own fields are checked (RLConfig); here what a run needs of them
         if not str(rl.init_from):
             raise ConfigError("config.rl.init_from is empty; name the SFT workdir or checkpoint")
         if any(int(c) > int(config.eval.max_children) for c in rl.condition_children):
-            raise ConfigError(f"config.rl.condition_children={list(rl.condition_children)} asks for more "
-                              f"children than config.eval.max_children={config.eval.max_children} lets a "
-                              f"spawn have")
+            raise ConfigError(
+                f"config.rl.condition_children={list(rl.condition_children)} asks for more "
+                f"children than config.eval.max_children={config.eval.max_children} lets a "
+                f"spawn have"
+            )
         try:
             grpo = GrpoConfig(
-                clip_low=float(rl.clip_low), clip_high=float(rl.clip_high), kl_coef=float(rl.kl_coef),
-                advantage=str(rl.advantage), inner_epochs=int(rl.inner_epochs),
-                minibatches=int(rl.minibatches), microbatches=int(config.train.grad_accum),
-                temperature=float(rl.temperature), old_logprobs=str(rl.old_logprobs))
-            reward = RewardConfig(require_eos=bool(rl.require_eos),
-                                  format_penalty=float(rl.format_penalty),
-                                  acceleration_weight=float(rl.acceleration_weight),
-                                  acceleration_cap=float(rl.acceleration_cap),
-                                  latency_bonus=float(rl.latency_bonus),
-                                  condition_penalty=float(rl.condition_penalty),
-                                  token_cost=float(rl.token_cost),
-                                  latency_weight=float(rl.latency_weight))
+                clip_low=float(rl.clip_low),
+                clip_high=float(rl.clip_high),
+                kl_coef=float(rl.kl_coef),
+                advantage=str(rl.advantage),
+                inner_epochs=int(rl.inner_epochs),
+                minibatches=int(rl.minibatches),
+                microbatches=int(config.train.grad_accum),
+                temperature=float(rl.temperature),
+                old_logprobs=str(rl.old_logprobs),
+            )
+            reward = RewardConfig(
+                require_eos=bool(rl.require_eos),
+                format_penalty=float(rl.format_penalty),
+                acceleration_weight=float(rl.acceleration_weight),
+                acceleration_cap=float(rl.acceleration_cap),
+                latency_bonus=float(rl.latency_bonus),
+                condition_penalty=float(rl.condition_penalty),
+                token_cost=float(rl.token_cost),
+                latency_weight=float(rl.latency_weight),
+            )
         except ValueError as e:
             raise ConfigError(f"config.rl: {e}") from None
         if int(rl.prompts_per_step) % grpo.minibatches:
-            raise ConfigError(f"config.rl.prompts_per_step={rl.prompts_per_step} is not divisible by "
-                              f"config.rl.minibatches={grpo.minibatches}")
-        settings = cls(init_from=str(rl.init_from), prompts_per_step=int(rl.prompts_per_step),
-                       samples_per_prompt=int(rl.samples_per_prompt), split=str(rl.split),
-                       prompt_pool=int(rl.prompt_pool),
-                       max_threads=int(rl.max_threads), rollout_chunks=int(rl.rollout_chunks),
-                       condition_children=tuple(int(c) for c in rl.condition_children),
-                       skip_flat_groups=bool(rl.skip_flat_groups),
-                       packed_update=bool(rl.packed_update), eval_every=int(rl.eval_every),
-                       eval_problems=int(rl.eval_problems), grpo=grpo, reward=reward)
+            raise ConfigError(
+                f"config.rl.prompts_per_step={rl.prompts_per_step} is not divisible by "
+                f"config.rl.minibatches={grpo.minibatches}"
+            )
+        settings = cls(
+            init_from=str(rl.init_from),
+            prompts_per_step=int(rl.prompts_per_step),
+            samples_per_prompt=int(rl.samples_per_prompt),
+            split=str(rl.split),
+            prompt_pool=int(rl.prompt_pool),
+            max_threads=int(rl.max_threads),
+            rollout_chunks=int(rl.rollout_chunks),
+            condition_children=tuple(int(c) for c in rl.condition_children),
+            skip_flat_groups=bool(rl.skip_flat_groups),
+            packed_update=bool(rl.packed_update),
+            eval_every=int(rl.eval_every),
+            eval_problems=int(rl.eval_problems),
+            grpo=grpo,
+            reward=reward,
+        )
         engine = settings.engine_config(config)
         if engine.threads_per_sample < engine.full_tree:
             e = config.eval
@@ -129,16 +149,21 @@ class RLSettings:
                 f"per rollout, but config.eval.max_rounds={e.max_rounds} spawns of "
                 f"config.eval.max_children={e.max_children} up to config.eval.max_depth={e.max_depth} "
                 f"need {engine.full_tree} (root included) and a spawn that finds no slot is dropped; "
-                f"set config.rl.max_threads={engine.full_tree} or lower those limits")
+                f"set config.rl.max_threads={engine.full_tree} or lower those limits"
+            )
         return settings
 
     def engine_config(self, config: RunConfig) -> EngineConfig:
         """The evaluation engine's limits (``eval`` section) with this run's
         sampling, group size and thread slots; one compiled call per chunk."""
         return EngineConfig.from_eval_config(
-            config.eval, config.model.max_len, samples_per_problem=self.samples_per_prompt,
-            sampling=SamplingConfig(self.grpo.temperature, 1.0), max_threads=self.max_threads,
-            batch_problems=0)
+            config.eval,
+            config.model.max_len,
+            samples_per_problem=self.samples_per_prompt,
+            sampling=SamplingConfig(self.grpo.temperature, 1.0),
+            max_threads=self.max_threads,
+            batch_problems=0,
+        )
 
     @property
     def updates_per_step(self) -> int:
@@ -149,35 +174,37 @@ def optimizer_config(config: RunConfig, settings: RLSettings) -> RunConfig:
     """The config with ``train.steps``/``warmup_steps`` counted in optimizer
     updates (several per RL step), for ``make_optimizer``."""
     n = settings.updates_per_step
-    return config.replace(train=dataclasses.replace(
-        config.train, steps=config.train.steps * n, warmup_steps=config.train.warmup_steps * n))
+    return config.replace(
+        train=dataclasses.replace(
+            config.train, steps=config.train.steps * n, warmup_steps=config.train.warmup_steps * n
+        )
+    )
 
 
-def load_sft(config: RunConfig, settings: RLSettings, workdir: str,
-             data_tokenizer: Tokenizer) -> Loaded:
+def load_sft(config: RunConfig, settings: RLSettings, workdir: str, data_tokenizer: Tokenizer) -> Loaded:
     """The SFT model and tokenizer named by ``rl.init_from``; one-line errors
     when it is missing or does not match this config or its tokenizer."""
     path = os.path.abspath(settings.init_from)
     if os.path.abspath(workdir) == split_checkpoint_path(path)[0]:
-        raise TrainingError(f"RL workdir {workdir} is the SFT run named by config.rl.init_from; "
-                            f"use another --workdir")
+        raise TrainingError(f"RL workdir {workdir} is the SFT run named by config.rl.init_from; use another --workdir")
     loaded = load_for_inference(path)
     # The policy is the SFT model; how it computes (dtype, kernel, remat) may differ.
-    diffs = identity_diff(loaded.config.to_dict(), config,
-                                     ignore=[f"model.{name}" for name in COMPUTE_FIELDS])
+    diffs = identity_diff(loaded.config.to_dict(), config, ignore=[f"model.{name}" for name in COMPUTE_FIELDS])
     if diffs:
-        raise TrainingError(f"SFT checkpoint {loaded.source} does not match the config: "
-                            f"{'; '.join(diffs[:3])}")
+        raise TrainingError(f"SFT checkpoint {loaded.source} does not match the config: {'; '.join(diffs[:3])}")
     if loaded.tokenizer.model_bytes() != data_tokenizer.model_bytes():
-        raise TrainingError(f"SFT checkpoint {loaded.source} was trained with another tokenizer "
-                            f"than the dataset's ({data_tokenizer.model_path}); rebuild the SFT run "
-                            f"or point config.data.dir at its data")
+        raise TrainingError(
+            f"SFT checkpoint {loaded.source} was trained with another tokenizer "
+            f"than the dataset's ({data_tokenizer.model_path}); rebuild the SFT run "
+            f"or point config.data.dir at its data"
+        )
     return loaded
 
 
 def _host(tree: Any) -> Any:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         return multihost_utils.process_allgather(tree, tiled=True)
     return jax.device_get(tree)
 
@@ -206,8 +233,9 @@ class RLTask:
     nan_label = "RL "
     nan_advice = "try a lower config.train.lr or config.train.on_nan=skip"
 
-    def __init__(self, config: RunConfig, settings: RLSettings, info: Any,
-                 loaded: Loaded, mesh: jax.sharding.Mesh, workdir: str):
+    def __init__(
+        self, config: RunConfig, settings: RLSettings, info: Any, loaded: Loaded, mesh: jax.sharding.Mesh, workdir: str
+    ):
         self.config, self.settings, self.mesh, self.loaded = config, settings, mesh, loaded
         self.workdir = workdir
         self.tokenizer = tokenizer = loaded.tokenizer
@@ -218,26 +246,33 @@ class RLTask:
         _, model, optimizer = ts.build_model_and_optimizer(opt_config, tokenizer.vocab_size, mesh)
         self.graphs, state = ts.split(model, optimizer)
         sft_params = nnx.to_pure_dict(nnx.state(loaded.model))
-        nnx.replace_by_pure_dict(state.model, sharding.replicated_host_to_global(
-            sft_params, ts.shardings_of(nnx.to_pure_dict(state.model))))
+        nnx.replace_by_pure_dict(
+            state.model, sharding.replicated_host_to_global(sft_params, ts.shardings_of(nnx.to_pure_dict(state.model)))
+        )
         self.state = dataclasses.replace(state, ref=ts.frozen_params(state.model, self.graphs))
         del loaded.model
 
         problems = make_problem_source(info, settings.split)
         if settings.prompt_pool:
-            problems = problems[:settings.prompt_pool]
+            problems = problems[: settings.prompt_pool]
         self.condition_kind, condition_values = None, ()
         if config.trace.condition:
             self.condition_kind = config.trace.kind
-            condition_values = (settings.condition_children or (config.eval.max_children,)
-                                if self.condition_kind == "apr" else (config.eval.tokens_per_thread,))
+            condition_values = (
+                settings.condition_children or (config.eval.max_children,)
+                if self.condition_kind == "apr"
+                else (config.eval.tokens_per_thread,)
+            )
         self.task = get_task(config)
         self.data = self.stream = PromptStream(
-            problems, seed=config.seed, prompt=self.task.prompt,
-            condition_kind=self.condition_kind, condition_values=condition_values)
+            problems,
+            seed=config.seed,
+            prompt=self.task.prompt,
+            condition_kind=self.condition_kind,
+            condition_values=condition_values,
+        )
         self.eval_problems = held_out_problems(info, settings)
-        self.prompt_width = -(-max(len(tokenizer.encode(t))
-                                   for t in self.stream.longest_prompt_texts()) // 8) * 8
+        self.prompt_width = -(-max(len(tokenizer.encode(t)) for t in self.stream.longest_prompt_texts()) // 8) * 8
         self.ids = ids
         self.engine_cfg = settings.engine_config(config)
         # One decode function and cache builder for rollouts and held-out evaluations:
@@ -246,15 +281,27 @@ class RLTask:
         self.page_size_for = model.decode_page_size
         P, G = settings.prompts_per_step, settings.samples_per_prompt
         with jax.set_mesh(mesh):
-            self.rollout = make_rollout(self.decode_fn, self.init_cache, self.engine_cfg,
-                                        ids, self.prompt_width, chunks=settings.rollout_chunks,
-                                        page_size=decode_page_size(self.engine_cfg, self.page_size_for))
-            self.update = make_grpo_update(self.graphs, settings.grpo, num_rollouts=P * G,
-                                           learning_rate=learning_rate_schedule(opt_config.train),
-                                           state_shardings=ts.shardings_of(self.state))
-        self._meta = {"config": config.to_dict(),
-                      "tokenizer_b64": base64.b64encode(tokenizer.model_bytes()).decode(),
-                      "init_from": os.path.abspath(settings.init_from)}
+            self.rollout = make_rollout(
+                self.decode_fn,
+                self.init_cache,
+                self.engine_cfg,
+                ids,
+                self.prompt_width,
+                chunks=settings.rollout_chunks,
+                page_size=decode_page_size(self.engine_cfg, self.page_size_for),
+            )
+            self.update = make_grpo_update(
+                self.graphs,
+                settings.grpo,
+                num_rollouts=P * G,
+                learning_rate=learning_rate_schedule(opt_config.train),
+                state_shardings=ts.shardings_of(self.state),
+            )
+        self._meta = {
+            "config": config.to_dict(),
+            "tokenizer_b64": base64.b64encode(tokenizer.model_bytes()).decode(),
+            "init_from": os.path.abspath(settings.init_from),
+        }
         self.schedule_steps = config.train.steps  # in RL steps; the loop sets the step budget's
         self._window: dict[str, list[float]] = {}
         self.steps_without_signal = 0
@@ -266,10 +313,12 @@ class RLTask:
 
     def describe(self) -> str:
         s = self.settings
-        return (f"RL from {s.init_from} (SFT step {self.loaded.step}): {s.prompts_per_step} prompts x "
-                f"{s.samples_per_prompt} samples, {self.engine_cfg.threads_per_sample} thread slots per "
-                f"sample, rows {s.prompts_per_step * s.samples_per_prompt * self.engine_cfg.threads_per_sample}"
-                f" x {self.engine_cfg.max_context}; mesh {dict(self.mesh.shape)}")
+        return (
+            f"RL from {s.init_from} (SFT step {self.loaded.step}): {s.prompts_per_step} prompts x "
+            f"{s.samples_per_prompt} samples, {self.engine_cfg.threads_per_sample} thread slots per "
+            f"sample, rows {s.prompts_per_step * s.samples_per_prompt * self.engine_cfg.threads_per_sample}"
+            f" x {self.engine_cfg.max_context}; mesh {dict(self.mesh.shape)}"
+        )
 
     # ---- steps --------------------------------------------------------------
     def collect(self) -> Collected:
@@ -277,15 +326,19 @@ class RLTask:
         s, stream, tokenizer = self.settings, self.stream, self.tokenizer
         with jax.set_mesh(self.mesh):
             chosen, asked = stream.take(s.prompts_per_step)
-            prompts = encode_prompts([tokenizer.encode(stream.prompt_text(p, v))
-                                      for p, v in zip(chosen, asked)], self.prompt_width, self.ids.pad)
+            prompts = encode_prompts(
+                [tokenizer.encode(stream.prompt_text(p, v)) for p, v in zip(chosen, asked)],
+                self.prompt_width,
+                self.ids.pad,
+            )
             t0 = time.time()
             batch = self.rollout(self.state.model, stream.next_key(), prompts)
             host = _host(batch)
             arrays = engine_arrays(host, s.prompts_per_step)
             t1 = time.time()
-            scored = score_rollouts(arrays, tokenizer, chosen, s.reward,
-                                    asked if self.condition_kind == "apr" else None, task=self.task)
+            scored = score_rollouts(
+                arrays, tokenizer, chosen, s.reward, asked if self.condition_kind == "apr" else None, task=self.task
+            )
             adv_N = np.asarray(group_advantages(scored.rewards, s.grpo.advantage)).reshape(-1)
             keep_N = None
             if s.skip_flat_groups:
@@ -305,17 +358,22 @@ class RLTask:
         t2 = time.time()
         with jax.set_mesh(self.mesh):
             if c.keep_N is None or c.keep_N.any():
-                self.state, metrics = self.update(self.state, self.update_batch(c, s.packed_update),
-                                                  self.schedule_updates())
+                self.state, metrics = self.update(
+                    self.state, self.update_batch(c, s.packed_update), self.schedule_updates()
+                )
                 metrics = jax.device_get(metrics)
             else:  # no group has signal: nothing to learn from this batch
                 metrics = {"finite": True}
                 self.steps_without_signal += 1
         t3 = time.time()
-        row = {**c.scored.summary(),
-               **{k: float(v) for k, v in metrics.items() if k != "finite"},
-               "padded_slots": 1.0 - float(c.arrays["next_free"].sum()) / (P * G * S),
-               "rollout_s": c.rollout_s, "reward_s": c.reward_s, "update_s": t3 - t2}
+        row = {
+            **c.scored.summary(),
+            **{k: float(v) for k, v in metrics.items() if k != "finite"},
+            "padded_slots": 1.0 - float(c.arrays["next_free"].sum()) / (P * G * S),
+            "rollout_s": c.rollout_s,
+            "reward_s": c.reward_s,
+            "update_s": t3 - t2,
+        }
         for k, v in row.items():
             self._window.setdefault(k, []).append(v)
         return metrics
@@ -343,10 +401,19 @@ class RLTask:
         """Greedy accuracy and decoding statistics of the current policy on the
         held-out slice, as ``eval_*``."""
         policy = DecodeModel(self.state.model, self.decode_fn, self.init_cache, self.page_size_for)
-        (_, kwargs), = sweep_settings(None, [], self.config)
-        _, summary = evaluate_problems(policy, self.tokenizer, self.config, self.eval_problems,
-                                       samples=1, temperature=0.0, top_p=1.0, seed=self.config.seed,
-                                       mesh=self.mesh, **kwargs)
+        ((_, kwargs),) = sweep_settings(None, [], self.config)
+        _, summary = evaluate_problems(
+            policy,
+            self.tokenizer,
+            self.config,
+            self.eval_problems,
+            samples=1,
+            temperature=0.0,
+            top_p=1.0,
+            seed=self.config.seed,
+            mesh=self.mesh,
+            **kwargs,
+        )
         return {f"eval_{k}": float(v) for k, v in summary.items() if k not in ("problems", "samples")}
 
     def _watched(self, step: int, row: dict[str, Any]) -> dict[str, Any]:
@@ -365,9 +432,10 @@ def held_out_problems(info: Any, settings: RLSettings) -> list[Any]:
         return []
     problems = make_problem_source(info, "validation")
     if len(problems) < settings.eval_problems:
-        raise ConfigError(f"config.rl.eval_problems={settings.eval_problems} but the validation split "
-                          f"has {len(problems)} problems")
-    return problems[:settings.eval_problems]
+        raise ConfigError(
+            f"config.rl.eval_problems={settings.eval_problems} but the validation split has {len(problems)} problems"
+        )
+    return problems[: settings.eval_problems]
 
 
 def make_task(config: RunConfig, workdir: str) -> RLTask:
@@ -381,8 +449,7 @@ def make_task(config: RunConfig, workdir: str) -> RLTask:
     return RLTask(config, settings, info, loaded, mesh, workdir)
 
 
-def run_rl(config: RunConfig, workdir: str, *, stop_at: int | None = None
-           ) -> dict[str, Any]:
+def run_rl(config: RunConfig, workdir: str, *, stop_at: int | None = None) -> dict[str, Any]:
     """GRPO per ``config`` in ``workdir``; returns the last logged metrics.
     ``stop_at`` ends this run at that step (checkpointed, resumable)."""
     task = make_task(config, workdir)

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-
 ITEMS = ("params", "opt_state", "data", "meta")
 
 
@@ -60,14 +59,17 @@ class _DropReadOnlyNotice(logging.Filter):
 class Checkpointer:
     """Save and restore training state under ``workdir/checkpoints``."""
 
-    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
-                 read_only: bool = False):
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
-            create=not read_only, read_only=read_only,
-            enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
+            max_to_keep=None if read_only else keep,
+            save_interval_steps=0 if read_only else 1,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=not read_only,
+        )
         notice_filter, absl_logger = _DropReadOnlyNotice(), logging.getLogger("absl")
         absl_logger.addFilter(notice_filter)
         try:
@@ -76,8 +78,7 @@ class Checkpointer:
             absl_logger.removeFilter(notice_filter)
 
     # ---- saving ----------------------------------------------------------
-    def save(self, step: int, params: Any, opt_state: Any, data_iterator: Any,
-             meta: dict[str, Any]) -> None:
+    def save(self, step: int, params: Any, opt_state: Any, data_iterator: Any, meta: dict[str, Any]) -> None:
         """Start saving; returns once the arrays are copied off the device."""
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(params),
@@ -90,8 +91,7 @@ class Checkpointer:
     def save_params(self, step: int, params: Any, meta: dict[str, Any]) -> None:
         """Save parameters and meta only: a starting point for another run
         (``train.init_from``, ``rl.init_from``), e.g. a converted pretrained model."""
-        args = ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                  meta=ocp.args.JsonSave(dict(meta, step=step)))
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(dict(meta, step=step)))
         self.manager.save(step, args=args, force=True)
 
     def wait(self) -> None:
@@ -109,8 +109,9 @@ class Checkpointer:
     def restore_meta(self, step: int) -> dict[str, Any]:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore_latest(self, abstract_params: Any, abstract_opt_state: Any | None,
-                       data_iterator: Any | None) -> tuple[int, Any, Any, dict] | None:
+    def restore_latest(
+        self, abstract_params: Any, abstract_opt_state: Any | None, data_iterator: Any | None
+    ) -> tuple[int, Any, Any, dict] | None:
         """Restore the newest readable checkpoint, falling back past damaged
         ones with a warning. Returns (step, params, opt_state, meta) or None
         when there is no checkpoint; ``data_iterator`` is restored in place."""
@@ -118,8 +119,7 @@ class Checkpointer:
         damaged: list[int] = []
         for step in reversed(steps):
             try:
-                items = dict(params=ocp.args.StandardRestore(abstract_params),
-                             meta=ocp.args.JsonRestore())
+                items = dict(params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore())
                 if abstract_opt_state is not None:
                     items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
                 if data_iterator is not None:
@@ -134,11 +134,15 @@ class Checkpointer:
                 error = f"{type(e).__name__}: {_first_sentence(str(e))}".rstrip(": ")
                 if len(damaged) == 1:
                     newest_error = error
-                print(f"warning: checkpoint {os.path.join(self.directory, str(step))} is "
-                      f"damaged or incompatible ({error}); falling back", flush=True)
+                print(
+                    f"warning: checkpoint {os.path.join(self.directory, str(step))} is "
+                    f"damaged or incompatible ({error}); falling back",
+                    flush=True,
+                )
         if steps:
-            raise CheckpointError(f"no readable checkpoint in {self.directory} "
-                                  f"(tried steps {steps}; step {steps[-1]}: {newest_error})")
+            raise CheckpointError(
+                f"no readable checkpoint in {self.directory} (tried steps {steps}; step {steps[-1]}: {newest_error})"
+            )
         return None
 
     def _move_aside(self, steps: list[int]) -> None:
@@ -176,9 +180,9 @@ def has_checkpoints(workdir: str) -> bool:
     return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
-def restore_params(path: str, abstract_params: Any,
-                   check_meta: Callable[[dict[str, Any], str], None] | None = None
-                   ) -> tuple[Any, dict[str, Any], str]:
+def restore_params(
+    path: str, abstract_params: Any, check_meta: Callable[[dict[str, Any], str], None] | None = None
+) -> tuple[Any, dict[str, Any], str]:
     """(params, meta, checkpoint folder) of the checkpoint at ``path``: a
     workdir (its newest step) or ``WORKDIR/checkpoints/STEP``. ``abstract_params``
     gives shapes, dtypes and shardings: each process reads only its shards.
@@ -191,17 +195,21 @@ def restore_params(path: str, abstract_params: Any,
     steps = checkpointer.steps()
     step = wanted if wanted is not None else (steps[-1] if steps else None)
     if step is None or step not in steps:
-        raise CheckpointError(f"no checkpoint {'step ' + str(step) + ' ' if step is not None else ''}"
-                              f"in {workdir}/checkpoints (have {steps})")
+        raise CheckpointError(
+            f"no checkpoint {'step ' + str(step) + ' ' if step is not None else ''}"
+            f"in {workdir}/checkpoints (have {steps})"
+        )
     source = os.path.join(checkpointer.directory, str(step))
     if check_meta is not None:
         check_meta(checkpointer.restore_meta(step), source)
     try:
-        restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+        restored = checkpointer.manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore())
+        )
     except Exception as e:  # orbax raises many kinds; one line for the user
-        raise CheckpointError(f"checkpoint {source} cannot be read into this model "
-                              f"({type(e).__name__}: {_first_sentence(str(e))})") from None
+        raise CheckpointError(
+            f"checkpoint {source} cannot be read into this model ({type(e).__name__}: {_first_sentence(str(e))})"
+        ) from None
     return restored["params"], restored["meta"], source
 
 

@@ -17,8 +17,14 @@ from apr_jax.runtime.jsonl import json_line
 class MetricsLogger:
     """Writes one JSON object per logged step; only process 0 writes."""
 
-    def __init__(self, workdir: str, total_steps: int, start_step: int = 0,
-                 tensorboard: bool = True, progress: bool | None = None):
+    def __init__(
+        self,
+        workdir: str,
+        total_steps: int,
+        start_step: int = 0,
+        tensorboard: bool = True,
+        progress: bool | None = None,
+    ):
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
         self._jsonl = None
@@ -32,13 +38,14 @@ class MetricsLogger:
         self._jsonl = open(path, "a", buffering=1)
         if tensorboard:
             from tensorboardX import SummaryWriter
+
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         if progress is None:
             progress = sys.stderr.isatty()
         if progress:
             from tqdm import tqdm
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step",
-                             dynamic_ncols=True, leave=False)
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=False)
 
     def write(self, step: int, metrics: dict[str, Any], *, console: bool = True) -> None:
         """One record; ``metrics["warnings"]`` (a list of lines, optional) is

@@ -12,6 +12,7 @@ def _jax_backends_running() -> bool:
         return False
     try:
         from jax._src import xla_bridge
+
         return bool(xla_bridge.backends_are_initialized())
     except (ImportError, AttributeError):
         return True

@@ -71,8 +71,9 @@ class MeshConfig:
             if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
                 raise ValueError(f"mesh.{name} must be a positive integer or -1, got {size!r}")
         if sizes.count(-1) > 1:
-            raise ValueError(f"at most one mesh axis may be -1, got data={self.data} "
-                             f"fsdp={self.fsdp} tensor={self.tensor}")
+            raise ValueError(
+                f"at most one mesh axis may be -1, got data={self.data} fsdp={self.fsdp} tensor={self.tensor}"
+            )
 
     @property
     def sizes(self) -> tuple[int, int, int]:
@@ -93,12 +94,16 @@ class MeshConfig:
         sizes = self.sizes
         if -1 in sizes:
             if num_devices % known:
-                raise ValueError(f"mesh axes {dict(zip(MESH_AXES, sizes))} cannot fill "
-                                 f"{num_devices} devices ({num_devices} is not divisible by {known})")
+                raise ValueError(
+                    f"mesh axes {dict(zip(MESH_AXES, sizes))} cannot fill "
+                    f"{num_devices} devices ({num_devices} is not divisible by {known})"
+                )
             sizes = tuple(num_devices // known if s == -1 else s for s in sizes)
         if math.prod(sizes) != num_devices:
-            raise ValueError(f"mesh axes {dict(zip(MESH_AXES, sizes))} multiply to "
-                             f"{math.prod(sizes)}, but there are {num_devices} devices")
+            raise ValueError(
+                f"mesh axes {dict(zip(MESH_AXES, sizes))} multiply to "
+                f"{math.prod(sizes)}, but there are {num_devices} devices"
+            )
         return sizes  # type: ignore[return-value]
 
 
@@ -106,12 +111,12 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[jax.Device] | None = None)
     """A mesh with axes ("data", "fsdp", "tensor") over ``devices`` (default: all)."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_cfg.resolve(len(devices))
-    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
-def logical_to_spec(logical_axes: LogicalAxes, mesh: Mesh | Any | None = None,
-                    shape: Sequence[int] | None = None) -> PartitionSpec:
+def logical_to_spec(
+    logical_axes: LogicalAxes, mesh: Mesh | Any | None = None, shape: Sequence[int] | None = None
+) -> PartitionSpec:
     """PartitionSpec for an array whose dimensions carry ``logical_axes``.
 
     With ``mesh``, mesh axes of size 1 are left out; with ``shape``, axes that
@@ -144,8 +149,7 @@ def logical_to_spec(logical_axes: LogicalAxes, mesh: Mesh | Any | None = None,
     return PartitionSpec(*entries)
 
 
-def logical_to_sharding(logical_axes: LogicalAxes, mesh: Mesh,
-                        shape: Sequence[int] | None = None) -> NamedSharding:
+def logical_to_sharding(logical_axes: LogicalAxes, mesh: Mesh, shape: Sequence[int] | None = None) -> NamedSharding:
     """NamedSharding on ``mesh`` for an array with ``logical_axes``."""
     return NamedSharding(mesh, logical_to_spec(logical_axes, mesh, shape))
 
@@ -214,11 +218,13 @@ def _startup_watchdog(timeout_s: float, what: str) -> threading.Timer:
 
     A coordinator that waits past its own deadline aborts inside C++ with a
     stack dump; this fires first and says what is wrong."""
+
     def fire() -> None:
         sys.stderr.write(
             f"error: multi-process start-up timed out after {timeout_s:.0f}s: {what} did not "
             f"all join; start the same command on every worker of the slice at once (launch/run.sh "
-            f"does, with --worker=all), or set APR_JAX_DISTRIBUTED_TIMEOUT=seconds\n")
+            f"does, with --worker=all), or set APR_JAX_DISTRIBUTED_TIMEOUT=seconds\n"
+        )
         sys.stderr.flush()
         os._exit(1)
 
@@ -246,8 +252,7 @@ def initialize_distributed(force: bool = False) -> bool:
     except ValueError:
         timeout_s = -1.0
     if not timeout_s > 0:
-        raise ValueError(f"APR_JAX_DISTRIBUTED_TIMEOUT must be a positive number of seconds, "
-                         f"got {raw_timeout!r}")
+        raise ValueError(f"APR_JAX_DISTRIBUTED_TIMEOUT must be a positive number of seconds, got {raw_timeout!r}")
     names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
     present = [n for n in names if os.environ.get(n)]
     if present and len(present) != len(names):
@@ -258,9 +263,11 @@ def initialize_distributed(force: bool = False) -> bool:
     kwargs: dict[str, Any] = {}
     what = "the processes of this slice"
     if present:
-        kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                      process_id=int(os.environ["JAX_PROCESS_ID"]))
+        kwargs = dict(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
         what = f"the {kwargs['num_processes']} processes of coordinator {kwargs['coordinator_address']}"
     watchdog = _startup_watchdog(timeout_s, what)
     watchdog.start()
@@ -268,8 +275,12 @@ def initialize_distributed(force: bool = False) -> bool:
         jax.distributed.initialize(initialization_timeout=int(timeout_s) + 30, **kwargs)
     finally:
         watchdog.cancel()
-    logging.info("jax.distributed: process %d of %d, %d local devices",
-                 jax.process_index(), jax.process_count(), jax.local_device_count())
+    logging.info(
+        "jax.distributed: process %d of %d, %d local devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+    )
     return True
 
 
@@ -282,8 +293,10 @@ def global_batch_from_process(local_batch: dict[str, np.ndarray], mesh: Mesh) ->
     for name, array in local_batch.items():
         array = np.asarray(array)
         if array.ndim == 0 or array.shape[0] % max(1, local_shards):
-            raise ValueError(f"batch field {name!r} with shape {array.shape} does not split "
-                             f"into {local_shards} per-host batch shards")
+            raise ValueError(
+                f"batch field {name!r} with shape {array.shape} does not split "
+                f"into {local_shards} per-host batch shards"
+            )
         global_shape = (array.shape[0] * jax.process_count(), *array.shape[1:])
         out[name] = jax.make_array_from_process_local_data(sharding, array, global_shape)
     return out
@@ -293,7 +306,9 @@ def replicated_host_to_global(tree: Any, shardings: Any) -> Any:
     """Host values that every process holds in full (numpy or single-device
     arrays) -> global arrays with ``shardings``, each process filling its own
     devices' shards; works on one process and across several."""
+
     def put(value, sharding):
         host = np.asarray(jax.device_get(value))
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
     return jax.tree.map(put, tree, shardings)

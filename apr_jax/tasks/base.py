@@ -84,4 +84,3 @@ def answer_key_value(answer: Any) -> Any:
     if not answer:
         return None
     return tuple(answer) if isinstance(answer, list) else answer
-

@@ -33,7 +33,7 @@ def final_answer_line(text: str, prefix: str = "") -> str | None:
         line = line.rsplit(SPAWN_CLOSE, 1)[-1].strip()
         if prefix:
             if line.startswith(prefix.strip()):
-                return line[len(prefix.strip()):].strip()[:MAX_ANSWER_CHARS]
+                return line[len(prefix.strip()) :].strip()[:MAX_ANSWER_CHARS]
         elif line:
             return line[:MAX_ANSWER_CHARS]
     return None
@@ -73,13 +73,13 @@ def load_function(spec: str) -> Callable[..., Any]:
     """The function ``module:function`` names; one-line errors."""
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
-        raise ValueError(f"config.task.checker={spec!r} is not one of {', '.join(BUILT_IN)} "
-                         f"or module:function")
+        raise ValueError(f"config.task.checker={spec!r} is not one of {', '.join(BUILT_IN)} or module:function")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # any import failure is the config's fault here
-        raise ValueError(f"config.task.checker={spec!r}: cannot import {module_name} "
-                         f"({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"config.task.checker={spec!r}: cannot import {module_name} ({type(e).__name__}: {e})"
+        ) from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ValueError(f"config.task.checker={spec!r}: {module_name} has no function {function_name}")
@@ -96,6 +96,7 @@ def make_checker(spec: str, answer_prefix: str = "") -> Checker:
             if answer is None:
                 return Score(0.0, "no answer line")
             return compare(answer, str(problem["answer"]))
+
         return check
     function = load_function(spec)
 
@@ -103,9 +104,15 @@ def make_checker(spec: str, answer_prefix: str = "") -> Checker:
         result = function(text, dict(problem))
         value, reason = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
         if not isinstance(value, (bool, int, float)) or not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"config.task.checker={spec!r} returned {result!r}; expected a bool, "
-                             f"a reward in [0, 1] or (one of those, reason)")
+            raise ValueError(
+                f"config.task.checker={spec!r} returned {result!r}; expected a bool, "
+                f"a reward in [0, 1] or (one of those, reason)"
+            )
         reward = float(value)
-        return Score(reward, str(reason) if reason is not None else ("ok" if reward >= 1 else "rejected"),
-                     final_answer_line(text, answer_prefix))
+        return Score(
+            reward,
+            str(reason) if reason is not None else ("ok" if reward >= 1 else "rejected"),
+            final_answer_line(text, answer_prefix),
+        )
+
     return check_with_user_function

@@ -32,8 +32,7 @@ from apr_jax.threads import ThreadTree
 
 SPLITS = ("train", "validation", "test")
 _SPAWN_RE = re.compile(re.escape(protocol.SPAWN_OPEN) + "(.*?)" + re.escape(protocol.SPAWN_CLOSE), re.S)
-_RETURN_RE = re.compile(re.escape(protocol.RETURN_OPEN) + "(.*)" + re.escape(protocol.RETURN_CLOSE) + r"\Z",
-                        re.S)
+_RETURN_RE = re.compile(re.escape(protocol.RETURN_OPEN) + "(.*)" + re.escape(protocol.RETURN_CLOSE) + r"\Z", re.S)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +88,8 @@ def parse_tree(d: Any) -> ThreadTree:
         if not isinstance(t, Mapping) or "parent" not in t or "segments" not in t:
             raise ValueError(f"thread {i} must be an object with 'parent' and 'segments'")
         if not isinstance(t["segments"], list) or not all(
-                isinstance(s, Mapping) and _is_str(s.get("role")) and _is_str(s.get("text"))
-                for s in t["segments"]):
+            isinstance(s, Mapping) and _is_str(s.get("role")) and _is_str(s.get("text")) for s in t["segments"]
+        ):
             raise ValueError(f"thread {i}: every segment needs a string 'role' and 'text'")
     try:
         tree = ThreadTree.from_dict(d)
@@ -111,27 +110,35 @@ def _check_threads(tree: ThreadTree) -> None:
         raise ValueError(f"thread 0 (the root) must stop with 'eos', got {root.stop!r}")
     for i, thread in enumerate(tree.threads[1:], start=1):
         if thread.stop != "return" or not _RETURN_RE.search(thread.written_text):
-            raise ValueError(f"thread {i} never returns: a child must end with "
-                             f"{protocol.RETURN_OPEN}...{protocol.RETURN_CLOSE} and stop 'return' "
-                             f"(got stop {thread.stop!r})")
+            raise ValueError(
+                f"thread {i} never returns: a child must end with "
+                f"{protocol.RETURN_OPEN}...{protocol.RETURN_CLOSE} and stop 'return' "
+                f"(got stop {thread.stop!r})"
+            )
     for i, thread in enumerate(tree.threads):
         spawns = [m.split(protocol.SEP) for m in _SPAWN_RE.findall(thread.written_text)]
         messages = [m for block in spawns for m in block]
         if len(messages) != len(thread.children):
-            raise ValueError(f"thread {i} writes {len(messages)} spawn messages but lists "
-                             f"{len(thread.children)} children")
+            raise ValueError(
+                f"thread {i} writes {len(messages)} spawn messages but lists {len(thread.children)} children"
+            )
         for child, message in zip(thread.children, messages):
             first = tree.threads[child].segments[:1]
             if not first or first[0].role != "prompt" or first[0].text != protocol.child_prompt(message):
-                raise ValueError(f"thread {child} must start with the prompt segment "
-                                 f"{protocol.child_prompt(message)!r} (its spawn message)")
+                raise ValueError(
+                    f"thread {child} must start with the prompt segment "
+                    f"{protocol.child_prompt(message)!r} (its spawn message)"
+                )
         joins = [s.text for s in thread.segments if s.role == "join"]
         children = iter(thread.children)
-        expected = [protocol.join_block([_RETURN_RE.search(tree.threads[next(children)].written_text)
-                                         .group(1) for _ in block]) for block in spawns]
+        expected = [
+            protocol.join_block([_RETURN_RE.search(tree.threads[next(children)].written_text).group(1) for _ in block])
+            for block in spawns
+        ]
         if joins != expected:
-            raise ValueError(f"thread {i}'s join segments {joins!r:.120} are not its children's return "
-                             f"messages {expected!r:.120}")
+            raise ValueError(
+                f"thread {i}'s join segments {joins!r:.120} are not its children's return messages {expected!r:.120}"
+            )
 
 
 def problem_of(tree: ThreadTree) -> TextProblem:
@@ -161,19 +168,23 @@ class JsonlTracesTask:
         known = {"name", "train", "validation", "test", "checker", "answer_prefix"}
         unknown = sorted(set(t) - known)
         if unknown:
-            raise ValueError(f"config.task.{unknown[0]} is not a jsonl_traces setting "
-                             f"(known: {', '.join(sorted(known))})")
+            raise ValueError(
+                f"config.task.{unknown[0]} is not a jsonl_traces setting (known: {', '.join(sorted(known))})"
+            )
         if not t.get("train"):
             raise ValueError("config.task.train is empty; name the training traces' JSONL file")
-        return cls({s: str(t.get(s) or "") for s in SPLITS}, str(t.get("checker", "exact")),
-                   str(t.get("answer_prefix", "")))
+        return cls(
+            {s: str(t.get(s) or "") for s in SPLITS}, str(t.get("checker", "exact")), str(t.get("answer_prefix", ""))
+        )
 
     # ---- files ------------------------------------------------------------------
     def trees(self) -> dict[str, list[ThreadTree]]:
         """Every split's checked trees (read once)."""
         if self._trees is None:
-            self._trees = {split: read_jsonl(path, parse_tree, kind="trace file") if path else []
-                           for split, path in self.paths.items()}
+            self._trees = {
+                split: read_jsonl(path, parse_tree, kind="trace file") if path else []
+                for split, path in self.paths.items()
+            }
         return self._trees
 
     def splits(self) -> dict[str, list[TextProblem]]:
@@ -205,7 +216,13 @@ class JsonlTracesTask:
     def dataset_builder(self, *, data_dir: str, num_workers: int, show_progress: bool) -> Any:
         del num_workers, show_progress  # nothing to generate
         trees = self.trees()
-        failed = {split: sum(not self.score(t.threads[0].written_text, problem_of(t)).ok for t in ts)
-                  for split, ts in trees.items()}
-        return AprTraceFiles(trees={s: [t.to_json() for t in ts] for s, ts in trees.items()},
-                             problems=self.splits(), failed=failed, data_dir=data_dir)
+        failed = {
+            split: sum(not self.score(t.threads[0].written_text, problem_of(t)).ok for t in ts)
+            for split, ts in trees.items()
+        }
+        return AprTraceFiles(
+            trees={s: [t.to_json() for t in ts] for s, ts in trees.items()},
+            problems=self.splits(),
+            failed=failed,
+            data_dir=data_dir,
+        )

@@ -18,9 +18,9 @@ from typing import Any, Callable, Protocol
 import jax
 import numpy as np
 
+from apr_jax.config.sections import TrainConfig
 from apr_jax.runtime.checkpoint import Checkpointer
 from apr_jax.runtime.metrics_log import MetricsLogger
-from apr_jax.config.sections import TrainConfig
 from apr_jax.training.step_budget import Probe, StepBudget, read_budget, write_budget
 from apr_jax.training.train_state import TrainState, abstract_like
 
@@ -42,10 +42,14 @@ class LoopSettings:
 
     @classmethod
     def from_config(cls, train: TrainConfig) -> "LoopSettings":
-        return cls(steps=int(train.steps), log_every=int(train.log_every),
-                   checkpoint_every=int(train.checkpoint_every),
-                   keep_checkpoints=int(train.keep_checkpoints), on_nan=str(train.on_nan),
-                   time_limit_minutes=float(train.time_limit_minutes))
+        return cls(
+            steps=int(train.steps),
+            log_every=int(train.log_every),
+            checkpoint_every=int(train.checkpoint_every),
+            keep_checkpoints=int(train.keep_checkpoints),
+            on_nan=str(train.on_nan),
+            time_limit_minutes=float(train.time_limit_minutes),
+        )
 
 
 class Task(Protocol):
@@ -115,12 +119,19 @@ def _agreed(budget: StepBudget) -> StepBudget:
     if jax.process_count() == 1:
         return budget
     from jax.experimental import multihost_utils
+
     steps = int(multihost_utils.broadcast_one_to_all(np.int32(budget.steps)))
     return dataclasses.replace(budget, steps=steps)
 
 
-def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int | None = None,
-             clock: Callable[[], float] = time.monotonic) -> LoopResult:
+def run_loop(
+    task: Task,
+    settings: LoopSettings,
+    workdir: str,
+    *,
+    stop_at: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> LoopResult:
     """Restore ``task`` from ``workdir`` and train it to ``settings.steps``, or
     to the step budget a time limit plans (``apr_jax.training.step_budget``); ``stop_at``
     ends it earlier, checkpointed and resumable, as a preemption would.
@@ -158,24 +169,25 @@ def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int |
         raise TrainingError(
             f"{task.nan_label}loss or gradient became NaN/Inf at step {step}; the update was "
             f"discarded and training stopped; last good checkpoint: {good[-1] if good else 'none'}; "
-            f"{task.nan_advice}")
+            f"{task.nan_advice}"
+        )
 
     budget = read_budget(workdir)
     if budget is not None:
-        logger.print(f"step budget {budget.steps} of {settings.steps} (planned at step "
-                     f"{budget.decided_at} for the time limit; {workdir}/step_budget.json)")
+        logger.print(
+            f"step budget {budget.steps} of {settings.steps} (planned at step "
+            f"{budget.decided_at} for the time limit; {workdir}/step_budget.json)"
+        )
     planned = budget.steps if budget is not None else settings.steps
     logger.set_total(planned)
 
     stop = StopFlag()
     stop.install()
-    deadline = (clock() + 60 * settings.time_limit_minutes
-                if settings.time_limit_minutes > 0 else math.inf)
+    deadline = clock() + 60 * settings.time_limit_minutes if settings.time_limit_minutes > 0 else math.inf
     step, last_saved, last = start_step, (start_step if restored is not None else -1), {}
     pending: list[tuple[int, dict[str, Any]]] = []  # steps whose finite flag is not checked yet
     out_of_time = False
-    probe = (Probe(settings.steps, deadline, clock)
-             if budget is None and settings.time_limit_minutes > 0 else None)
+    probe = Probe(settings.steps, deadline, clock) if budget is None and settings.time_limit_minutes > 0 else None
     try:
         while step < min(planned, stop_at or planned):
             if stop.signal is not None:
@@ -184,8 +196,7 @@ def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int |
                 logger.print(f"time limit of {settings.time_limit_minutes} min reached at step {step}")
                 out_of_time = True
                 break
-            task.schedule_steps = (budget.schedule_steps(step) if budget is not None
-                                   else settings.steps)
+            task.schedule_steps = budget.schedule_steps(step) if budget is not None else settings.steps
             metrics = task.step()
             step += 1
             if probe is not None and (planned_budget := probe.after_step(step, metrics)):
@@ -194,9 +205,11 @@ def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int |
                     write_budget(workdir, budget)
                 planned = task.schedule_steps = budget.steps
                 logger.set_total(planned)
-                logger.print(f"step budget: {planned} of {settings.steps} steps fit in the time "
-                             f"limit at {budget.seconds_per_step:.3f} s/step; the learning rate "
-                             f"anneals at step {planned}")
+                logger.print(
+                    f"step budget: {planned} of {settings.steps} steps fit in the time "
+                    f"limit at {budget.seconds_per_step:.3f} s/step; the learning rate "
+                    f"anneals at step {planned}"
+                )
             pending.append((step, metrics))
             if len(pending) > task.check_lag:
                 check_finite(*pending.pop(0))
@@ -217,8 +230,10 @@ def run_loop(task: Task, settings: LoopSettings, workdir: str, *, stop_at: int |
             save(step)
         checkpointer.wait()
         if stop.signal is not None:
-            logger.print(f"received signal {stop.signal}: saved step {step} to "
-                         f"{checkpointer.directory}; rerun the same command to resume")
+            logger.print(
+                f"received signal {stop.signal}: saved step {step} to "
+                f"{checkpointer.directory}; rerun the same command to resume"
+            )
     finally:
         checkpointer.close()
         logger.close()

@@ -49,8 +49,14 @@ def scale_by_planned_schedule(learning_rate: Schedule) -> optax.GradientTransfor
         del params
         return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
 
-    def update(updates: optax.Updates, state: optax.ScaleByScheduleState, params=None,
-               *, schedule_steps: jax.Array | None = None, **extra_args):
+    def update(
+        updates: optax.Updates,
+        state: optax.ScaleByScheduleState,
+        params=None,
+        *,
+        schedule_steps: jax.Array | None = None,
+        **extra_args,
+    ):
         del params, extra_args
         step_size = -learning_rate(state.count, schedule_steps)
         updates = jax.tree.map(lambda g: jnp.asarray(step_size, dtype=g.dtype) * g, updates)

@@ -13,19 +13,19 @@ import jax
 import numpy as np
 from flax import nnx
 
-from apr_jax.runtime import sharding
-from apr_jax.training import train_state as ts
-from apr_jax.runtime.jsonl import write_jsonl
-from apr_jax.runtime.checkpoint import decode_bytes, encode_file, has_checkpoints, restore_params
+from apr_jax.config.sections import RunConfig
 from apr_jax.data.build import DatasetInfo, build_dataset_once, make_problem_source
 from apr_jax.data.pipeline import make_iterator
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
-from apr_jax.training.loop import LoopSettings, TrainingError, run_loop
 from apr_jax.model.config import COMPUTE_FIELDS, ModelConfig, flops_per_token, num_params, peak_flops_per_device
-from apr_jax.training.optim import learning_rate_schedule
-from apr_jax.config.sections import RunConfig
-from apr_jax.training.train_step import make_eval_step, make_train_step
+from apr_jax.runtime import sharding
+from apr_jax.runtime.checkpoint import decode_bytes, encode_file, has_checkpoints, restore_params
+from apr_jax.runtime.jsonl import write_jsonl
 from apr_jax.tasks.registry import get_task
+from apr_jax.training import train_state as ts
+from apr_jax.training.loop import LoopSettings, TrainingError, run_loop
+from apr_jax.training.optim import learning_rate_schedule
+from apr_jax.training.train_step import make_eval_step, make_train_step
 from apr_jax.training.workdir import check_workdir
 
 
@@ -38,10 +38,10 @@ def check_batch(config: RunConfig, mesh: jax.sharding.Mesh) -> int:
         raise TrainingError(
             f"config.train.batch_size={batch} (microbatch {micro} with grad_accum="
             f"{config.train.grad_accum}) does not divide over the {shards} data-parallel devices "
-            f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
+            f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
+        )
     if batch % jax.process_count():
-        raise TrainingError(f"config.train.batch_size={batch} does not divide over "
-                            f"{jax.process_count()} processes")
+        raise TrainingError(f"config.train.batch_size={batch} does not divide over {jax.process_count()} processes")
     return batch // jax.process_count()
 
 
@@ -50,23 +50,39 @@ class SFTTask:
 
     check_lag = 1  # the next step is dispatched before this one's finite flag is read
     nan_label = ""
-    nan_advice = ("try a lower config.train.lr, a longer config.train.warmup_steps, "
-                  "or config.train.on_nan=skip")
+    nan_advice = "try a lower config.train.lr, a longer config.train.warmup_steps, or config.train.on_nan=skip"
 
-    def __init__(self, config: RunConfig, info: DatasetInfo, vocab_size: int,
-                 mesh: jax.sharding.Mesh, per_process_batch: int, peak_flops: float | None):
+    def __init__(
+        self,
+        config: RunConfig,
+        info: DatasetInfo,
+        vocab_size: int,
+        mesh: jax.sharding.Mesh,
+        per_process_batch: int,
+        peak_flops: float | None,
+    ):
         self.config, self.info, self.mesh = config, info, mesh
         self.per_process_batch = per_process_batch
         self.model_cfg, model, optimizer = ts.build_model_and_optimizer(config, vocab_size, mesh)
         self.graphs, self.state = ts.split(model, optimizer)
         shardings = ts.shardings_of(self.state)
         batch_shardings = sharding.batch_sharding(mesh)
-        self.data = make_iterator(config, info, "train", batch_size=per_process_batch,
-                                  process_index=jax.process_index(), process_count=jax.process_count())
+        self.data = make_iterator(
+            config,
+            info,
+            "train",
+            batch_size=per_process_batch,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
         self.data.start_prefetch()  # pipeline workers start while the model is built and compiled
-        self.train_step = make_train_step(self.graphs, shardings, batch_shardings,
-                                          grad_accum=config.train.grad_accum,
-                                          learning_rate=learning_rate_schedule(config.train))
+        self.train_step = make_train_step(
+            self.graphs,
+            shardings,
+            batch_shardings,
+            grad_accum=config.train.grad_accum,
+            learning_rate=learning_rate_schedule(config.train),
+        )
         self.eval_step = make_eval_step(self.graphs, shardings, batch_shardings)
         self.schedule_steps = config.train.steps  # the loop sets the step budget's
         seq_len = config.data.seq_len
@@ -80,9 +96,11 @@ class SFTTask:
         return {"config": self.config.to_dict(), "tokenizer_b64": encode_file(self.info.tokenizer_path)}
 
     def describe(self) -> str:
-        return (f"model: {num_params(self.model_cfg) / 1e6:.2f}M parameters "
-                f"({num_params(self.model_cfg, non_embedding=True) / 1e6:.2f}M non-embedding); "
-                f"mesh {dict(self.mesh.shape)}; {jax.device_count()} {jax.devices()[0].platform} devices")
+        return (
+            f"model: {num_params(self.model_cfg) / 1e6:.2f}M parameters "
+            f"({num_params(self.model_cfg, non_embedding=True) / 1e6:.2f}M non-embedding); "
+            f"mesh {dict(self.mesh.shape)}; {jax.device_count()} {jax.devices()[0].platform} devices"
+        )
 
     def start_row(self) -> dict[str, Any]:
         return {}
@@ -106,8 +124,7 @@ class SFTTask:
         row["tokens_per_s"] = self._window_tokens / elapsed
         row["steps_per_s"] = self._window_steps / elapsed
         if self.peak_flops:
-            row["mfu"] = (self.flops_per_step * self._window_steps / elapsed
-                          / (self.peak_flops * jax.device_count()))
+            row["mfu"] = self.flops_per_step * self._window_steps / elapsed / (self.peak_flops * jax.device_count())
         if step % self.config.train.eval_every == 0 or step == self.schedule_steps:
             row.update(self.validate())
         self._window_start, self._window_tokens, self._window_steps = time.time(), 0, 0
@@ -118,9 +135,16 @@ class SFTTask:
         config = self.config
         # Repeat the split so every process runs the same number of steps; a few
         # batches: reader threads, no worker processes to start.
-        it = make_iterator(config, self.info, "validation", batch_size=self.per_process_batch,
-                           process_index=jax.process_index(), process_count=jax.process_count(),
-                           num_epochs=config.train.eval_batches, num_workers=0)
+        it = make_iterator(
+            config,
+            self.info,
+            "validation",
+            batch_size=self.per_process_batch,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            num_epochs=config.train.eval_batches,
+            num_workers=0,
+        )
         sums = np.zeros(3)
         for batch_np in itertools.islice(it, config.train.eval_batches):
             with jax.set_mesh(self.mesh):  # as for the train step
@@ -145,26 +169,29 @@ def init_from_checkpoint(config: RunConfig, state: ts.TrainState, tokenizer: Any
     def check(meta: dict[str, Any], source: str) -> None:
         theirs_tokenizer = load_tokenizer(data=decode_bytes(meta["tokenizer_b64"]))
         if theirs_tokenizer.model_bytes() != tokenizer.model_bytes():
-            hint = (f"; set config.data.tokenizer={meta['config']['data'].get('tokenizer')}"
-                    if meta["config"]["data"].get("tokenizer") else "")
-            raise TrainingError(f"config.train.init_from: {source} was made with another tokenizer "
-                                f"than this run's dataset{hint}")
+            hint = (
+                f"; set config.data.tokenizer={meta['config']['data'].get('tokenizer')}"
+                if meta["config"]["data"].get("tokenizer")
+                else ""
+            )
+            raise TrainingError(
+                f"config.train.init_from: {source} was made with another tokenizer than this run's dataset{hint}"
+            )
         theirs = ModelConfig.from_config(meta["config"]["model"], theirs_tokenizer.vocab_size)
-        diffs = [f"config.model.{f.name} (checkpoint {getattr(theirs, f.name)!r}, "
-                 f"now {getattr(ours, f.name)!r})" for f in dataclasses.fields(ModelConfig)
-                 if f.name not in RUNTIME_MODEL_FIELDS and getattr(theirs, f.name) != getattr(ours, f.name)]
+        diffs = [
+            f"config.model.{f.name} (checkpoint {getattr(theirs, f.name)!r}, now {getattr(ours, f.name)!r})"
+            for f in dataclasses.fields(ModelConfig)
+            if f.name not in RUNTIME_MODEL_FIELDS and getattr(theirs, f.name) != getattr(ours, f.name)
+        ]
         if diffs:
-            raise TrainingError(f"config.train.init_from: {source} holds another model: "
-                                f"{'; '.join(diffs[:3])}")
+            raise TrainingError(f"config.train.init_from: {source} holds another model: {'; '.join(diffs[:3])}")
 
-    params, _, source = restore_params(config.train.init_from,
-                                       ts.abstract_like(nnx.to_pure_dict(state.model)), check)
+    params, _, source = restore_params(config.train.init_from, ts.abstract_like(nnx.to_pure_dict(state.model)), check)
     nnx.replace_by_pure_dict(state.model, params)
     return source
 
 
-def run_sft(config: RunConfig, workdir: str, *, stop_at: int | None = None
-            ) -> dict[str, Any]:
+def run_sft(config: RunConfig, workdir: str, *, stop_at: int | None = None) -> dict[str, Any]:
     """Train per ``config`` in ``workdir``; returns the last logged metrics.
 
     ``stop_at`` ends this run early at that step (checkpointed, resumable), as a
@@ -191,9 +218,15 @@ def run_sft(config: RunConfig, workdir: str, *, stop_at: int | None = None
     return last
 
 
-def final_evaluation(config: RunConfig, workdir: str, info: DatasetInfo,
-                     model: Any, tokenizer: Tokenizer, step: int,
-                     mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+def final_evaluation(
+    config: RunConfig,
+    workdir: str,
+    info: DatasetInfo,
+    model: Any,
+    tokenizer: Tokenizer,
+    step: int,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, float]:
     """Decode held-out test problems with the engine (its cache built inside
     jit under the run's ``mesh``), print the table and an honest summary, and
     write ``results_test.jsonl`` in the workdir."""
@@ -201,21 +234,26 @@ def final_evaluation(config: RunConfig, workdir: str, info: DatasetInfo,
     from apr_jax.evaluation.scoring import evaluate_problems
     from apr_jax.evaluation.sweeps import sweep_settings
 
-    problems = make_problem_source(info, "test")[:config.eval.num_problems]
-    (setting, kwargs), = sweep_settings(None, [], config)
-    rows, summary = evaluate_problems(model, tokenizer, config, problems,
-                                      samples=config.eval.samples, seed=config.seed, mesh=mesh,
-                                      **kwargs)
+    problems = make_problem_source(info, "test")[: config.eval.num_problems]
+    ((setting, kwargs),) = sweep_settings(None, [], config)
+    rows, summary = evaluate_problems(
+        model, tokenizer, config, problems, samples=config.eval.samples, seed=config.seed, mesh=mesh, **kwargs
+    )
     if jax.process_index() == 0:
         write_jsonl(os.path.join(workdir, "results_test.jsonl"), rows)
-        write_jsonl(os.path.join(workdir, "metrics.jsonl"),
-                    [{"step": step, **{f"test_{k}": v for k, v in summary.items()}}], append=True)
+        write_jsonl(
+            os.path.join(workdir, "metrics.jsonl"),
+            [{"step": step, **{f"test_{k}": v for k, v in summary.items()}}],
+            append=True,
+        )
         if plot_width([(f"{config.name}@{step}", rows)], os.path.join(workdir, WIDTH_PLOT)):
             print(f"width plot: {os.path.join(workdir, WIDTH_PLOT)}")
         print(f"held-out test ({len(problems)} problems, {config.trace.kind}):")
         print(format_table([(f"{config.name}@{step}", summary)]))
-        print(f"solved {summary['accuracy']:.1%} of held-out problems; "
-              f"{summary['well_formed']:.1%} of outputs were well formed (ended with an answer line)")
+        print(
+            f"solved {summary['accuracy']:.1%} of held-out problems; "
+            f"{summary['well_formed']:.1%} of outputs were well formed (ended with an answer line)"
+        )
         hint = get_task(config).accelerator_hint
         if jax.default_backend() == "cpu" and hint:
             print(hint)

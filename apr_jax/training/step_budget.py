@@ -61,8 +61,12 @@ class Probe:
             self.start = (step, self.clock())
             return None
         seconds_per_step = (self.clock() - self.start[1]) / PROBE_STEPS
-        planned = plan_steps(configured=self.configured, done=step, seconds_per_step=seconds_per_step,
-                             seconds_left=self.deadline - self.clock())
+        planned = plan_steps(
+            configured=self.configured,
+            done=step,
+            seconds_per_step=seconds_per_step,
+            seconds_left=self.deadline - self.clock(),
+        )
         return StepBudget(planned, step, seconds_per_step, self.configured)
 
 

@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from apr_jax.runtime import sharding
+from apr_jax.config.sections import RunConfig
 from apr_jax.model.config import ModelConfig
 from apr_jax.model.transformer import Transformer
+from apr_jax.runtime import sharding
 from apr_jax.training.optim import make_optimizer
-from apr_jax.config.sections import RunConfig
 
 
 @jax.tree_util.register_dataclass
@@ -55,21 +55,19 @@ class Graphs:
         return nnx.merge(self.model, state.model), nnx.merge(self.opt, state.opt)
 
 
-def new_model(config: RunConfig, vocab_size: int,
-              platform: str | None = None) -> Transformer:
+def new_model(config: RunConfig, vocab_size: int, platform: str | None = None) -> Transformer:
     """The model per ``config`` (concrete, or abstract under ``nnx.eval_shape``)
     for training on ``platform`` (default: JAX's default backend)."""
-    return Transformer(config.model_for(vocab_size), rngs=nnx.Rngs(config.seed),
-                       platform=platform)
+    return Transformer(config.model_for(vocab_size), rngs=nnx.Rngs(config.seed), platform=platform)
 
 
 def new_optimizer(model: nnx.Module, config: RunConfig) -> nnx.Optimizer:
     return nnx.Optimizer(model, make_optimizer(config.train), wrt=nnx.Param)
 
 
-def build_model_and_optimizer(config: RunConfig, vocab_size: int,
-                              mesh: jax.sharding.Mesh
-                              ) -> tuple[ModelConfig, Transformer, nnx.Optimizer]:
+def build_model_and_optimizer(
+    config: RunConfig, vocab_size: int, mesh: jax.sharding.Mesh
+) -> tuple[ModelConfig, Transformer, nnx.Optimizer]:
     """The model created in its sharded layout and its optimizer."""
     model = sharding.create_sharded_model(lambda: new_model(config, vocab_size), mesh)
     with jax.set_mesh(mesh):

@@ -27,8 +27,10 @@ Batch = dict[str, jax.Array]
 def _split_microbatches(batch: Batch, accum: int) -> Batch:
     """[B, ...] -> [accum, B/accum, ...] taking rows i*accum + a into
     microbatch a, so every device keeps its own rows (no resharding)."""
+
     def split(x):
         return x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+
     return jax.tree.map(split, batch)
 
 
@@ -38,6 +40,7 @@ def make_loss_fn(model_graphdef: nnx.GraphDef, rest: Any) -> Callable:
         logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])
         loss_sum, count, correct = masked_lm_loss(logits, batch)
         return loss_sum, (count, correct)
+
     return loss_fn
 
 
@@ -45,9 +48,14 @@ def _split_params(graphs: Graphs, state: TrainState) -> tuple[nnx.GraphDef, Any,
     return nnx.split(nnx.merge(graphs.model, state.model), nnx.Param, ...)
 
 
-def make_train_step(graphs: Graphs, state_shardings: TrainState, batch_shardings: Any,
-                    *, grad_accum: int = 1, learning_rate: Schedule | None = None
-                    ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+def make_train_step(
+    graphs: Graphs,
+    state_shardings: TrainState,
+    batch_shardings: Any,
+    *,
+    grad_accum: int = 1,
+    learning_rate: Schedule | None = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``step(state, batch, schedule_steps) -> (state, metrics)``,
     jitted and donating state; ``schedule_steps`` (an int32 scalar, traced) is
     the step where the learning-rate schedule ends (``apr_jax.training.optim``)."""
@@ -59,23 +67,34 @@ def make_train_step(graphs: Graphs, state_shardings: TrainState, batch_shardings
             (loss_sum, (count, correct)), grads = grad_fn(params, batch)
         else:
             (loss_sum, (count, correct)), grads = summed_gradients(
-                grad_fn, params, _split_microbatches(batch, grad_accum))
+                grad_fn, params, _split_microbatches(batch, grad_accum)
+            )
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         loss = loss_sum / denom
         state, update = apply_gradients(graphs, state, grads, loss, learning_rate, schedule_steps)
-        metrics = {"loss": loss, "grad_norm": update["grad_norm"], "token_accuracy": correct / denom,
-                   "loss_tokens": count, "finite": update["finite"]}
+        metrics = {
+            "loss": loss,
+            "grad_norm": update["grad_norm"],
+            "token_accuracy": correct / denom,
+            "loss_tokens": count,
+            "finite": update["finite"],
+        }
         if "lr" in update:
             metrics["lr"] = update["lr"]
         return state, metrics
 
-    return jax.jit(step, in_shardings=(state_shardings, batch_shardings, None),
-                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_shardings, None),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
 
 
-def make_eval_step(graphs: Graphs, state_shardings: TrainState, batch_shardings: Any
-                   ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
+def make_eval_step(
+    graphs: Graphs, state_shardings: TrainState, batch_shardings: Any
+) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
     """Returns ``eval_step(state, batch) -> {loss_sum, count, correct}``."""
 
     def eval_step(state: TrainState, batch: Batch):

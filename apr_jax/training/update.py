@@ -19,16 +19,20 @@ from apr_jax.training.train_state import Graphs, TrainState
 ValueAndGrad = Callable[[Any, Any], tuple[tuple[jax.Array, Any], Any]]
 
 
-def summed_gradients(value_and_grad: ValueAndGrad, params: Any, microbatches: Any, *,
-                     active: Callable[[Any], jax.Array] | None = None,
-                     max_keys: Sequence[str] = ()) -> tuple[tuple[jax.Array, Any], Any]:
+def summed_gradients(
+    value_and_grad: ValueAndGrad,
+    params: Any,
+    microbatches: Any,
+    *,
+    active: Callable[[Any], jax.Array] | None = None,
+    max_keys: Sequence[str] = (),
+) -> tuple[tuple[jax.Array, Any], Any]:
     """``((loss, aux), grads)`` summed over the leading axis of ``microbatches``
     with one scan; the entries ``max_keys`` of a dict ``aux`` (non-negative
     values) are maxed instead. A microbatch for which ``active`` is false
     contributes zeros without being computed (all-padding microbatches)."""
     first = jax.tree.map(lambda x: x[0], microbatches)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                         jax.eval_shape(value_and_grad, params, first))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(value_and_grad, params, first))
 
     def compute(micro):
         return value_and_grad(params, micro)
@@ -49,10 +53,14 @@ def summed_gradients(value_and_grad: ValueAndGrad, params: Any, microbatches: An
     return total
 
 
-def apply_gradients(graphs: Graphs, state: TrainState, grads: Any, loss: jax.Array,
-                    learning_rate: Schedule | None = None,
-                    schedule_steps: jax.Array | None = None
-                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+def apply_gradients(
+    graphs: Graphs,
+    state: TrainState,
+    grads: Any,
+    loss: jax.Array,
+    learning_rate: Schedule | None = None,
+    schedule_steps: jax.Array | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update of ``state`` by ``grads``; when ``loss`` or the
     gradient norm is not finite the state comes back unchanged. The schedule
     ends at ``schedule_steps`` (None: ``train.steps``; ``apr_jax.training.optim``).

@@ -9,9 +9,9 @@ import jax
 
 from apr_jax.config import loading as config_lib
 from apr_jax.config.identity import identity_diff
+from apr_jax.config.sections import RunConfig
 from apr_jax.runtime.checkpoint import has_checkpoints
 from apr_jax.training.loop import TrainingError
-from apr_jax.config.sections import RunConfig
 
 
 def default_workdir(config: RunConfig) -> str:
@@ -40,8 +40,9 @@ def check_workdir(workdir: str, config: RunConfig) -> None:
             raise TrainingError(f"{path} is unreadable ({e}); move it away to start over") from None
         diffs = identity_diff(saved, config)
         if diffs:
-            raise TrainingError(f"workdir {workdir} holds a run of a different config: "
-                                f"{'; '.join(diffs[:3])}; use another --workdir")
+            raise TrainingError(
+                f"workdir {workdir} holds a run of a different config: {'; '.join(diffs[:3])}; use another --workdir"
+            )
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         tmp = path + ".tmp"

@@ -1,7 +1,8 @@
-"""Where an APR model's wrong
-answers go wrong, from the thread trees that training (``results_test.jsonl``)
-or ``python -m apr_jax.evaluate --out`` writes (terse trace style), for
-``python -m apr_jax.failures``. Countdown only: other tasks' results have no numbers and target to check children against.
+"""Where an APR model's wrong answers go wrong, from the thread trees that
+training (``results_test.jsonl``) or ``python -m apr_jax.evaluate --out``
+writes (terse trace style), for ``python -m apr_jax.failures``. Countdown
+only: other tasks' results have no numbers and target to check children
+against.
 
 Each unsolved problem falls in the first class that applies:
 
@@ -27,7 +28,6 @@ CLASSES = ("no spawn", "solvable child", "spawn errors", "unsolvable choices")
 _MESSAGE_RE = re.compile(r"<child>(?:[bc][0-9]+ )?([^\n|]*) \| ([0-9]+(?: [0-9]+)*) -> ([0-9]+)", re.ASCII)
 
 
-
 def child_start(message: str, numbers: Sequence[int], target: int) -> str:
     """``solvable``, ``unsolvable`` or ``error`` for one child's message: its
     operations applied to the problem's numbers must be exact and leave the
@@ -45,15 +45,13 @@ def child_start(message: str, numbers: Sequence[int], target: int) -> str:
     return "solvable" if is_solvable(state, target) else "unsolvable"
 
 
-
 def classify(row: dict[str, Any]) -> str | None:
     """The failure class of one result row (None when it was solved)."""
     if row["solved"]:
         return None
     threads = row["tree"]["threads"]
     if "numbers" not in row or "target" not in row:
-        raise ValueError("a row has no numbers and target: failure classes exist for Countdown "
-                         "results only")
+        raise ValueError("a row has no numbers and target: failure classes exist for Countdown results only")
     messages = [t["segments"][0]["text"] for t in threads if t["parent"] == 0]
     if not messages:
         return "no spawn"
@@ -61,7 +59,6 @@ def classify(row: dict[str, Any]) -> str | None:
     if "solvable" in starts:
         return "solvable child"
     return "spawn errors" if "error" in starts else "unsolvable choices"
-
 
 
 def breakdown(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -74,4 +71,3 @@ def breakdown(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
         kind = classify(row)
         counts["solved" if kind is None else kind] += 1
     return out
-

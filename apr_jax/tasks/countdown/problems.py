@@ -15,9 +15,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from apr_jax.tasks.countdown.solver import is_solvable, reachable_share, reachable_shares, solvable_mask
 from apr_jax.runtime.jsonl import read_jsonl, write_jsonl
 from apr_jax.runtime.processes import process_pool
+from apr_jax.tasks.countdown.solver import is_solvable, reachable_share, reachable_shares, solvable_mask
 
 MIN_INPUTS, MAX_INPUTS = 2, 6
 _MAX_FAILED_DRAWS = 20_000  # consecutive useless draws before giving up
@@ -87,6 +87,7 @@ def _share_of(value: Any) -> float | None:
 
 # ---- oracle difficulty -------------------------------------------------------------
 
+
 def with_difficulty(problem: "Problem | Mapping[str, Any]") -> Problem:
     """``problem`` with its ``reachable_share`` filled (computed when missing)."""
     problem = as_problem(problem)
@@ -110,14 +111,16 @@ def with_difficulties(problems: Sequence[Problem]) -> list[Problem]:
         if p.reachable_share is None:
             missing[len(p.numbers)].append(i)
     for indices in missing.values():
-        shares = reachable_shares(np.array([out[i].numbers for i in indices]),
-                                  np.array([out[i].target for i in indices]))
+        shares = reachable_shares(
+            np.array([out[i].numbers for i in indices]), np.array([out[i].target for i in indices])
+        )
         for i, share in zip(indices, shares.tolist()):
             out[i] = dataclasses.replace(out[i], reachable_share=share)
     return out
 
 
 # ---- drawing -----------------------------------------------------------------------
+
 
 def input_counts(num_inputs: "int | Iterable[int]", name: str = "num_inputs") -> tuple[int, ...]:
     """``num_inputs`` (one count of numbers, or a list of counts drawn in
@@ -142,8 +145,7 @@ def input_counts(num_inputs: "int | Iterable[int]", name: str = "num_inputs") ->
     return tuple(counts)
 
 
-def _check_ranges(num_inputs: int, min_number: int, max_number: int,
-                  min_target: int, max_target: int) -> None:
+def _check_ranges(num_inputs: int, min_number: int, max_number: int, min_target: int, max_target: int) -> None:
     if not MIN_INPUTS <= num_inputs <= MAX_INPUTS:
         raise ValueError(f"num_inputs must be in [{MIN_INPUTS}, {MAX_INPUTS}], got {num_inputs}")
     if not 1 <= min_number <= max_number:
@@ -152,8 +154,9 @@ def _check_ranges(num_inputs: int, min_number: int, max_number: int,
         raise ValueError(f"need 0 <= min_target <= max_target, got {min_target}, {max_target}")
 
 
-def _draw(rng: random.Random, count: int, num_inputs: int, min_number: int, max_number: int,
-          min_target: int, max_target: int) -> list[Problem]:
+def _draw(
+    rng: random.Random, count: int, num_inputs: int, min_number: int, max_number: int, min_target: int, max_target: int
+) -> list[Problem]:
     """``count`` candidates: each ``num_inputs`` numbers, then the target, as
     ``rng.randint`` draws them (CPython's rejection sampling on
     ``getrandbits``, inlined for speed; a test checks it against ``randint``)."""
@@ -175,9 +178,15 @@ def _draw(rng: random.Random, count: int, num_inputs: int, min_number: int, max_
     return out
 
 
-def generate_problems(count: int, num_inputs: int = 4, min_number: int = 1,
-                      max_number: int = 99, min_target: int = 10, max_target: int = 100,
-                      seed: int = 0) -> list[Problem]:
+def generate_problems(
+    count: int,
+    num_inputs: int = 4,
+    min_number: int = 1,
+    max_number: int = 99,
+    min_target: int = 10,
+    max_target: int = 100,
+    seed: int = 0,
+) -> list[Problem]:
     """``count`` solvable problems (unsolvable draws are redrawn), deterministic by seed."""
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
@@ -189,16 +198,19 @@ def generate_problems(count: int, num_inputs: int = 4, min_number: int = 1,
     return out
 
 
-def _space_size(num_inputs: int, min_number: int, max_number: int,
-                min_target: int, max_target: int) -> int:
+def _space_size(num_inputs: int, min_number: int, max_number: int, min_target: int, max_target: int) -> int:
     """How many (number multiset, target) problems the ranges hold, solvable or not."""
-    return (math.comb(max_number - min_number + num_inputs, num_inputs)
-            * (max_target - min_target + 1))
+    return math.comb(max_number - min_number + num_inputs, num_inputs) * (max_target - min_target + 1)
 
 
-def _draw_solvable(rng: random.Random, ranges: tuple[int, ...],
-                   seen: set[tuple[tuple[int, ...], int]] | None, count: int,
-                   pool: Executor | None = None, workers: int = 1) -> list[Problem]:
+def _draw_solvable(
+    rng: random.Random,
+    ranges: tuple[int, ...],
+    seen: set[tuple[tuple[int, ...], int]] | None,
+    count: int,
+    pool: Executor | None = None,
+    workers: int = 1,
+) -> list[Problem]:
     """Up to ``count`` solvable problems drawn from ``ranges``; with ``seen``,
     only problems whose keys are not in it (their keys are added to it).
     Fewer come back when ``_MAX_FAILED_DRAWS`` draws in a row find nothing new.
@@ -253,10 +265,19 @@ def _draw_solvable(rng: random.Random, ranges: tuple[int, ...],
     return out
 
 
-def make_splits(num_train: int, num_validation: int, num_test: int, *,
-                num_inputs: int | Sequence[int] = 4, min_number: int = 1, max_number: int = 99,
-                min_target: int = 10, max_target: int = 100, seed: int = 0, num_workers: int = 1
-                ) -> dict[str, list[Problem]]:
+def make_splits(
+    num_train: int,
+    num_validation: int,
+    num_test: int,
+    *,
+    num_inputs: int | Sequence[int] = 4,
+    min_number: int = 1,
+    max_number: int = 99,
+    min_target: int = 10,
+    max_target: int = 100,
+    seed: int = 0,
+    num_workers: int = 1,
+) -> dict[str, list[Problem]]:
     """Train/validation/test problems, unique within and across splits by
     (sorted numbers, target), each with its ``reachable_share``. Test is drawn
     first, then validation, then train, so the held-out sets do not change
@@ -276,8 +297,10 @@ def make_splits(num_train: int, num_validation: int, num_test: int, *,
     for r, share in zip(ranges, shares):
         space = _space_size(*r)
         if sum(share.values()) > space:
-            raise ValueError(f"{sum(share.values())} unique problems of {r[0]} numbers requested but "
-                             f"only {space} exist in these ranges")
+            raise ValueError(
+                f"{sum(share.values())} unique problems of {r[0]} numbers requested but "
+                f"only {space} exist in these ranges"
+            )
     rng = random.Random(seed)
     seen: set[tuple[tuple[int, ...], int]] = set()
     splits: dict[str, list[Problem]] = {}
@@ -290,13 +313,15 @@ def make_splits(num_train: int, num_validation: int, num_test: int, *,
                 if len(groups[-1]) < share[name]:
                     raise ValueError(
                         f"could not find {sum(share.values())} unique solvable problems of {r[0]} "
-                        f"numbers (stuck at {len(seen)}); widen the ranges or ask for fewer")
+                        f"numbers (stuck at {len(seen)}); widen the ranges or ask for fewer"
+                    )
             splits[name] = _interleave(groups)
     return {name: with_difficulties(splits[name]) for name in ("train", "validation", "test")}
 
 
-def _ranges_per_count(num_inputs: int | Sequence[int], min_number: int, max_number: int,
-                      min_target: int, max_target: int) -> list[tuple[int, ...]]:
+def _ranges_per_count(
+    num_inputs: int | Sequence[int], min_number: int, max_number: int, min_target: int, max_target: int
+) -> list[tuple[int, ...]]:
     """The checked ranges of each count of numbers ``num_inputs`` names."""
     ranges = [(c, min_number, max_number, min_target, max_target) for c in input_counts(num_inputs)]
     for r in ranges:
@@ -315,9 +340,17 @@ def _interleave(groups: Sequence[Sequence[Problem]]) -> list[Problem]:
     return [p for row in itertools.zip_longest(*groups) for p in row if p is not None]
 
 
-def unseen_problems(count: int, exclude: set[tuple[tuple[int, ...], int]], *,
-                    num_inputs: int | Sequence[int], min_number: int, max_number: int,
-                    min_target: int, max_target: int, seed: int = 0) -> list[Problem]:
+def unseen_problems(
+    count: int,
+    exclude: set[tuple[tuple[int, ...], int]],
+    *,
+    num_inputs: int | Sequence[int],
+    min_number: int,
+    max_number: int,
+    min_target: int,
+    max_target: int,
+    seed: int = 0,
+) -> list[Problem]:
     """Up to ``count`` unique solvable problems in the ranges whose ``key`` is not
     in ``exclude``, deterministic by seed, each with its ``reachable_share``.
     A small space is listed in full, so fewer than ``count`` come back when it
@@ -325,21 +358,25 @@ def unseen_problems(count: int, exclude: set[tuple[tuple[int, ...], int]], *,
     equally and are listed in turn, as in ``make_splits``."""
     ranges = _ranges_per_count(num_inputs, min_number, max_number, min_target, max_target)
     rng = random.Random(seed)
-    groups = [_unseen_of_one_count(count // len(ranges) + (i < count % len(ranges)), exclude, r, rng)
-              for i, r in enumerate(ranges)]
+    groups = [
+        _unseen_of_one_count(count // len(ranges) + (i < count % len(ranges)), exclude, r, rng)
+        for i, r in enumerate(ranges)
+    ]
     return with_difficulties(_interleave(groups))
 
 
-def _unseen_of_one_count(count: int, exclude: set[tuple[tuple[int, ...], int]],
-                         ranges: tuple[int, ...], rng: random.Random) -> list[Problem]:
+def _unseen_of_one_count(
+    count: int, exclude: set[tuple[tuple[int, ...], int]], ranges: tuple[int, ...], rng: random.Random
+) -> list[Problem]:
     """``unseen_problems`` for one count of numbers, drawn from ``rng`` (no shares filled)."""
     num_inputs, min_number, max_number, min_target, max_target = ranges
     out: list[Problem] = []
     if _space_size(*ranges) <= _ENUMERATE_LIMIT:
-        keys = [(numbers, target)
-                for numbers in itertools.combinations_with_replacement(
-                    range(min_number, max_number + 1), num_inputs)
-                for target in range(min_target, max_target + 1)]
+        keys = [
+            (numbers, target)
+            for numbers in itertools.combinations_with_replacement(range(min_number, max_number + 1), num_inputs)
+            for target in range(min_target, max_target + 1)
+        ]
         rng.shuffle(keys)
         for numbers, target in keys:
             if len(out) == count:

@@ -35,11 +35,10 @@ from apr_jax.tasks.countdown.problems import Problem
 from apr_jax.tasks.countdown.search import GOAL, INNER, Node, Visit
 from apr_jax.tasks.countdown.verifier import NO_SOLUTION, REFERENCE_MARKER, TERSE_MARKER
 
-
 _TERSE_PROMPT_RE = re.compile(r"(?:[bc][0-9]+ )?([0-9]+(?: [0-9]+)*) -> ([0-9]+)\n?", re.ASCII)
 _REFERENCE_PROMPT_RE = re.compile(
-    r"(?:[bc][0-9]+ )?Current State: ([0-9]+):\[([0-9]+(?:, [0-9]+)*)\], Operations: \[\]\n?",
-    re.ASCII)
+    r"(?:[bc][0-9]+ )?Current State: ([0-9]+):\[([0-9]+(?:, [0-9]+)*)\], Operations: \[\]\n?", re.ASCII
+)
 
 
 def check_style(style: str) -> str:
@@ -110,8 +109,10 @@ def _render_reference(visits: Sequence[Visit], start: Node, target: int) -> str:
         out.append(f"Exploring Operation: {op}, Resulting Numbers: [{_nums(node.numbers, ', ')}]\n")
         if status == INNER:
             idx = _nums(node.index, ",")
-            out.append(f"Generated Node #{idx}: {target}:[{_nums(node.numbers, ', ')}] Operation: {op}\n"
-                       f"Moving to Node #{idx}\n{_state(target, node.numbers, node.operations)}\n")
+            out.append(
+                f"Generated Node #{idx}: {target}:[{_nums(node.numbers, ', ')}] Operation: {op}\n"
+                f"Moving to Node #{idx}\n{_state(target, node.numbers, node.operations)}\n"
+            )
             known[node.index] = node
             current = node.index
         else:
@@ -128,7 +129,9 @@ def render_generated(nodes: Sequence[Node], target: int, style: str) -> str:
     return "".join(
         f"Exploring Operation: {n.operations[-1]}, Resulting Numbers: [{_nums(n.numbers, ', ')}]\n"
         f"Generated Node #{_nums(n.index, ',')}: {target}:[{_nums(n.numbers, ', ')}] "
-        f"Operation: {n.operations[-1]}\n" for n in nodes)
+        f"Operation: {n.operations[-1]}\n"
+        for n in nodes
+    )
 
 
 # ---- messages, returns, answers ----------------------------------------------

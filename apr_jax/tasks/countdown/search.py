@@ -56,16 +56,19 @@ def expand(node: Node, target: int, beam_size: int) -> list[Node]:
     n = len(nums)
     ops, index = node.operations, node.index
     if n == 2:  # successors are leaves: each result is its own state
-        kept = sorted((abs(value - target), k, value, symbol)
-                      for k, (value, symbol) in enumerate(results(*nums)))[:beam_size]
+        kept = sorted((abs(value - target), k, value, symbol) for k, (value, symbol) in enumerate(results(*nums)))[
+            :beam_size
+        ]
         x, y = max(nums), min(nums)
-        return [Node((value,), ops + (f"{x}{symbol}{y}={value}",), index + (k,))
-                for k, (_, _, value, symbol) in enumerate(kept)]
+        return [
+            Node((value,), ops + (f"{x}{symbol}{y}={value}",), index + (k,))
+            for k, (_, _, value, symbol) in enumerate(kept)
+        ]
     scored: list[tuple[int, int, tuple[int, ...], int, str, int, int]] = []
     seen: set[tuple[int, ...]] = set()
     for i in range(n):
         for j in range(i + 1, n):
-            rest = nums[:i] + nums[i + 1:j] + nums[j + 1:]
+            rest = nums[:i] + nums[i + 1 : j] + nums[j + 1 :]
             rest_cost = sum(_cost(r, target) for r in rest)
             x, y = (nums[i], nums[j]) if nums[i] >= nums[j] else (nums[j], nums[i])
             for value, symbol in results(x, y):
@@ -76,12 +79,13 @@ def expand(node: Node, target: int, beam_size: int) -> list[Node]:
                 seen.add(key)
                 scored.append((rest_cost + _cost(value, target), len(scored), new, x, symbol, y, value))
     scored.sort()
-    return [Node(new, ops + (f"{x}{symbol}{y}={value}",), index + (k,))  # text for kept ones only
-            for k, (_, _, new, x, symbol, y, value) in enumerate(scored[:beam_size])]
+    return [
+        Node(new, ops + (f"{x}{symbol}{y}={value}",), index + (k,))  # text for kept ones only
+        for k, (_, _, new, x, symbol, y, value) in enumerate(scored[:beam_size])
+    ]
 
 
-def explore(node: Node, target: int, beam_size: int, budget: int,
-            visits: list[Visit]) -> tuple[str, ...] | None:
+def explore(node: Node, target: int, beam_size: int, budget: int, visits: list[Visit]) -> tuple[str, ...] | None:
     """Depth-first search of ``node``'s subtree visiting at most ``budget`` nodes.
     Appends every visit to ``visits``; returns the solution path or None."""
     if budget <= 0:

@@ -14,7 +14,7 @@ import numpy as np
 from apr_jax.tasks.countdown.ops import combinations, results
 
 _MASK_PAIRS = 1 << 17  # value pairs solvable_mask compares per chunk (fits a CPU cache)
-_EXACT_BOUND = 2.0 ** 61  # prod(numbers + 1) * (target + 1) below this: nothing overflows int64
+_EXACT_BOUND = 2.0**61  # prod(numbers + 1) * (target + 1) below this: nothing overflows int64
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -34,7 +34,7 @@ def _solve_sorted(state: tuple[int, ...], target: int) -> tuple[str, ...] | None
         for j in range(i + 1, n):
             if j > i + 1 and state[j] == state[j - 1]:
                 continue
-            rest = state[:i] + state[i + 1:j] + state[j + 1:]
+            rest = state[:i] + state[i + 1 : j] + state[j + 1 :]
             for value, op in combinations(state[i], state[j]):
                 found = _solve_sorted(tuple(sorted(rest + (value,))), target)
                 if found is not None:
@@ -65,8 +65,8 @@ def _reaches(values: tuple[int, ...], target: int) -> bool:
                 if target in (x + y, x * y, x - y) or (exact and x // y == target):
                     return True
                 continue
-            rest = values[:i] + values[i + 1:j] + values[j + 1:]
-            for value in ((x + y, x * y, x - y, x // y) if exact else (x + y, x * y, x - y)):
+            rest = values[:i] + values[i + 1 : j] + values[j + 1 :]
+            for value in (x + y, x * y, x - y, x // y) if exact else (x + y, x * y, x - y):
                 if _reaches(rest + (value,), target):
                     return True
     return False
@@ -80,15 +80,15 @@ def is_solvable(numbers: Sequence[int], target: int) -> bool:
     return _reaches(tuple(int(x) for x in numbers), int(target))
 
 
-def _problem_batch(numbers_NxK: np.ndarray, target_N: np.ndarray,
-                   caller: str) -> tuple[np.ndarray, np.ndarray]:
+def _problem_batch(numbers_NxK: np.ndarray, target_N: np.ndarray, caller: str) -> tuple[np.ndarray, np.ndarray]:
     """``(numbers [N, K>=1], targets [N])`` as int64; a one-line error naming
     ``caller`` for other shapes."""
     numbers_NxK = np.asarray(numbers_NxK, np.int64)
     target_N = np.asarray(target_N, np.int64)
     if numbers_NxK.ndim != 2 or numbers_NxK.shape[1] < 1 or target_N.shape != numbers_NxK.shape[:1]:
-        raise ValueError(f"{caller} needs numbers [N, K>=1] and targets [N], got "
-                         f"{numbers_NxK.shape} and {target_N.shape}")
+        raise ValueError(
+            f"{caller} needs numbers [N, K>=1] and targets [N], got {numbers_NxK.shape} and {target_N.shape}"
+        )
     return numbers_NxK, target_N
 
 
@@ -109,15 +109,17 @@ def solvable_mask(numbers_NxK: np.ndarray, target_N: np.ndarray) -> np.ndarray:
     rows = max(1, _MASK_PAIRS // _pairs_compared(k))
     out_N = np.zeros(n, bool)
     for start in range(0, n, rows):
-        chunk = numbers_NxK[start:start + rows]
-        target_n1 = target_N[start:start + rows, None]
-        reach = {1 << i: chunk[:, i:i + 1] for i in range(k)}
+        chunk = numbers_NxK[start : start + rows]
+        target_n1 = target_N[start : start + rows, None]
+        reach = {1 << i: chunk[:, i : i + 1] for i in range(k)}
         for part in _splits(full):
-            out_N[start:start + rows] |= _reaches_target(
-                _reachable(part, reach), _reachable(full ^ part, reach), target_n1)
+            out_N[start : start + rows] |= _reaches_target(
+                _reachable(part, reach), _reachable(full ^ part, reach), target_n1
+            )
     # Values stay below prod(numbers + 1); the quotient test multiplies one by the target.
-    overflow_N = (np.prod(numbers_NxK.astype(np.float64) + 1.0, axis=1)
-                  * (target_N.astype(np.float64) + 1.0)) >= _EXACT_BOUND
+    overflow_N = (
+        np.prod(numbers_NxK.astype(np.float64) + 1.0, axis=1) * (target_N.astype(np.float64) + 1.0)
+    ) >= _EXACT_BOUND
     for i in np.flatnonzero(overflow_N):
         out_N[i] = is_solvable(numbers_NxK[i].tolist(), int(target_N[i]))
     return out_N
@@ -140,6 +142,7 @@ def _splits(subset: int) -> list[int]:
 @functools.lru_cache(maxsize=None)
 def _pairs_compared(k: int) -> int:
     """Value pairs ``solvable_mask`` compares per problem of ``k`` numbers."""
+
     @functools.lru_cache(maxsize=None)
     def width(subset: int) -> int:
         if subset & (subset - 1) == 0:
@@ -154,15 +157,14 @@ def _reachable(subset: int, reach: dict[int, np.ndarray]) -> np.ndarray:
     """[N, W] every value reachable from the numbers in ``subset``, memoised in ``reach``."""
     if subset not in reach:
         reach[subset] = np.concatenate(
-            [_combine(_reachable(p, reach), _reachable(subset ^ p, reach)) for p in _splits(subset)],
-            axis=1)
+            [_combine(_reachable(p, reach), _reachable(subset ^ p, reach)) for p in _splits(subset)], axis=1
+        )
     return reach[subset]
 
 
 def _operands(a_NxA: np.ndarray, b_NxB: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[N, A, B] the larger and the smaller value of each pair."""
-    return (np.maximum(a_NxA[:, :, None], b_NxB[:, None, :]),
-            np.minimum(a_NxA[:, :, None], b_NxB[:, None, :]))
+    return (np.maximum(a_NxA[:, :, None], b_NxB[:, None, :]), np.minimum(a_NxA[:, :, None], b_NxB[:, None, :]))
 
 
 def _combine(a_NxA: np.ndarray, b_NxB: np.ndarray) -> np.ndarray:
@@ -187,13 +189,14 @@ def _reaches_target(a_NxA: np.ndarray, b_NxB: np.ndarray, target_N1: np.ndarray)
 
 # ---- oracle difficulty -------------------------------------------------------------
 
+
 def first_moves(numbers: Sequence[int]) -> list[tuple[int, ...]]:
     """The distinct number multisets (sorted tuples) that one operation on one
     pair of ``numbers`` leaves, in first-seen order; [] for one number."""
     values = tuple(sorted(int(x) for x in numbers))
     moves: dict[tuple[int, ...], None] = {}
     for i, j in itertools.combinations(range(len(values)), 2):
-        rest = values[:i] + values[i + 1:j] + values[j + 1:]
+        rest = values[:i] + values[i + 1 : j] + values[j + 1 :]
         for value, _ in results(values[i], values[j]):
             moves.setdefault(tuple(sorted(rest + (value,))), None)
     return list(moves)
@@ -223,19 +226,18 @@ def reachable_shares(numbers_NxK: np.ndarray, target_N: np.ndarray) -> np.ndarra
     n, k = numbers_NxK.shape
     if k == 1:
         return (numbers_NxK[:, 0] == target_N).astype(np.float64)
-    overflow_N = (np.prod(numbers_NxK.astype(np.float64) + 1.0, axis=1)
-                  * (target_N.astype(np.float64) + 1.0)) >= _EXACT_BOUND
+    overflow_N = (
+        np.prod(numbers_NxK.astype(np.float64) + 1.0, axis=1) * (target_N.astype(np.float64) + 1.0)
+    ) >= _EXACT_BOUND
     owner_R, moves_RxK1 = _distinct_first_moves(numbers_NxK, ~overflow_N)
     solved_R = solvable_mask(moves_RxK1, target_N[owner_R]).astype(np.float64)
-    share_N = (np.bincount(owner_R, weights=solved_R, minlength=n)
-               / np.maximum(np.bincount(owner_R, minlength=n), 1))
+    share_N = np.bincount(owner_R, weights=solved_R, minlength=n) / np.maximum(np.bincount(owner_R, minlength=n), 1)
     for i in np.flatnonzero(overflow_N):
         share_N[i] = reachable_share(numbers_NxK[i].tolist(), int(target_N[i]))
     return share_N
 
 
-def _distinct_first_moves(numbers_NxK: np.ndarray, keep_N: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def _distinct_first_moves(numbers_NxK: np.ndarray, keep_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """([R] problem index, [R, K-1] sorted remaining numbers): each distinct
     first move of each kept problem once (moves sorted within each problem,
     a move kept when it differs from the one before it)."""
@@ -249,8 +251,7 @@ def _distinct_first_moves(numbers_NxK: np.ndarray, keep_N: np.ndarray
     return owner_NxM[first_NxM], moves_NxMxK1[first_NxM]
 
 
-def _all_first_moves(numbers_NxK: np.ndarray, keep_N: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _all_first_moves(numbers_NxK: np.ndarray, keep_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """([N, M, K-1] sorted remaining numbers, [N, M] valid): the sum, product,
     difference and quotient of each pair (M = 4 * pairs); a move is invalid
     when its division is inexact or its problem is not kept."""
@@ -263,7 +264,8 @@ def _all_first_moves(numbers_NxK: np.ndarray, keep_N: np.ndarray
         exact = (y > 0) & (x % divisor == 0)
         values_Nx4 = np.stack([x + y, x * y, x - y, np.where(exact, x // divisor, 0)], axis=1)
         rest_NxR = np.delete(numbers_NxK, [i, j], axis=1)
-        moves.append(np.concatenate(
-            [np.broadcast_to(rest_NxR[:, None, :], (n, 4, k - 2)), values_Nx4[:, :, None]], axis=2))
+        moves.append(
+            np.concatenate([np.broadcast_to(rest_NxR[:, None, :], (n, 4, k - 2)), values_Nx4[:, :, None]], axis=2)
+        )
         valid.append(np.stack([keep_N, keep_N, keep_N, keep_N & exact], axis=1))
     return np.sort(np.concatenate(moves, axis=1), axis=2), np.concatenate(valid, axis=1)

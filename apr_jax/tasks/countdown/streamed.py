@@ -28,8 +28,8 @@ class GeneratedTrees:
         self._starts_P = np.cumsum([0] + [len(p.numbers) for p in problems], dtype=np.int64)
         self._targets_P = np.fromiter((p.target for p in problems), np.int64, len(problems))
         self._shares_P = np.fromiter(  # NaN: the problem carries no reachable_share
-            (np.nan if p.reachable_share is None else p.reachable_share for p in problems),
-            np.float64, len(problems))
+            (np.nan if p.reachable_share is None else p.reachable_share for p in problems), np.float64, len(problems)
+        )
         self._trace = TraceConfig.from_config(dict(trace))
 
     def __len__(self) -> int:
@@ -38,8 +38,9 @@ class GeneratedTrees:
     def problem(self, index: int) -> Problem:
         start, end = self._starts_P[index], self._starts_P[index + 1]
         share = float(self._shares_P[index])
-        return Problem(tuple(self._numbers_V[start:end].tolist()), int(self._targets_P[index]),
-                       None if np.isnan(share) else share)
+        return Problem(
+            tuple(self._numbers_V[start:end].tolist()), int(self._targets_P[index]), None if np.isnan(share) else share
+        )
 
     def __getitem__(self, index: int) -> ThreadTree:
         return make_trace(self.problem(index), self._trace)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from apr_jax.tasks.countdown.problems import Problem, difficulty, input_counts, make_splits, unseen_problems
-from apr_jax.tasks.countdown.render import problem_prompt
-from apr_jax.tasks.countdown.verifier import extract_answer, verify
 from apr_jax.config import checks
 from apr_jax.tasks.base import Score
+from apr_jax.tasks.countdown.problems import Problem, difficulty, input_counts, make_splits, unseen_problems
+from apr_jax.tasks.countdown.render import problem_prompt
 from apr_jax.tasks.countdown.streamed import GeneratedTrees
 from apr_jax.tasks.countdown.tfds_builder import AprCountdown, generate_traces
+from apr_jax.tasks.countdown.verifier import extract_answer, verify
 from apr_jax.threads import ThreadTree
 
 # num_inputs: an int, or a list of ints drawn in equal shares (make_splits).
@@ -24,8 +24,10 @@ class CountdownTask:
     answer_key = "operations"
     problem_type = Problem
     streams_traces = True
-    accelerator_hint = ("for real accuracy train on an accelerator: configs/countdown4_apr_h200.py "
-                        "(one GPU) or configs/countdown4_apr_228m.py (TPU pod slice)")
+    accelerator_hint = (
+        "for real accuracy train on an accelerator: configs/countdown4_apr_h200.py "
+        "(one GPU) or configs/countdown4_apr_228m.py (TPU pod slice)"
+    )
 
     def __init__(self, task: Mapping[str, Any], trace: Mapping[str, Any]):
         self.task = {k: v for k, v in task.items() if k != "name"}
@@ -46,16 +48,21 @@ class CountdownTask:
 
     def splits(self, num_workers: int = 1) -> dict[str, list[Problem]]:
         t = self.task
-        return make_splits(t["num_train"], t["num_validation"], t["num_test"], seed=t["seed"],
-                           num_workers=num_workers, **{k: t[k] for k in RANGE_KEYS})
+        return make_splits(
+            t["num_train"],
+            t["num_validation"],
+            t["num_test"],
+            seed=t["seed"],
+            num_workers=num_workers,
+            **{k: t[k] for k in RANGE_KEYS},
+        )
 
     def prompt(self, problem: Problem, prefix: str = "") -> str:
         return problem_prompt(problem, self.trace["style"], prefix)
 
     def score(self, text: str, problem: Problem) -> Score:
         verdict = verify(text, problem)
-        return Score(float(verdict.ok), verdict.reason,
-                     extract_answer(text) if isinstance(text, str) else None)
+        return Score(float(verdict.ok), verdict.reason, extract_answer(text) if isinstance(text, str) else None)
 
     def difficulty(self, problem: Problem | Mapping[str, Any]) -> float:
         """One minus the share of first moves that keep the target reachable
@@ -66,8 +73,14 @@ class CountdownTask:
         return {}  # the task and trace sections say it all
 
     def dataset_builder(self, *, data_dir: str, num_workers: int, show_progress: bool) -> Any:
-        return AprCountdown(task=self.task, trace=self.trace, splits=self.splits(num_workers), num_workers=num_workers,
-                            show_progress=show_progress, data_dir=data_dir)
+        return AprCountdown(
+            task=self.task,
+            trace=self.trace,
+            splits=self.splits(num_workers),
+            num_workers=num_workers,
+            show_progress=show_progress,
+            data_dir=data_dir,
+        )
 
     def unseen(self, count: int, exclude: set) -> list[Problem]:
         """Up to ``count`` solvable problems in the task's ranges that are not in ``exclude``."""

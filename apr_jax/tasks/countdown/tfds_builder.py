@@ -27,8 +27,7 @@ def _as_dict(section: Any) -> dict[str, Any]:
     return dict(section.to_dict() if hasattr(section, "to_dict") else section)
 
 
-def trace_one(job: tuple[int, dict[str, Any], dict[str, Any], bool]
-              ) -> tuple[int, str | None, bool, str]:
+def trace_one(job: tuple[int, dict[str, Any], dict[str, Any], bool]) -> tuple[int, str | None, bool, str]:
     """(index, problem, trace config, check) -> (index, tree JSON or None, solved, error).
 
     With ``check`` an unsolvable or out-of-range problem is an error string,
@@ -39,8 +38,7 @@ def trace_one(job: tuple[int, dict[str, Any], dict[str, Any], bool]
         problem = Problem.from_dict(problem_dict)
         if check:
             if not MIN_INPUTS <= len(problem.numbers) <= MAX_INPUTS:
-                return index, None, False, (f"has {len(problem.numbers)} numbers, outside "
-                                            f"[{MIN_INPUTS}, {MAX_INPUTS}]")
+                return index, None, False, (f"has {len(problem.numbers)} numbers, outside [{MIN_INPUTS}, {MAX_INPUTS}]")
             if not is_solvable(problem.numbers, problem.target):
                 return index, None, False, "is not solvable"
         tree = make_trace(problem, TraceConfig.from_config(trace_dict))
@@ -51,9 +49,14 @@ def trace_one(job: tuple[int, dict[str, Any], dict[str, Any], bool]
     return index, tree.to_json(), bool(tree.meta.get("solved", tree.solution)), ""
 
 
-def generate_traces(problems: Sequence[Problem], trace: Mapping[str, Any], *,
-                    num_workers: int = 1, check: bool = False, progress: str | None = None
-                    ) -> Iterator[tuple[int, str | None, bool, str]]:
+def generate_traces(
+    problems: Sequence[Problem],
+    trace: Mapping[str, Any],
+    *,
+    num_workers: int = 1,
+    check: bool = False,
+    progress: str | None = None,
+) -> Iterator[tuple[int, str | None, bool, str]]:
     """Yields ``trace_one`` results for ``problems`` in order.
 
     ``num_workers`` <= 1 runs in this process; more uses a process pool.
@@ -65,6 +68,7 @@ def generate_traces(problems: Sequence[Problem], trace: Mapping[str, Any], *,
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
+
         bar = tqdm(total=len(jobs), desc=progress, unit="trace", leave=False)
     try:
         if num_workers <= 1 or len(jobs) < 2 * _CHUNK:
@@ -79,7 +83,8 @@ def generate_traces(problems: Sequence[Problem], trace: Mapping[str, Any], *,
                 raise RuntimeError(
                     "a trace worker process died; if the calling script has no "
                     "'if __name__ == \"__main__\":' guard, add one or set "
-                    "data.num_workers=1") from None
+                    "data.num_workers=1"
+                ) from None
     finally:
         if bar is not None:
             bar.close()
@@ -96,9 +101,11 @@ class AprCountdown(tfds.core.GeneratorBasedBuilder):
     """Countdown problems with their SoS+ or APR thread trees."""
 
     VERSION = tfds.core.Version("3.0.0")
-    RELEASE_NOTES = {"1.0.0": "Thread trees as JSON text with problem numbers and target.",
-                     "2.0.0": "Terse child messages put the operations before the numbers.",
-                     "3.0.0": "The tree alone: numbers and target live in the tree's problem."}
+    RELEASE_NOTES = {
+        "1.0.0": "Thread trees as JSON text with problem numbers and target.",
+        "2.0.0": "Terse child messages put the operations before the numbers.",
+        "3.0.0": "The tree alone: numbers and target live in the tree's problem.",
+    }
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -107,9 +114,16 @@ class AprCountdown(tfds.core.GeneratorBasedBuilder):
         and resolving it needs the ``importlib_resources`` backport."""
         return None
 
-    def __init__(self, *, task: Mapping[str, Any], trace: Mapping[str, Any],
-                 splits: Mapping[str, Sequence[Problem]], num_workers: int = 1,
-                 show_progress: bool = False, **kwargs):
+    def __init__(
+        self,
+        *,
+        task: Mapping[str, Any],
+        trace: Mapping[str, Any],
+        splits: Mapping[str, Sequence[Problem]],
+        num_workers: int = 1,
+        show_progress: bool = False,
+        **kwargs,
+    ):
         self.task = _as_dict(task)
         self.trace = _as_dict(trace)
         TraceConfig.from_config(self.trace)
@@ -144,10 +158,8 @@ class AprCountdown(tfds.core.GeneratorBasedBuilder):
         failed = 0
         progress = f"{split} traces" if self.show_progress else None
         for index, tree_json, solved, _ in generate_traces(
-                problems, self.trace, num_workers=self.num_workers, progress=progress):
+            problems, self.trace, num_workers=self.num_workers, progress=progress
+        ):
             failed += int(not solved)
             yield index, {"tree": tree_json}
-        self.stats[split] = {"examples": len(problems), "failed": failed,
-                             "seconds": time.perf_counter() - start}
-
-
+        self.stats[split] = {"examples": len(problems), "failed": failed, "seconds": time.perf_counter() - start}

@@ -9,8 +9,9 @@ only in who writes which part of the search:
   branch (``max_children`` per spawn round; further rounds only if a round
   found nothing). A conditioned trace (``c<n>`` prefix) instead draws n in
   1..``max_children`` and spawns one round of n children per spawn point, so
-  it may leave branches unsearched that the sequential search would visit. A child at thread depth < ``max_depth`` whose node has
-  three or more numbers may itself spawn (grandchildren get the budget the
+  it may leave branches unsearched that the sequential search would visit.
+  A child at thread depth < ``max_depth`` whose node has three or more
+  numbers may itself spawn (grandchildren get the budget the
   sequential search would have left them); otherwise it searches its branch
   and returns the path or a failure message. Each spawn point spawns with
   probability ``spawn_prob`` and otherwise searches sequentially.
@@ -55,6 +56,7 @@ from apr_jax.tasks.countdown.solver import reachable_share
 from apr_jax.tasks.countdown.verifier import extract_answer
 from apr_jax.threads import Segment, Thread, ThreadTree
 
+
 def trace_rng(problem: Problem, seed: int) -> random.Random:
     """A generator seeded by (seed, problem) so each trace is deterministic."""
     h = seed * 1_000_003 + problem.target
@@ -80,12 +82,11 @@ def _sequential(problem: Problem, cfg: TraceConfig) -> tuple[str, tuple[str, ...
     return text + render.answer_line(solution, cfg.style), solution, len(visits)
 
 
-def _tree(problem: Problem, cfg: TraceConfig, threads: list[Thread],
-          solution: tuple[str, ...] | None, visits: int) -> ThreadTree:
-    meta = {"kind": cfg.kind, "style": cfg.style, "solved": solution is not None,
-            "visits": visits}
-    return ThreadTree(problem=problem.to_dict(), threads=threads,
-                      solution=list(solution or ()), meta=meta)
+def _tree(
+    problem: Problem, cfg: TraceConfig, threads: list[Thread], solution: tuple[str, ...] | None, visits: int
+) -> ThreadTree:
+    meta = {"kind": cfg.kind, "style": cfg.style, "solved": solution is not None, "visits": visits}
+    return ThreadTree(problem=problem.to_dict(), threads=threads, solution=list(solution or ()), meta=meta)
 
 
 def sosp_trace(problem: Problem, cfg: TraceConfig, rng: random.Random | None = None) -> ThreadTree:
@@ -95,17 +96,18 @@ def sosp_trace(problem: Problem, cfg: TraceConfig, rng: random.Random | None = N
     prefix = ""
     if cfg.condition:
         prefix = _budget_prefix(cfg, "sosp", protocol.budget_bucket(protocol.approx_tokens(text)))
-    root = Thread(parent=-1, segments=[
-        Segment("prompt", render.problem_prompt(problem, cfg.style, prefix)),
-        Segment("model", text)], stop="eos")
+    root = Thread(
+        parent=-1,
+        segments=[Segment("prompt", render.problem_prompt(problem, cfg.style, prefix)), Segment("model", text)],
+        stop="eos",
+    )
     return _tree(problem, cfg, [root], solution, visits)
 
 
 class _AprBuilder:
     """Builds the threads of one APR trace."""
 
-    def __init__(self, problem: Problem, cfg: TraceConfig, rng: random.Random,
-                 children: int | None = None):
+    def __init__(self, problem: Problem, cfg: TraceConfig, rng: random.Random, children: int | None = None):
         self.problem, self.cfg, self.rng = problem, cfg, rng
         self.target = problem.target
         self.threads: list[Thread] = []
@@ -124,13 +126,11 @@ class _AprBuilder:
                 share = reachable_share(problem.numbers, problem.target)
             self.root_spawns = share < cfg.sequential_share
             if self.root_spawns:
-                self.per_spawn = min(cfg.max_children,
-                                     math.ceil(cfg.viable_children / max(share, 1e-9)))
+                self.per_spawn = min(cfg.max_children, math.ceil(cfg.viable_children / max(share, 1e-9)))
 
     def may_spawn(self, node: search.Node, depth: int) -> bool:
         """Spawning needs depth left and successors that are not leaves."""
-        return (depth < self.cfg.max_depth and len(node.numbers) >= 3
-                and self.rng.random() < self.cfg.spawn_prob)
+        return depth < self.cfg.max_depth and len(node.numbers) >= 3 and self.rng.random() < self.cfg.spawn_prob
 
     def write(self, index: int, text: str) -> None:
         """Thread ``index`` writes ``text`` (one model segment with what it just wrote)."""
@@ -140,8 +140,9 @@ class _AprBuilder:
         elif text:
             segments.append(Segment("model", text))
 
-    def fork(self, index: int, node: search.Node, shared_budget: int | None, depth: int,
-             lead: str) -> tuple[tuple[str, ...] | None, int]:
+    def fork(
+        self, index: int, node: search.Node, shared_budget: int | None, depth: int, lead: str
+    ) -> tuple[tuple[str, ...] | None, int]:
         """Thread ``index``'s spawn point at ``node``: probe the best successor
         (``probe_nodes`` > 0), then spawn over the successors left (``delegate``).
         Returns (first solution, nodes used as the sequential search counts them)."""
@@ -162,8 +163,7 @@ class _AprBuilder:
             self.write(index, lead)
         return solution, used + spawned
 
-    def probe(self, kid: search.Node, share: int) -> tuple[tuple[str, ...] | None,
-                                                          list[search.Visit], bool]:
+    def probe(self, kid: search.Node, share: int) -> tuple[tuple[str, ...] | None, list[search.Visit], bool]:
         """The spawning thread's own search of ``kid``'s branch, to which the
         sequential search gives ``share`` nodes: at most ``probe_nodes`` of them.
         Returns (solution, visits, whole), ``whole`` when the probe did the
@@ -180,15 +180,16 @@ class _AprBuilder:
             whole = len(ahead) == budget
         return solution, visits, whole
 
-    def delegate(self, index: int, kids: list[search.Node], shared_budget: int | None,
-                 depth: int, lead: str) -> tuple[tuple[str, ...] | None, int]:
+    def delegate(
+        self, index: int, kids: list[search.Node], shared_budget: int | None, depth: int, lead: str
+    ) -> tuple[tuple[str, ...] | None, int]:
         """Spawn rounds from thread ``index`` over ``kids``. With ``shared_budget``
         None every kid gets ``max_nodes``; otherwise kids share it in order, as
         the sequential search would. Returns (first solution, nodes used)."""
         cfg, segments = self.cfg, self.threads[index].segments
         used = 0
-        for start in range(0, len(kids), self.per_spawn)[:self.rounds]:
-            batch = kids[start:start + self.per_spawn]
+        for start in range(0, len(kids), self.per_spawn)[: self.rounds]:
+            batch = kids[start : start + self.per_spawn]
             if shared_budget is not None:
                 batch = batch if shared_budget - used > 0 else []
             if not batch:
@@ -207,18 +208,18 @@ class _AprBuilder:
                 returns.append(render.return_message(solution, cfg.style))
                 found = found or solution
             if len(returns) < len(messages):  # budget ran out mid-round: spawn fewer
-                segments[-1] = Segment("model", text + protocol.spawn_block(messages[:len(returns)]))
+                segments[-1] = Segment("model", text + protocol.spawn_block(messages[: len(returns)]))
             segments.append(Segment("join", protocol.join_block(returns)))
             if found:
                 return found, used
         return None, used
 
-    def child(self, parent: int, node: search.Node, message: str, budget: int,
-              depth: int) -> tuple[tuple[str, ...] | None, int]:
+    def child(
+        self, parent: int, node: search.Node, message: str, budget: int, depth: int
+    ) -> tuple[tuple[str, ...] | None, int]:
         """Add one child thread searching ``node``'s branch; (solution, nodes used)."""
         index = len(self.threads)
-        thread = Thread(parent=parent, segments=[Segment("prompt", protocol.child_prompt(message))],
-                        stop="return")
+        thread = Thread(parent=parent, segments=[Segment("prompt", protocol.child_prompt(message))], stop="return")
         self.threads.append(thread)
         self.threads[parent].children.append(index)
         cfg = self.cfg
@@ -231,8 +232,9 @@ class _AprBuilder:
         solution = search.explore(node, self.target, cfg.beam_size, budget, visits)
         self.visits += len(visits)
         body = render.render_visits(visits[1:], node, self.target, cfg.style)
-        thread.segments.append(Segment("model", "\n" + body + protocol.return_block(
-            render.return_message(solution, cfg.style))))
+        thread.segments.append(
+            Segment("model", "\n" + body + protocol.return_block(render.return_message(solution, cfg.style)))
+        )
         return solution, len(visits)
 
     def build(self) -> ThreadTree:
@@ -252,8 +254,9 @@ class _AprBuilder:
         return _tree(problem, cfg, self.threads, solution, self.visits)
 
 
-def apr_trace(problem: Problem, cfg: TraceConfig, rng: random.Random | None = None,
-              children: int | None = None) -> ThreadTree:
+def apr_trace(
+    problem: Problem, cfg: TraceConfig, rng: random.Random | None = None, children: int | None = None
+) -> ThreadTree:
     """A thread tree: the root spawns children over the search's branches.
     ``children`` sets a conditioned trace's child count (drawn when None)."""
     problem = as_problem(problem)

@@ -2,8 +2,9 @@
 
 Extraction rule: the answer is the text after the LAST answer marker that
 starts a line or directly follows a ``</join>`` or ``</spawn>`` tag (the root's
-written text skips the join block), up to the end of that line. The markers are ``ans `` (terse style, e.g. ``ans 53-22=31 31/31=1 26+1=27``)
-and ``Solution: `` (reference style, e.g. ``Solution: ['53-22=31', '31/31=1']``).
+written text skips the join block), up to the end of that line. The markers
+are ``ans `` (terse style, e.g. ``ans 53-22=31 31/31=1 26+1=27``) and
+``Solution: `` (reference style, e.g. ``Solution: ['53-22=31', '31/31=1']``).
 Inside the answer, ``[ ] ' ,`` are separators; every other token must be one
 operation ``a<op>b=c`` written with ASCII digits.
 """
@@ -41,7 +42,7 @@ def extract_answer(text: str) -> list[str] | None:
     matches = _ANSWER_RE.findall(text)
     if not matches:
         return None
-    body = matches[-1][:MAX_ANSWER_CHARS + 1]
+    body = matches[-1][: MAX_ANSWER_CHARS + 1]
     tokens = body.translate(_SEPARATORS).split()
     if tokens in (["none"], "No solution found.".split()):
         return []
@@ -63,8 +64,7 @@ def verify(text: str, problem: "Problem | Mapping[str, Any]") -> Verdict:
     return verify_operations(operations, problem)
 
 
-def verify_operations(operations: Sequence[str],
-                      problem: "Problem | Mapping[str, Any]") -> Verdict:
+def verify_operations(operations: Sequence[str], problem: "Problem | Mapping[str, Any]") -> Verdict:
     """Check that ``operations`` use every number once, exactly, and reach the target."""
     problem = as_problem(problem)
     ops = [str(o) for o in operations]

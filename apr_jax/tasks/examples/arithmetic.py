@@ -48,16 +48,28 @@ def make_tree(rng: random.Random) -> ThreadTree:
 
     messages = [f"{count} {container} of {size}" for count, container, size in groups]
     sum_line = "+".join(map(str, products)) + (f"-{give_away}" if give_away else "") + f"={answer}"
-    root = Thread(parent=-1, segments=[
-        Segment("prompt", prompt),
-        Segment("model", protocol.spawn_block(messages)),
-        Segment("join", protocol.join_block([str(p) for p in products])),
-        Segment("model", f"\n{sum_line}\n{ANSWER_PREFIX} {answer}\n")], stop="eos")
+    root = Thread(
+        parent=-1,
+        segments=[
+            Segment("prompt", prompt),
+            Segment("model", protocol.spawn_block(messages)),
+            Segment("join", protocol.join_block([str(p) for p in products])),
+            Segment("model", f"\n{sum_line}\n{ANSWER_PREFIX} {answer}\n"),
+        ],
+        stop="eos",
+    )
     threads = [root]
     for message, (count, _, size), product in zip(messages, groups, products):
-        threads.append(Thread(parent=0, stop="return", segments=[
-            Segment("prompt", protocol.child_prompt(message)),
-            Segment("model", f" -> {count}*{size}={product} " + protocol.return_block(str(product)))]))
+        threads.append(
+            Thread(
+                parent=0,
+                stop="return",
+                segments=[
+                    Segment("prompt", protocol.child_prompt(message)),
+                    Segment("model", f" -> {count}*{size}={product} " + protocol.return_block(str(product))),
+                ],
+            )
+        )
         root.children.append(len(threads) - 1)
     return ThreadTree(problem={"answer": answer}, threads=threads)
 
@@ -88,8 +100,7 @@ COMMAND = Command(
     flags=(
         Flag("out", "directory for train/validation/test.jsonl", value="DIR", required=True),
         Flag("seed", "random seed (default 0)", value="N"),
-        *(Flag(split, f"{split} problems (default {size})", value="N")
-          for split, size in SPLIT_SIZES.items()),
+        *(Flag(split, f"{split} problems (default {size})", value="N") for split, size in SPLIT_SIZES.items()),
     ),
     examples=("python -m apr_jax.tasks.examples.arithmetic --out examples/arithmetic",),
 )
