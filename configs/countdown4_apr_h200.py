@@ -8,9 +8,8 @@ for the compile, the first step and the checkpoint/validation pauses, so the
 warm-up and the cosine decay finish inside the limit; where steps run slower,
 the run's step budget (``apr_jax.training.step_budget``) plans the steps that fit and
 anneals there. ``STEP_SECONDS`` is stated, not yet measured: 128 x 1024 tokens
-x 270 MFLOP/token (``flops_per_token``) = 35.4 PFLOP per step, at 35% of the
-H200's 989 TFLOP/s bf16 peak (a plain JAX baseline reached 36.5% at the 228M
-shape) = 0.10 s. ``bash benchmarks/accelerator.sh`` measures it on the
+x 270 MFLOP/token (``flops_per_token``) = 35.4 PFLOP per step, at an assumed
+35% of the H200's 989 TFLOP/s bf16 peak = 0.10 s. ``bash benchmarks/accelerator.sh`` measures it on the
 device (``step_ms`` in its summary); put that figure here.
 
 Its traces are streamed (``data.traces``): the build draws the 202,000

@@ -172,3 +172,18 @@ def test_a_task_import_from_a_generic_layer_is_found(tmp_path):
             parts.pop()
         modules[".".join(parts)] = path
     assert task_imports(import_graph(modules)) == ["apr_jax.data.build -> apr_jax.tasks.countdown.traces"]
+
+
+COMMANDS = tuple(f"{PACKAGE}.{name}" for name in ("train", "evaluate", "compare", "convert", "aot", "failures"))
+
+
+def test_no_module_imports_a_command():
+    """The entry points are thin: libraries (RL included) never import one."""
+    graph = import_graph(module_names())
+    found = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if target in COMMANDS or target.endswith(".__main__")
+    )
+    assert not found, "modules import command-line entry points: " + "; ".join(found)

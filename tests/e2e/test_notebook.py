@@ -177,7 +177,7 @@ def test_install_cell_clones_a_git_url_and_survives_a_runtime_reset(tmp_path):
     clone = work / "apr_jax_src"
     assert where_apr_jax(python, env, work).startswith("not importable")
 
-    after = "import apr_jax.config.loading, os; print('loaded', os.path.dirname(apr_jax.config.loading.__file__))"
+    after = "import apr_jax.config.loading as m, os; print('loaded', os.path.dirname(os.path.dirname(m.__file__)))"
     again = code_cell(nbformat.read(NOTEBOOK, as_version=4), INSTALL_MARKER)
     result = run_install_cell(python, env, work, f"file://{REPO}", f"{after}\n{again}")
     assert result.returncode == 0, result.stderr[-3000:]
