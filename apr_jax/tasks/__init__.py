@@ -5,7 +5,7 @@ training traces (generated symbolically, or read from files) and a verifier
 that scores what a finished root wrote. SFT (the dataset build), evaluation
 and RL (prompts and rewards) take the task named by ``config.task.name``:
 
-- ``countdown`` (default): ``apr_jax.countdown``'s problems, search traces
+- ``countdown`` (default): ``apr_jax.tasks.countdown``'s problems, search traces
   and exact verifier;
 - ``jsonl_traces``: your own ``ThreadTree`` JSONL files with an answer
   checker (``apr_jax.tasks.jsonl_traces``).

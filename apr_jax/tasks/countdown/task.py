@@ -1,6 +1,6 @@
 """Countdown behind the task interface: seeded problem splits (one count of
 numbers, or several mixed: ``task.num_inputs = [3, 4]``), SoS+/APR search
-traces, the exact verifier and the oracle difficulty (``apr_jax.countdown``)."""
+traces, the exact verifier and the oracle difficulty (the modules beside it)."""
 
 from __future__ import annotations
 
