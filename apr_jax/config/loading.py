@@ -156,6 +156,13 @@ def sibling(config_file: str, name: str) -> types.ModuleType:
 def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """Load ``path`` (a python file with ``get_config()``), apply ``key=value``
     overrides (keys without the ``config.`` prefix) and validate."""
+    config = _read_config(path, overrides)
+    validate(config)
+    return config
+
+
+def _read_config(path: str | None, overrides: Iterable[str]) -> ml_collections.ConfigDict:
+    """``load_config`` before its checks."""
     path = path or DEFAULT_CONFIG
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
@@ -172,7 +179,6 @@ def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> ml_co
         key, raw = item.split("=", 1)
         key = key.removeprefix("--").removeprefix("config.")
         apply_override(config, key, raw)
-    validate(config)
     return config
 
 
@@ -195,5 +201,5 @@ def to_json(config: Any) -> str:
 
 
 def load_run_config(path: str | None = None, overrides: Iterable[str] = ()) -> RunConfig:
-    """``load_config`` (file, overrides, checks), then the frozen tree."""
-    return RunConfig.from_config(load_config(path, overrides))
+    """``load_config`` as the frozen tree (built once: building it is the check)."""
+    return RunConfig.from_config(_read_config(path, overrides))

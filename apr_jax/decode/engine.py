@@ -55,7 +55,7 @@ from jax.sharding import PartitionSpec
 
 from apr_jax import threads as threads_lib
 from apr_jax.decode import engine_loop, metrics
-from apr_jax.decode.limits import EngineLimits
+from apr_jax.decode.limits import EngineLimits, check_int_fields
 from apr_jax.decode.model_api import DecodeFn, as_decode_model
 from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig, bucket_length, check_prompts
@@ -77,10 +77,7 @@ class EngineConfig(EngineLimits):
 
     def __post_init__(self):
         super().__post_init__()
-        for name, low in (("max_context", 4), ("samples_per_problem", 1), ("max_threads", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise ValueError(f"EngineConfig.{name} must be an int >= {low}, got {value!r}")
+        check_int_fields(self, "EngineConfig.", (("max_context", 4), ("samples_per_problem", 1), ("max_threads", 0)))
         if not isinstance(self.sampling, SamplingConfig):
             raise ValueError(f"EngineConfig.sampling must be a SamplingConfig, got {self.sampling!r}")
         if self.lanes and self.lanes < self.lanes_per_group:

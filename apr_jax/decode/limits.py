@@ -16,6 +16,15 @@ def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def check_int_fields(obj: object, where: str, bounds: tuple[tuple[str, int], ...]) -> None:
+    """A ValueError naming ``where + name`` for the first field of ``obj`` in
+    ``bounds`` that is not an integer at least its lower bound."""
+    for name, low in bounds:
+        value = getattr(obj, name)
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{where}{name} must be an int >= {low}, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineLimits:
     max_children: int = 4  # children per spawn
@@ -39,21 +48,22 @@ class EngineLimits:
 
     def __post_init__(self):
         where = self.checked_as
-        for name, low in (
-            ("max_children", 1),
-            ("max_rounds", 0),
-            ("max_depth", 0),
-            ("tokens_per_thread", 1),
-            ("batch_problems", 0),
-            ("lanes", 0),
-            ("prefill_chunk", 1),
-            ("row_buckets", 1),
-            ("kv_buckets", 1),
-            ("page_size", 1),
-        ):
-            value = getattr(self, name)
-            if not _is_int(value) or value < low:
-                raise ValueError(f"{where}{name} must be an int >= {low}, got {value!r}")
+        check_int_fields(
+            self,
+            where,
+            (
+                ("max_children", 1),
+                ("max_rounds", 0),
+                ("max_depth", 0),
+                ("tokens_per_thread", 1),
+                ("batch_problems", 0),
+                ("lanes", 0),
+                ("prefill_chunk", 1),
+                ("row_buckets", 1),
+                ("kv_buckets", 1),
+                ("page_size", 1),
+            ),
+        )
         longs = self.long_prefill_chunks
         if (
             not isinstance(longs, tuple)

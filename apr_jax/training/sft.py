@@ -21,7 +21,7 @@ from apr_jax.model.config import COMPUTE_FIELDS, ModelConfig, flops_per_token, n
 from apr_jax.runtime import sharding
 from apr_jax.runtime.checkpoint import decode_bytes, encode_file, has_checkpoints, restore_params
 from apr_jax.runtime.jsonl import write_jsonl
-from apr_jax.tasks.registry import get_task
+from apr_jax.tasks.registry import task_class
 from apr_jax.training import train_state as ts
 from apr_jax.training.loop import LoopSettings, TrainingError, run_loop
 from apr_jax.training.optim import learning_rate_schedule
@@ -254,7 +254,7 @@ def final_evaluation(
             f"solved {summary['accuracy']:.1%} of held-out problems; "
             f"{summary['well_formed']:.1%} of outputs were well formed (ended with an answer line)"
         )
-        hint = get_task(config).accelerator_hint
+        hint = task_class(config.task.name).accelerator_hint
         if jax.default_backend() == "cpu" and hint:
             print(hint)
     return {f"test_{k}": v for k, v in summary.items()}
