@@ -12,6 +12,17 @@ return block. The engine (never the model) writes the join block: every
 child's return message in child order, framed by ``<join>``/``</join>`` and
 separated by ``<sep>``. A child cut off by a limit before returning is joined
 as ``<trunc>``.
+
+That is the ``message`` context family. In the ``inherit`` family
+(``data.context="inherit"``) a child's context is its parent's whole context
+up to the end of the spawn block, then its path header ``<child> m_i``; the
+child ends at ``</return>``. At the join the engine writes, per
+``data.join``:
+
+    stitch: <join>                                 the paths are read in place
+    linear: <join> path_1 <sep> path_2 </join>     path_i = <child> m_i ... </return>
+
+A stitched parent resumes at the position after its longest path.
 """
 
 from __future__ import annotations
@@ -44,6 +55,10 @@ RESERVED: tuple[str, ...] = (
 )
 
 
+CONTEXTS = ("message", "inherit")  # what a child sees: its message alone | its parent's context too
+JOINS = ("stitch", "linear")  # inherit family: how the parent reads the paths back
+
+
 def spawn_block(messages: list[str]) -> str:
     """The text a parent writes to spawn one child per message."""
     if not messages:
@@ -54,6 +69,22 @@ def spawn_block(messages: list[str]) -> str:
 def join_block(returns: list[str]) -> str:
     """The text the engine copies into the parent after its children return."""
     return JOIN_OPEN + SEP.join(returns) + JOIN_CLOSE
+
+
+_SPAWN_RE = re.compile(re.escape(SPAWN_OPEN) + "(.*?)" + re.escape(SPAWN_CLOSE), re.S)
+
+
+def spawn_messages(written: str) -> list[list[str]]:
+    """The messages of every closed spawn block in ``written``, block by block."""
+    return [block.split(SEP) for block in _SPAWN_RE.findall(written)]
+
+
+def inherit_join(paths: list[str], join: str) -> str:
+    """The join the engine writes into a parent in the inherit family, given
+    each child's whole text ``<child> m_i ... </return>`` (see the module doc)."""
+    if join not in JOINS:
+        raise ValueError(f"join {join!r} is not one of {JOINS}")
+    return JOIN_OPEN if join == "stitch" else join_block(paths)
 
 
 def child_prompt(message: str) -> str:

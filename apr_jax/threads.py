@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from apr_jax import protocol
+
 ROLES = ("prompt", "model", "join")
 # Why a thread stopped. "eos" and "return" are normal ends; the rest are
 # limits the engine enforced (or "running" for a thread never finished).
@@ -106,6 +108,44 @@ class ThreadTree:
                 raise ValueError(f"thread {i} has bad parent {p}")
             if i not in self.threads[p].children:
                 raise ValueError(f"thread {i} is missing from parent {p}'s children")
+
+    def spawn_groups(self, index: int) -> list[list[int]]:
+        """Thread ``index``'s children, one list per spawn block it wrote (in
+        order); ValueError when the blocks' messages do not match its children."""
+        thread = self.threads[index]
+        sizes = [len(block) for block in protocol.spawn_messages(thread.written_text)]
+        if sum(sizes) != len(thread.children):
+            raise ValueError(
+                f"thread {index} writes {sum(sizes)} spawn messages but lists {len(thread.children)} children"
+            )
+        children = iter(thread.children)
+        return [[next(children) for _ in range(size)] for size in sizes]
+
+    def with_context(self, context: str, join: str) -> "ThreadTree":
+        """This tree with every join segment as the engine writes it in
+        ``context`` (``protocol.CONTEXTS``) and ``join`` mode: message-mode
+        trees are returned as they are; inherit-mode joins are rebuilt from
+        the children's whole texts (``protocol.inherit_join``)."""
+        if context not in protocol.CONTEXTS:
+            raise ValueError(f"context {context!r} is not one of {protocol.CONTEXTS}")
+        if context == "message":
+            return self
+        tree = ThreadTree.from_dict(self.to_dict())
+
+        def rebuild(index: int) -> None:
+            groups = iter(tree.spawn_groups(index))
+            for segment in tree.threads[index].segments:
+                if segment.role == "join":
+                    group = next(groups, [])
+                    for child in group:
+                        rebuild(child)
+                    segment.text = protocol.inherit_join([tree.threads[c].text for c in group], join)
+            for group in groups:  # spawned but never joined (cut off by a limit)
+                for child in group:
+                    rebuild(child)
+
+        rebuild(0)
+        return tree
 
     @property
     def num_spawned(self) -> int:

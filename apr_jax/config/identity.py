@@ -16,7 +16,9 @@ LATER_KEYS = {
     "task.name": "countdown",
     "data.tokenizer": "",
     "data.traces": "stored",
-    "data.pipeline_workers": 0,  # the data iterator's saved state has one form per worker count
+    "data.pipeline_workers": 0,
+    "data.context": "message",
+    "data.join": "stitch",  # the data iterator's saved state has one form per worker count
     "model.head_dim": 0,
     "model.qkv_bias": False,
     "model.qk_norm": False,

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Mapping
 
 import ml_collections
 
+from apr_jax import protocol
 from apr_jax.config import checks
 from apr_jax.config.checks import ConfigError
 from apr_jax.config.trace import TraceConfig
@@ -69,11 +70,17 @@ class DataConfig:
     # generates each trace when it is read (Countdown only; training starts at once).
     traces: str = "stored"
     pipeline_workers: int = 0  # input-pipeline processes; 0: reader threads in the training process
+    # What a child sees (apr_jax.protocol): "message" (its spawn message alone; one row per
+    # thread) or "inherit" (its parent's context up to the fork; one tree sequence per tree).
+    context: str = "message"
+    join: str = "stitch"  # inherit: "stitch" (paths read in place) | "linear" (paths re-read as text)
 
     def __post_init__(self):
         for name in ("vocab_size", "seq_len"):
             checks.positive_int(f"data.{name}", getattr(self, name))
         checks.choice("data.traces", self.traces, ("stored", "streamed"))
+        checks.choice("data.context", self.context, protocol.CONTEXTS)
+        checks.choice("data.join", self.join, protocol.JOINS)
         checks.non_negative_int("data.pipeline_workers", self.pipeline_workers)
         # data.num_workers: apr_jax.data.tfds_builder.resolve_num_workers reads and checks it
 
@@ -261,6 +268,22 @@ class RunConfig:
         if self.data.seq_len > self.model.max_len:
             raise ConfigError(
                 f"config.data.seq_len={self.data.seq_len} exceeds config.model.max_len={self.model.max_len}"
+            )
+        contexts = task_class(self.task.name).contexts(self.task.as_dict())
+        if self.data.context not in contexts:
+            raise ConfigError(
+                f"config.data.context={self.data.context!r}, but task {self.task.name!r} with these settings "
+                f"writes {' or '.join(contexts)}-family trees"
+            )
+        if self.data.context == "inherit" and (self.mode == "rl" or self.eval.num_problems):
+            raise ConfigError(
+                "config.data.context='inherit' trains tree sequences, but the engine decodes the message "
+                "family only; set config.eval.num_problems=0 (no engine evaluation or RL in inherit mode yet)"
+            )
+        if self.data.context == "inherit" and self.model.attention not in ("auto", "xla"):
+            raise ConfigError(
+                f"config.data.context='inherit' needs config.model.attention=xla (or auto on the CPU); "
+                f"{self.model.attention!r} cannot apply a tree mask"
             )
         # RL splits its rollout rows into grad_accum microbatches; train.batch_size is SFT's.
         if self.mode == "sft" and self.train.batch_size % self.train.grad_accum:

@@ -33,10 +33,15 @@ interpret mode elsewhere). ``auto`` is ``paged`` on GPU and TPU when the
 shapes suit the kernel, ``xla`` otherwise.
 Padding tokens (segment 0) may attend among themselves in the flash kernels;
 their outputs are never used.
+
+A tree sequence of the inherit family (``apr_jax.data.tree_sequence``) adds
+per-token hidden ranges to the segment ids (a ``TreeMask``); only ``xla``
+applies them today, building the mask from the ids inside the forward.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -97,6 +102,28 @@ def segment_mask_BxTxS(segment_ids_BxT: jax.Array) -> jax.Array:
     same = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
     real = (segment_ids_BxT != 0)[:, :, None]
     return causal_TxS[None] & same & real
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TreeMask:
+    """What the tokens of packed tree sequences attend to: same segment, not
+    later, and the query's layout index outside each of the key's hidden
+    ranges ``[hidden_from, hidden_until)`` (``apr_jax.data.tree_sequence``)."""
+
+    segment_ids_BxT: jax.Array
+    hidden_from_BxTxR: jax.Array
+    hidden_until_BxTxR: jax.Array
+
+
+def tree_mask_BxTxS(mask: TreeMask) -> jax.Array:
+    """The boolean mask of a ``TreeMask`` (query ``t``, key ``s``)."""
+    t = mask.segment_ids_BxT.shape[1]
+    query_1xTx1x1 = jnp.arange(t, dtype=mask.hidden_from_BxTxR.dtype)[None, :, None, None]
+    hidden_BxTxS = (
+        (mask.hidden_from_BxTxR[:, None] <= query_1xTx1x1) & (query_1xTx1x1 < mask.hidden_until_BxTxR[:, None])
+    ).any(-1)
+    return segment_mask_BxTxS(mask.segment_ids_BxT) & ~hidden_BxTxS
 
 
 def cache_mask_BxTxS(positions_BxT: jax.Array, num_slots: int) -> jax.Array:
@@ -226,8 +253,18 @@ def packed_attention(
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, implementation: str, platform: str | None = None
 ) -> jax.Array:
     """Training attention over packed sequences with the chosen kernel, for
-    ``platform`` (default: JAX's default backend)."""
+    ``platform`` (default: JAX's default backend). ``segment_ids_BxT`` may
+    be a ``TreeMask`` (tree sequences; ``xla`` only)."""
     platform = platform or jax.default_backend()
+    if isinstance(segment_ids_BxT, TreeMask):
+        if implementation != "xla":
+            raise ValueError(
+                f"model.attention={implementation!r} cannot apply the tree mask of data.context='inherit'; "
+                "set model.attention=xla"
+            )
+        b, t, n, _ = q_BxTxNxH.shape
+        check_dense_size(implementation, b * n * t * t * 4)
+        return xla_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, tree_mask_BxTxS(segment_ids_BxT))
     if implementation == "cudnn":
         return cudnn_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT)
     if implementation in ("splash", "triton"):

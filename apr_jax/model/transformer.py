@@ -230,9 +230,15 @@ class Transformer(nnx.Module):
             )
         return constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
-    def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array, segment_ids_BxL: jax.Array) -> jax.Array:
-        """Packed training forward; returns logits [B, L, vocab] in float32."""
-        _check_same_shape(tokens_BxL, positions=positions_BxL, segment_ids=segment_ids_BxL)
+    def __call__(
+        self, tokens_BxL: jax.Array, positions_BxL: jax.Array, segment_ids_BxL: jax.Array | attention.TreeMask
+    ) -> jax.Array:
+        """Packed training forward; returns logits [B, L, vocab] in float32.
+        ``segment_ids_BxL`` may be a ``TreeMask`` (tree sequences)."""
+        segments = (
+            segment_ids_BxL.segment_ids_BxT if isinstance(segment_ids_BxL, attention.TreeMask) else segment_ids_BxL
+        )
+        _check_same_shape(tokens_BxL, positions=positions_BxL, segment_ids=segments)
         x = self._embed(tokens_BxL)
         forward = BLOCK_FORWARDS[self.cfg.remat]
         for block in self.blocks:

@@ -41,6 +41,11 @@ class Task(Protocol):
         """A one-line ValueError for a bad ``task`` section (a mapping);
         called when a config is loaded."""
 
+    @staticmethod
+    def contexts(task: Any) -> tuple[str, ...]:
+        """The context families (``protocol.CONTEXTS``) its trees train in,
+        given its ``task`` section (a mapping)."""
+
     def splits(self) -> dict[str, list[Any]]:
         """Problems per split (train, validation, test)."""
 

@@ -4,8 +4,11 @@
     config.task.train / .validation / .test = "path/to/split.jsonl"   ("" = empty split)
     config.task.checker = "exact" | "numeric" | "module:function"
     config.task.answer_prefix = "Answer:"   ("" = the last non-empty line)
+    config.task.format = "tree" | "multiverse" | "threadweaver"
+    config.task.max_depth = 2   (tagged formats: the deepest nesting of parallel blocks)
 
-Each line is one tree as ``ThreadTree.to_json`` writes it. The root's first
+With ``format = "tree"`` (the default, context family ``message``) each line
+is one tree as ``ThreadTree.to_json`` writes it. The root's first
 segment is its prompt (role ``prompt``); ``problem.answer`` is the reference
 answer the checker compares with. Every child starts with the prompt
 ``<child>`` + the message its parent's spawn block gave it, ends with a
@@ -13,6 +16,12 @@ return block and stop ``return``; every join segment holds the return
 messages of the children of the spawn before it, as the engine would copy
 them in. A tree that breaks a rule is a one-line error naming the file, the
 line and the rule.
+
+With ``format = "multiverse"`` or ``"threadweaver"`` (context family
+``inherit``: a child sees its parent's context up to the fork) each line is
+``{"prompt": str, "answer": str | number, "text": str}``, the response written
+with that format's parallel-block tags; ``apr_jax.tasks.tagged_text`` turns it
+into a tree and says what it accepts. Errors read ``path:line: ...`` too.
 """
 
 from __future__ import annotations
@@ -28,11 +37,12 @@ from apr_jax.data.tfds_builder import AprTraceFiles
 from apr_jax.runtime.jsonl import read_jsonl
 from apr_jax.tasks.base import Score
 from apr_jax.tasks.checkers import make_checker
+from apr_jax.tasks.tagged_text import FORMATS, parse_tagged_line
 from apr_jax.threads import ThreadTree
 
 SPLITS = ("train", "validation", "test")
-_SPAWN_RE = re.compile(re.escape(protocol.SPAWN_OPEN) + "(.*?)" + re.escape(protocol.SPAWN_CLOSE), re.S)
 _RETURN_RE = re.compile(re.escape(protocol.RETURN_OPEN) + "(.*)" + re.escape(protocol.RETURN_CLOSE) + r"\Z", re.S)
+TRACE_FORMATS = ("tree", *FORMATS)  # config.task.format
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +126,7 @@ def _check_threads(tree: ThreadTree) -> None:
                 f"(got stop {thread.stop!r})"
             )
     for i, thread in enumerate(tree.threads):
-        spawns = [m.split(protocol.SEP) for m in _SPAWN_RE.findall(thread.written_text)]
+        spawns = protocol.spawn_messages(thread.written_text)
         messages = [m for block in spawns for m in block]
         if len(messages) != len(thread.children):
             raise ValueError(
@@ -141,6 +151,14 @@ def _check_threads(tree: ThreadTree) -> None:
             )
 
 
+def _check_format(trace_format: Any, max_depth: Any) -> None:
+    """``config.task.format`` and ``config.task.max_depth``, checked."""
+    if trace_format not in TRACE_FORMATS:
+        raise ValueError(f"config.task.format={trace_format!r} is not one of {', '.join(TRACE_FORMATS)}")
+    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
+        raise ValueError(f"config.task.max_depth must be a positive integer, got {max_depth!r}")
+
+
 def problem_of(tree: ThreadTree) -> TextProblem:
     return TextProblem(tree.threads[0].segments[0].text, _answer_text(tree.problem["answer"]))
 
@@ -152,20 +170,38 @@ class JsonlTracesTask:
     streams_traces = False  # the trees are given, not generated
     accelerator_hint = ""
 
-    def __init__(self, paths: Mapping[str, str], checker: str = "exact", answer_prefix: str = ""):
+    def __init__(
+        self,
+        paths: Mapping[str, str],
+        checker: str = "exact",
+        answer_prefix: str = "",
+        trace_format: str = "tree",
+        max_depth: int = 2,
+    ):
+        _check_format(trace_format, max_depth)
         self.paths = {split: os.path.abspath(paths[split]) if paths[split] else "" for split in SPLITS}
         self.answer_prefix = answer_prefix
+        self.trace_format = trace_format
+        self.max_depth = max_depth
         self._check = make_checker(checker, answer_prefix)
         self._trees: dict[str, list[ThreadTree]] | None = None
 
     @staticmethod
     def check_settings(task: Mapping[str, Any]) -> None:
-        del task  # the files are checked when they are read
+        """``format`` and ``max_depth``; the files are checked when they are read."""
+        _check_format(task.get("format", "tree"), task.get("max_depth", 2))
+
+    @staticmethod
+    def contexts(task: Mapping[str, Any]) -> tuple[str, ...]:
+        """``message`` for ``format = "tree"``, ``inherit`` for the tagged formats."""
+        trace_format = task.get("format", "tree")
+        _check_format(trace_format, task.get("max_depth", 2))
+        return ("message",) if trace_format == "tree" else ("inherit",)
 
     @classmethod
     def from_config(cls, config: Any) -> "JsonlTracesTask":
         t = config.task.as_dict()
-        known = {"name", "train", "validation", "test", "checker", "answer_prefix"}
+        known = {"name", "train", "validation", "test", "checker", "answer_prefix", "format", "max_depth"}
         unknown = sorted(set(t) - known)
         if unknown:
             raise ValueError(
@@ -174,18 +210,28 @@ class JsonlTracesTask:
         if not t.get("train"):
             raise ValueError("config.task.train is empty; name the training traces' JSONL file")
         return cls(
-            {s: str(t.get(s) or "") for s in SPLITS}, str(t.get("checker", "exact")), str(t.get("answer_prefix", ""))
+            {s: str(t.get(s) or "") for s in SPLITS},
+            str(t.get("checker", "exact")),
+            str(t.get("answer_prefix", "")),
+            t.get("format", "tree"),
+            t.get("max_depth", 2),
         )
 
     # ---- files ------------------------------------------------------------------
     def trees(self) -> dict[str, list[ThreadTree]]:
         """Every split's checked trees (read once)."""
         if self._trees is None:
+            parse = self._parse_line
             self._trees = {
-                split: read_jsonl(path, parse_tree, kind="trace file") if path else []
-                for split, path in self.paths.items()
+                split: read_jsonl(path, parse, kind="trace file") if path else [] for split, path in self.paths.items()
             }
         return self._trees
+
+    def _parse_line(self, d: Any) -> ThreadTree:
+        """One line's tree, read as ``config.task.format`` says."""
+        if self.trace_format == "tree":
+            return parse_tree(d)
+        return parse_tagged_line(d, self.trace_format, self.max_depth)
 
     def splits(self) -> dict[str, list[TextProblem]]:
         return {split: [problem_of(t) for t in trees] for split, trees in self.trees().items()}

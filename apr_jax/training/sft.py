@@ -15,7 +15,7 @@ from flax import nnx
 
 from apr_jax.config.sections import RunConfig
 from apr_jax.data.build import DatasetInfo, build_dataset_once, make_problem_source
-from apr_jax.data.pipeline import make_iterator
+from apr_jax.data.pipeline import describe_lengths, make_iterator
 from apr_jax.data.tokenizer import Tokenizer, load_tokenizer
 from apr_jax.model.config import COMPUTE_FIELDS, ModelConfig, flops_per_token, num_params, peak_flops_per_device
 from apr_jax.runtime import sharding
@@ -205,6 +205,8 @@ def run_sft(config: RunConfig, workdir: str, *, stop_at: int | None = None) -> d
     info = build_dataset_once(config)
     tokenizer = load_tokenizer(info.tokenizer_path)
     task = SFTTask(config, info, tokenizer.vocab_size, mesh, per_process_batch, peak)
+    if config.data.context == "inherit" and jax.process_index() == 0:
+        print(describe_lengths(config, info), flush=True)
     if config.train.init_from and not has_checkpoints(workdir):
         print(f"starting from {init_from_checkpoint(config, task.state, tokenizer)}", flush=True)
     try:

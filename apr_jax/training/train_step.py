@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from apr_jax.model.attention import TreeMask
 from apr_jax.training.loss import masked_lm_loss
 from apr_jax.training.optim import Schedule
 from apr_jax.training.train_state import Graphs, TrainState
@@ -34,10 +35,18 @@ def _split_microbatches(batch: Batch, accum: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
+def attention_keys(batch: Batch) -> jax.Array | TreeMask:
+    """What the batch's tokens attend to: its segment ids, or a ``TreeMask``
+    when it holds tree sequences (``hidden_from``/``hidden_until``)."""
+    if "hidden_from" not in batch:
+        return batch["segment_ids"]
+    return TreeMask(batch["segment_ids"], batch["hidden_from"], batch["hidden_until"])
+
+
 def make_loss_fn(model_graphdef: nnx.GraphDef, rest: Any) -> Callable:
     def loss_fn(params: Any, batch: Batch):
         model = nnx.merge(model_graphdef, params, rest)
-        logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])
+        logits = model(batch["tokens"], batch["positions"], attention_keys(batch))
         loss_sum, count, correct = masked_lm_loss(logits, batch)
         return loss_sum, (count, correct)
 

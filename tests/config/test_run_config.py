@@ -92,3 +92,27 @@ def test_bad_section_values_fail_at_the_edge():
     saved["trace"]["max_depth"] = 0
     with pytest.raises(ConfigError, match=r"^config.trace.max_depth=0 must be a positive integer$"):
         RunConfig.from_config(saved)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["config.data.context=shared"], r"config.data.context='shared' is not one of"),
+        (["config.data.context=inherit", "config.data.join=merge"], r"config.data.join='merge' is not one of"),
+        (["config.data.context=inherit"], r"engine decodes the message family only; set config.eval.num_problems=0"),
+        (
+            ["config.data.context=inherit", "config.eval.num_problems=0", "config.model.attention=splash"],
+            r"needs config.model.attention=xla",
+        ),
+    ],
+)
+def test_context_family_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(None, overrides)
+
+
+def test_tagged_trace_files_need_the_inherit_family():
+    path = os.path.join(REPO_ROOT, "configs", "arithmetic_multiverse.py")
+    assert load_run_config(path, []).data.context == "inherit"
+    with pytest.raises(ConfigError, match=r"task 'jsonl_traces' with these settings writes inherit-family trees"):
+        load_run_config(path, ["config.data.context=message"])

@@ -120,7 +120,8 @@ def test_pack_sequences_keeps_every_token(packing):
     rng = np.random.default_rng(0)
     seq_len = 48
     sequences = _random_sequences(rng, 200, 70)
-    rows, truncated = pack_sequences(sequences, seq_len, packing=packing)
+    pieces = [{"tokens": t, "loss_mask": m, "positions": np.arange(len(t), dtype=np.int32)} for t, m in sequences]
+    rows, truncated = pack_sequences(pieces, seq_len, packing=packing)
     assert truncated == sum(len(t) > seq_len for t, _ in sequences)
     segments = _segments(rows)
     assert len(segments) == len(sequences)
@@ -273,7 +274,7 @@ def test_problem_source_and_tokenize_tree_pickle(built, tokenizer):
     tree = open_split(info, "test")[0]
     got = fn(tree)
     want = tree.to_sequences(tokenizer)
-    assert [g[0].tolist() for g in got] == [w.tokens.tolist() for w in want]
+    assert [g["tokens"].tolist() for g in got] == [w.tokens.tolist() for w in want]
 
 
 # ---- streamed traces and worker processes ----------------------------------------

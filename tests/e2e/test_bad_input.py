@@ -8,6 +8,7 @@ cache name). A row without a case, or a case without a row, fails."""
 import contextlib
 import io
 import os
+import random
 import re
 import shutil
 
@@ -333,7 +334,6 @@ def traces_cli(ctx, name, edit):
     """Train the worked example with its training file replaced by one
     reference tree per line, the last one changed by ``edit(tree dict)``."""
     import json
-    import random
 
     from apr_jax.tasks.examples.arithmetic import make_tree
 
@@ -410,6 +410,51 @@ def _(ctx):
             f"--config.data.dir={ctx['root']}/data",
         ],
     )
+
+
+def multiverse_cli(ctx, name, edit, *flags):
+    """Train ``configs/arithmetic_multiverse.py`` on a file of two lines, the
+    second one changed by ``edit`` (a function of its text)."""
+    import json
+
+    from apr_jax.tasks.examples.arithmetic import make_tree, multiverse_line
+
+    path = os.path.join(ctx["root"], name)
+    lines = [multiverse_line(make_tree(random.Random(i))) for i in range(2)]
+    lines[1]["text"] = edit(lines[1]["text"])
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(line) + "\n" for line in lines))
+    example = os.path.join(ROOT, "configs", "arithmetic_multiverse.py")
+    return cli(
+        train.main,
+        [
+            f"--workdir={ctx['root']}/fresh_multiverse",
+            f"--config={example}",
+            f"--config.task.train={path}",
+            f"--config.data.dir={ctx['root']}/data",
+            *flags,
+        ],
+    )
+
+
+@case("B73")
+def _(ctx):
+    return multiverse_cli(ctx, "t73.jsonl", lambda text: text.replace("</Path>", "", 1))
+
+
+@case("B74")
+def _(ctx):
+    return multiverse_cli(ctx, "t74.jsonl", lambda text: text.replace("</Path>", "</Path><Path>9</Path>", 1))
+
+
+@case("B75")
+def _(ctx):
+    return multiverse_cli(ctx, "t75.jsonl", lambda text: text, "--config.data.context=message")
+
+
+@case("B76")
+def _(ctx):
+    return cli(train.main, [f"--workdir={ctx['root']}/fresh_inherit", "--config.data.context=inherit"])
 
 
 @case("B71")

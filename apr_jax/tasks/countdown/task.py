@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from apr_jax import protocol
 from apr_jax.config import checks
 from apr_jax.tasks.base import Score
 from apr_jax.tasks.countdown.problems import Problem, difficulty, input_counts, make_splits, unseen_problems
@@ -32,6 +33,12 @@ class CountdownTask:
     def __init__(self, task: Mapping[str, Any], trace: Mapping[str, Any]):
         self.task = {k: v for k, v in task.items() if k != "name"}
         self.trace = dict(trace)
+
+    @staticmethod
+    def contexts(task: Mapping[str, Any]) -> tuple[str, ...]:
+        """Both families: an inherit-mode tree is the message-mode tree with its joins rewritten."""
+        del task
+        return protocol.CONTEXTS
 
     @staticmethod
     def check_settings(task: Mapping[str, Any]) -> None:

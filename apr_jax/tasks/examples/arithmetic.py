@@ -2,9 +2,10 @@
 as ``ThreadTree`` JSONL for the ``jsonl_traces`` task:
 
     python -m apr_jax.tasks.examples.arithmetic --out examples/arithmetic
+    python -m apr_jax.tasks.examples.arithmetic --out examples/arithmetic_mv --format=multiverse
 
 writes ``train.jsonl``, ``validation.jsonl`` and ``test.jsonl`` (the bundled
-copies in ``examples/arithmetic/`` come from this command with its defaults).
+copies in ``examples/`` come from these commands with their defaults).
 Each problem buys a few groups of items; the root spawns one child per group,
 each child multiplies its group out and returns the product, and the root adds
 the joined products (less what was given away) and writes ``Answer: N``::
@@ -14,6 +15,14 @@ the joined products (less what was given away) and writes ``Answer: N``::
             36+20-9=47
             Answer: 47
     child:  <child>3 boxes of 12 -> 3*12=36 <return>36</return>
+
+With ``--format=multiverse`` the same problems are written as Multiverse-style
+tagged text for the inherit family (``jsonl_traces`` with ``format =
+"multiverse"``): each path sees the problem, and the conclusion reads the paths::
+
+    {"prompt": "Ana buys ...\n", "answer": 47, "text": "<Parallel><Goal><Outline>3 boxes of 12</Outline>
+     <Outline>4 bags of 5</Outline></Goal><Path>3*12=36</Path><Path>4*5=20</Path>
+     <Conclusion>36+20-9=47</Conclusion></Parallel>\nAnswer: 47\n"}
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import Sequence
 
 from apr_jax import protocol
 from apr_jax.cli import Command, Flag, UsageError, read_command_line, run_command
+from apr_jax.runtime.jsonl import write_jsonl
 from apr_jax.threads import Segment, Thread, ThreadTree
 
 NAMES = ("Ana", "Ben", "Cai", "Dee", "Eli", "Fay")
@@ -32,6 +42,7 @@ ITEMS = ("pens", "eggs", "cards", "nuts", "tiles")
 CONTAINERS = ("boxes", "bags", "packs", "jars", "crates")
 ANSWER_PREFIX = "Answer:"
 SPLIT_SIZES = {"train": 256, "validation": 32, "test": 32}
+FORMATS = ("tree", "multiverse")
 
 
 def make_tree(rng: random.Random) -> ThreadTree:
@@ -74,8 +85,20 @@ def make_tree(rng: random.Random) -> ThreadTree:
     return ThreadTree(problem={"answer": answer}, threads=threads)
 
 
-def write_splits(out: str, sizes: dict[str, int], seed: int = 0) -> dict[str, str]:
-    """Write unique problems per split (no prompt in two splits); returns the paths."""
+def multiverse_line(tree: ThreadTree) -> dict[str, object]:
+    """``tree``'s problem as a Multiverse-style line: prompt, answer and the
+    tagged response (the paths' work, then the conclusion and the answer)."""
+    root, children = tree.threads[0], tree.threads[1:]
+    outlines = "".join(f"<Outline>{c.segments[0].text.removeprefix(protocol.CHILD)}</Outline>" for c in children)
+    paths = "".join(f"<Path>{c.written_text.split(protocol.RETURN_OPEN)[0].strip(' ->')}</Path>" for c in children)
+    sum_line, answer_line = root.segments[-1].text.strip().split("\n")
+    text = f"<Parallel><Goal>{outlines}</Goal>{paths}<Conclusion>{sum_line}</Conclusion></Parallel>\n{answer_line}\n"
+    return {"prompt": root.segments[0].text, "answer": tree.problem["answer"], "text": text}
+
+
+def write_splits(out: str, sizes: dict[str, int], seed: int = 0, fmt: str = "tree") -> dict[str, str]:
+    """Write unique problems per split (no prompt in two splits) in ``fmt``
+    (``FORMATS``); returns the paths."""
     rng = random.Random(seed)
     seen: set[str] = set()
     os.makedirs(out, exist_ok=True)
@@ -89,8 +112,10 @@ def write_splits(out: str, sizes: dict[str, int], seed: int = 0) -> dict[str, st
                 seen.add(prompt)
                 trees.append(tree)
         paths[split] = os.path.join(out, f"{split}.jsonl")
-        with open(paths[split], "w", encoding="utf-8") as f:
-            f.writelines(tree.to_json() + "\n" for tree in trees)
+        if fmt == "multiverse":
+            write_jsonl(paths[split], [multiverse_line(tree) for tree in trees])
+        else:
+            write_jsonl(paths[split], trees)
     return paths
 
 
@@ -100,9 +125,17 @@ COMMAND = Command(
     flags=(
         Flag("out", "directory for train/validation/test.jsonl", value="DIR", required=True),
         Flag("seed", "random seed (default 0)", value="N"),
+        Flag(
+            "format",
+            f"{' or '.join(FORMATS)}: ThreadTree JSON or Multiverse-style tagged text (default tree)",
+            value="FORMAT",
+        ),
         *(Flag(split, f"{split} problems (default {size})", value="N") for split, size in SPLIT_SIZES.items()),
     ),
-    examples=("python -m apr_jax.tasks.examples.arithmetic --out examples/arithmetic",),
+    examples=(
+        "python -m apr_jax.tasks.examples.arithmetic --out examples/arithmetic",
+        "python -m apr_jax.tasks.examples.arithmetic --out examples/arithmetic_mv --format=multiverse",
+    ),
 )
 
 
@@ -123,7 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> None:
         flags = read_command_line(argv, COMMAND).flags
         sizes = {split: _integer(flags, split, size) for split, size in SPLIT_SIZES.items()}
-        paths = write_splits(flags["out"], sizes, _integer(flags, "seed", 0, count=False))
+        fmt = flags.get("format", "tree")
+        if fmt not in FORMATS:
+            raise UsageError(f"--format={fmt} is not one of {', '.join(FORMATS)}")
+        paths = write_splits(flags["out"], sizes, _integer(flags, "seed", 0, count=False), fmt)
         print(f"wrote {', '.join(paths.values())}", file=sys.stderr)
 
     return run_command(body, usage=(OSError,), compile_cache=False)
