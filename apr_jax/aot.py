@@ -45,6 +45,8 @@ from flax import nnx
 from apr_jax.cli import Command, Flag, int_flag, parse_command_line, run_command
 from apr_jax.config.loading import load_run_config
 from apr_jax.config.sections import RunConfig
+from apr_jax.data.pipeline import FEATURES, TREE_FEATURES
+from apr_jax.data.tree_sequence import MASK_RANGES
 from apr_jax.decode.engine import decode_page_size, make_decoder
 from apr_jax.decode.model_api import NnxDecode
 from apr_jax.decode.protocol_ids import ProtocolIds
@@ -203,12 +205,19 @@ def abstract_train_state(
 
 
 def abstract_batch(config: RunConfig, mesh: jax.sharding.Mesh) -> dict:
+    """The train step's batch as the input pipeline makes it (with the tree
+    features in the inherit family)."""
     shape_BxL = (config.train.batch_size, config.data.seq_len)
     batch_sharding = sharding.batch_sharding(mesh)
-    return {
-        name: jax.ShapeDtypeStruct(shape_BxL, jnp.int32, sharding=batch_sharding)
-        for name in ("tokens", "loss_mask", "segment_ids", "positions")
-    }
+    batch = {name: jax.ShapeDtypeStruct(shape_BxL, jnp.int32, sharding=batch_sharding) for name in FEATURES}
+    if config.data.context == "inherit":
+        batch.update(
+            {
+                name: jax.ShapeDtypeStruct((*shape_BxL, MASK_RANGES), jnp.int32, sharding=batch_sharding)
+                for name in TREE_FEATURES
+            }
+        )
+    return batch
 
 
 def compile_train_step(config: RunConfig, vocab_size: int, devices: Sequence[jax.Device]) -> jax.stages.Compiled:

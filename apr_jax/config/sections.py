@@ -280,10 +280,10 @@ class RunConfig:
                 "config.data.context='inherit' trains tree sequences, but the engine decodes the message "
                 "family only; set config.eval.num_problems=0 (no engine evaluation or RL in inherit mode yet)"
             )
-        if self.data.context == "inherit" and self.model.attention not in ("auto", "xla"):
+        if self.data.context == "inherit" and self.model.attention == "cudnn":
             raise ConfigError(
-                f"config.data.context='inherit' needs config.model.attention=xla (or auto on the CPU); "
-                f"{self.model.attention!r} cannot apply a tree mask"
+                "config.data.context='inherit' trains with a tree mask, which model.attention='cudnn' cannot "
+                "apply; set config.model.attention=auto (the Pallas tree kernel on GPU and TPU)"
             )
         # RL splits its rollout rows into grad_accum microbatches; train.batch_size is SFT's.
         if self.mode == "sft" and self.train.batch_size % self.train.grad_accum:

@@ -35,13 +35,14 @@ Padding tokens (segment 0) may attend among themselves in the flash kernels;
 their outputs are never used.
 
 A tree sequence of the inherit family (``apr_jax.data.tree_sequence``) adds
-per-token hidden ranges to the segment ids (a ``TreeMask``); only ``xla``
-applies them today, building the mask from the ids inside the forward.
+per-token hidden ranges to the segment ids (a ``TreeMask``): ``xla`` builds
+the dense mask from them, ``splash`` and ``triton`` run the Pallas tree
+kernel of ``apr_jax.model.tree_attention`` (Mosaic on TPU, Triton on GPU),
+which builds each tile's mask from the ids and never holds a ``T x T`` array.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Callable
 
@@ -49,6 +50,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from apr_jax.model import tree_attention
+from apr_jax.model.tree_mask import TreeMask, segment_mask_BxTxS, tree_mask_BxTxS
 from apr_jax.runtime import sharding
 
 _MASKED = -1e30
@@ -60,6 +63,8 @@ DENSE_LIMIT_BYTES = 2 * 2**30
 DECODE_ATTENTIONS = ("auto", "xla", "paged")
 # Platforms with a native paged decode kernel (elsewhere the GPU one is interpreted).
 _PAGED_NATIVE = ("gpu", "tpu")
+# Query/key block of the Pallas tree kernel per platform (TPU: whole vregs; GPU and interpret: smaller tiles).
+TREE_BLOCK = {"tpu": 128, "gpu": 64, "interpret": 64}
 # Slots a TPU paged-attention block reads at once (pages_per_compute_block * page_size).
 _TPU_PAGED_BLOCK = 512
 
@@ -93,37 +98,6 @@ def check_dense_size(implementation: str, num_bytes: int) -> None:
             f"T x T tensor per layer (limit {DENSE_LIMIT_BYTES / 2**30:.0f} GiB); set "
             "model.attention=auto (triton on GPU, splash on TPU) or shrink batch/seq_len"
         )
-
-
-def segment_mask_BxTxS(segment_ids_BxT: jax.Array) -> jax.Array:
-    """Token i sees token j iff j <= i, same segment, and segment_ids[i] != 0."""
-    t = segment_ids_BxT.shape[1]
-    causal_TxS = jnp.tril(jnp.ones((t, t), dtype=bool))
-    same = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
-    real = (segment_ids_BxT != 0)[:, :, None]
-    return causal_TxS[None] & same & real
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class TreeMask:
-    """What the tokens of packed tree sequences attend to: same segment, not
-    later, and the query's layout index outside each of the key's hidden
-    ranges ``[hidden_from, hidden_until)`` (``apr_jax.data.tree_sequence``)."""
-
-    segment_ids_BxT: jax.Array
-    hidden_from_BxTxR: jax.Array
-    hidden_until_BxTxR: jax.Array
-
-
-def tree_mask_BxTxS(mask: TreeMask) -> jax.Array:
-    """The boolean mask of a ``TreeMask`` (query ``t``, key ``s``)."""
-    t = mask.segment_ids_BxT.shape[1]
-    query_1xTx1x1 = jnp.arange(t, dtype=mask.hidden_from_BxTxR.dtype)[None, :, None, None]
-    hidden_BxTxS = (
-        (mask.hidden_from_BxTxR[:, None] <= query_1xTx1x1) & (query_1xTx1x1 < mask.hidden_until_BxTxR[:, None])
-    ).any(-1)
-    return segment_mask_BxTxS(mask.segment_ids_BxT) & ~hidden_BxTxS
 
 
 def cache_mask_BxTxS(positions_BxT: jax.Array, num_slots: int) -> jax.Array:
@@ -175,14 +149,15 @@ def _pad_length(x: jax.Array, length: int) -> jax.Array:
 
 def _per_shard(local: Callable, q, k, v, segment_ids_BxT, head_axis: int) -> jax.Array:
     """``local(q, k, v, segment_ids)`` on each device's batch and head shard
-    (``shard_map``) under a mesh; directly without one."""
+    (``shard_map``) under a mesh; directly without one. ``segment_ids_BxT``
+    may be any pytree of per-token arrays (a ``TreeMask``), split by batch."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return local(q, k, v, segment_ids_BxT)
     axes = [None] * 4
     axes[0], axes[head_axis] = "activation_batch", "activation_heads"
     qkv_spec = sharding.logical_to_spec(tuple(axes), mesh, q.shape)
-    seg_spec = PartitionSpec(qkv_spec[0], None)
+    seg_spec = jax.tree.map(lambda x: PartitionSpec(qkv_spec[0], *(None,) * (x.ndim - 1)), segment_ids_BxT)
     return jax.shard_map(local, in_specs=(qkv_spec, qkv_spec, qkv_spec, seg_spec), out_specs=qkv_spec, check_vma=False)(
         q, k, v, segment_ids_BxT
     )
@@ -254,14 +229,24 @@ def packed_attention(
 ) -> jax.Array:
     """Training attention over packed sequences with the chosen kernel, for
     ``platform`` (default: JAX's default backend). ``segment_ids_BxT`` may
-    be a ``TreeMask`` (tree sequences; ``xla`` only)."""
+    be a ``TreeMask`` (tree sequences): ``xla`` builds its mask, ``splash``
+    and ``triton`` run the Pallas tree kernel (``tree_attention``) for their
+    platform, ``cudnn`` cannot take it."""
     platform = platform or jax.default_backend()
     if isinstance(segment_ids_BxT, TreeMask):
-        if implementation != "xla":
+        if implementation == "cudnn":
             raise ValueError(
-                f"model.attention={implementation!r} cannot apply the tree mask of data.context='inherit'; "
-                "set model.attention=xla"
+                "model.attention='cudnn' cannot apply the tree mask of data.context='inherit'; "
+                "set model.attention=triton (or auto)"
             )
+        if implementation in _KERNEL_PLATFORM:
+            kernel_platform = platform if not interpret_kernel(implementation, platform) else "interpret"
+            local = functools.partial(
+                tree_attention.tree_flash_attention,
+                platform=kernel_platform,
+                block=TREE_BLOCK.get(kernel_platform, TREE_BLOCK["interpret"]),
+            )
+            return _per_shard(local, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, head_axis=2)
         b, t, n, _ = q_BxTxNxH.shape
         check_dense_size(implementation, b * n * t * t * 4)
         return xla_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, tree_mask_BxTxS(segment_ids_BxT))

@@ -26,6 +26,7 @@ from flax import nnx
 from apr_jax.model import attention
 from apr_jax.model.config import ModelConfig
 from apr_jax.model.layers import RMSNorm, SwiGLU, apply_rotary, dtype_of, make_param, normal
+from apr_jax.model.tree_mask import TreeMask
 from apr_jax.runtime.sharding import constrain
 
 ACT_BLD = ("activation_batch", "activation_length", "activation_embed")
@@ -231,13 +232,11 @@ class Transformer(nnx.Module):
         return constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
     def __call__(
-        self, tokens_BxL: jax.Array, positions_BxL: jax.Array, segment_ids_BxL: jax.Array | attention.TreeMask
+        self, tokens_BxL: jax.Array, positions_BxL: jax.Array, segment_ids_BxL: jax.Array | TreeMask
     ) -> jax.Array:
         """Packed training forward; returns logits [B, L, vocab] in float32.
         ``segment_ids_BxL`` may be a ``TreeMask`` (tree sequences)."""
-        segments = (
-            segment_ids_BxL.segment_ids_BxT if isinstance(segment_ids_BxL, attention.TreeMask) else segment_ids_BxL
-        )
+        segments = segment_ids_BxL.segment_ids_BxT if isinstance(segment_ids_BxL, TreeMask) else segment_ids_BxL
         _check_same_shape(tokens_BxL, positions=positions_BxL, segment_ids=segments)
         x = self._embed(tokens_BxL)
         forward = BLOCK_FORWARDS[self.cfg.remat]

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from apr_jax.model.attention import TreeMask
+from apr_jax.model.tree_mask import TreeMask
 from apr_jax.training.loss import masked_lm_loss
 from apr_jax.training.optim import Schedule
 from apr_jax.training.train_state import Graphs, TrainState

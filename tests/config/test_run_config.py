@@ -101,8 +101,8 @@ def test_bad_section_values_fail_at_the_edge():
         (["config.data.context=inherit", "config.data.join=merge"], r"config.data.join='merge' is not one of"),
         (["config.data.context=inherit"], r"engine decodes the message family only; set config.eval.num_problems=0"),
         (
-            ["config.data.context=inherit", "config.eval.num_problems=0", "config.model.attention=splash"],
-            r"needs config.model.attention=xla",
+            ["config.data.context=inherit", "config.eval.num_problems=0", "config.model.attention=cudnn"],
+            r"model.attention='cudnn' cannot apply",
         ),
     ],
 )

@@ -13,8 +13,8 @@ from helpers.tiny import tiny_model_config
 from apr_jax import protocol
 from apr_jax.data.pipeline import TokenizeTree, pack_sequences
 from apr_jax.data.tree_sequence import MASK_RANGES, thread_rows, tree_sequence
-from apr_jax.model.attention import TreeMask, tree_mask_BxTxS
 from apr_jax.model.transformer import Transformer
+from apr_jax.model.tree_mask import TreeMask, tree_mask_BxTxS
 from apr_jax.training.loss import masked_lm_loss
 
 
