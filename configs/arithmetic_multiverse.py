@@ -28,5 +28,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.task.max_depth = 1  # the deepest nesting of <Parallel> blocks the files may hold
     c.data.context = "inherit"  # message | inherit: a path sees the problem and the outlines
     c.data.join = "stitch"  # stitch | linear: how the conclusion reads the paths
-    c.eval.num_problems = 0  # the engine decodes the message family only so far
     return c

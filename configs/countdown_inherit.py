@@ -24,5 +24,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.seq_len = 512  # a whole tree per row (tree sequences of Countdown-3: mean 302, max 348 tokens)
     c.model.max_len = 512
     c.train.batch_size = 8  # the default's tokens per batch
-    c.eval.num_problems = 0  # the engine decodes the message family only so far
     return c

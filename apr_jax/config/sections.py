@@ -275,10 +275,15 @@ class RunConfig:
                 f"config.data.context={self.data.context!r}, but task {self.task.name!r} with these settings "
                 f"writes {' or '.join(contexts)}-family trees"
             )
-        if self.data.context == "inherit" and (self.mode == "rl" or self.eval.num_problems):
+        if self.data.context == "inherit" and self.mode == "rl":
             raise ConfigError(
-                "config.data.context='inherit' trains tree sequences, but the engine decodes the message "
-                "family only; set config.eval.num_problems=0 (no engine evaluation or RL in inherit mode yet)"
+                "config.data.context='inherit' has no GRPO update yet (its rollouts decode, but the update "
+                "trains message-family rows); train it with mode=sft"
+            )
+        if self.data.context == "inherit" and self.eval.decode_attention == "paged":
+            raise ConfigError(
+                "config.data.context='inherit' decodes through KV tables, which the paged kernel cannot read; "
+                "set config.eval.decode_attention=xla (or auto)"
             )
         if self.data.context == "inherit" and self.model.attention == "cudnn":
             raise ConfigError(

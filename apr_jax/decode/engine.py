@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from apr_jax import protocol
 from apr_jax import threads as threads_lib
 from apr_jax.decode import engine_loop, metrics
 from apr_jax.decode.limits import EngineLimits, check_int_fields
@@ -61,7 +62,8 @@ from apr_jax.decode.protocol_ids import ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig, bucket_length, check_prompts
 from apr_jax.runtime import sharding
 
-ROLE_NAMES = ("prompt", "model", "join")
+# Per engine_loop.ROLE_*; "inherit" and "stitch" are not a thread's own text (to_thread_trees drops them).
+ROLE_NAMES = ("prompt", "model", "join", "inherit", "stitch")
 LIMIT_STOPS = ("token_limit", "context_limit", "depth_limit", "round_limit", "running")
 
 
@@ -74,10 +76,22 @@ class EngineConfig(EngineLimits):
     sampling: SamplingConfig = SamplingConfig()
     samples_per_problem: int = 1
     max_threads: int = 0  # rows per sample; 0 = derived (module docstring)
+    context: str = "message"  # what a child sees (protocol.CONTEXTS; a run's data.context)
+    join: str = "stitch"  # inherit family: how a parent reads its children back (protocol.JOINS)
 
     def __post_init__(self):
         super().__post_init__()
         check_int_fields(self, "EngineConfig.", (("max_context", 4), ("samples_per_problem", 1), ("max_threads", 0)))
+        if self.context not in protocol.CONTEXTS or self.join not in protocol.JOINS:
+            raise ValueError(
+                f"EngineConfig.context={self.context!r} / join={self.join!r} must be one of "
+                f"{protocol.CONTEXTS} / {protocol.JOINS}"
+            )
+        if self.context == "inherit" and self.decode_attention == "paged":
+            raise ValueError(
+                "eval.decode_attention='paged' reads one lane per row; the inherit family's engine reads "
+                "KV tables through the xla gather (set eval.decode_attention=xla or auto)"
+            )
         if not isinstance(self.sampling, SamplingConfig):
             raise ValueError(f"EngineConfig.sampling must be a SamplingConfig, got {self.sampling!r}")
         if self.lanes and self.lanes < self.lanes_per_group:
@@ -121,9 +135,20 @@ class EngineConfig(EngineLimits):
     @property
     def lanes_per_group(self) -> int:
         """Most threads of one sample alive at once: a waiting parent's children
-        all run or wait, one spawn round at a time."""
+        all run or wait, one spawn round at a time. Stitched threads keep their
+        lanes until the root is done (their parents read them in place)."""
+        if self.context == "inherit" and self.join == "stitch":
+            return self.threads_per_sample
         live = 1 if self.max_rounds == 0 else sum(self.max_children**d for d in range(self.max_depth + 1))
         return int(min(live, self.threads_per_sample))
+
+    @property
+    def table_entries(self) -> int:
+        """KV-table entries per thread in the inherit family: each thread's own
+        lane ranges (one, plus one per stitched join), for every thread."""
+        if self.context != "inherit":
+            return 1
+        return self.threads_per_sample * (1 + self.max_rounds)
 
     def lanes_for(self, num_groups: int) -> int:
         """The pool size for a batch of ``num_groups`` samples."""
@@ -155,6 +180,11 @@ class SampleResult:
     children_per_spawn: list[int]
     max_context_used: int  # longest thread context
     limits_hit: dict[str, int]  # stop reasons that are limits, plus dropped messages
+    # KV-cache slots: the sample's tokens' K/V, each written once in its thread's lane (the
+    # inherit family reads a parent's slots in place; stitched lanes stay held until the
+    # root ends), and what an engine that copies every thread's whole context would hold.
+    kv_slots: int = 0
+    kv_slots_unshared: int = 0
 
     @property
     def root(self) -> ThreadResult:
@@ -279,6 +309,8 @@ def decode_page_size(cfg: EngineConfig, page_size_for: Callable[[str, int, int],
     """The page size the engine's width-1 decode calls read the cache in (0:
     the xla gather) for ``cfg.decode_attention`` and a model's
     ``page_size_for`` (``DecodeModel``; None: the model has no paged decode)."""
+    if cfg.context == "inherit":
+        return 0  # KV tables are read by the xla gather
     if page_size_for is None:
         if cfg.decode_attention == "paged":
             raise ValueError(
@@ -312,6 +344,9 @@ def loop_spec(
         cache_axes=engine_loop.cache_axes(init_cache),
         split_by_kv_length=cfg.split_by_kv_length,
         page_size=page_size,
+        context=cfg.context,
+        join=cfg.join,
+        entries=cfg.table_entries,
     )
 
 
@@ -534,7 +569,7 @@ def sample_major(fields: Mapping[str, Any], num_prompts: int) -> dict[str, np.nd
     out = {}
     for name, a in arrays.items():
         suffix = shape_suffix(name)
-        if suffix in ("R", "RxL"):
+        if suffix.split("x")[0] == "R":  # per row: R, RxL, RxE
             out[name.removesuffix("_" + suffix)] = a.reshape((num_prompts, samples, slots) + a.shape[1:])
         elif suffix == "N":
             out[name.removesuffix("_N")] = a.reshape(num_prompts, samples)
@@ -580,6 +615,15 @@ def _sample_result(a: dict[str, np.ndarray], n: int, k: int, problem_index: int)
     for i, t in enumerate(threads):
         rounds = spawns[i] + [[]] * (t.rounds - len(spawns[i]))
         children_per_spawn.extend(len(r) for r in rounds)
+    own = [sum(role not in ("inherit", "stitch") for role in t.roles) for t in threads]
+    table = a.get("table_count")
+    if table is not None and int(table[n, k, 0]):  # inherit family: what each thread's KV table lists
+        lo, hi = a["table_lo"][n, k, :used], a["table_hi"][n, k, :used]
+        top = np.minimum(hi, a["length"][n, k, :used, None])
+        listed = np.where(np.arange(lo.shape[1]) < a["table_count"][n, k, :used, None], np.maximum(top - lo, 0), 0)
+        unshared = int(listed.sum())
+    else:
+        unshared = sum(own)
     limits = {name: sum(t.stop == name for t in threads) for name in LIMIT_STOPS}
     limits["dropped_children"] = int(a["dropped_children"][n, k])
     limits["dropped_pool"] = int(a["dropped_pool"][n, k])
@@ -593,13 +637,18 @@ def _sample_result(a: dict[str, np.ndarray], n: int, k: int, problem_index: int)
         children_per_spawn=children_per_spawn,
         max_context_used=max(len(t.tokens) for t in threads),
         limits_hit=limits,
+        kv_slots=sum(own),
+        kv_slots_unshared=unshared,
     )
 
 
 def to_thread_trees(output: EngineOutput, tokenizer: Any, problems: Sequence[dict]) -> list[threads_lib.ThreadTree]:
     """One ThreadTree per (problem, sample), problem-major. Segments are runs of
     tokens with one role decoded by ``tokenizer.decode``; BOS is left out, and
-    so is a final EOS (``ThreadTree.to_sequences`` adds it back for stop 'eos')."""
+    so is a final EOS (``ThreadTree.to_sequences`` adds it back for stop 'eos').
+    In the inherit family a child's copy of its parent's context and a
+    stitched parent's skipped positions are left out too: each thread keeps
+    its own text, as ``ThreadTree.with_context`` writes it."""
     if len(problems) != len(output.samples):
         raise ValueError(f"{len(problems)} problems for {len(output.samples)} decoded problems")
     trees = []
@@ -607,7 +656,8 @@ def to_thread_trees(output: EngineOutput, tokenizer: Any, problems: Sequence[dic
         for sample in per_problem:
             threads = []
             for t in sample.threads:
-                tokens, roles = t.tokens[1:], t.roles[1:]
+                own = [i for i, role in enumerate(t.roles) if i > 0 and role not in ("inherit", "stitch")]  # 0: BOS
+                tokens, roles = [t.tokens[i] for i in own], [t.roles[i] for i in own]
                 if t.stop == "eos" and tokens:
                     tokens, roles = tokens[:-1], roles[:-1]
                 segments = []

@@ -99,9 +99,12 @@ from apr_jax import threads as threads_lib
 from apr_jax.decode.model_api import DecodeFn
 from apr_jax.decode.protocol_ids import CHILD_PREFIX, ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig, sample_tokens, top_p_mask
+from apr_jax.model.attention import KVTable
 
 FREE, RUNNING, WAITING, DONE = 0, 1, 2, 3
-ROLE_PROMPT, ROLE_MODEL, ROLE_JOIN = 0, 1, 2
+# ROLE_INHERIT: a child's copy of its parent's context (inherit family); ROLE_STITCH:
+# the positions a stitched parent skips for its children's paths. Neither is the thread's own text.
+ROLE_PROMPT, ROLE_MODEL, ROLE_JOIN, ROLE_INHERIT, ROLE_STITCH = 0, 1, 2, 3, 4
 STOP = {name: i for i, name in enumerate(threads_lib.STOPS)}
 COUNTERS = ("forwards_computed", "tokens_fed", "kv_slots_read", "kv_slots_live", "model_calls")
 
@@ -124,6 +127,17 @@ class LoopSpec:
     split_by_kv_length: bool = False  # one model call per KV-length bucket
     long_prefill_chunks: tuple[int, ...] = ()  # ascending widths > prefill_chunk for longer queues
     page_size: int = 0  # > 0: decode calls read the pool through the model's paged kernel
+    context: str = "message"  # protocol.CONTEXTS: what a child sees
+    join: str = "stitch"  # inherit family: protocol.JOINS
+    entries: int = 1  # E: KV-table entries per row (inherit family)
+
+    @property
+    def inherit(self) -> bool:
+        return self.context == "inherit"
+
+    @property
+    def stitch(self) -> bool:
+        return self.context == "inherit" and self.join == "stitch"
 
 
 @jax.tree_util.register_dataclass
@@ -162,6 +176,17 @@ class LoopState:
     return_open_R: jax.Array  # buffer index of the last <return>, -1 if none
     child_lo_R: jax.Array  # first slot of the current spawn's children
     child_n_R: jax.Array
+    # Inherit family: a thread feeds its last written token before it spawns (``</spawn>``:
+    # ``fork_*_R`` hold its block) or, a stitched child, before it ends (``pending_stop_R``).
+    fork_open_R: jax.Array  # buffer index of the pending spawn's <spawn>, -1 if none
+    fork_close_R: jax.Array  # and of its </spawn>
+    pending_stop_R: jax.Array  # the stop a stitched child takes once its last token is fed, -1 if none
+    own_start_R: jax.Array  # first buffer index of the thread's own tokens (after an inherited prefix)
+    table_lane_RxE: jax.Array  # the KV table each thread reads (attention.KVTable); inherit family
+    table_lo_RxE: jax.Array
+    table_hi_RxE: jax.Array
+    table_count_R: jax.Array  # entries in use
+    inherited_R: jax.Array  # entries a child took from its parent (its own start after them)
     lane_R: jax.Array  # the lane the thread holds (or last held); -1 never had one
     lane_row_C: jax.Array  # the row holding (or that last held) the lane; -1 never used
     lane_busy_C: jax.Array  # bool
@@ -254,6 +279,15 @@ def init_state(
         return_open_R=i32(-1),
         child_lo_R=i32(0),
         child_n_R=i32(0),
+        fork_open_R=i32(-1),
+        fork_close_R=i32(-1),
+        pending_stop_R=i32(-1),
+        own_start_R=i32(0),
+        table_lane_RxE=jnp.zeros((R, spec.entries), jnp.int32),
+        table_lo_RxE=jnp.zeros((R, spec.entries), jnp.int32),
+        table_hi_RxE=jnp.zeros((R, spec.entries), jnp.int32),
+        table_count_R=i32(0),
+        inherited_R=i32(0),
         lane_R=i32(-1),
         lane_row_C=jnp.full((C,), -1, jnp.int32),
         lane_busy_C=jnp.zeros((C,), bool),
@@ -267,7 +301,8 @@ def init_state(
 
 
 def admit(spec: LoopSpec, s: LoopState) -> LoopState:
-    """Start the next groups' roots while the pool can hold their worst case."""
+    """Start the next groups' roots while the pool can hold their worst case
+    (in the inherit family a root's KV table lists its own lane)."""
     S = spec.slots
     N = s.next_free_N.shape[0]
     g_N = jnp.arange(N)
@@ -277,13 +312,23 @@ def admit(spec: LoopSpec, s: LoopState) -> LoopState:
     new_N = (g_N >= s.admitted) & (g_N < s.admitted + count)
     new_R = jnp.zeros_like(s.status_R, bool).at[g_N * S].set(new_N)
     s = _take_lanes(s, new_R, jnp.arange(new_R.shape[0], dtype=jnp.int32))
+    if spec.inherit:  # a root reads its own lane
+        s = s.replace(
+            table_lane_RxE=s.table_lane_RxE.at[:, 0].set(jnp.where(new_R, s.lane_R, s.table_lane_RxE[:, 0])),
+            table_lo_RxE=s.table_lo_RxE.at[:, 0].set(jnp.where(new_R, 0, s.table_lo_RxE[:, 0])),
+            table_hi_RxE=s.table_hi_RxE.at[:, 0].set(jnp.where(new_R, spec.max_context, s.table_hi_RxE[:, 0])),
+            table_count_R=jnp.where(new_R, 1, s.table_count_R),
+        )
     return s.replace(status_R=jnp.where(new_R, RUNNING, s.status_R), admitted=s.admitted + count)
 
 
-def free_lanes(s: LoopState) -> LoopState:
-    """Return the lanes of finished threads to the pool."""
+def free_lanes(spec: LoopSpec, s: LoopState) -> LoopState:
+    """Return the lanes of finished threads to the pool; a stitched thread's
+    lane only once its group's root is done (its parent reads it in place)."""
     row_C = jnp.maximum(s.lane_row_C, 0)
     done_C = s.lane_busy_C & (s.status_R[row_C] == DONE)
+    if spec.stitch:
+        done_C = done_C & (s.status_R[row_C // spec.slots * spec.slots] == DONE)
     return s.replace(lane_busy_C=s.lane_busy_C & ~done_C)
 
 
@@ -388,13 +433,20 @@ def _model_call(
             fed_B = fed_C[lanes_B]
             at_BxT = fed_B[:, None] + t_1xT
             pos_BxT = jnp.where(t_1xT < n_B[:, None], at_BxT, -1)
-            tok_BxT = s.buf_RxL[row_C[lanes_B][:, None], jnp.minimum(at_BxT, L - 1)]
-            logits_BxTxV, cache = decode_fn(params, tok_BxT, pos_BxT, carry[0], lanes_B, kv_len, **paged)
+            rows_B = row_C[lanes_B]
+            tok_BxT = s.buf_RxL[rows_B[:, None], jnp.minimum(at_BxT, L - 1)]
+            extra = dict(paged)
+            if spec.inherit:
+                extra["table"] = KVTable(s.table_lane_RxE[rows_B], s.table_lo_RxE[rows_B], s.table_hi_RxE[rows_B])
+            logits_BxTxV, cache = decode_fn(params, tok_BxT, pos_BxT, carry[0], lanes_B, kv_len, **extra)
             last_BxV = logits_BxTxV[jnp.arange(B), jnp.maximum(n_B - 1, 0)].astype(jnp.float32)
             logits_CxV = jnp.zeros((C, V), jnp.float32).at[_drop_index(valid_B, lanes_B, C)].set(last_BxV, mode="drop")
             live_B = jnp.where(valid_B, fed_B + n_B, 0)
-            # The paged kernel reads whole pages; the others their KV bucket.
-            read = jnp.sum(-(-live_B // page_size) * page_size) if page_size else B * kv_len
+            # The paged kernel reads whole pages; the others their KV bucket (of every table entry).
+            read = jnp.sum(-(-live_B // page_size) * page_size) if page_size else B * kv_len * spec.entries
+            if spec.inherit:  # the slots a row's table lists below its position
+                top_BxE = jnp.minimum(s.table_hi_RxE[rows_B], live_B[:, None])
+                live_B = jnp.sum(jnp.maximum(top_BxE - s.table_lo_RxE[rows_B], 0), axis=1)
             counters = jnp.stack(
                 [
                     jnp.float32(B * width),
@@ -543,8 +595,12 @@ def _classify(
     rows_R = jnp.arange(R)
     running_R = s.status_R == RUNNING
     ready_R = running_R & (fed_R == s.length_R)
-    full_R = ready_R & (s.length_R >= L)
-    write_R = ready_R & ~full_R
+    # Inherit family: a thread whose last token was held back to be fed now
+    # spawns (``</spawn>``) or ends (a stitched child) instead of writing.
+    closing_R = ready_R & (s.pending_stop_R >= 0)
+    full_R = ready_R & (s.length_R >= L) & ~closing_R
+    forking_R = ready_R & (s.fork_close_R >= 0) & ~full_R
+    write_R = ready_R & ~full_R & ~closing_R & ~forking_R
     at_R = s.length_R  # where x goes
     dest_R = jnp.where(write_R, at_R, L)  # L: dropped
     length_R = s.length_R + write_R
@@ -585,6 +641,24 @@ def _classify(
     )
     ends_R = stop_R >= 0
     block_open_R = s.spawn_open_R  # the <spawn> that this step's </spawn> closes
+    status_R = jnp.where(ends_R, DONE, jnp.where(spawn_R, WAITING, s.status_R))
+    if spec.inherit:
+        # The spawn waits one step: the thread feeds </spawn> (its children read its KV).
+        # A stitched child's last token is fed before it ends (its parent reads its KV).
+        held_R = ends_R & write_R & is_child_R if spec.stitch else jnp.zeros_like(ends_R)
+        pending_stop_R = jnp.where(held_R, stop_R, jnp.where(closing_R, -1, s.pending_stop_R))
+        stop_R = jnp.where(closing_R, s.pending_stop_R, jnp.where(held_R, -1, stop_R))
+        ends_R = stop_R >= 0
+        status_R = jnp.where(
+            ends_R, DONE, jnp.where(forking_R, WAITING, jnp.where(held_R | spawn_R, RUNNING, s.status_R))
+        )
+        fork_block_R, fork_close_R = s.fork_open_R, s.fork_close_R
+        clear_R = forking_R | ends_R
+        s = s.replace(
+            fork_open_R=jnp.where(spawn_R, block_open_R, jnp.where(clear_R, -1, s.fork_open_R)),
+            fork_close_R=jnp.where(spawn_R, at_R, jnp.where(clear_R, -1, s.fork_close_R)),
+            pending_stop_R=pending_stop_R,
+        )
     s = s.replace(
         buf_RxL=s.buf_RxL.at[rows_R, dest_R].set(x_R, mode="drop"),
         role_RxL=s.role_RxL.at[rows_R, dest_R].set(ROLE_MODEL, mode="drop"),
@@ -592,11 +666,13 @@ def _classify(
         fed_R=fed_R,
         length_R=length_R,
         written_R=written_R,
-        status_R=jnp.where(ends_R, DONE, jnp.where(spawn_R, WAITING, s.status_R)),
+        status_R=status_R,
         stop_R=jnp.where(ends_R, stop_R, s.stop_R),
         spawn_open_R=spawn_open_R,
         return_open_R=return_open_R,
     )
+    if spec.inherit:
+        return s, forking_R, fork_block_R, fork_close_R
     return s, spawn_R, block_open_R, at_R
 
 
@@ -673,12 +749,15 @@ def _spawn(spec: LoopSpec, s: LoopState, spawn_R, block_open_R, block_close_R) -
     at_M = _drop_index(new_valid_M, row_M, R)
     s = _take_lanes(s, new_valid_M, row_M)
     spawner_M = sp_C[owner_M]
+    length_M = jnp.minimum(CHILD_PREFIX + mlen_M, L)
+    if spec.inherit:
+        s, child_MxL, length_M = _inherit_children(spec, s, spawner_M, block_close_R, at_M, row_M, src_MxL, mlen_M)
     at_C = _drop_index(valid_C, sp_C, R)
     N = s.next_free_N.shape[0]
     at_group_C = _drop_index(valid_C, group_C, N)
     return s.replace(
         buf_RxL=s.buf_RxL.at[at_M].set(child_MxL, mode="drop"),
-        length_R=s.length_R.at[at_M].set(jnp.minimum(CHILD_PREFIX + mlen_M, L), mode="drop"),
+        length_R=s.length_R.at[at_M].set(length_M, mode="drop"),
         status_R=s.status_R.at[at_M].set(RUNNING, mode="drop"),
         parent_R=s.parent_R.at[at_M].set(spawner_M % S, mode="drop"),
         depth_R=s.depth_R.at[at_M].set(s.depth_R[spawner_M] + 1, mode="drop"),
@@ -690,6 +769,52 @@ def _spawn(spec: LoopSpec, s: LoopState, spawn_R, block_open_R, block_close_R) -
         dropped_children_N=s.dropped_children_N.at[at_group_C].add(n_msgs_C - req_C, mode="drop"),
         dropped_pool_N=s.dropped_pool_N.at[at_group_C].add(req_C - granted_C, mode="drop"),
     )
+
+
+def _inherit_children(
+    spec: LoopSpec,
+    s: LoopState,
+    spawner_M: jax.Array,
+    block_close_R: jax.Array,
+    at_M: jax.Array,
+    row_M: jax.Array,
+    src_MxL: jax.Array,
+    mlen_M: jax.Array,
+) -> tuple[LoopState, jax.Array, jax.Array]:
+    """The inherit family's children of ``_spawn``: each one's buffer is its
+    parent's context through ``</spawn>`` (role ``ROLE_INHERIT``, already in
+    the parent's lane, so not fed again) then ``<child> m_i``; its KV table
+    is its parent's, cut at the fork, plus its own lane from the fork on.
+    Returns the state (roles, fed, own start, tables), the child buffers and
+    their lengths. ``src_MxL[m, j]`` is message token ``j - CHILD_PREFIX``."""
+    ids, L, E = spec.ids, spec.max_context, spec.entries
+    j_1xL = jnp.arange(L)[None]
+    fork_M = block_close_R[spawner_M] + 1
+    rel_MxL = j_1xL - fork_M[:, None]  # 0 at the child's <child>
+    msg_MxL = jnp.take_along_axis(src_MxL, jnp.clip(rel_MxL - 1 + CHILD_PREFIX, 0, L - 1), axis=1)
+    child_MxL = jnp.where(
+        rel_MxL < 0,
+        s.buf_RxL[spawner_M],
+        jnp.where(rel_MxL == 0, spec.ids.child, jnp.where(rel_MxL <= mlen_M[:, None], msg_MxL, ids.pad)),
+    )
+    role_MxL = jnp.where(rel_MxL < 0, ROLE_INHERIT, ROLE_PROMPT).astype(s.role_RxL.dtype)
+    count_M = s.table_count_R[spawner_M]
+    e_1xE = jnp.arange(E)[None]
+    own_MxE = e_1xE == count_M[:, None]
+    lane_MxE = jnp.where(own_MxE, s.lane_R[row_M][:, None], s.table_lane_RxE[spawner_M])
+    lo_MxE = jnp.where(own_MxE, fork_M[:, None], s.table_lo_RxE[spawner_M])
+    hi_MxE = jnp.where(own_MxE, L, jnp.minimum(s.table_hi_RxE[spawner_M], fork_M[:, None]))
+    s = s.replace(
+        role_RxL=s.role_RxL.at[at_M].set(role_MxL, mode="drop"),
+        fed_R=s.fed_R.at[at_M].set(fork_M, mode="drop"),
+        own_start_R=s.own_start_R.at[at_M].set(fork_M, mode="drop"),
+        table_lane_RxE=s.table_lane_RxE.at[at_M].set(lane_MxE, mode="drop"),
+        table_lo_RxE=s.table_lo_RxE.at[at_M].set(lo_MxE, mode="drop"),
+        table_hi_RxE=s.table_hi_RxE.at[at_M].set(hi_MxE, mode="drop"),
+        table_count_R=s.table_count_R.at[at_M].set(jnp.minimum(count_M + 1, E), mode="drop"),
+        inherited_R=s.inherited_R.at[at_M].set(count_M, mode="drop"),
+    )
+    return s, child_MxL, jnp.minimum(fork_M + 1 + mlen_M, L)
 
 
 def join_ready(spec: LoopSpec, s: LoopState) -> jax.Array:
@@ -717,11 +842,18 @@ def _join(spec: LoopSpec, s: LoopState, ready_R, limits: Limits) -> LoopState:
     child_CxK = (p_C // S * S)[:, None] + jnp.clip(s.child_lo_R[p_C][:, None] + k_K, 0, S - 1)
     n_C = s.child_n_R[p_C]
     has_CxK = k_K < n_C[:, None]
-    returned_CxK = s.stop_R[child_CxK] == STOP["return"]
+    if spec.stitch:
+        return _stitch(spec, s, ready_R, limits, p_C, valid_C, child_CxK, has_CxK)
     c_len_CxK = s.length_R[child_CxK]
-    c_ret_CxK = s.return_open_R[child_CxK]
-    m_start_CxK = jnp.where(c_ret_CxK >= 0, c_ret_CxK + 1, c_len_CxK - 1)
-    m_len_CxK = jnp.where(returned_CxK, c_len_CxK - 1 - m_start_CxK, 1)
+    if spec.inherit:  # linear: each child's whole path, <child> m_i on, whatever its stop
+        returned_CxK = jnp.ones_like(has_CxK)
+        m_start_CxK = s.own_start_R[child_CxK]
+        m_len_CxK = c_len_CxK - m_start_CxK
+    else:
+        returned_CxK = s.stop_R[child_CxK] == STOP["return"]
+        c_ret_CxK = s.return_open_R[child_CxK]
+        m_start_CxK = jnp.where(c_ret_CxK >= 0, c_ret_CxK + 1, c_len_CxK - 1)
+        m_len_CxK = jnp.where(returned_CxK, c_len_CxK - 1 - m_start_CxK, 1)
     piece_CxK = jnp.where(has_CxK, 1 + m_len_CxK, jnp.where(k_K == 0, 1, 0))
     off_CxK = jnp.cumsum(piece_CxK, axis=1) - piece_CxK
     total_C = piece_CxK.sum(axis=1) + 1
@@ -753,6 +885,90 @@ def _join(spec: LoopSpec, s: LoopState, ready_R, limits: Limits) -> LoopState:
     )
 
 
+def _stitch(
+    spec: LoopSpec,
+    s: LoopState,
+    ready_R: jax.Array,
+    limits: Limits,
+    p_C: jax.Array,
+    valid_C: jax.Array,
+    child_CxK: jax.Array,
+    has_CxK: jax.Array,
+) -> LoopState:
+    """The stitched join of ``_join``'s ready parents ``p_C``: each skips the
+    positions of its longest path (role ``ROLE_STITCH``, nothing fed) and
+    queues ``<join>`` after them; its KV table gains every child's own
+    entries (its lane from the fork to its end, and what it stitched in
+    itself) and its own lane from the ``<join>`` on. A parent whose context
+    or table cannot hold that stops with ``context_limit``."""
+    ids, K, L, C, E = spec.ids, spec.max_children, spec.max_context, spec.lanes, spec.entries
+    R = s.buf_RxL.shape[0]
+    length_C = s.length_R[p_C]
+    c_len_CxK = s.length_R[child_CxK]
+    gap_C = jnp.max(jnp.where(has_CxK, c_len_CxK - s.own_start_R[child_CxK], 0), axis=1)
+    join_at_C = length_C + gap_C
+    t_1xL = jnp.arange(L)[None]
+    col_CxL = length_C[:, None] + t_1xL
+    fits_C = (join_at_C + 1 <= L) & (s.table_count_R[p_C] + _stitched_entries(s, child_CxK, has_CxK, E) + 1 <= E)
+    write_CxL = (valid_C & fits_C)[:, None] & (t_1xL <= gap_C[:, None])
+    row_CxL = jnp.where(write_CxL, p_C[:, None], R)
+    tok_CxL = jnp.where(t_1xL == gap_C[:, None], ids.join_open, ids.pad)
+    role_CxL = jnp.where(t_1xL == gap_C[:, None], ROLE_JOIN, ROLE_STITCH).astype(s.role_RxL.dtype)
+
+    # Tables: the parent's own entry ends at the fork; then each child's own entries, in order.
+    take_CxM = _stitched_take(s, child_CxK, has_CxK, E).reshape(C, K * E)
+    rank_CxM = jnp.cumsum(take_CxM, axis=1) - 1
+    count_C = s.table_count_R[p_C]
+    added_C = take_CxM.sum(axis=1)
+    dest_CxM = jnp.where(take_CxM & (valid_C & fits_C)[:, None], count_C[:, None] + rank_CxM, E)
+    lane_CxM = s.table_lane_RxE[child_CxK].reshape(C, K * E)
+    lo_CxM = s.table_lo_RxE[child_CxK].reshape(C, K * E)
+    hi_CxM = jnp.minimum(s.table_hi_RxE[child_CxK], c_len_CxK[:, :, None]).reshape(C, K * E)
+    own_C = jnp.where(valid_C & fits_C, count_C + added_C, E)
+    last_C = jnp.where(valid_C & fits_C, count_C - 1, E)
+    at_C = jnp.where(valid_C, p_C, R)
+    rows_CxM = jnp.broadcast_to(at_C[:, None], dest_CxM.shape)
+    lane_RxE = s.table_lane_RxE.at[rows_CxM, dest_CxM].set(lane_CxM, mode="drop")
+    lane_RxE = lane_RxE.at[at_C, own_C].set(s.lane_R[p_C], mode="drop")
+    lo_RxE = s.table_lo_RxE.at[rows_CxM, dest_CxM].set(lo_CxM, mode="drop")
+    lo_RxE = lo_RxE.at[at_C, own_C].set(join_at_C, mode="drop")
+    hi_RxE = s.table_hi_RxE.at[at_C, last_C].set(length_C, mode="drop")
+    hi_RxE = hi_RxE.at[rows_CxM, dest_CxM].set(hi_CxM, mode="drop")
+    hi_RxE = hi_RxE.at[at_C, own_C].set(L, mode="drop")
+
+    fits_R = jnp.zeros((R,), bool).at[at_C].set(fits_C, mode="drop")
+    new_count_R = s.table_count_R.at[at_C].set(count_C + added_C + 1, mode="drop")
+    join_at_R = s.length_R.at[at_C].set(join_at_C, mode="drop")
+    truncated_R = ready_R & ~fits_R
+    resumed_R = ready_R & fits_R
+    over_R = resumed_R & (s.written_R >= limits.tokens_per_thread)
+    return s.replace(
+        buf_RxL=s.buf_RxL.at[row_CxL, col_CxL].set(tok_CxL, mode="drop"),
+        role_RxL=s.role_RxL.at[row_CxL, col_CxL].set(role_CxL, mode="drop"),
+        length_R=jnp.where(resumed_R, join_at_R + 1, s.length_R),
+        fed_R=jnp.where(resumed_R, join_at_R, s.fed_R),
+        table_lane_RxE=lane_RxE,
+        table_lo_RxE=lo_RxE,
+        table_hi_RxE=hi_RxE,
+        table_count_R=jnp.where(resumed_R, new_count_R, s.table_count_R),
+        status_R=jnp.where(truncated_R | over_R, DONE, jnp.where(ready_R, RUNNING, s.status_R)),
+        stop_R=jnp.where(truncated_R, STOP["context_limit"], jnp.where(over_R, STOP["token_limit"], s.stop_R)),
+    )
+
+
+def _stitched_take(s: LoopState, child_CxK: jax.Array, has_CxK: jax.Array, entries: int) -> jax.Array:
+    """bool [C, K, E]: the table entries of each child that its parent takes
+    at a stitched join (those after the ones it inherited)."""
+    e_1x1xE = jnp.arange(entries)[None, None]
+    c_count_CxK, c_from_CxK = s.table_count_R[child_CxK], s.inherited_R[child_CxK]
+    return has_CxK[:, :, None] & (e_1x1xE >= c_from_CxK[:, :, None]) & (e_1x1xE < c_count_CxK[:, :, None])
+
+
+def _stitched_entries(s: LoopState, child_CxK: jax.Array, has_CxK: jax.Array, entries: int) -> jax.Array:
+    """The entries each parent takes from its children at a stitched join."""
+    return _stitched_take(s, child_CxK, has_CxK, entries).sum(axis=(1, 2))
+
+
 def step(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, limits: Limits, s: LoopState) -> LoopState:
     """One loop iteration: feed/sample the running threads, spawn, join, free
     finished threads' lanes, admit waiting groups."""
@@ -762,7 +978,7 @@ def step(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, limits:
     )
     ready_R = join_ready(spec, s)
     s = jax.lax.cond(jnp.any(ready_R), lambda st: _join(spec, st, ready_R, limits), lambda st: st, s)
-    s = admit(spec, free_lanes(s))
+    s = admit(spec, free_lanes(spec, s))
     return s.replace(step=s.step + 1)
 
 

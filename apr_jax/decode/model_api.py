@@ -15,6 +15,8 @@ the whole cache. A model with a paged decode also takes ``page_size`` > 0
 each row's slots 0..position in place from the whole pool, ``kv_len``
 notwithstanding, and ``DecodeModel.page_size_for`` says which page size an
 ``eval.decode_attention`` choice gives it (``Transformer.decode_page_size``).
+The inherit family's engine passes a ``table`` keyword (``attention.KVTable``:
+the lane ranges each row reads) to models that read one (the Transformer).
 ``as_decode_model`` turns a Flax NNX module with that API into a
 ``DecodeModel``: parameters as a pytree plus a pure function, so the decoding
 loops can be jitted with the parameters as an argument.
@@ -69,8 +71,10 @@ class NnxDecode:
 
     graphdef: Any
 
-    def __call__(self, params, tokens_BxT, positions_BxT, cache, lanes_B=None, kv_len=None, page_size=0):
+    def __call__(self, params, tokens_BxT, positions_BxT, cache, lanes_B=None, kv_len=None, page_size=0, table=None):
         from flax import nnx
 
-        paged = {"page_size": page_size} if page_size else {}
-        return nnx.merge(self.graphdef, params).decode(tokens_BxT, positions_BxT, cache, lanes_B, kv_len, **paged)
+        extra = {"page_size": page_size} if page_size else {}
+        if table is not None:
+            extra["table"] = table
+        return nnx.merge(self.graphdef, params).decode(tokens_BxT, positions_BxT, cache, lanes_B, kv_len, **extra)

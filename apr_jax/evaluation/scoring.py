@@ -44,6 +44,8 @@ def engine_config(
     return EngineConfig.from_eval_config(
         e,
         limit,
+        context=config.data.context,
+        join=config.data.join,
         samples_per_problem=samples,
         sampling=SamplingConfig(
             e.temperature if temperature is None else temperature, e.top_p if top_p is None else top_p
@@ -133,6 +135,8 @@ def evaluate_problems(
                     "sequential_tokens": result.sequential_tokens,
                     "num_threads": result.num_threads,
                     "max_context": result.max_context_used,
+                    "kv_slots": result.kv_slots,
+                    "kv_slots_unshared": result.kv_slots_unshared,
                     "children_per_spawn": result.children_per_spawn,
                     **shape,
                     "limits_hit": {k2: v for k2, v in result.limits_hit.items() if v},
@@ -152,6 +156,7 @@ def evaluate_problems(
                 "sequential_tokens": first["sequential_tokens"],
                 "num_threads": first["num_threads"],
                 "max_context": first["max_context"],
+                "kv_slots": first["kv_slots"],
                 "limits_hit": first["limits_hit"],
                 "children": first["children"],
                 "spawn_rounds": first["spawn_rounds"],
@@ -183,6 +188,8 @@ def evaluate_problems(
         "spawned": float(np.mean([s["num_threads"] > 1 for s in flat])),
         "context_limited": float(np.mean([s["limits_hit"].get("context_limit", 0) > 0 for s in flat])),
         "max_context": max(s["max_context"] for s in flat),
+        "mean_kv_slots": float(np.mean([s["kv_slots"] for s in flat])),
+        "mean_kv_slots_unshared": float(np.mean([s["kv_slots_unshared"] for s in flat])),
         "wall_s": wall,
         "tokens_per_s": total / max(wall, 1e-9),
         "compile_s": output.compile_s,

@@ -43,6 +43,7 @@ which builds each tile's mask from the ids and never holds a ``T x T`` array.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -262,6 +263,39 @@ def packed_attention(
     b, t, n, _ = q_BxTxNxH.shape
     check_dense_size(implementation, b * n * t * t * 4)
     return xla_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_mask_BxTxS(segment_ids_BxT))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVTable:
+    """What each row of a cached call reads in the inherit family's engine:
+    ``E`` entries, entry e the slots ``[lo, hi)`` of lane ``lane`` (a slot
+    holds the K/V of that position; unused entries have ``lo == hi``). A
+    forked child lists its parent's lanes below the fork and its own lane
+    after it; a stitched parent lists its children's lanes too."""
+
+    lane_BxE: jax.Array
+    lo_BxE: jax.Array
+    hi_BxE: jax.Array
+
+
+def table_attention(q_BxTxNxH, k_cache, v_cache, layer: int, table: KVTable, positions_BxT, kv_len: int) -> jax.Array:
+    """Attention of new tokens over the slots their ``KVTable`` lists (below
+    ``kv_len``, and not after the query's own position), gathered from the
+    pool ``[kv_heads, layers, lanes, slots, head_dim]``."""
+    b, e = table.lane_BxE.shape
+    k_KxBxExSxH, v_KxBxExSxH = (x[:, layer, table.lane_BxE, :kv_len] for x in (k_cache, v_cache))
+    k_BxSxKxH, v_BxSxKxH = (
+        jnp.transpose(x, (1, 2, 3, 0, 4)).reshape(b, e * kv_len, x.shape[0], x.shape[-1]).astype(q_BxTxNxH.dtype)
+        for x in (k_KxBxExSxH, v_KxBxExSxH)
+    )
+    slot_1xS = jnp.tile(jnp.arange(kv_len, dtype=positions_BxT.dtype), e)[None]
+    lo_BxS, hi_BxS = (jnp.repeat(x, kv_len, axis=1) for x in (table.lo_BxE, table.hi_BxE))
+    listed_BxS = (lo_BxS <= slot_1xS) & (slot_1xS < hi_BxS)
+    mask_BxTxS = (
+        listed_BxS[:, None] & (slot_1xS[:, None] <= positions_BxT[:, :, None]) & (positions_BxT >= 0)[..., None]
+    )
+    return xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)
 
 
 def cached_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, positions_BxT) -> jax.Array:

@@ -112,11 +112,23 @@ class Attention(nnx.Module):
         q, k, v = self.project(x_BxLxD, positions_BxL)
         return self.output(attention.packed_attention(q, k, v, segment_ids_BxL, self.implementation, self.platform))
 
-    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int, page_size: int = 0):
+    def decode(
+        self,
+        x_BxTxD,
+        positions_BxT,
+        k_cache,
+        v_cache,
+        layer: int,
+        lanes_B,
+        kv_len: int,
+        page_size: int = 0,
+        table: attention.KVTable | None = None,
+    ):
         """Writes the new K/V into ``layer`` of the cache pool at each row's
         lane, then attends over that lane's slots 0..position: through the
         paged kernel for a width-1 call when ``page_size`` is set, else by
-        gathering the lane's first ``kv_len`` slots."""
+        gathering the lane's first ``kv_len`` slots; with a ``table``, over the
+        slot ranges of the lanes it lists instead (``attention.KVTable``)."""
         q, k, v = self.project(x_BxTxD, positions_BxT)
         if page_size and positions_BxT.shape[1] == 1:
             o, k_cache, v_cache = attention.paged_decode_attention(
@@ -144,6 +156,9 @@ class Attention(nnx.Module):
         k_cache = k_cache.at[index].set(k_KxBxTxH.astype(k_cache.dtype), mode="drop")
         v_cache = v_cache.at[index].set(v_KxBxTxH.astype(v_cache.dtype), mode="drop")
         k_cache, v_cache = constrain(k_cache, CACHE_AXES), constrain(v_cache, CACHE_AXES)
+        if table is not None:
+            o = attention.table_attention(q, k_cache, v_cache, layer, table, positions_BxT, kv_len)
+            return self.output(o), k_cache, v_cache
         k_BxSxKxH, v_BxSxKxH = (
             jnp.transpose(x[:, layer, lanes_B, :kv_len], (1, 2, 0, 3)).astype(q.dtype) for x in (k_cache, v_cache)
         )
@@ -166,9 +181,20 @@ class Block(nnx.Module):
         x = constrain(x, ACT_BLD)
         return constrain(x + self.mlp(self.mlp_norm(x)), ACT_BLD)
 
-    def decode(self, x_BxTxD, positions_BxT, k_cache, v_cache, layer: int, lanes_B, kv_len: int, page_size: int = 0):
+    def decode(
+        self,
+        x_BxTxD,
+        positions_BxT,
+        k_cache,
+        v_cache,
+        layer: int,
+        lanes_B,
+        kv_len: int,
+        page_size: int = 0,
+        table: attention.KVTable | None = None,
+    ):
         h, k_cache, v_cache = self.attn.decode(
-            self.attn_norm(x_BxTxD), positions_BxT, k_cache, v_cache, layer, lanes_B, kv_len, page_size
+            self.attn_norm(x_BxTxD), positions_BxT, k_cache, v_cache, layer, lanes_B, kv_len, page_size, table
         )
         x = constrain(x_BxTxD + h, ACT_BLD)
         return constrain(x + self.mlp(self.mlp_norm(x)), ACT_BLD), k_cache, v_cache
@@ -270,12 +296,14 @@ class Transformer(nnx.Module):
         lanes_B: jax.Array | None = None,
         kv_len: int | None = None,
         page_size: int = 0,
+        table: attention.KVTable | None = None,
     ) -> tuple[jax.Array, KVCache]:
         """Cached forward of T new tokens per row, row b in cache lane
         ``lanes_B[b]`` (default: lane b), attending over slots ``< kv_len``
         (default: all), or, for a width-1 call with ``page_size`` > 0, over
-        exactly its slots 0..position through the paged kernel; returns
-        (logits [B, T, vocab] f32, cache)."""
+        exactly its slots 0..position through the paged kernel, or, with a
+        ``table`` (the inherit family's engine), over the lane ranges it lists
+        (slots ``< kv_len`` of each); returns (logits [B, T, vocab] f32, cache)."""
         _check_same_shape(tokens_BxT, positions=positions_BxT)
         if lanes_B is None:
             if cache.batch_size != tokens_BxT.shape[0]:
@@ -290,10 +318,14 @@ class Transformer(nnx.Module):
             raise ValueError(f"cache has {cache.num_layers} layers, model has {self.cfg.num_layers}")
         if page_size and cache.max_len % page_size:
             raise ValueError(f"page_size {page_size} does not divide the cache's {cache.max_len} slots")
+        if page_size and table is not None:
+            raise ValueError("a KV table is read by the xla gather, not the paged kernel (page_size must be 0)")
         x = self._embed(tokens_BxT)
         k_cache, v_cache = cache.k, cache.v
         for layer, block in enumerate(self.blocks):
-            x, k_cache, v_cache = block.decode(x, positions_BxT, k_cache, v_cache, layer, lanes_B, kv_len, page_size)
+            x, k_cache, v_cache = block.decode(
+                x, positions_BxT, k_cache, v_cache, layer, lanes_B, kv_len, page_size, table
+            )
         return self._logits(x), KVCache(k=k_cache, v=v_cache)
 
 

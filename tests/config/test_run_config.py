@@ -99,9 +99,9 @@ def test_bad_section_values_fail_at_the_edge():
     [
         (["config.data.context=shared"], r"config.data.context='shared' is not one of"),
         (["config.data.context=inherit", "config.data.join=merge"], r"config.data.join='merge' is not one of"),
-        (["config.data.context=inherit"], r"engine decodes the message family only; set config.eval.num_problems=0"),
+        (["config.data.context=inherit", "config.eval.decode_attention=paged"], r"paged kernel cannot read"),
         (
-            ["config.data.context=inherit", "config.eval.num_problems=0", "config.model.attention=cudnn"],
+            ["config.data.context=inherit", "config.model.attention=cudnn"],
             r"model.attention='cudnn' cannot apply",
         ),
     ],
@@ -109,6 +109,12 @@ def test_bad_section_values_fail_at_the_edge():
 def test_context_family_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_run_config(None, overrides)
+
+
+def test_inherit_family_has_no_rl_update_yet():
+    path = os.path.join(REPO_ROOT, "configs", "default_rl.py")
+    with pytest.raises(ConfigError, match=r"'inherit' has no GRPO update yet"):
+        load_run_config(path, ["config.data.context=inherit"])
 
 
 def test_tagged_trace_files_need_the_inherit_family():

@@ -454,7 +454,10 @@ def _(ctx):
 
 @case("B76")
 def _(ctx):
-    return cli(train.main, [f"--workdir={ctx['root']}/fresh_inherit", "--config.data.context=inherit"])
+    rl = os.path.join(ROOT, "configs", "default_rl.py")
+    return cli(
+        train.main, [f"--workdir={ctx['root']}/fresh_inherit", f"--config={rl}", "--config.data.context=inherit"]
+    )
 
 
 @case("B71")

@@ -1,6 +1,7 @@
 """The inherit family end to end on the CPU: a 200-line Multiverse-style JSONL
-written here round-trips exactly (text -> tree -> text) and trains as tree
-sequences through the whole pipeline (dataset, grain rows, train step)."""
+written here round-trips exactly (text -> tree -> text), trains as tree
+sequences through the whole pipeline (dataset, grain rows, train step) and is
+evaluated by the engine in stitch mode."""
 
 import json
 import os
@@ -38,6 +39,9 @@ def test_multiverse_jsonl_round_trips_and_trains(tmp_path):
             "train.eval_every=4",
             "train.eval_batches=1",
             "train.checkpoint_every=4",
+            "eval.num_problems=8",
+            "eval.row_buckets=1",
+            "eval.kv_buckets=1",
         ],
     )
     lines = [json.loads(line) for line in open(paths["train"])]
@@ -53,4 +57,9 @@ def test_multiverse_jsonl_round_trips_and_trains(tmp_path):
     assert len(np.unique(row)) < len(row)
 
     last = run_training(config, str(tmp_path / "run"))
-    assert last["step"] == 4 and np.isfinite(last["loss"]) and "test_accuracy" not in last
+    assert last["step"] == 4 and np.isfinite(last["loss"]) and 0.0 <= last["test_accuracy"] <= 1.0
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "results_test.jsonl")]
+    assert len(rows) == 8
+    for row in rows:  # each decoded tree keeps its threads' own text: no child repeats the prompt
+        threads = row["tree"]["threads"]
+        assert all(not t["segments"] or t["segments"][0]["text"].startswith("<child>") for t in threads[1:])

@@ -3,20 +3,25 @@ layout (two spawn rounds at the root, a grandchild, a one-child spawn), and a
 character-level encoder that needs no trained tokenizer."""
 
 import re
+import string
 
 from apr_jax import protocol
 from apr_jax.threads import Segment, Thread, ThreadTree
 
 
 class CharEncoder:
-    """Reserved protocol strings are one token each; every other character is one token."""
+    """Reserved protocol strings are one token each (ids as ``ProtocolIds``
+    defaults); every other printable character is one token; unk otherwise."""
 
     pad_id, unk_id, bos_id, eos_id = 0, 1, 2, 3
     _SPLIT = re.compile("(" + "|".join(re.escape(t) for t in protocol.RESERVED) + ")")
+    _CHARS = string.ascii_letters + string.digits + " .,:;=+-*/()[]<>\n"
 
     def __init__(self):
         self.reserved = {t: 4 + i for i, t in enumerate(protocol.RESERVED)}
-        self.vocab_size = 96
+        self.chars = {c: 16 + i for i, c in enumerate(self._CHARS)}
+        self.names = {i: t for t, i in {**self.reserved, **self.chars}.items()}
+        self.vocab_size = 16 + len(self._CHARS)
 
     def encode(self, text: str) -> list[int]:
         out = []
@@ -24,8 +29,11 @@ class CharEncoder:
             if part in self.reserved:
                 out.append(self.reserved[part])
             else:
-                out.extend(16 + ord(c) % 80 for c in part)
+                out.extend(self.chars.get(c, self.unk_id) for c in part)
         return out
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.names.get(int(i), "") for i in ids)
 
 
 def nested_tree() -> ThreadTree:

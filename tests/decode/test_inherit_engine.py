@@ -1,0 +1,118 @@
+"""The inherit family's engine against its training: a tiny decoder trained to
+reproduce one tree (as its tree sequence) is decoded greedily by the engine in
+stitch and linear mode. The engine must write the same tree, feed no inherited
+token again, and give every sampled token the log-probability the training
+forward gives it on the engine's own tree: forks, KV tables and stitched joins
+read exactly what the tree sequence's mask lets each token see."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from helpers.inherit import CharEncoder, nested_tree
+from helpers.tiny import tiny_model_config
+
+from apr_jax.data.tree_sequence import thread_rows, tree_sequence
+from apr_jax.decode import Engine, EngineConfig, ProtocolIds, to_thread_trees
+from apr_jax.model.transformer import Transformer
+from apr_jax.model.tree_mask import TreeMask
+from apr_jax.training.loss import masked_lm_loss, next_token_targets, token_cross_entropy
+
+ENC = CharEncoder()
+
+
+def _batch(seq):
+    return {
+        "tokens": jnp.asarray(seq.tokens_T[None]),
+        "positions": jnp.asarray(seq.positions_T[None]),
+        "loss_mask": jnp.asarray(seq.loss_mask_T[None]),
+        "segment_ids": jnp.ones((1, len(seq)), jnp.int32),
+    }
+
+
+def _mask(seq):
+    return TreeMask(
+        jnp.ones((1, len(seq)), jnp.int32),
+        jnp.asarray(seq.hidden_from_TxR[None]),
+        jnp.asarray(seq.hidden_until_TxR[None]),
+    )
+
+
+def _memorize(seq, steps=300):
+    """A tiny decoder trained on one tree sequence until it reproduces it."""
+    model = Transformer(tiny_model_config(vocab_size=ENC.vocab_size, max_len=128, d_model=64), rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    batch, mask = _batch(seq), _mask(seq)
+    optimizer = optax.adam(1e-2)
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        def loss(p):
+            logits = nnx.merge(graphdef, p, rest)(batch["tokens"], batch["positions"], mask)
+            total, count, _ = masked_lm_loss(logits, batch)
+            return total / count
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    for _ in range(steps):
+        params, opt_state, value = step(params, opt_state)
+    assert float(value) < 1e-3
+    return nnx.merge(graphdef, params, rest)
+
+
+def _teacher_forced_logp(model, seq):
+    """log p of each token given what it may see, at its layout index (0 where untrained)."""
+    batch = _batch(seq)
+    logits = model(batch["tokens"], batch["positions"], _mask(seq))
+    targets, weights = next_token_targets(batch["tokens"], batch["loss_mask"], batch["segment_ids"])
+    logp = -token_cross_entropy(logits, targets) * weights
+    return np.concatenate([[0.0], np.asarray(logp[0, :-1])])  # logp of token i sits at i
+
+
+@pytest.mark.parametrize("join", ["stitch", "linear"])
+def test_engine_decodes_the_tree_its_training_sequence_teaches(join):
+    script = nested_tree().with_context("inherit", join)
+    model = _memorize(tree_sequence(script, ENC, join))
+    cfg = EngineConfig(
+        max_children=2,
+        max_rounds=2,
+        max_depth=2,
+        tokens_per_thread=40,
+        max_context=128,
+        batch_problems=1,
+        row_buckets=1,
+        kv_buckets=2,
+        context="inherit",
+        join=join,
+    )
+    engine = Engine(model, cfg, ProtocolIds())
+    prompt = ENC.encode(script.threads[0].segments[0].text)
+    arrays = engine.run_arrays([prompt], jax.random.key(0))
+    out = engine.run([prompt])
+    [tree] = to_thread_trees(out, ENC, [script.problem])
+
+    # The same tree: every thread's own text, children and stops.
+    assert [t.to_dict()["threads"] for t in (tree,)] == [script.to_dict()["threads"]]
+
+    # No inherited token is fed again: every token of the tree sequence is fed
+    # once, but the root's final EOS and (linear) each child's last token.
+    seq = tree_sequence(tree, ENC, join)
+    unfed = 1 + (len(tree.threads) - 1 if join == "linear" else 0)
+    assert out.counters["tokens_fed"] == len(seq) - unfed
+
+    # KV held: each token's K/V once; an engine copying prefixes holds every thread's whole context.
+    [[sample]] = out.samples
+    assert sample.kv_slots == len(seq)
+    assert sample.kv_slots_unshared == sum(len(row.index_S) for row in thread_rows(seq)) > len(seq)
+
+    # Each sampled token's log-prob equals the training forward's on the engine's tree.
+    want_T = _teacher_forced_logp(model, seq)
+    logp_SxL = arrays["logp"][0, 0]
+    for i in np.flatnonzero(seq.loss_mask_T):
+        thread, position = seq.thread_T[i], seq.positions_T[i]
+        np.testing.assert_allclose(logp_SxL[thread, position], want_T[i], rtol=1e-3, atol=1e-5)
