@@ -33,9 +33,7 @@ from apr_jax.config.loading import load_run_config
 from apr_jax.config.sections import RunConfig
 from apr_jax.model.config import REMATS, flops_per_token, num_params, peak_flops_per_device
 from apr_jax.runtime import sharding
-from apr_jax.training.optim import learning_rate_schedule
-from apr_jax.training.train_state import build_model_and_optimizer, shardings_of, split
-from apr_jax.training.train_step import make_train_step
+from apr_jax.training.train_step import build_train_step
 
 GIB = 2**30
 
@@ -43,15 +41,8 @@ GIB = 2**30
 def measure(config: RunConfig, vocab: int, steps: int) -> dict[str, Any]:
     """Compiles the config's train step and times ``steps`` steps on random rows."""
     mesh = sharding.make_mesh(config.mesh)
-    model_cfg, model, optimizer = build_model_and_optimizer(config, vocab, mesh)
-    graphs, state = split(model, optimizer)
-    step_fn = make_train_step(
-        graphs,
-        shardings_of(state),
-        sharding.batch_sharding(mesh),
-        grad_accum=config.train.grad_accum,
-        learning_rate=learning_rate_schedule(config.train),
-    )
+    model_cfg, graphs, state, step_fn = build_train_step(config, vocab, mesh)
+    model, _ = graphs.merge(state)
     B, L = config.train.batch_size, config.data.seq_len
     rng = np.random.default_rng(0)
     batch = sharding.global_batch_from_process(

@@ -31,9 +31,7 @@ from apr_jax.data.pipeline import TREE_FEATURES, TokenizeTree, pack_sequences
 from apr_jax.data.tokenizer import load_tokenizer
 from apr_jax.model.config import flops_per_token, peak_flops_per_device
 from apr_jax.runtime import sharding
-from apr_jax.training.optim import learning_rate_schedule
-from apr_jax.training.train_state import build_model_and_optimizer, shardings_of, split
-from apr_jax.training.train_step import make_train_step
+from apr_jax.training.train_step import build_train_step
 
 
 def tree_batches(config: RunConfig, batches: int) -> tuple[list[dict[str, np.ndarray]], int]:
@@ -58,15 +56,7 @@ def tree_batches(config: RunConfig, batches: int) -> tuple[list[dict[str, np.nda
 def time_steps(config: RunConfig, vocab: int, batches: list[dict[str, np.ndarray]], steps: int) -> float:
     """Seconds per train step over ``batches`` in turn (compile excluded)."""
     mesh = sharding.make_mesh(config.mesh)
-    _, model, optimizer = build_model_and_optimizer(config, vocab, mesh)
-    graphs, state = split(model, optimizer)
-    step_fn = make_train_step(
-        graphs,
-        shardings_of(state),
-        sharding.batch_sharding(mesh),
-        grad_accum=config.train.grad_accum,
-        learning_rate=learning_rate_schedule(config.train),
-    )
+    _, _, state, step_fn = build_train_step(config, vocab, mesh)
     placed = [sharding.global_batch_from_process(b, mesh) for b in batches]
     schedule_steps = jnp.int32(config.train.steps)
     with jax.set_mesh(mesh):

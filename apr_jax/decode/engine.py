@@ -95,10 +95,16 @@ class EngineConfig(EngineLimits):
         if not isinstance(self.sampling, SamplingConfig):
             raise ValueError(f"EngineConfig.sampling must be a SamplingConfig, got {self.sampling!r}")
         if self.lanes and self.lanes < self.lanes_per_group:
+            why = (
+                f"every one of its max_threads={self.threads_per_sample} threads holds its lane until the root ends "
+                "(stitched joins read them in place)"
+                if self.context == "inherit" and self.join == "stitch"
+                else f"root + max_children={self.max_children} per level up to max_depth={self.max_depth}, "
+                f"capped at max_threads={self.threads_per_sample}"
+            )
             raise ValueError(
                 f"EngineConfig.lanes={self.lanes} cannot hold one problem: a sample needs "
-                f"{self.lanes_per_group} lanes (root + max_children={self.max_children} per level "
-                f"up to max_depth={self.max_depth}, capped at max_threads={self.threads_per_sample})"
+                f"{self.lanes_per_group} lanes ({why})"
             )
 
     @classmethod

@@ -24,8 +24,7 @@ from apr_jax.runtime.jsonl import write_jsonl
 from apr_jax.tasks.registry import task_class
 from apr_jax.training import train_state as ts
 from apr_jax.training.loop import LoopSettings, TrainingError, run_loop
-from apr_jax.training.optim import learning_rate_schedule
-from apr_jax.training.train_step import make_eval_step, make_train_step
+from apr_jax.training.train_step import build_train_step, make_eval_step
 from apr_jax.training.workdir import check_workdir
 
 
@@ -63,8 +62,7 @@ class SFTTask:
     ):
         self.config, self.info, self.mesh = config, info, mesh
         self.per_process_batch = per_process_batch
-        self.model_cfg, model, optimizer = ts.build_model_and_optimizer(config, vocab_size, mesh)
-        self.graphs, self.state = ts.split(model, optimizer)
+        self.model_cfg, self.graphs, self.state, self.train_step = build_train_step(config, vocab_size, mesh)
         shardings = ts.shardings_of(self.state)
         batch_shardings = sharding.batch_sharding(mesh)
         self.data = make_iterator(
@@ -76,13 +74,6 @@ class SFTTask:
             process_count=jax.process_count(),
         )
         self.data.start_prefetch()  # pipeline workers start while the model is built and compiled
-        self.train_step = make_train_step(
-            self.graphs,
-            shardings,
-            batch_shardings,
-            grad_accum=config.train.grad_accum,
-            learning_rate=learning_rate_schedule(config.train),
-        )
         self.eval_step = make_eval_step(self.graphs, shardings, batch_shardings)
         self.schedule_steps = config.train.steps  # the loop sets the step budget's
         seq_len = config.data.seq_len

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from apr_jax.model.tree_mask import TreeMask
+from apr_jax.runtime import sharding
 from apr_jax.training.loss import masked_lm_loss
-from apr_jax.training.optim import Schedule
-from apr_jax.training.train_state import Graphs, TrainState
+from apr_jax.training.optim import Schedule, learning_rate_schedule
+from apr_jax.training.train_state import Graphs, TrainState, build_model_and_optimizer, shardings_of, split
 from apr_jax.training.update import apply_gradients, summed_gradients
 
 Batch = dict[str, jax.Array]
@@ -112,3 +113,19 @@ def make_eval_step(
         return {"loss_sum": loss_sum, "count": count, "correct": correct}
 
     return jax.jit(eval_step, in_shardings=(state_shardings, batch_shardings))
+
+
+def build_train_step(config: Any, vocab_size: int, mesh: jax.sharding.Mesh) -> tuple[Any, Graphs, TrainState, Callable]:
+    """A run config's model config, graphs, fresh sharded state and jitted
+    train step (batches sharded over the mesh's batch axes): what SFT trains
+    with and what the throughput benchmarks time."""
+    model_cfg, model, optimizer = build_model_and_optimizer(config, vocab_size, mesh)
+    graphs, state = split(model, optimizer)
+    step = make_train_step(
+        graphs,
+        shardings_of(state),
+        sharding.batch_sharding(mesh),
+        grad_accum=config.train.grad_accum,
+        learning_rate=learning_rate_schedule(config.train),
+    )
+    return model_cfg, graphs, state, step

@@ -15,7 +15,7 @@ from helpers.inherit import CharEncoder, nested_tree
 from helpers.tiny import tiny_model_config
 
 from apr_jax.data.tree_sequence import thread_rows, tree_sequence
-from apr_jax.decode import Engine, EngineConfig, ProtocolIds, to_thread_trees
+from apr_jax.decode import DecodeModel, Engine, EngineConfig, ProtocolIds, SamplingConfig, to_thread_trees
 from apr_jax.model.transformer import Transformer
 from apr_jax.model.tree_mask import TreeMask
 from apr_jax.training.loss import masked_lm_loss, next_token_targets, token_cross_entropy
@@ -74,10 +74,23 @@ def _teacher_forced_logp(model, seq):
     return np.concatenate([[0.0], np.asarray(logp[0, :-1])])  # logp of token i sits at i
 
 
+@pytest.fixture(scope="module")
+def memorized():
+    """join -> a tiny decoder that reproduces ``nested_tree`` in that join mode (trained once)."""
+    models = {}
+
+    def get(join):
+        if join not in models:
+            models[join] = _memorize(tree_sequence(nested_tree().with_context("inherit", join), ENC, join))
+        return models[join]
+
+    return get
+
+
 @pytest.mark.parametrize("join", ["stitch", "linear"])
-def test_engine_decodes_the_tree_its_training_sequence_teaches(join):
+def test_engine_decodes_the_tree_its_training_sequence_teaches(join, memorized):
     script = nested_tree().with_context("inherit", join)
-    model = _memorize(tree_sequence(script, ENC, join))
+    model = memorized(join)
     cfg = EngineConfig(
         max_children=2,
         max_rounds=2,
@@ -116,3 +129,72 @@ def test_engine_decodes_the_tree_its_training_sequence_teaches(join):
     for i in np.flatnonzero(seq.loss_mask_T):
         thread, position = seq.thread_T[i], seq.positions_T[i]
         np.testing.assert_allclose(logp_SxL[thread, position], want_T[i], rtol=1e-3, atol=1e-5)
+
+
+def test_chunks_buckets_and_lanes_do_not_change_an_inherit_result(memorized):
+    """Stitch mode under other feed widths, row and KV buckets and a smaller
+    pool: the same tokens and log-probabilities, sample by sample."""
+    script = nested_tree().with_context("inherit", "stitch")
+    model = memorized("stitch")
+    prompt = ENC.encode(script.threads[0].segments[0].text)
+    base = dict(
+        max_children=2,
+        max_rounds=2,
+        max_depth=2,
+        tokens_per_thread=40,
+        max_context=128,
+        max_threads=6,
+        context="inherit",
+    )
+    runs = []
+    for extra in (
+        dict(batch_problems=3, row_buckets=1, kv_buckets=1, prefill_chunk=8),
+        dict(batch_problems=3, row_buckets=3, kv_buckets=3, prefill_chunk=2, long_prefill_chunks=(5,)),
+        dict(batch_problems=3, lanes=12, prefill_chunk=3, split_by_kv_length=True, kv_buckets=2),
+    ):
+        engine = Engine(model, EngineConfig(**base, **extra, sampling=SamplingConfig(1.0, 1.0)), ProtocolIds())
+        runs.append(engine.run_arrays([prompt, ENC.encode("Q"), prompt], jax.random.key(3)))
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other["buf"], runs[0]["buf"])
+        np.testing.assert_array_equal(other["length"], runs[0]["length"])
+        np.testing.assert_allclose(other["logp"], runs[0]["logp"], atol=2e-5)
+
+
+@pytest.mark.parametrize("join", ["stitch", "linear"])
+def test_garbage_output_never_breaks_the_inherit_engine(join):
+    """Random weights that favour the protocol's tags, sampled hot: every
+    rollout ends within the limits, as a valid tree whose tree sequence builds."""
+    model = Transformer(tiny_model_config(vocab_size=ENC.vocab_size, max_len=64), rngs=nnx.Rngs(5))
+    graphdef, state = nnx.split(model)
+    bias_V = np.zeros(ENC.vocab_size, np.float32)
+    bias_V[4:13] = 3.0  # <child> ... <trunc>
+    bias_V[ENC.eos_id] = -2.0
+
+    def decode_fn(params, tokens, positions, cache, lanes, kv_len, table=None):
+        logits, cache = nnx.merge(graphdef, params).decode(tokens, positions, cache, lanes, kv_len, table=table)
+        return logits + bias_V, cache
+
+    decode_model = DecodeModel(params=state, decode_fn=decode_fn, init_cache=model.init_cache)
+    cfg = EngineConfig(
+        max_children=3,
+        max_rounds=2,
+        max_depth=2,
+        tokens_per_thread=12,
+        max_context=64,
+        max_threads=8,
+        batch_problems=4,
+        row_buckets=2,
+        kv_buckets=2,
+        context="inherit",
+        join=join,
+        sampling=SamplingConfig(1.5, 1.0),
+    )
+    out = Engine(decode_model, cfg, ProtocolIds()).run([ENC.encode("P"), ENC.encode("Qx")] * 2, jax.random.key(1))
+    trees = to_thread_trees(out, ENC, [{"answer": "1"}] * 4)
+    assert sum(len(t.threads) for t in trees) > 4  # it did spawn
+    for tree, sample in zip(trees, out.flat()):
+        tree.validate()
+        assert all(t.stop != "running" for t in tree.threads)
+        assert all(t.written <= cfg.tokens_per_thread and t.depth <= cfg.max_depth for t in sample.threads)
+        assert all(len(t.tokens) <= cfg.max_context for t in sample.threads)
+        tree_sequence(tree, ENC, join)  # the rollout is a well-formed inherit-family tree
