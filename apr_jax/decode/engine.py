@@ -150,11 +150,17 @@ class EngineConfig(EngineLimits):
 
     @property
     def table_entries(self) -> int:
-        """KV-table entries per thread in the inherit family: each thread's own
-        lane ranges (one, plus one per stitched join), for every thread."""
+        """KV-table entries per thread in the inherit family. Linear: one lane
+        range per ancestor and its own. Stitched: every thread's own ranges,
+        one plus one per join it made (threads above ``max_depth`` spawn, at
+        most ``max_rounds`` times; the rest are leaves)."""
         if self.context != "inherit":
             return 1
-        return self.threads_per_sample * (1 + self.max_rounds)
+        if self.join == "linear":
+            return self.max_depth + 1
+        fan = self.max_rounds * self.max_children
+        internal = min(self.threads_per_sample, sum(fan**d for d in range(self.max_depth)))
+        return internal * (1 + self.max_rounds) + (self.threads_per_sample - internal)
 
     def lanes_for(self, num_groups: int) -> int:
         """The pool size for a batch of ``num_groups`` samples."""

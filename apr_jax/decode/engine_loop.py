@@ -395,6 +395,24 @@ def _run_if(pred: jax.Array, fn: Callable[[Any], Any], carry: Any) -> Any:
     return jax.lax.while_loop(lambda c: pred & ~c[0], body, (jnp.bool_(False), carry))[1]
 
 
+def entry_ladder(entries: int) -> tuple[int, ...]:
+    """The KV-table widths a model call may read in the inherit family: four
+    entries (a root before its first join, a child of depth up to 3 before
+    its own) and the whole table."""
+    return tuple(sorted({min(entries, 4), entries}))
+
+
+def _kv_need(spec: LoopSpec, s: LoopState, row_X: jax.Array, end_X: jax.Array) -> jax.Array:
+    """Slots each of ``row_X``'s reads must span once its tokens up to
+    ``end_X`` are fed: ``end_X`` itself (a lane read from slot 0), or, in the
+    inherit family, its KV table's longest range below ``end_X`` (each entry
+    is read from its own start)."""
+    if not spec.inherit:
+        return end_X
+    top_XxE = jnp.minimum(s.table_hi_RxE[row_X], end_X[:, None])
+    return jnp.max(jnp.maximum(top_XxE - s.table_lo_RxE[row_X], 0), axis=1)
+
+
 def _model_call(
     spec: LoopSpec, decode_fn: DecodeFn, params, s: LoopState, member_C: jax.Array, width: int, page_size: int = 0
 ):
@@ -421,11 +439,14 @@ def _model_call(
     n_feed_C = jnp.where(member_C, jnp.minimum(s.length_R[row_C] - fed_C, width), 0)
     lanes_M, count = compact(member_C, C)
     row_bucket = _bucket(spec.row_buckets, count)
-    kv_bucket = _bucket(kv_buckets, jnp.max(jnp.where(member_C, fed_C + n_feed_C, 0)))
+    kv_bucket = _bucket(kv_buckets, jnp.max(jnp.where(member_C, _kv_need(spec, s, row_C, fed_C + n_feed_C), 0)))
     t_1xT = jnp.arange(T)[None]
     V = _vocab_size(spec, decode_fn, params, s.cache)
+    # Inherit family: rows read only the first entries of their tables, up to a bucket of the most in use.
+    entry_buckets = entry_ladder(spec.entries) if spec.inherit else (spec.entries,)
+    entry_bucket = _bucket(entry_buckets, jnp.max(jnp.where(member_C, s.table_count_R[row_C], 0)))
 
-    def run(B: int, kv_len: int):
+    def run(B: int, kv_len: int, entries: int):
         def call(carry):
             lanes_B = lanes_M[:B]
             valid_B = jnp.arange(B) < count
@@ -437,13 +458,15 @@ def _model_call(
             tok_BxT = s.buf_RxL[rows_B[:, None], jnp.minimum(at_BxT, L - 1)]
             extra = dict(paged)
             if spec.inherit:
-                extra["table"] = KVTable(s.table_lane_RxE[rows_B], s.table_lo_RxE[rows_B], s.table_hi_RxE[rows_B])
+                extra["table"] = KVTable(
+                    *(x[rows_B, :entries] for x in (s.table_lane_RxE, s.table_lo_RxE, s.table_hi_RxE))
+                )
             logits_BxTxV, cache = decode_fn(params, tok_BxT, pos_BxT, carry[0], lanes_B, kv_len, **extra)
             last_BxV = logits_BxTxV[jnp.arange(B), jnp.maximum(n_B - 1, 0)].astype(jnp.float32)
             logits_CxV = jnp.zeros((C, V), jnp.float32).at[_drop_index(valid_B, lanes_B, C)].set(last_BxV, mode="drop")
             live_B = jnp.where(valid_B, fed_B + n_B, 0)
             # The paged kernel reads whole pages; the others their KV bucket (of every table entry).
-            read = jnp.sum(-(-live_B // page_size) * page_size) if page_size else B * kv_len * spec.entries
+            read = jnp.sum(-(-live_B // page_size) * page_size) if page_size else B * kv_len * entries
             if spec.inherit:  # the slots a row's table lists below its position
                 top_BxE = jnp.minimum(s.table_hi_RxE[rows_B], live_B[:, None])
                 live_B = jnp.sum(jnp.maximum(top_BxE - s.table_lo_RxE[rows_B], 0), axis=1)
@@ -463,7 +486,8 @@ def _model_call(
     def row(B: int):
         def kv_pairs(carry):  # only the chosen row bucket's KV loops are reached
             for j, kv_len in enumerate(kv_buckets):
-                carry = _run_if(kv_bucket == j, run(B, kv_len), carry)
+                for k, entries in enumerate(entry_buckets):
+                    carry = _run_if((kv_bucket == j) & (entry_bucket == k), run(B, kv_len, entries), carry)
             return carry
 
         return kv_pairs
@@ -528,7 +552,7 @@ def _split_by_kv_length(
     page_size = spec.page_size if width == 1 else 0
     if page_size or not spec.split_by_kv_length:
         return [ModelCall(member_C=member_C, width=width, spec=spec, page_size=page_size)]
-    kv_class_C = _bucket(spec.kv_buckets, s.fed_R[row_C] + jnp.minimum(queue_C, width))
+    kv_class_C = _bucket(spec.kv_buckets, _kv_need(spec, s, row_C, s.fed_R[row_C] + jnp.minimum(queue_C, width)))
     return [
         ModelCall(
             member_C=member_C & (kv_class_C == c),

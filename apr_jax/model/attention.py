@@ -279,22 +279,26 @@ class KVTable:
     hi_BxE: jax.Array
 
 
-def table_attention(q_BxTxNxH, k_cache, v_cache, layer: int, table: KVTable, positions_BxT, kv_len: int) -> jax.Array:
-    """Attention of new tokens over the slots their ``KVTable`` lists (below
-    ``kv_len``, and not after the query's own position), gathered from the
-    pool ``[kv_heads, layers, lanes, slots, head_dim]``."""
+def table_attention(q_BxTxNxH, k_cache, v_cache, layer: int, table: KVTable, positions_BxT, width: int) -> jax.Array:
+    """Attention of new tokens over the slots their ``KVTable`` lists (and
+    not after the query's own position), gathered from the pool
+    ``[kv_heads, layers, lanes, slots, head_dim]``: ``width`` slots from each
+    entry's start (the caller's bound on every entry's range below the
+    positions fed)."""
     b, e = table.lane_BxE.shape
-    k_KxBxExSxH, v_KxBxExSxH = (x[:, layer, table.lane_BxE, :kv_len] for x in (k_cache, v_cache))
+    num_slots = k_cache.shape[3]
+    slot_BxExW = table.lo_BxE[:, :, None] + jnp.arange(width, dtype=table.lo_BxE.dtype)
+    lane_BxExW = jnp.broadcast_to(table.lane_BxE[:, :, None], slot_BxExW.shape)
     k_BxSxKxH, v_BxSxKxH = (
-        jnp.transpose(x, (1, 2, 3, 0, 4)).reshape(b, e * kv_len, x.shape[0], x.shape[-1]).astype(q_BxTxNxH.dtype)
-        for x in (k_KxBxExSxH, v_KxBxExSxH)
+        jnp.moveaxis(x[:, layer, lane_BxExW, jnp.minimum(slot_BxExW, num_slots - 1)], 0, -2)
+        .reshape(b, e * width, x.shape[0], x.shape[-1])
+        .astype(q_BxTxNxH.dtype)
+        for x in (k_cache, v_cache)
     )
-    slot_1xS = jnp.tile(jnp.arange(kv_len, dtype=positions_BxT.dtype), e)[None]
-    lo_BxS, hi_BxS = (jnp.repeat(x, kv_len, axis=1) for x in (table.lo_BxE, table.hi_BxE))
-    listed_BxS = (lo_BxS <= slot_1xS) & (slot_1xS < hi_BxS)
-    mask_BxTxS = (
-        listed_BxS[:, None] & (slot_1xS[:, None] <= positions_BxT[:, :, None]) & (positions_BxT >= 0)[..., None]
-    )
+    slot_BxS = slot_BxExW.reshape(b, e * width)
+    listed_BxS = (slot_BxS < jnp.repeat(table.hi_BxE, width, axis=1)) & (slot_BxS < num_slots)
+    seen_BxTxS = slot_BxS[:, None] <= positions_BxT[:, :, None]
+    mask_BxTxS = listed_BxS[:, None] & seen_BxTxS & (positions_BxT >= 0)[..., None]
     return xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)
 
 
