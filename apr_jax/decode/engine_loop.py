@@ -933,17 +933,21 @@ def _stitch(
     join_at_C = length_C + gap_C
     t_1xL = jnp.arange(L)[None]
     col_CxL = length_C[:, None] + t_1xL
-    fits_C = (join_at_C + 1 <= L) & (s.table_count_R[p_C] + _stitched_entries(s, child_CxK, has_CxK, E) + 1 <= E)
+    # The parent's table takes each child's entries after those it inherited, in order.
+    e_1x1xE = jnp.arange(E)[None, None]
+    c_count_CxK, c_from_CxK = s.table_count_R[child_CxK], s.inherited_R[child_CxK]
+    take_CxKxE = has_CxK[:, :, None] & (e_1x1xE >= c_from_CxK[:, :, None]) & (e_1x1xE < c_count_CxK[:, :, None])
+    take_CxM = take_CxKxE.reshape(C, K * E)
+    count_C = s.table_count_R[p_C]
+    added_C = take_CxM.sum(axis=1)
+    fits_C = (join_at_C + 1 <= L) & (count_C + added_C + 1 <= E)
     write_CxL = (valid_C & fits_C)[:, None] & (t_1xL <= gap_C[:, None])
     row_CxL = jnp.where(write_CxL, p_C[:, None], R)
     tok_CxL = jnp.where(t_1xL == gap_C[:, None], ids.join_open, ids.pad)
     role_CxL = jnp.where(t_1xL == gap_C[:, None], ROLE_JOIN, ROLE_STITCH).astype(s.role_RxL.dtype)
 
-    # Tables: the parent's own entry ends at the fork; then each child's own entries, in order.
-    take_CxM = _stitched_take(s, child_CxK, has_CxK, E).reshape(C, K * E)
+    # Tables: the parent's own entry ends at the fork; then the children's taken entries.
     rank_CxM = jnp.cumsum(take_CxM, axis=1) - 1
-    count_C = s.table_count_R[p_C]
-    added_C = take_CxM.sum(axis=1)
     dest_CxM = jnp.where(take_CxM & (valid_C & fits_C)[:, None], count_C[:, None] + rank_CxM, E)
     lane_CxM = s.table_lane_RxE[child_CxK].reshape(C, K * E)
     lo_CxM = s.table_lo_RxE[child_CxK].reshape(C, K * E)
@@ -978,19 +982,6 @@ def _stitch(
         status_R=jnp.where(truncated_R | over_R, DONE, jnp.where(ready_R, RUNNING, s.status_R)),
         stop_R=jnp.where(truncated_R, STOP["context_limit"], jnp.where(over_R, STOP["token_limit"], s.stop_R)),
     )
-
-
-def _stitched_take(s: LoopState, child_CxK: jax.Array, has_CxK: jax.Array, entries: int) -> jax.Array:
-    """bool [C, K, E]: the table entries of each child that its parent takes
-    at a stitched join (those after the ones it inherited)."""
-    e_1x1xE = jnp.arange(entries)[None, None]
-    c_count_CxK, c_from_CxK = s.table_count_R[child_CxK], s.inherited_R[child_CxK]
-    return has_CxK[:, :, None] & (e_1x1xE >= c_from_CxK[:, :, None]) & (e_1x1xE < c_count_CxK[:, :, None])
-
-
-def _stitched_entries(s: LoopState, child_CxK: jax.Array, has_CxK: jax.Array, entries: int) -> jax.Array:
-    """The entries each parent takes from its children at a stitched join."""
-    return _stitched_take(s, child_CxK, has_CxK, entries).sum(axis=(1, 2))
 
 
 def step(spec: LoopSpec, decode_fn: DecodeFn, params, key, first_thread, limits: Limits, s: LoopState) -> LoopState:

@@ -62,9 +62,6 @@ class SFTTask:
     ):
         self.config, self.info, self.mesh = config, info, mesh
         self.per_process_batch = per_process_batch
-        self.model_cfg, self.graphs, self.state, self.train_step = build_train_step(config, vocab_size, mesh)
-        shardings = ts.shardings_of(self.state)
-        batch_shardings = sharding.batch_sharding(mesh)
         self.data = make_iterator(
             config,
             info,
@@ -74,6 +71,9 @@ class SFTTask:
             process_count=jax.process_count(),
         )
         self.data.start_prefetch()  # pipeline workers start while the model is built and compiled
+        self.model_cfg, self.graphs, self.state, self.train_step = build_train_step(config, vocab_size, mesh)
+        shardings = ts.shardings_of(self.state)
+        batch_shardings = sharding.batch_sharding(mesh)
         self.eval_step = make_eval_step(self.graphs, shardings, batch_shardings)
         self.schedule_steps = config.train.steps  # the loop sets the step budget's
         seq_len = config.data.seq_len
