@@ -111,8 +111,17 @@ class ThreadTree:
 
     def spawn_groups(self, index: int) -> list[list[int]]:
         """Thread ``index``'s children, one list per spawn block it wrote (in
-        order); ValueError when the blocks' messages do not match its children."""
+        order); ValueError when the blocks' messages do not match its children.
+        A decoded tree (``meta["spawn_round"]``, the spawn that made each
+        thread) is grouped by what the engine did: a spawn block the engine
+        cut off at a limit made fewer children than messages, or none."""
         thread = self.threads[index]
+        made_by = self.meta.get("spawn_round")
+        if made_by is not None:
+            groups: list[list[int]] = [[] for _ in range(1 + max((made_by[c] for c in thread.children), default=-1))]
+            for child in thread.children:
+                groups[made_by[child]].append(child)
+            return groups
         sizes = [len(block) for block in protocol.spawn_messages(thread.written_text)]
         if sum(sizes) != len(thread.children):
             raise ValueError(

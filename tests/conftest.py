@@ -2,6 +2,7 @@
 laptop, and the toy SFT model the RL tests start from."""
 
 import fcntl
+import gc
 import os
 
 import pytest
@@ -26,6 +27,19 @@ def xla_compile_cache(tmp_path_factory):
     for name, value in settings.items():
         jax.config.update(name, value)
         os.environ[name.upper()] = str(value)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_compiled_programs():
+    """Each test module's compiled programs are dropped when it ends. An XLA
+    CPU executable holds about 17 memory maps, and a worker that kept every
+    program of the suite would reach the kernel's limit (vm.max_map_count,
+    65530 by default), where LLVM aborts the worker mid-compile."""
+    yield
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -164,7 +164,8 @@ class RLConfig:
     # sampling parameters, one more forward per step; logs the gap as logp_gap_mean/_max)
     old_logprobs: str = "sampling"
     skip_flat_groups: bool = False  # update only on groups whose rewards differ (saves the flat ones' compute)
-    packed_update: bool = True  # update on the threads packed into rows (False: one thread per max_len row)
+    # update on the threads packed into rows (False: one thread per max_len row); inherit family: tree rows always
+    packed_update: bool = True
     require_eos: bool = True  # reward a correct answer only when the root then stopped on EOS
     format_penalty: float = 0.0  # subtracted when the root ends without an answer line
     acceleration_weight: float = 0.0  # x min(ln(total / critical-path tokens), cap) for correct rollouts
@@ -274,11 +275,6 @@ class RunConfig:
             raise ConfigError(
                 f"config.data.context={self.data.context!r}, but task {self.task.name!r} with these settings "
                 f"writes {' or '.join(contexts)}-family trees"
-            )
-        if self.data.context == "inherit" and self.mode == "rl":
-            raise ConfigError(
-                "config.data.context='inherit' has no GRPO update yet (its rollouts decode, but the update "
-                "trains message-family rows); train it with mode=sft"
             )
         if self.data.context == "inherit" and self.eval.decode_attention == "paged":
             raise ConfigError(

@@ -22,6 +22,8 @@ Conventions (``R`` thread rows of ``L`` tokens, ``N`` rollouts, ``P`` groups):
   segment ids and per-thread positions (``PackedUpdateBatch`` from
   ``apr_jax.rl.pack``; ``config.rl.packed_update``); both give the same
   result, the packed one with far fewer padding tokens through the forwards.
+  In the inherit family each rollout is one tree sequence
+  (``apr_jax.rl.tree_pack``) and the forward applies its tree mask.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from apr_jax.rl.pack import PackedUpdateBatch
 from apr_jax.rl.rollout import RolloutBatch
 from apr_jax.training.optim import Schedule
 from apr_jax.training.train_state import Graphs, TrainState
+from apr_jax.training.train_step import attention_keys
 from apr_jax.training.update import apply_gradients, summed_gradients
 
 
@@ -218,7 +221,11 @@ def _update_rows(batch: UpdateBatch | PackedUpdateBatch, num_rollouts: int, mini
     ``[R, 1]`` when constant along a row) tokens, positions, segment ids,
     mask, old log-probs, advantage and rollout."""
     if isinstance(batch, PackedUpdateBatch):  # laid out on the host already
+        tree = {}
+        if batch.hidden_from_RxLxM is not None:
+            tree = {"hidden_from": batch.hidden_from_RxLxM, "hidden_until": batch.hidden_until_RxLxM}
         return {
+            **tree,
             "tokens": batch.tokens_RxL,
             "positions": batch.positions_RxL,
             "segment_ids": batch.segment_ids_RxL,
@@ -276,7 +283,7 @@ def make_grpo_update(
 
     def forward_logp(model_graphdef, params, rest, rows):
         model = nnx.merge(model_graphdef, params, rest)
-        logits = model(rows["tokens"], rows["positions"], rows["segment_ids"])
+        logits = model(rows["tokens"], rows["positions"], attention_keys(rows))
         logp = target_logprobs(logits, rows["tokens"], cfg.temperature)
         return jnp.where(rows["positions"] > 0, logp, 0.0)  # a thread's first token has no context
 

@@ -42,6 +42,9 @@ class PackedUpdateBatch:
     adv_RxL: np.ndarray  # float32: the advantage of the token's rollout
     rollout_RxL: np.ndarray  # int32: the token's rollout (0 on padding)
     valid_R: np.ndarray  # bool: the row holds a thread
+    # Tree sequences (the inherit family, ``apr_jax.rl.tree_pack``): each key's hidden ranges.
+    hidden_from_RxLxM: np.ndarray | None = None
+    hidden_until_RxLxM: np.ndarray | None = None
 
 
 def pack_update_batch(

@@ -43,7 +43,7 @@ class RolloutBatch:
     """Every thread of every rollout as one row (see the module docstring)."""
 
     tokens_RxL: jax.Array  # int32: the thread's context exactly as the engine built it
-    role_RxL: jax.Array  # int8: 0 prompt, 1 model-written, 2 join (engine-copied)
+    role_RxL: jax.Array  # int8: engine_loop.ROLE_* (prompt, model-written, join; inherit family: inherit, stitch)
     logp_RxL: jax.Array  # float32: sampling-time log-prob of each model-written token
     length_R: jax.Array  # int32: tokens in the row
     valid_R: jax.Array  # bool: the slot holds a thread

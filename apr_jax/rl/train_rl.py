@@ -52,6 +52,7 @@ from apr_jax.rl.pack import PackedUpdateBatch, pack_update_batch
 from apr_jax.rl.prompts import PromptStream
 from apr_jax.rl.reward import RewardConfig, Scored, score_rollouts
 from apr_jax.rl.rollout import RolloutBatch, encode_prompts, engine_arrays, make_rollout
+from apr_jax.rl.tree_pack import pack_tree_update
 from apr_jax.runtime import sharding
 from apr_jax.runtime.checkpoint import split_checkpoint_path
 from apr_jax.runtime.metrics_log import read_metrics
@@ -141,6 +142,13 @@ class RLSettings:
             grpo=grpo,
             reward=reward,
         )
+        rollouts = settings.prompts_per_step * settings.samples_per_prompt
+        if config.data.context == "inherit" and rollouts % (grpo.minibatches * grpo.microbatches):
+            raise ConfigError(
+                f"config.rl.prompts_per_step x samples_per_prompt = {rollouts} rollouts, one tree-sequence row "
+                f"each in the inherit family, do not split into config.rl.minibatches={grpo.minibatches} x "
+                f"config.train.grad_accum={grpo.microbatches} microbatches"
+            )
         engine = settings.engine_config(config)
         if engine.threads_per_sample < engine.full_tree:
             e = config.eval
@@ -163,6 +171,8 @@ class RLSettings:
             sampling=SamplingConfig(self.grpo.temperature, 1.0),
             max_threads=self.max_threads,
             batch_problems=0,
+            context=config.data.context,
+            join=config.data.join,
         )
 
     @property
@@ -305,6 +315,7 @@ class RLTask:
         self.schedule_steps = config.train.steps  # in RL steps; the loop sets the step budget's
         self._window: dict[str, list[float]] = {}
         self.steps_without_signal = 0
+        self.truncated = 0  # inherit family: rollouts whose tree sequence the last update cut to data.seq_len
         self.watch: TrendWatch | None = None  # built at the first row, from the logged history
 
     # ---- what the loop reads --------------------------------------------------
@@ -346,7 +357,20 @@ class RLTask:
         return Collected(batch, host, arrays, scored, adv_N, keep_N, t1 - t0, time.time() - t1)
 
     def update_batch(self, c: Collected, packed: bool) -> UpdateBatch | PackedUpdateBatch:
-        """What the update trains on: the packed threads or one thread per row."""
+        """What the update trains on: each rollout's tree sequence (the inherit
+        family), the packed threads, or one thread per row."""
+        data = self.config.data
+        if data.context == "inherit":
+            batch, self.truncated = pack_tree_update(
+                c.arrays,
+                c.adv_N,
+                c.keep_N,
+                join=data.join,
+                ids=self.ids,
+                minibatches=self.settings.grpo.minibatches,
+                row_len=data.seq_len,
+            )
+            return batch
         if packed:
             return pack_update_batch(c.host, c.adv_N, c.keep_N, minibatches=self.settings.grpo.minibatches)
         return UpdateBatch.from_rollout(c.batch, c.adv_N, c.keep_N)
@@ -374,6 +398,8 @@ class RLTask:
             "reward_s": c.reward_s,
             "update_s": t3 - t2,
         }
+        if self.config.data.context == "inherit":
+            row["update_truncated"] = self.truncated
         for k, v in row.items():
             self._window.setdefault(k, []).append(v)
         return metrics

@@ -111,10 +111,17 @@ def test_context_family_settings_are_checked(overrides, message):
         load_run_config(None, overrides)
 
 
-def test_inherit_family_has_no_rl_update_yet():
-    path = os.path.join(REPO_ROOT, "configs", "default_rl.py")
-    with pytest.raises(ConfigError, match=r"'inherit' has no GRPO update yet"):
-        load_run_config(path, ["config.data.context=inherit"])
+def test_inherit_family_rl_rows_must_split_into_microbatches():
+    """GRPO in the inherit family trains one tree-sequence row per rollout,
+    so the rollouts, not the thread rows, must split into microbatches."""
+    from apr_jax.rl.train_rl import RLSettings
+
+    path = os.path.join(REPO_ROOT, "configs", "countdown_inherit_rl.py")
+    config = load_run_config(path, [])
+    assert (config.data.context, config.mode) == ("inherit", "rl")
+    assert RLSettings.from_config(config).engine_config(config).context == "inherit"
+    with pytest.raises(ConfigError, match=r"256 rollouts, one tree-sequence row each .*grad_accum=48"):
+        RLSettings.from_config(load_run_config(path, ["config.train.grad_accum=48"]))
 
 
 def test_tagged_trace_files_need_the_inherit_family():

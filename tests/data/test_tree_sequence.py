@@ -152,3 +152,20 @@ def test_packed_tree_rows_keep_each_tree_apart_and_its_mask():
     np.testing.assert_array_equal(sees_QxK[:n, :n], one)
     np.testing.assert_array_equal(sees_QxK[n : 2 * n, n : 2 * n], one)
     assert not sees_QxK[n : 2 * n, :n].any() and not sees_QxK[:n, n:].any()
+
+
+def test_a_decoded_spawn_the_engine_cut_off_lays_out_by_the_engines_spawn_rounds():
+    """A decoded tree whose thread wrote a spawn block the engine refused (a
+    depth limit: no children, no join) is grouped by the engine's record of
+    which spawn made each thread (``meta["spawn_round"]``), not by its text."""
+    tree = nested_tree().with_context("inherit", "stitch")
+    y = tree.threads[2]
+    y.segments[-1] = type(y.segments[-1])("model", "ff" + protocol.spawn_block(["q"]))
+    y.stop = "depth_limit"
+    with pytest.raises(ValueError, match="thread 2 writes 1 spawn messages but lists 0 children"):
+        tree.spawn_groups(2)
+    tree.meta["spawn_round"] = [-1, 0, 0, 0, 1]  # x, y: the root's first spawn; w: x's; z: the root's second
+    assert [tree.spawn_groups(i) for i in range(5)] == [[[1, 2], [4]], [[3]], [], [], []]
+    seq = tree_sequence(tree, CharEncoder(), "stitch")
+    assert _seen_threads(seq, 4) == [0, 1, 2, 3, 4] and _seen_threads(seq, 2) == [0, 2]
+    assert seq.tokens_T[seq.thread_T == 2][-1] == CharEncoder().reserved[protocol.SPAWN_CLOSE]  # y ends at its spawn

@@ -6,69 +6,24 @@ forward gives it on the engine's own tree: forks, KV tables and stitched joins
 read exactly what the tree sequence's mask lets each token see."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
-from helpers.inherit import CharEncoder, nested_tree
+from helpers.inherit import CharEncoder, memorized_model, nested_tree, sequence_batch, sequence_mask
 from helpers.tiny import tiny_model_config
 
 from apr_jax.data.tree_sequence import thread_rows, tree_sequence
 from apr_jax.decode import DecodeModel, Engine, EngineConfig, ProtocolIds, SamplingConfig, to_thread_trees
 from apr_jax.model.transformer import Transformer
-from apr_jax.model.tree_mask import TreeMask
-from apr_jax.training.loss import masked_lm_loss, next_token_targets, token_cross_entropy
+from apr_jax.training.loss import next_token_targets, token_cross_entropy
 
 ENC = CharEncoder()
 
 
-def _batch(seq):
-    return {
-        "tokens": jnp.asarray(seq.tokens_T[None]),
-        "positions": jnp.asarray(seq.positions_T[None]),
-        "loss_mask": jnp.asarray(seq.loss_mask_T[None]),
-        "segment_ids": jnp.ones((1, len(seq)), jnp.int32),
-    }
-
-
-def _mask(seq):
-    return TreeMask(
-        jnp.ones((1, len(seq)), jnp.int32),
-        jnp.asarray(seq.hidden_from_TxR[None]),
-        jnp.asarray(seq.hidden_until_TxR[None]),
-    )
-
-
-def _memorize(seq, steps=300):
-    """A tiny decoder trained on one tree sequence until it reproduces it."""
-    model = Transformer(tiny_model_config(vocab_size=ENC.vocab_size, max_len=128, d_model=64), rngs=nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    batch, mask = _batch(seq), _mask(seq)
-    optimizer = optax.adam(1e-2)
-    opt_state = optimizer.init(params)
-
-    @jax.jit
-    def step(params, opt_state):
-        def loss(p):
-            logits = nnx.merge(graphdef, p, rest)(batch["tokens"], batch["positions"], mask)
-            total, count, _ = masked_lm_loss(logits, batch)
-            return total / count
-
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    for _ in range(steps):
-        params, opt_state, value = step(params, opt_state)
-    assert float(value) < 1e-3
-    return nnx.merge(graphdef, params, rest)
-
-
 def _teacher_forced_logp(model, seq):
     """log p of each token given what it may see, at its layout index (0 where untrained)."""
-    batch = _batch(seq)
-    logits = model(batch["tokens"], batch["positions"], _mask(seq))
+    batch = sequence_batch(seq)
+    logits = model(batch["tokens"], batch["positions"], sequence_mask(seq))
     targets, weights = next_token_targets(batch["tokens"], batch["loss_mask"], batch["segment_ids"])
     logp = -token_cross_entropy(logits, targets) * weights
     return np.concatenate([[0.0], np.asarray(logp[0, :-1])])  # logp of token i sits at i
@@ -77,14 +32,7 @@ def _teacher_forced_logp(model, seq):
 @pytest.fixture(scope="module")
 def memorized():
     """join -> a tiny decoder that reproduces ``nested_tree`` in that join mode (trained once)."""
-    models = {}
-
-    def get(join):
-        if join not in models:
-            models[join] = _memorize(tree_sequence(nested_tree().with_context("inherit", join), ENC, join))
-        return models[join]
-
-    return get
+    return memorized_model
 
 
 @pytest.mark.parametrize("join", ["stitch", "linear"])

@@ -454,10 +454,8 @@ def _(ctx):
 
 @case("B76")
 def _(ctx):
-    rl = os.path.join(ROOT, "configs", "default_rl.py")
-    return cli(
-        train.main, [f"--workdir={ctx['root']}/fresh_inherit", f"--config={rl}", "--config.data.context=inherit"]
-    )
+    rl = os.path.join(ROOT, "configs", "countdown_inherit_rl.py")
+    return cli(train.main, [f"--workdir={ctx['root']}/fresh_inherit", f"--config={rl}", "--config.train.grad_accum=48"])
 
 
 @case("B71")

@@ -1,12 +1,24 @@
 """A hand-built thread tree that exercises every case of the inherit family's
-layout (two spawn rounds at the root, a grandchild, a one-child spawn), and a
-character-level encoder that needs no trained tokenizer."""
+layout (two spawn rounds at the root, a grandchild, a one-child spawn), a
+character-level encoder that needs no trained tokenizer, and a tiny decoder
+that has memorized the tree's sequence in either join mode."""
 
+import functools
 import re
 import string
 
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
 from apr_jax import protocol
+from apr_jax.data.tree_sequence import TreeSequence, tree_sequence
+from apr_jax.model.transformer import Transformer
+from apr_jax.model.tree_mask import TreeMask
 from apr_jax.threads import Segment, Thread, ThreadTree
+from apr_jax.training.loss import masked_lm_loss
+from helpers.tiny import tiny_model_config
 
 
 class CharEncoder:
@@ -66,3 +78,51 @@ def nested_tree() -> ThreadTree:
     w = Thread(1, [Segment("prompt", p.child_prompt("w")), Segment("model", p.return_block("u"))], stop="return")
     z = Thread(0, [Segment("prompt", p.child_prompt("z")), Segment("model", "gg" + p.return_block("t"))], stop="return")
     return ThreadTree({"answer": "1"}, [root, x, y, w, z])
+
+
+def sequence_batch(seq: TreeSequence) -> dict:
+    """One tree sequence as a batch of one row."""
+    return {
+        "tokens": jnp.asarray(seq.tokens_T[None]),
+        "positions": jnp.asarray(seq.positions_T[None]),
+        "loss_mask": jnp.asarray(seq.loss_mask_T[None]),
+        "segment_ids": jnp.ones((1, len(seq)), jnp.int32),
+    }
+
+
+def sequence_mask(seq: TreeSequence) -> TreeMask:
+    """The tree mask of ``sequence_batch(seq)``."""
+    return TreeMask(
+        jnp.ones((1, len(seq)), jnp.int32),
+        jnp.asarray(seq.hidden_from_TxR[None]),
+        jnp.asarray(seq.hidden_until_TxR[None]),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def memorized_model(join: str, steps: int = 300) -> Transformer:
+    """A tiny decoder trained on ``nested_tree``'s tree sequence in ``join``
+    mode until it reproduces it (trained once per process)."""
+    encoder = CharEncoder()
+    seq = tree_sequence(nested_tree().with_context("inherit", join), encoder, join)
+    model = Transformer(tiny_model_config(vocab_size=encoder.vocab_size, max_len=128, d_model=64), rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    batch, mask = sequence_batch(seq), sequence_mask(seq)
+    optimizer = optax.adam(1e-2)
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        def loss(p):
+            logits = nnx.merge(graphdef, p, rest)(batch["tokens"], batch["positions"], mask)
+            total, count, _ = masked_lm_loss(logits, batch)
+            return total / count
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    for _ in range(steps):
+        params, opt_state, value = step(params, opt_state)
+    assert float(value) < 1e-3
+    return nnx.merge(graphdef, params, rest)
