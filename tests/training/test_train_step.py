@@ -8,9 +8,7 @@ from flax import nnx
 
 from apr_jax.config.loading import load_run_config
 from apr_jax.runtime import sharding
-from apr_jax.training.optim import learning_rate_schedule
-from apr_jax.training.train_state import build_model_and_optimizer, shardings_of, split
-from apr_jax.training.train_step import make_train_step
+from apr_jax.training.train_step import build_train_step
 
 VOCAB = 64
 TINY = [
@@ -40,15 +38,7 @@ def random_batch(rows=16, length=32, seed=0):
 def run_steps(overrides, devices, batch, steps=2):
     config = load_run_config(None, TINY + overrides)
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh), devices=devices)
-    _, model, optimizer = build_model_and_optimizer(config, VOCAB, mesh)
-    graphs, state = split(model, optimizer)
-    step = make_train_step(
-        graphs,
-        shardings_of(state),
-        sharding.batch_sharding(mesh),
-        grad_accum=config.train.grad_accum,
-        learning_rate=learning_rate_schedule(config.train),
-    )
+    _, _, state, step = build_train_step(config, VOCAB, mesh)
     losses = []
     for _ in range(steps):
         state, metrics = step(state, sharding.global_batch_from_process(batch, mesh), jnp.int32(config.train.steps))
@@ -97,9 +87,7 @@ def test_non_finite_step_leaves_state_unchanged():
     batch = random_batch()
     config = load_run_config(None, TINY + ["config.train.lr=1e30", "config.train.grad_clip=0.0", "config.mesh.data=1"])
     mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh), jax.devices()[:1])
-    _, model, optimizer = build_model_and_optimizer(config, VOCAB, mesh)
-    graphs, state = split(model, optimizer)
-    step = make_train_step(graphs, shardings_of(state), sharding.batch_sharding(mesh))
+    _, _, state, step = build_train_step(config, VOCAB, mesh)
     finite = []
     for _ in range(4):
         before = jax.device_get(nnx.to_pure_dict(state.model))
