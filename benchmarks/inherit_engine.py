@@ -5,6 +5,7 @@
 Decodes the first ``--num`` test problems of a ``data.context=inherit`` run
 with its own eval settings and prints, over the batch: token-forwards
 computed per token fed, KV slots read per live slot (the engine's counters),
+the compiled decode's wall time and written tokens per second (a second run),
 loop steps against the rollouts' critical paths, and the KV slots a problem
 holds (each token's K/V once) against what an engine that copies every
 thread's whole context would hold.
@@ -13,6 +14,7 @@ thread's whole context would hold.
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 
@@ -49,12 +51,18 @@ def _main(argv: list[str]) -> None:
     problems = problems_for({"split": "test"}, config, num)
     task = get_task(config)
     engine = Engine(loaded.model, engine_config(config), ProtocolIds.from_tokenizer(tokenizer))
-    out = engine.run([tokenizer.encode(task.prompt(p)) for p in problems])
+    prompts = [tokenizer.encode(task.prompt(p)) for p in problems]
+    engine.run(prompts)  # compiles
+    start = time.perf_counter()
+    out = engine.run(prompts)
+    wall = time.perf_counter() - start
     samples = out.flat()
     held = np.asarray([s.kv_slots for s in samples], float)
     unshared = np.asarray([s.kv_slots_unshared for s in samples], float)
     rates = efficiency(out.counters)
     print(f"{len(samples)} problems, data.join={config.data.join}, {out.steps[0]} loop steps in the first batch")
+    written = sum(s.written_tokens for s in samples)
+    print(f"decode wall (compiled): {wall:.2f} s, {written / wall:.0f} written tokens/s")
     print(f"token-forwards per token fed: {rates['forwards_per_token']:.3f}")
     print(f"KV slots read per live slot: {rates['kv_read_per_live']:.3f}")
     print(

@@ -282,21 +282,30 @@ class KVTable:
 def table_attention(q_BxTxNxH, k_cache, v_cache, layer: int, table: KVTable, positions_BxT, width: int) -> jax.Array:
     """Attention of new tokens over the slots their ``KVTable`` lists (and
     not after the query's own position), gathered from the pool
-    ``[kv_heads, layers, lanes, slots, head_dim]``: ``width`` slots from each
-    entry's start (the caller's bound on every entry's range below the
-    positions fed)."""
+    ``[kv_heads, layers, lanes, slots, head_dim]``: a window of ``width``
+    contiguous slots per entry, from the entry's start (moved back when the
+    lane ends sooner), ``width`` being the caller's bound on every entry's
+    range below the positions fed. Each window is one block of the gather,
+    not ``width`` single slots."""
     b, e = table.lane_BxE.shape
-    num_slots = k_cache.shape[3]
-    slot_BxExW = table.lo_BxE[:, :, None] + jnp.arange(width, dtype=table.lo_BxE.dtype)
-    lane_BxExW = jnp.broadcast_to(table.lane_BxE[:, :, None], slot_BxExW.shape)
+    heads, _, _, num_slots, head_dim = k_cache.shape
+    width = min(width, num_slots)
+    start_BxE = jnp.clip(table.lo_BxE, 0, num_slots - width)
+
+    def window(x, lane, start):
+        block = jax.lax.dynamic_slice(x, (0, layer, lane, start, 0), (heads, 1, 1, width, head_dim))
+        return block.reshape(heads, width, head_dim)
+
+    gather = jax.vmap(jax.vmap(window, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))
     k_BxSxKxH, v_BxSxKxH = (
-        jnp.moveaxis(x[:, layer, lane_BxExW, jnp.minimum(slot_BxExW, num_slots - 1)], 0, -2)
-        .reshape(b, e * width, x.shape[0], x.shape[-1])
+        jnp.moveaxis(gather(x, table.lane_BxE, start_BxE), 2, 3)
+        .reshape(b, e * width, heads, head_dim)
         .astype(q_BxTxNxH.dtype)
         for x in (k_cache, v_cache)
     )
-    slot_BxS = slot_BxExW.reshape(b, e * width)
-    listed_BxS = (slot_BxS < jnp.repeat(table.hi_BxE, width, axis=1)) & (slot_BxS < num_slots)
+    slot_BxExW = start_BxE[:, :, None] + jnp.arange(width, dtype=start_BxE.dtype)
+    listed_BxExW = (slot_BxExW >= table.lo_BxE[:, :, None]) & (slot_BxExW < table.hi_BxE[:, :, None])
+    slot_BxS, listed_BxS = slot_BxExW.reshape(b, e * width), listed_BxExW.reshape(b, e * width)
     seen_BxTxS = slot_BxS[:, None] <= positions_BxT[:, :, None]
     mask_BxTxS = listed_BxS[:, None] & seen_BxTxS & (positions_BxT >= 0)[..., None]
     return xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)
