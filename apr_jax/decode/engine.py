@@ -351,7 +351,7 @@ def loop_spec(
             )
         ),
         row_buckets=halvings(lanes, cfg.row_buckets, minimum=1),
-        kv_buckets=halvings(cfg.max_context, cfg.kv_buckets, minimum=8),
+        kv_buckets=kv_read_buckets(cfg),
         sampling=cfg.sampling,
         cache_axes=engine_loop.cache_axes(init_cache),
         split_by_kv_length=cfg.split_by_kv_length,
@@ -359,7 +359,19 @@ def loop_spec(
         context=cfg.context,
         join=cfg.join,
         entries=cfg.table_entries,
+        table_page=cfg.page_size,
     )
+
+
+def kv_read_buckets(cfg: EngineConfig) -> tuple[int, ...]:
+    """The slots a model call's rows may read: ``kv_buckets`` halvings of
+    the context; in the inherit family also twice the context and every
+    KV-table entry's whole lane (a stitched parent reads its children's
+    ranges beside its own, more slots than it has positions)."""
+    buckets = halvings(cfg.max_context, cfg.kv_buckets, minimum=8)
+    if cfg.context != "inherit" or cfg.table_entries == 1:
+        return buckets
+    return tuple(sorted({*buckets, 2 * cfg.max_context, cfg.table_entries * cfg.max_context}))
 
 
 def halvings(size: int, count: int, minimum: int) -> tuple[int, ...]:

@@ -99,7 +99,7 @@ from apr_jax import threads as threads_lib
 from apr_jax.decode.model_api import DecodeFn
 from apr_jax.decode.protocol_ids import CHILD_PREFIX, ProtocolIds
 from apr_jax.decode.sampler import SamplingConfig, sample_tokens, top_p_mask
-from apr_jax.model.attention import KVTable
+from apr_jax.model.attention import KVTable, table_pages_BxE
 
 FREE, RUNNING, WAITING, DONE = 0, 1, 2, 3
 # ROLE_INHERIT: a child's copy of its parent's context (inherit family); ROLE_STITCH:
@@ -130,6 +130,7 @@ class LoopSpec:
     context: str = "message"  # protocol.CONTEXTS: what a child sees
     join: str = "stitch"  # inherit family: protocol.JOINS
     entries: int = 1  # E: KV-table entries per row (inherit family)
+    table_page: int = 16  # inherit family: slots per page of a KV-table read
 
     @property
     def inherit(self) -> bool:
@@ -377,7 +378,7 @@ def _vocab_size(spec: LoopSpec, decode_fn: DecodeFn, params, cache) -> int:
             jnp.full((1, 1), -1, jnp.int32),
             c,
             jnp.zeros((1,), jnp.int32),
-            spec.kv_buckets[0],
+            min(spec.kv_buckets[0], spec.max_context),
         )[0],
         cache,
     )
@@ -395,22 +396,14 @@ def _run_if(pred: jax.Array, fn: Callable[[Any], Any], carry: Any) -> Any:
     return jax.lax.while_loop(lambda c: pred & ~c[0], body, (jnp.bool_(False), carry))[1]
 
 
-def entry_ladder(entries: int) -> tuple[int, ...]:
-    """The KV-table widths a model call may read in the inherit family: four
-    entries (a root before its first join, a child of depth up to 3 before
-    its own) and the whole table."""
-    return tuple(sorted({min(entries, 4), entries}))
-
-
 def _kv_need(spec: LoopSpec, s: LoopState, row_X: jax.Array, end_X: jax.Array) -> jax.Array:
     """Slots each of ``row_X``'s reads must span once its tokens up to
     ``end_X`` are fed: ``end_X`` itself (a lane read from slot 0), or, in the
-    inherit family, its KV table's longest range below ``end_X`` (each entry
-    is read from its own start)."""
+    inherit family, the pages its KV table's ranges cover below ``end_X``."""
     if not spec.inherit:
         return end_X
-    top_XxE = jnp.minimum(s.table_hi_RxE[row_X], end_X[:, None])
-    return jnp.max(jnp.maximum(top_XxE - s.table_lo_RxE[row_X], 0), axis=1)
+    table = KVTable(s.table_lane_RxE[row_X], s.table_lo_RxE[row_X], s.table_hi_RxE[row_X], spec.table_page)
+    return spec.table_page * jnp.sum(table_pages_BxE(table, end_X), axis=1)
 
 
 def _model_call(
@@ -442,11 +435,8 @@ def _model_call(
     kv_bucket = _bucket(kv_buckets, jnp.max(jnp.where(member_C, _kv_need(spec, s, row_C, fed_C + n_feed_C), 0)))
     t_1xT = jnp.arange(T)[None]
     V = _vocab_size(spec, decode_fn, params, s.cache)
-    # Inherit family: rows read only the first entries of their tables, up to a bucket of the most in use.
-    entry_buckets = entry_ladder(spec.entries) if spec.inherit else (spec.entries,)
-    entry_bucket = _bucket(entry_buckets, jnp.max(jnp.where(member_C, s.table_count_R[row_C], 0)))
 
-    def run(B: int, kv_len: int, entries: int):
+    def run(B: int, kv_len: int):
         def call(carry):
             lanes_B = lanes_M[:B]
             valid_B = jnp.arange(B) < count
@@ -459,14 +449,14 @@ def _model_call(
             extra = dict(paged)
             if spec.inherit:
                 extra["table"] = KVTable(
-                    *(x[rows_B, :entries] for x in (s.table_lane_RxE, s.table_lo_RxE, s.table_hi_RxE))
+                    *(x[rows_B] for x in (s.table_lane_RxE, s.table_lo_RxE, s.table_hi_RxE)), spec.table_page
                 )
             logits_BxTxV, cache = decode_fn(params, tok_BxT, pos_BxT, carry[0], lanes_B, kv_len, **extra)
             last_BxV = logits_BxTxV[jnp.arange(B), jnp.maximum(n_B - 1, 0)].astype(jnp.float32)
             logits_CxV = jnp.zeros((C, V), jnp.float32).at[_drop_index(valid_B, lanes_B, C)].set(last_BxV, mode="drop")
             live_B = jnp.where(valid_B, fed_B + n_B, 0)
-            # The paged kernel reads whole pages; the others their KV bucket (of every table entry).
-            read = jnp.sum(-(-live_B // page_size) * page_size) if page_size else B * kv_len * entries
+            # The paged kernel reads whole pages; the others their KV bucket (inherit: of table pages).
+            read = jnp.sum(-(-live_B // page_size) * page_size) if page_size else B * kv_len
             if spec.inherit:  # the slots a row's table lists below its position
                 top_BxE = jnp.minimum(s.table_hi_RxE[rows_B], live_B[:, None])
                 live_B = jnp.sum(jnp.maximum(top_BxE - s.table_lo_RxE[rows_B], 0), axis=1)
@@ -486,8 +476,7 @@ def _model_call(
     def row(B: int):
         def kv_pairs(carry):  # only the chosen row bucket's KV loops are reached
             for j, kv_len in enumerate(kv_buckets):
-                for k, entries in enumerate(entry_buckets):
-                    carry = _run_if((kv_bucket == j) & (entry_bucket == k), run(B, kv_len, entries), carry)
+                carry = _run_if(kv_bucket == j, run(B, kv_len), carry)
             return carry
 
         return kv_pairs

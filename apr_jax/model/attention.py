@@ -272,40 +272,63 @@ class KVTable:
     ``E`` entries, entry e the slots ``[lo, hi)`` of lane ``lane`` (a slot
     holds the K/V of that position; unused entries have ``lo == hi``). A
     forked child lists its parent's lanes below the fork and its own lane
-    after it; a stitched parent lists its children's lanes too."""
+    after it; a stitched parent lists its children's lanes too. The ranges
+    are read in pages of ``page`` slots."""
 
     lane_BxE: jax.Array
     lo_BxE: jax.Array
     hi_BxE: jax.Array
+    page: int = dataclasses.field(default=16, metadata={"static": True})
 
 
-def table_attention(q_BxTxNxH, k_cache, v_cache, layer: int, table: KVTable, positions_BxT, width: int) -> jax.Array:
+def table_pages_BxE(table: KVTable, end_B: jax.Array) -> jax.Array:
+    """Pages each entry's range covers below ``end_B`` (what a row feeding
+    positions up to ``end_B - 1`` must read)."""
+    hi_BxE = jnp.minimum(table.hi_BxE, end_B[:, None])
+    first_BxE = table.lo_BxE // table.page
+    return jnp.where(hi_BxE > table.lo_BxE, -(-hi_BxE // table.page) - first_BxE, 0)
+
+
+def table_attention(q_BxTxNxH, k_cache, v_cache, layer: int, table: KVTable, positions_BxT, slots: int) -> jax.Array:
     """Attention of new tokens over the slots their ``KVTable`` lists (and
     not after the query's own position), gathered from the pool
-    ``[kv_heads, layers, lanes, slots, head_dim]``: a window of ``width``
-    contiguous slots per entry, from the entry's start (moved back when the
-    lane ends sooner), ``width`` being the caller's bound on every entry's
-    range below the positions fed. Each window is one block of the gather,
-    not ``width`` single slots."""
+    ``[kv_heads, layers, lanes, slots, head_dim]`` page by page: the pages
+    of every entry's range below the row's last position, one after the
+    other, ``slots / table.page`` pages per row (the caller's bound on every
+    row's pages). Each page is one block of the gather."""
     b, e = table.lane_BxE.shape
     heads, _, _, num_slots, head_dim = k_cache.shape
-    width = min(width, num_slots)
-    start_BxE = jnp.clip(table.lo_BxE, 0, num_slots - width)
+    page = table.page
+    pages = slots // page
+    end_B = jnp.max(positions_BxT, axis=1) + 1
+    count_BxE = table_pages_BxE(table, end_B)
+    after_BxE = jnp.cumsum(count_BxE, axis=1)  # pages of the entries up to and including e
+    j_1xP = jnp.arange(pages, dtype=after_BxE.dtype)[None]
+    entry_BxP = jnp.minimum(jnp.sum(after_BxE[:, None, :] <= j_1xP[:, :, None], axis=-1), e - 1)
+    take = functools.partial(jnp.take_along_axis, indices=entry_BxP, axis=1)
+    page_BxP = take(table.lo_BxE // page) + j_1xP - take(after_BxE - count_BxE)
+    start_BxP = jnp.clip(page_BxP * page, 0, num_slots - page)
 
-    def window(x, lane, start):
-        block = jax.lax.dynamic_slice(x, (0, layer, lane, start, 0), (heads, 1, 1, width, head_dim))
-        return block.reshape(heads, width, head_dim)
+    def block(x, lane, start):
+        return jax.lax.dynamic_slice(x, (0, layer, lane, start, 0), (heads, 1, 1, page, head_dim)).reshape(
+            heads, page, head_dim
+        )
 
-    gather = jax.vmap(jax.vmap(window, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))
+    gather = jax.vmap(jax.vmap(block, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))
+    lane_BxP = take(table.lane_BxE)
     k_BxSxKxH, v_BxSxKxH = (
-        jnp.moveaxis(gather(x, table.lane_BxE, start_BxE), 2, 3)
-        .reshape(b, e * width, heads, head_dim)
+        jnp.moveaxis(gather(x, lane_BxP, start_BxP), 2, 3)
+        .reshape(b, pages * page, heads, head_dim)
         .astype(q_BxTxNxH.dtype)
         for x in (k_cache, v_cache)
     )
-    slot_BxExW = start_BxE[:, :, None] + jnp.arange(width, dtype=start_BxE.dtype)
-    listed_BxExW = (slot_BxExW >= table.lo_BxE[:, :, None]) & (slot_BxExW < table.hi_BxE[:, :, None])
-    slot_BxS, listed_BxS = slot_BxExW.reshape(b, e * width), listed_BxExW.reshape(b, e * width)
+    slot_BxPxW = start_BxP[:, :, None] + jnp.arange(page, dtype=start_BxP.dtype)
+    listed_BxPxW = (
+        (slot_BxPxW >= take(table.lo_BxE)[:, :, None])
+        & (slot_BxPxW < take(table.hi_BxE)[:, :, None])
+        & (j_1xP < after_BxE[:, -1:])[:, :, None]
+    )
+    slot_BxS, listed_BxS = slot_BxPxW.reshape(b, pages * page), listed_BxPxW.reshape(b, pages * page)
     seen_BxTxS = slot_BxS[:, None] <= positions_BxT[:, :, None]
     mask_BxTxS = listed_BxS[:, None] & seen_BxTxS & (positions_BxT >= 0)[..., None]
     return xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)

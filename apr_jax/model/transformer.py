@@ -303,7 +303,8 @@ class Transformer(nnx.Module):
         (default: all), or, for a width-1 call with ``page_size`` > 0, over
         exactly its slots 0..position through the paged kernel, or, with a
         ``table`` (the inherit family's engine), over the lane ranges it lists
-        (slots ``< kv_len`` of each); returns (logits [B, T, vocab] f32, cache)."""
+        (``kv_len`` slots of their pages in all, which may exceed one lane);
+        returns (logits [B, T, vocab] f32, cache)."""
         _check_same_shape(tokens_BxT, positions=positions_BxT)
         if lanes_B is None:
             if cache.batch_size != tokens_BxT.shape[0]:
@@ -312,8 +313,10 @@ class Transformer(nnx.Module):
         elif lanes_B.shape != tokens_BxT.shape[:1]:
             raise ValueError(f"lanes shape {lanes_B.shape} != tokens batch {tokens_BxT.shape[:1]}")
         kv_len = cache.max_len if kv_len is None else int(kv_len)
-        if not 1 <= kv_len <= cache.max_len:
+        if not 1 <= kv_len <= cache.max_len and table is None:
             raise ValueError(f"kv_len {kv_len} is outside [1, {cache.max_len}]")
+        if table is not None and kv_len % table.page:
+            raise ValueError(f"kv_len {kv_len} is not a whole number of the table's {table.page}-slot pages")
         if cache.num_layers != self.cfg.num_layers:
             raise ValueError(f"cache has {cache.num_layers} layers, model has {self.cfg.num_layers}")
         if page_size and cache.max_len % page_size:
