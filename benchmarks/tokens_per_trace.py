@@ -44,7 +44,9 @@ import tempfile
 from apr_jax.config.trace import TraceConfig
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.decode.metrics import sequential_tokens, tree_spawns
+from apr_jax.evaluation.width_stats import spearman
 from apr_jax.tasks.countdown.problems import make_splits
+from apr_jax.tasks.countdown.solver import reachable_share
 from apr_jax.tasks.countdown.traces import apr_trace, make_trace
 
 TASKS = {  # name: make_splits ranges
@@ -147,12 +149,14 @@ def width_table(
     num_train: int, num_test: int, vocab_size: int, probes: list[int], shares: list[float], **trace
 ) -> None:
     """Fixed width vs the probe and reachable-share rules, on the same held-out problems: mean
-    written tokens per trace (all threads, root, critical path), share solved
-    and the share of traces whose root spawns 0, 1, 2, 3, 4, 5+ children."""
+    written tokens per trace (all threads, root, critical path), share solved,
+    the Spearman correlation of a trace's children with the problem's
+    difficulty (1 - reachable share) and the share of traces whose root
+    spawns 0, 1, 2, 3, 4, 5+ children."""
     counts = ("0", "1", "2", "3", "4", "5+")
     print(
         f"{'setting':16s} {'rule':9s} {'total':>6s} {'root':>5s} {'seq':>5s} {'root max':>8s} "
-        f"{'solved':>6s}  " + " ".join(f"{'c=' + c:>5s}" for c in counts)
+        f"{'solved':>6s} {'spearman':>8s}  " + " ".join(f"{'c=' + c:>5s}" for c in counts)
     )
     for name in WIDTH_SETTINGS:
         splits = make_splits(num_train, 0, num_test, seed=0, **SETTINGS[name])
@@ -162,7 +166,7 @@ def width_table(
         tok = train_tokenizer([make_trace(p, cfg) for cfg in rules.values() for p in splits["train"]], vocab_size)
         for rule, cfg in rules.items():
             totals, roots, seqs, solved, children = [], [], [], 0, [0] * len(counts)
-            longest = 0
+            longest, threads, difficulty = 0, [], []
             for problem in splits["test"]:
                 tree = make_trace(problem, cfg)
                 sequences = tree.to_sequences(tok)
@@ -173,10 +177,13 @@ def width_table(
                 seqs.append(sequential_tokens(written, tree_spawns(tree)))
                 solved += bool(tree.solution)
                 children[min(len(tree.threads[0].children), len(counts) - 1)] += 1
+                threads.append(len(tree.threads) - 1)
+                difficulty.append(1 - reachable_share(problem.numbers, problem.target))
             n = len(splits["test"])
             print(
                 f"{name:16s} {rule:9s} {sum(totals) / n:6.1f} {sum(roots) / n:5.1f} "
-                f"{sum(seqs) / n:5.1f} {longest:8d} {solved / n:6.1%}  " + " ".join(f"{c / n:5.1%}" for c in children),
+                f"{sum(seqs) / n:5.1f} {longest:8d} {solved / n:6.1%} {spearman(threads, difficulty):8.3f}  "
+                + " ".join(f"{c / n:5.1%}" for c in children),
                 flush=True,
             )
 
