@@ -389,49 +389,44 @@ def _head_row(length: int) -> pl.BlockSpec:
     return pl.BlockSpec((None, None, 1, length), lambda b, n, i: (b, n, 0, 0))
 
 
+def _query_major_specs(kernel: _Kernel, q, k, ids: _Ids) -> tuple[list[pl.BlockSpec], list[pl.BlockSpec]]:
+    """The block specs the query-major kernels (forward, dq) share: q in
+    blocks, k and v whole; the ids of ``_query_major_ids``."""
+    _, n, length, h = q.shape
+    groups, ranges, block, lanes = n // k.shape[1], ids.from_rows_BxRxL.shape[1], kernel.block, kernel.lanes
+    qkv = [_seq_block(block, h), _seq_all(length, h, groups), _seq_all(length, h, groups)]
+    id_specs = [_id_cols(block, None, lanes), _id_rows(length, 1), _id_rows(length, ranges), _id_rows(length, ranges)]
+    return qkv, id_specs
+
+
+def _query_major_ids(ids: _Ids) -> tuple[jax.Array, ...]:
+    """The id arrays the query-major kernels read, in ``_query_major_specs`` order."""
+    return ids.seg_cols_Bx1xLxW, ids.seg_rows_Bx1xL, ids.from_rows_BxRxL, ids.until_rows_BxRxL
+
+
 def _forward(kernel: _Kernel, q, k, v, ids: _Ids) -> tuple[jax.Array, jax.Array]:
     """(o ``[B, N, L, H]``, logsumexp ``[B, N, L]`` float32)."""
     b, n, length, h = q.shape
-    groups, ranges, block, lanes = n // k.shape[1], ids.from_rows_BxRxL.shape[1], kernel.block, kernel.lanes
-    in_specs = [
-        _seq_block(block, h),
-        _seq_all(length, h, groups),
-        _seq_all(length, h, groups),
-        _id_cols(block, None, lanes),
-        _id_rows(length, 1),
-        _id_rows(length, ranges),
-        _id_rows(length, ranges),
-    ]
+    block, lanes = kernel.block, kernel.lanes
+    qkv_specs, id_specs = _query_major_specs(kernel, q, k, ids)
     out_specs = [_seq_block(block, h), _head_cols(block, lanes)]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, length, lanes), jnp.float32)]
-    call = _call(
-        _forward_kernel, kernel, k, (b, n, length // block), in_specs, out_specs, out_shape, "tree_flash_forward"
-    )
-    o, lse_BxNxLxW = call(q, k, v, ids.seg_cols_Bx1xLxW, ids.seg_rows_Bx1xL, ids.from_rows_BxRxL, ids.until_rows_BxRxL)
+    grid, in_specs = (b, n, length // block), qkv_specs + id_specs
+    call = _call(_forward_kernel, kernel, k, grid, in_specs, out_specs, out_shape, "tree_flash_forward")
+    o, lse_BxNxLxW = call(q, k, v, *_query_major_ids(ids))
     return o, lse_BxNxLxW[..., 0]
 
 
 def _dq(kernel: _Kernel, q, k, v, o, do, lse_BxNxL, ids: _Ids) -> jax.Array:
     """dq ``[B, N, L, H]`` in q's dtype."""
     b, n, length, h = q.shape
-    groups, ranges, block, lanes = n // k.shape[1], ids.from_rows_BxRxL.shape[1], kernel.block, kernel.lanes
-    in_specs = [
-        _seq_block(block, h),
-        _seq_all(length, h, groups),
-        _seq_all(length, h, groups),
-        _seq_block(block, h),
-        _seq_block(block, h),
-        _head_cols(block, lanes),
-        _id_cols(block, None, lanes),
-        _id_rows(length, 1),
-        _id_rows(length, ranges),
-        _id_rows(length, ranges),
-    ]
+    block, lanes = kernel.block, kernel.lanes
+    qkv_specs, id_specs = _query_major_specs(kernel, q, k, ids)
+    in_specs = qkv_specs + [_seq_block(block, h), _seq_block(block, h), _head_cols(block, lanes)] + id_specs
     out_spec, out_shape = _seq_block(block, h), jax.ShapeDtypeStruct(q.shape, q.dtype)
     call = _call(_dq_kernel, kernel, k, (b, n, length // block), in_specs, [out_spec], [out_shape], "tree_flash_dq")
     lse_BxNxLxW = jnp.broadcast_to(lse_BxNxL[..., None], (b, n, length, lanes))
-    ids_in = (ids.seg_cols_Bx1xLxW, ids.seg_rows_Bx1xL, ids.from_rows_BxRxL, ids.until_rows_BxRxL)
-    return call(q, k, v, o, do, lse_BxNxLxW, *ids_in)[0]
+    return call(q, k, v, o, do, lse_BxNxLxW, *_query_major_ids(ids))[0]
 
 
 def _dkv(kernel: _Kernel, q, k, v, o, do, lse_BxNxL, ids: _Ids) -> tuple[jax.Array, jax.Array]:
