@@ -131,8 +131,8 @@ def length_caption(lengths: dict[str, list[int]], contexts: Sequence[int]) -> st
 def _table(points: Sequence[Any]) -> list[str]:
     lines = [
         "| model | setting | accuracy | pass@k | cons@k | total tokens | sequential tokens "
-        "| wall ms/problem | stopped at context | obeyed request |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| KV slots held | wall ms/problem | stopped at context | obeyed request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     names = {
         "context": "context {}",
@@ -147,7 +147,7 @@ def _table(points: Sequence[Any]) -> list[str]:
         lines.append(
             f"| {p.model} | {names[p.sweep].format(p.value)} | {_pct(s['accuracy'])} "
             f"| {_pct(s[f'pass@{k}'])} | {_pct(s[f'cons@{k}'])} | {s['mean_total_tokens']:.0f} "
-            f"| {s['mean_sequential_tokens']:.0f} | {1e3 * p.wall_per_problem:.1f} "
+            f"| {s['mean_sequential_tokens']:.0f} | {s['mean_kv_slots']:.0f} | {1e3 * p.wall_per_problem:.1f} "
             f"| {_pct(s['context_limited'])} | {'' if p.obeyed is None else _pct(p.obeyed)} |"
         )
     return lines

@@ -68,6 +68,13 @@ def test_compare_writes_every_figure_and_the_table(compared):
         "| APR | adaptive (no prefix, up to c4) |",
     ):
         assert line in md
+    # KV memory held per problem (each token's K/V once), a column of its own.
+    header = next(line for line in md.splitlines() if line.startswith("| model | setting |"))
+    kv_column = header.split(" | ").index("KV slots held")
+    first = json.load(open(os.path.join(workdir, "compare.json")))["points"][0]
+    row = next(line for line in md.splitlines() if line.startswith(f"| {first['model']} | context {first['value']} |"))
+    assert row.split(" | ")[kv_column] == f"{first['summary']['mean_kv_slots']:.0f}"
+    assert first["summary"]["mean_kv_slots"] > 0
     assert "## Width against difficulty" in md and "- APR adaptive: width vs difficulty: spearman" in md
     assert "- APR c2: width vs difficulty" in md and "![width_vs_difficulty.png]" in md
     assert os.path.getsize(os.path.join(workdir, "width_vs_difficulty.png")) > 5000
