@@ -13,6 +13,7 @@ thread's whole context would hold.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -32,8 +33,13 @@ COMMAND = Command(
     flags=(
         Flag("workdir", "a data.context=inherit run (its newest checkpoint)", value="DIR", required=True),
         Flag("num", "test problems to decode (default 50)", value="N"),
+        Flag("kv_buckets", "KV-length buckets of the engine (default: the run's eval.kv_buckets)", value="N"),
+        Flag("split_by_kv_length", "one model call per KV-length bucket (eval.split_by_kv_length)", value=None),
     ),
-    examples=("python benchmarks/inherit_engine.py --workdir=runs/countdown_inherit --num=50",),
+    examples=(
+        "python benchmarks/inherit_engine.py --workdir=runs/countdown_inherit --num=50",
+        "python benchmarks/inherit_engine.py --workdir=runs/countdown_inherit --kv_buckets=5 --split_by_kv_length",
+    ),
 )
 
 
@@ -50,7 +56,13 @@ def _main(argv: list[str]) -> None:
     num = int_flag(flags, "num", 50, zero_ok=False)
     problems = problems_for({"split": "test"}, config, num)
     task = get_task(config)
-    engine = Engine(loaded.model, engine_config(config), ProtocolIds.from_tokenizer(tokenizer))
+    cfg = engine_config(config)
+    cfg = dataclasses.replace(
+        cfg,
+        kv_buckets=int_flag(flags, "kv_buckets", cfg.kv_buckets, zero_ok=False),
+        split_by_kv_length=cfg.split_by_kv_length or "split_by_kv_length" in flags,
+    )
+    engine = Engine(loaded.model, cfg, ProtocolIds.from_tokenizer(tokenizer))
     prompts = [tokenizer.encode(task.prompt(p)) for p in problems]
     engine.run(prompts)  # compiles
     start = time.perf_counter()
