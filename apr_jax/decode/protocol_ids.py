@@ -49,13 +49,23 @@ class ProtocolIds:
             pad=int(getattr(tokenizer, "pad_id", 0)),
             bos=int(tokenizer.bos_id),
             eos=int(tokenizer.eos_id),
-            child=int(table[protocol.CHILD]),
-            spawn_open=int(table[protocol.SPAWN_OPEN]),
-            spawn_close=int(table[protocol.SPAWN_CLOSE]),
-            sep=int(table[protocol.SEP]),
-            join_open=int(table[protocol.JOIN_OPEN]),
-            join_close=int(table[protocol.JOIN_CLOSE]),
-            return_open=int(table[protocol.RETURN_OPEN]),
-            return_close=int(table[protocol.RETURN_CLOSE]),
-            trunc=int(table[protocol.TRUNC]),
+            **{field: int(table[string]) for string, field in RESERVED_FIELDS.items()},
         )
+
+    def reserved(self) -> dict[str, int]:
+        """Each reserved protocol string's id."""
+        return {string: getattr(self, field) for string, field in RESERVED_FIELDS.items()}
+
+
+# The ProtocolIds field of each reserved protocol string.
+RESERVED_FIELDS = {
+    protocol.CHILD: "child",
+    protocol.SPAWN_OPEN: "spawn_open",
+    protocol.SPAWN_CLOSE: "spawn_close",
+    protocol.SEP: "sep",
+    protocol.JOIN_OPEN: "join_open",
+    protocol.JOIN_CLOSE: "join_close",
+    protocol.RETURN_OPEN: "return_open",
+    protocol.RETURN_CLOSE: "return_close",
+    protocol.TRUNC: "trunc",
+}

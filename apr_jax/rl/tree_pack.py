@@ -24,7 +24,6 @@ from typing import Sequence
 
 import numpy as np
 
-from apr_jax import protocol
 from apr_jax.data.packing import pack_layout
 from apr_jax.data.pipeline import TREE_FEATURES, cut, empty_rows, place
 from apr_jax.data.tree_sequence import TreeSequence, tree_sequence
@@ -41,19 +40,8 @@ class TokenIdText:
 
     def __init__(self, ids: ProtocolIds):
         self.bos_id, self.eos_id = ids.bos, ids.eos
-        reserved = {
-            protocol.CHILD: ids.child,
-            protocol.SPAWN_OPEN: ids.spawn_open,
-            protocol.SPAWN_CLOSE: ids.spawn_close,
-            protocol.SEP: ids.sep,
-            protocol.JOIN_OPEN: ids.join_open,
-            protocol.JOIN_CLOSE: ids.join_close,
-            protocol.RETURN_OPEN: ids.return_open,
-            protocol.RETURN_CLOSE: ids.return_close,
-            protocol.TRUNC: ids.trunc,
-        }
-        self.word_of = {i: word for word, i in reserved.items()}
-        self.id_of = reserved
+        self.id_of = ids.reserved()
+        self.word_of = {i: word for word, i in self.id_of.items()}
 
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(self.word_of.get(int(i), str(int(i))) for i in ids)
