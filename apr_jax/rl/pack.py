@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from apr_jax.data.packing import gather_index, pack_layout
+from apr_jax.data.pipeline import TREE_FEATURES
 from apr_jax.decode import engine_loop
 
 
@@ -45,6 +46,25 @@ class PackedUpdateBatch:
     # Tree sequences (the inherit family, ``apr_jax.rl.tree_pack``): each key's hidden ranges.
     hidden_from_RxLxM: np.ndarray | None = None
     hidden_until_RxLxM: np.ndarray | None = None
+
+    @classmethod
+    def from_rows(cls, rows: dict[str, np.ndarray]) -> "PackedUpdateBatch":
+        """From packed rows keyed by field name without the shape suffix
+        (``tokens``, ``positions``, ``segment_ids``, ``mask``, ``old_logp``,
+        ``adv``, ``rollout``; ``hidden_from``/``hidden_until`` for trees);
+        a row is valid when it holds any token."""
+        tree = {f"{name}_RxLxM": rows[name] for name in TREE_FEATURES if name in rows}
+        return cls(
+            tokens_RxL=rows["tokens"],
+            positions_RxL=rows["positions"],
+            segment_ids_RxL=rows["segment_ids"],
+            mask_RxL=rows["mask"],
+            old_logp_RxL=rows["old_logp"],
+            adv_RxL=rows["adv"],
+            rollout_RxL=rows["rollout"],
+            valid_R=(rows["segment_ids"] > 0).any(axis=1),
+            **tree,
+        )
 
 
 def pack_update_batch(
@@ -96,13 +116,4 @@ def pack_update_batch(
             out[name][rows] = np.where(real, value_RxL[row_BxL, column_BxL], 0)
         out["rollout"][rows] = np.where(real, rollout_R[row_BxL], 0)
         out["adv"][rows] = np.where(real, adv_N[rollout_R[row_BxL]], 0.0)
-    return PackedUpdateBatch(
-        tokens_RxL=out["tokens"],
-        positions_RxL=out["positions"],
-        segment_ids_RxL=out["segment_ids"],
-        mask_RxL=out["mask"],
-        old_logp_RxL=out["old_logp"],
-        adv_RxL=out["adv"],
-        rollout_RxL=out["rollout"],
-        valid_R=(out["segment_ids"] > 0).any(axis=1),
-    )
+    return PackedUpdateBatch.from_rows(out)

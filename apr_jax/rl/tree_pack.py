@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from apr_jax.data.packing import pack_layout
-from apr_jax.data.pipeline import TREE_FEATURES, cut, empty_rows, place
+from apr_jax.data.pipeline import cut, empty_rows, place
 from apr_jax.data.tree_sequence import TreeSequence, tree_sequence
 from apr_jax.decode.engine import EngineOutput, sample_results, to_thread_trees
 from apr_jax.decode.protocol_ids import ProtocolIds
@@ -110,7 +110,6 @@ def pack_tree_update(
             truncated += len(seq) > row_len
             piece = {
                 "tokens": seq.tokens_T,
-                "loss_mask": seq.loss_mask_T,
                 "positions": seq.positions_T,
                 "hidden_from": seq.hidden_from_TxR,
                 "hidden_until": seq.hidden_until_TxR,
@@ -123,15 +122,4 @@ def pack_tree_update(
         layout = pack_layout([len(p["tokens"]) for p in pieces], row_len, first_fit_decreasing=True)
         for s, piece in enumerate(pieces):
             place(rows, m * per_mb + int(layout.row_S[s]), int(layout.offset_S[s]), int(layout.segment_S[s]), piece)
-    batch = PackedUpdateBatch(
-        tokens_RxL=rows["tokens"],
-        positions_RxL=rows["positions"],
-        segment_ids_RxL=rows["segment_ids"],
-        mask_RxL=rows["mask"],
-        old_logp_RxL=rows["old_logp"],
-        adv_RxL=rows["adv"],
-        rollout_RxL=rows["rollout"],
-        valid_R=(rows["segment_ids"] > 0).any(axis=1),
-        **{f"{name}_RxLxM": rows[name] for name in TREE_FEATURES},
-    )
-    return batch, truncated
+    return PackedUpdateBatch.from_rows(rows), truncated
