@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from helpers.inherit import CharEncoder, memorized_model, nested_tree, sequence_batch, sequence_mask
+from helpers.inherit import NESTED_LIMITS, CharEncoder, memorized_model, nested_tree, sequence_batch, sequence_mask
 from helpers.tiny import tiny_model_config
 
 from apr_jax.data.tree_sequence import thread_rows, tree_sequence
@@ -29,22 +29,12 @@ def _teacher_forced_logp(model, seq):
     return np.concatenate([[0.0], np.asarray(logp[0, :-1])])  # logp of token i sits at i
 
 
-@pytest.fixture(scope="module")
-def memorized():
-    """join -> a tiny decoder that reproduces ``nested_tree`` in that join mode (trained once)."""
-    return memorized_model
-
-
 @pytest.mark.parametrize("join", ["stitch", "linear"])
-def test_engine_decodes_the_tree_its_training_sequence_teaches(join, memorized):
+def test_engine_decodes_the_tree_its_training_sequence_teaches(join):
     script = nested_tree().with_context("inherit", join)
-    model = memorized(join)
+    model = memorized_model(join)
     cfg = EngineConfig(
-        max_children=2,
-        max_rounds=2,
-        max_depth=2,
-        tokens_per_thread=40,
-        max_context=128,
+        **NESTED_LIMITS,
         batch_problems=1,
         row_buckets=1,
         kv_buckets=2,
@@ -79,18 +69,14 @@ def test_engine_decodes_the_tree_its_training_sequence_teaches(join, memorized):
         np.testing.assert_allclose(logp_SxL[thread, position], want_T[i], rtol=1e-3, atol=1e-5)
 
 
-def test_chunks_buckets_and_lanes_do_not_change_an_inherit_result(memorized):
+def test_chunks_buckets_and_lanes_do_not_change_an_inherit_result():
     """Stitch mode under other feed widths, row and KV buckets and a smaller
     pool: the same tokens and log-probabilities, sample by sample."""
     script = nested_tree().with_context("inherit", "stitch")
-    model = memorized("stitch")
+    model = memorized_model("stitch")
     prompt = ENC.encode(script.threads[0].segments[0].text)
     base = dict(
-        max_children=2,
-        max_rounds=2,
-        max_depth=2,
-        tokens_per_thread=40,
-        max_context=128,
+        **NESTED_LIMITS,
         max_threads=6,
         context="inherit",
     )

@@ -99,6 +99,11 @@ def sequence_mask(seq: TreeSequence) -> TreeMask:
     )
 
 
+# Engine limits that hold ``nested_tree`` (two spawn rounds, a grandchild) within
+# ``memorized_model``'s 128 positions.
+NESTED_LIMITS = dict(max_children=2, max_rounds=2, max_depth=2, tokens_per_thread=40, max_context=128)
+
+
 @functools.lru_cache(maxsize=None)
 def memorized_model(join: str, steps: int = 300) -> Transformer:
     """A tiny decoder trained on ``nested_tree``'s tree sequence in ``join``

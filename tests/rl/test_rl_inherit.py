@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from helpers.inherit import CharEncoder, memorized_model, nested_tree
+from helpers.inherit import NESTED_LIMITS, CharEncoder, memorized_model, nested_tree
 
 from apr_jax.decode import EngineConfig, ProtocolIds, SamplingConfig
 from apr_jax.decode.engine_loop import ROLE_MODEL
@@ -30,11 +30,7 @@ def _rollouts(join):
     """Two prompts, three samples each, hot, from the memorized decoder."""
     model = memorized_model(join)
     cfg = EngineConfig(
-        max_children=2,
-        max_rounds=2,
-        max_depth=2,
-        tokens_per_thread=40,
-        max_context=128,
+        **NESTED_LIMITS,
         row_buckets=1,
         kv_buckets=2,
         context="inherit",
