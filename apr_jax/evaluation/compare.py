@@ -1,8 +1,9 @@
-"""APR against SoS+ trained alike: training (or reusing) both runs, and the
-measurements ``python -m apr_jax.compare`` reports: accuracy against the
-context window, against total and sequential tokens per child count
-(APR) or budget (SoS+), majority vote, and how often a conditioned model
-obeys its prefix (``apr_jax.evaluation.compare_report`` writes the report)."""
+"""APR in either context family against SoS+, trained alike: training (or
+reusing) the runs, and the measurements ``python -m apr_jax.compare``
+reports: accuracy against the context window, against total and sequential
+tokens per child count (APR) or budget (SoS+), majority vote, and how often
+a conditioned model obeys its prefix (``apr_jax.evaluation.compare_report``
+writes the report)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from apr_jax.training.run import run_training
 class Point:
     """One evaluated setting of one model."""
 
-    model: str  # "APR" | "SoS+"
+    model: str  # an Arm label: "APR" | "APR inherit" | "SoS+"
     sweep: str  # context | children | adaptive | budget | vote
     value: int  # the sweep's setting (context, children, children cap, budget or samples)
     summary: dict[str, Any]  # evaluate_problems' summary
@@ -67,25 +68,66 @@ def training_tokens(config: RunConfig) -> int:
     return int(config.train.steps * config.train.batch_size * config.data.seq_len)
 
 
-def load_pair(apr_path: str, sosp_path: str, overrides: Sequence[str]) -> tuple[RunConfig, RunConfig]:
-    """Both configs with the shared overrides; they must train the same task
-    on the same token budget, APR and SoS+ respectively."""
-    apr = load_run_config(apr_path, overrides)
-    sosp = load_run_config(sosp_path, overrides)
-    for config, path, kind in ((apr, apr_path, "apr"), (sosp, sosp_path, "sosp")):
-        if config.mode != "sft" or config.trace.kind != kind:
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One side of the comparison: its run folder under the workdir, its
+    label in the report, and the SFT config it must be."""
+
+    key: str  # run folder and --arms name
+    label: str  # Point.model
+    kind: str  # trace.kind
+    context: str  # data.context
+
+
+ARMS = (
+    Arm("apr", "APR", "apr", "message"),
+    Arm("inherit", "APR inherit", "apr", "inherit"),
+    Arm("sosp", "SoS+", "sosp", "message"),
+)
+PARALLEL_LABELS = tuple(a.label for a in ARMS if a.kind == "apr")
+
+
+def arms_named(raw: str) -> list[Arm]:
+    """The arms of ``--arms`` (comma-separated keys), in ``ARMS`` order:
+    SoS+ and at least one APR arm."""
+    keys = [k.strip() for k in raw.split(",") if k.strip()]
+    known = {a.key: a for a in ARMS}
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ConfigError(f"--arms={raw!r}: {unknown[0]!r} is not one of {', '.join(known)}")
+    if "sosp" not in keys or not {"apr", "inherit"} & set(keys):
+        raise ConfigError(f"--arms={raw!r}: the comparison needs sosp and at least one of apr, inherit")
+    return [a for a in ARMS if a.key in keys]
+
+
+def load_arms(paths: dict[str, str], overrides: Sequence[str]) -> dict[str, RunConfig]:
+    """Each arm's config (``paths`` maps an arm key to its file) with the
+    shared overrides; every arm must be the SFT config its ``Arm`` names, and
+    all must train the same task on the same token budget."""
+    configs = {}
+    for arm in ARMS:
+        if arm.key not in paths:
+            continue
+        path = paths[arm.key]
+        config = load_run_config(path, overrides)
+        if config.mode != "sft" or config.trace.kind != arm.kind or config.data.context != arm.context:
             raise ConfigError(
-                f"{path}: expected an SFT config with trace.kind={kind}, "
-                f"got mode={config.mode} trace.kind={config.trace.kind}"
+                f"{path}: expected an SFT config with trace.kind={arm.kind} data.context={arm.context}, got "
+                f"mode={config.mode} trace.kind={config.trace.kind} data.context={config.data.context}"
             )
-    if apr.task.as_dict() != sosp.task.as_dict():
-        raise ConfigError(f"{apr_path} and {sosp_path} train different tasks; the comparison needs the same problems")
-    if training_tokens(apr) != training_tokens(sosp):
-        raise ConfigError(
-            f"unequal training budgets: APR {training_tokens(apr):,} tokens, SoS+ "
-            f"{training_tokens(sosp):,} (config.train.steps x batch_size x data.seq_len)"
-        )
-    return apr, sosp
+        configs[arm.key] = config
+    (first_key, first), *rest = configs.items()
+    for key, config in rest:
+        if config.task.as_dict() != first.task.as_dict():
+            raise ConfigError(
+                f"{paths[first_key]} and {paths[key]} train different tasks; the comparison needs the same problems"
+            )
+        if training_tokens(config) != training_tokens(first):
+            raise ConfigError(
+                f"unequal training budgets: {first_key} {training_tokens(first):,} tokens, {key} "
+                f"{training_tokens(config):,} (config.train.steps x batch_size x data.seq_len)"
+            )
+    return configs
 
 
 def finished(run_dir: str, config: RunConfig) -> bool:
@@ -237,6 +279,15 @@ def budget_sweep(m: Measurer, budgets: Sequence[int]) -> list[Point]:
 
 
 def trace_lengths(config: RunConfig, tokenizer: Any, problems: Sequence[Any]) -> list[int]:
-    """The longest thread sequence (tokens) of each problem's training trace."""
+    """The longest thread context (tokens) of each problem's training trace:
+    its longest sequence in the message family, its deepest position in the
+    inherit family (a child's context holds its parent's prefix)."""
+    from apr_jax.data.tree_sequence import tree_sequence
+
     trees, _ = get_task(config).generate_trees(list(problems), num_workers=1)
+    if config.data.context == "inherit":
+        join = config.data.join
+        return [
+            int(tree_sequence(t.with_context("inherit", join), tokenizer, join).positions_T.max()) + 1 for t in trees
+        ]
     return [max(len(s.tokens) for s in tree.to_sequences(tokenizer)) for tree in trees]

@@ -9,12 +9,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from apr_jax.config.sections import RunConfig
+from apr_jax.evaluation.compare import PARALLEL_LABELS
 from apr_jax.evaluation.plots import pyplot, save_figure
 from apr_jax.evaluation.report import WIDTH_PLOT, paired_comparisons, plot_width
 from apr_jax.evaluation.width_stats import width_line
 from apr_jax.runtime.jsonl import write_jsonl
 
-COLORS = {"APR": "tab:blue", "SoS+": "tab:orange"}
+COLORS = {"APR": "tab:blue", "APR inherit": "tab:green", "SoS+": "tab:orange"}
 FIGURES = ("context.png", "total_tokens.png", "sequential_tokens.png", "wall_clock.png")
 
 
@@ -54,9 +55,9 @@ def plot_context(points: Sequence[Any], path: str, caption: str) -> None:
 
 
 def plot_compute(points: Sequence[Any], path: str, x_key: str, xlabel: str) -> None:
-    """APR per child count, APR choosing its width (no prefix, a star), SoS+
-    per budget and SoS+ with k samples, against ``x_key``: total, sequential
-    tokens or wall-clock per problem."""
+    """Each APR arm per child count and choosing its width (no prefix, a
+    star), SoS+ per budget and SoS+ with k samples, against ``x_key``:
+    total, sequential tokens or wall-clock per problem."""
     fig, ax = _axes(f"accuracy against {xlabel}", xlabel)
 
     def x(p: Any, samples: int = 1) -> float:
@@ -66,26 +67,28 @@ def plot_compute(points: Sequence[Any], path: str, x_key: str, xlabel: str) -> N
             return samples * p.summary["mean_total_tokens"]
         return p.summary["mean_sequential_tokens"]
 
-    apr = _of(points, "APR", "children")
-    _line(
-        ax,
-        [x(p) for p in apr],
-        [p.summary["accuracy"] for p in apr],
-        "APR (children)",
-        COLORS["APR"],
-        values=[f"c{p.value}" for p in apr],
-    )
-    adaptive = _of(points, "APR", "adaptive")
-    if adaptive:
-        _line(
-            ax,
-            [x(p) for p in adaptive],
-            [p.summary["accuracy"] for p in adaptive],
-            "APR adaptive (no prefix)",
-            COLORS["APR"],
-            "*",
-            values=["adaptive" for _ in adaptive],
-        )
+    for label in PARALLEL_LABELS:
+        fixed = _of(points, label, "children")
+        if fixed:
+            _line(
+                ax,
+                [x(p) for p in fixed],
+                [p.summary["accuracy"] for p in fixed],
+                f"{label} (children)",
+                COLORS[label],
+                values=[f"c{p.value}" for p in fixed],
+            )
+        adaptive = _of(points, label, "adaptive")
+        if adaptive:
+            _line(
+                ax,
+                [x(p) for p in adaptive],
+                [p.summary["accuracy"] for p in adaptive],
+                f"{label} adaptive (no prefix)",
+                COLORS[label],
+                "*",
+                values=["adaptive" for _ in adaptive],
+            )
     sosp = _of(points, "SoS+", "budget")
     _line(
         ax,
@@ -119,20 +122,25 @@ def _pct(v: float) -> str:
 
 
 def length_caption(lengths: dict[str, list[int]], contexts: Sequence[int]) -> str:
-    sosp, apr = lengths["SoS+"], lengths["APR"]
+    """The share of SoS+ training traces longer than each context, and each
+    APR arm's longest thread context (``trace_lengths``)."""
+    sosp = lengths["SoS+"]
     over = ", ".join(f"> {w}: {np.mean([n > w for n in sosp]):.0%}" for w in contexts)
-    return (
-        f"SoS+ training traces of these problems longer than the context: {over} "
-        f"(mean {np.mean(sosp):.0f} tokens); longest APR thread {max(apr)} tokens "
-        f"(mean {np.mean(apr):.0f})."
+    caption = (
+        f"SoS+ training traces of these problems longer than the context: {over} (mean {np.mean(sosp):.0f} tokens)"
     )
+    for label in PARALLEL_LABELS:
+        if label in lengths:
+            n = lengths[label]
+            caption += f"; longest {label} thread context {max(n)} tokens (mean {np.mean(n):.0f})"
+    return caption + "."
 
 
 def _table(points: Sequence[Any]) -> list[str]:
     lines = [
         "| model | setting | accuracy | pass@k | cons@k | total tokens | sequential tokens "
-        "| KV slots held | wall ms/problem | stopped at context | obeyed request |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| KV slots held | KV slots, prefixes copied | wall ms/problem | stopped at context | obeyed request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     names = {
         "context": "context {}",
@@ -147,7 +155,8 @@ def _table(points: Sequence[Any]) -> list[str]:
         lines.append(
             f"| {p.model} | {names[p.sweep].format(p.value)} | {_pct(s['accuracy'])} "
             f"| {_pct(s[f'pass@{k}'])} | {_pct(s[f'cons@{k}'])} | {s['mean_total_tokens']:.0f} "
-            f"| {s['mean_sequential_tokens']:.0f} | {s['mean_kv_slots']:.0f} | {1e3 * p.wall_per_problem:.1f} "
+            f"| {s['mean_sequential_tokens']:.0f} | {s['mean_kv_slots']:.0f} | {s['mean_kv_slots_unshared']:.0f} "
+            f"| {1e3 * p.wall_per_problem:.1f} "
             f"| {_pct(s['context_limited'])} | {'' if p.obeyed is None else _pct(p.obeyed)} |"
         )
     return lines
@@ -175,9 +184,9 @@ def setting_name(p: Any) -> str:
 
 def width_section(points: Sequence[Any]) -> list[str]:
     """``compare.md``'s lines on APR's width against difficulty: one
-    ``width_stats.width_line`` per APR setting, and how the adaptive setting
-    compares with the fixed widths; empty when difficulty is unknown."""
-    apr = [p for p in points if p.model == "APR" and "width_spearman" in p.summary]
+    ``width_stats.width_line`` per APR setting, and how each arm's adaptive
+    setting compares with its fixed widths; empty when difficulty is unknown."""
+    apr = [p for p in points if p.model in PARALLEL_LABELS and "width_spearman" in p.summary]
     if not apr:
         return []
     lines = [
@@ -189,23 +198,24 @@ def width_section(points: Sequence[Any]) -> list[str]:
         "rank falls, so equal difficulties share one).",
         "",
     ]
-    lines += [f"- APR {setting_name(p)}: {width_line(p.summary)}" for p in apr]
-    for p in _of(points, "APR", "adaptive"):
-        s = p.summary
-        fixed = _of(points, "APR", "children")
-        line = (
-            f"- adaptive APR: {_pct(s['accuracy'])} at {s['mean_total_tokens']:.0f} total and "
-            f"{s['mean_sequential_tokens']:.0f} sequential tokens, "
-            f"{s['mean_children']:.2f} children per problem"
-        )
-        if fixed:
-            best = max(fixed, key=lambda f: f.summary["accuracy"])
-            line += (
-                f"; best fixed width c{best.value}: {_pct(best.summary['accuracy'])} at "
-                f"{best.summary['mean_total_tokens']:.0f} total and "
-                f"{best.summary['mean_sequential_tokens']:.0f} sequential tokens"
+    lines += [f"- {p.model} {setting_name(p)}: {width_line(p.summary)}" for p in apr]
+    for label in PARALLEL_LABELS:
+        for p in _of(points, label, "adaptive"):
+            s = p.summary
+            fixed = _of(points, label, "children")
+            line = (
+                f"- adaptive {label}: {_pct(s['accuracy'])} at {s['mean_total_tokens']:.0f} total and "
+                f"{s['mean_sequential_tokens']:.0f} sequential tokens, "
+                f"{s['mean_children']:.2f} children per problem"
             )
-        lines.append(line)
+            if fixed:
+                best = max(fixed, key=lambda f: f.summary["accuracy"])
+                line += (
+                    f"; best fixed width c{best.value}: {_pct(best.summary['accuracy'])} at "
+                    f"{best.summary['mean_total_tokens']:.0f} total and "
+                    f"{best.summary['mean_sequential_tokens']:.0f} sequential tokens"
+                )
+            lines.append(line)
     return lines + [""]
 
 
@@ -217,48 +227,66 @@ def _inputs(num_inputs: Any) -> str:
 def goal_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
     """The comparison's claims, as measured."""
     lines = []
+    for label in PARALLEL_LABELS:
+        for w in contexts:
+            a = _of([p for p in points if p.value == w], label, "context")
+            b = _of([p for p in points if p.value == w], "SoS+", "context")
+            if a and b:
+                root, rest, path = token_split(a[0].rows)
+                a, b = a[0].summary, b[0].summary
+                lines.append(
+                    f"- context {w}: {label} {_pct(a['accuracy'])} vs SoS+ {_pct(b['accuracy'])} "
+                    f"({100 * (a['accuracy'] - b['accuracy']):+.1f} points); {label} sequential "
+                    f"tokens {a['mean_sequential_tokens'] / max(a['mean_total_tokens'], 1e-9):.2f}"
+                    f" x its total (the root writes {root:.0f} tokens, the other threads {rest:.0f}, "
+                    f"{path:.0f} of them on the critical path)"
+                )
     for w in contexts:
-        a = _of([p for p in points if p.value == w], "APR", "context")
-        b = _of([p for p in points if p.value == w], "SoS+", "context")
-        if a and b:
-            root, rest, path = token_split(a[0].rows)
-            a, b = a[0].summary, b[0].summary
+        message = _of([p for p in points if p.value == w], "APR", "context")
+        inherit = _of([p for p in points if p.value == w], "APR inherit", "context")
+        if message and inherit:
+            m, i = message[0].summary, inherit[0].summary
             lines.append(
-                f"- context {w}: APR {_pct(a['accuracy'])} vs SoS+ {_pct(b['accuracy'])} "
-                f"({100 * (a['accuracy'] - b['accuracy']):+.1f} points); APR sequential "
-                f"tokens {a['mean_sequential_tokens'] / max(a['mean_total_tokens'], 1e-9):.2f}"
-                f" x its total (the root writes {root:.0f} tokens, the other threads {rest:.0f}, "
-                f"{path:.0f} of them on the critical path)"
+                f"- context {w}: APR inherit {_pct(i['accuracy'])} vs APR {_pct(m['accuracy'])} "
+                f"({100 * (i['accuracy'] - m['accuracy']):+.1f} points); KV slots held per problem "
+                f"{i['mean_kv_slots']:.0f} vs {m['mean_kv_slots']:.0f}; APR inherit holds "
+                f"{i['mean_kv_slots'] / max(i['mean_kv_slots_unshared'], 1e-9):.2f} x the "
+                f"{i['mean_kv_slots_unshared']:.0f} slots of an engine that copies each thread's context"
             )
-    apr = _of(points, "APR", "children")
-    for vote in _of(points, "SoS+", "vote"):
-        for c in vote.votes:
-            budget = c["k"] * vote.summary["mean_total_tokens"]
-            within = [p for p in apr if p.summary["mean_total_tokens"] <= budget]
-            if within:
-                best = max(within, key=lambda p: p.summary["accuracy"])
-                lines.append(
-                    f"- at <= {budget:.0f} total tokens: APR c{best.value} "
-                    f"{_pct(best.summary['accuracy'])} vs SoS+ cons@{c['k']} {_pct(c['cons'])}"
-                )
-            else:
-                lines.append(
-                    f"- at <= {budget:.0f} total tokens: no APR setting that cheap; "
-                    f"SoS+ cons@{c['k']} {_pct(c['cons'])}"
-                )
+    for label in PARALLEL_LABELS:
+        apr = _of(points, label, "children")
+        for vote in _of(points, "SoS+", "vote"):
+            for c in vote.votes:
+                budget = c["k"] * vote.summary["mean_total_tokens"]
+                within = [p for p in apr if p.summary["mean_total_tokens"] <= budget]
+                if within:
+                    best = max(within, key=lambda p: p.summary["accuracy"])
+                    lines.append(
+                        f"- at <= {budget:.0f} total tokens: {label} c{best.value} "
+                        f"{_pct(best.summary['accuracy'])} vs SoS+ cons@{c['k']} {_pct(c['cons'])}"
+                    )
+                elif apr:
+                    lines.append(
+                        f"- at <= {budget:.0f} total tokens: no {label} setting that cheap; "
+                        f"SoS+ cons@{c['k']} {_pct(c['cons'])}"
+                    )
     return lines
 
 
 def sign_test_lines(points: Sequence[Any], contexts: Sequence[int]) -> list[str]:
     """``- context W: APR vs SoS+: ...`` (``paired_comparisons``) for each
-    context where both models were evaluated."""
+    context and APR arm evaluated there with SoS+, then the inherit arm
+    against the message arm."""
     lines = []
     for w in contexts:
         rates = {p.model: p.solve_rates for p in points if p.sweep == "context" and p.value == w}
-        if len(rates) == 2:
-            lines += [
-                f"- context {w}: " + line for line in paired_comparisons({"SoS+": rates["SoS+"], "APR": rates["APR"]})
-            ]
+        pairs = [("SoS+", label) for label in PARALLEL_LABELS] + [("APR", "APR inherit")]
+        for first, second in pairs:
+            if first in rates and second in rates:
+                lines += [
+                    f"- context {w}: " + line
+                    for line in paired_comparisons({first: rates[first], second: rates[second]})
+                ]
     return lines
 
 
@@ -283,26 +311,32 @@ def write_report(
     plot_compute(points, paths[3], "wall", "wall-clock seconds per problem")
     figures = list(FIGURES)
     width_panels = [
-        (f"APR {setting_name(p)}", p.rows) for p in points if p.model == "APR" and p.sweep in ("adaptive", "children")
+        (f"{p.model} {setting_name(p)}", p.rows)
+        for p in points
+        if p.model in PARALLEL_LABELS and p.sweep in ("adaptive", "children")
     ]
     if plot_width(width_panels, os.path.join(workdir, WIDTH_PLOT)):
         paths.append(os.path.join(workdir, WIDTH_PLOT))
         figures.append(WIDTH_PLOT)
 
-    apr, task = configs["APR"], configs["APR"].task
-    tokens = apr.train.steps * apr.train.batch_size * apr.data.seq_len
+    first = next(iter(configs.values()))
+    task = first.task
+    tokens = first.train.steps * first.train.batch_size * first.data.seq_len
     problems = points[0].summary["problems"]
     steps = ", ".join(f"{model} {step}" for model, step in trained_steps.items())
     unequal = len(set(trained_steps.values())) > 1
+    rows = "; ".join(
+        f"{label} {c.train.steps} steps x {c.train.batch_size} rows x {c.data.seq_len}" for label, c in configs.items()
+    )
     md = [
-        "# APR against SoS+ at equal context, compute and latency",
+        f"# {', '.join(configs)} at equal context, compute and latency",
         "",
         f"Countdown-{_inputs(task.num_inputs)}, numbers {task.min_number}-{task.max_number}, targets "
-        f"{task.min_target}-{task.max_target}; {problems} held-out test problems. Both runs train "
-        f"{tokens:,} token slots ({apr.train.steps} steps x {apr.train.batch_size} rows x "
-        f"{apr.data.seq_len}); steps trained: {steps}"
-        f"{' (UNEQUAL: a time limit stopped a run early)' if unequal else ''}. The per-thread "
-        f"training context is {apr.data.seq_len} tokens. "
+        f"{task.min_target}-{task.max_target}; {problems} held-out test problems. Every run trains "
+        f"{tokens:,} token slots ({rows}); steps trained: {steps}"
+        f"{' (UNEQUAL: a time limit stopped a run early)' if unequal else ''}. A message-family "
+        "row holds threads; an inherit-family row holds whole thread trees, each thread's context "
+        "its parent's prefix plus its own path. "
         f"Greedy decoding except the SoS+ sampling row (temperature {temperature}).",
         "",
         f"{caption}",

@@ -1,5 +1,6 @@
-"""`python -m apr_jax.compare` on two tiny runs: every figure and the table,
-reuse of finished runs, the context-limited evaluation, and its errors."""
+"""`python -m apr_jax.compare` on three tiny runs (APR in the message and the
+inherit family, SoS+): every figure and the table, reuse of finished runs,
+the context-limited evaluation, and its errors."""
 
 import json
 import os
@@ -16,6 +17,7 @@ from apr_jax.training.loop import TrainingError
 
 APR_CONFIG = os.path.join(compare.CONFIGS_DIR, "compare_apr.py")
 SOSP_CONFIG = os.path.join(compare.CONFIGS_DIR, "compare_sosp.py")
+INHERIT_CONFIG = os.path.join(compare.CONFIGS_DIR, "compare_inherit.py")
 TINY = TINY_RUN + [
     "config.task.num_train=120",
     "config.train.steps=2",
@@ -61,29 +63,38 @@ def test_compare_writes_every_figure_and_the_table(compared):
     md = open(os.path.join(workdir, "compare.md")).read()
     for line in (
         "| APR | context 48 |",
+        "| APR inherit | context 128 |",
         "| SoS+ | context 128 |",
         "| APR | children c2 |",
+        "| APR inherit | children c2 |",
         "| SoS+ | budget b64 |",
         "| SoS+ | 2 samples |",
         "| APR | adaptive (no prefix, up to c4) |",
+        "| APR inherit | adaptive (no prefix, up to c4) |",
     ):
         assert line in md
     # KV memory held per problem (each token's K/V once), a column of its own.
     header = next(line for line in md.splitlines() if line.startswith("| model | setting |"))
-    kv_column = header.split(" | ").index("KV slots held")
-    first = json.load(open(os.path.join(workdir, "compare.json")))["points"][0]
-    row = next(line for line in md.splitlines() if line.startswith(f"| {first['model']} | context {first['value']} |"))
-    assert row.split(" | ")[kv_column] == f"{first['summary']['mean_kv_slots']:.0f}"
-    assert first["summary"]["mean_kv_slots"] > 0
+    columns = header.split(" | ")
+    for first in json.load(open(os.path.join(workdir, "compare.json")))["points"][:1]:
+        row = next(l for l in md.splitlines() if l.startswith(f"| {first['model']} | context {first['value']} |"))
+        cells = row.split(" | ")
+        assert cells[columns.index("KV slots held")] == f"{first['summary']['mean_kv_slots']:.0f}"
+        copied = cells[columns.index("KV slots, prefixes copied")]
+        assert copied == f"{first['summary']['mean_kv_slots_unshared']:.0f}"
+        assert first["summary"]["mean_kv_slots"] > 0
     assert "## Width against difficulty" in md and "- APR adaptive: width vs difficulty: spearman" in md
     assert "- APR c2: width vs difficulty" in md and "![width_vs_difficulty.png]" in md
     assert os.path.getsize(os.path.join(workdir, "width_vs_difficulty.png")) > 5000
-    assert md.count("APR vs SoS+:") == 2 and "sign test p =" in md  # one per context
-    assert "longer than the context: > 48:" in md and "longest APR thread" in md
+    for pair in ("APR vs SoS+:", "APR inherit vs SoS+:", "APR inherit vs APR:"):
+        assert md.count(pair) == 2  # one per context
+    assert "- context 128: APR inherit " in md and "slots of an engine that copies each thread's context" in md
+    assert "longer than the context: > 48:" in md and "longest APR inherit thread context" in md
     points = json.load(open(os.path.join(workdir, "compare.json")))["points"]
-    assert len(points) == 2 * 2 + 2 + 1 + 1 + 1  # contexts, children, adaptive, budget, vote
+    assert len(points) == 3 * 2 + 2 * 2 + 2 + 1 + 1  # contexts, children, adaptive, budget, vote
+    assert [p["model"] for p in points if p["sweep"] == "adaptive"] == ["APR", "APR inherit"]
     adaptive = next(p for p in points if p["sweep"] == "adaptive")
-    assert adaptive["model"] == "APR" and adaptive["obeyed"] is None
+    assert adaptive["obeyed"] is None
     assert {"width_spearman", "width_spawn_rate_q1", "mean_children"} <= set(adaptive["summary"])
     conditioned = [p for p in points if p["sweep"] in ("children", "budget")]
     assert all(0.0 <= p["obeyed"] <= 1.0 for p in conditioned)
@@ -109,7 +120,7 @@ def test_finished_runs_are_reused_and_other_configs_refused(compared, capsys):
 def test_context_limited_threads_stop_at_exactly_the_limit(compared):
     rows = [json.loads(l) for l in open(os.path.join(compared["workdir"], "results.jsonl"))]
     limited = [r for r in rows if r["sweep"] == "context" and r["value"] == 48]
-    assert len(limited) == 2 * 3
+    assert len(limited) == 3 * 3
     for row in limited:
         for sample in [row, *row["samples"]]:
             threads = sample["tree"]["threads"]
@@ -134,8 +145,9 @@ def test_context_sweep_asks_each_model_for_what_fits_the_window(compared):
     }
     assert prompts[("SoS+", 48)].startswith("b64 ") and prompts[("SoS+", 128)].startswith("b128 ")
     assert prompts[("APR", 48)].startswith("c4 ") and prompts[("APR", 128)].startswith("c4 ")
+    assert prompts[("APR inherit", 48)].startswith("c4 ")
     adaptive = [r for r in rows if r["sweep"] == "adaptive"]
-    assert len(adaptive) == 3  # asked with no prefix: the model picks its width
+    assert len(adaptive) == 2 * 3  # asked with no prefix: the model picks its width
     assert all(r["tree"]["threads"][0]["segments"][0]["text"][0].isdigit() for r in adaptive)
     assert all(r["difficulty"] is not None and r["num_inputs"] == 4 for r in adaptive)
 
@@ -149,6 +161,17 @@ def test_evaluate_asks_a_conditioned_sosp_run_for_a_budget_it_knows():
     assert sweep_settings(None, [], load_run_config(APR_CONFIG, [])) == [("default", {"prefix": "c4 "})]
 
 
+@pytest.mark.slow
+def test_the_inherit_arm_trains_and_decodes_in_its_family(compared):
+    saved = json.load(open(os.path.join(compared["workdir"], "inherit", "config.json")))
+    assert saved["data"]["context"] == "inherit" and saved["data"]["join"] == "stitch"
+    assert json.load(open(os.path.join(compared["workdir"], "apr", "config.json")))["data"]["context"] == "message"
+
+
+def _arms(*keys):
+    return {k: {"apr": APR_CONFIG, "inherit": INHERIT_CONFIG, "sosp": SOSP_CONFIG}[k] for k in keys}
+
+
 def test_unequal_budgets_and_bad_flags_are_one_line_errors(tmp_path, capsys):
     shorter = tmp_path / "short_sosp.py"
     shorter.write_text(
@@ -157,16 +180,28 @@ def test_unequal_budgets_and_bad_flags_are_one_line_errors(tmp_path, capsys):
         f"def get_config():\n    c = base.get_config()\n"
         f"    c.train.steps = 400\n    return c\n"
     )
-    with pytest.raises(ConfigError, match="unequal training budgets: APR 6,144,000 tokens, SoS"):
-        compare_lib.load_pair(APR_CONFIG, str(shorter), [])
+    with pytest.raises(ConfigError, match="unequal training budgets: apr 6,144,000 tokens, sosp"):
+        compare_lib.load_arms({**_arms("apr"), "sosp": str(shorter)}, [])
     with pytest.raises(ConfigError, match="train different tasks"):
-        compare_lib.load_pair(APR_CONFIG, os.path.join(compare.CONFIGS_DIR, "countdown4_sosp_h200.py"), [])
-    compare_lib.load_pair(APR_CONFIG, SOSP_CONFIG, ["config.train.steps=10"])  # shared: still equal
+        h200 = os.path.join(compare.CONFIGS_DIR, "countdown4_sosp_h200.py")
+        compare_lib.load_arms({**_arms("apr"), "sosp": h200}, [])
+    configs = compare_lib.load_arms(_arms("apr", "inherit", "sosp"), ["config.train.steps=10"])  # shared: equal
+    assert configs["inherit"].data.context == "inherit"
+    assert compare_lib.training_tokens(configs["inherit"]) == compare_lib.training_tokens(configs["apr"])
+    with pytest.raises(ConfigError, match="expected an SFT config with trace.kind=apr data.context=inherit"):
+        compare_lib.load_arms({**_arms("sosp"), "inherit": APR_CONFIG}, [])
+    with pytest.raises(ConfigError, match="'tree' is not one of apr, inherit, sosp"):
+        compare_lib.arms_named("apr,tree,sosp")
+    with pytest.raises(ConfigError, match="needs sosp and at least one of apr, inherit"):
+        compare_lib.arms_named("apr,inherit")
+    assert [a.key for a in compare_lib.arms_named("sosp,inherit")] == ["inherit", "sosp"]
     workdir = tmp_path / "w"
     code = compare.main([f"--workdir={workdir}", f"--sosp_config={APR_CONFIG}"])
     assert code == 2 and "trace.kind=sosp" in capsys.readouterr().err
-    code = compare.main([f"--workdir={workdir}", "--contexts=64,512"])
-    assert code == 2 and "--contexts: 512 exceeds" in capsys.readouterr().err
+    code = compare.main([f"--workdir={workdir}", "--contexts=64,1024"])
+    assert code == 2 and "--contexts: 1024 exceeds every model's config.model.max_len (640)" in capsys.readouterr().err
+    code = compare.main([f"--workdir={workdir}", "--arms=apr,sosp", "--contexts=64,320"])
+    assert code == 2 and "--contexts: 320 exceeds every model's config.model.max_len (160)" in capsys.readouterr().err
     code = compare.main([f"--workdir={workdir}", "--children=two"])
     assert code == 2 and "--children='two'" in capsys.readouterr().err
     assert not workdir.exists()  # nothing trained
@@ -280,4 +315,35 @@ def test_sign_tests_count_each_models_wins_on_the_same_problems():
     assert sign_test_lines(points, [96, 48, 160]) == [
         "- context 96: APR vs SoS+: 5 problems solved only by APR, 1 only by SoS+ (sign test p = 0.22)",
         "- context 48: APR vs SoS+: 0 problems solved only by APR, 2 only by SoS+ (sign test p = 0.50)",
+    ]
+    points += [point("APR inherit", 96, "abcdefgh"), point("APR inherit", 160, "a")]
+    assert sign_test_lines(points, [96, 160]) == [
+        "- context 96: APR vs SoS+: 5 problems solved only by APR, 1 only by SoS+ (sign test p = 0.22)",
+        "- context 96: APR inherit vs SoS+: 6 problems solved only by APR inherit, 0 only by SoS+ (sign test p = 0.03)",
+        "- context 96: APR inherit vs APR: 2 problems solved only by APR inherit, 0 only by APR (sign test p = 0.50)",
+        "- context 160: APR inherit vs APR: 0 problems solved only by APR inherit, 2 only by APR (sign test p = 0.50)",
+    ]
+
+
+def test_claims_set_the_inherit_arm_against_the_message_arm_and_a_copying_engine():
+    from types import SimpleNamespace
+
+    from apr_jax.evaluation.compare_report import goal_lines
+
+    def point(model, accuracy, kv, kv_copied):
+        sample = {"tree": {"meta": {"written_tokens": [30, 20]}}, "total_tokens": 50, "sequential_tokens": 50}
+        summary = {
+            "accuracy": accuracy,
+            "mean_total_tokens": 50.0,
+            "mean_sequential_tokens": 50.0,
+            "mean_kv_slots": kv,
+            "mean_kv_slots_unshared": kv_copied,
+        }
+        rows = [{**sample, "samples": []}]
+        return SimpleNamespace(model=model, sweep="context", value=160, summary=summary, rows=rows)
+
+    lines = goal_lines([point("APR", 0.40, 300.0, 300.0), point("APR inherit", 0.35, 280.0, 700.0)], [160])
+    assert lines == [
+        "- context 160: APR inherit 35.0% vs APR 40.0% (-5.0 points); KV slots held per problem 280 vs 300; "
+        "APR inherit holds 0.40 x the 700 slots of an engine that copies each thread's context"
     ]
