@@ -35,10 +35,16 @@ COMMAND = Command(
         Flag("num", "test problems to decode (default 50)", value="N"),
         Flag("kv_buckets", "KV-length buckets of the engine (default: the run's eval.kv_buckets)", value="N"),
         Flag("split_by_kv_length", "one model call per KV-length bucket (eval.split_by_kv_length)", value=None),
+        Flag(
+            "decode_attention",
+            "xla, paged (the table kernel; interpreted on the CPU) or auto (default: the run's eval.decode_attention)",
+            value="NAME",
+        ),
     ),
     examples=(
         "python benchmarks/inherit_engine.py --workdir=runs/countdown_inherit --num=50",
         "python benchmarks/inherit_engine.py --workdir=runs/countdown_inherit --kv_buckets=5 --split_by_kv_length",
+        "python benchmarks/inherit_engine.py --workdir=runs/countdown_inherit --decode_attention=paged",
     ),
 )
 
@@ -61,6 +67,7 @@ def _main(argv: list[str]) -> None:
         cfg,
         kv_buckets=int_flag(flags, "kv_buckets", cfg.kv_buckets, zero_ok=False),
         split_by_kv_length=cfg.split_by_kv_length or "split_by_kv_length" in flags,
+        decode_attention=flags.get("decode_attention", cfg.decode_attention),
     )
     engine = Engine(loaded.model, cfg, ProtocolIds.from_tokenizer(tokenizer))
     prompts = [tokenizer.encode(task.prompt(p)) for p in problems]
@@ -72,7 +79,10 @@ def _main(argv: list[str]) -> None:
     held = np.asarray([s.kv_slots for s in samples], float)
     unshared = np.asarray([s.kv_slots_unshared for s in samples], float)
     rates = efficiency(out.counters)
-    print(f"{len(samples)} problems, data.join={config.data.join}, {out.steps[0]} loop steps in the first batch")
+    print(
+        f"{len(samples)} problems, data.join={config.data.join}, decode_attention={cfg.decode_attention}, "
+        f"{out.steps[0]} loop steps in the first batch"
+    )
     written = sum(s.written_tokens for s in samples)
     print(f"decode wall (compiled): {wall:.2f} s, {written / wall:.0f} written tokens/s")
     print(f"token-forwards per token fed: {rates['forwards_per_token']:.3f}")

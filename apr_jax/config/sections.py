@@ -276,11 +276,6 @@ class RunConfig:
                 f"config.data.context={self.data.context!r}, but task {self.task.name!r} with these settings "
                 f"writes {' or '.join(contexts)}-family trees"
             )
-        if self.data.context == "inherit" and self.eval.decode_attention == "paged":
-            raise ConfigError(
-                "config.data.context='inherit' decodes through KV tables, which the paged kernel cannot read; "
-                "set config.eval.decode_attention=xla (or auto)"
-            )
         if self.data.context == "inherit" and self.model.attention == "cudnn":
             raise ConfigError(
                 "config.data.context='inherit' trains with a tree mask, which model.attention='cudnn' cannot "

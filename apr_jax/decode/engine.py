@@ -87,11 +87,6 @@ class EngineConfig(EngineLimits):
                 f"EngineConfig.context={self.context!r} / join={self.join!r} must be one of "
                 f"{protocol.CONTEXTS} / {protocol.JOINS}"
             )
-        if self.context == "inherit" and self.decode_attention == "paged":
-            raise ValueError(
-                "eval.decode_attention='paged' reads one lane per row; the inherit family's engine reads "
-                "KV tables through the xla gather (set eval.decode_attention=xla or auto)"
-            )
         if not isinstance(self.sampling, SamplingConfig):
             raise ValueError(f"EngineConfig.sampling must be a SamplingConfig, got {self.sampling!r}")
         if self.lanes and self.lanes < self.lanes_per_group:
@@ -106,6 +101,14 @@ class EngineConfig(EngineLimits):
                 f"EngineConfig.lanes={self.lanes} cannot hold one problem: a sample needs "
                 f"{self.lanes_per_group} lanes ({why})"
             )
+
+    @property
+    def cache_slots(self) -> int:
+        """Slots per KV-cache lane: ``max_context``, in the inherit family
+        rounded up to whole pages (KV tables are read page by page)."""
+        if self.context != "inherit":
+            return self.max_context
+        return -(-self.max_context // self.page_size) * self.page_size
 
     @classmethod
     def from_eval_config(cls, eval_cfg: Any, max_context: int, **overrides: Any) -> "EngineConfig":
@@ -317,19 +320,18 @@ class Engine:
         return EngineOutput(samples=samples, steps=steps, counters=counters, compile_s=self.compile_s - compiled_before)
 
 
-def decode_page_size(cfg: EngineConfig, page_size_for: Callable[[str, int, int], int] | None) -> int:
+def decode_page_size(cfg: EngineConfig, page_size_for: Callable[..., int] | None) -> int:
     """The page size the engine's width-1 decode calls read the cache in (0:
     the xla gather) for ``cfg.decode_attention`` and a model's
-    ``page_size_for`` (``DecodeModel``; None: the model has no paged decode)."""
-    if cfg.context == "inherit":
-        return 0  # KV tables are read by the xla gather
+    ``page_size_for`` (``DecodeModel``; None: the model has no paged decode);
+    in the inherit family the paged calls read KV tables."""
     if page_size_for is None:
         if cfg.decode_attention == "paged":
             raise ValueError(
                 "eval.decode_attention='paged' needs a model with a paged decode (the Transformer); this model has none"
             )
         return 0
-    return page_size_for(cfg.decode_attention, cfg.page_size, cfg.max_context)
+    return page_size_for(cfg.decode_attention, cfg.page_size, cfg.cache_slots, tables=cfg.context == "inherit")
 
 
 def loop_spec(
@@ -342,6 +344,7 @@ def loop_spec(
         slots=cfg.threads_per_sample,
         max_children=cfg.max_children,
         max_context=cfg.max_context,
+        cache_slots=cfg.cache_slots,
         lanes=lanes,
         lanes_per_group=cfg.lanes_per_group,
         prefill_chunk=min(cfg.prefill_chunk, cfg.max_context),
@@ -365,13 +368,16 @@ def loop_spec(
 
 def kv_read_buckets(cfg: EngineConfig) -> tuple[int, ...]:
     """The slots a model call's rows may read: ``kv_buckets`` halvings of
-    the context; in the inherit family also twice the context and every
-    KV-table entry's whole lane (a stitched parent reads its children's
-    ranges beside its own, more slots than it has positions)."""
+    the context; in the inherit family whole pages of them, and also twice
+    the context and every KV-table entry's whole lane (a stitched parent
+    reads its children's ranges beside its own, more slots than it has
+    positions)."""
     buckets = halvings(cfg.max_context, cfg.kv_buckets, minimum=8)
-    if cfg.context != "inherit" or cfg.table_entries == 1:
+    if cfg.context != "inherit":
         return buckets
-    return tuple(sorted({*buckets, 2 * cfg.max_context, cfg.table_entries * cfg.max_context}))
+    if cfg.table_entries > 1:
+        buckets = (*buckets, 2 * cfg.max_context, cfg.table_entries * cfg.max_context)
+    return tuple(sorted({-(-b // cfg.page_size) * cfg.page_size for b in buckets}))
 
 
 def halvings(size: int, count: int, minimum: int) -> tuple[int, ...]:

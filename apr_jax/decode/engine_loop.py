@@ -42,8 +42,8 @@ threads cost nothing. With ``split_by_kv_length`` each call is made once per
 KV-length bucket, over the rows whose own length falls in it (same buckets,
 fewer slots read, one weight read per non-empty bucket). With a ``page_size``
 (``eval.decode_attention``) the width-1 call instead reads each row's pages
-below its own length with the model's paged kernel: row buckets only, no
-KV-length buckets. When a feed
+below its own length with the model's paged kernel (in the inherit family,
+the pages its KV table lists): row buckets only, no KV-length buckets. When a feed
 empties a thread's queue the logits at its last token are sampled and the token
 appended (role ``model``), with a key that depends only on the thread and the
 position, so the result does not depend on batching, chunking or lanes.
@@ -117,11 +117,12 @@ class LoopSpec:
     slots: int  # S: thread rows per group (rollout)
     max_children: int  # K
     max_context: int  # L
+    cache_slots: int  # slots per KV-cache lane: L (inherit family: whole pages, >= L)
     lanes: int  # C: KV-cache lanes
     lanes_per_group: int  # lanes reserved for each group in flight
     prefill_chunk: int  # forced tokens fed per thread per step
     row_buckets: tuple[int, ...]  # ascending; the last is C
-    kv_buckets: tuple[int, ...]  # ascending; the last is L
+    kv_buckets: tuple[int, ...]  # ascending; the last is L (inherit family: E whole-page lanes)
     sampling: SamplingConfig
     cache_axes: tuple[int, ...]  # lane axis of each cache leaf (``cache_axes``)
     split_by_kv_length: bool = False  # one model call per KV-length bucket
@@ -425,7 +426,8 @@ def _model_call(
     if page_size and width != 1:
         raise ValueError(f"the paged decode feeds one token per row, not {width}")
     C, L, T = spec.lanes, spec.max_context, width
-    kv_buckets = (L,) if page_size else spec.kv_buckets
+    # A paged call's rows read only their own pages: one KV length, which bounds every row's pages.
+    kv_buckets = ((spec.kv_buckets[-1] if spec.inherit else L),) if page_size else spec.kv_buckets
     paged = {"page_size": page_size} if page_size else {}
     row_C = jnp.maximum(s.lane_row_C, 0)
     fed_C = s.fed_R[row_C]
@@ -455,8 +457,11 @@ def _model_call(
             last_BxV = logits_BxTxV[jnp.arange(B), jnp.maximum(n_B - 1, 0)].astype(jnp.float32)
             logits_CxV = jnp.zeros((C, V), jnp.float32).at[_drop_index(valid_B, lanes_B, C)].set(last_BxV, mode="drop")
             live_B = jnp.where(valid_B, fed_B + n_B, 0)
-            # The paged kernel reads whole pages; the others their KV bucket (inherit: of table pages).
+            # The paged kernels read whole pages (inherit: the pages the row's table lists);
+            # the others their KV bucket (inherit: of table pages).
             read = jnp.sum(-(-live_B // page_size) * page_size) if page_size else B * kv_len
+            if spec.inherit and page_size:
+                read = page_size * jnp.sum(table_pages_BxE(extra["table"], live_B))
             if spec.inherit:  # the slots a row's table lists below its position
                 top_BxE = jnp.minimum(s.table_hi_RxE[rows_B], live_B[:, None])
                 live_B = jnp.sum(jnp.maximum(top_BxE - s.table_lo_RxE[rows_B], 0), axis=1)
@@ -1031,7 +1036,7 @@ def run_loop(
     the global id of this call's first thread row; sampling keys depend on it,
     so splitting a batch into several calls does not change the samples."""
     buf_RxL, length_R = initial_rows(spec.ids, prompt_PxT, prompt_len_P, samples, spec.slots, spec.max_context)
-    cache = init_cache(spec.lanes, spec.max_context)
+    cache = init_cache(spec.lanes, spec.cache_slots)
     s = admit(spec, init_state(spec, buf_RxL, length_R, num_prompts * samples, cache))
     return jax.lax.while_loop(
         lambda st: (st.step < limits.max_steps) & groups_running(spec, st),

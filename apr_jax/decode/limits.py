@@ -40,7 +40,8 @@ class EngineLimits:
     split_by_kv_length: bool = False  # one engine call per KV-length bucket: fewer KV reads, more calls
     # How decode calls read the cache: xla (gather lanes up to a KV bucket), paged (the
     # platform's Pallas paged kernel reads each row's pages below its length; interpreted
-    # off GPU/TPU), auto (paged on GPU/TPU when the shapes suit it, else xla).
+    # off GPU/TPU; inherit family: the table kernel, GPU only), auto (paged on GPU/TPU when
+    # the shapes suit it, else xla).
     decode_attention: str = "xla"
     page_size: int = 16  # cache slots per page: divides the context (TPU: 8k and head_dim 128k; GPU: 2^k)
 

@@ -36,13 +36,14 @@ DecodeFn = Callable[..., tuple[jax.Array, Any]]
 class DecodeModel:
     """``decode_fn(params, tokens_BxT, positions_BxT, cache, lanes_B, kv_len) ->
     (logits, cache)`` must be pure; ``init_cache(num_lanes, max_len)`` returns
-    zeroed arrays; ``page_size_for(decode_attention, page_size, max_len)`` is
-    the page size its paged decode reads in (0: none; None: no paged decode)."""
+    zeroed arrays; ``page_size_for(decode_attention, page_size, max_len,
+    tables)`` is the page size its paged decode reads in, reading the inherit
+    family's KV tables or not (0: none; None: no paged decode)."""
 
     params: Any
     decode_fn: DecodeFn
     init_cache: Callable[[int, int], Any]
-    page_size_for: Callable[[str, int, int], int] | None = None
+    page_size_for: Callable[..., int] | None = None
 
 
 def as_decode_model(model: Any) -> DecodeModel:

@@ -216,11 +216,11 @@ def make_replay_model(
     )
 
 
-def replay_page_size(decode_attention: str, page_size: int, max_len: int) -> int:
+def replay_page_size(decode_attention: str, page_size: int, max_len: int, tables: bool = False) -> int:
     """The page size an ``eval.decode_attention`` choice gives the replay
     model: it reads the cache as the CPU would (``paged`` pages, ``auto`` the
     xla gather), so the engine's KV-read counters measure that choice."""
-    return resolve_decode_attention(decode_attention, "cpu", 0, page_size, max_len)
+    return resolve_decode_attention(decode_attention, "cpu", 0, page_size, max_len, tables)
 
 
 def init_replay_cache(num_lanes: int, max_len: int) -> dict[str, jax.Array]:

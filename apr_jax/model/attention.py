@@ -289,6 +289,43 @@ def table_pages_BxE(table: KVTable, end_B: jax.Array) -> jax.Array:
     return jnp.where(hi_BxE > table.lo_BxE, -(-hi_BxE // table.page) - first_BxE, 0)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TablePages:
+    """A ``KVTable``'s pages below each row's end, one after the other:
+    ``P`` listed pages per row (the caller's bound), page p the slots
+    ``[start, start + page)`` of lane ``lane``, of which the row sees
+    ``[lo, hi)`` (absolute slots; empty past the row's ``count`` pages)."""
+
+    lane_BxP: jax.Array
+    start_BxP: jax.Array
+    lo_BxP: jax.Array
+    hi_BxP: jax.Array
+    count_B: jax.Array
+
+
+def table_pages(table: KVTable, end_B: jax.Array, pages: int, num_slots: int) -> TablePages:
+    """The pages of every entry's range below ``end_B`` (``table_pages_BxE``),
+    entry after entry, in ``pages`` listed pages per row of lanes of
+    ``num_slots`` slots."""
+    e = table.lane_BxE.shape[1]
+    page = table.page
+    count_BxE = table_pages_BxE(table, end_B)
+    after_BxE = jnp.cumsum(count_BxE, axis=1)  # pages of the entries up to and including e
+    j_1xP = jnp.arange(pages, dtype=after_BxE.dtype)[None]
+    entry_BxP = jnp.minimum(jnp.sum(after_BxE[:, None, :] <= j_1xP[:, :, None], axis=-1), e - 1)
+    take = functools.partial(jnp.take_along_axis, indices=entry_BxP, axis=1)
+    page_BxP = take(table.lo_BxE // page) + j_1xP - take(after_BxE - count_BxE)
+    listed_BxP = j_1xP < after_BxE[:, -1:]
+    return TablePages(
+        lane_BxP=take(table.lane_BxE),
+        start_BxP=jnp.clip(page_BxP * page, 0, num_slots - page),
+        lo_BxP=jnp.where(listed_BxP, take(table.lo_BxE), 0),
+        hi_BxP=jnp.where(listed_BxP, jnp.minimum(take(table.hi_BxE), end_B[:, None]), 0),
+        count_B=jnp.minimum(after_BxE[:, -1], pages),
+    )
+
+
 def table_attention(q_BxTxNxH, k_cache, v_cache, layer: int, table: KVTable, positions_BxT, slots: int) -> jax.Array:
     """Attention of new tokens over the slots their ``KVTable`` lists (and
     not after the query's own position), gathered from the pool
@@ -296,18 +333,11 @@ def table_attention(q_BxTxNxH, k_cache, v_cache, layer: int, table: KVTable, pos
     of every entry's range below the row's last position, one after the
     other, ``slots / table.page`` pages per row (the caller's bound on every
     row's pages). Each page is one block of the gather."""
-    b, e = table.lane_BxE.shape
+    b = table.lane_BxE.shape[0]
     heads, _, _, num_slots, head_dim = k_cache.shape
     page = table.page
     pages = slots // page
-    end_B = jnp.max(positions_BxT, axis=1) + 1
-    count_BxE = table_pages_BxE(table, end_B)
-    after_BxE = jnp.cumsum(count_BxE, axis=1)  # pages of the entries up to and including e
-    j_1xP = jnp.arange(pages, dtype=after_BxE.dtype)[None]
-    entry_BxP = jnp.minimum(jnp.sum(after_BxE[:, None, :] <= j_1xP[:, :, None], axis=-1), e - 1)
-    take = functools.partial(jnp.take_along_axis, indices=entry_BxP, axis=1)
-    page_BxP = take(table.lo_BxE // page) + j_1xP - take(after_BxE - count_BxE)
-    start_BxP = jnp.clip(page_BxP * page, 0, num_slots - page)
+    listed = table_pages(table, jnp.max(positions_BxT, axis=1) + 1, pages, num_slots)
 
     def block(x, lane, start):
         return jax.lax.dynamic_slice(x, (0, layer, lane, start, 0), (heads, 1, 1, page, head_dim)).reshape(
@@ -315,22 +345,17 @@ def table_attention(q_BxTxNxH, k_cache, v_cache, layer: int, table: KVTable, pos
         )
 
     gather = jax.vmap(jax.vmap(block, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))
-    lane_BxP = take(table.lane_BxE)
     k_BxSxKxH, v_BxSxKxH = (
-        jnp.moveaxis(gather(x, lane_BxP, start_BxP), 2, 3)
+        jnp.moveaxis(gather(x, listed.lane_BxP, listed.start_BxP), 2, 3)
         .reshape(b, pages * page, heads, head_dim)
         .astype(q_BxTxNxH.dtype)
         for x in (k_cache, v_cache)
     )
-    slot_BxPxW = start_BxP[:, :, None] + jnp.arange(page, dtype=start_BxP.dtype)
-    listed_BxPxW = (
-        (slot_BxPxW >= take(table.lo_BxE)[:, :, None])
-        & (slot_BxPxW < take(table.hi_BxE)[:, :, None])
-        & (j_1xP < after_BxE[:, -1:])[:, :, None]
-    )
-    slot_BxS, listed_BxS = slot_BxPxW.reshape(b, pages * page), listed_BxPxW.reshape(b, pages * page)
-    seen_BxTxS = slot_BxS[:, None] <= positions_BxT[:, :, None]
-    mask_BxTxS = listed_BxS[:, None] & seen_BxTxS & (positions_BxT >= 0)[..., None]
+    slot_BxPxW = listed.start_BxP[:, :, None] + jnp.arange(page, dtype=listed.start_BxP.dtype)
+    seen_BxPxW = (slot_BxPxW >= listed.lo_BxP[:, :, None]) & (slot_BxPxW < listed.hi_BxP[:, :, None])
+    slot_BxS, seen_BxS = slot_BxPxW.reshape(b, pages * page), seen_BxPxW.reshape(b, pages * page)
+    before_BxTxS = slot_BxS[:, None] <= positions_BxT[:, :, None]
+    mask_BxTxS = seen_BxS[:, None] & before_BxTxS & (positions_BxT >= 0)[..., None]
     return xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)
 
 
@@ -365,15 +390,21 @@ def paged_decode_problem(platform: str, head_dim: int, page_size: int, max_len: 
     return None
 
 
-def resolve_decode_attention(name: str, platform: str, head_dim: int, page_size: int, max_len: int) -> int:
+def resolve_decode_attention(
+    name: str, platform: str, head_dim: int, page_size: int, max_len: int, tables: bool = False
+) -> int:
     """The page size width-1 decode calls read the cache in (0: the ``xla``
     gather). ``auto`` is paged on GPU and TPU when the shapes suit the
-    kernel; an explicit ``paged`` that cannot run is a ValueError."""
+    kernel; an explicit ``paged`` that cannot run is a ValueError. With
+    ``tables`` (the inherit family's KV tables) the kernel is
+    ``table_decode``'s, which runs on GPU (and interpreted on the CPU), not TPU."""
     if name not in DECODE_ATTENTIONS:
         raise ValueError(f"eval.decode_attention={name!r} is not one of {', '.join(DECODE_ATTENTIONS)}")
     if name == "xla":
         return 0
     problem = paged_decode_problem(platform, head_dim, page_size, max_len)
+    if tables and platform == "tpu":
+        problem = "the inherit family's KV tables are read by a Triton kernel, which has no TPU version"
     if name == "auto":
         return page_size if problem is None and platform in _PAGED_NATIVE else 0
     if problem is not None:
@@ -397,6 +428,29 @@ def _gpu_compute_pages(pages_per_lane: int) -> int:
     return _power_of_two_divisor(pages_per_lane // _gpu_splits(pages_per_lane), 8)
 
 
+def _write_pages(k_pool, v_pool, k_BxKxH, v_BxKxH, layer: int, lanes_B, positions_B, page_size: int):
+    """The pools viewed as pages ``[kv_heads, layers * lanes * pages, page,
+    head_dim]`` with each real row's new K/V in slot ``positions_B[b]`` of lane
+    ``lanes_B[b]`` of ``layer`` (position < 0: padding, nothing written)."""
+    kv_heads, layers, lanes, slots, head_dim = k_pool.shape
+    pages_per_lane = slots // page_size
+    pages_shape = (kv_heads, layers * lanes * pages_per_lane, page_size, head_dim)
+    first_page_B = (layer * lanes + lanes_B.astype(jnp.int32)) * pages_per_lane
+    real_B = positions_B >= 0
+    page_B = jnp.where(real_B, first_page_B + positions_B // page_size, pages_shape[1])  # padding: dropped
+    offset_B = jnp.where(real_B, positions_B % page_size, 0)
+    # Every axis but head_dim indexed (heads too): a scatter with a [kv_heads,
+    # head_dim] window makes the TPU compiler pick another layout for the pool
+    # and copy it whole to and from the kernel's at every layer.
+    heads_Kx1 = jnp.arange(kv_heads)[:, None]
+    return tuple(
+        pool.reshape(pages_shape)
+        .at[heads_Kx1, page_B[None], offset_B[None]]
+        .set(jnp.swapaxes(new, 0, 1).astype(pool.dtype), mode="drop")
+        for pool, new in ((k_pool, k_BxKxH), (v_pool, v_BxKxH))
+    )
+
+
 def paged_decode_attention(
     q_BxNxH: jax.Array,
     k_BxKxH: jax.Array,
@@ -418,23 +472,10 @@ def paged_decode_attention(
     kernel reads. Returns (out_BxNxH, k_pool, v_pool)."""
     kv_heads, layers, lanes, slots, head_dim = k_pool.shape
     pages_per_lane = slots // page_size
-    pages_shape = (kv_heads, layers * lanes * pages_per_lane, page_size, head_dim)
+    k_pages, v_pages = _write_pages(k_pool, v_pool, k_BxKxH, v_BxKxH, layer, lanes_B, positions_B, page_size)
     first_page_B = (layer * lanes + lanes_B.astype(jnp.int32)) * pages_per_lane
-    real_B = positions_B >= 0
-    page_B = jnp.where(real_B, first_page_B + positions_B // page_size, pages_shape[1])  # padding: dropped
-    offset_B = jnp.where(real_B, positions_B % page_size, 0)
-    # Every axis but head_dim indexed (heads too): a scatter with a [kv_heads,
-    # head_dim] window makes the TPU compiler pick another layout for the pool
-    # and copy it whole to and from the kernel's at every layer.
-    heads_Kx1 = jnp.arange(kv_heads)[:, None]
-    k_pages, v_pages = (
-        pool.reshape(pages_shape)
-        .at[heads_Kx1, page_B[None], offset_B[None]]
-        .set(jnp.swapaxes(new, 0, 1).astype(pool.dtype), mode="drop")
-        for pool, new in ((k_pool, k_BxKxH), (v_pool, v_BxKxH))
-    )
     table_BxP = first_page_B[:, None] + jnp.arange(pages_per_lane, dtype=jnp.int32)
-    lengths_B = jnp.where(real_B, positions_B + 1, 0).astype(jnp.int32)
+    lengths_B = jnp.where(positions_B >= 0, positions_B + 1, 0).astype(jnp.int32)
     q = q_BxNxH * jnp.asarray(head_dim**-0.5, q_BxNxH.dtype)
     if platform == "tpu":
         from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention as tpu_paged
@@ -456,4 +497,37 @@ def paged_decode_attention(
             pages_per_compute_block=_gpu_compute_pages(pages_per_lane),
             interpret=platform != "gpu",
         )
+    return out, k_pages.reshape(k_pool.shape), v_pages.reshape(v_pool.shape)
+
+
+def paged_table_decode_attention(
+    q_BxNxH: jax.Array,
+    k_BxKxH: jax.Array,
+    v_BxKxH: jax.Array,
+    k_pool: jax.Array,
+    v_pool: jax.Array,
+    layer: int,
+    lanes_B: jax.Array,
+    positions_B: jax.Array,
+    table: KVTable,
+    pages: int,
+    platform: str,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``paged_decode_attention`` for the inherit family: the new token's K/V
+    is written the same way, then each row attends over the slots its
+    ``KVTable`` lists up to its position (at most ``pages`` pages of
+    ``table.page`` slots), read in place by ``table_decode.table_decode_attention``
+    (Triton on GPU, interpret mode elsewhere): only the listed pages are read.
+    Returns (out_BxNxH, k_pool, v_pool)."""
+    from apr_jax.model.table_decode import table_decode_attention
+
+    kv_heads, layers, lanes, slots, head_dim = k_pool.shape
+    page = table.page
+    k_pages, v_pages = _write_pages(k_pool, v_pool, k_BxKxH, v_BxKxH, layer, lanes_B, positions_B, page)
+    end_B = jnp.where(positions_B >= 0, positions_B + 1, 0)
+    listed = table_pages(table, end_B, pages, slots)
+    page_BxP = (layer * lanes + listed.lane_BxP) * (slots // page) + listed.start_BxP // page
+    lo_BxP, hi_BxP = (jnp.clip(x - listed.start_BxP, 0, page) for x in (listed.lo_BxP, listed.hi_BxP))
+    q = q_BxNxH * jnp.asarray(head_dim**-0.5, q_BxNxH.dtype)
+    out = table_decode_attention(q, k_pages, v_pages, page_BxP, lo_BxP, hi_BxP, listed.count_B, platform)
     return out, k_pages.reshape(k_pool.shape), v_pages.reshape(v_pool.shape)

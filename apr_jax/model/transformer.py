@@ -128,21 +128,17 @@ class Attention(nnx.Module):
         lane, then attends over that lane's slots 0..position: through the
         paged kernel for a width-1 call when ``page_size`` is set, else by
         gathering the lane's first ``kv_len`` slots; with a ``table``, over the
-        slot ranges of the lanes it lists instead (``attention.KVTable``)."""
+        slot ranges of the lanes it lists instead (``attention.KVTable``):
+        read in place by the table kernel for a paged width-1 call, else
+        gathered page by page."""
         q, k, v = self.project(x_BxTxD, positions_BxT)
         if page_size and positions_BxT.shape[1] == 1:
-            o, k_cache, v_cache = attention.paged_decode_attention(
-                q[:, 0],
-                k[:, 0],
-                v[:, 0],
-                k_cache,
-                v_cache,
-                layer,
-                lanes_B,
-                positions_BxT[:, 0],
-                page_size,
-                self.platform,
-            )
+            one = (q[:, 0], k[:, 0], v[:, 0], k_cache, v_cache, layer, lanes_B, positions_BxT[:, 0])
+            if table is None:
+                o, k_cache, v_cache = attention.paged_decode_attention(*one, page_size, self.platform)
+            else:
+                pages = kv_len // table.page
+                o, k_cache, v_cache = attention.paged_table_decode_attention(*one, table, pages, self.platform)
             return self.output(o[:, None]), constrain(k_cache, CACHE_AXES), constrain(v_cache, CACHE_AXES)
         num_slots = k_cache.shape[3]
         # Negative indices would wrap around: send padding to an out-of-range slot.
@@ -280,12 +276,12 @@ class Transformer(nnx.Module):
         v = constrain(jnp.zeros(shape, self.compute_dtype), CACHE_AXES)
         return KVCache(k=k, v=v)
 
-    def decode_page_size(self, decode_attention: str, page_size: int, max_len: int) -> int:
+    def decode_page_size(self, decode_attention: str, page_size: int, max_len: int, tables: bool = False) -> int:
         """The page size width-1 decode calls read the cache in for an
         ``eval.decode_attention`` choice on this model's platform (0: the xla
-        gather); see ``attention.resolve_decode_attention``."""
+        gather), reading KV tables or not; see ``attention.resolve_decode_attention``."""
         return attention.resolve_decode_attention(
-            decode_attention, self.platform, self.cfg.head_dim, page_size, max_len
+            decode_attention, self.platform, self.cfg.head_dim, page_size, max_len, tables
         )
 
     def decode(
@@ -321,8 +317,8 @@ class Transformer(nnx.Module):
             raise ValueError(f"cache has {cache.num_layers} layers, model has {self.cfg.num_layers}")
         if page_size and cache.max_len % page_size:
             raise ValueError(f"page_size {page_size} does not divide the cache's {cache.max_len} slots")
-        if page_size and table is not None:
-            raise ValueError("a KV table is read by the xla gather, not the paged kernel (page_size must be 0)")
+        if page_size and table is not None and table.page != page_size:
+            raise ValueError(f"the KV table's {table.page}-slot pages are not the paged call's {page_size}")
         x = self._embed(tokens_BxT)
         k_cache, v_cache = cache.k, cache.v
         for layer, block in enumerate(self.blocks):

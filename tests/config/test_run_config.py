@@ -99,7 +99,6 @@ def test_bad_section_values_fail_at_the_edge():
     [
         (["config.data.context=shared"], r"config.data.context='shared' is not one of"),
         (["config.data.context=inherit", "config.data.join=merge"], r"config.data.join='merge' is not one of"),
-        (["config.data.context=inherit", "config.eval.decode_attention=paged"], r"paged kernel cannot read"),
         (
             ["config.data.context=inherit", "config.model.attention=cudnn"],
             r"model.attention='cudnn' cannot apply",

@@ -13,7 +13,7 @@ from helpers.inherit import NESTED_LIMITS, CharEncoder, memorized_model, nested_
 from helpers.tiny import tiny_model_config
 
 from apr_jax.data.tree_sequence import thread_rows, tree_sequence
-from apr_jax.decode import DecodeModel, Engine, EngineConfig, ProtocolIds, SamplingConfig, to_thread_trees
+from apr_jax.decode import DecodeModel, Engine, EngineConfig, ProtocolIds, SamplingConfig, engine_loop, to_thread_trees
 from apr_jax.model.transformer import Transformer
 from apr_jax.training.loss import next_token_targets, token_cross_entropy
 
@@ -70,8 +70,9 @@ def test_engine_decodes_the_tree_its_training_sequence_teaches(join):
 
 
 def test_chunks_buckets_and_lanes_do_not_change_an_inherit_result():
-    """Stitch mode under other feed widths, row and KV buckets and a smaller
-    pool: the same tokens and log-probabilities, sample by sample."""
+    """Stitch mode under other feed widths, row and KV buckets, a smaller
+    pool and the paged table kernel (interpreted here): the same tokens and
+    log-probabilities, sample by sample."""
     script = nested_tree().with_context("inherit", "stitch")
     model = memorized_model("stitch")
     prompt = ENC.encode(script.threads[0].segments[0].text)
@@ -85,13 +86,21 @@ def test_chunks_buckets_and_lanes_do_not_change_an_inherit_result():
         dict(batch_problems=3, row_buckets=1, kv_buckets=1, prefill_chunk=8),
         dict(batch_problems=3, row_buckets=3, kv_buckets=3, prefill_chunk=2, long_prefill_chunks=(5,)),
         dict(batch_problems=3, lanes=12, prefill_chunk=3, split_by_kv_length=True, kv_buckets=2),
+        # 5 pages per lane: the stitched root reads 46 slots, more than one lane holds.
+        dict(batch_problems=3, row_buckets=2, prefill_chunk=4, decode_attention="paged", page_size=8, max_context=40),
     ):
-        engine = Engine(model, EngineConfig(**base, **extra, sampling=SamplingConfig(1.0, 1.0)), ProtocolIds())
+        cfg = EngineConfig(**{**base, **extra}, sampling=SamplingConfig(1.0, 1.0))
+        engine = Engine(model, cfg, ProtocolIds())
         runs.append(engine.run_arrays([prompt, ENC.encode("Q"), prompt], jax.random.key(3)))
+    paged, gathered = runs[-1]["counters"], runs[0]["counters"]
+    read = engine_loop.COUNTERS.index("kv_slots_read")
+    assert paged[read] < gathered[read]  # the kernel reads the listed pages only
     for other in runs[1:]:
-        np.testing.assert_array_equal(other["buf"], runs[0]["buf"])
+        width = other["buf"].shape[-1]  # the 40-slot run's buffers: the others' first 40 slots
+        assert not runs[0]["buf"][..., width:].any()
+        np.testing.assert_array_equal(other["buf"], runs[0]["buf"][..., :width])
         np.testing.assert_array_equal(other["length"], runs[0]["length"])
-        np.testing.assert_allclose(other["logp"], runs[0]["logp"], atol=2e-5)
+        np.testing.assert_allclose(other["logp"], runs[0]["logp"][..., :width], atol=2e-5)
 
 
 @pytest.mark.parametrize("join", ["stitch", "linear"])
