@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def body() -> int | None:
+        import jax
+
         from apr_jax.evaluation.compare_report import write_report
         from apr_jax.evaluation.loading import load_for_inference, problems_for
 
@@ -151,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 points += budget_sweep(m, budgets)
                 points.append(m.measure("vote", samples, samples=samples, temperature=temperature))
+            # Every setting compiles engine programs of its own; one process holding all of them
+            # runs out of memory maps (each CPU executable holds about 17).
+            jax.clear_caches()
         lengths = {arm.label: trace_lengths(configs[arm.key], loaded[arm.label].tokenizer, problems) for arm in arms}
         written = write_report(
             workdir,
