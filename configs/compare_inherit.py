@@ -2,11 +2,11 @@
 configs/compare_apr.py's task, search, model and training tokens, with each
 child seeing the root's context up to the fork and the root reading the
 children's paths in place (``data.join = "stitch"``). A whole thread tree
-trains as one tree sequence (this task's: mean 336, max 585 tokens), so the
-rows are 640 long and a step holds 8 of them: compare_apr's 32 x 160 token
-slots. A child's context is the root's prefix plus its own path, so the
-deepest thread of a tree reaches position 192 on average (306 at most)
-where the message family's longest thread is 112 tokens (186 at most).
+trains as one tree sequence (the training log prints their lengths: a few
+hundred tokens here), so the rows are 640 long and a step holds 8 of them:
+compare_apr's 32 x 160 token slots. A child's context is the root's prefix
+plus its own path, so this family's threads need more context than the
+message family's 160 (`compare.md`'s caption gives both).
 """
 
 from apr_jax.config.loading import sibling
