@@ -428,6 +428,11 @@ def _gpu_compute_pages(pages_per_lane: int) -> int:
     return _power_of_two_divisor(pages_per_lane // _gpu_splits(pages_per_lane), 8)
 
 
+def _first_page(layer: int, lanes: int, lane: jax.Array, pages_per_lane: int) -> jax.Array:
+    """Index of lane ``lane``'s first page of ``layer`` in the pool's page view."""
+    return (layer * lanes + lane.astype(jnp.int32)) * pages_per_lane
+
+
 def _write_pages(k_pool, v_pool, k_BxKxH, v_BxKxH, layer: int, lanes_B, positions_B, page_size: int):
     """The pools viewed as pages ``[kv_heads, layers * lanes * pages, page,
     head_dim]`` with each real row's new K/V in slot ``positions_B[b]`` of lane
@@ -435,7 +440,7 @@ def _write_pages(k_pool, v_pool, k_BxKxH, v_BxKxH, layer: int, lanes_B, position
     kv_heads, layers, lanes, slots, head_dim = k_pool.shape
     pages_per_lane = slots // page_size
     pages_shape = (kv_heads, layers * lanes * pages_per_lane, page_size, head_dim)
-    first_page_B = (layer * lanes + lanes_B.astype(jnp.int32)) * pages_per_lane
+    first_page_B = _first_page(layer, lanes, lanes_B, pages_per_lane)
     real_B = positions_B >= 0
     page_B = jnp.where(real_B, first_page_B + positions_B // page_size, pages_shape[1])  # padding: dropped
     offset_B = jnp.where(real_B, positions_B % page_size, 0)
@@ -473,7 +478,7 @@ def paged_decode_attention(
     kv_heads, layers, lanes, slots, head_dim = k_pool.shape
     pages_per_lane = slots // page_size
     k_pages, v_pages = _write_pages(k_pool, v_pool, k_BxKxH, v_BxKxH, layer, lanes_B, positions_B, page_size)
-    first_page_B = (layer * lanes + lanes_B.astype(jnp.int32)) * pages_per_lane
+    first_page_B = _first_page(layer, lanes, lanes_B, pages_per_lane)
     table_BxP = first_page_B[:, None] + jnp.arange(pages_per_lane, dtype=jnp.int32)
     lengths_B = jnp.where(positions_B >= 0, positions_B + 1, 0).astype(jnp.int32)
     q = q_BxNxH * jnp.asarray(head_dim**-0.5, q_BxNxH.dtype)
@@ -526,7 +531,7 @@ def paged_table_decode_attention(
     k_pages, v_pages = _write_pages(k_pool, v_pool, k_BxKxH, v_BxKxH, layer, lanes_B, positions_B, page)
     end_B = jnp.where(positions_B >= 0, positions_B + 1, 0)
     listed = table_pages(table, end_B, pages, slots)
-    page_BxP = (layer * lanes + listed.lane_BxP) * (slots // page) + listed.start_BxP // page
+    page_BxP = _first_page(layer, lanes, listed.lane_BxP, slots // page) + listed.start_BxP // page
     lo_BxP, hi_BxP = (jnp.clip(x - listed.start_BxP, 0, page) for x in (listed.lo_BxP, listed.hi_BxP))
     q = q_BxNxH * jnp.asarray(head_dim**-0.5, q_BxNxH.dtype)
     out = table_decode_attention(q, k_pages, v_pages, page_BxP, lo_BxP, hi_BxP, listed.count_B, platform)
