@@ -46,7 +46,7 @@ from apr_jax.cli import Command, Flag, float_flag, int_flag, parse_command_line,
 from apr_jax.evaluation.loading import SPLIT_CHOICES, load_for_inference, problems_for, with_eval_overrides
 from apr_jax.evaluation.report import WIDTH_PLOT, format_table, paired_comparisons, plot_sweep, plot_width
 from apr_jax.evaluation.scoring import evaluate_problems
-from apr_jax.evaluation.sweeps import SWEEP_KINDS, parse_sweep, sweep_settings
+from apr_jax.evaluation.sweeps import SWEEP_KINDS, SWEPT_TRACE_KIND, is_swept, parse_sweep, sweep_settings
 from apr_jax.runtime.checkpoint import CheckpointError
 from apr_jax.runtime.jsonl import json_line
 
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep_kind, sweep_values = parse_sweep(flags["sweep"]) if "sweep" in flags else (None, [])
         out = open(flags["out"], "w") if "out" in flags else None
         table, series, solve_rates, panels = [], {}, {}, []
+        swept = False
         width_plot = flags.get("width_plot") or (
             os.path.splitext(flags["out"])[0] + "_width.png" if "out" in flags else None
         )
@@ -113,12 +114,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"evaluating {loaded.source} ({config.trace.kind}) on {len(problems)} problems", flush=True)
             width_plot = width_plot or os.path.join(os.path.dirname(os.path.dirname(loaded.source)), WIDTH_PLOT)
             settings = sweep_settings(sweep_kind, sweep_values, config)
-            if sweep_kind is not None and settings[0][0] == "default":
+            if sweep_kind is not None and not is_swept(sweep_kind, config):
+                if not swept and source == sources[-1]:
+                    raise ValueError(
+                        f"--sweep={sweep_kind}=... needs at least one model trained with "
+                        f"config.trace.kind={SWEPT_TRACE_KIND[sweep_kind]} and config.trace.condition=true"
+                    )
                 print(
-                    f"  {label} is {config.trace.kind}: --sweep={sweep_kind} does not apply, "
-                    f"evaluated once at its default setting",
+                    f"  {label} ({config.trace.kind}, conditioned: {bool(config.trace.condition)}): "
+                    f"--sweep={sweep_kind} does not ask it, evaluated once at its default setting",
                     flush=True,
                 )
+            swept = swept or (sweep_kind is not None and is_swept(sweep_kind, config))
             for setting, kwargs in settings:
                 rows, summary = evaluate_problems(
                     loaded.model,

@@ -6,17 +6,21 @@
     python -m benchmarks.tokens_per_trace --critical-path [--max-nodes 8]
 
     python -m benchmarks.tokens_per_trace --width [--probe-nodes 5,16,3] [--sequential-share 0.25] [--test 1000]
+    python -m benchmarks.tokens_per_trace --width --beam-size 8 --sequential-share 0.34 --viable-children 2
 
-``--width`` compares fixed-width APR traces (the root spawns one child per
-kept first operation) with traces whose width follows the search
+(the second line: the rule of ``configs/adaptive.py``). ``--width`` compares
+fixed-width APR traces (the root spawns one child per kept first operation,
+in rounds of ``--max-children``) with traces whose width follows the search
 (``trace.probe_nodes``: the root first searches its best branch itself and
 spawns only if that misses) or the problem's reachable share
 (``trace.sequential_share``: an easy problem is searched by the root alone, a
 harder one forks wider), on Countdown-3 and -4 with numbers 1-20 and
 targets 10-50: written tokens per trace (all threads, the root's, the
 critical path's), the longest root sequence (prompt and joins included: what
-must fit ``data.seq_len``), the share solved and the share of traces per
-root child count.
+must fit ``data.seq_len``), the share solved, the Spearman correlation of
+children with difficulty, the share of traces that spawn per difficulty
+quartile (easiest first, as the evaluation splits them) and the share of
+traces per root child count.
 
 ``--critical-path`` prints, per setting and child count n, how a conditioned
 APR trace asked for ``c<n>`` splits its written tokens: the root's, a child's,
@@ -44,7 +48,7 @@ import tempfile
 from apr_jax.config.trace import TraceConfig
 from apr_jax.data.tokenizer import Tokenizer
 from apr_jax.decode.metrics import sequential_tokens, tree_spawns
-from apr_jax.evaluation.width_stats import spearman
+from apr_jax.evaluation.width_stats import quartile_rates, spearman
 from apr_jax.tasks.countdown.problems import make_splits
 from apr_jax.tasks.countdown.solver import reachable_share
 from apr_jax.tasks.countdown.traces import apr_trace, make_trace
@@ -146,7 +150,13 @@ WIDTH_SETTINGS = ("c3 1-20 t10-50", "c4 1-20 t10-50")  # the adaptive config's t
 
 
 def width_table(
-    num_train: int, num_test: int, vocab_size: int, probes: list[int], shares: list[float], **trace
+    num_train: int,
+    num_test: int,
+    vocab_size: int,
+    probes: list[int],
+    shares: list[float],
+    viable_children: float,
+    **trace,
 ) -> None:
     """Fixed width vs the probe and reachable-share rules, on the same held-out problems: mean
     written tokens per trace (all threads, root, critical path), share solved,
@@ -156,13 +166,18 @@ def width_table(
     counts = ("0", "1", "2", "3", "4", "5+")
     print(
         f"{'setting':16s} {'rule':9s} {'total':>6s} {'root':>5s} {'seq':>5s} {'root max':>8s} "
-        f"{'solved':>6s} {'spearman':>8s}  " + " ".join(f"{'c=' + c:>5s}" for c in counts)
+        f"{'solved':>6s} {'spearman':>8s} {'spawned by quartile':>19s}  " + " ".join(f"{'c=' + c:>5s}" for c in counts)
     )
     for name in WIDTH_SETTINGS:
         splits = make_splits(num_train, 0, num_test, seed=0, **SETTINGS[name])
         rules = {"fixed": TraceConfig(kind="apr", **trace)}
         rules.update({f"probe {n}": TraceConfig(kind="apr", probe_nodes=n, **trace) for n in probes})
-        rules.update({f"share {x:g}": TraceConfig(kind="apr", sequential_share=x, **trace) for x in shares})
+        rules.update(
+            {
+                f"share {x:g}": TraceConfig(kind="apr", sequential_share=x, viable_children=viable_children, **trace)
+                for x in shares
+            }
+        )
         tok = train_tokenizer([make_trace(p, cfg) for cfg in rules.values() for p in splits["train"]], vocab_size)
         for rule, cfg in rules.items():
             totals, roots, seqs, solved, children = [], [], [], 0, [0] * len(counts)
@@ -180,10 +195,11 @@ def width_table(
                 threads.append(len(tree.threads) - 1)
                 difficulty.append(1 - reachable_share(problem.numbers, problem.target))
             n = len(splits["test"])
+            by_quartile = " ".join(f"{r:4.0%}" for r in quartile_rates(difficulty, threads)["spawn_rate"])
             print(
                 f"{name:16s} {rule:9s} {sum(totals) / n:6.1f} {sum(roots) / n:5.1f} "
-                f"{sum(seqs) / n:5.1f} {longest:8d} {solved / n:6.1%} {spearman(threads, difficulty):8.3f}  "
-                + " ".join(f"{c / n:5.1%}" for c in children),
+                f"{sum(seqs) / n:5.1f} {longest:8d} {solved / n:6.1%} {spearman(threads, difficulty):8.3f} "
+                f"{by_quartile:>19s}  " + " ".join(f"{c / n:5.1%}" for c in children),
                 flush=True,
             )
 
@@ -206,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--probe-nodes", default="5,16,3", help="probe budgets --width compares")
     parser.add_argument("--sequential-share", default="0.25", help="trace.sequential_share values --width compares")
+    parser.add_argument("--viable-children", type=float, default=0.5, help="trace.viable_children of the share rules")
     args = parser.parse_args(argv)
     if args.width:
         width_table(
@@ -214,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
             args.vocab_size,
             [int(n) for n in args.probe_nodes.split(",")],
             [float(x) for x in args.sequential_share.split(",")],
+            args.viable_children,
             max_nodes=args.max_nodes,
             beam_size=args.beam_size,
             max_children=args.max_children,

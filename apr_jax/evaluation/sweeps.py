@@ -12,6 +12,17 @@ SWEEP_KINDS = ("children", "budget", "tokens")
 ADAPTIVE = "adaptive"  # --sweep=children=adaptive,...: asked with no prefix, the model picks its width
 
 
+SWEPT_TRACE_KIND = {"children": "apr", "budget": "sosp"}  # the trace kind a prefix sweep asks
+
+
+def is_swept(kind: str, config: RunConfig) -> bool:
+    """Whether ``--sweep=KIND=...`` asks this run anything: any run for
+    ``tokens``, a conditioned run of the kind the prefix is for otherwise."""
+    if kind == "tokens":
+        return True
+    return config.trace.kind == SWEPT_TRACE_KIND[kind] and bool(config.trace.condition)
+
+
 def parse_sweep(spec: str) -> tuple[str, list[int | str]]:
     """``KIND=V1,V2,...``: positive integers, and for ``children`` also
     ``adaptive`` (no prefix: the model chooses its width)."""
@@ -47,19 +58,16 @@ def default_prefix(config: RunConfig, tokens_per_thread: int) -> str:
 def sweep_settings(
     kind: str | None, values: Sequence[int | str], config: RunConfig
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(label, evaluate_problems kwargs) per sweep point. A run of the other
-    trace kind (children for SoS+, budget for APR) gets its default setting
-    alone: a reference point beside the swept run."""
+    """(label, evaluate_problems kwargs) per sweep point. A run the sweep
+    cannot ask (the other trace kind, or an unconditioned run, e.g. an
+    adaptive-width model beside a conditioned run's c1..c4) gets its default
+    setting alone: a reference point beside the swept run."""
     default = [("default", {"prefix": default_prefix(config, config.eval.tokens_per_thread)})]
     if kind is None:
         return default
     if kind == "tokens":
         return [(f"tokens={v}", {"tokens_per_thread": v, "prefix": default_prefix(config, v)}) for v in values]
-    wanted = {"children": "apr", "budget": "sosp"}[kind]
-    if config.trace.kind != wanted:
+    if not is_swept(kind, config):
         return default
-    if not config.trace.condition:
-        raise ValueError(
-            f"--sweep={kind}=... needs a model trained with config.trace.kind={wanted} and config.trace.condition=true"
-        )
+    wanted = SWEPT_TRACE_KIND[kind]
     return [(f"{kind}={v}", {"prefix": "" if v == ADAPTIVE else conditioning_prefix(wanted, v)}) for v in values]

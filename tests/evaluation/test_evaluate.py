@@ -218,8 +218,13 @@ def test_children_sweep_asks_for_adaptive_width_and_plots_every_setting(tmp_path
         ("children=1", {"prefix": "c1 "}),
         ("children=4", {"prefix": "c4 "}),
     ]
-    # SoS+ takes no children sweep: its default setting, a reference point
+    # SoS+ and an unconditioned (adaptive-width) APR run take no children sweep:
+    # each its default setting, a reference point beside the conditioned run
     assert sweeps.sweep_settings(kind, values, sosp) == sweeps.sweep_settings(None, [], sosp)
+    adaptive = load_run_config(os.path.join(configs, "adaptive.py"), [])
+    assert sweeps.sweep_settings(kind, values, adaptive) == [("default", {"prefix": ""})]
+    assert [sweeps.is_swept(k, adaptive) for k in ("children", "budget", "tokens")] == [False, False, True]
+    assert [sweeps.is_swept(k, apr) for k in ("children", "budget", "tokens")] == [True, False, True]
     with pytest.raises(ValueError, match="integers"):
         sweeps.parse_sweep("budget=adaptive,64")
     assert [
@@ -273,7 +278,7 @@ def test_split_list_and_unseen_split(workdir, tmp_path, capsys):
         (["--workdir={w}", "--frobnicate=1"], "unknown flag --frobnicate"),
         (
             ["--workdir={w}", "--sweep=children=1,2"],
-            "needs a model trained with config.trace.kind=apr and config.trace.condition=true",
+            "needs at least one model trained with config.trace.kind=apr and config.trace.condition=true",
         ),
     ],
 )
@@ -357,3 +362,34 @@ def test_eval_overrides_reach_keys_a_saved_config_predates():
     assert changed.model == saved.model and changed.section("task") == saved.section("task")
     with pytest.raises(ValueError, match="only config.eval"):
         loading.with_eval_overrides(saved, ["config.model.d_model=64"])
+
+
+def test_spawn_decision_report_golden():
+    """benchmarks/spawn_decision.py: agreement, mean P(<spawn>) and the
+    per-quartile fork rates of trace and model, on a hand-made case."""
+    import numpy as np
+
+    from benchmarks.spawn_decision import report
+
+    trace = np.array([True, True, False, False])
+    p_spawn = np.array([0.9, 0.2, 0.6, 0.1])
+    text = report("test", trace, p_spawn, [0.9, 0.8, 0.1, 0.2])
+    assert text.splitlines() == [
+        "test: 4 problems; trace forks 50.0%, model forks 50.0%, agreement 50.0%; "
+        "mean P(<spawn>) where the trace forks 0.55, where it does not 0.35",
+        "  forks by difficulty quartile, easiest first: trace   0%   0% 100% 100%; model 100%   0%   0% 100%",
+    ]
+
+
+def test_spawn_decision_on_a_trained_run(workdir, capsys):
+    """The fixture's fixed-width traces fork on every problem; the model's
+    P(<spawn>) is read from one forward over the prompt."""
+    from benchmarks import spawn_decision
+
+    spawn_decision.main(["--workdir", workdir, "--splits", "test", "--num", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("test: 4 problems; trace forks 100.0%, model forks ")
+    trace_rates = lines[2].split("trace")[1].split(";")[0].split()
+    assert set(trace_rates) <= {"100%", "-"} and "100%" in trace_rates  # ties may leave a quartile empty
+    with pytest.raises(SystemExit, match="unknown split 'dev'"):
+        spawn_decision.main(["--workdir", workdir, "--splits", "dev"])
