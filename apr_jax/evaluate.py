@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"evaluating {loaded.source} ({config.trace.kind}) on {len(problems)} problems", flush=True)
             width_plot = width_plot or os.path.join(os.path.dirname(os.path.dirname(loaded.source)), WIDTH_PLOT)
             settings = sweep_settings(sweep_kind, sweep_values, config)
-            if sweep_kind is not None and not is_swept(sweep_kind, config):
+            asked = sweep_kind is not None and is_swept(sweep_kind, config)
+            if sweep_kind is not None and not asked:
                 if not swept and source == sources[-1]:
                     raise ValueError(
                         f"--sweep={sweep_kind}=... needs at least one model trained with "
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"--sweep={sweep_kind} does not ask it, evaluated once at its default setting",
                     flush=True,
                 )
-            swept = swept or (sweep_kind is not None and is_swept(sweep_kind, config))
+            swept = swept or asked
             for setting, kwargs in settings:
                 rows, summary = evaluate_problems(
                     loaded.model,

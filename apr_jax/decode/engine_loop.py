@@ -459,9 +459,12 @@ def _model_call(
             live_B = jnp.where(valid_B, fed_B + n_B, 0)
             # The paged kernels read whole pages (inherit: the pages the row's table lists);
             # the others their KV bucket (inherit: of table pages).
-            read = jnp.sum(-(-live_B // page_size) * page_size) if page_size else B * kv_len
-            if spec.inherit and page_size:
+            if not page_size:
+                read = B * kv_len
+            elif spec.inherit:
                 read = page_size * jnp.sum(table_pages_BxE(extra["table"], live_B))
+            else:
+                read = jnp.sum(-(-live_B // page_size) * page_size)
             if spec.inherit:  # the slots a row's table lists below its position
                 top_BxE = jnp.minimum(s.table_hi_RxE[rows_B], live_B[:, None])
                 live_B = jnp.sum(jnp.maximum(top_BxE - s.table_lo_RxE[rows_B], 0), axis=1)
